@@ -1,0 +1,20 @@
+//! Compiles tern's own .proto files (under `proto/`, etcd's package names and field
+//! numbers) with prost. protox parses them in pure Rust, so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/mvccpb/kv.proto",
+        "proto/authpb/auth.proto",
+        "proto/etcdserverpb/rpc.proto",
+        "proto/v3lockpb/v3lock.proto",
+        "proto/v3electionpb/v3election.proto",
+    ];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    prost_build::Config::new()
+        .bytes(["."])
+        .compile_fds(descriptors)?;
+    Ok(())
+}
