@@ -246,11 +246,13 @@ pub fn validate_value(spec: &FlagSpec, text: &str) -> Result<(), String> {
     }
 }
 
+/// Flags given on the command line (last one wins), the first non-flag argument, and
+/// whether help was asked for.
+type CommandLine = (Vec<(&'static FlagSpec, String)>, Option<String>, bool);
+
 /// Go `flag` tokenisation. Returns the flags given (last one wins) and the first
 /// non-flag argument, if any.
-fn parse_command_line(
-    args: &[String],
-) -> Result<(Vec<(&'static FlagSpec, String)>, Option<String>, bool), ConfigError> {
+fn parse_command_line(args: &[String]) -> Result<CommandLine, ConfigError> {
     let mut given = Vec::new();
     let mut i = 0;
     while i < args.len() {
