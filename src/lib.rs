@@ -3,4 +3,7 @@
 //! The modules follow the path a request takes (see README.md, "Architecture"):
 //! connection → `http2` frames → `grpc` messages → `service` handlers → `mvcc` state.
 
+pub mod config;
+pub mod log;
+pub mod membership;
 pub mod proto;
