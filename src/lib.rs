@@ -7,3 +7,6 @@ pub mod config;
 pub mod log;
 pub mod membership;
 pub mod proto;
+pub mod runtime;
+pub mod server;
+pub mod service;

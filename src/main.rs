@@ -1,4 +1,61 @@
+//! The `tern` binary: parse etcd's flags, derive this member's identity, serve.
+
+use tern::config::{ClusterState, Config};
+use tern::membership::id;
+use tern::server::{self, Identity, ServerOptions};
+use tern::service::Limits;
+
 fn main() {
-    eprintln!("tern: server not assembled yet");
-    std::process::exit(2);
+    let config = Config::from_args();
+    config.log_no_effect_flags();
+    tern::info!(
+        "starting an etcd server",
+        "tern-version" => env!("CARGO_PKG_VERSION"),
+        "name" => config.name.as_str(),
+        "data-dir" => config.data_dir.as_path(),
+        "max-request-bytes" => config.max_request_bytes,
+        "max-txn-ops" => config.max_txn_ops
+    );
+    if config.initial_cluster_state == ClusterState::Existing {
+        tern::fatal!(
+            "--initial-cluster-state=existing needs raft membership, which tern does not have yet"
+        );
+    }
+    let identity = identity(&config);
+    let options = ServerOptions {
+        identity,
+        listen_client_addrs: config.client_listen_addrs(),
+        cores: (config.cores > 0).then_some(config.cores),
+        limits: Limits {
+            max_request_bytes: config.max_request_bytes as usize,
+            max_txn_ops: config.max_txn_ops as usize,
+        },
+    };
+    if let Err(e) = server::run(options) {
+        tern::fatal!("cannot serve", "error" => e);
+    }
+}
+
+/// This member's and its cluster's ids, derived from --initial-cluster and
+/// --initial-cluster-token exactly as etcd derives them for a static bootstrap.
+fn identity(config: &Config) -> Identity {
+    let member_ids: Vec<(String, u64)> = config
+        .initial_cluster
+        .iter()
+        .map(|m| {
+            let urls: Vec<String> = m.peer_urls.iter().map(|u| u.url.clone()).collect();
+            (m.name.clone(), id::member_id(&urls, &config.initial_cluster_token, None))
+        })
+        .collect();
+    let Some(&(_, member_id)) = member_ids.iter().find(|(name, _)| *name == config.name) else {
+        tern::fatal!("couldn't find local name in the initial cluster configuration", "name" => config.name.as_str());
+    };
+    let ids: Vec<u64> = member_ids.iter().map(|(_, id)| *id).collect();
+    Identity {
+        cluster_id: id::cluster_id(&ids),
+        member_id,
+        name: config.name.clone(),
+        peer_urls: config.initial_advertise_peer_urls.iter().map(|u| u.url.clone()).collect(),
+        client_urls: config.advertise_client_urls.iter().map(|u| u.url.clone()).collect(),
+    }
 }

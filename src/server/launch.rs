@@ -14,7 +14,6 @@ use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::http2::{ServerConfig, ShutdownSignal};
-use crate::log;
 use crate::mvcc::KvStore;
 use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{bind_all, serve_clients};
@@ -47,9 +46,10 @@ fn placement(cpu: Option<usize>) -> Placement {
 pub fn run(options: ServerOptions) -> Result<(), String> {
     let plan = Plan::new(options.cores);
     if let Some(wanted) = plan.requested_cores_unavailable {
-        log::warn(
+        crate::warn!(
             "fewer cores available than requested; using what exists",
-            &[("requested-cores", wanted.to_string()), ("cores", plan.cores_in_use().to_string())],
+            "requested-cores" => wanted,
+            "cores" => plan.cores_in_use()
         );
     }
     check_memlock(plan.cores_in_use() + 1, NETWORK_IO_MEMORY_BYTES.max(STATE_IO_MEMORY_BYTES))?;
@@ -148,7 +148,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
 
     if let Some(signal) = signals.forever().next() {
         let name = if signal == libc::SIGTERM { "terminated" } else { "interrupt" };
-        log::info("received signal; shutting down", &[("signal", name.to_string())]);
+        crate::info!("received signal; shutting down", "signal" => name);
     }
     for stop in stops {
         let _ = stop.send(());
@@ -157,7 +157,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         let _ = executor.join();
     }
     let _ = state_executor.join();
-    log::info("stopped serving client requests", &[]);
+    crate::info!("stopped serving client requests");
     Ok(())
 }
 
@@ -165,30 +165,26 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
 /// orchestration wait for them.
 fn announce_ready(options: &ServerOptions, plan: &Plan) {
     let id = &options.identity;
-    log::info(
+    crate::info!(
         "thread-per-core placement",
-        &[
-            ("network-executors", plan.cores_in_use().to_string()),
-            ("state-cpu", format!("{:?}", plan.state_cpu)),
-        ],
+        "network-executors" => plan.cores_in_use(),
+        "state-cpu" => format!("{:?}", plan.state_cpu)
     );
-    log::info(
-        &format!(
+    crate::info!(
+        format!(
             "published {{Name:{} ClientURLs:[{}]}} to cluster {:x}",
             id.name,
             id.client_urls.join(" "),
             id.cluster_id
         ),
-        &[("local-member-id", format!("{:x}", id.member_id))],
+        "local-member-id" => format!("{:x}", id.member_id)
     );
-    log::info("enabled capabilities for version 3.4", &[("cluster-version", "3.4".into())]);
-    log::info("ready to serve client requests", &[]);
+    crate::info!("enabled capabilities for version 3.4", "cluster-version" => "3.4");
+    crate::info!("ready to serve client requests");
     for addr in &options.listen_client_addrs {
-        log::info(
-            &format!(
-                "serving insecure client requests on {addr}, this is strongly discouraged!"
-            ),
-            &[("address", addr.to_string())],
+        crate::info!(
+            format!("serving insecure client requests on {addr}, this is strongly discouraged!"),
+            "address" => *addr
         );
     }
 }
