@@ -4,3 +4,6 @@
 //! connection → `http2` frames → `grpc` messages → `service` handlers → `mvcc` state.
 
 pub mod proto;
+pub mod apply;
+pub mod error;
+pub mod mvcc;
