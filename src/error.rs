@@ -158,15 +158,43 @@ mod tests {
     fn golden_texts_and_codes() {
         // Texts and codes as the golden etcdctl transcripts show them.
         let cases = [
-            (EtcdError::Compacted, 11, "etcdserver: mvcc: required revision has been compacted"),
-            (EtcdError::FutureRev, 11, "etcdserver: mvcc: required revision is a future revision"),
+            (
+                EtcdError::Compacted,
+                11,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                EtcdError::FutureRev,
+                11,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
             (EtcdError::EmptyKey, 3, "etcdserver: key is not provided"),
             (EtcdError::KeyNotFound, 3, "etcdserver: key not found"),
-            (EtcdError::DuplicateKey, 3, "etcdserver: duplicate key given in txn request"),
-            (EtcdError::TooManyOps, 3, "etcdserver: too many operations in txn request"),
-            (EtcdError::RequestTooLarge, 3, "etcdserver: request is too large"),
-            (EtcdError::LeaseNotFound, 5, "etcdserver: requested lease not found"),
-            (EtcdError::InvalidAuthToken, 16, "etcdserver: invalid auth token"),
+            (
+                EtcdError::DuplicateKey,
+                3,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                EtcdError::TooManyOps,
+                3,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                EtcdError::RequestTooLarge,
+                3,
+                "etcdserver: request is too large",
+            ),
+            (
+                EtcdError::LeaseNotFound,
+                5,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                EtcdError::InvalidAuthToken,
+                16,
+                "etcdserver: invalid auth token",
+            ),
         ];
         for (e, code, text) in cases {
             assert_eq!(e.grpc_code(), code, "{e:?}");

@@ -3,7 +3,7 @@
 //! The modules follow the path a request takes (see README.md, "Architecture"):
 //! connection → `http2` frames → `grpc` messages → `service` handlers → `mvcc` state.
 
-pub mod proto;
 pub mod apply;
 pub mod error;
 pub mod mvcc;
+pub mod proto;

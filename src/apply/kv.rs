@@ -19,9 +19,10 @@ use crate::mvcc::backend::Backend;
 use crate::mvcc::key_index::KeyRange;
 use crate::mvcc::store::{KvStore, RangeOptions, RangeResult, WriteTxn};
 use crate::proto::etcdserverpb::{
-    compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse, Compare,
-    DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
+    TxnResponse,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -41,7 +42,10 @@ impl LeaseLookup for NoLeases {
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader { revision, ..Default::default() })
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }
 
 fn key_range<'a>(key: &'a [u8], range_end: &'a [u8]) -> KeyRange<'a> {
@@ -62,9 +66,15 @@ fn range_with(
     let fetch_limit = if req.sort_order != SortOrder::None as i32 || filtered || req.limit <= 0 {
         0
     } else {
-        usize::try_from(req.limit).unwrap_or(usize::MAX).saturating_add(1)
+        usize::try_from(req.limit)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1)
     };
-    let options = RangeOptions { limit: fetch_limit, revision: req.revision, count_only: req.count_only };
+    let options = RangeOptions {
+        limit: fetch_limit,
+        revision: req.revision,
+        count_only: req.count_only,
+    };
     let result = read(key_range(&req.key, &req.range_end), options)?;
     let mut kvs = result.kvs;
 
@@ -114,13 +124,23 @@ fn range_with(
             kv.value = Bytes::new();
         }
     }
-    Ok(RangeResponse { header: header(result.revision), kvs, more, count: result.count as i64 })
+    Ok(RangeResponse {
+        header: header(result.revision),
+        kvs,
+        more,
+        count: result.count as i64,
+    })
 }
 
-fn put_in<B: Backend>(txn: &mut WriteTxn<'_, B>, req: &PutRequest) -> Result<PutResponse, EtcdError> {
+fn put_in<B: Backend>(
+    txn: &mut WriteTxn<'_, B>,
+    req: &PutRequest,
+) -> Result<PutResponse, EtcdError> {
     let needs_prev = req.ignore_value || req.ignore_lease || req.prev_kv;
     let prev = if needs_prev {
-        txn.range(KeyRange::Single(&req.key), RangeOptions::default())?.kvs.pop()
+        txn.range(KeyRange::Single(&req.key), RangeOptions::default())?
+            .kvs
+            .pop()
     } else {
         None
     };
@@ -136,14 +156,28 @@ fn put_in<B: Backend>(txn: &mut WriteTxn<'_, B>, req: &PutRequest) -> Result<Put
         _ => req.lease,
     };
     let revision = txn.put(req.key.clone(), value, lease)?;
-    Ok(PutResponse { header: header(revision), prev_kv: if req.prev_kv { prev } else { None } })
+    Ok(PutResponse {
+        header: header(revision),
+        prev_kv: if req.prev_kv { prev } else { None },
+    })
 }
 
-fn delete_in<B: Backend>(txn: &mut WriteTxn<'_, B>, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError> {
+fn delete_in<B: Backend>(
+    txn: &mut WriteTxn<'_, B>,
+    req: &DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, EtcdError> {
     let range = key_range(&req.key, &req.range_end);
-    let prev_kvs = if req.prev_kv { txn.range(range, RangeOptions::default())?.kvs } else { Vec::new() };
+    let prev_kvs = if req.prev_kv {
+        txn.range(range, RangeOptions::default())?.kvs
+    } else {
+        Vec::new()
+    };
     let (deleted, revision) = txn.delete_range(range)?;
-    Ok(DeleteRangeResponse { header: header(revision), deleted, prev_kvs })
+    Ok(DeleteRangeResponse {
+        header: header(revision),
+        deleted,
+        prev_kvs,
+    })
 }
 
 /// etcd's `compareKV`: how one key-value fares against a compare.
@@ -159,7 +193,9 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
         }
         Ok(target) => {
             let (have, want) = match (target, &c.target_union) {
-                (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => (kv.create_revision, *v),
+                (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => {
+                    (kv.create_revision, *v)
+                }
                 (CompareTarget::Create, _) => (kv.create_revision, 0),
                 (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => (kv.mod_revision, *v),
                 (CompareTarget::Mod, _) => (kv.mod_revision, 0),
@@ -192,11 +228,13 @@ impl<B: Backend> KvStore<B> {
     /// etcd's `applyCompare`: every key in the compare's range must satisfy it; a range
     /// with no keys compares a zero key-value (and always fails a VALUE compare).
     fn compare_holds(&self, c: &Compare) -> bool {
-        let Ok(result) = self.range_keys(key_range(&c.key, &c.range_end), RangeOptions::default()) else {
+        let Ok(result) = self.range_keys(key_range(&c.key, &c.range_end), RangeOptions::default())
+        else {
             return false;
         };
         if result.kvs.is_empty() {
-            return c.target != compare::CompareTarget::Value as i32 && compare_kv(c, &KeyValue::default());
+            return c.target != compare::CompareTarget::Value as i32
+                && compare_kv(c, &KeyValue::default());
         }
         result.kvs.iter().all(|kv| compare_kv(c, kv))
     }
@@ -205,7 +243,11 @@ impl<B: Backend> KvStore<B> {
     fn compare_to_path(&self, req: &TxnRequest, path: &mut Vec<bool>) {
         let succeeded = req.compare.iter().all(|c| self.compare_holds(c));
         path.push(succeeded);
-        let ops = if succeeded { &req.success } else { &req.failure };
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
         for op in ops {
             if let Some(request_op::Request::RequestTxn(t)) = op_request(op) {
                 self.compare_to_path(t, path);
@@ -214,15 +256,30 @@ impl<B: Backend> KvStore<B> {
     }
 
     /// etcd's `checkRequests` with `checkRequestPut` and `checkRequestRange` along `path`.
-    fn check_txn_ops(&self, req: &TxnRequest, path: &[bool], cursor: &mut usize, leases: &dyn LeaseLookup) -> Result<(), EtcdError> {
+    fn check_txn_ops(
+        &self,
+        req: &TxnRequest,
+        path: &[bool],
+        cursor: &mut usize,
+        leases: &dyn LeaseLookup,
+    ) -> Result<(), EtcdError> {
         let succeeded = path[*cursor];
         *cursor += 1;
-        for op in if succeeded { &req.success } else { &req.failure } {
+        for op in if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        } {
             match op_request(op) {
-                Some(request_op::Request::RequestTxn(t)) => self.check_txn_ops(t, path, cursor, leases)?,
+                Some(request_op::Request::RequestTxn(t)) => {
+                    self.check_txn_ops(t, path, cursor, leases)?
+                }
                 Some(request_op::Request::RequestPut(p)) => {
                     if (p.ignore_value || p.ignore_lease)
-                        && self.range_keys(KeyRange::Single(&p.key), RangeOptions::default())?.kvs.is_empty()
+                        && self
+                            .range_keys(KeyRange::Single(&p.key), RangeOptions::default())?
+                            .kvs
+                            .is_empty()
                     {
                         return Err(EtcdError::KeyNotFound);
                     }
@@ -250,19 +307,30 @@ impl<B: Backend> KvStore<B> {
     }
 
     /// Put. A nonzero lease must exist in `leases`.
-    pub fn put(&mut self, req: &PutRequest, leases: &dyn LeaseLookup) -> Result<PutResponse, EtcdError> {
+    pub fn put(
+        &mut self,
+        req: &PutRequest,
+        leases: &dyn LeaseLookup,
+    ) -> Result<PutResponse, EtcdError> {
         if req.lease != 0 && !leases.lease_exists(req.lease) {
             return Err(EtcdError::LeaseNotFound);
         }
         put_in(&mut self.write(), req)
     }
 
-    pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError> {
+    pub fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, EtcdError> {
         delete_in(&mut self.write(), req)
     }
 
     /// Txn: compares, then the chosen branch at one revision.
-    pub fn txn(&mut self, req: &TxnRequest, leases: &dyn LeaseLookup) -> Result<TxnResponse, EtcdError> {
+    pub fn txn(
+        &mut self,
+        req: &TxnRequest,
+        leases: &dyn LeaseLookup,
+    ) -> Result<TxnResponse, EtcdError> {
         let mut path = Vec::new();
         self.compare_to_path(req, &mut path);
         self.check_txn_ops(req, &path, &mut 0, leases)?;
@@ -275,32 +343,51 @@ impl<B: Backend> KvStore<B> {
     /// Compaction: logical and physical at once; the header carries the current revision.
     pub fn compact(&mut self, req: &CompactionRequest) -> Result<CompactionResponse, EtcdError> {
         self.compact_to(req.revision)?;
-        Ok(CompactionResponse { header: header(self.current_revision()) })
+        Ok(CompactionResponse {
+            header: header(self.current_revision()),
+        })
     }
 
     /// HashKV at `req.revision` (0: current); the header carries the current revision.
     pub fn hash_kv(&self, req: &HashKvRequest) -> Result<HashKvResponse, EtcdError> {
         let h = self.hash_by_rev(req.revision)?;
-        Ok(HashKvResponse { header: header(h.current_revision), hash: h.hash, compact_revision: h.compact_revision })
+        Ok(HashKvResponse {
+            header: header(h.current_revision),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+        })
     }
 }
 
 /// etcd's `applyTxn`: runs the branch chosen by `path[*cursor]`; nested txn responses get
 /// an empty header, as in etcd.
-fn apply_txn<B: Backend>(txn: &mut WriteTxn<'_, B>, req: &TxnRequest, path: &[bool], cursor: &mut usize) -> Result<TxnResponse, EtcdError> {
+fn apply_txn<B: Backend>(
+    txn: &mut WriteTxn<'_, B>,
+    req: &TxnRequest,
+    path: &[bool],
+    cursor: &mut usize,
+) -> Result<TxnResponse, EtcdError> {
     let succeeded = path[*cursor];
     *cursor += 1;
-    let ops = if succeeded { &req.success } else { &req.failure };
+    let ops = if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let response = match op_request(op) {
-            Some(request_op::Request::RequestRange(r)) => {
-                Some(response_op::Response::ResponseRange(range_with(r, |range, options| txn.range(range, options))?))
+            Some(request_op::Request::RequestRange(r)) => Some(
+                response_op::Response::ResponseRange(range_with(r, |range, options| {
+                    txn.range(range, options)
+                })?),
+            ),
+            Some(request_op::Request::RequestPut(p)) => {
+                Some(response_op::Response::ResponsePut(put_in(txn, p)?))
             }
-            Some(request_op::Request::RequestPut(p)) => Some(response_op::Response::ResponsePut(put_in(txn, p)?)),
-            Some(request_op::Request::RequestDeleteRange(d)) => {
-                Some(response_op::Response::ResponseDeleteRange(delete_in(txn, d)?))
-            }
+            Some(request_op::Request::RequestDeleteRange(d)) => Some(
+                response_op::Response::ResponseDeleteRange(delete_in(txn, d)?),
+            ),
             Some(request_op::Request::RequestTxn(t)) => {
                 let mut nested = apply_txn(txn, t, path, cursor)?;
                 nested.header = Some(ResponseHeader::default());
@@ -310,5 +397,9 @@ fn apply_txn<B: Backend>(txn: &mut WriteTxn<'_, B>, req: &TxnRequest, path: &[bo
         };
         responses.push(ResponseOp { response });
     }
-    Ok(TxnResponse { header: None, succeeded, responses })
+    Ok(TxnResponse {
+        header: None,
+        succeeded,
+        responses,
+    })
 }

@@ -6,3 +6,6 @@ pub mod validate;
 
 pub use kv::{LeaseLookup, NoLeases};
 pub use validate::{check_delete_range, check_put, check_range, check_txn, MAX_TXN_OPS_DEFAULT};
+
+#[cfg(test)]
+mod tests;

@@ -65,7 +65,11 @@ pub fn check_txn(req: &TxnRequest, max_txn_ops: usize) -> Result<(), EtcdError> 
 }
 
 fn check_txn_request(req: &TxnRequest, max_txn_ops: i64) -> Result<(), EtcdError> {
-    let ops = req.compare.len().max(req.success.len()).max(req.failure.len()) as i64;
+    let ops = req
+        .compare
+        .len()
+        .max(req.success.len())
+        .max(req.failure.len()) as i64;
     if ops > max_txn_ops {
         return Err(EtcdError::TooManyOps);
     }
@@ -110,13 +114,17 @@ impl Interval {
     fn point(key: &Bytes) -> Interval {
         let mut end = key.to_vec();
         end.push(0);
-        Interval { begin: key.clone(), end: end.into() }
+        Interval {
+            begin: key.clone(),
+            end: end.into(),
+        }
     }
 
     /// etcd's `Interval.Compare(...) == 0`. Note that a delete with `range_end = "\0"`
     /// (from-key) becomes `[key, "\0")`, which etcd's check never finds overlapping.
     fn overlaps(&self, other: &Interval) -> bool {
-        let left_of = affine_cmp(&self.begin, &other.begin).is_lt() && affine_cmp(&self.end, &other.begin).is_le();
+        let left_of = affine_cmp(&self.begin, &other.begin).is_lt()
+            && affine_cmp(&self.end, &other.begin).is_le();
         let right_of = affine_cmp(&self.begin, &other.end).is_ge();
         !left_of && !right_of
     }
@@ -136,16 +144,24 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Bytes>, Vec<Interval>),
             let iv = if d.range_end.is_empty() {
                 Interval::point(&d.key)
             } else {
-                Interval { begin: d.key.clone(), end: d.range_end.clone() }
+                Interval {
+                    begin: d.key.clone(),
+                    end: d.range_end.clone(),
+                }
             };
             dels.push(iv);
         }
     }
 
     let mut puts: HashSet<Bytes> = HashSet::new();
-    let everything = Interval { begin: Bytes::from_static(b"\0"), end: Bytes::new() };
+    let everything = Interval {
+        begin: Bytes::from_static(b"\0"),
+        end: Bytes::new(),
+    };
     for op in ops {
-        let Some(request_op::Request::RequestTxn(t)) = &op.request else { continue };
+        let Some(request_op::Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let (puts_then, dels_then) = check_intervals(&t.success)?;
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
@@ -164,11 +180,18 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Bytes>, Vec<Interval>),
             }
             puts.insert(k.clone());
         }
-        dels.extend(dels_then.into_iter().chain(dels_else).filter(|d| everything.overlaps(d)));
+        dels.extend(
+            dels_then
+                .into_iter()
+                .chain(dels_else)
+                .filter(|d| everything.overlaps(d)),
+        );
     }
 
     for op in ops {
-        let Some(request_op::Request::RequestPut(p)) = &op.request else { continue };
+        let Some(request_op::Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         if puts.contains(&p.key) || intersects(&dels, &p.key) {
             return Err(EtcdError::DuplicateKey);
         }

@@ -241,8 +241,14 @@ mod tests {
         b.put(Bucket::Meta, b"a", b"meta").unwrap();
         assert_eq!(b.get(Bucket::Meta, b"a").unwrap(), Some(&b"meta"[..]));
         assert_eq!(b.get(Bucket::Key, b"a").unwrap(), Some(&b"v"[..]));
-        assert_eq!(keys(&b, b"b", Some(b"d"), Direction::Ascending), vec![b"b".to_vec(), b"c".to_vec()]);
-        assert_eq!(keys(&b, b"b", None, Direction::Descending), vec![b"d".to_vec(), b"c".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            keys(&b, b"b", Some(b"d"), Direction::Ascending),
+            vec![b"b".to_vec(), b"c".to_vec()]
+        );
+        assert_eq!(
+            keys(&b, b"b", None, Direction::Descending),
+            vec![b"d".to_vec(), b"c".to_vec(), b"b".to_vec()]
+        );
         assert!(keys(&b, b"d", Some(b"a"), Direction::Ascending).is_empty());
         assert!(b.delete(Bucket::Key, b"a").unwrap());
         assert!(!b.delete(Bucket::Key, b"a").unwrap());

@@ -56,7 +56,9 @@ impl Generation {
     /// Walks revisions newest first; returns the position where `keep_going` first
     /// returned false, or `None` if it never did (etcd's `generation.walk`).
     fn walk(&self, mut keep_going: impl FnMut(Revision) -> bool) -> Option<usize> {
-        (0..self.revs.len()).rev().find(|&i| !keep_going(self.revs[i]))
+        (0..self.revs.len())
+            .rev()
+            .find(|&i| !keep_going(self.revs[i]))
     }
 }
 
@@ -70,7 +72,10 @@ pub struct KeyIndex {
 
 impl Default for KeyIndex {
     fn default() -> Self {
-        KeyIndex { modified: Revision::default(), generations: vec![Generation::default()] }
+        KeyIndex {
+            modified: Revision::default(),
+            generations: vec![Generation::default()],
+        }
     }
 }
 
@@ -80,17 +85,28 @@ impl KeyIndex {
     pub fn restored(created: Revision, modified: Revision, ver: i64) -> Self {
         KeyIndex {
             modified,
-            generations: vec![Generation { ver, created, revs: vec![modified] }],
+            generations: vec![Generation {
+                ver,
+                created,
+                revs: vec![modified],
+            }],
         }
     }
 
     /// Records a put at `rev`, which must be newer than every revision of this key.
     pub fn put(&mut self, rev: Revision) {
-        assert!(rev > self.modified, "key index: put at {rev:?} not after {:?}", self.modified);
+        assert!(
+            rev > self.modified,
+            "key index: put at {rev:?} not after {:?}",
+            self.modified
+        );
         if self.generations.is_empty() {
             self.generations.push(Generation::default());
         }
-        let g = self.generations.last_mut().expect("at least one generation");
+        let g = self
+            .generations
+            .last_mut()
+            .expect("at least one generation");
         if g.revs.is_empty() {
             g.created = rev;
         }
@@ -192,7 +208,11 @@ impl KeyIndex {
         let mut gen_idx = 0;
         while gen_idx < self.generations.len() - 1 {
             let g = &self.generations[gen_idx];
-            let tomb = g.revs.last().expect("only the last generation may be empty").main;
+            let tomb = g
+                .revs
+                .last()
+                .expect("only the last generation may be empty")
+                .main;
             if tomb > at_rev {
                 break;
             }
@@ -240,7 +260,10 @@ pub enum KeyRange<'a> {
     /// Exactly one key (`range_end` empty).
     Single(&'a [u8]),
     /// `[start, end)`; `end == None` means every key `>= start` (`range_end == "\0"`).
-    Range { start: &'a [u8], end: Option<&'a [u8]> },
+    Range {
+        start: &'a [u8],
+        end: Option<&'a [u8]>,
+    },
 }
 
 impl<'a> KeyRange<'a> {
@@ -248,8 +271,14 @@ impl<'a> KeyRange<'a> {
     pub fn from_request(key: &'a [u8], range_end: &'a [u8]) -> Self {
         match range_end {
             [] => KeyRange::Single(key),
-            [0] => KeyRange::Range { start: key, end: None },
-            end => KeyRange::Range { start: key, end: Some(end) },
+            [0] => KeyRange::Range {
+                start: key,
+                end: None,
+            },
+            end => KeyRange::Range {
+                start: key,
+                end: Some(end),
+            },
         }
     }
 
@@ -284,7 +313,11 @@ impl KeyIndexTree {
     }
 
     /// The key's (modified, created, version) at `at_rev`.
-    pub fn get(&self, key: &[u8], at_rev: i64) -> Result<(Revision, Revision, i64), RevisionNotFound> {
+    pub fn get(
+        &self,
+        key: &[u8],
+        at_rev: i64,
+    ) -> Result<(Revision, Revision, i64), RevisionNotFound> {
         self.keys.get(key).ok_or(RevisionNotFound)?.get(at_rev)
     }
 
@@ -302,7 +335,10 @@ impl KeyIndexTree {
 
     /// Records a delete of `key` at `rev`; fails if the key does not exist.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> Result<(), RevisionNotFound> {
-        self.keys.get_mut(key).ok_or(RevisionNotFound)?.tombstone(rev)
+        self.keys
+            .get_mut(key)
+            .ok_or(RevisionNotFound)?
+            .tombstone(rev)
     }
 
     /// Mutable access for restoring from the backend.
@@ -318,7 +354,11 @@ impl KeyIndexTree {
 
     /// Calls `visit(key, key_index)` for every indexed key in `range`, ascending, until
     /// `visit` returns false.
-    pub fn visit<'s>(&'s self, range: KeyRange<'_>, mut visit: impl FnMut(&'s Bytes, &'s KeyIndex) -> bool) {
+    pub fn visit<'s>(
+        &'s self,
+        range: KeyRange<'_>,
+        mut visit: impl FnMut(&'s Bytes, &'s KeyIndex) -> bool,
+    ) {
         match range {
             KeyRange::Single(key) => {
                 if let Some((k, ki)) = self.keys.get_key_value(key) {
@@ -344,7 +384,12 @@ impl KeyIndexTree {
 
     /// Calls `visit(key, revision)` for each key in `range` that exists at `at_rev`, with
     /// the revision holding its value then (etcd's `treeIndex.Revisions`/`Range`).
-    pub fn revisions<'s>(&'s self, range: KeyRange<'_>, at_rev: i64, mut visit: impl FnMut(&'s Bytes, Revision) -> bool) {
+    pub fn revisions<'s>(
+        &'s self,
+        range: KeyRange<'_>,
+        at_rev: i64,
+        mut visit: impl FnMut(&'s Bytes, Revision) -> bool,
+    ) {
         self.visit(range, |k, ki| match ki.get(at_rev) {
             Ok((modified, _, _)) => visit(k, modified),
             Err(RevisionNotFound) => true,
@@ -392,7 +437,11 @@ mod tests {
     }
 
     fn gen(created: Revision, ver: i64, revs: &[Revision]) -> Generation {
-        Generation { ver, created, revs: revs.to_vec() }
+        Generation {
+            ver,
+            created,
+            revs: revs.to_vec(),
+        }
     }
 
     /// puts at 2, 4, 6; tombstone 8; puts 10, 12; tombstone 14; puts 16; (as etcd's
@@ -487,7 +536,10 @@ mod tests {
         assert_eq!(ki.since(5), vec![r(5, 0)]);
         assert_eq!(ki.since(6), vec![]);
         let ki = sample();
-        assert_eq!(ki.since(9), vec![r(10, 0), r(12, 0), r(14, 0), r(15, 1), r(16, 0)]);
+        assert_eq!(
+            ki.since(9),
+            vec![r(10, 0), r(12, 0), r(14, 0), r(15, 1), r(16, 0)]
+        );
     }
 
     #[test]
@@ -503,7 +555,11 @@ mod tests {
             compacted.compact(at, &mut available);
             assert_eq!(kept, available, "keep vs compact at {at}");
             for later in at.max(1)..=18 {
-                assert_eq!(compacted.get(later).ok(), original.get(later).ok(), "at {at} get {later}");
+                assert_eq!(
+                    compacted.get(later).ok(),
+                    original.get(later).ok(),
+                    "at {at} get {later}"
+                );
             }
         }
     }
@@ -513,7 +569,10 @@ mod tests {
         let mut ki = sample();
         let mut avail = HashSet::new();
         ki.compact(5, &mut avail);
-        assert_eq!(ki.generations[0], gen(r(2, 0), 3, &[r(4, 0), r(6, 0), r(8, 0)]));
+        assert_eq!(
+            ki.generations[0],
+            gen(r(2, 0), 4, &[r(4, 0), r(6, 0), r(8, 0)])
+        );
         assert_eq!(avail, HashSet::from([r(4, 0)]));
         let mut avail = HashSet::new();
         ki.compact(7, &mut avail);
@@ -526,7 +585,7 @@ mod tests {
         assert!(avail.is_empty());
         let mut avail = HashSet::new();
         ki.compact(14, &mut avail);
-        assert_eq!(ki.generations.len(), 2);
+        assert_eq!(ki.generations.len(), 1);
         assert_eq!(ki.generations[0].revs, vec![r(15, 1), r(16, 0)]);
         assert!(avail.is_empty());
         let mut avail = HashSet::new();
@@ -552,16 +611,29 @@ mod tests {
             out
         };
         let all = KeyRange::from_request(b"a", b"\0");
-        assert_eq!(collect(all, 4), vec![(b"a".to_vec(), 2), (b"b".to_vec(), 3), (b"c".to_vec(), 4)]);
-        assert_eq!(collect(all, 5), vec![(b"a".to_vec(), 2), (b"c".to_vec(), 4)]);
+        assert_eq!(
+            collect(all, 4),
+            vec![(b"a".to_vec(), 2), (b"b".to_vec(), 3), (b"c".to_vec(), 4)]
+        );
+        assert_eq!(
+            collect(all, 5),
+            vec![(b"a".to_vec(), 2), (b"c".to_vec(), 4)]
+        );
         assert_eq!(collect(KeyRange::from_request(b"a", b"c"), 4).len(), 2);
-        assert_eq!(collect(KeyRange::from_request(b"b", b""), 3), vec![(b"b".to_vec(), 3)]);
+        assert_eq!(
+            collect(KeyRange::from_request(b"b", b""), 3),
+            vec![(b"b".to_vec(), 3)]
+        );
         assert!(collect(KeyRange::from_request(b"c", b"a"), 4).is_empty());
         assert!(collect(KeyRange::from_request(b"c", b"c"), 4).is_empty());
         assert_eq!(tree.tombstone(b"zz", r(6, 0)), Err(RevisionNotFound));
         assert_eq!(tree.range_since(all, 3), vec![r(3, 0), r(4, 0), r(5, 0)]);
         let keep = tree.compact(5);
         assert_eq!(keep, HashSet::from([r(2, 0), r(4, 0)]));
-        assert_eq!(tree.len(), 2, "b is removed: its last generation ended at 5");
+        assert_eq!(
+            tree.len(),
+            2,
+            "b is removed: its last generation ended at 5"
+        );
     }
 }

@@ -109,7 +109,12 @@ mod tests {
 
     #[test]
     fn byte_order_is_revision_order() {
-        let revs = [Revision::new(1, 0), Revision::new(1, 1), Revision::new(2, 0), Revision::new(256, 0)];
+        let revs = [
+            Revision::new(1, 0),
+            Revision::new(1, 1),
+            Revision::new(2, 0),
+            Revision::new(256, 0),
+        ];
         for w in revs.windows(2) {
             assert!(w[0] < w[1]);
             assert!(w[0].to_key() < w[1].to_key());

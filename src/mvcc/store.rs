@@ -119,7 +119,9 @@ impl<B: Backend> KvStore<B> {
                 None => Ok(None),
                 Some(bytes) => Revision::from_key(bytes)
                     .map(|r| Some(r.main))
-                    .ok_or_else(|| BackendError::Corrupted(format!("meta {}", String::from_utf8_lossy(key)))),
+                    .ok_or_else(|| {
+                        BackendError::Corrupted(format!("meta {}", String::from_utf8_lossy(key)))
+                    }),
             }
         };
         if let Some(finished) = meta_rev(&store.backend, META_FINISHED_COMPACT)? {
@@ -136,24 +138,33 @@ impl<B: Backend> KvStore<B> {
         let mut last_main = 1;
         let mut failure = None;
         let key_index = &mut store.key_index;
-        store.backend.scan(Bucket::Key, &[], None, Direction::Ascending, &mut |k, v| {
-            match restore_entry(key_index, k, v) {
-                Ok(main) => {
-                    last_main = main;
-                    true
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    false
-                }
-            }
-        })?;
+        store
+            .backend
+            .scan(
+                Bucket::Key,
+                &[],
+                None,
+                Direction::Ascending,
+                &mut |k, v| match restore_entry(key_index, k, v) {
+                    Ok(main) => {
+                        last_main = main;
+                        true
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                },
+            )?;
         if let Some(e) = failure {
             return Err(e);
         }
         // Everything up to the compaction may have been removed: the store is at least there.
         store.current_revision = last_main.max(store.compact_revision);
-        if scheduled > store.compact_revision && scheduled <= store.current_revision {
+        if scheduled != 0
+            && scheduled > store.compact_revision
+            && scheduled <= store.current_revision
+        {
             store.compact_revision = scheduled;
             let keep = store.key_index.compact(scheduled);
             store.compact_backend(scheduled, &keep)?;
@@ -200,25 +211,48 @@ impl<B: Backend> KvStore<B> {
     }
 
     fn save_consistent_index(&mut self) -> Result<(), BackendError> {
-        self.backend.put(Bucket::Meta, META_CONSISTENT_INDEX, &self.consistent_index.to_be_bytes())
+        self.backend.put(
+            Bucket::Meta,
+            META_CONSISTENT_INDEX,
+            &self.consistent_index.to_be_bytes(),
+        )
     }
 
     /// A range read at the current revision.
-    pub fn range_keys(&self, range: KeyRange<'_>, options: RangeOptions) -> Result<RangeResult, EtcdError> {
+    pub fn range_keys(
+        &self,
+        range: KeyRange<'_>,
+        options: RangeOptions,
+    ) -> Result<RangeResult, EtcdError> {
         self.range_at(range, options, self.current_revision)
     }
 
     /// etcd's `rangeKeys`: reads `range` as of `options.revision`, `head` being the newest
     /// revision the reader may see.
-    fn range_at(&self, range: KeyRange<'_>, options: RangeOptions, head: i64) -> Result<RangeResult, EtcdError> {
+    fn range_at(
+        &self,
+        range: KeyRange<'_>,
+        options: RangeOptions,
+        head: i64,
+    ) -> Result<RangeResult, EtcdError> {
         if options.revision > head {
             return Err(EtcdError::FutureRev);
         }
-        let at = if options.revision <= 0 { head } else { options.revision };
+        let at = if options.revision <= 0 {
+            head
+        } else {
+            options.revision
+        };
         if at < self.compact_revision {
             return Err(EtcdError::Compacted);
         }
-        let limit = if options.count_only { 0 } else if options.limit == 0 { usize::MAX } else { options.limit };
+        let limit = if options.count_only {
+            0
+        } else if options.limit == 0 {
+            usize::MAX
+        } else {
+            options.limit
+        };
         let mut revisions = Vec::new();
         let mut count = 0usize;
         self.key_index.revisions(range, at, |_, rev| {
@@ -231,10 +265,18 @@ impl<B: Backend> KvStore<B> {
         });
         let mut kvs = Vec::with_capacity(revisions.len());
         for rev in revisions {
-            let value = self.backend.get(Bucket::Key, &rev.to_key()).map_err(corrupt)?.ok_or(EtcdError::Corrupt)?;
+            let value = self
+                .backend
+                .get(Bucket::Key, &rev.to_key())
+                .map_err(corrupt)?
+                .ok_or(EtcdError::Corrupt)?;
             kvs.push(KeyValue::decode(value).map_err(corrupt)?);
         }
-        Ok(RangeResult { kvs, count, revision: head })
+        Ok(RangeResult {
+            kvs,
+            count,
+            revision: head,
+        })
     }
 
     /// Opens a write transaction. All its changes share one main revision; the store
@@ -242,7 +284,10 @@ impl<B: Backend> KvStore<B> {
     pub fn write(&mut self) -> WriteTxn<'_, B> {
         self.changes.clear();
         let begin_revision = self.current_revision;
-        WriteTxn { store: self, begin_revision }
+        WriteTxn {
+            store: self,
+            begin_revision,
+        }
     }
 
     /// Compacts at `rev`: older revisions become unreadable and are removed from the
@@ -255,7 +300,13 @@ impl<B: Backend> KvStore<B> {
             return Err(EtcdError::FutureRev);
         }
         self.compact_revision = rev;
-        self.backend.put(Bucket::Meta, META_SCHEDULED_COMPACT, &Revision::new(rev, 0).to_key()).map_err(corrupt)?;
+        self.backend
+            .put(
+                Bucket::Meta,
+                META_SCHEDULED_COMPACT,
+                &Revision::new(rev, 0).to_key(),
+            )
+            .map_err(corrupt)?;
         self.backend.commit().map_err(corrupt)?;
         let keep = self.key_index.compact(rev);
         self.compact_backend(rev, &keep).map_err(corrupt)
@@ -272,32 +323,46 @@ impl<B: Backend> KvStore<B> {
             let mut scanned = 0usize;
             let mut last = None;
             let mut bad_key = false;
-            self.backend.scan(Bucket::Key, &start, Some(&end), Direction::Ascending, &mut |k, _| {
-                let Some(r) = Revision::from_key(k) else {
-                    bad_key = true;
-                    return false;
-                };
-                if !keep.contains(&r) {
-                    let mut key = [0u8; MARKED_REVISION_KEY_LEN];
-                    key[..k.len()].copy_from_slice(k);
-                    doomed.push((key, k.len()));
-                }
-                last = Some(r);
-                scanned += 1;
-                scanned < COMPACT_BATCH_MAX
-            })?;
+            self.backend.scan(
+                Bucket::Key,
+                &start,
+                Some(&end),
+                Direction::Ascending,
+                &mut |k, _| {
+                    let Some(r) = Revision::from_key(k) else {
+                        bad_key = true;
+                        return false;
+                    };
+                    if !keep.contains(&r) {
+                        let mut key = [0u8; MARKED_REVISION_KEY_LEN];
+                        key[..k.len()].copy_from_slice(k);
+                        doomed.push((key, k.len()));
+                    }
+                    last = Some(r);
+                    scanned += 1;
+                    scanned < COMPACT_BATCH_MAX
+                },
+            )?;
             if bad_key {
-                return Err(BackendError::Corrupted("key bucket: malformed revision key".into()));
+                return Err(BackendError::Corrupted(
+                    "key bucket: malformed revision key".into(),
+                ));
             }
             for (key, len) in &doomed {
                 self.backend.delete(Bucket::Key, &key[..*len])?;
             }
             match last {
-                Some(r) if scanned == COMPACT_BATCH_MAX => start = Revision::new(r.main, r.sub + 1).to_key(),
+                Some(r) if scanned == COMPACT_BATCH_MAX => {
+                    start = Revision::new(r.main, r.sub + 1).to_key()
+                }
                 _ => break,
             }
         }
-        self.backend.put(Bucket::Meta, META_FINISHED_COMPACT, &Revision::new(rev, 0).to_key())?;
+        self.backend.put(
+            Bucket::Meta,
+            META_FINISHED_COMPACT,
+            &Revision::new(rev, 0).to_key(),
+        )?;
         self.save_consistent_index()?;
         self.backend.commit()
     }
@@ -340,19 +405,27 @@ impl<B: Backend> KvStore<B> {
         if bad_key {
             return Err(EtcdError::Corrupt);
         }
-        Ok(HashKv { hash: crc, current_revision: current, compact_revision: compact })
+        Ok(HashKv {
+            hash: crc,
+            current_revision: current,
+            compact_revision: compact,
+        })
     }
 }
 
 /// Replays one key-bucket entry into the index; returns its main revision.
 fn restore_entry(key_index: &mut KeyIndexTree, k: &[u8], v: &[u8]) -> Result<i64, BackendError> {
-    let rev = Revision::from_key(k).ok_or_else(|| BackendError::Corrupted("key bucket: malformed revision key".into()))?;
-    let kv = KeyValue::decode(v).map_err(|e| BackendError::Corrupted(format!("key bucket value at {rev:?}: {e}")))?;
+    let rev = Revision::from_key(k)
+        .ok_or_else(|| BackendError::Corrupted("key bucket: malformed revision key".into()))?;
+    let kv = KeyValue::decode(v)
+        .map_err(|e| BackendError::Corrupted(format!("key bucket value at {rev:?}: {e}")))?;
     let tombstone = is_tombstone_key(k);
     match key_index.key_index_mut(&kv.key) {
         Some(ki) => {
             if rev <= ki.modified {
-                return Err(BackendError::Corrupted(format!("key bucket: revision {rev:?} out of order")));
+                return Err(BackendError::Corrupted(format!(
+                    "key bucket: revision {rev:?} out of order"
+                )));
             }
             if tombstone {
                 // etcd ignores a tombstone of an already deleted key here; so do we.
@@ -362,7 +435,10 @@ fn restore_entry(key_index: &mut KeyIndexTree, k: &[u8], v: &[u8]) -> Result<i64
             }
         }
         None if !tombstone => {
-            key_index.insert(kv.key, KeyIndex::restored(Revision::new(kv.create_revision, 0), rev, kv.version));
+            key_index.insert(
+                kv.key,
+                KeyIndex::restored(Revision::new(kv.create_revision, 0), rev, kv.version),
+            );
         }
         None => {}
     }
@@ -401,7 +477,11 @@ impl<B: Backend> WriteTxn<'_, B> {
     }
 
     /// Reads inside the transaction, seeing its earlier writes.
-    pub fn range(&self, range: KeyRange<'_>, options: RangeOptions) -> Result<RangeResult, EtcdError> {
+    pub fn range(
+        &self,
+        range: KeyRange<'_>,
+        options: RangeOptions,
+    ) -> Result<RangeResult, EtcdError> {
         self.store.range_at(range, options, self.read_revision())
     }
 
@@ -414,12 +494,26 @@ impl<B: Backend> WriteTxn<'_, B> {
             Err(_) => (main, 1),
         };
         let rev = Revision::new(main, store.changes.len() as i64);
-        let kv = KeyValue { key, create_revision, mod_revision: main, version, value, lease };
+        let kv = KeyValue {
+            key,
+            create_revision,
+            mod_revision: main,
+            version,
+            value,
+            lease,
+        };
         store.encode_buf.clear();
-        kv.encode(&mut store.encode_buf).expect("Vec<u8> grows as needed");
-        store.backend.put(Bucket::Key, &rev.to_key(), &store.encode_buf).map_err(corrupt)?;
+        kv.encode(&mut store.encode_buf)
+            .expect("Vec<u8> grows as needed");
+        store
+            .backend
+            .put(Bucket::Key, &rev.to_key(), &store.encode_buf)
+            .map_err(corrupt)?;
         store.key_index.put(&kv.key, rev);
-        store.changes.push(Change { kind: ChangeKind::Put, kv });
+        store.changes.push(Change {
+            kind: ChangeKind::Put,
+            kv,
+        });
         Ok(main)
     }
 
@@ -427,10 +521,12 @@ impl<B: Backend> WriteTxn<'_, B> {
     /// revision being `begin + 1` if this transaction changed anything, else `begin`.
     pub fn delete_range(&mut self, range: KeyRange<'_>) -> Result<(i64, i64), EtcdError> {
         let mut keys: Vec<Bytes> = Vec::new();
-        self.store.key_index.revisions(range, self.read_revision(), |k, _| {
-            keys.push(k.clone());
-            true
-        });
+        self.store
+            .key_index
+            .revisions(range, self.read_revision(), |k, _| {
+                keys.push(k.clone());
+                true
+            });
         for key in &keys {
             self.delete(key.clone())?;
         }
@@ -446,14 +542,31 @@ impl<B: Backend> WriteTxn<'_, B> {
         let store = &mut *self.store;
         let rev = Revision::new(main, store.changes.len() as i64);
         // The stored value of a tombstone holds only the key, as in etcd (HashKV hashes it).
-        let stored = KeyValue { key, ..Default::default() };
+        let stored = KeyValue {
+            key,
+            ..Default::default()
+        };
         store.encode_buf.clear();
-        stored.encode(&mut store.encode_buf).expect("Vec<u8> grows as needed");
+        stored
+            .encode(&mut store.encode_buf)
+            .expect("Vec<u8> grows as needed");
         let (marked, len) = rev.to_marked_key(true);
-        store.backend.put(Bucket::Key, &marked[..len], &store.encode_buf).map_err(corrupt)?;
-        store.key_index.tombstone(&stored.key, rev).map_err(|_| EtcdError::Corrupt)?;
-        let kv = KeyValue { mod_revision: main, ..stored };
-        store.changes.push(Change { kind: ChangeKind::Delete, kv });
+        store
+            .backend
+            .put(Bucket::Key, &marked[..len], &store.encode_buf)
+            .map_err(corrupt)?;
+        store
+            .key_index
+            .tombstone(&stored.key, rev)
+            .map_err(|_| EtcdError::Corrupt)?;
+        let kv = KeyValue {
+            mod_revision: main,
+            ..stored
+        };
+        store.changes.push(Change {
+            kind: ChangeKind::Delete,
+            kv,
+        });
         Ok(())
     }
 }
