@@ -286,7 +286,7 @@ impl<'a> KeyRange<'a> {
     pub fn contains(&self, key: &[u8]) -> bool {
         match *self {
             KeyRange::Single(k) => k == key,
-            KeyRange::Range { start, end } => key >= start && end.map_or(true, |e| key < e),
+            KeyRange::Range { start, end } => key >= start && !matches!(end, Some(e) if key >= e),
         }
     }
 }
@@ -482,7 +482,8 @@ mod tests {
     #[test]
     fn get_at_revisions() {
         let ki = sample();
-        let cases: &[(i64, Option<(Revision, Revision, i64)>)] = &[
+        type Found = Option<(Revision, Revision, i64)>;
+        let cases: &[(i64, Found)] = &[
             (0, None),
             (1, None),
             (2, Some((r(2, 0), r(2, 0), 1))),
