@@ -4,6 +4,9 @@
 //! connection → `http2` frames → `grpc` messages → `service` handlers → `mvcc` state.
 
 pub mod apply;
+pub mod config;
 pub mod error;
+pub mod log;
+pub mod membership;
 pub mod mvcc;
 pub mod proto;

@@ -1,0 +1,3 @@
+//! Cluster membership: who the members are and how they are named.
+
+pub mod id;

@@ -1,0 +1,12 @@
+//! The thread-per-core runtime: which executor runs on which core, and the limits the
+//! operating system must allow for it.
+//!
+//! Invariants:
+//! - Every executor is a glommio `LocalExecutor` pinned to one CPU from the process's
+//!   affinity mask; executors share no memory except through glommio's cross-core channels.
+//! - Exactly one executor (the *state* executor) owns the MVCC state; network executors
+//!   reach it only by message passing (see `server::state_client`).
+
+pub mod placement;
+
+pub use placement::{check_memlock, Plan};

@@ -1,0 +1,194 @@
+//! Starting and stopping the executors.
+//!
+//! Order matters: the state executor starts first so that network executors can connect
+//! their command channels to it; listeners are bound before "ready to serve client
+//! requests" is logged, because tooling waits for that line and then connects at once.
+//! On SIGTERM/SIGINT the network executors stop first (GOAWAY, drain), which drops their
+//! command senders, which ends the state executor once it has answered everything queued.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use glommio::channels::shared_channel;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::http2::{ServerConfig, ShutdownSignal};
+use crate::log;
+use crate::mvcc::KvStore;
+use crate::runtime::{check_memlock, Plan};
+use crate::server::network::{bind_all, serve_clients};
+use crate::server::state_client::{Command, StateClient, COMMAND_QUEUE_MAX};
+use crate::server::state_machine::{Identity, StateMachine};
+use crate::service::{self, Limits, ServiceContext};
+
+/// io_uring buffer memory each executor registers. Network executors do no file I/O, so
+/// glommio's 10 MiB default would only eat into RLIMIT_MEMLOCK.
+const NETWORK_IO_MEMORY_BYTES: usize = 256 * 1024;
+const STATE_IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
+
+/// What the server needs to know, already validated (see `config`).
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub identity: Identity,
+    pub listen_client_addrs: Vec<SocketAddr>,
+    pub cores: Option<usize>,
+    pub limits: Limits,
+}
+
+fn placement(cpu: Option<usize>) -> Placement {
+    match cpu {
+        Some(cpu) => Placement::Fixed(cpu),
+        None => Placement::Unbound,
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub fn run(options: ServerOptions) -> Result<(), String> {
+    let plan = Plan::new(options.cores);
+    if let Some(wanted) = plan.requested_cores_unavailable {
+        log::warn(
+            "fewer cores available than requested; using what exists",
+            &[("requested-cores", wanted.to_string()), ("cores", plan.cores_in_use().to_string())],
+        );
+    }
+    check_memlock(plan.cores_in_use() + 1, NETWORK_IO_MEMORY_BYTES.max(STATE_IO_MEMORY_BYTES))?;
+
+    // signal-hook's handler only writes to a self-pipe that the main thread reads, so the
+    // executors never run signal-handling code of their own.
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
+    let mut command_senders = Vec::new();
+    let mut command_receivers = Vec::new();
+    for _ in 0..plan.cores_in_use() {
+        let (sender, receiver) = shared_channel::new_bounded::<Command>(COMMAND_QUEUE_MAX);
+        command_senders.push(sender);
+        command_receivers.push(receiver);
+    }
+
+    let identity = options.identity.clone();
+    let state_executor = LocalExecutorBuilder::new(placement(plan.state_cpu))
+        .name("tern-state")
+        .io_memory(STATE_IO_MEMORY_BYTES)
+        .spawn(move || async move {
+            let state = Rc::new(RefCell::new(StateMachine::new(identity, KvStore::new())));
+            let mut per_core = Vec::new();
+            for receiver in command_receivers {
+                let state = state.clone();
+                per_core.push(glommio::spawn_local(async move {
+                    let commands = receiver.connect().await;
+                    while let Some(command) = commands.recv().await {
+                        state.borrow_mut().handle(command);
+                    }
+                }));
+            }
+            for task in per_core {
+                task.await;
+            }
+        })
+        .map_err(|e| format!("cannot start the state executor: {e}"))?;
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut stops = Vec::new();
+    let mut network_executors = Vec::new();
+    for (i, (cpu, sender)) in plan.network_cpus.iter().zip(command_senders).enumerate() {
+        let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
+        stops.push(stop_tx);
+        let addrs = options.listen_client_addrs.clone();
+        let limits = options.limits.clone();
+        let identity = options.identity.clone();
+        let ready_tx = ready_tx.clone();
+        let executor = LocalExecutorBuilder::new(placement(*cpu))
+            .name(&format!("tern-net-{i}"))
+            .io_memory(NETWORK_IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let listeners = match bind_all(&addrs) {
+                    Ok(listeners) => listeners,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let state = StateClient::new(sender.connect().await);
+                let _ = ready_tx.send(Ok(()));
+                let context = Rc::new(ServiceContext::new(state, limits.clone(), &identity));
+                let http2 = Rc::new(ServerConfig {
+                    max_recv_message_bytes: limits.max_recv_message_bytes(),
+                    ..ServerConfig::default()
+                });
+                let shutdown = ShutdownSignal::new();
+                let trigger = shutdown.clone();
+                glommio::spawn_local(async move {
+                    let _ = stop_rx.await;
+                    trigger.trigger();
+                })
+                .detach();
+                serve_clients(listeners, http2, service::handler(context), shutdown).await;
+            })
+            .map_err(|e| format!("cannot start network executor {i}: {e}"))?;
+        network_executors.push(executor);
+    }
+    drop(ready_tx);
+
+    let mut startup_error = None;
+    for _ in 0..network_executors.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => startup_error = Some(e),
+            Err(_) => startup_error = Some("a network executor exited during startup".into()),
+        }
+    }
+    if let Some(e) = startup_error {
+        stops.into_iter().for_each(|s| drop(s.send(())));
+        return Err(e);
+    }
+
+    announce_ready(&options, &plan);
+
+    if let Some(signal) = signals.forever().next() {
+        let name = if signal == libc::SIGTERM { "terminated" } else { "interrupt" };
+        log::info("received signal; shutting down", &[("signal", name.to_string())]);
+    }
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for executor in network_executors {
+        let _ = executor.join();
+    }
+    let _ = state_executor.join();
+    log::info("stopped serving client requests", &[]);
+    Ok(())
+}
+
+/// The lifecycle lines etcd prints once it serves, in etcd's wording: scripts and
+/// orchestration wait for them.
+fn announce_ready(options: &ServerOptions, plan: &Plan) {
+    let id = &options.identity;
+    log::info(
+        "thread-per-core placement",
+        &[
+            ("network-executors", plan.cores_in_use().to_string()),
+            ("state-cpu", format!("{:?}", plan.state_cpu)),
+        ],
+    );
+    log::info(
+        &format!(
+            "published {{Name:{} ClientURLs:[{}]}} to cluster {:x}",
+            id.name,
+            id.client_urls.join(" "),
+            id.cluster_id
+        ),
+        &[("local-member-id", format!("{:x}", id.member_id))],
+    );
+    log::info("enabled capabilities for version 3.4", &[("cluster-version", "3.4".into())]);
+    log::info("ready to serve client requests", &[]);
+    for addr in &options.listen_client_addrs {
+        log::info(
+            &format!(
+                "serving insecure client requests on {addr}, this is strongly discouraged!"
+            ),
+            &[("address", addr.to_string())],
+        );
+    }
+}

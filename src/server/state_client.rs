@@ -1,0 +1,98 @@
+//! The network cores' handle on the state executor.
+//!
+//! Each network executor owns one bounded single-producer/single-consumer glommio channel
+//! to the state executor (`COMMAND_QUEUE_MAX` deep). A command carries its own typed oneshot
+//! for the reply, so a reply can never be matched to the wrong request and the state core
+//! needs no per-connection bookkeeping. glommio wakes the waiting task across cores.
+//!
+//! Backpressure: when the state core falls behind, `send` waits on the full channel, which
+//! stops the connection task reading more requests, which in turn stops granting HTTP/2
+//! flow-control window: load sheds at the edge instead of queueing without bound.
+
+use futures::channel::oneshot;
+use glommio::channels::shared_channel::ConnectedSender;
+
+use crate::error::EtcdError;
+use crate::proto::etcdserverpb as pb;
+
+/// Bound on queued commands per network core. Deep enough to keep the state core busy
+/// while a whole round of pipelined requests arrives, small enough to bound memory.
+pub const COMMAND_QUEUE_MAX: usize = 4096;
+
+pub type Reply<T> = oneshot::Sender<Result<T, EtcdError>>;
+
+/// Everything a network core can ask of the state core.
+pub enum Command {
+    Range(pb::RangeRequest, Reply<pb::RangeResponse>),
+    Put(pb::PutRequest, Reply<pb::PutResponse>),
+    DeleteRange(pb::DeleteRangeRequest, Reply<pb::DeleteRangeResponse>),
+    Txn(pb::TxnRequest, Reply<pb::TxnResponse>),
+    Compact(pb::CompactionRequest, Reply<pb::CompactionResponse>),
+    HashKv(pb::HashKvRequest, Reply<pb::HashKvResponse>),
+    Hash(Reply<pb::HashResponse>),
+    Status(Reply<pb::StatusResponse>),
+    MemberList(Reply<pb::MemberListResponse>),
+    Alarm(pb::AlarmRequest, Reply<pb::AlarmResponse>),
+    Defragment(Reply<pb::DefragmentResponse>),
+}
+
+/// A network core's connection to the state executor. Cheap to share within its core (`Rc`).
+pub struct StateClient {
+    commands: ConnectedSender<Command>,
+}
+
+impl StateClient {
+    pub fn new(commands: ConnectedSender<Command>) -> StateClient {
+        StateClient { commands }
+    }
+
+    /// Sends one command and waits for its reply.
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, EtcdError> {
+        let (reply, response) = oneshot::channel();
+        if self.commands.send(make(reply)).await.is_err() {
+            return Err(EtcdError::Stopped);
+        }
+        // A dropped reply sender means the state core stopped mid-request.
+        response.await.unwrap_or(Err(EtcdError::Stopped))
+    }
+
+    pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
+        self.call(|r| Command::Range(req, r)).await
+    }
+    pub async fn put(&self, req: pb::PutRequest) -> Result<pb::PutResponse, EtcdError> {
+        self.call(|r| Command::Put(req, r)).await
+    }
+    pub async fn delete_range(
+        &self,
+        req: pb::DeleteRangeRequest,
+    ) -> Result<pb::DeleteRangeResponse, EtcdError> {
+        self.call(|r| Command::DeleteRange(req, r)).await
+    }
+    pub async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
+        self.call(|r| Command::Txn(req, r)).await
+    }
+    pub async fn compact(
+        &self,
+        req: pb::CompactionRequest,
+    ) -> Result<pb::CompactionResponse, EtcdError> {
+        self.call(|r| Command::Compact(req, r)).await
+    }
+    pub async fn hash_kv(&self, req: pb::HashKvRequest) -> Result<pb::HashKvResponse, EtcdError> {
+        self.call(|r| Command::HashKv(req, r)).await
+    }
+    pub async fn hash(&self) -> Result<pb::HashResponse, EtcdError> {
+        self.call(Command::Hash).await
+    }
+    pub async fn status(&self) -> Result<pb::StatusResponse, EtcdError> {
+        self.call(Command::Status).await
+    }
+    pub async fn member_list(&self) -> Result<pb::MemberListResponse, EtcdError> {
+        self.call(Command::MemberList).await
+    }
+    pub async fn alarm(&self, req: pb::AlarmRequest) -> Result<pb::AlarmResponse, EtcdError> {
+        self.call(|r| Command::Alarm(req, r)).await
+    }
+    pub async fn defragment(&self) -> Result<pb::DefragmentResponse, EtcdError> {
+        self.call(Command::Defragment).await
+    }
+}

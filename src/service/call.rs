@@ -1,0 +1,74 @@
+//! Unary-call plumbing shared by every service: read exactly one request message, decode
+//! it, run the handler, encode the reply, finish with a status.
+
+use std::future::Future;
+
+use prost::Message;
+
+use crate::error::EtcdError;
+use crate::grpc::{Call, Code, Status};
+
+/// Maps an etcd error to the gRPC status etcd sends for it (code and exact text).
+pub fn status_from_error(error: EtcdError) -> Status {
+    let code = match error.grpc_code() {
+        0 => Code::Ok,
+        1 => Code::Cancelled,
+        3 => Code::InvalidArgument,
+        4 => Code::DeadlineExceeded,
+        5 => Code::NotFound,
+        6 => Code::AlreadyExists,
+        7 => Code::PermissionDenied,
+        8 => Code::ResourceExhausted,
+        9 => Code::FailedPrecondition,
+        10 => Code::Aborted,
+        11 => Code::OutOfRange,
+        12 => Code::Unimplemented,
+        13 => Code::Internal,
+        14 => Code::Unavailable,
+        15 => Code::DataLoss,
+        16 => Code::Unauthenticated,
+        _ => Code::Unknown,
+    };
+    Status::new(code, error.message().to_string())
+}
+
+/// Serves one unary call: `handle` gets the decoded request and the size of its encoding
+/// (for etcd's --max-request-bytes check).
+pub async fn unary<Req, Resp, F, Fut>(call: Call, handle: F)
+where
+    Req: Message + Default,
+    Resp: Message,
+    F: FnOnce(Req, usize) -> Fut,
+    Fut: Future<Output = Result<Resp, EtcdError>>,
+{
+    let Call { mut requests, mut responses, .. } = call;
+    let message = match requests.next().await {
+        Some(Ok(message)) => message,
+        Some(Err(status)) => return responses.finish(status),
+        // grpc-go's wording when a unary call's client half-closes without a message.
+        None => {
+            return responses.finish(Status::new(
+                Code::Internal,
+                "grpc: client streaming protocol violation: get <nil>, want <EOF>".to_string(),
+            ))
+        }
+    };
+    let encoded_bytes = message.len();
+    let request = match Req::decode(message) {
+        Ok(request) => request,
+        Err(e) => {
+            return responses.finish(Status::new(
+                Code::Internal,
+                format!("grpc: error unmarshalling request: {e}"),
+            ))
+        }
+    };
+    match handle(request, encoded_bytes).await {
+        Ok(reply) => {
+            if responses.send(reply.encode_to_vec().into()).await.is_ok() {
+                responses.finish(Status::new(Code::Ok, String::new()));
+            }
+        }
+        Err(error) => responses.finish(status_from_error(error)),
+    }
+}

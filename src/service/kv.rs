@@ -1,0 +1,64 @@
+//! etcdserverpb.KV: Range, Put, DeleteRange, Txn, Compact.
+//!
+//! Order of checks, as etcd's v3rpc/key.go and etcdserver do it: gRPC's own size limit
+//! (transport), then field validation (key not provided, duplicate keys, too many ops),
+//! then the proposal size limit for writes (--max-request-bytes, "request is too large"),
+//! then the state machine.
+
+use crate::apply::validate;
+use crate::error::EtcdError;
+use crate::grpc::Call;
+use crate::proto::etcdserverpb as pb;
+use crate::service::call::unary;
+use crate::service::{unknown_method, ServiceContext};
+
+pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
+    match method {
+        "Range" => {
+            unary(call, |req: pb::RangeRequest, _| async move {
+                validate::check_range(&req)?;
+                context.state.range(req).await
+            })
+            .await
+        }
+        "Put" => {
+            unary(call, |req: pb::PutRequest, bytes| async move {
+                validate::check_put(&req)?;
+                check_proposal_size(context, bytes)?;
+                context.state.put(req).await
+            })
+            .await
+        }
+        "DeleteRange" => {
+            unary(call, |req: pb::DeleteRangeRequest, bytes| async move {
+                validate::check_delete_range(&req)?;
+                check_proposal_size(context, bytes)?;
+                context.state.delete_range(req).await
+            })
+            .await
+        }
+        "Txn" => {
+            unary(call, |req: pb::TxnRequest, bytes| async move {
+                validate::check_txn(&req, context.limits.max_txn_ops)?;
+                check_proposal_size(context, bytes)?;
+                context.state.txn(req).await
+            })
+            .await
+        }
+        "Compact" => {
+            unary(call, |req: pb::CompactionRequest, _| async move {
+                context.state.compact(req).await
+            })
+            .await
+        }
+        _ => call.responses.finish(unknown_method("etcdserverpb.KV", method)),
+    }
+}
+
+/// etcd refuses to propose an entry larger than --max-request-bytes.
+fn check_proposal_size(context: &ServiceContext, encoded_bytes: usize) -> Result<(), EtcdError> {
+    if encoded_bytes > context.limits.max_request_bytes {
+        return Err(EtcdError::RequestTooLarge);
+    }
+    Ok(())
+}

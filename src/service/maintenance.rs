@@ -1,0 +1,38 @@
+//! etcdserverpb.Maintenance: Status, Hash, HashKV, Alarm, Defragment.
+//!
+//! Snapshot and MoveLeader need the persistent backend and raft (issues 5 and 6); Downgrade
+//! is an etcd 3.5 cluster-version operation with no meaning for a single 3.4-API member.
+
+use crate::grpc::Call;
+use crate::proto::etcdserverpb as pb;
+use crate::service::call::unary;
+use crate::service::{not_yet, unknown_method, ServiceContext};
+
+const SERVICE: &str = "etcdserverpb.Maintenance";
+
+pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
+    match method {
+        "Status" => {
+            unary(call, |_: pb::StatusRequest, _| async move { context.state.status().await }).await
+        }
+        "HashKV" => {
+            unary(call, |req: pb::HashKvRequest, _| async move { context.state.hash_kv(req).await })
+                .await
+        }
+        "Hash" => {
+            unary(call, |_: pb::HashRequest, _| async move { context.state.hash().await }).await
+        }
+        "Alarm" => {
+            unary(call, |req: pb::AlarmRequest, _| async move { context.state.alarm(req).await })
+                .await
+        }
+        "Defragment" => {
+            unary(call, |_: pb::DefragmentRequest, _| async move {
+                context.state.defragment().await
+            })
+            .await
+        }
+        "Snapshot" | "MoveLeader" | "Downgrade" => call.responses.finish(not_yet(SERVICE, method)),
+        _ => call.responses.finish(unknown_method(SERVICE, method)),
+    }
+}

@@ -1,0 +1,125 @@
+//! Shared harness for end-to-end tests: spawns the real `tern` binary on free loopback
+//! ports in a fresh temp data dir, waits for etcd's "ready to serve client requests" log
+//! line, and kills the server and removes the dir on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a fresh server may take to log readiness before the test fails.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct TernServer {
+    child: Child,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// A port nobody listens on right now (the kernel picks it; we release it at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn tern_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tern"))
+}
+
+impl TernServer {
+    pub fn start() -> TernServer {
+        TernServer::start_with(&[])
+    }
+
+    pub fn start_with(extra_args: &[&str]) -> TernServer {
+        let client_port = free_port();
+        let peer_port = free_port();
+        let data_dir = std::env::temp_dir().join(format!("tern-test-{}-{client_port}", std::process::id()));
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut child = Command::new(tern_binary())
+            .args(["--name", "e2e", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("e2e={peer_url}")])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tern");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let log_sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ready to serve client requests") {
+                    let _ = ready_tx.send(());
+                }
+                log_sink.lock().unwrap().push(line);
+            }
+        });
+        let server = TernServer { child, client_port, peer_port, data_dir, log };
+        if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
+            panic!("tern did not become ready; log:\n{}", server.log.lock().unwrap().join("\n"));
+        }
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// Runs the real etcdctl (API v3) against this server.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        etcdctl(&self.endpoint(), args, None)
+    }
+
+    pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        etcdctl(&self.endpoint(), args, Some(stdin))
+    }
+}
+
+impl Drop for TernServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+pub fn etcdctl_binary() -> String {
+    std::env::var("ETCDCTL").unwrap_or_else(|_| "etcdctl".to_string())
+}
+
+pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(etcdctl_binary())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl not found: the test command (./test.sh) installs it with apt-get");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
