@@ -3,9 +3,12 @@
 //! The modules follow the path a request takes (see README.md, "Architecture"):
 //! connection → `http2` frames → `grpc` messages → `service` handlers → `mvcc` state.
 
+pub mod apply;
 pub mod config;
+pub mod error;
 pub mod log;
 pub mod membership;
+pub mod mvcc;
 pub mod proto;
 pub mod runtime;
 pub mod server;
