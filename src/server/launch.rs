@@ -14,7 +14,7 @@ use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::http2::{ServerConfig, ShutdownSignal};
-use crate::mvcc::KvStore;
+use crate::mvcc::{KvStore, MemBackend};
 use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{bind_all, serve_clients};
 use crate::server::state_client::{Command, StateClient, COMMAND_QUEUE_MAX};
@@ -72,7 +72,10 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         .name("tern-state")
         .io_memory(STATE_IO_MEMORY_BYTES)
         .spawn(move || async move {
-            let state = Rc::new(RefCell::new(StateMachine::new(identity, KvStore::new())));
+            let state = Rc::new(RefCell::new(StateMachine::new(
+                identity,
+                KvStore::open(MemBackend::new()).expect("an empty in-memory store opens"),
+            )));
             let mut per_core = Vec::new();
             for receiver in command_receivers {
                 let state = state.clone();

@@ -14,7 +14,8 @@
 //! entries plus one per write).
 
 use crate::error::EtcdError;
-use crate::mvcc::KvStore;
+use crate::apply::NoLeases;
+use crate::mvcc::{KvStore, MemBackend};
 use crate::proto::etcdserverpb as pb;
 use crate::server::state_client::Command;
 
@@ -43,13 +44,13 @@ pub struct Identity {
 
 pub struct StateMachine {
     identity: Identity,
-    store: KvStore,
+    store: KvStore<MemBackend>,
     raft_applied_index: u64,
     alarms: Vec<pb::AlarmMember>,
 }
 
 impl StateMachine {
-    pub fn new(identity: Identity, store: KvStore) -> StateMachine {
+    pub fn new(identity: Identity, store: KvStore<MemBackend>) -> StateMachine {
         StateMachine {
             identity,
             store,
@@ -86,7 +87,7 @@ impl StateMachine {
                 let _ = reply.send(res);
             }
             Command::Put(req, reply) => {
-                let res = self.store.put(&req).map(|mut r| {
+                let res = self.store.put(&req, &NoLeases).map(|mut r| {
                     self.raft_applied_index += 1;
                     self.stamp(&mut r.header);
                     r
@@ -102,7 +103,7 @@ impl StateMachine {
                 let _ = reply.send(res);
             }
             Command::Txn(req, reply) => {
-                let res = self.store.txn(&req).map(|mut r| {
+                let res = self.store.txn(&req, &NoLeases).map(|mut r| {
                     self.raft_applied_index += 1;
                     self.stamp(&mut r.header);
                     r
@@ -118,15 +119,14 @@ impl StateMachine {
                 let _ = reply.send(res);
             }
             Command::HashKv(req, reply) => {
-                let res = self.store.hash_kv(req.revision).map(|h| pb::HashKvResponse {
-                    header: Some(self.header(h.current_revision)),
-                    hash: h.hash,
-                    compact_revision: h.compact_revision,
+                let res = self.store.hash_kv(&req).map(|mut r| {
+                    self.stamp(&mut r.header);
+                    r
                 });
                 let _ = reply.send(res);
             }
             Command::Hash(reply) => {
-                let res = self.store.hash_kv(0).map(|h| pb::HashResponse {
+                let res = self.store.hash_by_rev(0).map(|h| pb::HashResponse {
                     header: Some(self.header(h.current_revision)),
                     hash: h.hash,
                 });
@@ -203,7 +203,7 @@ impl StateMachine {
     }
 
     fn status(&self) -> pb::StatusResponse {
-        let db_size = self.store.db_size_bytes() as i64;
+        let db_size = self.store.backend().size_bytes() as i64;
         pb::StatusResponse {
             header: Some(self.header(self.store.current_revision())),
             version: ETCD_SERVER_VERSION.to_string(),
