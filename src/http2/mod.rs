@@ -1,0 +1,3 @@
+//! tmp
+pub mod frame;
+pub mod hpack;
