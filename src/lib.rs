@@ -5,3 +5,4 @@
 
 pub mod http2;
 pub mod proto;
+pub mod grpc;
