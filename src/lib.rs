@@ -1,11 +1,14 @@
 //! tern: an etcd-compatible key-value server, thread-per-core on glommio.
 //!
 //! The modules follow the path a request takes (see README.md, "Architecture"):
-//! connection → `http2` frames → `grpc` messages → `service` handlers → `mvcc` state.
+//! `runtime`/`server` (executors) → `http2` frames → `grpc` messages → `service` handlers
+//! → `apply` (etcd's KV semantics) → `mvcc` state.
 
 pub mod apply;
 pub mod config;
 pub mod error;
+pub mod grpc;
+pub mod http2;
 pub mod log;
 pub mod membership;
 pub mod mvcc;

@@ -1,0 +1,357 @@
+//! Turns an HTTP/2 request into a gRPC [`Call`] and runs its handler.
+//!
+//! Invariants:
+//! - Every call ends with exactly one status on the wire: the handler's `finish`, or
+//!   INTERNAL if it returned or was dropped without one, or DEADLINE_EXCEEDED when the
+//!   `grpc-timeout` passes first — unless the client reset the stream or the connection
+//!   died, in which case nothing can be sent and the handler is dropped.
+//! - Request messages are bounded by `ServerConfig::max_recv_message_bytes`, checked on
+//!   the prefix before any payload is buffered.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::codec::{self, MESSAGE_PREFIX_LEN};
+use super::status::{Code, Status};
+use crate::http2::conn::{Request, StreamRef};
+use crate::http2::ServerConfig;
+
+/// The service layer's entry point: called once per call, on the connection's executor.
+pub type Handler = Rc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = ()>>>>;
+
+/// One incoming RPC.
+pub struct Call {
+    /// The `:path`, e.g. "/etcdserverpb.KV/Range".
+    pub method: String,
+    /// From `grpc-timeout`.
+    pub deadline: Option<Instant>,
+    /// Other request headers, lowercase names (e.g. "token", "authorization").
+    pub metadata: Vec<(String, Bytes)>,
+    pub requests: RequestStream,
+    pub responses: ResponseSink,
+}
+
+/// State the call's task and its sink share.
+struct CallShared {
+    stream: StreamRef,
+    /// Set once a status went out (or can never go out).
+    finished: Cell<bool>,
+}
+
+impl CallShared {
+    /// Sends the final status unless one was sent already.
+    fn finish(&self, status: &Status) {
+        if self.finished.replace(true) {
+            return;
+        }
+        if self.stream.headers_sent() {
+            let _ = self.stream.send_trailers(codec::trailers(status));
+        } else {
+            let _ = self.stream.send_headers(&codec::trailers_only(b"200", status), true);
+        }
+    }
+}
+
+/// The request messages of a call.
+pub struct RequestStream {
+    call: Rc<CallShared>,
+    max_message_bytes: usize,
+    /// Received chunks not yet assembled into messages, and their total length.
+    chunks: VecDeque<Bytes>,
+    buffered_bytes: usize,
+    /// Once set, every later `next` returns it again.
+    error: Option<Status>,
+    /// `grpc-encoding` of the request, for the error on a compressed message.
+    encoding: Option<String>,
+}
+
+impl RequestStream {
+    /// Next whole gRPC message payload (without the 5-byte prefix). None after the
+    /// client's END_STREAM. Err(status) if the client reset the stream, the connection
+    /// died, or the message is malformed or too large.
+    pub async fn next(&mut self) -> Option<Result<Bytes, Status>> {
+        loop {
+            if let Some(status) = &self.error {
+                return Some(Err(status.clone()));
+            }
+            match self.try_message() {
+                Ok(Some(message)) => return Some(Ok(message)),
+                Ok(None) => {}
+                Err(status) => {
+                    self.error = Some(status.clone());
+                    return Some(Err(status));
+                }
+            }
+            match poll_fn(|cx| self.call.stream.poll_data(cx)).await {
+                Some(Ok(chunk)) => {
+                    self.buffered_bytes += chunk.len();
+                    self.chunks.push_back(chunk);
+                }
+                Some(Err(())) => self.error = Some(Status::cancelled()),
+                None if self.buffered_bytes == 0 => return None,
+                None => {
+                    // grpc-go reports a truncated message as io.ErrUnexpectedEOF.
+                    self.error = Some(Status::new(Code::Internal, "unexpected EOF"));
+                }
+            }
+        }
+    }
+
+    fn try_message(&mut self) -> Result<Option<Bytes>, Status> {
+        if self.buffered_bytes < MESSAGE_PREFIX_LEN {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; MESSAGE_PREFIX_LEN];
+        self.peek(&mut prefix);
+        let (compressed, length) = codec::parse_prefix(&prefix);
+        if compressed {
+            let encoding = self.encoding.as_deref().unwrap_or("");
+            return Err(Status::new(
+                Code::Unimplemented,
+                format!("grpc: Decompressor is not installed for grpc-encoding {encoding:?}"),
+            ));
+        }
+        if length > self.max_message_bytes {
+            return Err(Status::new(
+                Code::ResourceExhausted,
+                format!(
+                    "grpc: received message larger than max ({length} vs. {})",
+                    self.max_message_bytes
+                ),
+            ));
+        }
+        if self.buffered_bytes < MESSAGE_PREFIX_LEN + length {
+            return Ok(None);
+        }
+        let _ = self.take(MESSAGE_PREFIX_LEN);
+        Ok(Some(self.take(length)))
+    }
+
+    fn peek(&self, out: &mut [u8]) {
+        let mut filled = 0;
+        for chunk in &self.chunks {
+            let n = (out.len() - filled).min(chunk.len());
+            out[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            if filled == out.len() {
+                return;
+            }
+        }
+        unreachable!("peek past buffered bytes");
+    }
+
+    /// Removes `n` buffered bytes; zero-copy when they lie in one chunk.
+    fn take(&mut self, n: usize) -> Bytes {
+        assert!(n <= self.buffered_bytes);
+        self.buffered_bytes -= n;
+        let front = self.chunks.front_mut().expect("buffered bytes");
+        if front.len() >= n {
+            let out = front.split_to(n);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            return out;
+        }
+        let mut out = BytesMut::with_capacity(n);
+        while out.len() < n {
+            let front = self.chunks.front_mut().expect("buffered bytes");
+            let k = (n - out.len()).min(front.len());
+            out.extend_from_slice(&front.split_to(k));
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        out.freeze()
+    }
+}
+
+/// The response side of a call.
+pub struct ResponseSink {
+    call: Rc<CallShared>,
+    send_queue_bytes_max: usize,
+}
+
+impl ResponseSink {
+    /// Sends one message (the first call also sends the response HEADERS :status 200,
+    /// content-type application/grpc). Waits while this stream's unsent queue is above
+    /// its bound (peer not granting window). Err(Cancelled) once the stream or
+    /// connection is gone.
+    pub async fn send(&mut self, message: Bytes) -> Result<(), Status> {
+        if self.call.finished.get() {
+            return Err(Status::cancelled());
+        }
+        let bound = self.send_queue_bytes_max;
+        poll_fn(|cx| self.call.stream.poll_send_capacity(cx, bound))
+            .await
+            .map_err(|()| Status::cancelled())?;
+        let stream = &self.call.stream;
+        if !stream.headers_sent() {
+            stream
+                .send_headers(codec::response_headers(), false)
+                .map_err(|()| Status::cancelled())?;
+        }
+        let (head, tail) = codec::frame_message(message);
+        stream.send_data(head).map_err(|()| Status::cancelled())?;
+        if let Some(tail) = tail {
+            stream.send_data(tail).map_err(|()| Status::cancelled())?;
+        }
+        Ok(())
+    }
+
+    /// Ends the call with trailers grpc-status / grpc-message (Trailers-Only if nothing
+    /// was sent).
+    pub fn finish(self, status: Status) {
+        self.call.finish(&status);
+    }
+
+    /// Resolves when the client cancels (RST_STREAM) or the connection closes (and also
+    /// once the call has been finished).
+    pub async fn closed(&self) {
+        poll_fn(|cx| self.call.stream.poll_closed(cx)).await
+    }
+}
+
+impl Drop for ResponseSink {
+    fn drop(&mut self) {
+        // A handler that ends without a status is a server bug; tell the client so.
+        self.call.finish(&Status::new(
+            Code::Internal,
+            "handler ended without sending a status",
+        ));
+    }
+}
+
+/// Rejects a request that is not gRPC before any handler runs, as grpc-go does: with an
+/// HTTP status and a gRPC status in one headers-only response.
+fn early_abort(stream: &StreamRef, http_status: &[u8], status: Status) {
+    let _ = stream.send_headers(&codec::trailers_only(http_status, &status), true);
+}
+
+/// Validates the request head, builds the [`Call`] and spawns its handler task.
+pub fn dispatch(request: Request, handler: &Handler, config: &ServerConfig) {
+    let Request {
+        stream,
+        method,
+        path,
+        fields,
+        ..
+    } = request;
+    if &method[..] != b"POST" {
+        let text = format!(
+            "invalid gRPC request method {:?}",
+            String::from_utf8_lossy(&method)
+        );
+        return early_abort(&stream, b"405", Status::new(Code::Internal, text));
+    }
+    let mut content_type = None;
+    let mut timeout = None;
+    let mut encoding = None;
+    let mut metadata = Vec::with_capacity(fields.len());
+    for (name, value) in fields {
+        match &name[..] {
+            b"content-type" => content_type = Some(value),
+            b"grpc-timeout" => timeout = Some(value),
+            b"grpc-encoding" => encoding = Some(String::from_utf8_lossy(&value).into_owned()),
+            b"te" => {}
+            _ => metadata.push((String::from_utf8_lossy(&name).into_owned(), value)),
+        }
+    }
+    let is_grpc = content_type.as_deref().is_some_and(|ct| {
+        ct.strip_prefix(b"application/grpc")
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+    });
+    if !is_grpc {
+        let text = format!(
+            "invalid gRPC request content-type {:?}",
+            String::from_utf8_lossy(content_type.as_deref().unwrap_or(b""))
+        );
+        return early_abort(&stream, b"415", Status::new(Code::Internal, text));
+    }
+    let deadline = match timeout.as_deref().map(codec::parse_timeout) {
+        None => None,
+        Some(Ok(timeout)) => Some(Instant::now().checked_add(timeout).unwrap_or_else(far_future)),
+        Some(Err(e)) => {
+            let status = Status::new(Code::Internal, format!("malformed grpc-timeout: {e}"));
+            return early_abort(&stream, b"200", status);
+        }
+    };
+    let shared = Rc::new(CallShared {
+        stream,
+        finished: Cell::new(false),
+    });
+    let call = Call {
+        method: String::from_utf8_lossy(&path).into_owned(),
+        deadline,
+        metadata,
+        requests: RequestStream {
+            call: shared.clone(),
+            max_message_bytes: config.max_recv_message_bytes,
+            chunks: VecDeque::new(),
+            buffered_bytes: 0,
+            error: None,
+            encoding,
+        },
+        responses: ResponseSink {
+            call: shared.clone(),
+            send_queue_bytes_max: config.send_queue_bytes_max,
+        },
+    };
+    let handler_future = handler(call);
+    glommio::spawn_local(run_call(handler_future, shared, deadline)).detach();
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 86_400)
+}
+
+enum Outcome {
+    Done,
+    Gone,
+    DeadlineExceeded,
+}
+
+/// Runs a handler until it returns, the client goes away, or the deadline passes.
+async fn run_call(
+    handler_future: Pin<Box<dyn Future<Output = ()>>>,
+    call: Rc<CallShared>,
+    deadline: Option<Instant>,
+) {
+    let done = async {
+        handler_future.await;
+        Outcome::Done
+    };
+    let gone = async {
+        poll_fn(|cx| call.stream.poll_closed(cx)).await;
+        Outcome::Gone
+    };
+    let expired = async {
+        match deadline {
+            Some(deadline) => {
+                glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+                Outcome::DeadlineExceeded
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = futures_lite::future::or(done, futures_lite::future::or(gone, expired)).await;
+    match outcome {
+        // The sink's Drop sent INTERNAL if the handler forgot to finish.
+        Outcome::Done => {}
+        // Nothing can be sent; dropping the handler future cancels its work.
+        Outcome::Gone => call.finished.set(true),
+        Outcome::DeadlineExceeded => {
+            call.finish(&Status::new(
+                Code::DeadlineExceeded,
+                "context deadline exceeded",
+            ));
+            // If the client is still sending, the transport follows the trailers with
+            // RST_STREAM(NO_ERROR) once they are out (see http2::conn::local_end_stream).
+        }
+    }
+}

@@ -1,0 +1,984 @@
+//! The connection driver: one reader loop (this task) and one writer task sharing
+//! `Rc<RefCell<Shared>>` on the same glommio executor (single thread, no locks).
+//!
+//! Data path: the reader reads up to `read_buffer_bytes` at a time and parses every
+//! complete frame in the buffer; DATA payloads stay `Bytes` slices of that buffer
+//! (zero-copy) until the handler takes them. Everything we send is appended to one
+//! output buffer; the writer swaps it out and writes it in one call whenever it holds
+//! data and the socket accepts it (never on a timer), so frames produced while a write
+//! is in flight coalesce into the next one.
+//!
+//! Invariants:
+//! - The `RefCell` is never borrowed across an `.await`.
+//! - Response DATA leaves a stream's queue only within both the stream's and the
+//!   connection's send window and the peer's SETTINGS_MAX_FRAME_SIZE.
+//! - A connection error sends GOAWAY with the highest stream id we processed, fails every
+//!   stream (their handlers see the connection as gone), flushes and closes.
+//! - Errors are classified as RFC 9113 §5.4 says: stream errors reset one stream (the
+//!   HPACK state is kept in sync by decoding every header block), connection errors end all.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::config::{ServerConfig, ShutdownSignal};
+use super::flow::{RecvWindow, SendWindow};
+use super::frame::{self, ErrorCode, Frame, FrameError, FrameHeader, Settings, FRAME_HEADER_LEN};
+use super::hpack::{self, HeaderList};
+use super::stream::{State, Stream};
+
+/// Most bytes of one header block (HEADERS + CONTINUATIONs) we buffer before decoding:
+/// bounds memory against a CONTINUATION flood.
+const HEADER_BLOCK_BYTES_MAX_FACTOR: usize = 2;
+/// Most response bytes moved from stream queues into the output buffer per writer batch,
+/// so one huge message cannot starve control frames of other streams for long.
+const WRITE_BATCH_DATA_BYTES_MAX: usize = 512 * 1024;
+
+/// Why a connection ended abnormally.
+#[derive(Debug)]
+pub enum ConnError {
+    Io(io::Error),
+    /// We sent GOAWAY with this code (RFC 9113 §5.4.1).
+    Protocol(ErrorCode, &'static str),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Io(e) => write!(f, "http2 connection I/O error: {e}"),
+            ConnError::Protocol(code, why) => {
+                write!(f, "http2 connection error {:#x}: {why}", code.0)
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConnError {}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> Self {
+        ConnError::Io(e)
+    }
+}
+
+/// A validated request head handed to the application layer.
+pub struct Request {
+    pub stream: StreamRef,
+    pub method: Bytes,
+    pub path: Bytes,
+    /// Regular (non-pseudo) header fields, in order; names are lowercase (RFC 9113 §8.2.1).
+    pub fields: Vec<(Bytes, Bytes)>,
+    /// Whether the HEADERS carried END_STREAM (no request body).
+    pub end_stream: bool,
+}
+
+/// The peer's settings that shape what we send.
+struct PeerSettings {
+    initial_window_size: u32,
+    max_frame_size: u32,
+}
+
+struct PendingHeaders {
+    stream_id: u32,
+    end_stream: bool,
+    block: Vec<u8>,
+}
+
+/// State shared by the reader, the writer and every stream handle.
+pub(crate) struct Shared {
+    out: Vec<u8>,
+    writer_waker: Option<Waker>,
+    /// Set when the writer should flush what it has and stop.
+    closing: bool,
+    /// Set when the connection is gone: every stream operation fails.
+    dead: bool,
+    streams: HashMap<u32, Stream>,
+    /// Streams that have queued DATA or trailers and may be able to send.
+    send_list: VecDeque<u32>,
+    conn_send_window: SendWindow,
+    conn_recv_window: RecvWindow,
+    peer: PeerSettings,
+    /// Highest client stream id seen (RFC 9113 §5.1.1: new ids must increase).
+    max_seen_stream_id: u32,
+    /// Set once we sent a graceful GOAWAY: later streams are refused.
+    goaway_sent: bool,
+    drain_waker: Option<Waker>,
+}
+
+impl Shared {
+    fn wake_writer(&mut self) {
+        if let Some(w) = self.writer_waker.take() {
+            w.wake();
+        }
+    }
+
+    fn send_rst(&mut self, stream_id: u32, code: ErrorCode) {
+        frame::encode_rst_stream(&mut self.out, stream_id, code);
+        self.wake_writer();
+    }
+
+    /// Removes a stream (it is now Closed) and wakes everyone waiting on it.
+    fn close_stream(&mut self, stream_id: u32) {
+        if let Some(mut s) = self.streams.remove(&stream_id) {
+            s.state = State::Closed;
+            s.wake_all();
+        }
+        if self.streams.is_empty() {
+            if let Some(w) = self.drain_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn reset_stream(&mut self, stream_id: u32, code: ErrorCode) {
+        self.send_rst(stream_id, code);
+        self.close_stream(stream_id);
+    }
+
+    /// Marks the connection gone and fails every stream.
+    fn fail_all(&mut self) {
+        self.dead = true;
+        self.closing = true;
+        let ids: Vec<u32> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.close_stream(id);
+        }
+        self.wake_writer();
+    }
+
+    /// Our side of the stream ended (trailers or a headers-only response went out).
+    fn local_end_stream(&mut self, stream_id: u32) {
+        let Some(s) = self.streams.get_mut(&stream_id) else {
+            return;
+        };
+        s.state = s.state.send_end_stream();
+        if s.state == State::HalfClosedLocal {
+            // The response is complete while the client is still sending: tell it to stop
+            // (RFC 9113 §8.1) rather than keep buffering a request nobody reads.
+            frame::encode_rst_stream(&mut self.out, stream_id, ErrorCode::NO_ERROR);
+        }
+        self.close_stream(stream_id);
+    }
+
+    fn schedule(&mut self, stream_id: u32) {
+        if let Some(s) = self.streams.get_mut(&stream_id) {
+            if !s.in_send_list && (!s.send_queue.is_empty() || s.pending_trailers.is_some()) {
+                s.in_send_list = true;
+                self.send_list.push_back(stream_id);
+                self.wake_writer();
+            }
+        }
+    }
+
+    /// Moves queued response data into the output buffer within the flow-control windows,
+    /// round-robin across streams, one frame per stream per turn.
+    fn fill_data(&mut self) {
+        let max_frame = self.peer.max_frame_size as usize;
+        let mut moved = 0usize;
+        let mut skipped = 0usize;
+        while moved < WRITE_BATCH_DATA_BYTES_MAX && skipped < self.send_list.len() {
+            let Some(stream_id) = self.send_list.pop_front() else {
+                break;
+            };
+            let Some(s) = self.streams.get_mut(&stream_id) else {
+                continue;
+            };
+            if let Some(chunk) = s.send_queue.front_mut() {
+                let n = chunk
+                    .len()
+                    .min(max_frame)
+                    .min(s.send_window.available())
+                    .min(self.conn_send_window.available());
+                if n == 0 {
+                    if self.conn_send_window.available() == 0 {
+                        // Blocked on the connection: keep our place and stop.
+                        self.send_list.push_front(stream_id);
+                        return;
+                    }
+                    // Blocked on its own window: off the list until a WINDOW_UPDATE.
+                    s.in_send_list = false;
+                    continue;
+                }
+                frame::encode_data(&mut self.out, stream_id, &chunk[..n], false);
+                let _ = bytes::Buf::advance(chunk, n);
+                if chunk.is_empty() {
+                    s.send_queue.pop_front();
+                }
+                s.send_queued_bytes -= n;
+                s.send_window.consume(n);
+                self.conn_send_window.consume(n);
+                moved += n;
+                skipped = 0;
+                if let Some(w) = s.send_waker.take() {
+                    w.wake();
+                }
+            }
+            if s.send_queue.is_empty() {
+                s.in_send_list = false;
+                if let Some(block) = s.pending_trailers.take() {
+                    frame::encode_header_block(&mut self.out, stream_id, &block, true, max_frame);
+                    self.local_end_stream(stream_id);
+                }
+            } else {
+                self.send_list.push_back(stream_id);
+            }
+        }
+    }
+
+    fn connection_error(&mut self, code: ErrorCode, why: &'static str) -> ConnError {
+        frame::encode_goaway(&mut self.out, self.max_seen_stream_id, code, why.as_bytes());
+        self.fail_all();
+        ConnError::Protocol(code, why)
+    }
+}
+
+/// A handle on one stream for the application layer.
+pub struct StreamRef {
+    shared: Rc<RefCell<Shared>>,
+    stream_id: u32,
+}
+
+impl StreamRef {
+    pub fn stream_id(&self) -> u32 {
+        self.stream_id
+    }
+
+    /// Whether the stream is gone (reset by either side, finished, or connection dead).
+    pub fn is_gone(&self) -> bool {
+        let shared = self.shared.borrow();
+        shared.dead || !shared.streams.contains_key(&self.stream_id)
+    }
+
+    /// Next chunk of request data; `Ready(None)` after the client's END_STREAM;
+    /// `Ready(Some(Err(())))` if the stream or connection is gone. Taking a chunk gives its
+    /// bytes back to the stream's window.
+    pub fn poll_data(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>> {
+        let mut guard = self.shared.borrow_mut();
+        let shared = &mut *guard;
+        if shared.dead {
+            return Poll::Ready(Some(Err(())));
+        }
+        let Some(s) = shared.streams.get_mut(&self.stream_id) else {
+            return Poll::Ready(Some(Err(())));
+        };
+        if let Some(chunk) = s.recv_chunks.pop_front() {
+            if s.state.remote_open() {
+                if let Some(increment) = s.recv_window.release(chunk.len() as u32) {
+                    frame::encode_window_update(&mut shared.out, self.stream_id, increment);
+                    shared.wake_writer();
+                }
+            }
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        if !s.state.remote_open() {
+            return Poll::Ready(None);
+        }
+        s.recv_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Writes a response header block now (headers are not flow-controlled). With
+    /// `end_stream`, this is the whole response (e.g. gRPC Trailers-Only).
+    pub fn send_headers(&self, block: &[u8], end_stream: bool) -> Result<(), ()> {
+        let mut guard = self.shared.borrow_mut();
+        let shared = &mut *guard;
+        if shared.dead {
+            return Err(());
+        }
+        let Some(s) = shared.streams.get_mut(&self.stream_id) else {
+            return Err(());
+        };
+        debug_assert!(!s.headers_sent, "response headers sent twice");
+        s.headers_sent = true;
+        let max_frame = shared.peer.max_frame_size as usize;
+        frame::encode_header_block(&mut shared.out, self.stream_id, block, end_stream, max_frame);
+        if end_stream {
+            shared.local_end_stream(self.stream_id);
+        }
+        shared.wake_writer();
+        Ok(())
+    }
+
+    /// Queues response data; it leaves as the peer's windows allow.
+    pub fn send_data(&self, data: Bytes) -> Result<(), ()> {
+        let mut shared = self.shared.borrow_mut();
+        if shared.dead {
+            return Err(());
+        }
+        let Some(s) = shared.streams.get_mut(&self.stream_id) else {
+            return Err(());
+        };
+        s.send_queued_bytes += data.len();
+        s.send_queue.push_back(data);
+        shared.schedule(self.stream_id);
+        Ok(())
+    }
+
+    /// Ends the response with a trailer block, after all queued data.
+    pub fn send_trailers(&self, block: Vec<u8>) -> Result<(), ()> {
+        let mut shared = self.shared.borrow_mut();
+        if shared.dead {
+            return Err(());
+        }
+        let Some(s) = shared.streams.get_mut(&self.stream_id) else {
+            return Err(());
+        };
+        s.pending_trailers = Some(block);
+        shared.schedule(self.stream_id);
+        Ok(())
+    }
+
+    pub fn headers_sent(&self) -> bool {
+        let shared = self.shared.borrow();
+        shared
+            .streams
+            .get(&self.stream_id)
+            .is_some_and(|s| s.headers_sent)
+    }
+
+    /// Ready when at most `bound` response bytes wait unsent, or the stream is gone
+    /// (`Err`).
+    pub fn poll_send_capacity(&self, cx: &mut Context<'_>, bound: usize) -> Poll<Result<(), ()>> {
+        let mut shared = self.shared.borrow_mut();
+        if shared.dead {
+            return Poll::Ready(Err(()));
+        }
+        let Some(s) = shared.streams.get_mut(&self.stream_id) else {
+            return Poll::Ready(Err(()));
+        };
+        if s.send_queued_bytes <= bound {
+            return Poll::Ready(Ok(()));
+        }
+        s.send_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Ready once the stream is gone (reset, finished, or connection closed).
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut shared = self.shared.borrow_mut();
+        if shared.dead {
+            return Poll::Ready(());
+        }
+        match shared.streams.get_mut(&self.stream_id) {
+            None => Poll::Ready(()),
+            Some(s) => {
+                s.closed_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Resets the stream with `code` (RST_STREAM) unless it is already gone.
+    pub fn reset(&self, code: ErrorCode) {
+        let mut shared = self.shared.borrow_mut();
+        if !shared.dead && shared.streams.contains_key(&self.stream_id) {
+            shared.reset_stream(self.stream_id, code);
+        }
+    }
+}
+
+/// Lets the reader and the writer task poll the one socket without a lock: each poll
+/// borrows it only for the duration of the (synchronous) poll call. glommio keeps
+/// separate read and write sources per socket, so the two directions do not interfere.
+struct SocketHalf(Rc<RefCell<TcpStream>>);
+
+impl AsyncRead for SocketHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SocketHalf {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}
+
+async fn writer_task(socket: Rc<RefCell<TcpStream>>, shared: Rc<RefCell<Shared>>) {
+    let mut sock = SocketHalf(socket);
+    let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        let batch = poll_fn(|cx| {
+            let mut s = shared.borrow_mut();
+            if !s.dead {
+                s.fill_data();
+            }
+            if !s.out.is_empty() {
+                let fresh = std::mem::take(&mut spare);
+                return Poll::Ready(Some(std::mem::replace(&mut s.out, fresh)));
+            }
+            if s.closing {
+                return Poll::Ready(None);
+            }
+            s.writer_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        let Some(mut batch) = batch else { break };
+        if sock.write_all(&batch).await.is_err() {
+            shared.borrow_mut().fail_all();
+            break;
+        }
+        batch.clear();
+        spare = batch;
+    }
+    let _ = sock.flush().await;
+}
+
+enum Wake {
+    Read(io::Result<usize>),
+    Shutdown,
+    Drained,
+    GraceExpired,
+}
+
+/// Serves one HTTP/2 connection, handing each new request to `on_request`.
+pub async fn serve_connection_with(
+    stream: TcpStream,
+    config: Rc<ServerConfig>,
+    on_request: impl Fn(Request),
+    shutdown: ShutdownSignal,
+) -> Result<(), ConnError> {
+    let _ = stream.set_nodelay(true);
+    let socket = Rc::new(RefCell::new(stream));
+    let shared = Rc::new(RefCell::new(Shared {
+        out: Vec::with_capacity(64 * 1024),
+        writer_waker: None,
+        closing: false,
+        dead: false,
+        streams: HashMap::new(),
+        send_list: VecDeque::new(),
+        conn_send_window: SendWindow::new(frame::DEFAULT_WINDOW_SIZE),
+        conn_recv_window: RecvWindow::new(frame::DEFAULT_WINDOW_SIZE, config.connection_window_bytes),
+        peer: PeerSettings {
+            initial_window_size: frame::DEFAULT_WINDOW_SIZE,
+            max_frame_size: frame::MAX_FRAME_SIZE_DEFAULT,
+        },
+        max_seen_stream_id: 0,
+        goaway_sent: false,
+        drain_waker: None,
+    }));
+    {
+        // Server preface: our SETTINGS, then raise the connection window (RFC 9113 §3.4).
+        let mut s = shared.borrow_mut();
+        let settings = Settings {
+            header_table_size: Some(config.header_table_bytes),
+            enable_push: Some(0),
+            max_concurrent_streams: Some(config.max_concurrent_streams),
+            initial_window_size: Some(config.initial_stream_window_bytes),
+            max_frame_size: Some(config.max_frame_bytes),
+            max_header_list_size: Some(config.max_header_list_bytes),
+        };
+        frame::encode_settings(&mut s.out, &settings);
+        if let Some(increment) = s.conn_recv_window.grow_to_target() {
+            frame::encode_window_update(&mut s.out, 0, increment);
+        }
+    }
+    let writer = glommio::spawn_local(writer_task(socket.clone(), shared.clone()));
+    let mut reader = Reader {
+        shared: shared.clone(),
+        config: config.clone(),
+        decoder: hpack::Decoder::new(config.header_table_bytes as usize),
+        pending_headers: None,
+        preface_done: false,
+        settings_seen: false,
+    };
+    let result = reader.run(SocketHalf(socket.clone()), &on_request, &shutdown).await;
+    {
+        let mut s = shared.borrow_mut();
+        s.fail_all();
+    }
+    writer.await;
+    let _ = socket.borrow().shutdown(std::net::Shutdown::Both).await;
+    result
+}
+
+struct Reader {
+    shared: Rc<RefCell<Shared>>,
+    config: Rc<ServerConfig>,
+    decoder: hpack::Decoder,
+    pending_headers: Option<PendingHeaders>,
+    preface_done: bool,
+    settings_seen: bool,
+}
+
+impl Reader {
+    async fn run(
+        &mut self,
+        mut sock: SocketHalf,
+        on_request: &dyn Fn(Request),
+        shutdown: &ShutdownSignal,
+    ) -> Result<(), ConnError> {
+        let read_size = self.config.read_buffer_bytes.max(FRAME_HEADER_LEN + 1024);
+        let mut buf = BytesMut::with_capacity(read_size);
+        let mut grace_deadline: Option<Instant> = None;
+        loop {
+            if let Err(e) = self.process(&mut buf, on_request) {
+                return Err(self.shared.borrow_mut().connection_error_from(e));
+            }
+            if self.shared.borrow().dead {
+                return Ok(());
+            }
+            // Read more, unless shutdown or drain intervenes.
+            let start = buf.len();
+            if buf.capacity() - start < read_size / 4 {
+                buf.reserve(read_size);
+            }
+            let room = buf.capacity() - start;
+            buf.resize(start + room, 0);
+            let wake = {
+                let read = async { Wake::Read(sock.read(&mut buf[start..]).await) };
+                let shut = async {
+                    if grace_deadline.is_some() {
+                        std::future::pending::<()>().await;
+                    }
+                    shutdown.wait().await;
+                    Wake::Shutdown
+                };
+                let drained = async {
+                    match grace_deadline {
+                        None => std::future::pending::<Wake>().await,
+                        Some(deadline) => {
+                            let drain = async {
+                                poll_fn(|cx| {
+                                    let mut s = self.shared.borrow_mut();
+                                    if s.streams.is_empty() {
+                                        Poll::Ready(Wake::Drained)
+                                    } else {
+                                        s.drain_waker = Some(cx.waker().clone());
+                                        Poll::Pending
+                                    }
+                                })
+                                .await
+                            };
+                            let timer = async {
+                                glommio::timer::sleep(
+                                    deadline.saturating_duration_since(Instant::now()),
+                                )
+                                .await;
+                                Wake::GraceExpired
+                            };
+                            futures_lite::future::or(drain, timer).await
+                        }
+                    }
+                };
+                futures_lite::future::or(read, futures_lite::future::or(shut, drained)).await
+            };
+            match wake {
+                Wake::Read(Ok(0)) => {
+                    buf.truncate(start);
+                    return Ok(());
+                }
+                Wake::Read(Ok(n)) => buf.truncate(start + n),
+                Wake::Read(Err(e)) => {
+                    buf.truncate(start);
+                    return Err(ConnError::Io(e));
+                }
+                Wake::Shutdown => {
+                    buf.truncate(start);
+                    // Graceful GOAWAY: finish streams up to the last id we saw, refuse others.
+                    let mut s = self.shared.borrow_mut();
+                    let last = s.max_seen_stream_id;
+                    frame::encode_goaway(&mut s.out, last, ErrorCode::NO_ERROR, b"");
+                    s.goaway_sent = true;
+                    s.wake_writer();
+                    grace_deadline = Some(Instant::now() + self.config.graceful_shutdown);
+                }
+                Wake::Drained | Wake::GraceExpired => {
+                    buf.truncate(start);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Consumes the preface and every complete frame in `buf`.
+    fn process(&mut self, buf: &mut BytesMut, on_request: &dyn Fn(Request)) -> Result<(), FrameError> {
+        if !self.preface_done {
+            let n = buf.len().min(frame::PREFACE.len());
+            if buf[..n] != frame::PREFACE[..n] {
+                return Err(FrameError::Connection(ErrorCode::PROTOCOL_ERROR, "invalid connection preface"));
+            }
+            if n < frame::PREFACE.len() {
+                return Ok(());
+            }
+            let _ = buf.split_to(frame::PREFACE.len());
+            self.preface_done = true;
+        }
+        while let Some(header) = FrameHeader::parse(buf) {
+            if header.length > self.config.max_frame_bytes {
+                return Err(FrameError::Connection(ErrorCode::FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE"));
+            }
+            let total = FRAME_HEADER_LEN + header.length as usize;
+            if buf.len() < total {
+                break;
+            }
+            let mut bytes = buf.split_to(total).freeze();
+            let payload = bytes.split_off(FRAME_HEADER_LEN);
+            if !self.settings_seen {
+                // The client preface continues with a SETTINGS frame (RFC 9113 §3.4).
+                if header.kind != frame::kind::SETTINGS || header.flags & frame::flag::ACK != 0 {
+                    return Err(FrameError::Connection(ErrorCode::PROTOCOL_ERROR, "first frame is not SETTINGS"));
+                }
+                self.settings_seen = true;
+            }
+            match Frame::parse(header, payload) {
+                Ok(f) => self.handle(f, on_request)?,
+                Err(FrameError::Stream(stream_id, code, _)) => {
+                    if self.pending_headers.is_some() {
+                        return Err(FrameError::Connection(ErrorCode::PROTOCOL_ERROR, "frame interleaved in a header block"));
+                    }
+                    self.shared.borrow_mut().reset_stream(stream_id, code);
+                }
+                Err(e) => return Err(e),
+            }
+            if self.shared.borrow().dead {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, f: Frame, on_request: &dyn Fn(Request)) -> Result<(), FrameError> {
+        use ErrorCode as E;
+        let conn_err = |code, why| Err(FrameError::Connection(code, why));
+        // RFC 9113 §4.3: a header block is a contiguous sequence of frames.
+        if let Some(p) = &mut self.pending_headers {
+            let Frame::Continuation {
+                stream_id,
+                end_headers,
+                fragment,
+            } = f
+            else {
+                return conn_err(E::PROTOCOL_ERROR, "frame interleaved in a header block");
+            };
+            if stream_id != p.stream_id {
+                return conn_err(E::PROTOCOL_ERROR, "CONTINUATION for another stream");
+            }
+            let limit = self.config.max_header_list_bytes as usize * HEADER_BLOCK_BYTES_MAX_FACTOR;
+            if p.block.len() + fragment.len() > limit {
+                return conn_err(E::ENHANCE_YOUR_CALM, "header block too large");
+            }
+            p.block.extend_from_slice(&fragment);
+            if end_headers {
+                let p = self.pending_headers.take().expect("pending header block");
+                return self.on_header_block(p.stream_id, p.end_stream, &p.block, on_request);
+            }
+            return Ok(());
+        }
+        match f {
+            Frame::Data {
+                stream_id,
+                end_stream,
+                data,
+                flow_len,
+            } => self.on_data(stream_id, end_stream, data, flow_len),
+            Frame::Headers {
+                stream_id,
+                end_stream,
+                end_headers,
+                fragment,
+                ..
+            } => {
+                if end_headers {
+                    self.on_header_block(stream_id, end_stream, &fragment, on_request)
+                } else {
+                    self.pending_headers = Some(PendingHeaders {
+                        stream_id,
+                        end_stream,
+                        block: fragment.to_vec(),
+                    });
+                    Ok(())
+                }
+            }
+            Frame::Continuation { .. } => conn_err(E::PROTOCOL_ERROR, "CONTINUATION without HEADERS"),
+            Frame::Priority { .. } | Frame::Unknown { .. } => Ok(()),
+            Frame::RstStream { stream_id, .. } => {
+                let mut s = self.shared.borrow_mut();
+                if stream_id > s.max_seen_stream_id {
+                    return conn_err(E::PROTOCOL_ERROR, "RST_STREAM on an idle stream");
+                }
+                s.close_stream(stream_id);
+                Ok(())
+            }
+            Frame::Settings { ack: true, .. } => Ok(()),
+            Frame::Settings { ack: false, settings } => self.on_settings(settings),
+            Frame::PushPromise { .. } => conn_err(E::PROTOCOL_ERROR, "PUSH_PROMISE from a client"),
+            Frame::Ping { ack, payload } => {
+                if !ack {
+                    let mut s = self.shared.borrow_mut();
+                    frame::encode_ping(&mut s.out, true, &payload);
+                    s.wake_writer();
+                }
+                Ok(())
+            }
+            // The client will open no more streams; existing ones finish normally.
+            Frame::GoAway { .. } => Ok(()),
+            Frame::WindowUpdate {
+                stream_id,
+                increment,
+            } => {
+                let mut guard = self.shared.borrow_mut();
+                let s = &mut *guard;
+                if stream_id == 0 {
+                    if s.conn_send_window.increase(increment).is_err() {
+                        return conn_err(E::FLOW_CONTROL_ERROR, "connection window above 2^31-1");
+                    }
+                    s.wake_writer();
+                    return Ok(());
+                }
+                if stream_id > s.max_seen_stream_id {
+                    return conn_err(E::PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream");
+                }
+                if let Some(st) = s.streams.get_mut(&stream_id) {
+                    if st.send_window.increase(increment).is_err() {
+                        s.reset_stream(stream_id, E::FLOW_CONTROL_ERROR);
+                        return Ok(());
+                    }
+                    s.schedule(stream_id);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_settings(&mut self, settings: Settings) -> Result<(), FrameError> {
+        let mut guard = self.shared.borrow_mut();
+        let s = &mut *guard;
+        if let Some(size) = settings.max_frame_size {
+            s.peer.max_frame_size = size;
+        }
+        if let Some(initial) = settings.initial_window_size {
+            // RFC 9113 §6.9.2: the change applies to every open stream's window.
+            let delta = initial as i64 - s.peer.initial_window_size as i64;
+            s.peer.initial_window_size = initial;
+            let ids: Vec<u32> = s.streams.keys().copied().collect();
+            for id in ids {
+                let st = s.streams.get_mut(&id).expect("stream listed");
+                if st.send_window.adjust(delta).is_err() {
+                    return Err(FrameError::Connection(
+                        ErrorCode::FLOW_CONTROL_ERROR,
+                        "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream window",
+                    ));
+                }
+                if delta > 0 {
+                    s.schedule(id);
+                }
+            }
+        }
+        // HEADER_TABLE_SIZE needs nothing: our encoder never uses the dynamic table.
+        frame::encode_settings_ack(&mut s.out);
+        s.wake_writer();
+        Ok(())
+    }
+
+    fn on_data(&mut self, stream_id: u32, end_stream: bool, data: Bytes, flow_len: u32) -> Result<(), FrameError> {
+        let mut guard = self.shared.borrow_mut();
+        let s = &mut *guard;
+        if s.conn_recv_window.receive(flow_len).is_err() {
+            return Err(FrameError::Connection(ErrorCode::FLOW_CONTROL_ERROR, "DATA beyond the connection window"));
+        }
+        // The connection window is given back as data arrives; per-stream windows bound
+        // what is buffered (see ServerConfig::connection_window_bytes).
+        if let Some(increment) = s.conn_recv_window.release(flow_len) {
+            frame::encode_window_update(&mut s.out, 0, increment);
+            s.wake_writer();
+        }
+        if stream_id > s.max_seen_stream_id {
+            return Err(FrameError::Connection(ErrorCode::PROTOCOL_ERROR, "DATA on an idle stream"));
+        }
+        let Some(st) = s.streams.get_mut(&stream_id) else {
+            // Closed: we may have reset it while the frame was in flight (RFC 9113 §5.1,
+            // "closed"): its bytes were counted above, the frame is otherwise ignored.
+            return Ok(());
+        };
+        if !st.state.remote_open() {
+            s.reset_stream(stream_id, ErrorCode::STREAM_CLOSED);
+            return Ok(());
+        }
+        if st.recv_window.receive(flow_len).is_err() {
+            s.reset_stream(stream_id, ErrorCode::FLOW_CONTROL_ERROR);
+            return Ok(());
+        }
+        let padding = flow_len - data.len() as u32;
+        if padding > 0 {
+            if let Some(increment) = st.recv_window.release(padding) {
+                frame::encode_window_update(&mut s.out, stream_id, increment);
+            }
+        }
+        if !data.is_empty() {
+            st.recv_chunks.push_back(data);
+        }
+        if end_stream {
+            st.state = st.state.recv_end_stream();
+        }
+        if let Some(w) = st.recv_waker.take() {
+            w.wake();
+        }
+        if st.state == State::Closed {
+            s.close_stream(stream_id);
+        }
+        Ok(())
+    }
+
+    fn on_header_block(
+        &mut self,
+        stream_id: u32,
+        end_stream: bool,
+        block: &[u8],
+        on_request: &dyn Fn(Request),
+    ) -> Result<(), FrameError> {
+        use ErrorCode as E;
+        // Decode first, whatever happens to the stream: the HPACK tables must stay in sync.
+        let list = self
+            .decoder
+            .decode(block)
+            .map_err(|_| FrameError::Connection(E::COMPRESSION_ERROR, "invalid HPACK header block"))?;
+        let request = {
+            let mut guard = self.shared.borrow_mut();
+            let s = &mut *guard;
+            if stream_id % 2 == 0 {
+                return Err(FrameError::Connection(E::PROTOCOL_ERROR, "client opened an even stream id"));
+            }
+            if let Some(st) = s.streams.get_mut(&stream_id) {
+                // Trailers on an existing stream.
+                if !st.state.remote_open() {
+                    s.reset_stream(stream_id, E::STREAM_CLOSED);
+                    return Ok(());
+                }
+                if !end_stream {
+                    s.reset_stream(stream_id, E::PROTOCOL_ERROR);
+                    return Ok(());
+                }
+                st.state = st.state.recv_end_stream();
+                if let Some(w) = st.recv_waker.take() {
+                    w.wake();
+                }
+                if st.state == State::Closed {
+                    s.close_stream(stream_id);
+                }
+                return Ok(());
+            }
+            if stream_id <= s.max_seen_stream_id {
+                return Err(FrameError::Connection(E::STREAM_CLOSED, "HEADERS on a closed stream"));
+            }
+            s.max_seen_stream_id = stream_id;
+            if s.goaway_sent || s.streams.len() >= self.config.max_concurrent_streams as usize {
+                s.send_rst(stream_id, E::REFUSED_STREAM);
+                return Ok(());
+            }
+            let state = if end_stream { State::HalfClosedRemote } else { State::Open };
+            let stream = Stream::new(
+                state,
+                s.peer.initial_window_size,
+                self.config.initial_stream_window_bytes,
+            );
+            s.streams.insert(stream_id, stream);
+            let stream_ref = StreamRef {
+                shared: self.shared.clone(),
+                stream_id,
+            };
+            if list.list_size > self.config.max_header_list_bytes as usize {
+                let mut out = Vec::new();
+                hpack::encoder::encode_field(&mut out, b":status", b"431");
+                drop(guard);
+                let _ = stream_ref.send_headers(&out, true);
+                return Ok(());
+            }
+            match validate_request(list, stream_ref, end_stream) {
+                Ok(request) => request,
+                Err(stream_ref) => {
+                    drop(guard);
+                    stream_ref.reset(E::PROTOCOL_ERROR);
+                    return Ok(());
+                }
+            }
+        };
+        on_request(request);
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn connection_error_from(&mut self, e: FrameError) -> ConnError {
+        match e {
+            FrameError::Connection(code, why) => self.connection_error(code, why),
+            FrameError::Stream(_, code, why) => self.connection_error(code, why),
+        }
+    }
+}
+
+/// Checks a request head against RFC 9113 §8.2–§8.3; a malformed request is a stream
+/// error PROTOCOL_ERROR (§8.1.1), handed back as `Err(stream)`.
+fn validate_request(list: HeaderList, stream: StreamRef, end_stream: bool) -> Result<Request, StreamRef> {
+    let mut method = None;
+    let mut path = None;
+    let mut scheme = false;
+    let mut fields = Vec::with_capacity(list.fields.len());
+    let mut regular_seen = false;
+    for (name, value) in list.fields {
+        if name.first() == Some(&b':') {
+            if regular_seen {
+                return Err(stream);
+            }
+            let slot = match &name[..] {
+                b":method" => &mut method,
+                b":path" => &mut path,
+                b":scheme" => {
+                    if scheme {
+                        return Err(stream);
+                    }
+                    scheme = true;
+                    continue;
+                }
+                b":authority" => continue,
+                _ => return Err(stream),
+            };
+            if slot.replace(value).is_some() {
+                return Err(stream);
+            }
+            continue;
+        }
+        regular_seen = true;
+        if name.iter().any(|b| b.is_ascii_uppercase()) {
+            return Err(stream);
+        }
+        match &name[..] {
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade" => {
+                return Err(stream)
+            }
+            b"te" if &value[..] != b"trailers" => return Err(stream),
+            _ => {}
+        }
+        fields.push((name, value));
+    }
+    match (method, path) {
+        (Some(method), Some(path)) if scheme && !path.is_empty() => Ok(Request {
+            stream,
+            method,
+            path,
+            fields,
+            end_stream,
+        }),
+        _ => Err(stream),
+    }
+}
