@@ -143,7 +143,9 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         }
     }
     if let Some(e) = startup_error {
-        stops.into_iter().for_each(|s| drop(s.send(())));
+        for stop in stops {
+            let _ = stop.send(());
+        }
         return Err(e);
     }
 

@@ -73,6 +73,15 @@ impl TernServer {
         server
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the server has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
     }
