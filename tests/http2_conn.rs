@@ -638,3 +638,42 @@ fn deadline_expiry_sends_deadline_exceeded() {
     // The client had not finished sending: the server stops it with RST_STREAM(NO_ERROR).
     c.expect_rst(1, ErrorCode::NO_ERROR);
 }
+
+#[test]
+fn curl_non_grpc_requests_get_an_http_answer() {
+    // curl (an independent HTTP/2 client) with prior knowledge: a GET gets 405, a POST
+    // with a non-gRPC content-type gets 415, and neither hangs.
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("curl not installed; skipping");
+        return;
+    }
+    let server = support::start_server(ServerConfig::default());
+    let url = format!("http://{}/test.Echo/Unary", server.addr);
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "--http2-prior-knowledge",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(run(&[]), "405");
+    assert_eq!(
+        run(&["-X", "POST", "-H", "content-type: text/plain", "-d", "hi"]),
+        "415"
+    );
+}
