@@ -26,7 +26,8 @@ impl Client {
     fn connect(config: ServerConfig) -> Client {
         let server = support::start_server(config);
         let sock = TcpStream::connect(server.addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         Client {
             sock,
             buf: Vec::new(),
@@ -41,8 +42,14 @@ impl Client {
         let mut out = frame::PREFACE.to_vec();
         frame::encode_settings(&mut out, &Settings::default());
         c.send(&out);
-        c.expect(|f| matches!(f, Frame::Settings { ack: false, .. }), "server SETTINGS");
-        c.expect(|f| matches!(f, Frame::Settings { ack: true, .. }), "SETTINGS ACK");
+        c.expect(
+            |f| matches!(f, Frame::Settings { ack: false, .. }),
+            "server SETTINGS",
+        );
+        c.expect(
+            |f| matches!(f, Frame::Settings { ack: true, .. }),
+            "SETTINGS ACK",
+        );
         c
     }
 
@@ -74,27 +81,45 @@ impl Client {
                     return f;
                 }
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; saw {:?}", self.seen);
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; saw {:?}",
+                self.seen
+            );
             let mut chunk = [0u8; 65536];
             match self.sock.read(&mut chunk) {
                 Ok(0) => panic!("EOF while waiting for {what}; saw {:?}", self.seen),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(e) => panic!("read error {e} while waiting for {what}; saw {:?}", self.seen),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!(
+                    "read error {e} while waiting for {what}; saw {:?}",
+                    self.seen
+                ),
             }
         }
     }
 
     fn expect_goaway(&mut self, code: ErrorCode) {
         let f = self.expect(|f| matches!(f, Frame::GoAway { .. }), "GOAWAY");
-        let Frame::GoAway { error_code, .. } = f else { unreachable!() };
+        let Frame::GoAway { error_code, .. } = f else {
+            unreachable!()
+        };
         assert_eq!(error_code, code, "GOAWAY code");
         self.expect_eof();
     }
 
     fn expect_rst(&mut self, stream: u32, code: ErrorCode) {
-        let f = self.expect(|f| matches!(f, Frame::RstStream { stream_id, .. } if *stream_id == stream), "RST_STREAM");
-        let Frame::RstStream { error_code, .. } = f else { unreachable!() };
+        let f = self.expect(
+            |f| matches!(f, Frame::RstStream { stream_id, .. } if *stream_id == stream),
+            "RST_STREAM",
+        );
+        let Frame::RstStream { error_code, .. } = f else {
+            unreachable!()
+        };
         assert_eq!(error_code, code, "RST_STREAM code");
     }
 
@@ -102,11 +127,18 @@ impl Client {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut chunk = [0u8; 4096];
         loop {
-            assert!(Instant::now() < deadline, "server did not close the connection");
+            assert!(
+                Instant::now() < deadline,
+                "server did not close the connection"
+            );
             match self.sock.read(&mut chunk) {
                 Ok(0) => return,
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(_) => return,
             }
         }
@@ -130,7 +162,12 @@ impl Client {
             .unwrap()
             .fields
             .into_iter()
-            .map(|(n, v)| (String::from_utf8(n.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap()))
+            .map(|(n, v)| {
+                (
+                    String::from_utf8(n.to_vec()).unwrap(),
+                    String::from_utf8(v.to_vec()).unwrap(),
+                )
+            })
             .collect()
     }
 }
@@ -158,7 +195,12 @@ fn grpc_message(payload: &[u8]) -> Bytes {
 }
 
 fn data(stream_id: u32, payload: Bytes, end_stream: bool) -> Frame {
-    Frame::Data { stream_id, end_stream, flow_len: payload.len() as u32, data: payload }
+    Frame::Data {
+        stream_id,
+        end_stream,
+        flow_len: payload.len() as u32,
+        data: payload,
+    }
 }
 
 #[test]
@@ -180,9 +222,18 @@ fn first_frame_not_settings_is_protocol_error() {
 #[test]
 fn ping_is_echoed() {
     let mut c = Client::handshake(ServerConfig::default());
-    c.send_frame(Frame::Ping { ack: false, payload: *b"pingpong" });
+    c.send_frame(Frame::Ping {
+        ack: false,
+        payload: *b"pingpong",
+    });
     let f = c.expect(|f| matches!(f, Frame::Ping { .. }), "PING ACK");
-    assert_eq!(f, Frame::Ping { ack: true, payload: *b"pingpong" });
+    assert_eq!(
+        f,
+        Frame::Ping {
+            ack: true,
+            payload: *b"pingpong"
+        }
+    );
 }
 
 #[test]
@@ -191,7 +242,13 @@ fn oversized_frame_gets_frame_size_error() {
     let max = config.max_frame_bytes;
     let mut c = Client::handshake(config);
     let mut out = Vec::new();
-    FrameHeader { length: max + 1, kind: kind::DATA, flags: 0, stream_id: 1 }.encode(&mut out);
+    FrameHeader {
+        length: max + 1,
+        kind: kind::DATA,
+        flags: 0,
+        stream_id: 1,
+    }
+    .encode(&mut out);
     c.send(&out);
     c.expect_goaway(ErrorCode::FRAME_SIZE_ERROR);
 }
@@ -212,7 +269,10 @@ fn invalid_hpack_gets_compression_error() {
 
 #[test]
 fn data_beyond_connection_window_is_flow_control_error() {
-    let config = ServerConfig { connection_window_bytes: 65_535, ..ServerConfig::default() };
+    let config = ServerConfig {
+        connection_window_bytes: 65_535,
+        ..ServerConfig::default()
+    };
     let mut c = Client::handshake(config);
     c.request(1, "/test.Echo/Hang", false);
     // One 65,536-byte frame: within SETTINGS_MAX_FRAME_SIZE, one byte past the window.
@@ -222,7 +282,10 @@ fn data_beyond_connection_window_is_flow_control_error() {
 
 #[test]
 fn data_beyond_stream_window_is_stream_flow_control_error() {
-    let config = ServerConfig { initial_stream_window_bytes: 65_535, ..ServerConfig::default() };
+    let config = ServerConfig {
+        initial_stream_window_bytes: 65_535,
+        ..ServerConfig::default()
+    };
     let mut c = Client::handshake(config);
     c.request(1, "/test.Echo/Hang", false);
     for _ in 0..4 {
@@ -231,14 +294,20 @@ fn data_beyond_stream_window_is_stream_flow_control_error() {
     c.send_frame(data(1, Bytes::from(vec![0u8; 16_384]), false));
     c.expect_rst(1, ErrorCode::FLOW_CONTROL_ERROR);
     // The connection survives a stream error.
-    c.send_frame(Frame::Ping { ack: false, payload: *b"stillup!" });
+    c.send_frame(Frame::Ping {
+        ack: false,
+        payload: *b"stillup!",
+    });
     c.expect(|f| matches!(f, Frame::Ping { ack: true, .. }), "PING ACK");
 }
 
 #[test]
 fn connection_window_update_overflow_is_flow_control_error() {
     let mut c = Client::handshake(ServerConfig::default());
-    c.send_frame(Frame::WindowUpdate { stream_id: 0, increment: frame::MAX_WINDOW_SIZE });
+    c.send_frame(Frame::WindowUpdate {
+        stream_id: 0,
+        increment: frame::MAX_WINDOW_SIZE,
+    });
     c.expect_goaway(ErrorCode::FLOW_CONTROL_ERROR);
 }
 
@@ -246,7 +315,10 @@ fn connection_window_update_overflow_is_flow_control_error() {
 fn stream_window_update_overflow_resets_stream() {
     let mut c = Client::handshake(ServerConfig::default());
     c.request(1, "/test.Echo/Hang", false);
-    c.send_frame(Frame::WindowUpdate { stream_id: 1, increment: frame::MAX_WINDOW_SIZE });
+    c.send_frame(Frame::WindowUpdate {
+        stream_id: 1,
+        increment: frame::MAX_WINDOW_SIZE,
+    });
     c.expect_rst(1, ErrorCode::FLOW_CONTROL_ERROR);
 }
 
@@ -261,7 +333,10 @@ fn continuation_interleaving_is_protocol_error() {
         priority: None,
         fragment: Bytes::copy_from_slice(&block[..3]),
     });
-    c.send_frame(Frame::Ping { ack: false, payload: *b"12345678" });
+    c.send_frame(Frame::Ping {
+        ack: false,
+        payload: *b"12345678",
+    });
     c.expect_goaway(ErrorCode::PROTOCOL_ERROR);
 }
 
@@ -276,7 +351,11 @@ fn continuation_for_another_stream_is_protocol_error() {
         priority: None,
         fragment: Bytes::copy_from_slice(&block[..3]),
     });
-    c.send_frame(Frame::Continuation { stream_id: 3, end_headers: true, fragment: Bytes::copy_from_slice(&block[3..]) });
+    c.send_frame(Frame::Continuation {
+        stream_id: 3,
+        end_headers: true,
+        fragment: Bytes::copy_from_slice(&block[3..]),
+    });
     c.expect_goaway(ErrorCode::PROTOCOL_ERROR);
 }
 
@@ -291,16 +370,43 @@ fn headers_split_over_continuations_work() {
         priority: None,
         fragment: Bytes::copy_from_slice(&block[..5]),
     });
-    c.send_frame(Frame::Continuation { stream_id: 1, end_headers: false, fragment: Bytes::copy_from_slice(&block[5..9]) });
-    c.send_frame(Frame::Continuation { stream_id: 1, end_headers: true, fragment: Bytes::copy_from_slice(&block[9..]) });
+    c.send_frame(Frame::Continuation {
+        stream_id: 1,
+        end_headers: false,
+        fragment: Bytes::copy_from_slice(&block[5..9]),
+    });
+    c.send_frame(Frame::Continuation {
+        stream_id: 1,
+        end_headers: true,
+        fragment: Bytes::copy_from_slice(&block[9..]),
+    });
     c.send_frame(data(1, grpc_message(b"hi"), true));
     let f = c.expect(|f| matches!(f, Frame::Data { .. }), "echoed DATA");
-    let Frame::Data { data, .. } = f else { unreachable!() };
+    let Frame::Data { data, .. } = f else {
+        unreachable!()
+    };
     assert_eq!(&data[..], &grpc_message(b"hi")[..]);
-    let f = c.expect(|f| matches!(f, Frame::Headers { end_stream: true, .. }), "trailers");
-    let Frame::Headers { fragment, .. } = f else { unreachable!() };
+    let f = c.expect(
+        |f| {
+            matches!(
+                f,
+                Frame::Headers {
+                    end_stream: true,
+                    ..
+                }
+            )
+        },
+        "trailers",
+    );
+    let Frame::Headers { fragment, .. } = f else {
+        unreachable!()
+    };
     let _response_headers = c.seen.iter().find_map(|f| match f {
-        Frame::Headers { end_stream: false, fragment, .. } => Some(fragment.clone()),
+        Frame::Headers {
+            end_stream: false,
+            fragment,
+            ..
+        } => Some(fragment.clone()),
         _ => None,
     });
     let trailers = c.decode(&_response_headers.map(|b| b.to_vec()).unwrap_or_default());
@@ -313,7 +419,19 @@ fn headers_split_over_continuations_work() {
 fn headers_on_closed_stream_is_stream_closed() {
     let mut c = Client::handshake(ServerConfig::default());
     c.request(1, "/test.Echo/NoSuchMethod", true);
-    c.expect(|f| matches!(f, Frame::Headers { stream_id: 1, end_stream: true, .. }), "Trailers-Only response");
+    c.expect(
+        |f| {
+            matches!(
+                f,
+                Frame::Headers {
+                    stream_id: 1,
+                    end_stream: true,
+                    ..
+                }
+            )
+        },
+        "Trailers-Only response",
+    );
     c.request(1, "/test.Echo/NoSuchMethod", true);
     c.expect_goaway(ErrorCode::STREAM_CLOSED);
 }
@@ -334,7 +452,10 @@ fn data_on_idle_stream_is_protocol_error() {
 
 #[test]
 fn streams_over_the_limit_are_refused() {
-    let config = ServerConfig { max_concurrent_streams: 2, ..ServerConfig::default() };
+    let config = ServerConfig {
+        max_concurrent_streams: 2,
+        ..ServerConfig::default()
+    };
     let mut c = Client::handshake(config);
     c.request(1, "/test.Echo/Hang", false);
     c.request(3, "/test.Echo/Hang", false);
@@ -346,10 +467,16 @@ fn streams_over_the_limit_are_refused() {
 fn client_reset_cancels_the_handler() {
     let mut c = Client::handshake(ServerConfig::default());
     c.request(1, "/test.Echo/Hang", false);
-    c.send_frame(Frame::RstStream { stream_id: 1, error_code: ErrorCode::CANCEL });
+    c.send_frame(Frame::RstStream {
+        stream_id: 1,
+        error_code: ErrorCode::CANCEL,
+    });
     // The stream is gone: DATA on it is ignored, the connection lives on.
     c.send_frame(data(1, Bytes::from_static(b"late"), false));
-    c.send_frame(Frame::Ping { ack: false, payload: *b"afterrst" });
+    c.send_frame(Frame::Ping {
+        ack: false,
+        payload: *b"afterrst",
+    });
     c.expect(|f| matches!(f, Frame::Ping { ack: true, .. }), "PING ACK");
     assert!(!c.seen.iter().any(|f| matches!(f, Frame::GoAway { .. })));
 }
@@ -358,12 +485,31 @@ fn client_reset_cancels_the_handler() {
 fn non_grpc_content_type_gets_http_415() {
     let mut c = Client::handshake(ServerConfig::default());
     let block = request_block("/test.Echo/Unary", "text/plain");
-    c.send_frame(Frame::Headers { stream_id: 1, end_stream: true, end_headers: true, priority: None, fragment: Bytes::from(block) });
-    let f = c.expect(|f| matches!(f, Frame::Headers { stream_id: 1, .. }), "415 response");
-    let Frame::Headers { fragment, end_stream, .. } = f else { unreachable!() };
+    c.send_frame(Frame::Headers {
+        stream_id: 1,
+        end_stream: true,
+        end_headers: true,
+        priority: None,
+        fragment: Bytes::from(block),
+    });
+    let f = c.expect(
+        |f| matches!(f, Frame::Headers { stream_id: 1, .. }),
+        "415 response",
+    );
+    let Frame::Headers {
+        fragment,
+        end_stream,
+        ..
+    } = f
+    else {
+        unreachable!()
+    };
     assert!(end_stream);
     let fields = c.decode(&fragment);
-    assert!(fields.contains(&(":status".into(), "415".into())), "{fields:?}");
+    assert!(
+        fields.contains(&(":status".into(), "415".into())),
+        "{fields:?}"
+    );
 }
 
 #[test]
@@ -371,31 +517,163 @@ fn compressed_message_is_unimplemented() {
     let mut c = Client::handshake(ServerConfig::default());
     c.request(1, "/test.Echo/Unary", false);
     c.send_frame(data(1, Bytes::from_static(b"\x01\0\0\0\x01x"), true));
-    let f = c.expect(|f| matches!(f, Frame::Headers { stream_id: 1, end_stream: true, .. }), "status");
-    let Frame::Headers { fragment, .. } = f else { unreachable!() };
+    let f = c.expect(
+        |f| {
+            matches!(
+                f,
+                Frame::Headers {
+                    stream_id: 1,
+                    end_stream: true,
+                    ..
+                }
+            )
+        },
+        "status",
+    );
+    let Frame::Headers { fragment, .. } = f else {
+        unreachable!()
+    };
     let fields = c.decode(&fragment);
-    assert!(fields.contains(&("grpc-status".into(), "12".into())), "{fields:?}");
-    assert!(fields.iter().any(|(n, v)| n == "grpc-message" && v.starts_with("grpc: Decompressor is not installed")), "{fields:?}");
+    assert!(
+        fields.contains(&("grpc-status".into(), "12".into())),
+        "{fields:?}"
+    );
+    assert!(
+        fields
+            .iter()
+            .any(|(n, v)| n == "grpc-message"
+                && v.starts_with("grpc: Decompressor is not installed")),
+        "{fields:?}"
+    );
 }
 
 #[test]
 fn message_over_limit_is_resource_exhausted() {
-    let config = ServerConfig { max_recv_message_bytes: 100, ..ServerConfig::default() };
+    let config = ServerConfig {
+        max_recv_message_bytes: 100,
+        ..ServerConfig::default()
+    };
     let mut c = Client::handshake(config);
     c.request(1, "/test.Echo/Unary", false);
     c.send_frame(data(1, grpc_message(&[1u8; 101]), true));
-    let f = c.expect(|f| matches!(f, Frame::Headers { stream_id: 1, end_stream: true, .. }), "status");
-    let Frame::Headers { fragment, .. } = f else { unreachable!() };
+    let f = c.expect(
+        |f| {
+            matches!(
+                f,
+                Frame::Headers {
+                    stream_id: 1,
+                    end_stream: true,
+                    ..
+                }
+            )
+        },
+        "status",
+    );
+    let Frame::Headers { fragment, .. } = f else {
+        unreachable!()
+    };
     let fields = c.decode(&fragment);
-    assert!(fields.contains(&("grpc-status".into(), "8".into())), "{fields:?}");
-    assert!(fields.contains(&("grpc-message".into(), "grpc: received message larger than max (101 vs. 100)".into())), "{fields:?}");
+    assert!(
+        fields.contains(&("grpc-status".into(), "8".into())),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&(
+            "grpc-message".into(),
+            "grpc: received message larger than max (101 vs. 100)".into()
+        )),
+        "{fields:?}"
+    );
 }
 
 #[test]
 fn settings_flag_bits_and_unknown_frames_are_tolerated() {
     let mut c = Client::handshake(ServerConfig::default());
     c.send(&[0, 0, 3, 0xfa, 0xff, 0, 0, 0, 0, 1, 2, 3]);
-    c.send_frame(Frame::Ping { ack: false, payload: *b"unknown!" });
+    c.send_frame(Frame::Ping {
+        ack: false,
+        payload: *b"unknown!",
+    });
     c.expect(|f| matches!(f, Frame::Ping { ack: true, .. }), "PING ACK");
     let _ = flag::ACK;
+}
+
+#[test]
+fn deadline_expiry_sends_deadline_exceeded() {
+    let mut c = Client::handshake(ServerConfig::default());
+    let mut block = request_block("/test.Echo/Hang", "application/grpc");
+    hpack::encoder::encode_field(&mut block, b"grpc-timeout", b"100m");
+    c.send_frame(Frame::Headers {
+        stream_id: 1,
+        end_stream: false,
+        end_headers: true,
+        priority: None,
+        fragment: Bytes::from(block),
+    });
+    let f = c.expect(
+        |f| {
+            matches!(
+                f,
+                Frame::Headers {
+                    stream_id: 1,
+                    end_stream: true,
+                    ..
+                }
+            )
+        },
+        "DEADLINE_EXCEEDED",
+    );
+    let Frame::Headers { fragment, .. } = f else {
+        unreachable!()
+    };
+    let fields = c.decode(&fragment);
+    assert!(
+        fields.contains(&("grpc-status".into(), "4".into())),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&("grpc-message".into(), "context deadline exceeded".into())),
+        "{fields:?}"
+    );
+    // The client had not finished sending: the server stops it with RST_STREAM(NO_ERROR).
+    c.expect_rst(1, ErrorCode::NO_ERROR);
+}
+
+#[test]
+fn curl_non_grpc_requests_get_an_http_answer() {
+    // curl (an independent HTTP/2 client) with prior knowledge: a GET gets 405, a POST
+    // with a non-gRPC content-type gets 415, and neither hangs.
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("curl not installed; skipping");
+        return;
+    }
+    let server = support::start_server(ServerConfig::default());
+    let url = format!("http://{}/test.Echo/Unary", server.addr);
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "--http2-prior-knowledge",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(run(&[]), "405");
+    assert_eq!(
+        run(&["-X", "POST", "-H", "content-type: text/plain", "-d", "hi"]),
+        "415"
+    );
 }

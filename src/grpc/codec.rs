@@ -141,7 +141,10 @@ mod tests {
         assert_eq!(parse_timeout(b"3M").unwrap(), Duration::from_secs(180));
         assert_eq!(parse_timeout(b"4S").unwrap(), Duration::from_secs(4));
         assert_eq!(parse_timeout(b"500m").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_timeout(b"99999999u").unwrap(), Duration::from_micros(99_999_999));
+        assert_eq!(
+            parse_timeout(b"99999999u").unwrap(),
+            Duration::from_micros(99_999_999)
+        );
         assert_eq!(parse_timeout(b"7n").unwrap(), Duration::from_nanos(7));
         for bad in [&b""[..], b"S", b"123456789S", b"1x", b"-1S", b"1.5S", b"10"] {
             assert!(parse_timeout(bad).is_err(), "{bad:?} accepted");
@@ -168,7 +171,10 @@ mod tests {
         assert!(tail.is_none());
         let big = Bytes::from(vec![7u8; COALESCE_BYTES_MAX + 1]);
         let (head, tail) = frame_message(big.clone());
-        assert_eq!(parse_prefix(head[..].try_into().unwrap()), (false, big.len()));
+        assert_eq!(
+            parse_prefix(head[..].try_into().unwrap()),
+            (false, big.len())
+        );
         assert_eq!(tail.unwrap(), big);
         assert_eq!(parse_prefix(b"\x01\0\0\x01\0"), (true, 256));
     }

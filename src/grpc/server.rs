@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::codec::{self, MESSAGE_PREFIX_LEN};
 use super::status::{Code, Status};
-use crate::http2::conn::{Request, StreamRef};
+use crate::http2::conn::{Request, StreamGone, StreamRef};
 use crate::http2::ServerConfig;
 
 /// The service layer's entry point: called once per call, on the connection's executor.
@@ -53,7 +53,9 @@ impl CallShared {
         if self.stream.headers_sent() {
             let _ = self.stream.send_trailers(codec::trailers(status));
         } else {
-            let _ = self.stream.send_headers(&codec::trailers_only(b"200", status), true);
+            let _ = self
+                .stream
+                .send_headers(&codec::trailers_only(b"200", status), true);
         }
     }
 }
@@ -93,7 +95,7 @@ impl RequestStream {
                     self.buffered_bytes += chunk.len();
                     self.chunks.push_back(chunk);
                 }
-                Some(Err(())) => self.error = Some(Status::cancelled()),
+                Some(Err(StreamGone)) => self.error = Some(Status::cancelled()),
                 None if self.buffered_bytes == 0 => return None,
                 None => {
                     // grpc-go reports a truncated message as io.ErrUnexpectedEOF.
@@ -149,6 +151,10 @@ impl RequestStream {
     /// Removes `n` buffered bytes; zero-copy when they lie in one chunk.
     fn take(&mut self, n: usize) -> Bytes {
         assert!(n <= self.buffered_bytes);
+        if n == 0 {
+            // An empty message (valid: e.g. a proto with all defaults) may have no chunk.
+            return Bytes::new();
+        }
         self.buffered_bytes -= n;
         let front = self.chunks.front_mut().expect("buffered bytes");
         if front.len() >= n {
@@ -189,17 +195,21 @@ impl ResponseSink {
         let bound = self.send_queue_bytes_max;
         poll_fn(|cx| self.call.stream.poll_send_capacity(cx, bound))
             .await
-            .map_err(|()| Status::cancelled())?;
+            .map_err(|StreamGone| Status::cancelled())?;
         let stream = &self.call.stream;
         if !stream.headers_sent() {
             stream
                 .send_headers(codec::response_headers(), false)
-                .map_err(|()| Status::cancelled())?;
+                .map_err(|StreamGone| Status::cancelled())?;
         }
         let (head, tail) = codec::frame_message(message);
-        stream.send_data(head).map_err(|()| Status::cancelled())?;
+        stream
+            .send_data(head)
+            .map_err(|StreamGone| Status::cancelled())?;
         if let Some(tail) = tail {
-            stream.send_data(tail).map_err(|()| Status::cancelled())?;
+            stream
+                .send_data(tail)
+                .map_err(|StreamGone| Status::cancelled())?;
         }
         Ok(())
     }
@@ -275,7 +285,11 @@ pub fn dispatch(request: Request, handler: &Handler, config: &ServerConfig) {
     }
     let deadline = match timeout.as_deref().map(codec::parse_timeout) {
         None => None,
-        Some(Ok(timeout)) => Some(Instant::now().checked_add(timeout).unwrap_or_else(far_future)),
+        Some(Ok(timeout)) => Some(
+            Instant::now()
+                .checked_add(timeout)
+                .unwrap_or_else(far_future),
+        ),
         Some(Err(e)) => {
             let status = Status::new(Code::Internal, format!("malformed grpc-timeout: {e}"));
             return early_abort(&stream, b"200", status);
@@ -326,32 +340,30 @@ async fn run_call(
         handler_future.await;
         Outcome::Done
     };
+    // The outcome futures act before they return: `or` drops the handler future (and
+    // with it the sink, whose Drop would otherwise report INTERNAL) as soon as it yields.
     let gone = async {
         poll_fn(|cx| call.stream.poll_closed(cx)).await;
+        // Nothing can be sent any more.
+        call.finished.set(true);
         Outcome::Gone
     };
     let expired = async {
         match deadline {
             Some(deadline) => {
                 glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+                // If the client is still sending, the transport follows these trailers
+                // with RST_STREAM(NO_ERROR) (see http2::conn::Shared::local_end_stream).
+                call.finish(&Status::new(
+                    Code::DeadlineExceeded,
+                    "context deadline exceeded",
+                ));
                 Outcome::DeadlineExceeded
             }
             None => std::future::pending().await,
         }
     };
     let outcome = futures_lite::future::or(done, futures_lite::future::or(gone, expired)).await;
-    match outcome {
-        // The sink's Drop sent INTERNAL if the handler forgot to finish.
-        Outcome::Done => {}
-        // Nothing can be sent; dropping the handler future cancels its work.
-        Outcome::Gone => call.finished.set(true),
-        Outcome::DeadlineExceeded => {
-            call.finish(&Status::new(
-                Code::DeadlineExceeded,
-                "context deadline exceeded",
-            ));
-            // If the client is still sending, the transport follows the trailers with
-            // RST_STREAM(NO_ERROR) once they are out (see http2::conn::local_end_stream).
-        }
-    }
+    // Done: the sink's Drop sent INTERNAL if the handler forgot to finish.
+    debug_assert!(call.finished.get() || matches!(outcome, Outcome::Done));
 }

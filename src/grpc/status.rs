@@ -85,7 +85,11 @@ impl Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "rpc error: code = {:?} desc = {}", self.code, self.message)
+        write!(
+            f,
+            "rpc error: code = {:?} desc = {}",
+            self.code, self.message
+        )
     }
 }
 

@@ -70,6 +70,10 @@ impl From<io::Error> for ConnError {
     }
 }
 
+/// The stream (or the whole connection) is gone: reset, finished, or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamGone;
+
 /// A validated request head handed to the application layer.
 pub struct Request {
     pub stream: StreamRef,
@@ -209,7 +213,7 @@ impl Shared {
                     continue;
                 }
                 frame::encode_data(&mut self.out, stream_id, &chunk[..n], false);
-                let _ = bytes::Buf::advance(chunk, n);
+                bytes::Buf::advance(chunk, n);
                 if chunk.is_empty() {
                     s.send_queue.pop_front();
                 }
@@ -259,16 +263,16 @@ impl StreamRef {
     }
 
     /// Next chunk of request data; `Ready(None)` after the client's END_STREAM;
-    /// `Ready(Some(Err(())))` if the stream or connection is gone. Taking a chunk gives its
+    /// `Ready(Some(Err(StreamGone)))` if the stream or connection is gone. Taking a chunk gives its
     /// bytes back to the stream's window.
-    pub fn poll_data(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>> {
+    pub fn poll_data(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, StreamGone>>> {
         let mut guard = self.shared.borrow_mut();
         let shared = &mut *guard;
         if shared.dead {
-            return Poll::Ready(Some(Err(())));
+            return Poll::Ready(Some(Err(StreamGone)));
         }
         let Some(s) = shared.streams.get_mut(&self.stream_id) else {
-            return Poll::Ready(Some(Err(())));
+            return Poll::Ready(Some(Err(StreamGone)));
         };
         if let Some(chunk) = s.recv_chunks.pop_front() {
             if s.state.remote_open() {
@@ -288,19 +292,25 @@ impl StreamRef {
 
     /// Writes a response header block now (headers are not flow-controlled). With
     /// `end_stream`, this is the whole response (e.g. gRPC Trailers-Only).
-    pub fn send_headers(&self, block: &[u8], end_stream: bool) -> Result<(), ()> {
+    pub fn send_headers(&self, block: &[u8], end_stream: bool) -> Result<(), StreamGone> {
         let mut guard = self.shared.borrow_mut();
         let shared = &mut *guard;
         if shared.dead {
-            return Err(());
+            return Err(StreamGone);
         }
         let Some(s) = shared.streams.get_mut(&self.stream_id) else {
-            return Err(());
+            return Err(StreamGone);
         };
         debug_assert!(!s.headers_sent, "response headers sent twice");
         s.headers_sent = true;
         let max_frame = shared.peer.max_frame_size as usize;
-        frame::encode_header_block(&mut shared.out, self.stream_id, block, end_stream, max_frame);
+        frame::encode_header_block(
+            &mut shared.out,
+            self.stream_id,
+            block,
+            end_stream,
+            max_frame,
+        );
         if end_stream {
             shared.local_end_stream(self.stream_id);
         }
@@ -309,13 +319,13 @@ impl StreamRef {
     }
 
     /// Queues response data; it leaves as the peer's windows allow.
-    pub fn send_data(&self, data: Bytes) -> Result<(), ()> {
+    pub fn send_data(&self, data: Bytes) -> Result<(), StreamGone> {
         let mut shared = self.shared.borrow_mut();
         if shared.dead {
-            return Err(());
+            return Err(StreamGone);
         }
         let Some(s) = shared.streams.get_mut(&self.stream_id) else {
-            return Err(());
+            return Err(StreamGone);
         };
         s.send_queued_bytes += data.len();
         s.send_queue.push_back(data);
@@ -324,13 +334,13 @@ impl StreamRef {
     }
 
     /// Ends the response with a trailer block, after all queued data.
-    pub fn send_trailers(&self, block: Vec<u8>) -> Result<(), ()> {
+    pub fn send_trailers(&self, block: Vec<u8>) -> Result<(), StreamGone> {
         let mut shared = self.shared.borrow_mut();
         if shared.dead {
-            return Err(());
+            return Err(StreamGone);
         }
         let Some(s) = shared.streams.get_mut(&self.stream_id) else {
-            return Err(());
+            return Err(StreamGone);
         };
         s.pending_trailers = Some(block);
         shared.schedule(self.stream_id);
@@ -347,13 +357,17 @@ impl StreamRef {
 
     /// Ready when at most `bound` response bytes wait unsent, or the stream is gone
     /// (`Err`).
-    pub fn poll_send_capacity(&self, cx: &mut Context<'_>, bound: usize) -> Poll<Result<(), ()>> {
+    pub fn poll_send_capacity(
+        &self,
+        cx: &mut Context<'_>,
+        bound: usize,
+    ) -> Poll<Result<(), StreamGone>> {
         let mut shared = self.shared.borrow_mut();
         if shared.dead {
-            return Poll::Ready(Err(()));
+            return Poll::Ready(Err(StreamGone));
         }
         let Some(s) = shared.streams.get_mut(&self.stream_id) else {
-            return Poll::Ready(Err(()));
+            return Poll::Ready(Err(StreamGone));
         };
         if s.send_queued_bytes <= bound {
             return Poll::Ready(Ok(()));
@@ -402,7 +416,11 @@ impl AsyncRead for SocketHalf {
 }
 
 impl AsyncWrite for SocketHalf {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -468,7 +486,10 @@ pub async fn serve_connection_with(
         streams: HashMap::new(),
         send_list: VecDeque::new(),
         conn_send_window: SendWindow::new(frame::DEFAULT_WINDOW_SIZE),
-        conn_recv_window: RecvWindow::new(frame::DEFAULT_WINDOW_SIZE, config.connection_window_bytes),
+        conn_recv_window: RecvWindow::new(
+            frame::DEFAULT_WINDOW_SIZE,
+            config.connection_window_bytes,
+        ),
         peer: PeerSettings {
             initial_window_size: frame::DEFAULT_WINDOW_SIZE,
             max_frame_size: frame::MAX_FRAME_SIZE_DEFAULT,
@@ -502,13 +523,18 @@ pub async fn serve_connection_with(
         preface_done: false,
         settings_seen: false,
     };
-    let result = reader.run(SocketHalf(socket.clone()), &on_request, &shutdown).await;
+    let result = reader
+        .run(SocketHalf(socket.clone()), &on_request, &shutdown)
+        .await;
     {
         let mut s = shared.borrow_mut();
         s.fail_all();
     }
     writer.await;
-    let _ = socket.borrow().shutdown(std::net::Shutdown::Both).await;
+    // Both tasks are done with the socket; close it (dropping it would close it too).
+    if let Ok(socket) = Rc::try_unwrap(socket) {
+        let _ = socket.into_inner().shutdown(std::net::Shutdown::Both).await;
+    }
     result
 }
 
@@ -612,11 +638,18 @@ impl Reader {
     }
 
     /// Consumes the preface and every complete frame in `buf`.
-    fn process(&mut self, buf: &mut BytesMut, on_request: &dyn Fn(Request)) -> Result<(), FrameError> {
+    fn process(
+        &mut self,
+        buf: &mut BytesMut,
+        on_request: &dyn Fn(Request),
+    ) -> Result<(), FrameError> {
         if !self.preface_done {
             let n = buf.len().min(frame::PREFACE.len());
             if buf[..n] != frame::PREFACE[..n] {
-                return Err(FrameError::Connection(ErrorCode::PROTOCOL_ERROR, "invalid connection preface"));
+                return Err(FrameError::Connection(
+                    ErrorCode::PROTOCOL_ERROR,
+                    "invalid connection preface",
+                ));
             }
             if n < frame::PREFACE.len() {
                 return Ok(());
@@ -626,7 +659,10 @@ impl Reader {
         }
         while let Some(header) = FrameHeader::parse(buf) {
             if header.length > self.config.max_frame_bytes {
-                return Err(FrameError::Connection(ErrorCode::FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE"));
+                return Err(FrameError::Connection(
+                    ErrorCode::FRAME_SIZE_ERROR,
+                    "frame larger than SETTINGS_MAX_FRAME_SIZE",
+                ));
             }
             let total = FRAME_HEADER_LEN + header.length as usize;
             if buf.len() < total {
@@ -637,7 +673,10 @@ impl Reader {
             if !self.settings_seen {
                 // The client preface continues with a SETTINGS frame (RFC 9113 §3.4).
                 if header.kind != frame::kind::SETTINGS || header.flags & frame::flag::ACK != 0 {
-                    return Err(FrameError::Connection(ErrorCode::PROTOCOL_ERROR, "first frame is not SETTINGS"));
+                    return Err(FrameError::Connection(
+                        ErrorCode::PROTOCOL_ERROR,
+                        "first frame is not SETTINGS",
+                    ));
                 }
                 self.settings_seen = true;
             }
@@ -645,7 +684,10 @@ impl Reader {
                 Ok(f) => self.handle(f, on_request)?,
                 Err(FrameError::Stream(stream_id, code, _)) => {
                     if self.pending_headers.is_some() {
-                        return Err(FrameError::Connection(ErrorCode::PROTOCOL_ERROR, "frame interleaved in a header block"));
+                        return Err(FrameError::Connection(
+                            ErrorCode::PROTOCOL_ERROR,
+                            "frame interleaved in a header block",
+                        ));
                     }
                     self.shared.borrow_mut().reset_stream(stream_id, code);
                 }
@@ -710,7 +752,9 @@ impl Reader {
                     Ok(())
                 }
             }
-            Frame::Continuation { .. } => conn_err(E::PROTOCOL_ERROR, "CONTINUATION without HEADERS"),
+            Frame::Continuation { .. } => {
+                conn_err(E::PROTOCOL_ERROR, "CONTINUATION without HEADERS")
+            }
             Frame::Priority { .. } | Frame::Unknown { .. } => Ok(()),
             Frame::RstStream { stream_id, .. } => {
                 let mut s = self.shared.borrow_mut();
@@ -721,7 +765,10 @@ impl Reader {
                 Ok(())
             }
             Frame::Settings { ack: true, .. } => Ok(()),
-            Frame::Settings { ack: false, settings } => self.on_settings(settings),
+            Frame::Settings {
+                ack: false,
+                settings,
+            } => self.on_settings(settings),
             Frame::PushPromise { .. } => conn_err(E::PROTOCOL_ERROR, "PUSH_PROMISE from a client"),
             Frame::Ping { ack, payload } => {
                 if !ack {
@@ -791,11 +838,20 @@ impl Reader {
         Ok(())
     }
 
-    fn on_data(&mut self, stream_id: u32, end_stream: bool, data: Bytes, flow_len: u32) -> Result<(), FrameError> {
+    fn on_data(
+        &mut self,
+        stream_id: u32,
+        end_stream: bool,
+        data: Bytes,
+        flow_len: u32,
+    ) -> Result<(), FrameError> {
         let mut guard = self.shared.borrow_mut();
         let s = &mut *guard;
         if s.conn_recv_window.receive(flow_len).is_err() {
-            return Err(FrameError::Connection(ErrorCode::FLOW_CONTROL_ERROR, "DATA beyond the connection window"));
+            return Err(FrameError::Connection(
+                ErrorCode::FLOW_CONTROL_ERROR,
+                "DATA beyond the connection window",
+            ));
         }
         // The connection window is given back as data arrives; per-stream windows bound
         // what is buffered (see ServerConfig::connection_window_bytes).
@@ -804,7 +860,10 @@ impl Reader {
             s.wake_writer();
         }
         if stream_id > s.max_seen_stream_id {
-            return Err(FrameError::Connection(ErrorCode::PROTOCOL_ERROR, "DATA on an idle stream"));
+            return Err(FrameError::Connection(
+                ErrorCode::PROTOCOL_ERROR,
+                "DATA on an idle stream",
+            ));
         }
         let Some(st) = s.streams.get_mut(&stream_id) else {
             // Closed: we may have reset it while the frame was in flight (RFC 9113 §5.1,
@@ -849,15 +908,17 @@ impl Reader {
     ) -> Result<(), FrameError> {
         use ErrorCode as E;
         // Decode first, whatever happens to the stream: the HPACK tables must stay in sync.
-        let list = self
-            .decoder
-            .decode(block)
-            .map_err(|_| FrameError::Connection(E::COMPRESSION_ERROR, "invalid HPACK header block"))?;
+        let list = self.decoder.decode(block).map_err(|_| {
+            FrameError::Connection(E::COMPRESSION_ERROR, "invalid HPACK header block")
+        })?;
         let request = {
             let mut guard = self.shared.borrow_mut();
             let s = &mut *guard;
-            if stream_id % 2 == 0 {
-                return Err(FrameError::Connection(E::PROTOCOL_ERROR, "client opened an even stream id"));
+            if stream_id.is_multiple_of(2) {
+                return Err(FrameError::Connection(
+                    E::PROTOCOL_ERROR,
+                    "client opened an even stream id",
+                ));
             }
             if let Some(st) = s.streams.get_mut(&stream_id) {
                 // Trailers on an existing stream.
@@ -879,14 +940,21 @@ impl Reader {
                 return Ok(());
             }
             if stream_id <= s.max_seen_stream_id {
-                return Err(FrameError::Connection(E::STREAM_CLOSED, "HEADERS on a closed stream"));
+                return Err(FrameError::Connection(
+                    E::STREAM_CLOSED,
+                    "HEADERS on a closed stream",
+                ));
             }
             s.max_seen_stream_id = stream_id;
             if s.goaway_sent || s.streams.len() >= self.config.max_concurrent_streams as usize {
                 s.send_rst(stream_id, E::REFUSED_STREAM);
                 return Ok(());
             }
-            let state = if end_stream { State::HalfClosedRemote } else { State::Open };
+            let state = if end_stream {
+                State::HalfClosedRemote
+            } else {
+                State::Open
+            };
             let stream = Stream::new(
                 state,
                 s.peer.initial_window_size,
@@ -929,7 +997,11 @@ impl Shared {
 
 /// Checks a request head against RFC 9113 §8.2–§8.3; a malformed request is a stream
 /// error PROTOCOL_ERROR (§8.1.1), handed back as `Err(stream)`.
-fn validate_request(list: HeaderList, stream: StreamRef, end_stream: bool) -> Result<Request, StreamRef> {
+fn validate_request(
+    list: HeaderList,
+    stream: StreamRef,
+    end_stream: bool,
+) -> Result<Request, StreamRef> {
     let mut method = None;
     let mut path = None;
     let mut scheme = false;
@@ -963,9 +1035,8 @@ fn validate_request(list: HeaderList, stream: StreamRef, end_stream: bool) -> Re
             return Err(stream);
         }
         match &name[..] {
-            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade" => {
-                return Err(stream)
-            }
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
+            | b"upgrade" => return Err(stream),
             b"te" if &value[..] != b"trailers" => return Err(stream),
             _ => {}
         }

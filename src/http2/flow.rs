@@ -80,8 +80,7 @@ impl RecvWindow {
         self.unreleased += bytes;
         let owed_to_target = (self.target as i64 - self.window).max(0) as u32;
         let increment = self.unreleased.min(owed_to_target);
-        if increment > 0 && (increment >= self.target / 2 || self.window < self.target as i64 / 2)
-        {
+        if increment > 0 && (increment >= self.target / 2 || self.window < self.target as i64 / 2) {
             self.unreleased = 0;
             self.window += increment as i64;
             return Some(increment);
@@ -144,7 +143,11 @@ mod tests {
         r.receive(100).unwrap();
         assert_eq!(r.release(100), None, "small releases wait");
         r.receive(500).unwrap();
-        assert_eq!(r.release(500), Some(600), "half the target owed triggers an update");
+        assert_eq!(
+            r.release(500),
+            Some(600),
+            "half the target owed triggers an update"
+        );
         assert_eq!(r.window(), 1000);
         // Releasing bytes that were never received cannot inflate the window past target.
         assert_eq!(r.release(5000), None);

@@ -370,7 +370,7 @@ impl Frame {
                         settings: Settings::default(),
                     });
                 }
-                if len % 6 != 0 {
+                if !len.is_multiple_of(6) {
                     return Err(conn_err(
                         ErrorCode::FRAME_SIZE_ERROR,
                         "SETTINGS length not a multiple of 6",

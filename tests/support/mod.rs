@@ -32,19 +32,30 @@ async fn serve(mut call: Call) {
                 }
             }
             Some(Err(status)) => call.responses.finish(status),
-            None => call.responses.finish(Status::new(Code::InvalidArgument, "no request")),
+            None => call
+                .responses
+                .finish(Status::new(Code::InvalidArgument, "no request")),
         },
         "/test.Echo/ServerStream" => {
             let Some(Ok(request)) = call.requests.next().await else {
-                return call.responses.finish(Status::new(Code::InvalidArgument, "bad request"));
+                return call
+                    .responses
+                    .finish(Status::new(Code::InvalidArgument, "bad request"));
             };
             if request.len() != 8 {
-                return call.responses.finish(Status::new(Code::InvalidArgument, "bad request"));
+                return call
+                    .responses
+                    .finish(Status::new(Code::InvalidArgument, "bad request"));
             }
             let count = u32::from_be_bytes(request[..4].try_into().unwrap());
             let size = u32::from_be_bytes(request[4..].try_into().unwrap()) as usize;
             for i in 0..count {
-                if call.responses.send(Bytes::from(vec![i as u8; size])).await.is_err() {
+                if call
+                    .responses
+                    .send(Bytes::from(vec![i as u8; size]))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -65,7 +76,9 @@ async fn serve(mut call: Call) {
         }
         "/test.Echo/Status" => {
             let Some(Ok(request)) = call.requests.next().await else {
-                return call.responses.finish(Status::new(Code::InvalidArgument, "bad request"));
+                return call
+                    .responses
+                    .finish(Status::new(Code::InvalidArgument, "bad request"));
             };
             let code = Code::from_u8(request[0]).unwrap_or(Code::Unknown);
             let message = String::from_utf8_lossy(&request[1..]).into_owned();
@@ -74,9 +87,10 @@ async fn serve(mut call: Call) {
         "/test.Echo/Hang" => {
             call.responses.closed().await;
         }
-        other => call
-            .responses
-            .finish(Status::new(Code::Unimplemented, format!("unknown method {other}"))),
+        other => call.responses.finish(Status::new(
+            Code::Unimplemented,
+            format!("unknown method {other}"),
+        )),
     }
 }
 
