@@ -16,7 +16,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::http2::{ServerConfig, ShutdownSignal};
 use crate::mvcc::{KvStore, MemBackend};
 use crate::runtime::{check_memlock, Plan};
-use crate::server::network::{bind_all, serve_clients};
+use crate::server::network::{bind_all, check_addresses_free, serve_clients};
 use crate::server::state_client::{Command, StateClient, COMMAND_QUEUE_MAX};
 use crate::server::state_machine::{Identity, StateMachine};
 use crate::service::{self, Limits, ServiceContext};
@@ -53,6 +53,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         );
     }
     check_memlock(plan.cores_in_use() + 1, NETWORK_IO_MEMORY_BYTES.max(STATE_IO_MEMORY_BYTES))?;
+    check_addresses_free(&options.listen_client_addrs)?;
 
     // signal-hook's handler only writes to a self-pipe that the main thread reads, so the
     // executors never run signal-handling code of their own.

@@ -63,6 +63,19 @@ pub async fn serve_clients(
     }
 }
 
+/// Fails if another process already listens on any of `addrs`. Needed because every
+/// network executor binds with SO_REUSEPORT: without this check a second server started on
+/// the same port would silently share the traffic instead of failing as etcd does. A probe
+/// socket without SO_REUSEPORT cannot bind next to a live listener.
+pub fn check_addresses_free(addrs: &[SocketAddr]) -> Result<(), String> {
+    for addr in addrs {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(format!("listen tcp {addr}: bind: {e}"));
+        }
+    }
+    Ok(())
+}
+
 /// Binds one listener per address. glommio sets SO_REUSEPORT, so every network executor
 /// binds the same addresses and the kernel balances new connections across them.
 pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
