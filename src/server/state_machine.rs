@@ -50,7 +50,13 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn new(identity: Identity, store: KvStore<MemBackend>) -> StateMachine {
+    pub fn new(identity: Identity, mut store: KvStore<MemBackend>) -> StateMachine {
+        // The bootstrap entries are applied before anything else, so the store's
+        // consistent index starts past them, as a fresh etcd's does.
+        if store.consistent_index() < BOOTSTRAP_RAFT_ENTRIES {
+            store.set_consistent_index(BOOTSTRAP_RAFT_ENTRIES);
+            store.commit().expect("the in-memory backend cannot fail");
+        }
         StateMachine {
             identity,
             store,
@@ -87,32 +93,32 @@ impl StateMachine {
                 let _ = reply.send(res);
             }
             Command::Put(req, reply) => {
+                self.advance_applied_index();
                 let res = self.store.put(&req, &NoLeases).map(|mut r| {
-                    self.raft_applied_index += 1;
                     self.stamp(&mut r.header);
                     r
                 });
                 let _ = reply.send(res);
             }
             Command::DeleteRange(req, reply) => {
+                self.advance_applied_index();
                 let res = self.store.delete_range(&req).map(|mut r| {
-                    self.raft_applied_index += 1;
                     self.stamp(&mut r.header);
                     r
                 });
                 let _ = reply.send(res);
             }
             Command::Txn(req, reply) => {
+                self.advance_applied_index();
                 let res = self.store.txn(&req, &NoLeases).map(|mut r| {
-                    self.raft_applied_index += 1;
                     self.stamp(&mut r.header);
                     r
                 });
                 let _ = reply.send(res);
             }
             Command::Compact(req, reply) => {
+                self.advance_applied_index();
                 let res = self.store.compact(&req).map(|mut r| {
-                    self.raft_applied_index += 1;
                     self.stamp(&mut r.header);
                     r
                 });
@@ -142,11 +148,10 @@ impl StateMachine {
                 }));
             }
             Command::Alarm(req, reply) => {
+                // etcd answers Alarm without a response header (its JSON is `{}` when
+                // no alarm is raised).
                 let alarms = self.alarm(req);
-                let _ = reply.send(Ok(pb::AlarmResponse {
-                    header: Some(self.header(self.store.current_revision())),
-                    alarms,
-                }));
+                let _ = reply.send(Ok(pb::AlarmResponse { header: None, alarms }));
             }
             Command::Defragment(reply) => {
                 let res: Result<_, EtcdError> = Ok(pb::DefragmentResponse {
@@ -190,6 +195,14 @@ impl StateMachine {
                 }
             }
         }
+    }
+
+    /// One more entry is being applied (whether it succeeds or fails, as in raft): the
+    /// store saves it as its consistent index together with the entry's writes, which is
+    /// what makes replaying an entry idempotent once raft and the WAL arrive.
+    fn advance_applied_index(&mut self) {
+        self.raft_applied_index += 1;
+        self.store.set_consistent_index(self.raft_applied_index);
     }
 
     fn member(&self) -> pb::Member {
