@@ -29,7 +29,7 @@ use std::time::Duration;
 use glommio::io::{DmaFile, OpenOptions};
 
 use super::error::{Result, WalError};
-use super::log_state::LogState;
+use super::log_state::{newest_snapshot, LogState};
 use super::record::{
     batch_bytes_for, decode_frame, encode_batch_into, entry_header, frame_bytes, HardState,
     Metadata, RecordType, SnapshotMarker, WalRecord, BATCH_FRAME_BYTES, SECTOR_BYTES,
@@ -268,6 +268,7 @@ impl Wal {
             return Err(WalError::AlreadyExists(dir.to_path_buf()));
         }
         remove_temps(&temps)?;
+        probe_iopoll(dir).await?;
         let mut state = LogState::default();
         state.metadata = Some(metadata);
         let wal = Wal::from_parts(dir, opts, state, BTreeMap::new(), 0, 0);
@@ -307,13 +308,13 @@ impl Wal {
             });
         }
         remove_temps(&temps)?;
+        probe_iopoll(dir).await?;
 
-        let mut state: LogState<(EntryLoc, Vec<u8>)> = LogState::default();
-        let mut segments = BTreeMap::new();
         let mut torn_tail = None;
         let mut write_offset = 0;
-        let mut written_max_index = 0;
         let last_seq = names.last().expect("non-empty").seq;
+        let mut scans = Vec::with_capacity(names.len());
+        let mut segments = BTreeMap::new();
         for name in &names {
             let path = dir.join(name.file_name());
             let file = OpenOptions::new()
@@ -324,39 +325,21 @@ impl Wal {
                 .map_err(|e| WalError::from_glommio(format!("open {}", path.display()), e))?;
             let bytes = read_whole(&file, &path).await?;
             let scan = scan_segment(&bytes, name.seq);
+            drop(bytes);
             let corrupt = |offset: u64, reason: String| WalError::Corrupt {
                 segment: path.clone(),
                 offset,
                 reason,
             };
-            for batch in &scan.batches {
-                for rec in &batch.records {
-                    let data = match &rec.record {
-                        WalRecord::Entry { data, .. } => data.clone(),
-                        _ => Vec::new(),
-                    };
-                    let loc = EntryLoc {
-                        segment_seq: name.seq,
-                        frame_offset: rec.frame_offset,
-                        frame_bytes: rec.frame_bytes,
-                    };
-                    state
-                        .apply(&rec.record, || (loc, data))
-                        .map_err(|why| corrupt(rec.frame_offset, why))?;
-                    if let WalRecord::Entry { raft_index, .. } = rec.record {
-                        written_max_index = written_max_index.max(raft_index);
-                    }
-                }
-            }
-            match scan.end {
-                SegmentEnd::Clean { next_offset } => write_offset = next_offset,
+            match &scan.end {
+                SegmentEnd::Clean { next_offset } => write_offset = *next_offset,
                 SegmentEnd::Corrupt {
                     offset,
                     valid_batch_at,
                     reason,
                 } => {
                     return Err(corrupt(
-                        offset,
+                        *offset,
                         format!("{reason}; a valid batch follows at offset {valid_batch_at}"),
                     ))
                 }
@@ -367,20 +350,21 @@ impl Wal {
                 } => {
                     if name.seq != last_seq {
                         return Err(corrupt(
-                            offset,
+                            *offset,
                             format!("{reason}; later segments exist, so this is not a torn tail"),
                         ));
                     }
-                    zero_range(&file, offset, nonzero_end, &path).await?;
+                    zero_range(&file, *offset, *nonzero_end, &path).await?;
                     torn_tail = Some(TornTail {
                         segment: path.clone(),
-                        offset,
+                        offset: *offset,
                         bytes_zeroed: nonzero_end - offset,
-                        reason,
+                        reason: reason.clone(),
                     });
-                    write_offset = offset;
+                    write_offset = *offset;
                 }
             }
+            scans.push((name.seq, path.clone(), scan));
             segments.insert(
                 name.seq,
                 Segment {
@@ -390,6 +374,37 @@ impl Wal {
                 },
             );
         }
+
+        // Replay starts from the newest snapshot marker: released segments may have held
+        // entries between an older marker and it (see docs/wal.md, "Release").
+        let mut state: LogState<(EntryLoc, Vec<u8>)> = LogState::starting_at(newest_snapshot(
+            scans.iter().flat_map(|(_, _, scan)| scan.batches.iter().flat_map(|b| b.records.iter().map(|r| &r.record))),
+        ));
+        let mut written_max_index = 0;
+        for (seq, path, scan) in &scans {
+            for batch in &scan.batches {
+                for rec in &batch.records {
+                    let loc = EntryLoc {
+                        segment_seq: *seq,
+                        frame_offset: rec.frame_offset,
+                        frame_bytes: rec.frame_bytes,
+                    };
+                    let data = match &rec.record {
+                        WalRecord::Entry { raft_index, data, .. } => {
+                            written_max_index = written_max_index.max(*raft_index);
+                            data.clone()
+                        }
+                        _ => Vec::new(),
+                    };
+                    state.apply(&rec.record, || (loc, data)).map_err(|reason| WalError::Corrupt {
+                        segment: path.clone(),
+                        offset: rec.frame_offset,
+                        reason,
+                    })?;
+                }
+            }
+        }
+        drop(scans);
         let Some(metadata) = state.metadata else {
             return Err(WalError::Corrupt {
                 segment: dir.join(names[0].file_name()),
@@ -397,9 +412,6 @@ impl Wal {
                 reason: "no metadata record in the log".to_string(),
             });
         };
-        if written_max_index == 0 {
-            written_max_index = state.last_index();
-        }
 
         let recovered = Recovered {
             metadata,
@@ -709,6 +721,23 @@ impl Wal {
             None => Ok(()),
         }
     }
+}
+
+/// glommio decides once per block device whether `O_DIRECT` reads may use its `IOPOLL` ring,
+/// by reading the first block of the first `DmaFile` opened there. When that file is empty the
+/// read "succeeds" with zero bytes and every later read fails with `EOPNOTSUPP` on devices
+/// without polling (virtio here). Opening a file that holds a full block first makes the probe
+/// real; glommio caches the answer for the process.
+async fn probe_iopoll(dir: &Path) -> Result<()> {
+    const PROBE_FILE: &str = ".iopoll-probe";
+    let path = dir.join(PROBE_FILE);
+    std::fs::write(&path, vec![0u8; 4096]).map_err(|e| WalError::io(format!("write {}", path.display()), &e))?;
+    let file = DmaFile::open(&path)
+        .await
+        .map_err(|e| WalError::from_glommio(format!("open {}", path.display()), e))?;
+    let _ = file.close().await;
+    std::fs::remove_file(&path).map_err(|e| WalError::io(format!("remove {}", path.display()), &e))?;
+    Ok(())
 }
 
 fn remove_temps(temps: &[PathBuf]) -> Result<()> {

@@ -33,7 +33,28 @@ impl<T> Default for LogState<T> {
     }
 }
 
+/// The highest snapshot marker among `records` (the default marker, index 0, if none).
+pub fn newest_snapshot<'a>(records: impl Iterator<Item = &'a WalRecord>) -> SnapshotMarker {
+    records
+        .filter_map(|r| match r {
+            WalRecord::Snapshot(snap) => Some(*snap),
+            _ => None,
+        })
+        .max_by_key(|snap| snap.raft_index)
+        .unwrap_or_default()
+}
+
 impl<T> LogState<T> {
+    /// Replay state that starts after `snapshot`: entries at or below it are skipped, and the
+    /// log must continue at `snapshot.raft_index + 1`.
+    pub fn starting_at(snapshot: SnapshotMarker) -> Self {
+        LogState {
+            snapshot,
+            first_index: snapshot.raft_index + 1,
+            ..LogState::default()
+        }
+    }
+
     /// Index of the last entry, or the snapshot's when the log is empty.
     pub fn last_index(&self) -> u64 {
         self.first_index + self.entries.len() as u64 - 1
@@ -66,10 +87,9 @@ impl<T> LogState<T> {
 
     fn apply_snapshot(&mut self, snap: SnapshotMarker) -> Result<(), String> {
         if snap.raft_index < self.snapshot.raft_index {
-            return Err(format!(
-                "snapshot marker {} is below the current one {}",
-                snap.raft_index, self.snapshot.raft_index
-            ));
+            // An older marker met during replay from the newest one (appends never go back:
+            // `Wal::append` rejects a lower marker).
+            return Ok(());
         }
         self.snapshot = snap;
         if snap.raft_index >= self.last_index() {

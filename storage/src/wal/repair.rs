@@ -11,7 +11,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::log_state::LogState;
+use super::log_state::{newest_snapshot, LogState};
 use super::scan::{scan_segment, SegmentEnd, SegmentScan};
 use super::segment::{find_seq_gap, list_segments, SegmentName};
 
@@ -59,52 +59,36 @@ pub fn verify(dir: &Path) -> std::io::Result<Report> {
         });
         return Ok(report);
     }
-    let mut state: LogState<()> = LogState::default();
+    // Pass 1: frames and CRCs, segment by segment, stopping at the first damaged one.
+    let mut data_ends = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let path = dir.join(name.file_name());
         let mut bytes = Vec::new();
         std::fs::File::open(&path)?.read_to_end(&mut bytes)?;
         let scan = scan_segment(&bytes, name.seq);
-        for batch in &scan.batches {
-            for rec in &batch.records {
-                if let Err(reason) = state.apply(&rec.record, || ()) {
-                    report.problem = Some(Problem::Corrupt {
-                        segment: path.clone(),
-                        offset: batch.offset,
-                        nonzero_end: nonzero_end_of(&bytes, batch.offset),
-                        reason: format!("record at offset {}: {reason}", rec.frame_offset),
-                    });
-                    break;
-                }
-            }
-            if report.problem.is_some() {
-                break;
-            }
-        }
         let is_last = i + 1 == names.len();
-        if report.problem.is_none() {
-            report.problem = match &scan.end {
-                SegmentEnd::Clean { .. } => None,
-                SegmentEnd::Torn { offset, nonzero_end, reason } if is_last => Some(Problem::TornTail {
-                    segment: path.clone(),
-                    offset: *offset,
-                    nonzero_end: *nonzero_end,
-                    reason: reason.clone(),
-                }),
-                SegmentEnd::Torn { offset, nonzero_end, reason } => Some(Problem::Corrupt {
-                    segment: path.clone(),
-                    offset: *offset,
-                    nonzero_end: *nonzero_end,
-                    reason: format!("{reason}; later segments exist, so this is not a torn tail"),
-                }),
-                SegmentEnd::Corrupt { offset, valid_batch_at, reason } => Some(Problem::Corrupt {
-                    segment: path.clone(),
-                    offset: *offset,
-                    nonzero_end: nonzero_end_of(&bytes, *offset),
-                    reason: format!("{reason}; a valid batch follows at offset {valid_batch_at}"),
-                }),
-            };
-        }
+        report.problem = match &scan.end {
+            SegmentEnd::Clean { .. } => None,
+            SegmentEnd::Torn { offset, nonzero_end, reason } if is_last => Some(Problem::TornTail {
+                segment: path.clone(),
+                offset: *offset,
+                nonzero_end: *nonzero_end,
+                reason: reason.clone(),
+            }),
+            SegmentEnd::Torn { offset, nonzero_end, reason } => Some(Problem::Corrupt {
+                segment: path.clone(),
+                offset: *offset,
+                nonzero_end: *nonzero_end,
+                reason: format!("{reason}; later segments exist, so this is not a torn tail"),
+            }),
+            SegmentEnd::Corrupt { offset, valid_batch_at, reason } => Some(Problem::Corrupt {
+                segment: path.clone(),
+                offset: *offset,
+                nonzero_end: nonzero_end_of(&bytes, *offset),
+                reason: format!("{reason}; a valid batch follows at offset {valid_batch_at}"),
+            }),
+        };
+        data_ends.push(nonzero_end_of(&bytes, 0));
         report.segments.push(SegmentReport {
             name: *name,
             path,
@@ -113,6 +97,28 @@ pub fn verify(dir: &Path) -> std::io::Result<Report> {
         });
         if report.problem.is_some() {
             break;
+        }
+    }
+    // Pass 2: replay the valid records with the rules `Wal::open` uses.
+    let mut state: LogState<()> = LogState::starting_at(newest_snapshot(
+        report
+            .segments
+            .iter()
+            .flat_map(|seg| seg.scan.batches.iter().flat_map(|b| b.records.iter().map(|r| &r.record))),
+    ));
+    'replay: for (seg, data_end) in report.segments.iter().zip(&data_ends) {
+        for batch in &seg.scan.batches {
+            for rec in &batch.records {
+                if let Err(reason) = state.apply(&rec.record, || ()) {
+                    report.problem = Some(Problem::Corrupt {
+                        segment: seg.path.clone(),
+                        offset: batch.offset,
+                        nonzero_end: (*data_end).max(batch.offset),
+                        reason: format!("record at offset {}: {reason}", rec.frame_offset),
+                    });
+                    break 'replay;
+                }
+            }
         }
     }
     report.first_index = state.first_index;
