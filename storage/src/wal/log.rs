@@ -263,6 +263,8 @@ impl Wal {
     pub async fn create(dir: &Path, opts: WalOptions, metadata: Metadata) -> Result<Wal> {
         opts.validate()?;
         std::fs::create_dir_all(dir).map_err(|e| WalError::io(format!("create {}", dir.display()), &e))?;
+        // glommio opens directories by absolute path only.
+        let dir = &std::fs::canonicalize(dir).map_err(|e| WalError::io(format!("resolve {}", dir.display()), &e))?;
         let (names, temps) = list_segments(dir).map_err(|e| WalError::io("list segments", &e))?;
         if !names.is_empty() {
             return Err(WalError::AlreadyExists(dir.to_path_buf()));
@@ -290,6 +292,13 @@ impl Wal {
     /// fails with `Corrupt` on damage anywhere else.
     pub async fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Recovered)> {
         opts.validate()?;
+        let dir = &match std::fs::canonicalize(dir) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(WalError::NotFound(dir.to_path_buf()))
+            }
+            Err(e) => return Err(WalError::io(format!("resolve {}", dir.display()), &e)),
+        };
         let (names, temps) = match list_segments(dir) {
             Ok(found) => found,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
