@@ -59,9 +59,16 @@ async fn raw_fdatasync_floor(dir: &Path) -> Histogram<u64> {
 async fn run_appenders(dir: &Path, appenders: usize, run_for: Duration) -> Row {
     let wal_dir = dir.join(format!("wal-{appenders}"));
     let _ = std::fs::remove_dir_all(&wal_dir);
-    let wal = Wal::create(&wal_dir, WalOptions::default(), Metadata { cluster_id: 1, member_id: 1 })
-        .await
-        .expect("create wal");
+    let wal = Wal::create(
+        &wal_dir,
+        WalOptions::default(),
+        Metadata {
+            cluster_id: 1,
+            member_id: 1,
+        },
+    )
+    .await
+    .expect("create wal");
     let next_index = Rc::new(Cell::new(1u64));
     let measuring = Rc::new(Cell::new(false));
     let stop = Rc::new(Cell::new(false));
@@ -69,19 +76,31 @@ async fn run_appenders(dir: &Path, appenders: usize, run_for: Duration) -> Row {
     let hist = Rc::new(std::cell::RefCell::new(Histogram::<u64>::new(3).unwrap()));
     let mut tasks = Vec::new();
     for _ in 0..appenders {
-        let (wal, next_index, measuring, stop, records, hist) =
-            (wal.clone(), next_index.clone(), measuring.clone(), stop.clone(), records.clone(), hist.clone());
+        let (wal, next_index, measuring, stop, records, hist) = (
+            wal.clone(),
+            next_index.clone(),
+            measuring.clone(),
+            stop.clone(),
+            records.clone(),
+            hist.clone(),
+        );
         tasks.push(glommio::spawn_local(async move {
             let data = vec![0xabu8; RECORD_BYTES];
             while !stop.get() {
                 let raft_index = next_index.get();
                 next_index.set(raft_index + 1);
                 let started = Instant::now();
-                wal.append(vec![WalRecord::Entry { raft_index, term: 1, data: data.clone() }])
-                    .await
-                    .expect("append");
+                wal.append(vec![WalRecord::Entry {
+                    raft_index,
+                    term: 1,
+                    data: data.clone(),
+                }])
+                .await
+                .expect("append");
                 if measuring.get() {
-                    hist.borrow_mut().record(started.elapsed().as_micros() as u64).unwrap();
+                    hist.borrow_mut()
+                        .record(started.elapsed().as_micros() as u64)
+                        .unwrap();
                     records.set(records.get() + 1);
                 }
             }
@@ -115,8 +134,14 @@ async fn run_appenders(dir: &Path, appenders: usize, run_for: Duration) -> Row {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().unwrap_or_else(|| "target/wal-bench".to_string()));
-    let seconds: f64 = args.next().map(|s| s.parse().expect("seconds")).unwrap_or(3.0);
+    let dir = PathBuf::from(
+        args.next()
+            .unwrap_or_else(|| "target/wal-bench".to_string()),
+    );
+    let seconds: f64 = args
+        .next()
+        .map(|s| s.parse().expect("seconds"))
+        .unwrap_or(3.0);
     std::fs::create_dir_all(&dir).unwrap();
     if let Err(why) = check_io_memory(WAL_IO_MEMORY_BYTES) {
         eprintln!("{why}");

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use glommio::{LocalExecutorBuilder, Placement};
 use tern_storage::wal::executor::WAL_IO_MEMORY_BYTES;
-use tern_storage::wal::{HardState, Metadata, SnapshotMarker, Wal, WalError, WalOptions, WalRecord};
+use tern_storage::wal::{
+    HardState, Metadata, SnapshotMarker, Wal, WalError, WalOptions, WalRecord,
+};
 
 fn run<T>(fut: impl std::future::Future<Output = T>) -> T {
     LocalExecutorBuilder::new(Placement::Unbound)
@@ -42,8 +44,14 @@ fn append_reopen_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("member/wal");
     run(async {
-        let wal = Wal::create(&path, WalOptions::default(), META).await.unwrap();
-        let hs = HardState { term: 2, vote: 7, commit: 3 };
+        let wal = Wal::create(&path, WalOptions::default(), META)
+            .await
+            .unwrap();
+        let hs = HardState {
+            term: 2,
+            vote: 7,
+            commit: 3,
+        };
         let durable = wal
             .append(vec![entry(1, 1), entry(2, 1), WalRecord::HardState(hs)])
             .await
@@ -76,8 +84,12 @@ fn append_reopen_round_trip() {
 fn overwrite_truncates_suffix_like_raft() {
     let dir = tempfile::tempdir().unwrap();
     run(async {
-        let wal = Wal::create(dir.path(), WalOptions::default(), META).await.unwrap();
-        wal.append((1..=5).map(|i| entry(i, 1)).collect()).await.unwrap();
+        let wal = Wal::create(dir.path(), WalOptions::default(), META)
+            .await
+            .unwrap();
+        wal.append((1..=5).map(|i| entry(i, 1)).collect())
+            .await
+            .unwrap();
         // A new leader overwrites from index 3.
         wal.append(vec![entry(3, 2)]).await.unwrap();
         assert_eq!(wal.last_index(), 3);
@@ -95,17 +107,25 @@ fn overwrite_truncates_suffix_like_raft() {
 fn invalid_appends_are_rejected_without_effect() {
     let dir = tempfile::tempdir().unwrap();
     run(async {
-        let wal = Wal::create(dir.path(), WalOptions::default(), META).await.unwrap();
+        let wal = Wal::create(dir.path(), WalOptions::default(), META)
+            .await
+            .unwrap();
         wal.append(vec![entry(1, 1)]).await.unwrap();
         let gap = wal.append(vec![entry(2, 1), entry(4, 1)]).await;
         assert!(matches!(gap, Err(WalError::InvalidAppend(_))), "{gap:?}");
         // The rejected append left nothing behind: 2 is still the next index.
         wal.append(vec![entry(2, 1)]).await.unwrap();
-        wal.append(vec![WalRecord::Snapshot(SnapshotMarker { raft_index: 2, term: 1 })])
-            .await
-            .unwrap();
+        wal.append(vec![WalRecord::Snapshot(SnapshotMarker {
+            raft_index: 2,
+            term: 1,
+        })])
+        .await
+        .unwrap();
         let below = wal.append(vec![entry(2, 1)]).await;
-        assert!(matches!(below, Err(WalError::InvalidAppend(_))), "{below:?}");
+        assert!(
+            matches!(below, Err(WalError::InvalidAppend(_))),
+            "{below:?}"
+        );
         assert!(matches!(wal.term(1), Err(WalError::Compacted { .. })));
         assert_eq!(wal.term(2).unwrap(), 1);
         wal.close().await.unwrap();
@@ -118,26 +138,47 @@ fn rotation_release_and_reopen() {
     let count_segments = |p: &Path| {
         std::fs::read_dir(p)
             .unwrap()
-            .filter(|d| d.as_ref().unwrap().file_name().to_str().unwrap().ends_with(".wal"))
+            .filter(|d| {
+                d.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .ends_with(".wal")
+            })
             .count()
     };
     run(async {
         let wal = Wal::create(dir.path(), small_opts(), META).await.unwrap();
         let payload = vec![7u8; 3000];
         for i in 1..=100u64 {
-            wal.append(vec![WalRecord::Entry { raft_index: i, term: 1, data: payload.clone() }])
-                .await
-                .unwrap();
+            wal.append(vec![WalRecord::Entry {
+                raft_index: i,
+                term: 1,
+                data: payload.clone(),
+            }])
+            .await
+            .unwrap();
         }
         assert!(count_segments(dir.path()) > 3, "rotation happened");
-        let hs = HardState { term: 1, vote: 1, commit: 90 };
+        let hs = HardState {
+            term: 1,
+            vote: 1,
+            commit: 90,
+        };
         wal.append(vec![
             WalRecord::HardState(hs),
-            WalRecord::Snapshot(SnapshotMarker { raft_index: 80, term: 1 }),
+            WalRecord::Snapshot(SnapshotMarker {
+                raft_index: 80,
+                term: 1,
+            }),
         ])
         .await
         .unwrap();
-        assert!(wal.release_below(81).await.is_err(), "cannot release above the snapshot");
+        assert!(
+            wal.release_below(81).await.is_err(),
+            "cannot release above the snapshot"
+        );
         let before = count_segments(dir.path());
         let released = wal.release_below(80).await.unwrap();
         assert!(!released.is_empty());
@@ -148,20 +189,33 @@ fn rotation_release_and_reopen() {
         assert!(got.iter().all(|e| e.data == payload));
         // Force another rotation so the new segment carries state forward, then release more.
         for i in 101..=130u64 {
-            wal.append(vec![WalRecord::Entry { raft_index: i, term: 1, data: payload.clone() }])
-                .await
-                .unwrap();
-        }
-        wal.append(vec![WalRecord::Snapshot(SnapshotMarker { raft_index: 125, term: 1 })])
+            wal.append(vec![WalRecord::Entry {
+                raft_index: i,
+                term: 1,
+                data: payload.clone(),
+            }])
             .await
             .unwrap();
+        }
+        wal.append(vec![WalRecord::Snapshot(SnapshotMarker {
+            raft_index: 125,
+            term: 1,
+        })])
+        .await
+        .unwrap();
         wal.release_below(125).await.unwrap();
         wal.close().await.unwrap();
 
         let (wal, rec) = Wal::open(dir.path(), small_opts()).await.unwrap();
         assert_eq!(rec.metadata, META);
         assert_eq!(rec.hard_state, Some(hs));
-        assert_eq!(rec.snapshot, Some(SnapshotMarker { raft_index: 125, term: 1 }));
+        assert_eq!(
+            rec.snapshot,
+            Some(SnapshotMarker {
+                raft_index: 125,
+                term: 1
+            })
+        );
         let indexes: Vec<u64> = rec.entries.iter().map(|e| e.raft_index).collect();
         assert_eq!(indexes, (126..=130).collect::<Vec<_>>());
         assert_eq!(wal.term(125).unwrap(), 1);
@@ -173,10 +227,14 @@ fn rotation_release_and_reopen() {
 fn concurrent_appends_share_fdatasyncs() {
     let dir = tempfile::tempdir().unwrap();
     run(async {
-        let wal = Wal::create(dir.path(), WalOptions::default(), META).await.unwrap();
+        let wal = Wal::create(dir.path(), WalOptions::default(), META)
+            .await
+            .unwrap();
         let base = wal.stats().fdatasyncs;
         // 200 appends issued before any completes: they must not need 200 syncs.
-        let futures: Vec<_> = (1..=200u64).map(|i| wal.append(vec![entry(i, 1)])).collect();
+        let futures: Vec<_> = (1..=200u64)
+            .map(|i| wal.append(vec![entry(i, 1)]))
+            .collect();
         let mut last = 0;
         for f in futures {
             let durable = f.await.unwrap();
@@ -198,7 +256,9 @@ fn create_refuses_existing_and_open_refuses_empty() {
             Wal::open(dir.path(), WalOptions::default()).await,
             Err(WalError::NotFound(_))
         ));
-        let wal = Wal::create(dir.path(), WalOptions::default(), META).await.unwrap();
+        let wal = Wal::create(dir.path(), WalOptions::default(), META)
+            .await
+            .unwrap();
         wal.close().await.unwrap();
         assert!(matches!(
             Wal::create(dir.path(), WalOptions::default(), META).await,

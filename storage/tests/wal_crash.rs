@@ -57,7 +57,10 @@ fn crash_child() {
                 (wal, last)
             }
             Err(WalError::NotFound(_)) => {
-                let meta = Metadata { cluster_id: 1, member_id: 2 };
+                let meta = Metadata {
+                    cluster_id: 1,
+                    member_id: 2,
+                };
                 (Wal::create(&dir, opts(), meta).await.unwrap(), 0)
             }
             Err(e) => panic!("child could not open the wal: {e}"),
@@ -71,14 +74,21 @@ fn crash_child() {
                 loop {
                     let raft_index = next.get();
                     next.set(raft_index + 1);
-                    let record = WalRecord::Entry { raft_index, term: 1, data: payload(raft_index) };
+                    let record = WalRecord::Entry {
+                        raft_index,
+                        term: 1,
+                        data: payload(raft_index),
+                    };
                     wal.append(vec![record]).await.unwrap();
                     // Only now is it durable: tell the parent.
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ack {raft_index}").unwrap();
                     out.flush().unwrap();
                     if raft_index % 1000 == 0 {
-                        let snap = SnapshotMarker { raft_index: raft_index - 500, term: 1 };
+                        let snap = SnapshotMarker {
+                            raft_index: raft_index - 500,
+                            term: 1,
+                        };
                         wal.append(vec![WalRecord::Snapshot(snap)]).await.unwrap();
                         wal.release_below(snap.raft_index).await.unwrap();
                     }
@@ -103,7 +113,13 @@ fn sigkill_loop_keeps_acknowledged_appends() {
     let started = Instant::now();
     for round in 0..KILLS {
         let mut child = Command::new(&exe)
-            .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "crash_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(DIR_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -125,7 +141,10 @@ fn sigkill_loop_keeps_acknowledged_appends() {
         std::thread::sleep(Duration::from_millis(rng.u64(20..250)));
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
-        assert!(!status.success(), "child must have been killed, round {round}");
+        assert!(
+            !status.success(),
+            "child must have been killed, round {round}"
+        );
         reader.join().unwrap();
         let acked = std::mem::take(&mut *acked.lock().unwrap());
         acked_total += acked.len();
@@ -139,11 +158,26 @@ fn sigkill_loop_keeps_acknowledged_appends() {
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
             let snapshot_index = recovered.snapshot.map_or(0, |s| s.raft_index);
-            let first = recovered.entries.first().map_or(snapshot_index + 1, |e| e.raft_index);
-            assert_eq!(first, snapshot_index + 1, "round {round}: log starts after the snapshot");
+            let first = recovered
+                .entries
+                .first()
+                .map_or(snapshot_index + 1, |e| e.raft_index);
+            assert_eq!(
+                first,
+                snapshot_index + 1,
+                "round {round}: log starts after the snapshot"
+            );
             for (i, entry) in recovered.entries.iter().enumerate() {
-                assert_eq!(entry.raft_index, first + i as u64, "round {round}: entries in order");
-                assert_eq!(entry.data, payload(entry.raft_index), "round {round}: entry bytes intact");
+                assert_eq!(
+                    entry.raft_index,
+                    first + i as u64,
+                    "round {round}: entries in order"
+                );
+                assert_eq!(
+                    entry.data,
+                    payload(entry.raft_index),
+                    "round {round}: entry bytes intact"
+                );
             }
             let last = wal.last_index();
             assert!(
@@ -151,7 +185,11 @@ fn sigkill_loop_keeps_acknowledged_appends() {
                 "round {round}: acknowledged index {expected_max} lost (last index {last})"
             );
             for raft_index in acked.iter().copied().filter(|&i| i > snapshot_index) {
-                assert_eq!(wal.term(raft_index).unwrap(), 1, "round {round}: entry {raft_index}");
+                assert_eq!(
+                    wal.term(raft_index).unwrap(),
+                    1,
+                    "round {round}: entry {raft_index}"
+                );
             }
             wal.close().await.unwrap();
         });
@@ -160,5 +198,8 @@ fn sigkill_loop_keeps_acknowledged_appends() {
         "{KILLS} kills, {acked_total} acknowledged appends, last index {max_acked}, {:?}",
         started.elapsed()
     );
-    assert!(acked_total > 1000, "the children must have made progress: {acked_total} acks");
+    assert!(
+        acked_total > 1000,
+        "the children must have made progress: {acked_total} acks"
+    );
 }

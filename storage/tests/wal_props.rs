@@ -14,14 +14,28 @@ const SEGMENT_BYTES: usize = 256 << 10;
 
 fn record() -> impl Strategy<Value = WalRecord> {
     prop_oneof![
-        (any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..700))
-            .prop_map(|(raft_index, term, data)| WalRecord::Entry { raft_index, term, data }),
-        (any::<u64>(), any::<u64>(), any::<u64>())
-            .prop_map(|(term, vote, commit)| WalRecord::HardState(HardState { term, vote, commit })),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(raft_index, term)| WalRecord::Snapshot(SnapshotMarker { raft_index, term })),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(cluster_id, member_id)| WalRecord::Metadata(Metadata { cluster_id, member_id })),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..700)
+        )
+            .prop_map(|(raft_index, term, data)| WalRecord::Entry {
+                raft_index,
+                term,
+                data
+            }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(term, vote, commit)| {
+            WalRecord::HardState(HardState { term, vote, commit })
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(raft_index, term)| WalRecord::Snapshot(
+            SnapshotMarker { raft_index, term }
+        )),
+        (any::<u64>(), any::<u64>()).prop_map(|(cluster_id, member_id)| WalRecord::Metadata(
+            Metadata {
+                cluster_id,
+                member_id
+            }
+        )),
     ]
 }
 
@@ -37,7 +51,13 @@ fn image(batches: &[Vec<WalRecord>], align: usize) -> (Vec<u8>, Vec<usize>) {
     for batch in batches {
         let records_bytes: usize = batch.iter().map(WalRecord::frame_bytes).sum();
         let len = batch_bytes_for(records_bytes, align);
-        encode_batch_into(&mut buf[at..at + len], SEQ, at as u64, batch.iter(), batch.len());
+        encode_batch_into(
+            &mut buf[at..at + len],
+            SEQ,
+            at as u64,
+            batch.iter(),
+            batch.len(),
+        );
         offsets.push(at);
         at += len;
     }

@@ -32,12 +32,25 @@ fn opts() -> WalOptions {
 /// Writes entries 1..=n, one append (so one batch) each, each 1000 bytes.
 fn build(dir: &Path, n: u64) {
     run(async {
-        let wal = Wal::create(dir, opts(), Metadata { cluster_id: 3, member_id: 4 })
-            .await
-            .unwrap();
+        let wal = Wal::create(
+            dir,
+            opts(),
+            Metadata {
+                cluster_id: 3,
+                member_id: 4,
+            },
+        )
+        .await
+        .unwrap();
         for i in 1..=n {
             let data = vec![i as u8; 1000];
-            wal.append(vec![WalRecord::Entry { raft_index: i, term: 1, data }]).await.unwrap();
+            wal.append(vec![WalRecord::Entry {
+                raft_index: i,
+                term: 1,
+                data,
+            }])
+            .await
+            .unwrap();
         }
         wal.close().await.unwrap();
     });
@@ -56,7 +69,11 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 fn batch_offsets(path: &Path) -> Vec<u64> {
     let name = SegmentName::parse(path.file_name().unwrap().to_str().unwrap()).unwrap();
     let bytes = std::fs::read(path).unwrap();
-    scan_segment(&bytes, name.seq).batches.iter().map(|b| b.offset).collect()
+    scan_segment(&bytes, name.seq)
+        .batches
+        .iter()
+        .map(|b| b.offset)
+        .collect()
 }
 
 fn reopen(dir: &Path) -> Result<(Vec<u64>, Option<u64>), WalError> {
@@ -64,8 +81,12 @@ fn reopen(dir: &Path) -> Result<(Vec<u64>, Option<u64>), WalError> {
         let (wal, rec) = Wal::open(dir, opts()).await?;
         // The log carries on after recovery: append the next entry and read it back.
         let next = wal.last_index() + 1;
-        wal.append(vec![WalRecord::Entry { raft_index: next, term: 2, data: b"after".to_vec() }])
-            .await?;
+        wal.append(vec![WalRecord::Entry {
+            raft_index: next,
+            term: 2,
+            data: b"after".to_vec(),
+        }])
+        .await?;
         assert_eq!(wal.entries(next, next + 1, 0).await?[0].data, b"after");
         wal.close().await?;
         Ok((
@@ -88,14 +109,27 @@ fn truncated_tail_is_cut_and_log_continues() {
     let last = segments(dir.path()).pop().unwrap();
     let tail = *batch_offsets(&last).last().unwrap();
     // The file ends in the middle of the last batch, as if the write never finished.
-    std::fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(tail + 700).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(tail + 700)
+        .unwrap();
     let (entries, torn) = reopen(dir.path()).unwrap();
     assert_eq!(torn, Some(tail));
-    assert_eq!(entries.last().copied(), Some(9), "entry 10 was in the torn batch");
+    assert_eq!(
+        entries.last().copied(),
+        Some(9),
+        "entry 10 was in the torn batch"
+    );
     // And again after the recovery wrote past the cut: clean.
     let (entries, torn) = reopen(dir.path()).unwrap();
     assert_eq!(torn, None);
-    assert_eq!(entries.last().copied(), Some(10), "entry 10 was rewritten by the first reopen");
+    assert_eq!(
+        entries.last().copied(),
+        Some(10),
+        "entry 10 was rewritten by the first reopen"
+    );
 }
 
 #[test]
@@ -136,7 +170,9 @@ fn corrupt_middle_record_is_a_hard_error_until_repaired() {
     let victim = offsets[offsets.len() - 3];
     flip(&last, victim + 40);
     match reopen(dir.path()) {
-        Err(WalError::Corrupt { segment, offset, .. }) => {
+        Err(WalError::Corrupt {
+            segment, offset, ..
+        }) => {
             assert_eq!(segment, last);
             assert_eq!(offset, victim);
         }
@@ -147,13 +183,19 @@ fn corrupt_middle_record_is_a_hard_error_until_repaired() {
     assert!(matches!(report.problem, Some(Problem::Corrupt { offset, .. }) if offset == victim));
     let refused = repair(dir.path(), false).unwrap();
     assert!(refused.refused.is_some() && refused.zeroed.is_none());
-    assert!(reopen(dir.path()).is_err(), "a refused repair changes nothing");
+    assert!(
+        reopen(dir.path()).is_err(),
+        "a refused repair changes nothing"
+    );
     let done = repair(dir.path(), true).unwrap();
     assert_eq!(done.zeroed.as_ref().map(|z| z.1), Some(victim));
     let (entries, torn) = reopen(dir.path()).unwrap();
     assert_eq!(torn, None);
     let last_entry = entries.last().copied().unwrap();
-    assert!(last_entry < 10, "the log was cut at the corrupt batch: {last_entry}");
+    assert!(
+        last_entry < 10,
+        "the log was cut at the corrupt batch: {last_entry}"
+    );
 }
 
 #[test]
@@ -167,7 +209,9 @@ fn damage_in_an_older_segment_is_corrupt_not_torn() {
     let older = &segs[1];
     let tail = *batch_offsets(older).last().unwrap();
     flip(older, tail + 30);
-    assert!(matches!(reopen(dir.path()), Err(WalError::Corrupt { segment, .. }) if segment == *older));
+    assert!(
+        matches!(reopen(dir.path()), Err(WalError::Corrupt { segment, .. }) if segment == *older)
+    );
 }
 
 #[test]
@@ -177,5 +221,8 @@ fn missing_segment_is_corrupt() {
     let segs = segments(dir.path());
     std::fs::remove_file(&segs[1]).unwrap();
     assert!(matches!(reopen(dir.path()), Err(WalError::Corrupt { .. })));
-    assert!(matches!(verify(dir.path()).unwrap().problem, Some(Problem::MissingSegment { .. })));
+    assert!(matches!(
+        verify(dir.path()).unwrap().problem,
+        Some(Problem::MissingSegment { .. })
+    ));
 }

@@ -25,7 +25,10 @@ pub enum WalError {
     /// The append breaks the log's rules (index gap, entry below the snapshot, too large).
     InvalidAppend(String),
     /// The submission queue is at its `queue_bytes_max` / `queue_appends_max` bound.
-    QueueFull { queue_bytes: usize, queue_appends: usize },
+    QueueFull {
+        queue_bytes: usize,
+        queue_appends: usize,
+    },
     /// A write or fdatasync failed earlier; the kernel may have dropped dirty pages, so no
     /// later sync can prove durability (the "fsyncgate" lesson). Reopen the WAL to recover.
     Poisoned(String),
@@ -83,11 +86,17 @@ impl std::fmt::Display for WalError {
             WalError::Compacted {
                 raft_index,
                 first_index,
-            } => write!(f, "raft index {raft_index} is compacted (first index {first_index})"),
+            } => write!(
+                f,
+                "raft index {raft_index} is compacted (first index {first_index})"
+            ),
             WalError::Unavailable {
                 raft_index,
                 last_index,
-            } => write!(f, "raft index {raft_index} is beyond the log (last index {last_index})"),
+            } => write!(
+                f,
+                "raft index {raft_index} is beyond the log (last index {last_index})"
+            ),
             WalError::Closed => write!(f, "wal closed"),
             WalError::InvalidOptions(why) => write!(f, "wal options: {why}"),
         }

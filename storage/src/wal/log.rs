@@ -75,9 +75,7 @@ impl Default for WalOptions {
 impl WalOptions {
     fn validate(&self) -> Result<()> {
         let bad = |why: &str| Err(WalError::InvalidOptions(why.to_string()));
-        if self.write_align_bytes < SECTOR_BYTES
-            || !self.write_align_bytes.is_power_of_two()
-        {
+        if self.write_align_bytes < SECTOR_BYTES || !self.write_align_bytes.is_power_of_two() {
             return bad("write_align_bytes must be a power of two ≥ 512");
         }
         if self.segment_bytes % self.write_align_bytes as u64 != 0 {
@@ -262,9 +260,11 @@ impl Wal {
     /// already hold segments. The first segment starts with `metadata`.
     pub async fn create(dir: &Path, opts: WalOptions, metadata: Metadata) -> Result<Wal> {
         opts.validate()?;
-        std::fs::create_dir_all(dir).map_err(|e| WalError::io(format!("create {}", dir.display()), &e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| WalError::io(format!("create {}", dir.display()), &e))?;
         // glommio opens directories by absolute path only.
-        let dir = &std::fs::canonicalize(dir).map_err(|e| WalError::io(format!("resolve {}", dir.display()), &e))?;
+        let dir = &std::fs::canonicalize(dir)
+            .map_err(|e| WalError::io(format!("resolve {}", dir.display()), &e))?;
         let (names, temps) = list_segments(dir).map_err(|e| WalError::io("list segments", &e))?;
         if !names.is_empty() {
             return Err(WalError::AlreadyExists(dir.to_path_buf()));
@@ -313,7 +313,10 @@ impl Wal {
             return Err(WalError::Corrupt {
                 segment: dir.join(b.file_name()),
                 offset: 0,
-                reason: format!("segment sequence jumps from {} to {}: a segment is missing", a.seq, b.seq),
+                reason: format!(
+                    "segment sequence jumps from {} to {}: a segment is missing",
+                    a.seq, b.seq
+                ),
             });
         }
         remove_temps(&temps)?;
@@ -386,9 +389,12 @@ impl Wal {
 
         // Replay starts from the newest snapshot marker: released segments may have held
         // entries between an older marker and it (see docs/wal.md, "Release").
-        let mut state: LogState<(EntryLoc, Vec<u8>)> = LogState::starting_at(newest_snapshot(
-            scans.iter().flat_map(|(_, _, scan)| scan.batches.iter().flat_map(|b| b.records.iter().map(|r| &r.record))),
-        ));
+        let mut state: LogState<(EntryLoc, Vec<u8>)> =
+            LogState::starting_at(newest_snapshot(scans.iter().flat_map(|(_, _, scan)| {
+                scan.batches
+                    .iter()
+                    .flat_map(|b| b.records.iter().map(|r| &r.record))
+            })));
         let mut written_max_index = 0;
         for (seq, path, scan) in &scans {
             for batch in &scan.batches {
@@ -399,16 +405,20 @@ impl Wal {
                         frame_bytes: rec.frame_bytes,
                     };
                     let data = match &rec.record {
-                        WalRecord::Entry { raft_index, data, .. } => {
+                        WalRecord::Entry {
+                            raft_index, data, ..
+                        } => {
                             written_max_index = written_max_index.max(*raft_index);
                             data.clone()
                         }
                         _ => Vec::new(),
                     };
-                    state.apply(&rec.record, || (loc, data)).map_err(|reason| WalError::Corrupt {
-                        segment: path.clone(),
-                        offset: rec.frame_offset,
-                        reason,
+                    state.apply(&rec.record, || (loc, data)).map_err(|reason| {
+                        WalError::Corrupt {
+                            segment: path.clone(),
+                            offset: rec.frame_offset,
+                            reason,
+                        }
                     })?;
                 }
             }
@@ -443,9 +453,20 @@ impl Wal {
             hard_state: state.hard_state,
             snapshot: state.snapshot,
             first_index: state.first_index,
-            entries: state.entries.into_iter().map(|(term, (loc, _))| (term, loc)).collect(),
+            entries: state
+                .entries
+                .into_iter()
+                .map(|(term, (loc, _))| (term, loc))
+                .collect(),
         };
-        let wal = Wal::from_parts(dir, opts, durable, segments, write_offset, written_max_index);
+        let wal = Wal::from_parts(
+            dir,
+            opts,
+            durable,
+            segments,
+            write_offset,
+            written_max_index,
+        );
         glommio::spawn_local(flusher(wal.shared.clone())).detach();
         Ok((wal, recovered))
     }
@@ -488,7 +509,10 @@ impl Wal {
     /// Queues `records` as one atomic unit and returns a future that resolves once they are
     /// durable. Validation and queueing happen now, in call order; the future only waits. An
     /// empty `records` is a barrier: it resolves once everything queued before it is durable.
-    pub fn append(&self, records: Vec<WalRecord>) -> impl Future<Output = Result<Durable>> + 'static {
+    pub fn append(
+        &self,
+        records: Vec<WalRecord>,
+    ) -> impl Future<Output = Result<Durable>> + 'static {
         let done = Rc::new(RefCell::new(Completion::default()));
         if let Err(e) = self.enqueue(records, &done) {
             done.borrow_mut().result = Some(Err(e));
@@ -573,16 +597,19 @@ impl Wal {
                     break;
                 }
             }
-            let removed: Vec<Segment> = victims.iter().filter_map(|seq| s.segments.remove(seq)).collect();
+            let removed: Vec<Segment> = victims
+                .iter()
+                .filter_map(|seq| s.segments.remove(seq))
+                .collect();
             s.stats.segments_released += removed.len() as u64;
             (removed, s.dir.clone())
         };
         let mut paths = Vec::new();
         // Oldest first: a crash midway leaves a consecutive suffix of segments.
         for segment in victims {
-            glommio::io::remove(&segment.path)
-                .await
-                .map_err(|e| WalError::from_glommio(format!("remove {}", segment.path.display()), e))?;
+            glommio::io::remove(&segment.path).await.map_err(|e| {
+                WalError::from_glommio(format!("remove {}", segment.path.display()), e)
+            })?;
             paths.push(segment.path);
         }
         if !paths.is_empty() {
@@ -635,7 +662,9 @@ impl Wal {
         {
             let s = self.shared.borrow();
             if lo > hi {
-                return Err(WalError::InvalidAppend(format!("entries: lo {lo} > hi {hi}")));
+                return Err(WalError::InvalidAppend(format!(
+                    "entries: lo {lo} > hi {hi}"
+                )));
             }
             if lo < s.durable.first_index {
                 return Err(self.missing(&s, lo));
@@ -646,7 +675,13 @@ impl Wal {
             for raft_index in lo..hi {
                 let (term, loc) = s.durable.entries[(raft_index - s.durable.first_index) as usize];
                 let file = s.segments[&loc.segment_seq].file.clone();
-                locs.push((raft_index, term, loc, file, s.segments[&loc.segment_seq].path.clone()));
+                locs.push((
+                    raft_index,
+                    term,
+                    loc,
+                    file,
+                    s.segments[&loc.segment_seq].path.clone(),
+                ));
             }
         }
         let span_max = self.shared.borrow().opts.read_span_bytes_max as u64;
@@ -682,7 +717,10 @@ impl Wal {
                 let frame = decode_frame(&bytes[at..], seq, loc.frame_offset)
                     .map_err(|e| corrupt(format!("re-reading entry {raft_index}: {e}")))?;
                 let (stored_index, stored_term) = entry_header(frame.payload);
-                if frame.record_type != RecordType::Entry || stored_index != *raft_index || stored_term != *term {
+                if frame.record_type != RecordType::Entry
+                    || stored_index != *raft_index
+                    || stored_term != *term
+                {
                     return Err(corrupt(format!("frame does not hold entry {raft_index}")));
                 }
                 data_bytes += frame.payload.len() as u64 - 16;
@@ -740,18 +778,21 @@ impl Wal {
 async fn probe_iopoll(dir: &Path) -> Result<()> {
     const PROBE_FILE: &str = ".iopoll-probe";
     let path = dir.join(PROBE_FILE);
-    std::fs::write(&path, vec![0u8; 4096]).map_err(|e| WalError::io(format!("write {}", path.display()), &e))?;
+    std::fs::write(&path, vec![0u8; 4096])
+        .map_err(|e| WalError::io(format!("write {}", path.display()), &e))?;
     let file = DmaFile::open(&path)
         .await
         .map_err(|e| WalError::from_glommio(format!("open {}", path.display()), e))?;
     let _ = file.close().await;
-    std::fs::remove_file(&path).map_err(|e| WalError::io(format!("remove {}", path.display()), &e))?;
+    std::fs::remove_file(&path)
+        .map_err(|e| WalError::io(format!("remove {}", path.display()), &e))?;
     Ok(())
 }
 
 fn remove_temps(temps: &[PathBuf]) -> Result<()> {
     for temp in temps {
-        std::fs::remove_file(temp).map_err(|e| WalError::io(format!("remove {}", temp.display()), &e))?;
+        std::fs::remove_file(temp)
+            .map_err(|e| WalError::io(format!("remove {}", temp.display()), &e))?;
     }
     Ok(())
 }
@@ -802,9 +843,9 @@ async fn zero_range(file: &DmaFile, from: u64, to: u64, path: &Path) -> Result<(
         let len_aligned = len.div_ceil(align) * align;
         let mut buf = file.alloc_dma_buffer(len_aligned as usize);
         buf.as_bytes_mut().fill(0);
-        file.write_at(buf, pos)
-            .await
-            .map_err(|e| WalError::from_glommio(format!("zero torn tail of {}", path.display()), e))?;
+        file.write_at(buf, pos).await.map_err(|e| {
+            WalError::from_glommio(format!("zero torn tail of {}", path.display()), e)
+        })?;
         pos += len_aligned;
     }
     file.fdatasync()
@@ -859,7 +900,11 @@ async fn write_batch(
 /// Creates segment `name` as a temp file, preallocates it, writes `header` as its first batch,
 /// makes it durable, then renames it into place and syncs the directory. A crash before the
 /// rename leaves only a temp file, which `open` removes.
-async fn start_segment(shared: &Rc<RefCell<Shared>>, name: SegmentName, header: &[WalRecord]) -> Result<Rc<DmaFile>> {
+async fn start_segment(
+    shared: &Rc<RefCell<Shared>>,
+    name: SegmentName,
+    header: &[WalRecord],
+) -> Result<Rc<DmaFile>> {
     let (dir, opts) = {
         let s = shared.borrow();
         (s.dir.clone(), s.opts.clone())
@@ -878,7 +923,8 @@ async fn start_segment(shared: &Rc<RefCell<Shared>>, name: SegmentName, header: 
         .await
         .map_err(|e| WalError::from_glommio(format!("fallocate {}", temp.display()), e))?;
     let refs: Vec<&WalRecord> = header.iter().collect();
-    let (_, batch_bytes) = write_batch(&file, &temp, name.seq, 0, opts.write_align_bytes, &refs).await?;
+    let (_, batch_bytes) =
+        write_batch(&file, &temp, name.seq, 0, opts.write_align_bytes, &refs).await?;
     glommio::io::rename(&temp, &path)
         .await
         .map_err(|e| WalError::from_glommio(format!("rename {}", temp.display()), e))?;
@@ -991,7 +1037,10 @@ async fn flush_batch(shared: &Rc<RefCell<Shared>>, batch: &[Pending]) -> Result<
     let (needs_rotation, align) = {
         let s = shared.borrow();
         let batch_bytes = batch_bytes_for(records_bytes, s.opts.write_align_bytes) as u64;
-        (s.write_offset + batch_bytes > s.opts.segment_bytes, s.opts.write_align_bytes)
+        (
+            s.write_offset + batch_bytes > s.opts.segment_bytes,
+            s.opts.write_align_bytes,
+        )
     };
     if needs_rotation {
         rotate(shared).await?;
@@ -999,7 +1048,12 @@ async fn flush_batch(shared: &Rc<RefCell<Shared>>, batch: &[Pending]) -> Result<
     let (file, path, seq, offset) = {
         let s = shared.borrow();
         let (seq, segment) = s.segments.last_key_value().expect("a current segment");
-        (segment.file.clone(), segment.path.clone(), *seq, s.write_offset)
+        (
+            segment.file.clone(),
+            segment.path.clone(),
+            *seq,
+            s.write_offset,
+        )
     };
     let (frame_offsets, batch_bytes) = if records.is_empty() {
         // A barrier with nothing to write: everything before it is already durable.
@@ -1047,7 +1101,9 @@ async fn rotate(shared: &Rc<RefCell<Shared>>) -> Result<()> {
             seq: seq + 1,
             raft_index: s.written_max_index.max(s.durable.last_index()) + 1,
         };
-        let mut header = vec![WalRecord::Metadata(s.durable.metadata.expect("metadata is set"))];
+        let mut header = vec![WalRecord::Metadata(
+            s.durable.metadata.expect("metadata is set"),
+        )];
         if let Some(hs) = s.durable.hard_state {
             header.push(WalRecord::HardState(hs));
         }

@@ -73,7 +73,11 @@ impl<T> LogState<T> {
     }
 
     /// Applies one record; `location` is only used for entries. Errors describe the rule broken.
-    pub fn apply(&mut self, record: &WalRecord, location: impl FnOnce() -> T) -> Result<(), String> {
+    pub fn apply(
+        &mut self,
+        record: &WalRecord,
+        location: impl FnOnce() -> T,
+    ) -> Result<(), String> {
         match record {
             WalRecord::Metadata(m) => self.metadata = Some(*m),
             WalRecord::HardState(hs) => self.hard_state = Some(*hs),
@@ -104,7 +108,12 @@ impl<T> LogState<T> {
         Ok(())
     }
 
-    fn apply_entry(&mut self, raft_index: u64, term: u64, location: impl FnOnce() -> T) -> Result<(), String> {
+    fn apply_entry(
+        &mut self,
+        raft_index: u64,
+        term: u64,
+        location: impl FnOnce() -> T,
+    ) -> Result<(), String> {
         if raft_index <= self.snapshot.raft_index {
             // Older than the snapshot: kept on disk until its segment is released, not needed.
             return Ok(());
@@ -119,7 +128,8 @@ impl<T> LogState<T> {
                 next - 1
             ));
         }
-        self.entries.truncate((raft_index - self.first_index) as usize);
+        self.entries
+            .truncate((raft_index - self.first_index) as usize);
         self.entries.push_back((term, location()));
         Ok(())
     }

@@ -165,7 +165,10 @@ pub enum FrameError {
     /// The stored CRC does not match the bytes.
     CrcMismatch { stored: u32, computed: u32 },
     /// The payload length does not fit the record type.
-    BadPayload { record_type: RecordType, payload_len: usize },
+    BadPayload {
+        record_type: RecordType,
+        payload_len: usize,
+    },
 }
 
 impl std::fmt::Display for FrameError {
@@ -173,20 +176,31 @@ impl std::fmt::Display for FrameError {
         match self {
             FrameError::Zero => write!(f, "zero header (never written)"),
             FrameError::Truncated { needed_bytes } => {
-                write!(f, "frame truncated: needs {needed_bytes} bytes past the end")
+                write!(
+                    f,
+                    "frame truncated: needs {needed_bytes} bytes past the end"
+                )
             }
             FrameError::LengthTooLarge { payload_len } => {
                 write!(f, "payload length {payload_len} exceeds the frame maximum")
             }
-            FrameError::UnknownType { record_type } => write!(f, "unknown record type {record_type}"),
+            FrameError::UnknownType { record_type } => {
+                write!(f, "unknown record type {record_type}")
+            }
             FrameError::NonZeroReserved => write!(f, "reserved or padding bytes are not zero"),
             FrameError::CrcMismatch { stored, computed } => {
-                write!(f, "crc mismatch: stored {stored:#010x}, computed {computed:#010x}")
+                write!(
+                    f,
+                    "crc mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
             }
             FrameError::BadPayload {
                 record_type,
                 payload_len,
-            } => write!(f, "{record_type:?} record with invalid payload length {payload_len}"),
+            } => write!(
+                f,
+                "{record_type:?} record with invalid payload length {payload_len}"
+            ),
         }
     }
 }
@@ -220,7 +234,11 @@ fn encode_with(
     fill: impl FnOnce(&mut [u8]),
 ) {
     assert_eq!(out.len(), frame_bytes(payload_len));
-    assert_eq!(frame_offset % FRAME_ALIGN_BYTES as u64, 0, "frames are 8-byte aligned");
+    assert_eq!(
+        frame_offset % FRAME_ALIGN_BYTES as u64,
+        0,
+        "frames are 8-byte aligned"
+    );
     assert!(payload_len <= FRAME_PAYLOAD_BYTES_MAX);
     out.fill(0);
     out[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
@@ -279,7 +297,11 @@ pub fn encode_padding(out: &mut [u8], segment_seq: u64, frame_offset: u64) {
 pub const BATCH_FRAME_BYTES: usize = frame_bytes(8);
 
 /// Decodes the frame starting at `buf[0]`, which lies at `frame_offset` in segment `segment_seq`.
-pub fn decode_frame(buf: &[u8], segment_seq: u64, frame_offset: u64) -> Result<Frame<'_>, FrameError> {
+pub fn decode_frame(
+    buf: &[u8],
+    segment_seq: u64,
+    frame_offset: u64,
+) -> Result<Frame<'_>, FrameError> {
     if buf.len() < FRAME_HEADER_BYTES {
         if buf.iter().all(|&b| b == 0) {
             return Err(FrameError::Zero);
@@ -297,8 +319,9 @@ pub fn decode_frame(buf: &[u8], segment_seq: u64, frame_offset: u64) -> Result<F
     if payload_len > FRAME_PAYLOAD_BYTES_MAX {
         return Err(FrameError::LengthTooLarge { payload_len });
     }
-    let record_type =
-        RecordType::from_byte(header[8]).ok_or(FrameError::UnknownType { record_type: header[8] })?;
+    let record_type = RecordType::from_byte(header[8]).ok_or(FrameError::UnknownType {
+        record_type: header[8],
+    })?;
     if header[9..16].iter().any(|&b| b != 0) {
         return Err(FrameError::NonZeroReserved);
     }
@@ -313,7 +336,10 @@ pub fn decode_frame(buf: &[u8], segment_seq: u64, frame_offset: u64) -> Result<F
     if computed != stored {
         return Err(FrameError::CrcMismatch { stored, computed });
     }
-    if buf[FRAME_HEADER_BYTES + payload_len..total].iter().any(|&b| b != 0) {
+    if buf[FRAME_HEADER_BYTES + payload_len..total]
+        .iter()
+        .any(|&b| b != 0)
+    {
         return Err(FrameError::NonZeroReserved);
     }
     let payload_ok = match record_type {
@@ -402,7 +428,11 @@ pub fn encode_batch_into<'r>(
     records: impl Iterator<Item = &'r WalRecord>,
     record_count: usize,
 ) {
-    assert_eq!(batch_offset % SECTOR_BYTES as u64, 0, "batches start on a sector");
+    assert_eq!(
+        batch_offset % SECTOR_BYTES as u64,
+        0,
+        "batches start on a sector"
+    );
     assert_eq!(out.len() % SECTOR_BYTES, 0, "batches end on a sector");
     let batch_bytes = out.len() as u32;
     encode_batch(
@@ -416,7 +446,12 @@ pub fn encode_batch_into<'r>(
     let mut count = 0;
     for record in records {
         let n = record.frame_bytes();
-        encode_record(&mut out[at..at + n], segment_seq, batch_offset + at as u64, record);
+        encode_record(
+            &mut out[at..at + n],
+            segment_seq,
+            batch_offset + at as u64,
+            record,
+        );
         at += n;
         count += 1;
     }

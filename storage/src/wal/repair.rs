@@ -28,9 +28,19 @@ pub struct SegmentReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
     /// A torn tail in the last segment (recoverable: `open` cuts it).
-    TornTail { segment: PathBuf, offset: u64, nonzero_end: u64, reason: String },
+    TornTail {
+        segment: PathBuf,
+        offset: u64,
+        nonzero_end: u64,
+        reason: String,
+    },
     /// Damage that `open` refuses.
-    Corrupt { segment: PathBuf, offset: u64, nonzero_end: u64, reason: String },
+    Corrupt {
+        segment: PathBuf,
+        offset: u64,
+        nonzero_end: u64,
+        reason: String,
+    },
     /// Segment sequence numbers are not consecutive.
     MissingSegment { after: PathBuf, next: PathBuf },
 }
@@ -69,19 +79,31 @@ pub fn verify(dir: &Path) -> std::io::Result<Report> {
         let is_last = i + 1 == names.len();
         report.problem = match &scan.end {
             SegmentEnd::Clean { .. } => None,
-            SegmentEnd::Torn { offset, nonzero_end, reason } if is_last => Some(Problem::TornTail {
+            SegmentEnd::Torn {
+                offset,
+                nonzero_end,
+                reason,
+            } if is_last => Some(Problem::TornTail {
                 segment: path.clone(),
                 offset: *offset,
                 nonzero_end: *nonzero_end,
                 reason: reason.clone(),
             }),
-            SegmentEnd::Torn { offset, nonzero_end, reason } => Some(Problem::Corrupt {
+            SegmentEnd::Torn {
+                offset,
+                nonzero_end,
+                reason,
+            } => Some(Problem::Corrupt {
                 segment: path.clone(),
                 offset: *offset,
                 nonzero_end: *nonzero_end,
                 reason: format!("{reason}; later segments exist, so this is not a torn tail"),
             }),
-            SegmentEnd::Corrupt { offset, valid_batch_at, reason } => Some(Problem::Corrupt {
+            SegmentEnd::Corrupt {
+                offset,
+                valid_batch_at,
+                reason,
+            } => Some(Problem::Corrupt {
                 segment: path.clone(),
                 offset: *offset,
                 nonzero_end: nonzero_end_of(&bytes, *offset),
@@ -100,12 +122,13 @@ pub fn verify(dir: &Path) -> std::io::Result<Report> {
         }
     }
     // Pass 2: replay the valid records with the rules `Wal::open` uses.
-    let mut state: LogState<()> = LogState::starting_at(newest_snapshot(
-        report
-            .segments
-            .iter()
-            .flat_map(|seg| seg.scan.batches.iter().flat_map(|b| b.records.iter().map(|r| &r.record))),
-    ));
+    let mut state: LogState<()> =
+        LogState::starting_at(newest_snapshot(report.segments.iter().flat_map(|seg| {
+            seg.scan
+                .batches
+                .iter()
+                .flat_map(|b| b.records.iter().map(|r| &r.record))
+        })));
     'replay: for (seg, data_end) in report.segments.iter().zip(&data_ends) {
         for batch in &seg.scan.batches {
             for rec in &batch.records {
@@ -152,8 +175,18 @@ pub fn repair(dir: &Path, discard_after_corruption: bool) -> std::io::Result<Rep
     let mut outcome = RepairOutcome::default();
     let (segment, offset, nonzero_end) = match report.problem {
         None => return Ok(outcome),
-        Some(Problem::TornTail { segment, offset, nonzero_end, .. }) => (segment, offset, nonzero_end),
-        Some(Problem::Corrupt { segment, offset, nonzero_end, reason }) => {
+        Some(Problem::TornTail {
+            segment,
+            offset,
+            nonzero_end,
+            ..
+        }) => (segment, offset, nonzero_end),
+        Some(Problem::Corrupt {
+            segment,
+            offset,
+            nonzero_end,
+            reason,
+        }) => {
             if !discard_after_corruption {
                 outcome.refused = Some(format!(
                     "{} at offset {offset}: {reason}; rerun with --discard-after-corruption to cut the log there",
@@ -173,7 +206,10 @@ pub fn repair(dir: &Path, discard_after_corruption: bool) -> std::io::Result<Rep
                 return Ok(outcome);
             }
             let (names, _) = list_segments(dir)?;
-            let cut = names.iter().position(|n| dir.join(n.file_name()) == next).unwrap_or(names.len());
+            let cut = names
+                .iter()
+                .position(|n| dir.join(n.file_name()) == next)
+                .unwrap_or(names.len());
             move_aside(dir, &names[cut..], &mut outcome)?;
             return Ok(outcome);
         }
@@ -184,12 +220,19 @@ pub fn repair(dir: &Path, discard_after_corruption: bool) -> std::io::Result<Rep
     file.sync_data()?;
     outcome.zeroed = Some((segment.clone(), offset, nonzero_end - offset));
     let (names, _) = list_segments(dir)?;
-    let this = names.iter().position(|n| dir.join(n.file_name()) == segment).expect("segment listed");
+    let this = names
+        .iter()
+        .position(|n| dir.join(n.file_name()) == segment)
+        .expect("segment listed");
     move_aside(dir, &names[this + 1..], &mut outcome)?;
     Ok(outcome)
 }
 
-fn move_aside(dir: &Path, names: &[SegmentName], outcome: &mut RepairOutcome) -> std::io::Result<()> {
+fn move_aside(
+    dir: &Path,
+    names: &[SegmentName],
+    outcome: &mut RepairOutcome,
+) -> std::io::Result<()> {
     // Newest first, so a crash midway still leaves a consecutive run of segments.
     for name in names.iter().rev() {
         let from = dir.join(name.file_name());

@@ -109,7 +109,10 @@ enum BatchError {
     Zero,
     /// `skip_to`: where a search for later valid batches may start (past this batch's claimed
     /// extent when its header was valid, so its own records are never mistaken for later data).
-    Bad { reason: String, skip_to: usize },
+    Bad {
+        reason: String,
+        skip_to: usize,
+    },
 }
 
 fn read_batch(buf: &[u8], segment_seq: u64, pos: usize) -> Result<ScannedBatch, BatchError> {
@@ -122,14 +125,20 @@ fn read_batch(buf: &[u8], segment_seq: u64, pos: usize) -> Result<ScannedBatch, 
     };
     if frame.record_type != RecordType::Batch {
         return Err(bad(
-            format!("expected a batch header, found a {:?} frame", frame.record_type),
+            format!(
+                "expected a batch header, found a {:?} frame",
+                frame.record_type
+            ),
             next_sector,
         ));
     }
     let (batch_bytes, record_count) = batch_fields(&frame);
     let batch_bytes = batch_bytes as usize;
     if batch_bytes < BATCH_FRAME_BYTES || batch_bytes % SECTOR_BYTES != 0 {
-        return Err(bad(format!("invalid batch length {batch_bytes}"), next_sector));
+        return Err(bad(
+            format!("invalid batch length {batch_bytes}"),
+            next_sector,
+        ));
     }
     let batch_end = pos + batch_bytes;
     if batch_end > buf.len() {
@@ -148,11 +157,17 @@ fn read_batch(buf: &[u8], segment_seq: u64, pos: usize) -> Result<ScannedBatch, 
             .map_err(|e| bad(format!("record at offset {at}: {e}"), batch_end))?;
         match frame.record_type {
             RecordType::Batch => {
-                return Err(bad(format!("nested batch header at offset {at}"), batch_end));
+                return Err(bad(
+                    format!("nested batch header at offset {at}"),
+                    batch_end,
+                ));
             }
             RecordType::Padding => {
                 if at + frame.frame_bytes != batch_end {
-                    return Err(bad(format!("padding at offset {at} does not end the batch"), batch_end));
+                    return Err(bad(
+                        format!("padding at offset {at} does not end the batch"),
+                        batch_end,
+                    ));
                 }
             }
             _ => records.push(ScannedRecord {
@@ -165,7 +180,10 @@ fn read_batch(buf: &[u8], segment_seq: u64, pos: usize) -> Result<ScannedBatch, 
     }
     if records.len() != record_count as usize {
         return Err(bad(
-            format!("batch announces {record_count} records, holds {}", records.len()),
+            format!(
+                "batch announces {record_count} records, holds {}",
+                records.len()
+            ),
             batch_end,
         ));
     }

@@ -85,8 +85,14 @@ mod tests {
         };
         assert_eq!(name.file_name(), "0000000000000001-000000000000002a.wal");
         assert_eq!(SegmentName::parse(&name.file_name()), Some(name));
-        assert_eq!(SegmentName::parse("0000000000000001-000000000000002a.wal.tmp"), None);
+        assert_eq!(
+            SegmentName::parse("0000000000000001-000000000000002a.wal.tmp"),
+            None
+        );
         assert_eq!(SegmentName::parse("1-2.wal"), None);
-        assert_eq!(SegmentName::parse("000000000000000g-0000000000000000.wal"), None);
+        assert_eq!(
+            SegmentName::parse("000000000000000g-0000000000000000.wal"),
+            None
+        );
     }
 }

@@ -18,7 +18,10 @@ use tern_storage::wal::wal_dir;
 use tern_storage::wal::WalRecord;
 
 #[derive(Parser)]
-#[command(name = "tern-wal", about = "Inspect, verify and repair a tern write-ahead log")]
+#[command(
+    name = "tern-wal",
+    about = "Inspect, verify and repair a tern write-ahead log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,13 +59,26 @@ fn resolve(dir: &Path) -> PathBuf {
 
 fn describe(problem: &Problem) -> String {
     match problem {
-        Problem::TornTail { segment, offset, nonzero_end, reason } => format!(
+        Problem::TornTail {
+            segment,
+            offset,
+            nonzero_end,
+            reason,
+        } => format!(
             "torn tail in {} at offset {offset} ({} bytes): {reason}",
             segment.display(),
             nonzero_end - offset
         ),
-        Problem::Corrupt { segment, offset, reason, .. } => {
-            format!("CORRUPT: {} at offset {offset}: {reason}", segment.display())
+        Problem::Corrupt {
+            segment,
+            offset,
+            reason,
+            ..
+        } => {
+            format!(
+                "CORRUPT: {} at offset {offset}: {reason}",
+                segment.display()
+            )
         }
         Problem::MissingSegment { after, next } => format!(
             "CORRUPT: segment missing between {} and {}",
@@ -91,7 +107,12 @@ fn dump(report: &Report, data: bool) -> std::io::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     for segment in &report.segments {
-        writeln!(out, "segment {} ({} bytes)", segment.path.display(), segment.file_bytes)?;
+        writeln!(
+            out,
+            "segment {} ({} bytes)",
+            segment.path.display(),
+            segment.file_bytes
+        )?;
         for batch in &segment.scan.batches {
             writeln!(
                 out,
@@ -102,7 +123,11 @@ fn dump(report: &Report, data: bool) -> std::io::Result<()> {
             )?;
             for rec in &batch.records {
                 match &rec.record {
-                    WalRecord::Entry { raft_index, term, data: bytes } => {
+                    WalRecord::Entry {
+                        raft_index,
+                        term,
+                        data: bytes,
+                    } => {
                         write!(
                             out,
                             "    @{} entry index={raft_index} term={term} len={}",
@@ -110,7 +135,8 @@ fn dump(report: &Report, data: bool) -> std::io::Result<()> {
                             bytes.len()
                         )?;
                         if data {
-                            let hex: String = bytes.iter().take(64).map(|b| format!("{b:02x}")).collect();
+                            let hex: String =
+                                bytes.iter().take(64).map(|b| format!("{b:02x}")).collect();
                             write!(out, " data={hex}")?;
                         }
                         writeln!(out)?;
@@ -167,30 +193,34 @@ fn main() -> ExitCode {
                 ExitCode::from(3)
             }
         },
-        Command::Repair { dir, discard_after_corruption } => {
-            match repair(&resolve(&dir), discard_after_corruption) {
-                Ok(outcome) => {
-                    if let Some(why) = &outcome.refused {
-                        println!("refused: {why}");
-                        return ExitCode::from(2);
-                    }
-                    match &outcome.zeroed {
-                        Some((segment, offset, bytes)) => {
-                            println!("zeroed {bytes} bytes of {} from offset {offset}", segment.display())
-                        }
-                        None if outcome.moved_aside.is_empty() => println!("nothing to repair"),
-                        None => {}
-                    }
-                    for path in &outcome.moved_aside {
-                        println!("moved aside {}", path.display());
-                    }
-                    ExitCode::SUCCESS
+        Command::Repair {
+            dir,
+            discard_after_corruption,
+        } => match repair(&resolve(&dir), discard_after_corruption) {
+            Ok(outcome) => {
+                if let Some(why) = &outcome.refused {
+                    println!("refused: {why}");
+                    return ExitCode::from(2);
                 }
-                Err(e) => {
-                    eprintln!("tern-wal: {e}");
-                    ExitCode::from(3)
+                match &outcome.zeroed {
+                    Some((segment, offset, bytes)) => {
+                        println!(
+                            "zeroed {bytes} bytes of {} from offset {offset}",
+                            segment.display()
+                        )
+                    }
+                    None if outcome.moved_aside.is_empty() => println!("nothing to repair"),
+                    None => {}
                 }
+                for path in &outcome.moved_aside {
+                    println!("moved aside {}", path.display());
+                }
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("tern-wal: {e}");
+                ExitCode::from(3)
+            }
+        },
     }
 }
