@@ -84,7 +84,7 @@ fn crash_child() {
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ack {raft_index}").unwrap();
                     out.flush().unwrap();
-                    if raft_index % 1000 == 0 {
+                    if raft_index.is_multiple_of(1000) {
                         let snap = SnapshotMarker {
                             raft_index: raft_index - 500,
                             term: 1,

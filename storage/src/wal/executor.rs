@@ -27,7 +27,7 @@ pub fn memlock_limit_bytes() -> std::io::Result<u64> {
     Ok(if limit.rlim_cur == libc::RLIM_INFINITY {
         u64::MAX
     } else {
-        limit.rlim_cur as u64
+        limit.rlim_cur
     })
 }
 

@@ -78,7 +78,10 @@ impl WalOptions {
         if self.write_align_bytes < SECTOR_BYTES || !self.write_align_bytes.is_power_of_two() {
             return bad("write_align_bytes must be a power of two ≥ 512");
         }
-        if self.segment_bytes % self.write_align_bytes as u64 != 0 {
+        if !self
+            .segment_bytes
+            .is_multiple_of(self.write_align_bytes as u64)
+        {
             return bad("segment_bytes must be a multiple of write_align_bytes");
         }
         if (self.batch_bytes_max as u64) * 2 > self.segment_bytes {
@@ -271,8 +274,10 @@ impl Wal {
         }
         remove_temps(&temps)?;
         probe_iopoll(dir).await?;
-        let mut state = LogState::default();
-        state.metadata = Some(metadata);
+        let state = LogState {
+            metadata: Some(metadata),
+            ..LogState::default()
+        };
         let wal = Wal::from_parts(dir, opts, state, BTreeMap::new(), 0, 0);
         let name = SegmentName {
             seq: 0,

@@ -18,8 +18,8 @@ pub const SECTOR_BYTES: usize = 512;
 /// Largest payload one frame may carry. Bounds the allocation a corrupt length can cause.
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = 64 << 20;
 
-const _: () = assert!(FRAME_HEADER_BYTES % FRAME_ALIGN_BYTES == 0);
-const _: () = assert!(SECTOR_BYTES % FRAME_ALIGN_BYTES == 0);
+const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(FRAME_ALIGN_BYTES));
+const _: () = assert!(SECTOR_BYTES.is_multiple_of(FRAME_ALIGN_BYTES));
 
 /// The record kinds; the numeric values are the on-disk `record_type` byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,7 +281,7 @@ pub fn encode_batch(
 
 /// Encodes a padding frame filling exactly `out.len()` bytes (at least one header).
 pub fn encode_padding(out: &mut [u8], segment_seq: u64, frame_offset: u64) {
-    assert!(out.len() >= FRAME_HEADER_BYTES && out.len() % FRAME_ALIGN_BYTES == 0);
+    assert!(out.len() >= FRAME_HEADER_BYTES && out.len().is_multiple_of(FRAME_ALIGN_BYTES));
     let payload_len = out.len() - FRAME_HEADER_BYTES;
     encode_with(
         out,

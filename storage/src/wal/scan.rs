@@ -134,7 +134,7 @@ fn read_batch(buf: &[u8], segment_seq: u64, pos: usize) -> Result<ScannedBatch, 
     }
     let (batch_bytes, record_count) = batch_fields(&frame);
     let batch_bytes = batch_bytes as usize;
-    if batch_bytes < BATCH_FRAME_BYTES || batch_bytes % SECTOR_BYTES != 0 {
+    if batch_bytes < BATCH_FRAME_BYTES || !batch_bytes.is_multiple_of(SECTOR_BYTES) {
         return Err(bad(
             format!("invalid batch length {batch_bytes}"),
             next_sector,
