@@ -41,17 +41,24 @@ pub fn check_io_memory(io_memory_bytes: usize) -> Result<(), String> {
     if limit >= needed {
         return Ok(());
     }
-    Err(format!(
+    let raise = format!(
         "RLIMIT_MEMLOCK is {} KiB but the executor's io_uring memory needs {} KiB \
          ({} KiB io_memory registered with {GLOMMIO_RINGS} rings, glommio minimum {} KiB): \
-         raise it with `ulimit -l {}` (or LimitMEMLOCK= in the service unit), \
-         or lower the executor's io_memory to at most {} KiB",
+         raise it with `ulimit -l {}` (or LimitMEMLOCK= in the service unit)",
         limit / 1024,
         needed / 1024,
         pool / 1024,
         GLOMMIO_MEMLOCK_MIN_BYTES / 1024,
         needed.div_ceil(1024),
-        (limit / GLOMMIO_RINGS) / 1024,
+    );
+    // Below glommio's floor no io_memory setting helps; above it, a smaller pool also fits.
+    let pool_fit = (limit / GLOMMIO_RINGS) / 4096 * 4096;
+    if limit < GLOMMIO_MEMLOCK_MIN_BYTES || pool_fit < 64 << 10 {
+        return Err(raise);
+    }
+    Err(format!(
+        "{raise}, or lower the executor's io_memory to at most {} KiB",
+        pool_fit / 1024
     ))
 }
 
