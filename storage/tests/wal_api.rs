@@ -266,3 +266,53 @@ fn create_refuses_existing_and_open_refuses_empty() {
         ));
     });
 }
+
+#[test]
+fn queue_bounds_reject_instead_of_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let opts = WalOptions {
+            queue_appends_max: 4,
+            ..WalOptions::default()
+        };
+        let wal = Wal::create(dir.path(), opts, META).await.unwrap();
+        let queued: Vec<_> = (1..=4u64).map(|i| wal.append(vec![entry(i, 1)])).collect();
+        let over = wal.append(vec![entry(5, 1)]).await;
+        assert!(
+            matches!(
+                over,
+                Err(WalError::QueueFull {
+                    queue_appends: 4,
+                    ..
+                })
+            ),
+            "{over:?}"
+        );
+        for f in queued {
+            f.await.unwrap();
+        }
+        // Once drained, the rejected index can be appended.
+        wal.append(vec![entry(5, 1)]).await.unwrap();
+        assert_eq!(wal.last_index(), 5);
+        wal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn appends_after_close_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let wal = Wal::create(dir.path(), WalOptions::default(), META)
+            .await
+            .unwrap();
+        let other = wal.clone();
+        let pending = wal.append(vec![entry(1, 1)]);
+        wal.close().await.unwrap();
+        // What was queued before close became durable; nothing is accepted after.
+        assert_eq!(pending.await.unwrap().last_raft_index, 1);
+        assert!(matches!(
+            other.append(vec![entry(2, 1)]).await,
+            Err(WalError::Closed)
+        ));
+    });
+}

@@ -1047,7 +1047,7 @@ async fn flush_batch(shared: &Rc<RefCell<Shared>>, batch: &[Pending]) -> Result<
             s.opts.write_align_bytes,
         )
     };
-    if needs_rotation {
+    if needs_rotation && !records.is_empty() {
         rotate(shared).await?;
     }
     let (file, path, seq, offset) = {

@@ -460,3 +460,41 @@ pub fn encode_batch_into<'r>(
         encode_padding(&mut out[at..], segment_seq, batch_offset + at as u64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_padding_never_leaves_a_gap_smaller_than_a_header() {
+        // 24 (batch frame) + 4064 = 4088: an 8-byte gap cannot hold a padding frame.
+        assert_eq!(batch_bytes_for(4064, 4096), 8192);
+        assert_eq!(batch_bytes_for(4072, 4096), 4096);
+        assert_eq!(batch_bytes_for(4056, 4096), 4096);
+        assert_eq!(batch_bytes_for(0, 512), 512);
+    }
+
+    #[test]
+    fn entry_frame_layout_matches_the_spec() {
+        let record = WalRecord::Entry {
+            raft_index: 5,
+            term: 2,
+            data: vec![1, 2, 3],
+        };
+        let mut buf = vec![0u8; record.frame_bytes()];
+        assert_eq!(buf.len(), 16 + 24); // 19 payload bytes padded to 24
+        encode_record(&mut buf, 9, 4096, &record);
+        assert_eq!(&buf[4..8], &19u32.to_le_bytes());
+        assert_eq!(buf[8], RecordType::Entry as u8);
+        assert_eq!(&buf[16..24], &5u64.to_le_bytes());
+        assert_eq!(&buf[24..32], &2u64.to_le_bytes());
+        assert_eq!(&buf[32..35], &[1, 2, 3]);
+        assert_eq!(&buf[35..40], &[0; 5]);
+        let frame = decode_frame(&buf, 9, 4096).unwrap();
+        assert_eq!(to_record(&frame), Some(record));
+        assert!(matches!(
+            decode_frame(&buf, 9, 4104),
+            Err(FrameError::CrcMismatch { .. })
+        ));
+    }
+}
