@@ -401,34 +401,41 @@ impl Wal {
                     .flat_map(|b| b.records.iter().map(|r| &r.record))
             })));
         let mut written_max_index = 0;
-        for (seq, path, scan) in &scans {
-            for batch in &scan.batches {
-                for rec in &batch.records {
+        // Records are moved out of the scans, so entry bytes are held once.
+        for (seq, path, scan) in scans {
+            for batch in scan.batches {
+                for rec in batch.records {
                     let loc = EntryLoc {
-                        segment_seq: *seq,
+                        segment_seq: seq,
                         frame_offset: rec.frame_offset,
                         frame_bytes: rec.frame_bytes,
                     };
-                    let data = match &rec.record {
+                    let (record, data) = match rec.record {
                         WalRecord::Entry {
-                            raft_index, data, ..
+                            raft_index,
+                            term,
+                            data,
                         } => {
-                            written_max_index = written_max_index.max(*raft_index);
-                            data.clone()
+                            written_max_index = written_max_index.max(raft_index);
+                            let header = WalRecord::Entry {
+                                raft_index,
+                                term,
+                                data: Vec::new(),
+                            };
+                            (header, data)
                         }
-                        _ => Vec::new(),
+                        other => (other, Vec::new()),
                     };
-                    state.apply(&rec.record, || (loc, data)).map_err(|reason| {
-                        WalError::Corrupt {
+                    state
+                        .apply(&record, || (loc, data))
+                        .map_err(|reason| WalError::Corrupt {
                             segment: path.clone(),
                             offset: rec.frame_offset,
                             reason,
-                        }
-                    })?;
+                        })?;
                 }
             }
         }
-        drop(scans);
         let Some(metadata) = state.metadata else {
             return Err(WalError::Corrupt {
                 segment: dir.join(names[0].file_name()),
@@ -437,32 +444,30 @@ impl Wal {
             });
         };
 
+        let first_index = state.first_index;
+        let mut entries = Vec::with_capacity(state.entries.len());
+        let mut locs = std::collections::VecDeque::with_capacity(state.entries.len());
+        for (i, (term, (loc, data))) in state.entries.into_iter().enumerate() {
+            entries.push(Entry {
+                raft_index: first_index + i as u64,
+                term,
+                data,
+            });
+            locs.push_back((term, loc));
+        }
         let recovered = Recovered {
             metadata,
             hard_state: state.hard_state,
             snapshot: (state.snapshot != SnapshotMarker::default()).then_some(state.snapshot),
-            entries: state
-                .entries
-                .iter()
-                .enumerate()
-                .map(|(i, (term, (_, data)))| Entry {
-                    raft_index: state.first_index + i as u64,
-                    term: *term,
-                    data: data.clone(),
-                })
-                .collect(),
+            entries,
             torn_tail,
         };
         let durable = LogState {
             metadata: state.metadata,
             hard_state: state.hard_state,
             snapshot: state.snapshot,
-            first_index: state.first_index,
-            entries: state
-                .entries
-                .into_iter()
-                .map(|(term, (loc, _))| (term, loc))
-                .collect(),
+            first_index,
+            entries: locs,
         };
         let wal = Wal::from_parts(
             dir,
@@ -744,6 +749,7 @@ impl Wal {
     }
 
     /// Waits for queued appends to become durable, stops the flusher and closes the files.
+    /// Call it before dropping the last clone: the flusher task holds the log until then.
     pub async fn close(self) -> Result<()> {
         {
             let mut s = self.shared.borrow_mut();
