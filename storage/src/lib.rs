@@ -4,3 +4,5 @@
 //! - `btree/`: the mmap copy-on-write B+tree backend (issue 5), documented in `docs/btree.md`.
 //!
 //! Both are filled by their own issues; this crate holds only what is real.
+
+pub mod btree;
