@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use heed::types::Bytes;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, TableDefinition};
 use tern_storage::btree::{buckets, Db, Options};
 
 const BATCH: usize = 10_000;
@@ -43,7 +43,10 @@ trait Engine {
 }
 
 fn dir_bytes(path: &Path) -> u64 {
-    std::fs::read_dir(path).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
 }
 
 struct Tern {
@@ -74,13 +77,19 @@ impl Engine for Tern {
     }
     fn gets(&self, keys: &[[u8; 8]]) -> usize {
         let read = self.db.begin_read();
-        keys.iter().map(|k| read.get(buckets::KEY, k).unwrap().unwrap().len()).sum()
+        keys.iter()
+            .map(|k| read.get(buckets::KEY, k).unwrap().unwrap().len())
+            .sum()
     }
     fn scans(&self, starts: &[[u8; 8]]) -> usize {
         let read = self.db.begin_read();
         let mut total = 0;
         for start in starts {
-            for entry in read.range(buckets::KEY, Bound::Included(start), Bound::Unbounded).unwrap().take(SCAN_KEYS) {
+            for entry in read
+                .range(buckets::KEY, Bound::Included(start), Bound::Unbounded)
+                .unwrap()
+                .take(SCAN_KEYS)
+            {
                 total += entry.unwrap().1.len();
             }
         }
@@ -124,7 +133,9 @@ impl Engine for Lmdb {
     }
     fn gets(&self, keys: &[[u8; 8]]) -> usize {
         let read = self.env.read_txn().unwrap();
-        keys.iter().map(|k| self.db.get(&read, k).unwrap().unwrap().len()).sum()
+        keys.iter()
+            .map(|k| self.db.get(&read, k).unwrap().unwrap().len())
+            .sum()
     }
     fn scans(&self, starts: &[[u8; 8]]) -> usize {
         let read = self.env.read_txn().unwrap();
@@ -143,7 +154,9 @@ impl Engine for Lmdb {
     fn compact(&mut self) {
         // LMDB has no in-place compaction: a compacting copy is what `mdb_copy -c` does.
         let copy = self.dir.join("compacted.mdb");
-        self.env.copy_to_path(&copy, heed::CompactionOption::Enabled).unwrap();
+        self.env
+            .copy_to_path(&copy, heed::CompactionOption::Enabled)
+            .unwrap();
         let bytes = std::fs::metadata(&copy).unwrap().len();
         std::fs::remove_file(&copy).unwrap();
         std::fs::write(self.dir.join("compacted.size"), bytes.to_string()).unwrap();
@@ -186,7 +199,9 @@ impl Engine for Redb {
     fn gets(&self, keys: &[[u8; 8]]) -> usize {
         let read = self.db.begin_read().unwrap();
         let table = read.open_table(REDB_TABLE).unwrap();
-        keys.iter().map(|k| table.get(&k[..]).unwrap().unwrap().value().len()).sum()
+        keys.iter()
+            .map(|k| table.get(&k[..]).unwrap().unwrap().value().len())
+            .sum()
     }
     fn scans(&self, starts: &[[u8; 8]]) -> usize {
         let read = self.db.begin_read().unwrap();
@@ -209,12 +224,19 @@ impl Engine for Redb {
 
 fn open(kind: usize, dir: &Path, tag: &str) -> Box<dyn Engine> {
     match kind {
-        0 => Box::new(Tern { db: Db::open(dir.join(format!("{tag}.tern")), Options::default()).unwrap() }),
+        0 => Box::new(Tern {
+            db: Db::open(dir.join(format!("{tag}.tern")), Options::default()).unwrap(),
+        }),
         1 => {
             let path = dir.join(format!("{tag}.lmdb"));
             std::fs::create_dir_all(&path).unwrap();
             // Safety: the directory is fresh and opened once by this process.
-            let env = unsafe { heed::EnvOpenOptions::new().map_size(8 << 30).open(&path).unwrap() };
+            let env = unsafe {
+                heed::EnvOpenOptions::new()
+                    .map_size(8 << 30)
+                    .open(&path)
+                    .unwrap()
+            };
             let mut txn = env.write_txn().unwrap();
             let db = env.create_database(&mut txn, None).unwrap();
             txn.commit().unwrap();
@@ -222,7 +244,10 @@ fn open(kind: usize, dir: &Path, tag: &str) -> Box<dyn Engine> {
         }
         _ => {
             let path = dir.join(format!("{tag}.redb"));
-            Box::new(Redb { db: redb::Database::create(&path).unwrap(), path })
+            Box::new(Redb {
+                db: redb::Database::create(&path).unwrap(),
+                path,
+            })
         }
     }
 }
@@ -234,14 +259,20 @@ fn timed(f: impl FnOnce()) -> Duration {
 }
 
 fn main() {
-    let n: usize = std::env::var("BTREE_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
-    let dir = tempfile::tempdir_in(std::env::var("BTREE_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let n: usize = std::env::var("BTREE_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir_in(std::env::var("BTREE_BENCH_DIR").unwrap_or_else(|_| ".".into()))
+        .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let value = vec![0xabu8; VALUE_BYTES];
     let sequential: Vec<[u8; 8]> = (0..n as u64).map(|i| i.to_be_bytes()).collect();
     let mut random = sequential.clone();
     random.shuffle(&mut rng);
-    let starts: Vec<[u8; 8]> = (0..SCANS).map(|_| rng.gen_range(0..(n - SCAN_KEYS) as u64).to_be_bytes()).collect();
+    let starts: Vec<[u8; 8]> = (0..SCANS)
+        .map(|_| rng.gen_range(0..(n - SCAN_KEYS) as u64).to_be_bytes())
+        .collect();
     let half: Vec<[u8; 8]> = random.iter().step_by(2).copied().collect();
 
     let mut rows = Vec::new();
@@ -261,7 +292,10 @@ fn main() {
         row.size_half = engine.file_bytes();
         engine.compact();
         row.size_compacted = match kind {
-            1 => std::fs::read_to_string(dir.path().join("rand.lmdb/compacted.size")).unwrap().parse().unwrap(),
+            1 => std::fs::read_to_string(dir.path().join("rand.lmdb/compacted.size"))
+                .unwrap()
+                .parse()
+                .unwrap(),
             _ => engine.file_bytes(),
         };
         println!("{}: done", engine.name());
@@ -270,7 +304,9 @@ fn main() {
 
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let per_sec = |count: usize, d: Duration| count as f64 / d.as_secs_f64();
-    println!("\nN = {n}, {VALUE_BYTES}-byte values, 8-byte keys, batches of {BATCH}, durable commits");
+    println!(
+        "\nN = {n}, {VALUE_BYTES}-byte values, 8-byte keys, batches of {BATCH}, durable commits"
+    );
     println!("| engine | seq insert (ops/s) | random insert (ops/s) | random get (ops/s) | 1k-key scans (scans/s) | size after N (MiB) | after deleting half | after compaction |");
     println!("|---|---|---|---|---|---|---|---|");
     for (name, row) in &rows {
@@ -287,8 +323,20 @@ fn main() {
     }
     let (tern, lmdb, redb) = (&rows[0].1, &rows[1].1, &rows[2].1);
     println!("\nratios (tern / reference; > 1 means tern is faster):");
-    println!("  random get vs LMDB: {:.2}", lmdb.gets.as_secs_f64() / tern.gets.as_secs_f64());
-    println!("  scans vs LMDB: {:.2}", lmdb.scans.as_secs_f64() / tern.scans.as_secs_f64());
-    println!("  seq insert vs redb: {:.2}", redb.seq_insert.as_secs_f64() / tern.seq_insert.as_secs_f64());
-    println!("  random insert vs redb: {:.2}", redb.rand_insert.as_secs_f64() / tern.rand_insert.as_secs_f64());
+    println!(
+        "  random get vs LMDB: {:.2}",
+        lmdb.gets.as_secs_f64() / tern.gets.as_secs_f64()
+    );
+    println!(
+        "  scans vs LMDB: {:.2}",
+        lmdb.scans.as_secs_f64() / tern.scans.as_secs_f64()
+    );
+    println!(
+        "  seq insert vs redb: {:.2}",
+        redb.seq_insert.as_secs_f64() / tern.seq_insert.as_secs_f64()
+    );
+    println!(
+        "  random insert vs redb: {:.2}",
+        redb.rand_insert.as_secs_f64() / tern.rand_insert.as_secs_f64()
+    );
 }

@@ -10,12 +10,18 @@ use tern_storage::btree::{buckets, check_image, Db, Options, ReadTxn, PAGE_BYTES
 
 fn exercise(read: &ReadTxn) {
     for bucket in [buckets::KEY, buckets::META, buckets::LEASE] {
-        for entry in read.range(bucket, Bound::Unbounded, Bound::Unbounded).unwrap() {
+        for entry in read
+            .range(bucket, Bound::Unbounded, Bound::Unbounded)
+            .unwrap()
+        {
             if entry.is_err() {
                 break;
             }
         }
-        for entry in read.range_rev(bucket, Bound::Included(b"k0100"), Bound::Excluded(b"k0900")).unwrap() {
+        for entry in read
+            .range_rev(bucket, Bound::Included(b"k0100"), Bound::Excluded(b"k0900"))
+            .unwrap()
+        {
             if entry.is_err() {
                 break;
             }
@@ -33,11 +39,17 @@ fn sample_image() -> Vec<u8> {
     for batch in 0..4 {
         let mut txn = db.begin_write().unwrap();
         for i in 0..1000 {
-            txn.put(buckets::KEY, format!("k{i:04}").as_bytes(), format!("v{batch}-{i}").as_bytes()).unwrap();
+            txn.put(
+                buckets::KEY,
+                format!("k{i:04}").as_bytes(),
+                format!("v{batch}-{i}").as_bytes(),
+            )
+            .unwrap();
         }
         txn.put(buckets::LEASE, b"big", &vec![7u8; 9000]).unwrap();
         for i in (0..1000).step_by(3) {
-            txn.delete(buckets::KEY, format!("k{i:04}").as_bytes()).unwrap();
+            txn.delete(buckets::KEY, format!("k{i:04}").as_bytes())
+                .unwrap();
         }
         txn.commit().unwrap();
     }
@@ -113,7 +125,11 @@ fn checker_finds_a_leaked_page() {
     image[slot + 60..slot + 64].copy_from_slice(&crc.to_le_bytes());
     image.extend_from_slice(&[0u8; PAGE_BYTES]);
     let report = check_image(image).unwrap();
-    assert!(report.problems.iter().any(|p| p.contains("leaked")), "{:?}", report.problems);
+    assert!(
+        report.problems.iter().any(|p| p.contains("leaked")),
+        "{:?}",
+        report.problems
+    );
 }
 
 /// CRC-32 (IEEE), as the meta page uses; written out so this test doesn't depend on how the
@@ -123,7 +139,11 @@ fn crc32fast_hash(bytes: &[u8]) -> u32 {
     for &byte in bytes {
         crc ^= byte as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

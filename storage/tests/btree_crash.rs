@@ -31,23 +31,33 @@ fn write_txn(db: &Db, n: u64) {
     for j in 0..40u64 {
         let key = format!("{:06}", (n * 7919 + j * 13) % 4000).into_bytes();
         let len = if j == 0 { 3000 } else { (n % 90 + 1) as usize };
-        txn.put(buckets::KEY, &key, &vec![(n % 251) as u8; len]).unwrap();
+        txn.put(buckets::KEY, &key, &vec![(n % 251) as u8; len])
+            .unwrap();
     }
     for j in 0..10u64 {
-        txn.delete(buckets::KEY, format!("{:06}", (n * 31 + j * 101) % 4000).as_bytes()).unwrap();
+        txn.delete(
+            buckets::KEY,
+            format!("{:06}", (n * 31 + j * 101) % 4000).as_bytes(),
+        )
+        .unwrap();
     }
     txn.put(buckets::META, b"n", &n.to_le_bytes()).unwrap();
     txn.commit().unwrap();
 }
 
 fn committed_n(db: &Db) -> u64 {
-    db.begin_read().get(buckets::META, b"n").unwrap().map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+    db.begin_read()
+        .get(buckets::META, b"n")
+        .unwrap()
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
 }
 
 /// Runs only as the child of `sigkill_at_random_points`: commits forever, acknowledging each.
 #[test]
 fn crash_child_writer() {
-    let Ok(path) = std::env::var(CHILD_ENV) else { return };
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let db = Db::open(&path, Options::default()).unwrap();
     let mut n = committed_n(&db);
     loop {
@@ -66,7 +76,12 @@ fn sigkill_at_random_points() {
     let path = dir.path().join("crash.db");
     for round in 0..8 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["crash_child_writer", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "crash_child_writer",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -94,7 +109,10 @@ fn sigkill_at_random_points() {
         let db = Db::open(&path, Options::default()).unwrap();
         let n = committed_n(&db);
         if let Some(acknowledged) = acknowledged {
-            assert!(n == acknowledged || n == acknowledged + 1, "round {round}: acknowledged {acknowledged}, found {n}");
+            assert!(
+                n == acknowledged || n == acknowledged + 1,
+                "round {round}: acknowledged {acknowledged}, found {n}"
+            );
         }
         let mut model = BTreeMap::new();
         for i in 1..=n {
@@ -102,11 +120,19 @@ fn sigkill_at_random_points() {
         }
         let read = db.begin_read();
         let got: Vec<(Vec<u8>, Vec<u8>)> = read
-            .range(buckets::KEY, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
+            .range(
+                buckets::KEY,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+            )
             .unwrap()
             .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
             .collect();
-        assert_eq!(got, model.into_iter().collect::<Vec<_>>(), "round {round}: content after {n} commits");
+        assert_eq!(
+            got,
+            model.into_iter().collect::<Vec<_>>(),
+            "round {round}: content after {n} commits"
+        );
         println!("round {round}: {n} commits intact");
     }
 }

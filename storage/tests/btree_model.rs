@@ -53,7 +53,12 @@ fn valid_bounds(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
     }
 }
 
-fn model_range(model: &Model, bucket: &[u8], lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn model_range(
+    model: &Model,
+    bucket: &[u8],
+    lower: &Bound<Vec<u8>>,
+    upper: &Bound<Vec<u8>>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     let wrap = |b: &Bound<Vec<u8>>| b.clone().map(|k| (bucket.to_vec(), k));
     let lower = match lower {
         Bound::Unbounded => Bound::Included((bucket.to_vec(), Vec::new())),
@@ -75,7 +80,10 @@ fn verify_all(db: &Db, model: &Model, rng: &mut StdRng) {
             .unwrap()
             .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
             .collect();
-        assert_eq!(forward, model_range(model, bucket, &Bound::Unbounded, &Bound::Unbounded));
+        assert_eq!(
+            forward,
+            model_range(model, bucket, &Bound::Unbounded, &Bound::Unbounded)
+        );
     }
     for ((bucket, key), value) in model.iter().take(200) {
         assert_eq!(read.get(bucket, key).unwrap(), Some(value.as_slice()));
@@ -83,7 +91,10 @@ fn verify_all(db: &Db, model: &Model, rng: &mut StdRng) {
     for _ in 0..50 {
         let key = random_key(rng);
         let bucket = BUCKETS[rng.gen_range(0..BUCKETS.len())];
-        assert_eq!(read.get(bucket, &key).unwrap(), model.get(&(bucket.to_vec(), key)).map(|v| v.as_slice()));
+        assert_eq!(
+            read.get(bucket, &key).unwrap(),
+            model.get(&(bucket.to_vec(), key)).map(|v| v.as_slice())
+        );
     }
 }
 
@@ -99,7 +110,11 @@ fn run(seed: u64, rounds: usize) {
         // One write transaction per round; some are aborted.
         let mut txn = db.begin_write().unwrap();
         let mut scratch = model.clone();
-        let ops = if rng.gen_bool(0.05) { rng.gen_range(500..2000) } else { rng.gen_range(1..60) };
+        let ops = if rng.gen_bool(0.05) {
+            rng.gen_range(500..2000)
+        } else {
+            rng.gen_range(1..60)
+        };
         for _ in 0..ops {
             let bucket = BUCKETS[rng.gen_range(0..BUCKETS.len())];
             let key = random_key(&mut rng);
@@ -111,14 +126,20 @@ fn run(seed: u64, rounds: usize) {
                 }
                 6..=8 => {
                     let existed = txn.delete(bucket, &key).unwrap();
-                    assert_eq!(existed, scratch.remove(&(bucket.to_vec(), key)).is_some(), "round {round}");
+                    assert_eq!(
+                        existed,
+                        scratch.remove(&(bucket.to_vec(), key)).is_some(),
+                        "round {round}"
+                    );
                 }
                 _ => {
                     let (lower, upper) = (random_bound(&mut rng), random_bound(&mut rng));
                     if valid_bounds(&lower, &upper) {
                         let reverse = rng.gen_bool(0.5);
                         let limit = rng.gen_range(1..100);
-                        let got = txn.range(bucket, as_ref(&lower), as_ref(&upper), reverse, limit).unwrap();
+                        let got = txn
+                            .range(bucket, as_ref(&lower), as_ref(&upper), reverse, limit)
+                            .unwrap();
                         let mut want = model_range(&scratch, bucket, &lower, &upper);
                         if reverse {
                             want.reverse();
@@ -127,7 +148,10 @@ fn run(seed: u64, rounds: usize) {
                         assert_eq!(got, want, "write-txn range, round {round}");
                     }
                     let probe = random_key(&mut rng);
-                    assert_eq!(txn.get(bucket, &probe).unwrap(), scratch.get(&(bucket.to_vec(), probe)).map(|v| v.as_slice()));
+                    assert_eq!(
+                        txn.get(bucket, &probe).unwrap(),
+                        scratch.get(&(bucket.to_vec(), probe)).map(|v| v.as_slice())
+                    );
                 }
             }
         }
@@ -196,7 +220,10 @@ fn run(seed: u64, rounds: usize) {
 
 #[test]
 fn model_random_operations_and_reopens() {
-    let seed = std::env::var("BTREE_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed = std::env::var("BTREE_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     run(seed, 120);
 }
 

@@ -25,7 +25,11 @@ pub(crate) struct Allocator {
 
 impl Allocator {
     pub(crate) fn new(free: BTreeSet<u64>, page_count: u64) -> Allocator {
-        Allocator { free, pending: BTreeMap::new(), page_count }
+        Allocator {
+            free,
+            pending: BTreeMap::new(),
+            page_count,
+        }
     }
 
     /// `run_pages` contiguous pages: the lowest free run that fits, else the end of the file.
@@ -83,7 +87,9 @@ impl Allocator {
     /// Drops free pages at the end of the file; returns how many.
     pub(crate) fn trim_tail(&mut self) -> u64 {
         let mut trimmed = 0;
-        while self.page_count > page::META_SLOTS + 1 && self.free.last() == Some(&(self.page_count - 1)) {
+        while self.page_count > page::META_SLOTS + 1
+            && self.free.last() == Some(&(self.page_count - 1))
+        {
             self.free.pop_last();
             self.page_count -= 1;
             trimmed += 1;
@@ -104,7 +110,10 @@ impl Allocator {
             }
             listed.extend_from_slice(freed);
             listed.sort_unstable();
-            debug_assert!(listed.windows(2).all(|w| w[0] < w[1]), "a page is listed free twice");
+            debug_assert!(
+                listed.windows(2).all(|w| w[0] < w[1]),
+                "a page is listed free twice"
+            );
             let runs = page::to_runs(listed);
             let pages_needed = runs.len().div_ceil(FREELIST_RUNS_PER_PAGE);
             if chain.len() >= pages_needed {
@@ -119,7 +128,12 @@ impl Allocator {
         for (position, &pgid) in chain.iter().enumerate() {
             let next_pgid = chain.get(position + 1).copied().unwrap_or(0);
             let mut bytes = vec![0u8; PAGE_BYTES];
-            page::encode_freelist(&mut bytes, pgid, next_pgid, run_chunks.next().unwrap_or(&[]));
+            page::encode_freelist(
+                &mut bytes,
+                pgid,
+                next_pgid,
+                run_chunks.next().unwrap_or(&[]),
+            );
             pages.push((pgid, bytes));
         }
         (chain.first().copied().unwrap_or(0), pages)

@@ -22,7 +22,10 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> BatchConfig {
-        BatchConfig { interval: Duration::from_millis(100), limit: 10_000 }
+        BatchConfig {
+            interval: Duration::from_millis(100),
+            limit: 10_000,
+        }
     }
 }
 
@@ -36,8 +39,17 @@ pub struct BatchWriter {
 
 impl BatchWriter {
     pub fn new(db: Db, config: BatchConfig) -> BatchWriter {
-        assert!(config.limit > 0, "a batch limit of zero would never hold an operation");
-        BatchWriter { db, config, txn: None, pending_ops: 0, opened_at: Instant::now() }
+        assert!(
+            config.limit > 0,
+            "a batch limit of zero would never hold an operation"
+        );
+        BatchWriter {
+            db,
+            config,
+            txn: None,
+            pending_ops: 0,
+            opened_at: Instant::now(),
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -79,7 +91,9 @@ impl BatchWriter {
     /// When the open batch is due by the interval (None when nothing is open); a timer on
     /// the writer's executor sleeps until then and calls `commit_if_due`.
     pub fn deadline(&self) -> Option<Instant> {
-        self.txn.as_ref().map(|_| self.opened_at + self.config.interval)
+        self.txn
+            .as_ref()
+            .map(|_| self.opened_at + self.config.interval)
     }
 
     /// Commits the open batch if its interval has passed; returns whether it did.

@@ -68,10 +68,19 @@ pub fn check_file(path: impl AsRef<Path>) -> Result<CheckReport, Error> {
 /// Checks an in-memory image of a database file. `Err` only when no meta slot is valid;
 /// every other inconsistency is listed in `CheckReport::problems`.
 pub fn check_image(image: Vec<u8>) -> Result<CheckReport, Error> {
-    let mut report = CheckReport { file_bytes: image.len() as u64, ..CheckReport::default() };
+    let mut report = CheckReport {
+        file_bytes: image.len() as u64,
+        ..CheckReport::default()
+    };
     for slot in 0..META_SLOTS as usize {
-        let bytes = image.get(slot * PAGE_BYTES..(slot + 1) * PAGE_BYTES).unwrap_or(&[]);
-        report.meta_slots.push(Meta::decode(bytes).map(|m| m.txid).map_err(|e| e.to_string()));
+        let bytes = image
+            .get(slot * PAGE_BYTES..(slot + 1) * PAGE_BYTES)
+            .unwrap_or(&[]);
+        report.meta_slots.push(
+            Meta::decode(bytes)
+                .map(|m| m.txid)
+                .map_err(|e| e.to_string()),
+        );
     }
     let slot0 = image.get(..PAGE_BYTES).unwrap_or(&[]);
     let slot1 = image.get(PAGE_BYTES..2 * PAGE_BYTES).unwrap_or(&[]);
@@ -79,22 +88,38 @@ pub fn check_image(image: Vec<u8>) -> Result<CheckReport, Error> {
     report.meta = Some(meta);
     let needed_bytes = meta.page_count * PAGE_BYTES as u64;
     if report.file_bytes < needed_bytes {
-        report.problem(format!("file has {} bytes, meta {} needs {needed_bytes}", report.file_bytes, meta.txid));
+        report.problem(format!(
+            "file has {} bytes, meta {} needs {needed_bytes}",
+            report.file_bytes, meta.txid
+        ));
         return Ok(report);
     }
-    let snap = Snapshot { meta, mapping: Arc::new(Mapping::Image(image.into_boxed_slice())), free_pages: 0 };
-    let mut walk = Walk { snap: &snap, uses: vec![Use::Unseen; meta.page_count as usize], leaf_depth: None };
+    let snap = Snapshot {
+        meta,
+        mapping: Arc::new(Mapping::Image(image.into_boxed_slice())),
+        free_pages: 0,
+    };
+    let mut walk = Walk {
+        snap: &snap,
+        uses: vec![Use::Unseen; meta.page_count as usize],
+        leaf_depth: None,
+    };
     for pgid in 0..META_SLOTS as usize {
         walk.uses[pgid] = Use::Branch; // Meta slots: accounted for, never in the tree.
     }
     walk.tree(&mut report, meta.root_pgid, None, None, 0);
     walk.freelist(&mut report);
     if report.entries != meta.entry_count {
-        report.problem(format!("meta counts {} entries, the tree holds {}", meta.entry_count, report.entries));
+        report.problem(format!(
+            "meta counts {} entries, the tree holds {}",
+            meta.entry_count, report.entries
+        ));
     }
     for (pgid, use_) in walk.uses.iter().enumerate() {
         if *use_ == Use::Unseen {
-            report.problem(format!("page {pgid} is neither reachable nor free (leaked)"));
+            report.problem(format!(
+                "page {pgid} is neither reachable nor free (leaked)"
+            ));
         }
     }
     report.depth = walk.leaf_depth.unwrap_or(0) + 1;
@@ -109,16 +134,30 @@ struct Walk<'s> {
 
 impl Walk<'_> {
     /// Claims pages for one use; false (and a problem) if any is out of range or taken.
-    fn claim(&mut self, report: &mut CheckReport, first_pgid: u64, page_run: u64, use_: Use) -> bool {
+    fn claim(
+        &mut self,
+        report: &mut CheckReport,
+        first_pgid: u64,
+        page_run: u64,
+        use_: Use,
+    ) -> bool {
         let page_count = self.uses.len() as u64;
-        if first_pgid < META_SLOTS || first_pgid.checked_add(page_run).is_none_or(|end| end > page_count) {
-            report.problem(format!("{use_:?} page {first_pgid} (+{page_run}) outside the file"));
+        if first_pgid < META_SLOTS
+            || first_pgid
+                .checked_add(page_run)
+                .is_none_or(|end| end > page_count)
+        {
+            report.problem(format!(
+                "{use_:?} page {first_pgid} (+{page_run}) outside the file"
+            ));
             return false;
         }
         for pgid in first_pgid..first_pgid + page_run {
             let seen = self.uses[pgid as usize];
             if seen != Use::Unseen {
-                report.problem(format!("page {pgid} reached twice: as {seen:?} and as {use_:?}"));
+                report.problem(format!(
+                    "page {pgid} reached twice: as {seen:?} and as {use_:?}"
+                ));
                 return false;
             }
         }
@@ -129,7 +168,14 @@ impl Walk<'_> {
     }
 
     /// Checks the subtree at `pgid`, whose keys must lie in `[lower, upper)`.
-    fn tree(&mut self, report: &mut CheckReport, pgid: u64, lower: Option<&[u8]>, upper: Option<&[u8]>, depth: usize) {
+    fn tree(
+        &mut self,
+        report: &mut CheckReport,
+        pgid: u64,
+        lower: Option<&[u8]>,
+        upper: Option<&[u8]>,
+        depth: usize,
+    ) {
         if depth >= MAX_BTREE_DEPTH {
             report.problem(format!("page {pgid}: tree deeper than MAX_BTREE_DEPTH"));
             return;
@@ -142,7 +188,16 @@ impl Walk<'_> {
                 return;
             }
         };
-        if !self.claim(report, pgid, 1, if node.is_leaf() { Use::Leaf } else { Use::Branch }) {
+        if !self.claim(
+            report,
+            pgid,
+            1,
+            if node.is_leaf() {
+                Use::Leaf
+            } else {
+                Use::Branch
+            },
+        ) {
             return;
         }
         let mut keys = Vec::with_capacity(node.count());
@@ -159,10 +214,16 @@ impl Walk<'_> {
             report.problem(format!("page {pgid}: keys not strictly increasing"));
         }
         // A branch's first separator is never compared, so only its children are bounded.
-        let bounded_keys = if node.is_leaf() { &keys[..] } else { keys.get(1..).unwrap_or(&[]) };
+        let bounded_keys = if node.is_leaf() {
+            &keys[..]
+        } else {
+            keys.get(1..).unwrap_or(&[])
+        };
         for key in bounded_keys {
             if lower.is_some_and(|lower| *key < lower) || upper.is_some_and(|upper| *key >= upper) {
-                report.problem(format!("page {pgid}: key outside the range its parent routes here"));
+                report.problem(format!(
+                    "page {pgid}: key outside the range its parent routes here"
+                ));
                 break;
             }
         }
@@ -171,7 +232,9 @@ impl Walk<'_> {
             match self.leaf_depth {
                 None => self.leaf_depth = Some(depth),
                 Some(leaf_depth) if leaf_depth != depth => {
-                    report.problem(format!("page {pgid}: leaf at depth {depth}, others at {leaf_depth}"));
+                    report.problem(format!(
+                        "page {pgid}: leaf at depth {depth}, others at {leaf_depth}"
+                    ));
                 }
                 Some(_) => {}
             }
@@ -184,9 +247,20 @@ impl Walk<'_> {
                     }
                 };
                 report.entries += 1;
-                match key.first().map(|len| 1 + *len as usize).and_then(|end| key.get(1..end)) {
-                    Some(bucket) => *report.entries_per_bucket.entry(bucket.to_vec()).or_default() += 1,
-                    None => report.problem(format!("page {pgid} cell {cell_index}: key without a bucket prefix")),
+                match key
+                    .first()
+                    .map(|len| 1 + *len as usize)
+                    .and_then(|end| key.get(1..end))
+                {
+                    Some(bucket) => {
+                        *report
+                            .entries_per_bucket
+                            .entry(bucket.to_vec())
+                            .or_default() += 1
+                    }
+                    None => report.problem(format!(
+                        "page {pgid} cell {cell_index}: key without a bucket prefix"
+                    )),
                 }
                 if let ValueRef::Overflow { first_pgid, len } = value {
                     let run_pages = page::overflow_pages(len);
@@ -209,7 +283,11 @@ impl Walk<'_> {
                     continue;
                 }
             };
-            let child_lower = if cell_index == 0 { lower } else { Some(keys[cell_index]) };
+            let child_lower = if cell_index == 0 {
+                lower
+            } else {
+                Some(keys[cell_index])
+            };
             let child_upper = keys.get(cell_index + 1).copied().or(upper);
             self.tree(report, child_pgid, child_lower, child_upper, depth + 1);
         }
@@ -223,7 +301,10 @@ impl Walk<'_> {
                 return; // Out of range, or a loop in the chain.
             }
             report.freelist_pages += 1;
-            let decoded = self.snap.pages(pgid, 1).and_then(|bytes| page::decode_freelist(bytes, pgid, page_count));
+            let decoded = self
+                .snap
+                .pages(pgid, 1)
+                .and_then(|bytes| page::decode_freelist(bytes, pgid, page_count));
             let (next_pgid, runs) = match decoded {
                 Ok(decoded) => decoded,
                 Err(error) => {

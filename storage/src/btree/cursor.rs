@@ -11,11 +11,17 @@ use super::mmap::Snapshot;
 use super::page::{self, NodePage, MAX_BTREE_DEPTH};
 use super::Error;
 
+/// A (key, value) pair borrowed from the snapshot.
+pub type Entry<'t> = (&'t [u8], &'t [u8]);
+
 enum Seek<'k> {
     First,
     Last,
     /// Forward: first key >= / > the key; reverse: last key <= / < the key.
-    Key { key: &'k [u8], inclusive: bool },
+    Key {
+        key: &'k [u8],
+        inclusive: bool,
+    },
 }
 
 /// An iterator over `(key, value)` pairs of one bucket, with keys stripped of the bucket
@@ -46,7 +52,11 @@ impl<'t> Range<'t> {
         reverse: bool,
         prefix_len: usize,
     ) -> Range<'t> {
-        let (start, stop) = if reverse { (upper, lower) } else { (lower, upper) };
+        let (start, stop) = if reverse {
+            (upper, lower)
+        } else {
+            (lower, upper)
+        };
         let mut range = Range {
             snap,
             stack: Vec::with_capacity(8),
@@ -61,8 +71,14 @@ impl<'t> Range<'t> {
         let seek = match &start {
             Bound::Unbounded if reverse => Seek::Last,
             Bound::Unbounded => Seek::First,
-            Bound::Included(key) => Seek::Key { key, inclusive: true },
-            Bound::Excluded(key) => Seek::Key { key, inclusive: false },
+            Bound::Included(key) => Seek::Key {
+                key,
+                inclusive: true,
+            },
+            Bound::Excluded(key) => Seek::Key {
+                key,
+                inclusive: false,
+            },
         };
         if let Err(error) = range.descend(snap.meta.root_pgid, &seek) {
             range.pending_error = Some(error);
@@ -81,7 +97,9 @@ impl<'t> Range<'t> {
             if node.is_leaf() {
                 self.leaves_visited += 1;
                 if self.leaves_visited > self.snap.meta.page_count {
-                    return Err(page::corrupted("scan visited more leaves than the file has pages"));
+                    return Err(page::corrupted(
+                        "scan visited more leaves than the file has pages",
+                    ));
                 }
                 let cell_index = match (seek, self.reverse) {
                     (Seek::First, _) => 0,
@@ -98,8 +116,20 @@ impl<'t> Range<'t> {
                 (Seek::First, _) => 0,
                 (Seek::Last, _) => count - 1,
                 (Seek::Key { key, .. }, false) => node.child_for(key)?,
-                (Seek::Key { key, inclusive: true }, true) => node.child_for(key)?,
-                (Seek::Key { key, inclusive: false }, true) => node.child_before(key)?,
+                (
+                    Seek::Key {
+                        key,
+                        inclusive: true,
+                    },
+                    true,
+                ) => node.child_for(key)?,
+                (
+                    Seek::Key {
+                        key,
+                        inclusive: false,
+                    },
+                    true,
+                ) => node.child_before(key)?,
             };
             pgid = node.child(child_index)?;
             self.stack.push((node, child_index));
@@ -118,7 +148,11 @@ impl<'t> Range<'t> {
             if let Some(next_index) = next_index {
                 *child_index = next_index;
                 let child_pgid = branch.child(next_index)?;
-                let seek = if self.reverse { Seek::Last } else { Seek::First };
+                let seek = if self.reverse {
+                    Seek::Last
+                } else {
+                    Seek::First
+                };
                 self.descend(child_pgid, &seek)?;
                 return Ok(true);
             }
@@ -127,12 +161,14 @@ impl<'t> Range<'t> {
         Ok(false)
     }
 
-    fn step(&mut self) -> Result<Option<(&'t [u8], &'t [u8])>, Error> {
+    fn step(&mut self) -> Result<Option<Entry<'t>>, Error> {
         if let Some(error) = self.pending_error.take() {
             return Err(error);
         }
         loop {
-            let Some((leaf, cell_index)) = self.stack.last_mut() else { return Ok(None) };
+            let Some((leaf, cell_index)) = self.stack.last_mut() else {
+                return Ok(None);
+            };
             let leaf = *leaf;
             let entry_index = if self.reverse {
                 cell_index.checked_sub(1)
@@ -145,7 +181,11 @@ impl<'t> Range<'t> {
                 }
                 continue;
             };
-            *cell_index = if self.reverse { entry_index } else { entry_index + 1 };
+            *cell_index = if self.reverse {
+                entry_index
+            } else {
+                entry_index + 1
+            };
             let (key, value) = leaf.leaf_entry(entry_index)?;
             let past_stop = match &self.stop {
                 Bound::Unbounded => false,
@@ -158,13 +198,19 @@ impl<'t> Range<'t> {
                 return Ok(None);
             }
             if let Some(previous) = self.previous_key {
-                let in_order = if self.reverse { key < previous } else { key > previous };
+                let in_order = if self.reverse {
+                    key < previous
+                } else {
+                    key > previous
+                };
                 if !in_order {
                     return Err(page::corrupted("keys out of order during scan"));
                 }
             }
             self.previous_key = Some(key);
-            let user_key = key.get(self.prefix_len..).ok_or_else(|| page::corrupted("key shorter than its bucket prefix"))?;
+            let user_key = key
+                .get(self.prefix_len..)
+                .ok_or_else(|| page::corrupted("key shorter than its bucket prefix"))?;
             return Ok(Some((user_key, self.snap.value(value)?)));
         }
     }

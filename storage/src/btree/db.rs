@@ -89,11 +89,16 @@ struct WriterState {
 impl WriterState {
     /// The txid of the oldest snapshot a reader may still hold.
     fn oldest_reader_txid(&mut self, current_txid: u64) -> u64 {
-        self.retired.retain(|snapshot| Arc::strong_count(snapshot) > 1);
+        self.retired
+            .retain(|snapshot| Arc::strong_count(snapshot) > 1);
         // Pairs with the Release decrement of a reader's Arc drop: everything that reader
         // did with its pages happens before we reuse them.
         fence(Ordering::Acquire);
-        self.retired.iter().map(|snapshot| snapshot.meta.txid).min().unwrap_or(current_txid)
+        self.retired
+            .iter()
+            .map(|snapshot| snapshot.meta.txid)
+            .min()
+            .unwrap_or(current_txid)
     }
 
     /// Truncates the file to the current page count if no live snapshot needs more.
@@ -104,7 +109,11 @@ impl WriterState {
         }
         let current_txid = u64::MAX;
         self.oldest_reader_txid(current_txid);
-        if self.retired.iter().any(|s| s.meta.page_count * PAGE_BYTES as u64 > target_bytes) {
+        if self
+            .retired
+            .iter()
+            .any(|s| s.meta.page_count * PAGE_BYTES as u64 > target_bytes)
+        {
             return Ok(());
         }
         file.set_len(target_bytes)?;
@@ -122,7 +131,9 @@ pub struct Db {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave them half-updated (each critical
     // section is a single assignment or take), so a poisoned lock is still consistent.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Picks the newest meta slot that decodes; errors only if neither does.
@@ -145,11 +156,14 @@ pub(crate) fn read_freelist(snap: &Snapshot) -> Result<(Vec<u64>, BTreeSet<u64>)
             return Err(page::corrupted("freelist chain loops"));
         }
         chain.push(pgid);
-        let (next_pgid, runs) = page::decode_freelist(snap.pages(pgid, 1)?, pgid, snap.meta.page_count)?;
+        let (next_pgid, runs) =
+            page::decode_freelist(snap.pages(pgid, 1)?, pgid, snap.meta.page_count)?;
         for (start, len) in runs {
             for free_pgid in start..start + len {
                 if !free.insert(free_pgid) {
-                    return Err(page::corrupted(format!("page {free_pgid} listed free twice")));
+                    return Err(page::corrupted(format!(
+                        "page {free_pgid} listed free twice"
+                    )));
                 }
             }
         }
@@ -161,10 +175,20 @@ pub(crate) fn read_freelist(snap: &Snapshot) -> Result<(Vec<u64>, BTreeSet<u64>)
 fn initial_image() -> Vec<u8> {
     let root_pgid = META_SLOTS;
     let mut image = vec![0u8; PAGE_BYTES * 3];
-    let meta = Meta { txid: 0, root_pgid, freelist_pgid: 0, page_count: 3, entry_count: 0 };
+    let meta = Meta {
+        txid: 0,
+        root_pgid,
+        freelist_pgid: 0,
+        page_count: 3,
+        entry_count: 0,
+    };
     image[..page::META_BYTES].copy_from_slice(&meta.encode());
     let leaf_at = root_pgid as usize * PAGE_BYTES;
-    page::encode_leaf(&mut image[leaf_at..leaf_at + PAGE_BYTES], root_pgid, std::iter::empty());
+    page::encode_leaf(
+        &mut image[leaf_at..leaf_at + PAGE_BYTES],
+        root_pgid,
+        std::iter::empty(),
+    );
     image
 }
 
@@ -174,11 +198,19 @@ fn create_file(path: &Path) -> Result<(), Error> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".creating");
     let tmp_path = path.with_file_name(tmp_name);
-    let tmp = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp_path)?;
+    let tmp = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp_path)?;
     tmp.write_all_at(&initial_image(), 0)?;
     tmp.sync_all()?;
     std::fs::rename(&tmp_path, path)?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(dir)?.sync_all()?;
     Ok(())
 }
@@ -215,9 +247,16 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// A (key, value) pair copied out of a write transaction.
+pub type OwnedEntry = (Vec<u8>, Vec<u8>);
+
 type InternalBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
-fn internal_bounds(bucket: &[u8], lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> Result<InternalBounds, Error> {
+fn internal_bounds(
+    bucket: &[u8],
+    lower: Bound<&[u8]>,
+    upper: Bound<&[u8]>,
+) -> Result<InternalBounds, Error> {
     let prefix = bucket_prefix(bucket)?;
     let lower = match lower {
         Bound::Included(key) => Bound::Included(bucket_key(bucket, key)?),
@@ -247,10 +286,16 @@ impl Db {
         let meta = choose_meta(&slots[..PAGE_BYTES], &slots[PAGE_BYTES..])?;
         let needed_bytes = meta.page_count * PAGE_BYTES as u64;
         if file_bytes < needed_bytes {
-            return Err(page::corrupted(format!("file has {file_bytes} bytes, meta needs {needed_bytes}")));
+            return Err(page::corrupted(format!(
+                "file has {file_bytes} bytes, meta needs {needed_bytes}"
+            )));
         }
         let mapping = Arc::new(Mapping::map_file(&file, needed_bytes as usize)?);
-        let mut snapshot = Snapshot { meta, mapping: mapping.clone(), free_pages: 0 };
+        let mut snapshot = Snapshot {
+            meta,
+            mapping: mapping.clone(),
+            free_pages: 0,
+        };
         let (freelist_pages, free) = read_freelist(&snapshot)?;
         if free.contains(&meta.root_pgid) {
             return Err(page::corrupted("root page listed free"));
@@ -286,7 +331,9 @@ impl Db {
 
     /// A read transaction on the latest commit. Never blocks on the writer.
     pub fn begin_read(&self) -> ReadTxn {
-        ReadTxn { snap: lock(&self.shared.current).clone() }
+        ReadTxn {
+            snap: lock(&self.shared.current).clone(),
+        }
     }
 
     /// The write transaction. There is one writer: while it is open this returns
@@ -333,7 +380,12 @@ impl Db {
     /// commit). Pages still visible to old readers cannot move until those readers finish.
     pub fn defrag(&self) -> Result<DefragReport, Error> {
         let db_size_bytes_before = self.shared.file.metadata()?.len();
-        let mut report = DefragReport { passes: 0, pages_moved: 0, db_size_bytes_before, db_size_bytes_after: 0 };
+        let mut report = DefragReport {
+            passes: 0,
+            pages_moved: 0,
+            db_size_bytes_before,
+            db_size_bytes_after: 0,
+        };
         while report.passes < DEFRAG_PASSES_MAX {
             let mut txn = self.begin_write()?;
             let moved = txn.relocate_tail()?;
@@ -373,9 +425,15 @@ impl ReadTxn {
         let slot0 = image.get(..PAGE_BYTES).unwrap_or(&[]);
         let slot1 = image.get(PAGE_BYTES..2 * PAGE_BYTES).unwrap_or(&[]);
         let meta = choose_meta(slot0, slot1)?;
-        let mut snap = Snapshot { meta, mapping: Arc::new(Mapping::Image(image.into_boxed_slice())), free_pages: 0 };
+        let mut snap = Snapshot {
+            meta,
+            mapping: Arc::new(Mapping::Image(image.into_boxed_slice())),
+            free_pages: 0,
+        };
         snap.free_pages = read_freelist(&snap)?.1.len() as u64;
-        Ok(ReadTxn { snap: Arc::new(snap) })
+        Ok(ReadTxn {
+            snap: Arc::new(snap),
+        })
     }
 
     pub fn txid(&self) -> u64 {
@@ -388,17 +446,44 @@ impl ReadTxn {
     }
 
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<&[u8]>, Error> {
-        self.snap.get(&bucket_key(bucket, key)?)
+        if bucket.len() > MAX_BUCKET_NAME_BYTES {
+            return Err(Error::BucketNameTooLarge);
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Err(Error::KeyTooLarge);
+        }
+        // The point-read hot path: build the prefixed key on the stack, not the heap.
+        let mut internal = [0u8; 1 + MAX_BUCKET_NAME_BYTES + MAX_KEY_BYTES];
+        internal[0] = bucket.len() as u8;
+        internal[1..1 + bucket.len()].copy_from_slice(bucket);
+        internal[1 + bucket.len()..1 + bucket.len() + key.len()].copy_from_slice(key);
+        self.snap.get(&internal[..1 + bucket.len() + key.len()])
     }
 
     /// Entries of `bucket` with keys in `(lower, upper)`, ascending.
-    pub fn range(&self, bucket: &[u8], lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> Result<Range<'_>, Error> {
+    pub fn range(
+        &self,
+        bucket: &[u8],
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+    ) -> Result<Range<'_>, Error> {
         let (lower, upper) = internal_bounds(bucket, lower, upper)?;
-        Ok(Range::new(&self.snap, lower, upper, false, 1 + bucket.len()))
+        Ok(Range::new(
+            &self.snap,
+            lower,
+            upper,
+            false,
+            1 + bucket.len(),
+        ))
     }
 
     /// Entries of `bucket` with keys in `(lower, upper)`, descending.
-    pub fn range_rev(&self, bucket: &[u8], lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> Result<Range<'_>, Error> {
+    pub fn range_rev(
+        &self,
+        bucket: &[u8],
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+    ) -> Result<Range<'_>, Error> {
         let (lower, upper) = internal_bounds(bucket, lower, upper)?;
         Ok(Range::new(&self.snap, lower, upper, true, 1 + bucket.len()))
     }
@@ -427,7 +512,13 @@ impl Drop for WriteTxn {
 
 impl WriteTxn {
     fn editor(&mut self) -> (Editor<'_>, &mut Child) {
-        (Editor { base: &self.base, freed: &mut self.freed }, &mut self.root)
+        (
+            Editor {
+                base: &self.base,
+                freed: &mut self.freed,
+            },
+            &mut self.root,
+        )
     }
 
     pub fn put(&mut self, bucket: &[u8], key: &[u8], value: &[u8]) -> Result<(), Error> {
@@ -467,15 +558,22 @@ impl WriteTxn {
                     Node::Leaf(entries) => {
                         return match entries.binary_search_by(|e| e.key.as_slice().cmp(&internal)) {
                             Ok(at) => match &entries[at].value {
-                                Value::Inline(bytes) | Value::Big(bytes) => Ok(Some(bytes.as_slice())),
-                                Value::Overflow { first_pgid, len } => Ok(Some(
-                                    self.base.value(page::ValueRef::Overflow { first_pgid: *first_pgid, len: *len })?,
-                                )),
+                                Value::Inline(bytes) | Value::Big(bytes) => {
+                                    Ok(Some(bytes.as_slice()))
+                                }
+                                Value::Overflow { first_pgid, len } => {
+                                    Ok(Some(self.base.value(page::ValueRef::Overflow {
+                                        first_pgid: *first_pgid,
+                                        len: *len,
+                                    })?))
+                                }
                             },
                             Err(_) => Ok(None),
                         };
                     }
-                    Node::Branch(entries) => child = &entries[super::node::branch_child_for(entries, &internal)].child,
+                    Node::Branch(entries) => {
+                        child = &entries[super::node::branch_child_for(entries, &internal)].child
+                    }
                 },
             }
         }
@@ -509,10 +607,21 @@ impl WriteTxn {
         upper: Bound<&[u8]>,
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    ) -> Result<Vec<OwnedEntry>, Error> {
         let (lower, upper) = internal_bounds(bucket, lower, upper)?;
         let mut out = Vec::new();
-        self.collect(&self.root, (lower.as_ref().map(|k| k.as_slice()), upper.as_ref().map(|k| k.as_slice())), reverse, limit, 1 + bucket.len(), &mut out, 0)?;
+        self.collect(
+            &self.root,
+            (
+                lower.as_ref().map(|k| k.as_slice()),
+                upper.as_ref().map(|k| k.as_slice()),
+            ),
+            reverse,
+            limit,
+            1 + bucket.len(),
+            &mut out,
+            0,
+        )?;
         Ok(out)
     }
 
@@ -524,7 +633,7 @@ impl WriteTxn {
         reverse: bool,
         limit: usize,
         prefix_len: usize,
-        out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+        out: &mut Vec<OwnedEntry>,
         depth: usize,
     ) -> Result<(), Error> {
         if depth >= page::MAX_BTREE_DEPTH {
@@ -533,9 +642,17 @@ impl WriteTxn {
         let in_range = |key: &[u8]| bounds.contains(&key);
         match child {
             Child::Clean(pgid) => {
-                let sub = Snapshot { meta: Meta { root_pgid: *pgid, ..self.base.meta }, mapping: self.base.mapping.clone(), free_pages: 0 };
+                let sub = Snapshot {
+                    meta: Meta {
+                        root_pgid: *pgid,
+                        ..self.base.meta
+                    },
+                    mapping: self.base.mapping.clone(),
+                    free_pages: 0,
+                };
                 let owned = |b: Bound<&[u8]>| b.map(|k| k.to_vec());
-                for entry in Range::new(&sub, owned(bounds.0), owned(bounds.1), reverse, prefix_len) {
+                for entry in Range::new(&sub, owned(bounds.0), owned(bounds.1), reverse, prefix_len)
+                {
                     if out.len() >= limit {
                         break;
                     }
@@ -549,9 +666,13 @@ impl WriteTxn {
                         if out.len() < limit && in_range(&entry.key) {
                             let value = match &entry.value {
                                 Value::Inline(bytes) | Value::Big(bytes) => bytes.clone(),
-                                Value::Overflow { first_pgid, len } => {
-                                    self.base.value(page::ValueRef::Overflow { first_pgid: *first_pgid, len: *len })?.to_vec()
-                                }
+                                Value::Overflow { first_pgid, len } => self
+                                    .base
+                                    .value(page::ValueRef::Overflow {
+                                        first_pgid: *first_pgid,
+                                        len: *len,
+                                    })?
+                                    .to_vec(),
                             };
                             out.push((entry.key[prefix_len..].to_vec(), value));
                         }
@@ -574,19 +695,32 @@ impl WriteTxn {
                             };
                         let above_lower = at + 1 >= entries.len()
                             || match bounds.0 {
-                                Bound::Included(lower) | Bound::Excluded(lower) => entries[at + 1].key.as_slice() > lower,
+                                Bound::Included(lower) | Bound::Excluded(lower) => {
+                                    entries[at + 1].key.as_slice() > lower
+                                }
                                 Bound::Unbounded => true,
                             };
                         below_upper && above_lower
                     };
-                    let order: Box<dyn Iterator<Item = usize>> =
-                        if reverse { Box::new((0..entries.len()).rev()) } else { Box::new(0..entries.len()) };
+                    let order: Box<dyn Iterator<Item = usize>> = if reverse {
+                        Box::new((0..entries.len()).rev())
+                    } else {
+                        Box::new(0..entries.len())
+                    };
                     for at in order {
                         if out.len() >= limit {
                             break;
                         }
                         if overlaps(at) {
-                            self.collect(&entries[at].child, bounds, reverse, limit, prefix_len, out, depth + 1)?;
+                            self.collect(
+                                &entries[at].child,
+                                bounds,
+                                reverse,
+                                limit,
+                                prefix_len,
+                                out,
+                                depth + 1,
+                            )?;
                         }
                     }
                 }
@@ -603,7 +737,10 @@ impl WriteTxn {
     /// Defragmentation step: marks every page at or above the in-use boundary for copying,
     /// so this commit rewrites it into the lowest free pages. Returns the pages marked.
     fn relocate_tail(&mut self) -> Result<u64, Error> {
-        let state = self.state.as_ref().expect("open transaction holds the writer state");
+        let state = self
+            .state
+            .as_ref()
+            .expect("open transaction holds the writer state");
         let free_pages = state.alloc.free.len() as u64 + state.alloc.pending_pages();
         let boundary = state.alloc.page_count - free_pages;
         let below = state.alloc.free.range(..boundary).copied();
@@ -615,7 +752,10 @@ impl WriteTxn {
 
     /// Makes the changes durable and visible to new readers (protocol in docs/btree.md).
     pub fn commit(mut self) -> Result<(), Error> {
-        let mut state = self.state.take().expect("open transaction holds the writer state");
+        let mut state = self
+            .state
+            .take()
+            .expect("open transaction holds the writer state");
         let result = self.commit_with(&mut state);
         if result.is_err() {
             state.poisoned = true;
@@ -636,7 +776,10 @@ impl WriteTxn {
         let mut writes = PageWrites::default();
         let mut root = root;
         let mut freed = std::mem::take(&mut self.freed);
-        let mut editor = Editor { base: &self.base, freed: &mut freed };
+        let mut editor = Editor {
+            base: &self.base,
+            freed: &mut freed,
+        };
         editor.rebalance(&mut root)?;
         let root_pgid = editor.spill(root, &mut state.alloc, &mut writes)?;
         if self.trim_tail {
@@ -648,7 +791,13 @@ impl WriteTxn {
             state.freelist_pages.push(pgid);
             writes.push(pgid, bytes);
         }
-        let meta = Meta { txid, root_pgid, freelist_pgid, page_count: state.alloc.page_count, entry_count: self.entry_count };
+        let meta = Meta {
+            txid,
+            root_pgid,
+            freelist_pgid,
+            page_count: state.alloc.page_count,
+            entry_count: self.entry_count,
+        };
 
         // Step 1: every page the new meta can reach, then make them durable, so that the
         // meta never points at pages still in flight.
@@ -675,7 +824,11 @@ impl WriteTxn {
             state.mapping = Arc::new(Mapping::map_file(file, needed_bytes)?);
         }
         let free_pages = state.alloc.free.len() as u64 + state.alloc.pending_pages();
-        let snapshot = Arc::new(Snapshot { meta, mapping: state.mapping.clone(), free_pages });
+        let snapshot = Arc::new(Snapshot {
+            meta,
+            mapping: state.mapping.clone(),
+            free_pages,
+        });
         let retired = std::mem::replace(&mut *lock(&self.shared.current), snapshot);
         state.retired.push_back(retired);
         Ok(())

@@ -32,7 +32,10 @@ pub(crate) enum Mapping {
 impl Mapping {
     /// Maps `file` with room for at least `needed_bytes`.
     pub(crate) fn map_file(file: &File, needed_bytes: usize) -> Result<Mapping, Error> {
-        let len = needed_bytes.saturating_mul(2).max(MAPPING_BYTES_MIN).next_power_of_two();
+        let len = needed_bytes
+            .saturating_mul(2)
+            .max(MAPPING_BYTES_MIN)
+            .next_power_of_two();
         // Mapping beyond the end of the file is allowed by mmap(2); such pages are never
         // touched (see the module invariants), so the excess only reserves address space.
         let map = MmapOptions::new().len(len).map_raw_read_only(file)?;
@@ -49,9 +52,15 @@ impl Mapping {
     /// `page_run` pages starting at `pgid`. The caller (a `Snapshot`) has checked that they
     /// lie below its `page_count`.
     fn pages(&self, pgid: u64, page_run: u64) -> Result<&[u8], Error> {
-        let start = (pgid as usize).checked_mul(PAGE_BYTES).ok_or_else(|| page::corrupted("page id overflow"))?;
-        let len = (page_run as usize).checked_mul(PAGE_BYTES).ok_or_else(|| page::corrupted("page run overflow"))?;
-        let end = start.checked_add(len).ok_or_else(|| page::corrupted("page run overflow"))?;
+        let start = (pgid as usize)
+            .checked_mul(PAGE_BYTES)
+            .ok_or_else(|| page::corrupted("page id overflow"))?;
+        let len = (page_run as usize)
+            .checked_mul(PAGE_BYTES)
+            .ok_or_else(|| page::corrupted("page run overflow"))?;
+        let end = start
+            .checked_add(len)
+            .ok_or_else(|| page::corrupted("page run overflow"))?;
         if end > self.len() {
             return Err(page::corrupted(format!("page {pgid} beyond the mapping")));
         }
@@ -80,8 +89,14 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     pub(crate) fn pages(&self, pgid: u64, page_run: u64) -> Result<&[u8], Error> {
-        if pgid < page::META_SLOTS || pgid.checked_add(page_run).is_none_or(|end| end > self.meta.page_count) {
-            return Err(page::corrupted(format!("page {pgid} (+{page_run}) out of range")));
+        if pgid < page::META_SLOTS
+            || pgid
+                .checked_add(page_run)
+                .is_none_or(|end| end > self.meta.page_count)
+        {
+            return Err(page::corrupted(format!(
+                "page {pgid} (+{page_run}) out of range"
+            )));
         }
         self.mapping.pages(pgid, page_run)
     }

@@ -24,9 +24,11 @@ pub mod page;
 
 pub use batch::{BatchConfig, BatchWriter};
 pub use check::{check_file, check_image, CheckReport};
-pub use cursor::Range;
-pub use db::{Db, DefragReport, Options, ReadTxn, Stats, WriteTxn};
-pub use page::{MAX_BTREE_DEPTH, MAX_BUCKET_NAME_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_BYTES};
+pub use cursor::{Entry, Range};
+pub use db::{Db, DefragReport, Options, OwnedEntry, ReadTxn, Stats, WriteTxn};
+pub use page::{
+    MAX_BTREE_DEPTH, MAX_BUCKET_NAME_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_BYTES,
+};
 
 /// etcd's backend buckets (`server/mvcc/buckets` in etcd 3.5), by the names bbolt stores.
 pub mod buckets {
@@ -40,7 +42,18 @@ pub mod buckets {
     pub const MEMBERS_REMOVED: &[u8] = b"members_removed";
     pub const CLUSTER: &[u8] = b"cluster";
     pub const ALARM: &[u8] = b"alarm";
-    pub const ALL: [&[u8]; 10] = [KEY, META, LEASE, AUTH, AUTH_USERS, AUTH_ROLES, MEMBERS, MEMBERS_REMOVED, CLUSTER, ALARM];
+    pub const ALL: [&[u8]; 10] = [
+        KEY,
+        META,
+        LEASE,
+        AUTH,
+        AUTH_USERS,
+        AUTH_ROLES,
+        MEMBERS,
+        MEMBERS_REMOVED,
+        CLUSTER,
+        ALARM,
+    ];
 }
 
 #[derive(Debug)]
@@ -67,7 +80,10 @@ impl std::fmt::Display for Error {
             Error::WriterBusy => write!(f, "btree: a write transaction is already open"),
             Error::Poisoned => write!(f, "btree: a commit failed; reopen the database"),
             Error::KeyTooLarge => write!(f, "btree: key larger than {MAX_KEY_BYTES} bytes"),
-            Error::BucketNameTooLarge => write!(f, "btree: bucket name larger than {MAX_BUCKET_NAME_BYTES} bytes"),
+            Error::BucketNameTooLarge => write!(
+                f,
+                "btree: bucket name larger than {MAX_BUCKET_NAME_BYTES} bytes"
+            ),
             Error::ValueTooLarge => write!(f, "btree: value larger than {MAX_VALUE_BYTES} bytes"),
             Error::TooDeep => write!(f, "btree: tree deeper than {MAX_BTREE_DEPTH} levels"),
         }

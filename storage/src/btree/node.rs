@@ -13,7 +13,10 @@
 
 use super::alloc::Allocator;
 use super::mmap::Snapshot;
-use super::page::{self, CellValue, ValueRef, MAX_BTREE_DEPTH, MAX_INLINE_CELL_BYTES, PAGE_BYTES, PAGE_HEADER_BYTES};
+use super::page::{
+    self, CellValue, ValueRef, MAX_BTREE_DEPTH, MAX_INLINE_CELL_BYTES, PAGE_BYTES,
+    PAGE_HEADER_BYTES,
+};
 use super::Error;
 
 /// A dirty node smaller than this (encoded bytes) is merged with a sibling at commit.
@@ -62,8 +65,14 @@ impl Value {
         match self {
             Value::Inline(bytes) => CellValue::Inline(bytes),
             // Sized as an overflow reference; the page id is assigned at commit.
-            Value::Big(bytes) => CellValue::Overflow { first_pgid: 0, len: bytes.len() },
-            Value::Overflow { first_pgid, len } => CellValue::Overflow { first_pgid: *first_pgid, len: *len },
+            Value::Big(bytes) => CellValue::Overflow {
+                first_pgid: 0,
+                len: bytes.len(),
+            },
+            Value::Overflow { first_pgid, len } => CellValue::Overflow {
+                first_pgid: *first_pgid,
+                len: *len,
+            },
         }
     }
 
@@ -79,8 +88,14 @@ impl Node {
     fn encoded_bytes(&self) -> usize {
         PAGE_HEADER_BYTES
             + match self {
-                Node::Leaf(entries) => entries.iter().map(|e| page::leaf_cell_bytes(e.key.len(), &e.value.cell())).sum::<usize>(),
-                Node::Branch(entries) => entries.iter().map(|e| page::branch_cell_bytes(e.key.len())).sum(),
+                Node::Leaf(entries) => entries
+                    .iter()
+                    .map(|e| page::leaf_cell_bytes(e.key.len(), &e.value.cell()))
+                    .sum::<usize>(),
+                Node::Branch(entries) => entries
+                    .iter()
+                    .map(|e| page::branch_cell_bytes(e.key.len()))
+                    .sum(),
             }
     }
 
@@ -116,7 +131,10 @@ impl Editor<'_> {
                         Value::Overflow { first_pgid, len }
                     }
                 };
-                entries.push(LeafEntry { key: key.to_vec(), value });
+                entries.push(LeafEntry {
+                    key: key.to_vec(),
+                    value,
+                });
             }
             Node::Leaf(entries)
         } else {
@@ -144,7 +162,12 @@ impl Editor<'_> {
     }
 
     /// Inserts or replaces `key`; returns whether it existed.
-    pub(crate) fn put(&mut self, root: &mut Child, key: &[u8], value: Value) -> Result<bool, Error> {
+    pub(crate) fn put(
+        &mut self,
+        root: &mut Child,
+        key: &[u8],
+        value: Value,
+    ) -> Result<bool, Error> {
         let mut child = root;
         for _ in 0..MAX_BTREE_DEPTH {
             match self.dirty(child)? {
@@ -156,7 +179,13 @@ impl Editor<'_> {
                             Ok(true)
                         }
                         Err(at) => {
-                            entries.insert(at, LeafEntry { key: key.to_vec(), value });
+                            entries.insert(
+                                at,
+                                LeafEntry {
+                                    key: key.to_vec(),
+                                    value,
+                                },
+                            );
                             Ok(false)
                         }
                     };
@@ -221,7 +250,9 @@ impl Editor<'_> {
         if depth >= MAX_BTREE_DEPTH {
             return Err(page::corrupted("tree deeper than MAX_BTREE_DEPTH"));
         }
-        let Node::Branch(entries) = node else { return Ok(()) };
+        let Node::Branch(entries) = node else {
+            return Ok(());
+        };
         for entry in entries.iter_mut() {
             if let Child::Dirty(child) = &mut entry.child {
                 self.rebalance_node(child, depth + 1)?;
@@ -230,7 +261,9 @@ impl Editor<'_> {
         let mut at = 0;
         while at < entries.len() {
             let underfull = match &entries[at].child {
-                Child::Dirty(child) => child.is_empty() || child.encoded_bytes() < NODE_UNDERFULL_BYTES,
+                Child::Dirty(child) => {
+                    child.is_empty() || child.encoded_bytes() < NODE_UNDERFULL_BYTES
+                }
                 Child::Clean(_) => false,
             };
             if !underfull || entries.len() == 1 {
@@ -245,7 +278,9 @@ impl Editor<'_> {
             let right = std::mem::replace(self.dirty(&mut right_child)?, Node::Leaf(Vec::new()));
             let left_node = self.dirty(&mut entries[left].child)?;
             match (left_node, right) {
-                (Node::Leaf(left_entries), Node::Leaf(right_entries)) => left_entries.extend(right_entries),
+                (Node::Leaf(left_entries), Node::Leaf(right_entries)) => {
+                    left_entries.extend(right_entries)
+                }
                 (Node::Branch(left_entries), Node::Branch(mut right_entries)) => {
                     // The right node's first separator is never compared inside it; in the
                     // merged node it needs the parent's separator for the right node.
@@ -268,7 +303,12 @@ impl Editor<'_> {
     }
 
     /// Writes the dirty tree under `root` to new pages and returns the new root page id.
-    pub(crate) fn spill(&mut self, root: Child, alloc: &mut Allocator, writes: &mut PageWrites) -> Result<u64, Error> {
+    pub(crate) fn spill(
+        &mut self,
+        root: Child,
+        alloc: &mut Allocator,
+        writes: &mut PageWrites,
+    ) -> Result<u64, Error> {
         let root = match root {
             Child::Clean(pgid) => return Ok(pgid),
             Child::Dirty(node) => node,
@@ -286,7 +326,13 @@ impl Editor<'_> {
                 }
                 1 => return Ok(pieces[0].1),
                 _ => {
-                    let entries = pieces.into_iter().map(|(key, pgid)| BranchEntry { key, child: Child::Clean(pgid) }).collect();
+                    let entries = pieces
+                        .into_iter()
+                        .map(|(key, pgid)| BranchEntry {
+                            key,
+                            child: Child::Clean(pgid),
+                        })
+                        .collect();
                     pieces = self.spill_node(Node::Branch(entries), alloc, writes, 0)?;
                 }
             }
@@ -295,7 +341,13 @@ impl Editor<'_> {
     }
 
     /// Encodes `node` into as many pages as it needs; returns (first key, page id) per page.
-    fn spill_node(&mut self, node: Node, alloc: &mut Allocator, writes: &mut PageWrites, depth: usize) -> Result<Vec<(Vec<u8>, u64)>, Error> {
+    fn spill_node(
+        &mut self,
+        node: Node,
+        alloc: &mut Allocator,
+        writes: &mut PageWrites,
+        depth: usize,
+    ) -> Result<Vec<(Vec<u8>, u64)>, Error> {
         if depth >= MAX_BTREE_DEPTH {
             return Err(Error::TooDeep);
         }
@@ -305,10 +357,16 @@ impl Editor<'_> {
                     if let Value::Big(bytes) = &entry.value {
                         let first_pgid = alloc.alloc(page::overflow_pages(bytes.len()));
                         writes.push(first_pgid, page::encode_overflow(first_pgid, bytes));
-                        entry.value = Value::Overflow { first_pgid, len: bytes.len() };
+                        entry.value = Value::Overflow {
+                            first_pgid,
+                            len: bytes.len(),
+                        };
                     }
                 }
-                let sizes: Vec<usize> = entries.iter().map(|e| page::leaf_cell_bytes(e.key.len(), &e.value.cell())).collect();
+                let sizes: Vec<usize> = entries
+                    .iter()
+                    .map(|e| page::leaf_cell_bytes(e.key.len(), &e.value.cell()))
+                    .collect();
                 let mut pieces = Vec::new();
                 let mut rest = entries.as_slice();
                 for chunk_len in chunk_lengths(&sizes) {
@@ -316,7 +374,11 @@ impl Editor<'_> {
                     rest = tail;
                     let pgid = alloc.alloc(1);
                     let mut bytes = vec![0u8; PAGE_BYTES];
-                    page::encode_leaf(&mut bytes, pgid, chunk.iter().map(|e| (e.key.as_slice(), e.value.cell())));
+                    page::encode_leaf(
+                        &mut bytes,
+                        pgid,
+                        chunk.iter().map(|e| (e.key.as_slice(), e.value.cell())),
+                    );
                     writes.push(pgid, bytes);
                     pieces.push((chunk[0].key.clone(), pgid));
                 }
@@ -332,13 +394,20 @@ impl Editor<'_> {
                             for (piece_index, (first_key, pgid)) in pieces.into_iter().enumerate() {
                                 // The first piece keeps the separator the parent already
                                 // routes by; later pieces start at their own first key.
-                                let key = if piece_index == 0 { entry.key.clone() } else { first_key };
+                                let key = if piece_index == 0 {
+                                    entry.key.clone()
+                                } else {
+                                    first_key
+                                };
                                 cells.push((key, pgid));
                             }
                         }
                     }
                 }
-                let sizes: Vec<usize> = cells.iter().map(|(key, _)| page::branch_cell_bytes(key.len())).collect();
+                let sizes: Vec<usize> = cells
+                    .iter()
+                    .map(|(key, _)| page::branch_cell_bytes(key.len()))
+                    .collect();
                 let mut pieces = Vec::new();
                 let mut rest = cells.as_slice();
                 for chunk_len in chunk_lengths(&sizes) {
@@ -348,7 +417,9 @@ impl Editor<'_> {
                     let mut bytes = vec![0u8; PAGE_BYTES];
                     // A branch's first separator is never compared (module invariants), so it is
                     // stored empty: that saves space and keeps every page's keys sorted.
-                    let cells = chunk.iter().enumerate().map(|(i, (key, child))| (if i == 0 { &[][..] } else { key.as_slice() }, *child));
+                    let cells = chunk.iter().enumerate().map(|(i, (key, child))| {
+                        (if i == 0 { &[][..] } else { key.as_slice() }, *child)
+                    });
                     page::encode_branch(&mut bytes, pgid, cells);
                     writes.push(pgid, bytes);
                     pieces.push((chunk[0].0.clone(), pgid));
@@ -361,7 +432,13 @@ impl Editor<'_> {
     /// Copies nodes and overflow runs at or above page `boundary` (and the paths to them) so
     /// that commit rewrites them into the lowest free pages, for as long as `room` has space
     /// below the boundary for them. Returns the pages moved.
-    pub(crate) fn relocate(&mut self, child: &mut Child, boundary: u64, room: &mut Room, depth: usize) -> Result<u64, Error> {
+    pub(crate) fn relocate(
+        &mut self,
+        child: &mut Child,
+        boundary: u64,
+        room: &mut Room,
+        depth: usize,
+    ) -> Result<u64, Error> {
         if depth >= MAX_BTREE_DEPTH {
             return Err(page::corrupted("tree deeper than MAX_BTREE_DEPTH"));
         }
@@ -372,8 +449,11 @@ impl Editor<'_> {
             let mut relocated_children = Vec::new();
             for cell_index in 0..node_page.count() {
                 if node_page.is_leaf() {
-                    if let (_, ValueRef::Overflow { first_pgid, len }) = node_page.leaf_entry(cell_index)? {
-                        must_copy |= first_pgid + page::overflow_pages(len) > boundary && room.has_run(page::overflow_pages(len));
+                    if let (_, ValueRef::Overflow { first_pgid, len }) =
+                        node_page.leaf_entry(cell_index)?
+                    {
+                        must_copy |= first_pgid + page::overflow_pages(len) > boundary
+                            && room.has_run(page::overflow_pages(len));
                     }
                 } else {
                     let mut grandchild = Child::Clean(node_page.child(cell_index)?);
@@ -401,7 +481,9 @@ impl Editor<'_> {
             }
             return Ok(moved);
         }
-        let Child::Dirty(node) = child else { unreachable!("clean handled above") };
+        let Child::Dirty(node) = child else {
+            unreachable!("clean handled above")
+        };
         match node.as_mut() {
             Node::Leaf(entries) => moved += self.relocate_values(entries, boundary, room)?,
             Node::Branch(entries) => {
@@ -413,13 +495,21 @@ impl Editor<'_> {
         Ok(moved)
     }
 
-    fn relocate_values(&mut self, entries: &mut [LeafEntry], boundary: u64, room: &mut Room) -> Result<u64, Error> {
+    fn relocate_values(
+        &mut self,
+        entries: &mut [LeafEntry],
+        boundary: u64,
+        room: &mut Room,
+    ) -> Result<u64, Error> {
         let mut moved = 0;
         for entry in entries.iter_mut() {
             if let Value::Overflow { first_pgid, len } = entry.value {
                 let run_pages = page::overflow_pages(len);
                 if first_pgid + run_pages > boundary && room.take_run(run_pages) {
-                    let bytes = self.base.value(ValueRef::Overflow { first_pgid, len })?.to_vec();
+                    let bytes = self
+                        .base
+                        .value(ValueRef::Overflow { first_pgid, len })?
+                        .to_vec();
                     entry.value.release(self.freed);
                     entry.value = Value::Big(bytes);
                     moved += run_pages;
@@ -466,7 +556,9 @@ impl Room {
 
 /// Index of the child of a dirty branch whose range holds `key` (see module invariants).
 pub(crate) fn branch_child_for(entries: &[BranchEntry], key: &[u8]) -> usize {
-    entries.partition_point(|e| e.key.as_slice() <= key).saturating_sub(1)
+    entries
+        .partition_point(|e| e.key.as_slice() <= key)
+        .saturating_sub(1)
 }
 
 /// Splits cells of the given encoded sizes into page-sized chunks of similar fill: the
@@ -482,7 +574,9 @@ fn chunk_lengths(sizes: &[usize]) -> Vec<usize> {
     let (mut chunk_len, mut chunk_bytes) = (0usize, 0usize);
     for &size in sizes {
         assert!(size <= NODE_CAPACITY_BYTES, "a cell larger than a page");
-        if chunk_len > 0 && (chunk_bytes + size > NODE_CAPACITY_BYTES || chunk_bytes + size / 2 > target) {
+        if chunk_len > 0
+            && (chunk_bytes + size > NODE_CAPACITY_BYTES || chunk_bytes + size / 2 > target)
+        {
             chunks.push(chunk_len);
             chunk_len = 0;
             chunk_bytes = 0;

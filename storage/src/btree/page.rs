@@ -52,7 +52,8 @@ const VALUE_OVERFLOW: u8 = 1;
 
 const _: () = assert!(PAGE_BYTES <= u16::MAX as usize + 1, "slot offsets are u16");
 const _: () = assert!(
-    2 * (SLOT_BYTES + LEAF_CELL_HEADER_BYTES + MAX_INLINE_CELL_BYTES) <= PAGE_BYTES - PAGE_HEADER_BYTES,
+    2 * (SLOT_BYTES + LEAF_CELL_HEADER_BYTES + MAX_INLINE_CELL_BYTES)
+        <= PAGE_BYTES - PAGE_HEADER_BYTES,
     "two maximal inline cells must fit in one leaf"
 );
 const _: () = assert!(
@@ -122,7 +123,9 @@ impl Meta {
 
     /// Decodes and validates a meta slot. A torn or never-written slot fails its checksum.
     pub fn decode(bytes: &[u8]) -> Result<Meta, Error> {
-        let bytes = bytes.get(0..META_BYTES).ok_or_else(|| corrupted("meta page truncated"))?;
+        let bytes = bytes
+            .get(0..META_BYTES)
+            .ok_or_else(|| corrupted("meta page truncated"))?;
         if bytes[0..8] != META_MAGIC {
             return Err(corrupted("meta: bad magic"));
         }
@@ -132,11 +135,15 @@ impl Meta {
         }
         let version = read_u32(bytes, 8)?;
         if version != FORMAT_VERSION {
-            return Err(corrupted(format!("meta: unsupported format version {version}")));
+            return Err(corrupted(format!(
+                "meta: unsupported format version {version}"
+            )));
         }
         let page_bytes = read_u32(bytes, 12)?;
         if page_bytes as usize != PAGE_BYTES {
-            return Err(corrupted(format!("meta: page size {page_bytes}, expected {PAGE_BYTES}")));
+            return Err(corrupted(format!(
+                "meta: page size {page_bytes}, expected {PAGE_BYTES}"
+            )));
         }
         let meta = Meta {
             txid: read_u64(bytes, 16)?,
@@ -189,15 +196,21 @@ impl<'a> NodePage<'a> {
         }
         let kind = bytes[0];
         if kind != KIND_BRANCH && kind != KIND_LEAF {
-            return Err(corrupted(format!("page {pgid}: kind {kind} is not a tree node")));
+            return Err(corrupted(format!(
+                "page {pgid}: kind {kind} is not a tree node"
+            )));
         }
         let stored_pgid = read_u64(bytes, 8)?;
         if stored_pgid != pgid {
-            return Err(corrupted(format!("page {pgid}: header names page {stored_pgid}")));
+            return Err(corrupted(format!(
+                "page {pgid}: header names page {stored_pgid}"
+            )));
         }
         let count = read_u16(bytes, 2)? as usize;
         if PAGE_HEADER_BYTES + count * SLOT_BYTES > PAGE_BYTES {
-            return Err(corrupted(format!("page {pgid}: cell count {count} overflows page")));
+            return Err(corrupted(format!(
+                "page {pgid}: cell count {count} overflows page"
+            )));
         }
         if kind == KIND_BRANCH && count == 0 {
             return Err(corrupted(format!("page {pgid}: branch without children")));
@@ -226,7 +239,11 @@ impl<'a> NodePage<'a> {
     pub fn key(&self, cell_index: usize) -> Result<&'a [u8], Error> {
         let offset = self.cell_offset(cell_index)?;
         let key_len = read_u16(self.bytes, offset)? as usize;
-        let header = if self.is_leaf() { LEAF_CELL_HEADER_BYTES } else { BRANCH_CELL_HEADER_BYTES };
+        let header = if self.is_leaf() {
+            LEAF_CELL_HEADER_BYTES
+        } else {
+            BRANCH_CELL_HEADER_BYTES
+        };
         self.bytes
             .get(offset + header..offset + header + key_len)
             .ok_or_else(|| corrupted("key out of page"))
@@ -245,9 +262,15 @@ impl<'a> NodePage<'a> {
         let offset = self.cell_offset(cell_index)?;
         let key_len = read_u16(self.bytes, offset)? as usize;
         let value_len = read_u32(self.bytes, offset + 2)? as usize;
-        let flags = *self.bytes.get(offset + 6).ok_or_else(|| corrupted("cell out of page"))?;
+        let flags = *self
+            .bytes
+            .get(offset + 6)
+            .ok_or_else(|| corrupted("cell out of page"))?;
         let key_at = offset + LEAF_CELL_HEADER_BYTES;
-        let key = self.bytes.get(key_at..key_at + key_len).ok_or_else(|| corrupted("key out of page"))?;
+        let key = self
+            .bytes
+            .get(key_at..key_at + key_len)
+            .ok_or_else(|| corrupted("key out of page"))?;
         let value_at = key_at + key_len;
         let value = match flags {
             VALUE_INLINE => ValueRef::Inline(
@@ -259,7 +282,10 @@ impl<'a> NodePage<'a> {
                 if value_len > MAX_VALUE_BYTES {
                     return Err(corrupted("overflow value length out of range"));
                 }
-                ValueRef::Overflow { first_pgid: read_u64(self.bytes, value_at)?, len: value_len }
+                ValueRef::Overflow {
+                    first_pgid: read_u64(self.bytes, value_at)?,
+                    len: value_len,
+                }
             }
             _ => return Err(corrupted(format!("leaf cell flags {flags}"))),
         };
@@ -272,7 +298,11 @@ impl<'a> NodePage<'a> {
         while low < high {
             let mid = low + (high - low) / 2;
             let cell_key = self.key(mid)?;
-            let go_right = if strict { cell_key <= key } else { cell_key < key };
+            let go_right = if strict {
+                cell_key <= key
+            } else {
+                cell_key < key
+            };
             if go_right {
                 low = mid + 1;
             } else {
@@ -298,7 +328,9 @@ impl<'a> NodePage<'a> {
 /// 16-byte header contiguously. `run` is the whole run as read from the file.
 pub fn overflow_value(run: &[u8], first_pgid: u64, len: usize) -> Result<&[u8], Error> {
     if run.len() < PAGE_HEADER_BYTES || run[0] != KIND_OVERFLOW || read_u64(run, 8)? != first_pgid {
-        return Err(corrupted(format!("page {first_pgid}: not an overflow page")));
+        return Err(corrupted(format!(
+            "page {first_pgid}: not an overflow page"
+        )));
     }
     run.get(PAGE_HEADER_BYTES..PAGE_HEADER_BYTES + len)
         .ok_or_else(|| corrupted("overflow value beyond its run"))
@@ -335,7 +367,11 @@ pub fn branch_cell_bytes(key_len: usize) -> usize {
 
 /// Encodes a leaf page. Cells are packed from the end of the page backwards; the caller has
 /// checked (with `leaf_cell_bytes`) that they fit.
-pub fn encode_leaf<'a>(page: &mut [u8], pgid: u64, cells: impl ExactSizeIterator<Item = (&'a [u8], CellValue<'a>)>) {
+pub fn encode_leaf<'a>(
+    page: &mut [u8],
+    pgid: u64,
+    cells: impl ExactSizeIterator<Item = (&'a [u8], CellValue<'a>)>,
+) {
     assert_eq!(page.len(), PAGE_BYTES);
     write_header(page, KIND_LEAF, cells.len(), pgid);
     let mut slot_at = PAGE_HEADER_BYTES;
@@ -346,7 +382,10 @@ pub fn encode_leaf<'a>(page: &mut [u8], pgid: u64, cells: impl ExactSizeIterator
             CellValue::Overflow { len, .. } => (VALUE_OVERFLOW, len, 8),
         };
         let start = end - LEAF_CELL_HEADER_BYTES - key.len() - body_len;
-        assert!(start >= slot_at + SLOT_BYTES, "leaf cells overflow the page");
+        assert!(
+            start >= slot_at + SLOT_BYTES,
+            "leaf cells overflow the page"
+        );
         page[slot_at..slot_at + 2].copy_from_slice(&(start as u16).to_le_bytes());
         page[start..start + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
         page[start + 2..start + 6].copy_from_slice(&(value_len as u32).to_le_bytes());
@@ -367,7 +406,11 @@ pub fn encode_leaf<'a>(page: &mut [u8], pgid: u64, cells: impl ExactSizeIterator
 }
 
 /// Encodes a branch page from (separator key, child page id) cells.
-pub fn encode_branch<'a>(page: &mut [u8], pgid: u64, cells: impl ExactSizeIterator<Item = (&'a [u8], u64)>) {
+pub fn encode_branch<'a>(
+    page: &mut [u8],
+    pgid: u64,
+    cells: impl ExactSizeIterator<Item = (&'a [u8], u64)>,
+) {
     assert_eq!(page.len(), PAGE_BYTES);
     let count = cells.len();
     assert!(count > 0, "a branch has at least one child");
@@ -376,7 +419,10 @@ pub fn encode_branch<'a>(page: &mut [u8], pgid: u64, cells: impl ExactSizeIterat
     let mut end = PAGE_BYTES;
     for (key, child_pgid) in cells {
         let start = end - BRANCH_CELL_HEADER_BYTES - key.len();
-        assert!(start >= slot_at + SLOT_BYTES, "branch cells overflow the page");
+        assert!(
+            start >= slot_at + SLOT_BYTES,
+            "branch cells overflow the page"
+        );
         page[slot_at..slot_at + 2].copy_from_slice(&(start as u16).to_le_bytes());
         page[start..start + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
         page[start + 2..start + 10].copy_from_slice(&child_pgid.to_le_bytes());
@@ -410,24 +456,37 @@ pub fn encode_freelist(page: &mut [u8], pgid: u64, next_pgid: u64, runs: &[(u64,
 }
 
 /// Decodes one freelist page: (next page, runs). Runs are checked against `page_count`.
-pub fn decode_freelist(page: &[u8], pgid: u64, page_count: u64) -> Result<(u64, Vec<(u64, u64)>), Error> {
+pub fn decode_freelist(
+    page: &[u8],
+    pgid: u64,
+    page_count: u64,
+) -> Result<(u64, Vec<(u64, u64)>), Error> {
     if page.len() != PAGE_BYTES || page[0] != KIND_FREELIST || read_u64(page, 8)? != pgid {
         return Err(corrupted(format!("page {pgid}: not a freelist page")));
     }
     let count = read_u16(page, 2)? as usize;
     if count > FREELIST_RUNS_PER_PAGE {
-        return Err(corrupted(format!("page {pgid}: freelist run count {count}")));
+        return Err(corrupted(format!(
+            "page {pgid}: freelist run count {count}"
+        )));
     }
     let next_pgid = read_u64(page, 16)?;
     if next_pgid != 0 && (next_pgid < META_SLOTS || next_pgid >= page_count) {
-        return Err(corrupted(format!("page {pgid}: freelist next page out of range")));
+        return Err(corrupted(format!(
+            "page {pgid}: freelist next page out of range"
+        )));
     }
     let mut runs = Vec::with_capacity(count);
     for i in 0..count {
         let at = FREELIST_HEADER_BYTES + i * FREELIST_RUN_BYTES;
         let (start, len) = (read_u64(page, at)?, read_u64(page, at + 8)?);
-        if start < META_SLOTS || len == 0 || start.checked_add(len).is_none_or(|end| end > page_count) {
-            return Err(corrupted(format!("page {pgid}: free run {start}+{len} out of range")));
+        if start < META_SLOTS
+            || len == 0
+            || start.checked_add(len).is_none_or(|end| end > page_count)
+        {
+            return Err(corrupted(format!(
+                "page {pgid}: free run {start}+{len} out of range"
+            )));
         }
         runs.push((start, len));
     }

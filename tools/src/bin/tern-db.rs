@@ -36,7 +36,10 @@ fn print_stats(report: &CheckReport) {
         }
     }
     println!("db size: {} bytes", report.file_bytes);
-    println!("db size in use: {} bytes", (meta.page_count * PAGE_BYTES as u64).saturating_sub(free_bytes));
+    println!(
+        "db size in use: {} bytes",
+        (meta.page_count * PAGE_BYTES as u64).saturating_sub(free_bytes)
+    );
     println!("pages: {} (page size {PAGE_BYTES})", meta.page_count);
     println!("  branch: {}", report.branch_pages);
     println!("  leaf: {}", report.leaf_pages);
@@ -67,7 +70,10 @@ fn main() -> ExitCode {
         }
         Command::Check { .. } if report.is_ok() => {
             let meta = report.meta.expect("a passing report has a meta");
-            println!("ok: txid {}, {} pages, {} entries", meta.txid, meta.page_count, report.entries);
+            println!(
+                "ok: txid {}, {} pages, {} entries",
+                meta.txid, meta.page_count, report.entries
+            );
             ExitCode::SUCCESS
         }
         Command::Check { .. } => {
