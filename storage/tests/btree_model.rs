@@ -224,12 +224,12 @@ fn model_random_operations_and_reopens() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
-    run(seed, 120);
+    run(seed, 400);
 }
 
 #[test]
 fn model_fixed_seeds() {
     for seed in 1..=2 {
-        run(seed, 80);
+        run(seed, 200);
     }
 }
