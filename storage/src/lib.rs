@@ -5,4 +5,5 @@
 //!
 //! Both are filled by their own issues; this crate holds only what is real.
 
+pub mod btree;
 pub mod wal;

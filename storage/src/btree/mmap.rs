@@ -1,0 +1,137 @@
+//! The read-only file mapping and the snapshot a transaction reads through.
+//!
+//! Invariants (see `storage/docs/btree.md`, "Readers and the mapping"):
+//! - A `Mapping` is never unmapped while a `Snapshot` holds an `Arc` to it. Growing the file
+//!   beyond a mapping creates a new, larger mapping; older ones live on until their readers
+//!   drop, so no reference into the mmap outlives the mapping it came from.
+//! - A snapshot only ever builds slices over pages `< meta.page_count`, and the file is never
+//!   truncated below the `page_count` of a live snapshot, so every slice is backed by the file.
+//! - The bytes of a page reachable from a live snapshot never change: the writer only writes
+//!   pages that are free in every live snapshot (copy-on-write plus the reader registry).
+//!   Slices are built per page or per overflow run, never over the whole mapping, so no Rust
+//!   reference ever covers bytes the writer is changing.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use super::page::{self, Meta, NodePage, ValueRef, PAGE_BYTES};
+use super::Error;
+
+/// Bytes reserved for a fresh mapping at least; address space is cheap, remaps are not.
+const MAPPING_BYTES_MIN: usize = 256 << 20;
+
+pub(crate) enum Mapping {
+    /// The database file, mapped read-only and shared.
+    File { map: MmapRaw, len: usize },
+    /// An in-memory image of a file, used by the checker and the fuzz target.
+    Image(Box<[u8]>),
+}
+
+impl Mapping {
+    /// Maps `file` with room for at least `needed_bytes`.
+    pub(crate) fn map_file(file: &File, needed_bytes: usize) -> Result<Mapping, Error> {
+        let len = needed_bytes
+            .saturating_mul(2)
+            .max(MAPPING_BYTES_MIN)
+            .next_power_of_two();
+        // Mapping beyond the end of the file is allowed by mmap(2); such pages are never
+        // touched (see the module invariants), so the excess only reserves address space.
+        let map = MmapOptions::new().len(len).map_raw_read_only(file)?;
+        Ok(Mapping::File { map, len })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Mapping::File { len, .. } => *len,
+            Mapping::Image(bytes) => bytes.len(),
+        }
+    }
+
+    /// `page_run` pages starting at `pgid`. The caller (a `Snapshot`) has checked that they
+    /// lie below its `page_count`.
+    fn pages(&self, pgid: u64, page_run: u64) -> Result<&[u8], Error> {
+        let start = (pgid as usize)
+            .checked_mul(PAGE_BYTES)
+            .ok_or_else(|| page::corrupted("page id overflow"))?;
+        let len = (page_run as usize)
+            .checked_mul(PAGE_BYTES)
+            .ok_or_else(|| page::corrupted("page run overflow"))?;
+        let end = start
+            .checked_add(len)
+            .ok_or_else(|| page::corrupted("page run overflow"))?;
+        if end > self.len() {
+            return Err(page::corrupted(format!("page {pgid} beyond the mapping")));
+        }
+        match self {
+            Mapping::File { map, .. } => {
+                // Safety: `start..end` lies within the mapping (checked above). The snapshot
+                // asking for it checked `pgid + page_run <= page_count`, and the file is never
+                // shorter than the page_count of a live snapshot, so the memory is backed by
+                // the file and reading it cannot fault. The pages are reachable from that
+                // snapshot, so the writer does not modify them while the returned borrow (tied
+                // to `&self`, itself kept alive by the snapshot's Arc) lives.
+                Ok(unsafe { std::slice::from_raw_parts(map.as_ptr().add(start), len) })
+            }
+            Mapping::Image(bytes) => Ok(&bytes[start..end]),
+        }
+    }
+}
+
+/// One committed state of the tree: what a read transaction sees for its whole life.
+pub(crate) struct Snapshot {
+    pub(crate) meta: Meta,
+    pub(crate) mapping: Arc<Mapping>,
+    /// Pages free or awaiting release when this snapshot was committed (for stats).
+    pub(crate) free_pages: u64,
+}
+
+impl Snapshot {
+    pub(crate) fn pages(&self, pgid: u64, page_run: u64) -> Result<&[u8], Error> {
+        if pgid < page::META_SLOTS
+            || pgid
+                .checked_add(page_run)
+                .is_none_or(|end| end > self.meta.page_count)
+        {
+            return Err(page::corrupted(format!(
+                "page {pgid} (+{page_run}) out of range"
+            )));
+        }
+        self.mapping.pages(pgid, page_run)
+    }
+
+    pub(crate) fn node(&self, pgid: u64) -> Result<NodePage<'_>, Error> {
+        NodePage::parse(self.pages(pgid, 1)?, pgid)
+    }
+
+    pub(crate) fn value<'s>(&'s self, value: ValueRef<'s>) -> Result<&'s [u8], Error> {
+        match value {
+            ValueRef::Inline(bytes) => Ok(bytes),
+            ValueRef::Overflow { first_pgid, len } => {
+                let run = self.pages(first_pgid, page::overflow_pages(len))?;
+                page::overflow_value(run, first_pgid, len)
+            }
+        }
+    }
+
+    /// Point lookup of an internal (bucket-prefixed) key.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<&[u8]>, Error> {
+        let mut pgid = self.meta.root_pgid;
+        for _ in 0..page::MAX_BTREE_DEPTH {
+            let node = self.node(pgid)?;
+            if node.is_leaf() {
+                let cell_index = node.search(key, false)?;
+                if cell_index < node.count() {
+                    let (cell_key, value) = node.leaf_entry(cell_index)?;
+                    if cell_key == key {
+                        return Ok(Some(self.value(value)?));
+                    }
+                }
+                return Ok(None);
+            }
+            pgid = node.child(node.child_for(key)?)?;
+        }
+        Err(page::corrupted("tree deeper than MAX_BTREE_DEPTH"))
+    }
+}

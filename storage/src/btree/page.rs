@@ -1,0 +1,506 @@
+//! On-disk page formats: pure encode/decode, no I/O. The byte layouts are specified in
+//! `storage/docs/btree.md`; this file is their only implementation.
+//!
+//! Invariants: every decoder takes untrusted bytes and returns `Error::Corrupted` for any
+//! value out of range (kind, count, offsets, lengths, page ids); no decoder indexes a slice
+//! without a bounds check, so a corrupt file can never panic or read out of bounds.
+
+use super::Error;
+
+/// Size of every page, meta pages included. Fixed by the format (recorded in the meta page
+/// and checked on open) so that a file is readable on any host regardless of its OS page size.
+pub const PAGE_BYTES: usize = 4096;
+/// Bytes of the header that starts every non-meta page.
+pub const PAGE_HEADER_BYTES: usize = 16;
+/// Largest key a caller may store (bucket prefix excluded). Bounds a branch cell so that a
+/// branch page always holds at least three children (fan-out >= 3 bounds the tree depth).
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Largest bucket name.
+pub const MAX_BUCKET_NAME_BYTES: usize = 64;
+/// Largest value (etcd's request limit is 1.5 MiB; values this large go to overflow pages).
+pub const MAX_VALUE_BYTES: usize = 64 << 20;
+/// A leaf cell larger than this keeps its value in an overflow run instead of inline, so
+/// that at least two cells always fit in a leaf page.
+pub const MAX_INLINE_CELL_BYTES: usize = 1536;
+/// Upper bound on the height of a tree read from disk. Descents and cursors refuse to go
+/// deeper, so a corrupt file whose child pointers form a cycle yields `Corrupted` instead of
+/// recursing forever. A tree this writer builds has fan-out >= 3 at every split, so 32 levels
+/// would need more than 3^31 pages (far more than a 2^48-byte file holds); commits that would
+/// exceed it fail instead of writing an unreadable tree.
+pub const MAX_BTREE_DEPTH: usize = 32;
+
+pub const META_MAGIC: [u8; 8] = *b"TERNBT01";
+pub const FORMAT_VERSION: u32 = 1;
+/// Pages 0 and 1 are the two meta slots; transaction `txid` writes slot `txid % 2`.
+pub const META_SLOTS: u64 = 2;
+pub const META_BYTES: usize = 64;
+
+pub const KIND_BRANCH: u8 = 2;
+pub const KIND_LEAF: u8 = 3;
+pub const KIND_OVERFLOW: u8 = 4;
+pub const KIND_FREELIST: u8 = 5;
+
+pub const LEAF_CELL_HEADER_BYTES: usize = 7;
+pub const BRANCH_CELL_HEADER_BYTES: usize = 10;
+pub const SLOT_BYTES: usize = 2;
+pub const FREELIST_HEADER_BYTES: usize = PAGE_HEADER_BYTES + 8;
+pub const FREELIST_RUN_BYTES: usize = 16;
+pub const FREELIST_RUNS_PER_PAGE: usize = (PAGE_BYTES - FREELIST_HEADER_BYTES) / FREELIST_RUN_BYTES;
+
+const VALUE_INLINE: u8 = 0;
+const VALUE_OVERFLOW: u8 = 1;
+
+const _: () = assert!(PAGE_BYTES <= u16::MAX as usize + 1, "slot offsets are u16");
+const _: () = assert!(
+    2 * (SLOT_BYTES + LEAF_CELL_HEADER_BYTES + MAX_INLINE_CELL_BYTES)
+        <= PAGE_BYTES - PAGE_HEADER_BYTES,
+    "two maximal inline cells must fit in one leaf"
+);
+const _: () = assert!(
+    LEAF_CELL_HEADER_BYTES + MAX_BUCKET_NAME_BYTES + 1 + MAX_KEY_BYTES + 8 <= MAX_INLINE_CELL_BYTES,
+    "a maximal key with an overflow reference must be an inline-sized cell"
+);
+const _: () = assert!(
+    3 * (SLOT_BYTES + BRANCH_CELL_HEADER_BYTES + MAX_BUCKET_NAME_BYTES + 1 + MAX_KEY_BYTES)
+        <= PAGE_BYTES - PAGE_HEADER_BYTES,
+    "a branch page must hold three maximal keys"
+);
+
+pub fn corrupted(what: impl Into<String>) -> Error {
+    Error::Corrupted(what.into())
+}
+
+pub fn read_u16(bytes: &[u8], at: usize) -> Result<u16, Error> {
+    bytes
+        .get(at..at + 2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .ok_or_else(|| corrupted("u16 field out of page"))
+}
+
+pub fn read_u32(bytes: &[u8], at: usize) -> Result<u32, Error> {
+    bytes
+        .get(at..at + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .ok_or_else(|| corrupted("u32 field out of page"))
+}
+
+pub fn read_u64(bytes: &[u8], at: usize) -> Result<u64, Error> {
+    bytes
+        .get(at..at + 8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| corrupted("u64 field out of page"))
+}
+
+/// The decoded meta page: the root of everything a transaction can see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub txid: u64,
+    /// Root page of the tree (always present: an empty tree is an empty leaf).
+    pub root_pgid: u64,
+    /// First page of the freelist chain, 0 for none (page 0 is a meta page, never a freelist).
+    pub freelist_pgid: u64,
+    /// Number of pages the file holds for this transaction; every page id is below it.
+    pub page_count: u64,
+    /// Number of key/value entries in the tree, all buckets together.
+    pub entry_count: u64,
+}
+
+impl Meta {
+    pub fn encode(&self) -> [u8; META_BYTES] {
+        let mut out = [0u8; META_BYTES];
+        out[0..8].copy_from_slice(&META_MAGIC);
+        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[12..16].copy_from_slice(&(PAGE_BYTES as u32).to_le_bytes());
+        out[16..24].copy_from_slice(&self.txid.to_le_bytes());
+        out[24..32].copy_from_slice(&self.root_pgid.to_le_bytes());
+        out[32..40].copy_from_slice(&self.freelist_pgid.to_le_bytes());
+        out[40..48].copy_from_slice(&self.page_count.to_le_bytes());
+        out[48..56].copy_from_slice(&self.entry_count.to_le_bytes());
+        let crc = crc32fast::hash(&out[0..60]);
+        out[60..64].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes and validates a meta slot. A torn or never-written slot fails its checksum.
+    pub fn decode(bytes: &[u8]) -> Result<Meta, Error> {
+        let bytes = bytes
+            .get(0..META_BYTES)
+            .ok_or_else(|| corrupted("meta page truncated"))?;
+        if bytes[0..8] != META_MAGIC {
+            return Err(corrupted("meta: bad magic"));
+        }
+        let crc = read_u32(bytes, 60)?;
+        if crc32fast::hash(&bytes[0..60]) != crc {
+            return Err(corrupted("meta: checksum mismatch"));
+        }
+        let version = read_u32(bytes, 8)?;
+        if version != FORMAT_VERSION {
+            return Err(corrupted(format!(
+                "meta: unsupported format version {version}"
+            )));
+        }
+        let page_bytes = read_u32(bytes, 12)?;
+        if page_bytes as usize != PAGE_BYTES {
+            return Err(corrupted(format!(
+                "meta: page size {page_bytes}, expected {PAGE_BYTES}"
+            )));
+        }
+        let meta = Meta {
+            txid: read_u64(bytes, 16)?,
+            root_pgid: read_u64(bytes, 24)?,
+            freelist_pgid: read_u64(bytes, 32)?,
+            page_count: read_u64(bytes, 40)?,
+            entry_count: read_u64(bytes, 48)?,
+        };
+        if meta.page_count < META_SLOTS + 1 || meta.page_count > (1u64 << 48) / PAGE_BYTES as u64 {
+            return Err(corrupted("meta: page count out of range"));
+        }
+        if meta.root_pgid < META_SLOTS || meta.root_pgid >= meta.page_count {
+            return Err(corrupted("meta: root page out of range"));
+        }
+        if meta.freelist_pgid != 0
+            && (meta.freelist_pgid < META_SLOTS || meta.freelist_pgid >= meta.page_count)
+        {
+            return Err(corrupted("meta: freelist page out of range"));
+        }
+        Ok(meta)
+    }
+}
+
+/// A leaf value as stored: inline bytes, or the first page and length of an overflow run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueRef<'a> {
+    Inline(&'a [u8]),
+    Overflow { first_pgid: u64, len: usize },
+}
+
+/// Number of pages an overflow run holding `len` value bytes occupies.
+pub fn overflow_pages(len: usize) -> u64 {
+    (PAGE_HEADER_BYTES + len).div_ceil(PAGE_BYTES) as u64
+}
+
+/// A validated view of a branch or leaf page. `parse` checks the header; each cell accessor
+/// checks its own bounds.
+#[derive(Clone, Copy)]
+pub struct NodePage<'a> {
+    bytes: &'a [u8],
+    kind: u8,
+    count: usize,
+}
+
+impl<'a> NodePage<'a> {
+    /// Validates the header of page `pgid` (which must be a branch or leaf page).
+    pub fn parse(bytes: &'a [u8], pgid: u64) -> Result<NodePage<'a>, Error> {
+        if bytes.len() != PAGE_BYTES {
+            return Err(corrupted(format!("page {pgid}: truncated")));
+        }
+        let kind = bytes[0];
+        if kind != KIND_BRANCH && kind != KIND_LEAF {
+            return Err(corrupted(format!(
+                "page {pgid}: kind {kind} is not a tree node"
+            )));
+        }
+        let stored_pgid = read_u64(bytes, 8)?;
+        if stored_pgid != pgid {
+            return Err(corrupted(format!(
+                "page {pgid}: header names page {stored_pgid}"
+            )));
+        }
+        let count = read_u16(bytes, 2)? as usize;
+        if PAGE_HEADER_BYTES + count * SLOT_BYTES > PAGE_BYTES {
+            return Err(corrupted(format!(
+                "page {pgid}: cell count {count} overflows page"
+            )));
+        }
+        if kind == KIND_BRANCH && count == 0 {
+            return Err(corrupted(format!("page {pgid}: branch without children")));
+        }
+        Ok(NodePage { bytes, kind, count })
+    }
+
+    pub fn is_leaf(&self) -> bool {
+        self.kind == KIND_LEAF
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    fn cell_offset(&self, cell_index: usize) -> Result<usize, Error> {
+        debug_assert!(cell_index < self.count);
+        let offset = read_u16(self.bytes, PAGE_HEADER_BYTES + cell_index * SLOT_BYTES)? as usize;
+        if offset < PAGE_HEADER_BYTES + self.count * SLOT_BYTES {
+            return Err(corrupted("cell offset points into the slot array"));
+        }
+        Ok(offset)
+    }
+
+    /// Key of cell `cell_index` (leaf or branch).
+    pub fn key(&self, cell_index: usize) -> Result<&'a [u8], Error> {
+        let offset = self.cell_offset(cell_index)?;
+        let key_len = read_u16(self.bytes, offset)? as usize;
+        let header = if self.is_leaf() {
+            LEAF_CELL_HEADER_BYTES
+        } else {
+            BRANCH_CELL_HEADER_BYTES
+        };
+        self.bytes
+            .get(offset + header..offset + header + key_len)
+            .ok_or_else(|| corrupted("key out of page"))
+    }
+
+    /// Child page id of branch cell `cell_index`.
+    pub fn child(&self, cell_index: usize) -> Result<u64, Error> {
+        debug_assert!(!self.is_leaf());
+        let offset = self.cell_offset(cell_index)?;
+        read_u64(self.bytes, offset + 2)
+    }
+
+    /// Key and value of leaf cell `cell_index`.
+    pub fn leaf_entry(&self, cell_index: usize) -> Result<(&'a [u8], ValueRef<'a>), Error> {
+        debug_assert!(self.is_leaf());
+        let offset = self.cell_offset(cell_index)?;
+        let key_len = read_u16(self.bytes, offset)? as usize;
+        let value_len = read_u32(self.bytes, offset + 2)? as usize;
+        let flags = *self
+            .bytes
+            .get(offset + 6)
+            .ok_or_else(|| corrupted("cell out of page"))?;
+        let key_at = offset + LEAF_CELL_HEADER_BYTES;
+        let key = self
+            .bytes
+            .get(key_at..key_at + key_len)
+            .ok_or_else(|| corrupted("key out of page"))?;
+        let value_at = key_at + key_len;
+        let value = match flags {
+            VALUE_INLINE => ValueRef::Inline(
+                self.bytes
+                    .get(value_at..value_at + value_len)
+                    .ok_or_else(|| corrupted("value out of page"))?,
+            ),
+            VALUE_OVERFLOW => {
+                if value_len > MAX_VALUE_BYTES {
+                    return Err(corrupted("overflow value length out of range"));
+                }
+                ValueRef::Overflow {
+                    first_pgid: read_u64(self.bytes, value_at)?,
+                    len: value_len,
+                }
+            }
+            _ => return Err(corrupted(format!("leaf cell flags {flags}"))),
+        };
+        Ok((key, value))
+    }
+
+    /// Index of the first cell whose key is >= `key` (`strict`: > `key`), in 0..=count.
+    pub fn search(&self, key: &[u8], strict: bool) -> Result<usize, Error> {
+        let (mut low, mut high) = (0usize, self.count);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let cell_key = self.key(mid)?;
+            let go_right = if strict {
+                cell_key <= key
+            } else {
+                cell_key < key
+            };
+            if go_right {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        Ok(low)
+    }
+
+    /// Branch: index of the child whose range holds `key`. Child i covers
+    /// `[key(i), key(i+1))`; child 0 also covers everything below key(1).
+    pub fn child_for(&self, key: &[u8]) -> Result<usize, Error> {
+        Ok(self.search(key, true)?.saturating_sub(1))
+    }
+
+    /// Branch: index of the child holding the last key strictly below `key`.
+    pub fn child_before(&self, key: &[u8]) -> Result<usize, Error> {
+        Ok(self.search(key, false)?.saturating_sub(1))
+    }
+}
+
+/// Validates the first page of an overflow run and returns the value bytes, which follow the
+/// 16-byte header contiguously. `run` is the whole run as read from the file.
+pub fn overflow_value(run: &[u8], first_pgid: u64, len: usize) -> Result<&[u8], Error> {
+    if run.len() < PAGE_HEADER_BYTES || run[0] != KIND_OVERFLOW || read_u64(run, 8)? != first_pgid {
+        return Err(corrupted(format!(
+            "page {first_pgid}: not an overflow page"
+        )));
+    }
+    run.get(PAGE_HEADER_BYTES..PAGE_HEADER_BYTES + len)
+        .ok_or_else(|| corrupted("overflow value beyond its run"))
+}
+
+fn write_header(page: &mut [u8], kind: u8, count: usize, pgid: u64) {
+    assert!(count <= u16::MAX as usize);
+    page[0] = kind;
+    page[1] = 0;
+    page[2..4].copy_from_slice(&(count as u16).to_le_bytes());
+    page[4..8].fill(0);
+    page[8..16].copy_from_slice(&pgid.to_le_bytes());
+}
+
+/// An encoded leaf cell value: what `encode_leaf` writes after the key.
+pub enum CellValue<'a> {
+    Inline(&'a [u8]),
+    Overflow { first_pgid: u64, len: usize },
+}
+
+pub fn leaf_cell_bytes(key_len: usize, value: &CellValue<'_>) -> usize {
+    SLOT_BYTES
+        + LEAF_CELL_HEADER_BYTES
+        + key_len
+        + match value {
+            CellValue::Inline(v) => v.len(),
+            CellValue::Overflow { .. } => 8,
+        }
+}
+
+pub fn branch_cell_bytes(key_len: usize) -> usize {
+    SLOT_BYTES + BRANCH_CELL_HEADER_BYTES + key_len
+}
+
+/// Encodes a leaf page. Cells are packed from the end of the page backwards; the caller has
+/// checked (with `leaf_cell_bytes`) that they fit.
+pub fn encode_leaf<'a>(
+    page: &mut [u8],
+    pgid: u64,
+    cells: impl ExactSizeIterator<Item = (&'a [u8], CellValue<'a>)>,
+) {
+    assert_eq!(page.len(), PAGE_BYTES);
+    write_header(page, KIND_LEAF, cells.len(), pgid);
+    let mut slot_at = PAGE_HEADER_BYTES;
+    let mut end = PAGE_BYTES;
+    for (key, value) in cells {
+        let (flags, value_len, body_len) = match value {
+            CellValue::Inline(v) => (VALUE_INLINE, v.len(), v.len()),
+            CellValue::Overflow { len, .. } => (VALUE_OVERFLOW, len, 8),
+        };
+        let start = end - LEAF_CELL_HEADER_BYTES - key.len() - body_len;
+        assert!(
+            start >= slot_at + SLOT_BYTES,
+            "leaf cells overflow the page"
+        );
+        page[slot_at..slot_at + 2].copy_from_slice(&(start as u16).to_le_bytes());
+        page[start..start + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
+        page[start + 2..start + 6].copy_from_slice(&(value_len as u32).to_le_bytes());
+        page[start + 6] = flags;
+        let key_at = start + LEAF_CELL_HEADER_BYTES;
+        page[key_at..key_at + key.len()].copy_from_slice(key);
+        let value_at = key_at + key.len();
+        match value {
+            CellValue::Inline(v) => page[value_at..value_at + v.len()].copy_from_slice(v),
+            CellValue::Overflow { first_pgid, .. } => {
+                page[value_at..value_at + 8].copy_from_slice(&first_pgid.to_le_bytes())
+            }
+        }
+        slot_at += SLOT_BYTES;
+        end = start;
+    }
+    page[slot_at..end].fill(0);
+}
+
+/// Encodes a branch page from (separator key, child page id) cells.
+pub fn encode_branch<'a>(
+    page: &mut [u8],
+    pgid: u64,
+    cells: impl ExactSizeIterator<Item = (&'a [u8], u64)>,
+) {
+    assert_eq!(page.len(), PAGE_BYTES);
+    let count = cells.len();
+    assert!(count > 0, "a branch has at least one child");
+    write_header(page, KIND_BRANCH, count, pgid);
+    let mut slot_at = PAGE_HEADER_BYTES;
+    let mut end = PAGE_BYTES;
+    for (key, child_pgid) in cells {
+        let start = end - BRANCH_CELL_HEADER_BYTES - key.len();
+        assert!(
+            start >= slot_at + SLOT_BYTES,
+            "branch cells overflow the page"
+        );
+        page[slot_at..slot_at + 2].copy_from_slice(&(start as u16).to_le_bytes());
+        page[start..start + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
+        page[start + 2..start + 10].copy_from_slice(&child_pgid.to_le_bytes());
+        page[start + 10..start + 10 + key.len()].copy_from_slice(key);
+        slot_at += SLOT_BYTES;
+        end = start;
+    }
+    page[slot_at..end].fill(0);
+}
+
+/// Encodes an overflow run (all its pages) holding `value`.
+pub fn encode_overflow(first_pgid: u64, value: &[u8]) -> Vec<u8> {
+    let mut run = vec![0u8; overflow_pages(value.len()) as usize * PAGE_BYTES];
+    write_header(&mut run[..PAGE_BYTES], KIND_OVERFLOW, 0, first_pgid);
+    run[PAGE_HEADER_BYTES..PAGE_HEADER_BYTES + value.len()].copy_from_slice(value);
+    run
+}
+
+/// Encodes one freelist page: `runs` of free pages as (first page, page count), and the
+/// next page of the chain (0 for the last).
+pub fn encode_freelist(page: &mut [u8], pgid: u64, next_pgid: u64, runs: &[(u64, u64)]) {
+    assert!(runs.len() <= FREELIST_RUNS_PER_PAGE);
+    page.fill(0);
+    write_header(page, KIND_FREELIST, runs.len(), pgid);
+    page[16..24].copy_from_slice(&next_pgid.to_le_bytes());
+    for (i, (start, len)) in runs.iter().enumerate() {
+        let at = FREELIST_HEADER_BYTES + i * FREELIST_RUN_BYTES;
+        page[at..at + 8].copy_from_slice(&start.to_le_bytes());
+        page[at + 8..at + 16].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+/// Decodes one freelist page: (next page, runs). Runs are checked against `page_count`.
+pub fn decode_freelist(
+    page: &[u8],
+    pgid: u64,
+    page_count: u64,
+) -> Result<(u64, Vec<(u64, u64)>), Error> {
+    if page.len() != PAGE_BYTES || page[0] != KIND_FREELIST || read_u64(page, 8)? != pgid {
+        return Err(corrupted(format!("page {pgid}: not a freelist page")));
+    }
+    let count = read_u16(page, 2)? as usize;
+    if count > FREELIST_RUNS_PER_PAGE {
+        return Err(corrupted(format!(
+            "page {pgid}: freelist run count {count}"
+        )));
+    }
+    let next_pgid = read_u64(page, 16)?;
+    if next_pgid != 0 && (next_pgid < META_SLOTS || next_pgid >= page_count) {
+        return Err(corrupted(format!(
+            "page {pgid}: freelist next page out of range"
+        )));
+    }
+    let mut runs = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = FREELIST_HEADER_BYTES + i * FREELIST_RUN_BYTES;
+        let (start, len) = (read_u64(page, at)?, read_u64(page, at + 8)?);
+        if start < META_SLOTS
+            || len == 0
+            || start.checked_add(len).is_none_or(|end| end > page_count)
+        {
+            return Err(corrupted(format!(
+                "page {pgid}: free run {start}+{len} out of range"
+            )));
+        }
+        runs.push((start, len));
+    }
+    Ok((next_pgid, runs))
+}
+
+/// Collapses a sorted, duplicate-free list of page ids into (first, count) runs.
+pub fn to_runs(sorted_pgids: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for pgid in sorted_pgids {
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == pgid => *len += 1,
+            _ => runs.push((pgid, 1)),
+        }
+    }
+    runs
+}
