@@ -124,6 +124,7 @@ etcd_errors! {
     TimeoutDueToLeaderFail => (UNAVAILABLE, "etcdserver: request timed out, possibly due to previous leader failure"),
     TimeoutDueToConnectionLost => (UNAVAILABLE, "etcdserver: request timed out, possibly due to connection lost"),
     TimeoutWaitAppliedIndex => (UNAVAILABLE, "etcdserver: request timed out, waiting for the applied index took too long"),
+    TimeoutLeaderTransfer => (UNAVAILABLE, "etcdserver: request timed out, leader transfer took too long"),
     Unhealthy => (UNAVAILABLE, "etcdserver: unhealthy cluster"),
     /// Also what tern answers when its own storage returns corrupt bytes.
     Corrupt => (DATA_LOSS, "etcdserver: corrupt cluster"),

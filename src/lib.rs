@@ -13,6 +13,7 @@ pub mod log;
 pub mod membership;
 pub mod mvcc;
 pub mod proto;
+pub mod raft;
 pub mod runtime;
 pub mod server;
 pub mod service;

@@ -1,6 +1,7 @@
 //! The `tern` binary: parse etcd's flags, derive this member's identity, serve.
 
 use tern::config::{ClusterState, Config};
+use tern::membership::cluster::MemberRecord;
 use tern::membership::id;
 use tern::server::{self, Identity, ServerOptions};
 use tern::service::Limits;
@@ -16,12 +17,8 @@ fn main() {
         "max-request-bytes" => config.max_request_bytes,
         "max-txn-ops" => config.max_txn_ops
     );
-    if config.initial_cluster_state == ClusterState::Existing {
-        tern::fatal!(
-            "--initial-cluster-state=existing needs raft membership, which tern does not have yet"
-        );
-    }
     let identity = identity(&config);
+    let raft = raft_options(&config);
     let options = ServerOptions {
         identity,
         listen_client_addrs: config.client_listen_addrs(),
@@ -30,6 +27,7 @@ fn main() {
             max_request_bytes: config.max_request_bytes as usize,
             max_txn_ops: config.max_txn_ops as usize,
         },
+        raft,
     };
     if let Err(e) = server::run(options) {
         tern::fatal!("cannot serve", "error" => e);
@@ -57,5 +55,39 @@ fn identity(config: &Config) -> Identity {
         name: config.name.clone(),
         peer_urls: config.initial_advertise_peer_urls.iter().map(|u| u.url.clone()).collect(),
         client_urls: config.advertise_client_urls.iter().map(|u| u.url.clone()).collect(),
+    }
+}
+
+/// Raft settings from etcd's flags (`--snapshot-count`, `--force-new-cluster` are read
+/// from their validated text).
+fn raft_options(config: &Config) -> tern::raft::RaftOptions {
+    let initial_members = config
+        .initial_cluster
+        .iter()
+        .map(|m| {
+            let peer_urls: Vec<String> = m.peer_urls.iter().map(|u| u.url.clone()).collect();
+            MemberRecord {
+                id: id::member_id(&peer_urls, &config.initial_cluster_token, None),
+                name: m.name.clone(),
+                peer_urls,
+                client_urls: Vec::new(),
+                is_learner: false,
+            }
+        })
+        .collect();
+    let flag = |name: &str| config.flag_value(name).unwrap_or_default().to_string();
+    tern::raft::RaftOptions {
+        data_dir: config.data_dir.clone(),
+        listen_peer_addrs: config.peer_listen_addrs(),
+        initial_members,
+        new_cluster: config.initial_cluster_state == ClusterState::New,
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        election_timeout_ms: config.election_timeout_ms,
+        snapshot_count: flag("snapshot-count").parse().unwrap_or(100_000),
+        cluster_token: config.initial_cluster_token.clone(),
+        force_new_cluster: matches!(
+            flag("force-new-cluster").as_str(),
+            "true" | "1" | "t" | "T" | "TRUE" | "True"
+        ),
     }
 }

@@ -90,3 +90,10 @@ fn golden_txn() {
 fn golden_cluster_before_membership_changes() {
     compare(&["cluster_kv"]);
 }
+
+/// The whole cluster transcript, membership changes included (learner add, promote of a
+/// learner that is not in sync, update, remove, and their errors).
+#[test]
+fn golden_cluster() {
+    compare(&["cluster"]);
+}

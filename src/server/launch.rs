@@ -6,7 +6,6 @@
 //! On SIGTERM/SIGINT the network executors stop first (GOAWAY, drain), which drops their
 //! command senders, which ends the state executor once it has answered everything queued.
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -14,11 +13,10 @@ use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::http2::{ServerConfig, ShutdownSignal};
-use crate::mvcc::{KvStore, MemBackend};
 use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{bind_all, check_addresses_free, serve_clients};
 use crate::server::state_client::{Command, StateClient, COMMAND_QUEUE_MAX};
-use crate::server::state_machine::{Identity, StateMachine};
+use crate::server::state_machine::Identity;
 use crate::service::{self, Limits, ServiceContext};
 
 /// io_uring buffer memory each executor registers. Network executors do no file I/O, so
@@ -33,6 +31,7 @@ pub struct ServerOptions {
     pub listen_client_addrs: Vec<SocketAddr>,
     pub cores: Option<usize>,
     pub limits: Limits,
+    pub raft: crate::raft::RaftOptions,
 }
 
 fn placement(cpu: Option<usize>) -> Placement {
@@ -68,22 +67,41 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         command_receivers.push(receiver);
     }
 
+    check_addresses_free(&options.raft.listen_peer_addrs)?;
     let identity = options.identity.clone();
+    let raft_options = options.raft.clone();
+    let (serving_tx, serving_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let state_executor = LocalExecutorBuilder::new(placement(plan.state_cpu))
         .name("tern-state")
         .io_memory(STATE_IO_MEMORY_BYTES)
         .spawn(move || async move {
-            let state = Rc::new(RefCell::new(StateMachine::new(
-                identity,
-                KvStore::open(MemBackend::new()).expect("an empty in-memory store opens"),
-            )));
+            let node = match crate::raft::node::start(identity, raft_options).await {
+                Ok((node, serving)) => {
+                    let serving_tx = serving_tx.clone();
+                    glommio::spawn_local(async move {
+                        let ok = serving.await.is_ok();
+                        let _ = serving_tx.send(if ok {
+                            Ok(())
+                        } else {
+                            Err("raft stopped".into())
+                        });
+                    })
+                    .detach();
+                    node
+                }
+                Err(e) => {
+                    let _ = serving_tx.send(Err(e));
+                    return;
+                }
+            };
+            glommio::spawn_local(crate::raft::node::run(node.clone())).detach();
             let mut per_core = Vec::new();
             for receiver in command_receivers {
-                let state = state.clone();
+                let node = node.clone();
                 per_core.push(glommio::spawn_local(async move {
                     let commands = receiver.connect().await;
                     while let Some(command) = commands.recv().await {
-                        state.borrow_mut().handle(command);
+                        node.borrow_mut().submit(command);
                     }
                 }));
             }
@@ -141,6 +159,14 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => startup_error = Some(e),
             Err(_) => startup_error = Some("a network executor exited during startup".into()),
+        }
+    }
+    if startup_error.is_none() {
+        // etcd serves clients only once its member attributes are published through raft.
+        match serving_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => startup_error = Some(e),
+            Err(_) => startup_error = Some("the state executor exited during startup".into()),
         }
     }
     if let Some(e) = startup_error {

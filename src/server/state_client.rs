@@ -34,6 +34,12 @@ pub enum Command {
     MemberList(Reply<pb::MemberListResponse>),
     Alarm(pb::AlarmRequest, Reply<pb::AlarmResponse>),
     Defragment(Reply<pb::DefragmentResponse>),
+    // Answered by the raft node (src/raft/node.rs), never by the state machine.
+    MemberAdd(pb::MemberAddRequest, Reply<pb::MemberAddResponse>),
+    MemberRemove(pb::MemberRemoveRequest, Reply<pb::MemberRemoveResponse>),
+    MemberUpdate(pb::MemberUpdateRequest, Reply<pb::MemberUpdateResponse>),
+    MemberPromote(pb::MemberPromoteRequest, Reply<pb::MemberPromoteResponse>),
+    MoveLeader(pb::MoveLeaderRequest, Reply<pb::MoveLeaderResponse>),
 }
 
 /// A network core's connection to the state executor. Cheap to share within its core (`Rc`).
@@ -94,5 +100,35 @@ impl StateClient {
     }
     pub async fn defragment(&self) -> Result<pb::DefragmentResponse, EtcdError> {
         self.call(Command::Defragment).await
+    }
+    pub async fn member_add(
+        &self,
+        req: pb::MemberAddRequest,
+    ) -> Result<pb::MemberAddResponse, EtcdError> {
+        self.call(|r| Command::MemberAdd(req, r)).await
+    }
+    pub async fn member_remove(
+        &self,
+        req: pb::MemberRemoveRequest,
+    ) -> Result<pb::MemberRemoveResponse, EtcdError> {
+        self.call(|r| Command::MemberRemove(req, r)).await
+    }
+    pub async fn member_update(
+        &self,
+        req: pb::MemberUpdateRequest,
+    ) -> Result<pb::MemberUpdateResponse, EtcdError> {
+        self.call(|r| Command::MemberUpdate(req, r)).await
+    }
+    pub async fn member_promote(
+        &self,
+        req: pb::MemberPromoteRequest,
+    ) -> Result<pb::MemberPromoteResponse, EtcdError> {
+        self.call(|r| Command::MemberPromote(req, r)).await
+    }
+    pub async fn move_leader(
+        &self,
+        req: pb::MoveLeaderRequest,
+    ) -> Result<pb::MoveLeaderResponse, EtcdError> {
+        self.call(|r| Command::MoveLeader(req, r)).await
     }
 }

@@ -8,29 +8,19 @@
 //! - Every response header carries this member's cluster id, member id and raft term;
 //!   the MVCC layer supplies the revision.
 //!
-//! Until raft arrives (issue 6) the member is a single voter that has won its first
-//! election, exactly the state a fresh single-member etcd reaches: raft term 2, itself the
-//! leader. `applied_index` counts applied entries the way raft's log would (bootstrap
-//! entries plus one per write).
+//! Writes reach this struct only as committed raft entries (`src/raft/node.rs` calls
+//! [`StateMachine::apply_write`] with each entry's raft index); reads are answered directly.
+//! The raft node keeps `raft_term`, `leader_id` and `raft_commit_index` current.
 
 use crate::error::EtcdError;
 use crate::apply::NoLeases;
-use crate::mvcc::{KvStore, MemBackend};
+use crate::mvcc::{Backend, Bucket, Direction, KvStore, MemBackend};
 use crate::proto::etcdserverpb as pb;
 use crate::server::state_client::Command;
 
 /// The etcd server version tern reports in Status, so that clients that gate features on
 /// the server's version treat tern as the etcd release whose API it implements.
 pub const ETCD_SERVER_VERSION: &str = "3.4.23";
-
-/// Raft term of a single-member cluster after its first election (etcd campaigns at
-/// term 1 during bootstrap and wins term 2).
-const SINGLE_MEMBER_RAFT_TERM: u64 = 2;
-
-/// Raft entries a fresh single-member etcd has applied before serving: the bootstrap
-/// ConfChange, the leader's empty entry, the member attribute publish and the cluster
-/// version set.
-const BOOTSTRAP_RAFT_ENTRIES: u64 = 4;
 
 /// Who this member is. Derived from flags at startup (see `membership::id`).
 #[derive(Clone, Debug)]
@@ -47,22 +37,123 @@ pub struct StateMachine {
     store: KvStore<MemBackend>,
     raft_applied_index: u64,
     alarms: Vec<pb::AlarmMember>,
+    /// Kept current by the raft node.
+    pub raft_term: u64,
+    pub leader_id: u64,
+    pub raft_commit_index: u64,
 }
 
 impl StateMachine {
-    pub fn new(identity: Identity, mut store: KvStore<MemBackend>) -> StateMachine {
-        // The bootstrap entries are applied before anything else, so the store's
-        // consistent index starts past them, as a fresh etcd's does.
-        if store.consistent_index() < BOOTSTRAP_RAFT_ENTRIES {
-            store.set_consistent_index(BOOTSTRAP_RAFT_ENTRIES);
-            store.commit().expect("the in-memory backend cannot fail");
-        }
+    pub fn new(identity: Identity, store: KvStore<MemBackend>) -> StateMachine {
         StateMachine {
             identity,
+            raft_applied_index: store.consistent_index(),
             store,
-            raft_applied_index: BOOTSTRAP_RAFT_ENTRIES,
             alarms: Vec::new(),
+            raft_term: 0,
+            leader_id: 0,
+            raft_commit_index: 0,
         }
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn raft_applied_index(&self) -> u64 {
+        self.raft_applied_index
+    }
+
+    /// Applies the write `command` carried by the committed entry at `raft_index` and
+    /// answers it. Idempotent: an entry at or below the store's consistent index was
+    /// applied before (a replay after restart) and is skipped.
+    pub fn apply_write(&mut self, raft_index: u64, command: Command) {
+        assert!(
+            raft_index > self.raft_applied_index,
+            "entries apply in raft-index order"
+        );
+        if raft_index <= self.store.consistent_index() {
+            self.raft_applied_index = raft_index;
+            return;
+        }
+        // `handle` advances the applied index by one for each write.
+        self.raft_applied_index = raft_index - 1;
+        self.handle(command);
+        debug_assert_eq!(self.raft_applied_index, raft_index);
+    }
+
+    /// Answers a read (a Range, or a Txn without writes) that raft did not order: it must
+    /// not advance the applied index, which only committed entries do.
+    pub fn handle_read(&mut self, command: Command) {
+        let applied = self.raft_applied_index;
+        let consistent_index = self.store.consistent_index();
+        self.handle(command);
+        self.raft_applied_index = applied;
+        self.store.set_consistent_index(consistent_index);
+    }
+
+    /// Records an entry that changes no key (empty entry, ConfChange, member attributes).
+    /// Its index is saved as the consistent index all the same, as etcd does, so that a
+    /// restart resumes after it.
+    pub fn apply_other(&mut self, raft_index: u64) {
+        assert!(
+            raft_index > self.raft_applied_index,
+            "entries apply in raft-index order"
+        );
+        self.raft_applied_index = raft_index;
+        if raft_index > self.store.consistent_index() {
+            self.store.set_consistent_index(raft_index);
+            if let Err(e) = self.store.commit() {
+                crate::error!("cannot save the consistent index", "error" => e.to_string());
+            }
+        }
+    }
+
+    /// Every bucket of the store, for a raft snapshot (format: docs/peer-protocol.md,
+    /// "Snapshot data"): per entry, bucket slot (1 byte), key length and value length
+    /// (u32 big-endian each), key, value; then the applied index (u64 big-endian).
+    pub fn snapshot_data(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let backend = self.store.backend();
+        for (slot, bucket) in Bucket::ALL.iter().enumerate() {
+            let _ = backend.scan(*bucket, &[], None, Direction::Ascending, &mut |k, v| {
+                out.push(slot as u8);
+                out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                out.extend_from_slice(k);
+                out.extend_from_slice(v);
+                true
+            });
+        }
+        out.extend_from_slice(&self.raft_applied_index.to_be_bytes());
+        out
+    }
+
+    /// Replaces the whole state with a snapshot made by [`Self::snapshot_data`].
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        let corrupt = || "snapshot data is truncated or corrupt".to_string();
+        if data.len() < 8 {
+            return Err(corrupt());
+        }
+        let (body, tail) = data.split_at(data.len() - 8);
+        let applied = u64::from_be_bytes(tail.try_into().map_err(|_| corrupt())?);
+        let mut backend = MemBackend::new();
+        let mut at = 0;
+        while at < body.len() {
+            let header = body.get(at..at + 9).ok_or_else(corrupt)?;
+            let bucket = *Bucket::ALL.get(header[0] as usize).ok_or_else(corrupt)?;
+            let key_len = u32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
+            let value_len = u32::from_be_bytes(header[5..9].try_into().unwrap()) as usize;
+            at += 9;
+            let key = body.get(at..at + key_len).ok_or_else(corrupt)?;
+            at += key_len;
+            let value = body.get(at..at + value_len).ok_or_else(corrupt)?;
+            at += value_len;
+            backend.put(bucket, key, value).map_err(|e| e.to_string())?;
+        }
+        self.store = KvStore::open(backend).map_err(|e| e.to_string())?;
+        self.raft_applied_index = applied;
+        Ok(())
     }
 
     fn header(&self, revision: i64) -> pb::ResponseHeader {
@@ -70,7 +161,7 @@ impl StateMachine {
             cluster_id: self.identity.cluster_id,
             member_id: self.identity.member_id,
             revision,
-            raft_term: SINGLE_MEMBER_RAFT_TERM,
+            raft_term: self.raft_term,
         }
     }
 
@@ -153,6 +244,14 @@ impl StateMachine {
                 let alarms = self.alarm(req);
                 let _ = reply.send(Ok(pb::AlarmResponse { header: None, alarms }));
             }
+            Command::MemberAdd(..)
+            | Command::MemberRemove(..)
+            | Command::MemberUpdate(..)
+            | Command::MemberPromote(..)
+            | Command::MoveLeader(..) => {
+                // The raft node answers these before commands reach the state machine;
+                // dropping the reply answers "server stopped" should one ever get here.
+            }
             Command::Defragment(reply) => {
                 let res: Result<_, EtcdError> = Ok(pb::DefragmentResponse {
                     header: Some(self.header(self.store.current_revision())),
@@ -221,9 +320,9 @@ impl StateMachine {
             header: Some(self.header(self.store.current_revision())),
             version: ETCD_SERVER_VERSION.to_string(),
             db_size,
-            leader: self.identity.member_id,
-            raft_index: self.raft_applied_index,
-            raft_term: SINGLE_MEMBER_RAFT_TERM,
+            leader: self.leader_id,
+            raft_index: self.raft_commit_index.max(self.raft_applied_index),
+            raft_term: self.raft_term,
             raft_applied_index: self.raft_applied_index,
             errors: Vec::new(),
             db_size_in_use: db_size,

@@ -1,9 +1,9 @@
-//! etcdserverpb.Cluster: MemberList (membership changes arrive with raft, issue 6).
+//! etcdserverpb.Cluster: membership, answered by the raft node (src/raft/node.rs).
 
 use crate::grpc::Call;
 use crate::proto::etcdserverpb as pb;
 use crate::service::call::unary;
-use crate::service::{not_yet, unknown_method, ServiceContext};
+use crate::service::{unknown_method, ServiceContext};
 
 const SERVICE: &str = "etcdserverpb.Cluster";
 
@@ -15,8 +15,29 @@ pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
             })
             .await
         }
-        "MemberAdd" | "MemberRemove" | "MemberUpdate" | "MemberPromote" => {
-            call.responses.finish(not_yet(SERVICE, method))
+        "MemberAdd" => {
+            unary(call, |req: pb::MemberAddRequest, _| async move {
+                context.state.member_add(req).await
+            })
+            .await
+        }
+        "MemberRemove" => {
+            unary(call, |req: pb::MemberRemoveRequest, _| async move {
+                context.state.member_remove(req).await
+            })
+            .await
+        }
+        "MemberUpdate" => {
+            unary(call, |req: pb::MemberUpdateRequest, _| async move {
+                context.state.member_update(req).await
+            })
+            .await
+        }
+        "MemberPromote" => {
+            unary(call, |req: pb::MemberPromoteRequest, _| async move {
+                context.state.member_promote(req).await
+            })
+            .await
         }
         _ => call.responses.finish(unknown_method(SERVICE, method)),
     }

@@ -1,6 +1,6 @@
-//! etcdserverpb.Maintenance: Status, Hash, HashKV, Alarm, Defragment.
+//! etcdserverpb.Maintenance: Status, Hash, HashKV, Alarm, Defragment, MoveLeader.
 //!
-//! Snapshot and MoveLeader need the persistent backend and raft (issues 5 and 6); Downgrade
+//! MoveLeader is answered by the raft node. Snapshot needs the persistent backend; Downgrade
 //! is an etcd 3.5 cluster-version operation with no meaning for a single 3.4-API member.
 
 use crate::grpc::Call;
@@ -32,7 +32,13 @@ pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
             })
             .await
         }
-        "Snapshot" | "MoveLeader" | "Downgrade" => call.responses.finish(not_yet(SERVICE, method)),
+        "MoveLeader" => {
+            unary(call, |req: pb::MoveLeaderRequest, _| async move {
+                context.state.move_leader(req).await
+            })
+            .await
+        }
+        "Snapshot" | "Downgrade" => call.responses.finish(not_yet(SERVICE, method)),
         _ => call.responses.finish(unknown_method(SERVICE, method)),
     }
 }

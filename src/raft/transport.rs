@@ -1,0 +1,421 @@
+//! Peer transport: raft messages between members over TCP, in tern's own framed protocol
+//! (specified in docs/peer-protocol.md; this module implements that document).
+//!
+//! Each member listens on `--listen-peer-urls` and dials every other member's advertised
+//! peer URL. One outbound connection per peer carries that peer's messages, pipelined:
+//! every message queued while the previous write was in flight goes out in the next write.
+//!
+//! Invariants:
+//! - every queue is bounded: `PEER_QUEUE_MAX` messages per peer outbound, `INBOX_MAX`
+//!   inbound; beyond them messages are dropped, which raft tolerates (it resends), and the
+//!   peer is reported unreachable so raft probes it instead of streaming (backpressure);
+//! - a frame larger than `FRAME_BYTES_MAX`, an unknown frame kind, or a message that does
+//!   not decode closes the connection: corrupt bytes never panic;
+//! - a connection first carries a hello naming the cluster; a peer of another cluster is
+//!   refused (etcd checks `X-Etcd-Cluster-ID` the same way).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+
+use crate::raft::node::Wakeup;
+
+/// Messages queued for one peer before new ones are dropped.
+pub const PEER_QUEUE_MAX: usize = 8192;
+/// Messages received and not yet stepped into raft before new ones are dropped.
+pub const INBOX_MAX: usize = 65536;
+/// Largest frame accepted (a snapshot travels as one frame).
+pub const FRAME_BYTES_MAX: usize = 1 << 30;
+/// Pause between dial attempts to an unreachable peer.
+const REDIAL_DELAY: Duration = Duration::from_millis(100);
+
+const FRAME_HELLO: u8 = 0;
+const FRAME_RAFT: u8 = 1;
+const FRAME_MEMBERS_REQUEST: u8 = 2;
+const FRAME_MEMBERS_RESPONSE: u8 = 3;
+const HELLO_BYTES: usize = 24;
+
+/// What happened to messages, for the node to tell raft.
+pub enum Report {
+    Unreachable(u64),
+    Snapshot { to: u64, ok: bool },
+}
+
+struct PeerLink {
+    id: u64,
+    urls: RefCell<Vec<String>>,
+    queue: RefCell<VecDeque<Message>>,
+    wake: Wakeup,
+    closed: Cell<bool>,
+}
+
+/// A member's answer to a joining member (frame kind 3).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MembersResponse {
+    #[prost(uint64, tag = "1")]
+    pub cluster_id: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub members: Vec<crate::membership::cluster::MemberRecord>,
+}
+
+pub struct Transport {
+    /// The encoded `MembersResponse` this member gives joiners (kept current by the node).
+    pub members_answer: Rc<RefCell<Vec<u8>>>,
+    member_id: u64,
+    cluster_id: Rc<Cell<u64>>,
+    peers: HashMap<u64, Rc<PeerLink>>,
+    inbox: Rc<RefCell<VecDeque<Message>>>,
+    reports: Rc<RefCell<Vec<Report>>>,
+    node_wake: Rc<Wakeup>,
+}
+
+/// `http://host:port` → a socket address.
+pub fn resolve(url: &str) -> Option<SocketAddr> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.split('/').next()?;
+    host_port.to_socket_addrs().ok()?.next()
+}
+
+/// A peer URL etcd would accept: `http://` or `https://`, then `host:port` and no path.
+pub fn resolve_checked(url: &str) -> Option<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    if rest.contains('/') && !rest.ends_with('/') {
+        return None;
+    }
+    resolve(url)
+}
+
+fn frame(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+}
+
+async fn read_frame(stream: &mut TcpStream) -> Result<(u8, Vec<u8>), String> {
+    let mut len = [0u8; 4];
+    stream
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| e.to_string())?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > FRAME_BYTES_MAX {
+        return Err(format!("frame length {len} out of range"));
+    }
+    let mut body = vec![0u8; len];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| e.to_string())?;
+    let kind = body[0];
+    body.remove(0);
+    Ok((kind, body))
+}
+
+impl Transport {
+    pub fn new(member_id: u64, cluster_id: u64, node_wake: Rc<Wakeup>) -> Transport {
+        Transport {
+            members_answer: Rc::new(RefCell::new(Vec::new())),
+            member_id,
+            cluster_id: Rc::new(Cell::new(cluster_id)),
+            peers: HashMap::new(),
+            inbox: Rc::new(RefCell::new(VecDeque::new())),
+            reports: Rc::new(RefCell::new(Vec::new())),
+            node_wake,
+        }
+    }
+
+    pub fn set_cluster_id(&self, cluster_id: u64) {
+        self.cluster_id.set(cluster_id);
+    }
+
+    /// Starts accepting peer connections on `listeners`.
+    pub fn serve(&self, listeners: Vec<TcpListener>) {
+        for listener in listeners {
+            let inbox = self.inbox.clone();
+            let wake = self.node_wake.clone();
+            let cluster_id = self.cluster_id.clone();
+            let me = self.member_id;
+            let answer = self.members_answer.clone();
+            glommio::spawn_local(async move {
+                loop {
+                    let Ok(stream) = listener.accept().await else {
+                        continue;
+                    };
+                    let inbox = inbox.clone();
+                    let wake = wake.clone();
+                    let cluster_id = cluster_id.clone();
+                    let answer = answer.clone();
+                    glommio::spawn_local(async move {
+                        if let Err(e) = inbound(stream, me, cluster_id, inbox, wake, answer).await {
+                            crate::debug!("peer connection closed", "reason" => e);
+                        }
+                    })
+                    .detach();
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Adds a peer (or updates its URLs) and starts dialling it.
+    pub fn set_peer(&mut self, id: u64, urls: Vec<String>) {
+        if id == self.member_id {
+            return;
+        }
+        if let Some(link) = self.peers.get(&id) {
+            *link.urls.borrow_mut() = urls;
+            return;
+        }
+        let link = Rc::new(PeerLink {
+            id,
+            urls: RefCell::new(urls),
+            queue: RefCell::new(VecDeque::new()),
+            wake: Wakeup::default(),
+            closed: Cell::new(false),
+        });
+        self.peers.insert(id, link.clone());
+        let hello = self.hello(id);
+        let reports = self.reports.clone();
+        let node_wake = self.node_wake.clone();
+        glommio::spawn_local(outbound(link, hello, reports, node_wake)).detach();
+    }
+
+    pub fn remove_peer(&mut self, id: u64) {
+        if let Some(link) = self.peers.remove(&id) {
+            link.closed.set(true);
+            link.wake.wake();
+        }
+    }
+
+    fn hello(&self, to: u64) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(HELLO_BYTES);
+        payload.extend_from_slice(&self.cluster_id.get().to_be_bytes());
+        payload.extend_from_slice(&self.member_id.to_be_bytes());
+        payload.extend_from_slice(&to.to_be_bytes());
+        let mut out = Vec::new();
+        frame(FRAME_HELLO, &payload, &mut out);
+        out
+    }
+
+    /// Queues messages for their peers (never blocks).
+    pub fn send(&mut self, messages: Vec<Message>) {
+        for m in messages {
+            let Some(link) = self.peers.get(&m.to) else {
+                continue;
+            };
+            let mut queue = link.queue.borrow_mut();
+            if queue.len() >= PEER_QUEUE_MAX {
+                let to = m.to;
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    self.reports
+                        .borrow_mut()
+                        .push(Report::Snapshot { to, ok: false });
+                }
+                self.reports.borrow_mut().push(Report::Unreachable(to));
+                continue;
+            }
+            queue.push_back(m);
+            drop(queue);
+            link.wake.wake();
+        }
+    }
+
+    /// Messages received from peers since the last call.
+    pub fn take_inbox(&self) -> Vec<Message> {
+        self.inbox.borrow_mut().drain(..).collect()
+    }
+
+    pub fn take_reports(&self) -> Vec<Report> {
+        std::mem::take(&mut *self.reports.borrow_mut())
+    }
+}
+
+async fn inbound(
+    mut stream: TcpStream,
+    me: u64,
+    cluster_id: Rc<Cell<u64>>,
+    inbox: Rc<RefCell<VecDeque<Message>>>,
+    wake: Rc<Wakeup>,
+    answer: Rc<RefCell<Vec<u8>>>,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let (kind, hello) = read_frame(&mut stream).await?;
+    if kind != FRAME_HELLO || hello.len() != HELLO_BYTES {
+        return Err("connection does not start with a hello".into());
+    }
+    let their_cluster = u64::from_be_bytes(hello[0..8].try_into().expect("8 bytes"));
+    if their_cluster == 0 {
+        // A joining member that does not know the cluster yet may only ask who is in it.
+        let (kind, _) = read_frame(&mut stream).await?;
+        if kind != FRAME_MEMBERS_REQUEST {
+            return Err("a joining member sent something other than a members request".into());
+        }
+        let mut out = Vec::new();
+        let payload = answer.borrow().clone();
+        frame(FRAME_MEMBERS_RESPONSE, &payload, &mut out);
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    let to = u64::from_be_bytes(hello[16..24].try_into().expect("8 bytes"));
+    if their_cluster != cluster_id.get() && cluster_id.get() != 0 {
+        return Err(format!(
+            "peer of cluster {their_cluster:x} refused (local cluster {:x})",
+            cluster_id.get()
+        ));
+    }
+    if to != me {
+        return Err(format!("peer dialled member {to:x}, this is {me:x}"));
+    }
+    loop {
+        let (kind, payload) = read_frame(&mut stream).await?;
+        if kind != FRAME_RAFT {
+            return Err(format!("unknown frame kind {kind}"));
+        }
+        let m =
+            Message::parse_from_bytes(&payload).map_err(|e| format!("bad raft message: {e}"))?;
+        let mut q = inbox.borrow_mut();
+        if q.len() < INBOX_MAX {
+            q.push_back(m);
+        }
+        drop(q);
+        wake.wake();
+    }
+}
+
+async fn outbound(
+    link: Rc<PeerLink>,
+    hello: Vec<u8>,
+    reports: Rc<RefCell<Vec<Report>>>,
+    node_wake: Rc<Wakeup>,
+) {
+    let mut failures = 0u32;
+    while !link.closed.get() {
+        let addr = link.urls.borrow().iter().find_map(|u| resolve(u));
+        let stream = match addr {
+            Some(addr) => glommio::timer::timeout(Duration::from_secs(1), async {
+                TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| glommio::GlommioError::from(std::io::Error::other(e.to_string())))
+            })
+            .await
+            .ok(),
+            None => None,
+        };
+        let Some(mut stream) = stream else {
+            // Raft learns the peer is down (it stops pipelining to it); queued messages
+            // are dropped, raft resends what matters.
+            failures += 1;
+            if failures == 1 || failures % 50 == 0 {
+                crate::debug!("cannot reach peer", "remote-peer-id" => format!("{:x}", link.id));
+            }
+            let dropped: Vec<Message> = link.queue.borrow_mut().drain(..).collect();
+            let mut r = reports.borrow_mut();
+            r.push(Report::Unreachable(link.id));
+            for m in dropped {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    r.push(Report::Snapshot {
+                        to: link.id,
+                        ok: false,
+                    });
+                }
+            }
+            drop(r);
+            node_wake.wake();
+            glommio::timer::sleep(REDIAL_DELAY).await;
+            continue;
+        };
+        failures = 0;
+        let _ = stream.set_nodelay(true);
+        if stream.write_all(&hello).await.is_err() {
+            continue;
+        }
+        let mut buf = Vec::new();
+        loop {
+            while link.queue.borrow().is_empty() && !link.closed.get() {
+                std::future::poll_fn(|cx| {
+                    if !link.queue.borrow().is_empty() || link.closed.get() {
+                        return std::task::Poll::Ready(());
+                    }
+                    *link.wake.waker.borrow_mut() = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                })
+                .await;
+            }
+            if link.closed.get() {
+                return;
+            }
+            buf.clear();
+            let batch: Vec<Message> = link.queue.borrow_mut().drain(..).collect();
+            let mut snapshots = 0;
+            for m in &batch {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    snapshots += 1;
+                }
+                match m.write_to_bytes() {
+                    Ok(bytes) => frame(FRAME_RAFT, &bytes, &mut buf),
+                    Err(e) => {
+                        crate::error!("cannot encode a raft message", "error" => e.to_string())
+                    }
+                }
+            }
+            let ok = stream.write_all(&buf).await.is_ok() && stream.flush().await.is_ok();
+            if snapshots > 0 {
+                let mut r = reports.borrow_mut();
+                for _ in 0..snapshots {
+                    r.push(Report::Snapshot { to: link.id, ok });
+                }
+                node_wake.wake();
+            }
+            if !ok {
+                reports.borrow_mut().push(Report::Unreachable(link.id));
+                break;
+            }
+        }
+    }
+}
+
+/// `--initial-cluster-state existing`: asks the members at `peer_urls` who is in the
+/// cluster (etcd's `GetClusterFromRemotePeers`). The first member that answers wins.
+pub async fn fetch_members(peer_urls: &[String]) -> Result<MembersResponse, String> {
+    use prost::Message as _;
+    let mut errors = Vec::new();
+    for url in peer_urls {
+        let Some(addr) = resolve(url) else { continue };
+        let attempt = async {
+            let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            frame(FRAME_HELLO, &[0u8; HELLO_BYTES], &mut out);
+            frame(FRAME_MEMBERS_REQUEST, &[], &mut out);
+            stream.write_all(&out).await.map_err(|e| e.to_string())?;
+            let (kind, payload) = read_frame(&mut stream).await?;
+            if kind != FRAME_MEMBERS_RESPONSE {
+                return Err(format!("unexpected frame kind {kind}"));
+            }
+            MembersResponse::decode(&payload[..]).map_err(|e| e.to_string())
+        };
+        match glommio::timer::timeout(Duration::from_secs(2), async {
+            Ok(attempt.await.map_err(|e| std::io::Error::other(e)))
+        })
+        .await
+        {
+            Ok(Ok(answer)) if answer.cluster_id != 0 => return Ok(answer),
+            Ok(Ok(_)) => errors.push(format!("{url}: member has no cluster yet")),
+            Ok(Err(e)) => errors.push(format!("{url}: {e}")),
+            Err(e) => errors.push(format!("{url}: {e}")),
+        }
+    }
+    Err(format!(
+        "could not retrieve cluster information from the given URLs ({})",
+        errors.join("; ")
+    ))
+}
