@@ -1502,6 +1502,7 @@ pub async fn start(
             .push(unsafe { glommio::net::TcpListener::from_raw_fd(std_listener.into_raw_fd()) });
     }
     let wal_dir = wal::wal_dir(&options.data_dir);
+    let mut known_members = Vec::new();
     let opened = match Wal::open(&wal_dir, WalOptions::default()).await {
         Ok((wal, recovered)) => {
             // A member's IDs are those its WAL was created with (a member added at
@@ -1512,15 +1513,20 @@ pub async fn start(
         }
         Err(wal::WalError::NotFound(_)) => {
             if !options.new_cluster {
-                join_existing(&mut identity, &options).await?;
+                known_members = join_existing(&mut identity, &options).await?;
             }
             None
         }
         Err(e) => return Err(format!("cannot open the WAL: {e}")),
     };
     let wake = Rc::new(Wakeup::default());
-    let transport = Transport::new(identity.member_id, identity.cluster_id, wake.clone());
+    let mut transport = Transport::new(identity.member_id, identity.cluster_id, wake.clone());
     transport.serve(listeners);
+    // A joining member must be able to answer the leader before its log tells it who the
+    // members are.
+    for m in known_members {
+        transport.set_peer(m.id, m.peer_urls);
+    }
     let state = StateMachine::new(
         identity.clone(),
         crate::mvcc::KvStore::open(crate::mvcc::MemBackend::new()).map_err(|e| e.to_string())?,
@@ -1545,7 +1551,7 @@ pub async fn start(
 async fn join_existing(
     identity: &mut crate::server::state_machine::Identity,
     options: &RaftOptions,
-) -> Result<(), String> {
+) -> Result<Vec<MemberRecord>, String> {
     let mut mine = identity.peer_urls.clone();
     mine.sort();
     let others: Vec<String> = options
@@ -1577,7 +1583,7 @@ async fn join_existing(
     );
     identity.member_id = me.id;
     identity.cluster_id = answer.cluster_id;
-    Ok(())
+    Ok(answer.members)
 }
 
 /// Runs the ready loop and the ticker until the process ends.

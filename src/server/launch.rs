@@ -163,10 +163,32 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     }
     if startup_error.is_none() {
         // etcd serves clients only once its member attributes are published through raft.
-        match serving_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => startup_error = Some(e),
-            Err(_) => startup_error = Some("the state executor exited during startup".into()),
+        // A member may wait long for a leader (a joining member, a cluster without
+        // quorum); SIGTERM must still stop it.
+        loop {
+            match serving_rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    startup_error = Some(e);
+                    break;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if signals.pending().next().is_some() {
+                        crate::info!("received signal before serving; shutting down");
+                        for stop in stops {
+                            let _ = stop.send(());
+                        }
+                        for executor in network_executors {
+                            let _ = executor.join();
+                        }
+                        return Ok(());
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    startup_error = Some("the state executor exited during startup".into());
+                    break;
+                }
+            }
         }
     }
     if let Some(e) = startup_error {
