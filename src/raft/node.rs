@@ -1150,15 +1150,30 @@ impl Node {
             }
             let mut n = node_rc.borrow_mut();
             n.raw.on_persist_ready(number);
+            n.advance_applied();
             n.transport.send(persisted_messages);
             n.wake.wake();
         })
         .detach();
-        let applied = n.state.raft_applied_index();
-        n.raw.advance_apply_to(applied);
+        n.advance_applied();
         n.serve_reads();
         n.maybe_snapshot();
         n.wake.wake();
+    }
+
+    /// Tells raft how far the state machine has applied. raft-rs requires applied ≤
+    /// persisted: after installing a snapshot the state is ahead of the durable log until
+    /// the snapshot marker is in the WAL, so the rest is reported from step 7.
+    fn advance_applied(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        let applied = self
+            .state
+            .raft_applied_index()
+            .min(log.persisted)
+            .min(log.committed);
+        if applied > log.applied {
+            self.raw.advance_apply_to(applied);
+        }
     }
 
     fn on_soft_state(&mut self, leader: u64, role: StateRole) {
@@ -1459,8 +1474,11 @@ impl Node {
         }
         crate::info!("saved snapshot", "snapshot-index" => applied);
         self.last_snapshot_index = applied;
+        // Keep catch-up entries, but never more than one snapshot interval, so that a
+        // small --snapshot-count bounds the log's memory as the user asked.
+        let catch_up = SNAPSHOT_CATCH_UP_ENTRIES.min(self.options.snapshot_count);
         let compact_to = applied
-            .saturating_sub(SNAPSHOT_CATCH_UP_ENTRIES)
+            .saturating_sub(catch_up)
             .max(self.log.first_raft_index() - 1);
         self.log.compact(snap, compact_to);
         let wal = self.wal.clone();

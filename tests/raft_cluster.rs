@@ -1,0 +1,844 @@
+//! Raft clusters of real `tern` processes on loopback: kill -9 of the leader under load
+//! (a new leader within 2 × the election timeout, every acknowledged write on every
+//! survivor), a killed follower catching up through a snapshot, a 5-node cluster losing two
+//! members, and a linearizability check (a Wing–Gong search over per-key register
+//! histories) of concurrent put/get/txn clients while members are killed and restarted —
+//! plus proof that the checker catches a deliberately broken read path. Clients are tonic
+//! (an independent gRPC stack) speaking etcd's KV API with tern's prost messages.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message;
+use tern::proto::etcdserverpb as pb;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
+use tonic::Status;
+
+const HEARTBEAT_MS: u64 = 50;
+const ELECTION_MS: u64 = 500;
+
+// ---------------------------------------------------------------- a gRPC client
+
+#[derive(Clone, Default)]
+struct RawCodec;
+struct RawEncoder;
+struct RawDecoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+#[derive(Clone)]
+struct Client {
+    grpc: tonic::client::Grpc<Channel>,
+}
+
+impl Client {
+    fn new(port: u16) -> Client {
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_timeout(Duration::from_millis(300))
+            .timeout(Duration::from_secs(3))
+            .connect_lazy();
+        Client {
+            grpc: tonic::client::Grpc::new(channel),
+        }
+    }
+
+    async fn call<Req: Message, Res: Message + Default>(
+        &mut self,
+        path: &'static str,
+        req: Req,
+    ) -> Result<Res, Status> {
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let body = Bytes::from(req.encode_to_vec());
+        let res = self
+            .grpc
+            .unary(
+                tonic::Request::new(body),
+                PathAndQuery::from_static(path),
+                RawCodec,
+            )
+            .await?;
+        Res::decode(res.into_inner()).map_err(|e| Status::internal(e.to_string()))
+    }
+
+    async fn put(&mut self, key: &str, value: &str) -> Result<pb::PutResponse, Status> {
+        let req = pb::PutRequest {
+            key: Bytes::from(key.to_string()),
+            value: Bytes::from(value.to_string()),
+            ..Default::default()
+        };
+        self.call("/etcdserverpb.KV/Put", req).await
+    }
+
+    async fn get(&mut self, key: &str, serializable: bool) -> Result<Option<String>, Status> {
+        let req = pb::RangeRequest {
+            key: Bytes::from(key.to_string()),
+            serializable,
+            ..Default::default()
+        };
+        let res: pb::RangeResponse = self.call("/etcdserverpb.KV/Range", req).await?;
+        Ok(res
+            .kvs
+            .first()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+    }
+
+    /// Compare-and-set: puts `new` if the key's value is `old` (None: absent).
+    async fn cas(&mut self, key: &str, old: Option<&str>, new: &str) -> Result<bool, Status> {
+        use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+        let compare = match old {
+            Some(old) => pb::Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Value as i32,
+                key: Bytes::from(key.to_string()),
+                target_union: Some(TargetUnion::Value(Bytes::from(old.to_string()))),
+                ..Default::default()
+            },
+            None => pb::Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Version as i32,
+                key: Bytes::from(key.to_string()),
+                target_union: Some(TargetUnion::Version(0)),
+                ..Default::default()
+            },
+        };
+        let put = pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: Bytes::from(key.to_string()),
+                value: Bytes::from(new.to_string()),
+                ..Default::default()
+            })),
+        };
+        let req = pb::TxnRequest {
+            compare: vec![compare],
+            success: vec![put],
+            failure: vec![],
+        };
+        let res: pb::TxnResponse = self.call("/etcdserverpb.KV/Txn", req).await?;
+        Ok(res.succeeded)
+    }
+
+    async fn status(&mut self) -> Result<pb::StatusResponse, Status> {
+        self.call("/etcdserverpb.Maintenance/Status", pb::StatusRequest {})
+            .await
+    }
+}
+
+// ---------------------------------------------------------------- a cluster of processes
+
+/// A free port below Linux's ephemeral range (32768+): a killed member's port cannot then
+/// be taken as the local port of some process's outgoing connection before it restarts.
+fn member_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let seed = (std::process::id() % 500) as u16 * 20;
+        let _ = NEXT.compare_exchange(0, 20000 + seed, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(port < 32000, "ran out of test ports");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+struct Cluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
+    root: PathBuf,
+}
+
+impl Cluster {
+    fn start(size: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_env(size, extra, &[])
+    }
+
+    fn start_with_env(size: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
+        let root = std::env::temp_dir().join(format!(
+            "tern-raft-{}-{}",
+            std::process::id(),
+            common::free_port()
+        ));
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: member_port(),
+                peer_port: member_port(),
+                data_dir: root.join(format!("m{i}")),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            members,
+            initial_cluster,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            root,
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &self.members[i];
+        // A killed member's listening sockets outlive it briefly: the kernel tears down its
+        // io_uring instance (which holds them) asynchronously after exit.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in [m.client_port, m.peer_port] {
+            while std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let client_url = format!("http://127.0.0.1:{}", m.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", m.peer_port);
+        std::fs::create_dir_all(&self.root).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(format!("{}.log", m.name)))
+            .unwrap();
+        let mut cmd = Command::new(common::tern_binary());
+        cmd.args(["--name", &m.name, "--data-dir"])
+            .arg(&m.data_dir)
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
+            .args(["--election-timeout", &ELECTION_MS.to_string()])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.members[i].child = Some(cmd.spawn().unwrap());
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn client(&self, i: usize) -> Client {
+        Client::new(self.members[i].client_port)
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.root.join(format!("{}.log", self.members[i].name)))
+            .unwrap_or_default()
+    }
+
+    /// Index of the member the live members agree leads, waiting up to `timeout`.
+    async fn leader(&self, alive: &[usize], timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            for &i in alive {
+                if let Ok(s) = self.client(i).status().await {
+                    if s.leader != 0 && s.leader == s.header.as_ref().map_or(0, |h| h.member_id) {
+                        return Some(i);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        } else {
+            eprintln!("member logs kept in {}", self.root.display());
+        }
+    }
+}
+
+/// Retries `put` on every member in turn until one acknowledges it or `timeout` passes.
+async fn put_anywhere(
+    cluster: &Cluster,
+    alive: &[usize],
+    key: &str,
+    value: &str,
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut n = 0;
+    while Instant::now() < deadline {
+        let i = alive[n % alive.len()];
+        n += 1;
+        if cluster.client(i).put(key, value).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+// ---------------------------------------------------------------- fault tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_under_load_elects_a_new_one_and_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3, &[]);
+    let all = [0, 1, 2];
+    let leader = cluster
+        .leader(&all, Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+
+    // Writers: each puts its own keys through every member in turn, recording acks.
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
+        let acked = acked.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut clients: Vec<Client> = ports.iter().map(|p| Client::new(*p)).collect();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("w{w}-{n}");
+                let c = &mut clients[(n as usize + w) % 3];
+                if c.put(&key, "v").await.is_ok() {
+                    acked.lock().unwrap().push(key);
+                }
+                n += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before_kill = acked.lock().unwrap().len();
+    assert!(before_kill > 0, "writes are acknowledged before the kill");
+
+    cluster.kill9(leader);
+    let killed_at = Instant::now();
+    let survivors: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    let new_leader = cluster
+        .leader(&survivors, Duration::from_secs(10))
+        .await
+        .expect("a new leader");
+    let elected_after = killed_at.elapsed();
+    eprintln!("new leader after {elected_after:?} (election timeout {ELECTION_MS} ms)");
+    assert!(
+        elected_after <= Duration::from_millis(2 * ELECTION_MS),
+        "new leader took {elected_after:?}, more than 2 × the election timeout"
+    );
+    assert_ne!(new_leader, leader);
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > before_kill,
+        "writes continue after the new election"
+    );
+
+    // A linearizable read on each survivor first (it waits until that member has applied
+    // everything committed), then each acknowledged key must be in its local state.
+    for &i in &survivors {
+        let mut c = cluster.client(i);
+        c.get("sync", false)
+            .await
+            .expect("linearizable read on a survivor");
+        for key in &acked {
+            let got = c.get(key, true).await.expect("serializable read");
+            assert_eq!(
+                got.as_deref(),
+                Some("v"),
+                "acknowledged write {key} missing on member {i}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_follower_restarts_and_catches_up_through_a_snapshot() {
+    let mut cluster = Cluster::start(3, &["--snapshot-count", "200"]);
+    let all = [0, 1, 2];
+    let leader = cluster
+        .leader(&all, Duration::from_secs(20))
+        .await
+        .expect("leader");
+    let follower = (leader + 1) % 3;
+    cluster.kill9(follower);
+    let alive: Vec<usize> = all.iter().copied().filter(|i| *i != follower).collect();
+    // Far more entries than --snapshot-count: the leader compacts its log past the
+    // follower's, so the follower can only catch up from a snapshot.
+    let mut tasks = Vec::new();
+    for w in 0..10 {
+        let port = cluster.members[leader].client_port;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::new(port);
+            for n in 0..100 {
+                c.put(&format!("s{w}-{n}"), &format!("{n}"))
+                    .await
+                    .expect("put while a follower is down");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(put_anywhere(&cluster, &alive, "last", "x", Duration::from_secs(10)).await);
+    cluster.spawn(follower);
+    let mut c = cluster.client(follower);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(v)) = c.get("last", true).await {
+            assert_eq!(v, "x");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for w in 0..10 {
+        for n in 0..100 {
+            assert_eq!(
+                c.get(&format!("s{w}-{n}"), true).await.unwrap().as_deref(),
+                Some(n.to_string().as_str())
+            );
+        }
+    }
+    assert!(
+        cluster.log(follower).contains("applying snapshot"),
+        "the follower caught up through a snapshot"
+    );
+
+    // Every member restarts from its own saved snapshot plus the WAL after it (one at a
+    // time, so that the cluster keeps quorum).
+    for i in 0..3 {
+        cluster.kill9(i);
+        cluster.spawn(i);
+        let mut c = cluster.client(i);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match c.get("last", false).await {
+                Ok(v) => {
+                    assert_eq!(v.as_deref(), Some("x"), "member {i} after restart");
+                    break;
+                }
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "member {i} does not serve after restart: {e:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            c.get("s9-99", true).await.unwrap().as_deref(),
+            Some("99"),
+            "member {i} after restart"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_five_member_cluster_tolerates_two_failures() {
+    let mut cluster = Cluster::start(5, &[]);
+    let all = [0, 1, 2, 3, 4];
+    let leader = cluster
+        .leader(&all, Duration::from_secs(20))
+        .await
+        .expect("leader");
+    assert!(put_anywhere(&cluster, &all, "before", "1", Duration::from_secs(10)).await);
+    let second = (leader + 1) % 5;
+    cluster.kill9(leader);
+    cluster.kill9(second);
+    let alive: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|i| *i != leader && *i != second)
+        .collect();
+    assert!(
+        cluster
+            .leader(&alive, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "three of five elect a leader"
+    );
+    assert!(
+        put_anywhere(&cluster, &alive, "after", "2", Duration::from_secs(10)).await,
+        "writes succeed with two members down"
+    );
+    for &i in &alive {
+        let mut c = cluster.client(i);
+        assert_eq!(c.get("before", false).await.unwrap().as_deref(), Some("1"));
+        assert_eq!(c.get("after", false).await.unwrap().as_deref(), Some("2"));
+    }
+    // A third failure loses quorum: a write fails with etcd's timeout error, it does not hang.
+    let third = alive[0];
+    cluster.kill9(third);
+    let started = Instant::now();
+    let mut c = Client::new(cluster.members[alive[1]].client_port);
+    let err = c
+        .put("no-quorum", "x")
+        .await
+        .expect_err("no quorum, no write");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the write failed in bounded time"
+    );
+    eprintln!("without quorum: {err:?}");
+}
+
+// ---------------------------------------------------------------- linearizability
+
+/// One operation of a history on one key.
+#[derive(Clone, Debug)]
+enum Op {
+    Put(String),
+    Get(Option<String>),
+    /// (expected old value, new value, succeeded)
+    Cas(Option<String>, String, bool),
+}
+
+#[derive(Clone, Debug)]
+struct Event {
+    op: Op,
+    invoke: Instant,
+    /// None: the client saw an error or timeout; the op may or may not have taken effect.
+    complete: Option<Instant>,
+}
+
+/// Register semantics: the value after `op`, or None if `op`'s recorded output is
+/// impossible from `state`. Indeterminate ops accept either outcome of a CAS.
+fn step(state: &Option<String>, e: &Event) -> Vec<Option<String>> {
+    match &e.op {
+        Op::Put(v) => vec![Some(v.clone())],
+        Op::Get(seen) => {
+            if e.complete.is_none() || seen == state {
+                vec![state.clone()]
+            } else {
+                vec![]
+            }
+        }
+        Op::Cas(old, new, ok) => {
+            let matches = old == state;
+            if e.complete.is_none() {
+                if matches {
+                    vec![Some(new.clone()), state.clone()]
+                } else {
+                    vec![state.clone()]
+                }
+            } else if matches && *ok {
+                vec![Some(new.clone())]
+            } else if !matches && !*ok {
+                vec![state.clone()]
+            } else {
+                vec![]
+            }
+        }
+    }
+}
+
+/// Wing & Gong's search (with Lowe's memoization of visited configurations): is there an
+/// order of the events, consistent with real time, in which every completed event's
+/// output is what a single register would produce? Indeterminate events may be placed
+/// anywhere after their invocation, or nowhere.
+fn linearizable(events: &[Event]) -> bool {
+    let n = events.len();
+    let words = n.div_ceil(64);
+    let mut seen: HashSet<(Vec<u64>, Option<String>)> = HashSet::new();
+    let must: usize = events.iter().filter(|e| e.complete.is_some()).count();
+    fn search(
+        events: &[Event],
+        done: &mut Vec<u64>,
+        done_complete: usize,
+        must: usize,
+        state: Option<String>,
+        seen: &mut HashSet<(Vec<u64>, Option<String>)>,
+    ) -> bool {
+        if done_complete == must {
+            return true;
+        }
+        if !seen.insert((done.clone(), state.clone())) {
+            return false;
+        }
+        // The earliest completion among pending completed events bounds what may go next.
+        let horizon = events
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| done[i / 64] & (1 << (i % 64)) == 0 && e.complete.is_some())
+            .map(|(_, e)| e.complete.unwrap())
+            .min();
+        for (i, e) in events.iter().enumerate() {
+            if done[i / 64] & (1 << (i % 64)) != 0 {
+                continue;
+            }
+            if let Some(h) = horizon {
+                if e.invoke > h {
+                    continue;
+                }
+            }
+            for next in step(&state, e) {
+                done[i / 64] |= 1 << (i % 64);
+                let ok = search(
+                    events,
+                    done,
+                    done_complete + e.complete.is_some() as usize,
+                    must,
+                    next,
+                    seen,
+                );
+                done[i / 64] &= !(1 << (i % 64));
+                if ok {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+    let mut done = vec![0u64; words];
+    search(events, &mut done, 0, must, None, &mut seen)
+}
+
+#[test]
+fn the_checker_accepts_linearizable_and_rejects_stale_histories() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let ev = |op: Op, a: u64, b: Option<u64>| Event {
+        op,
+        invoke: at(a),
+        complete: b.map(at),
+    };
+    // put 1 overlaps a get that sees 1: fine.
+    let ok = vec![
+        ev(Op::Put("1".into()), 0, Some(10)),
+        ev(Op::Get(Some("1".into())), 5, Some(15)),
+    ];
+    assert!(linearizable(&ok));
+    // A get that starts after put 2 completed but sees 1: a stale read.
+    let stale = vec![
+        ev(Op::Put("1".into()), 0, Some(10)),
+        ev(Op::Put("2".into()), 20, Some(30)),
+        ev(Op::Get(Some("1".into())), 40, Some(50)),
+    ];
+    assert!(!linearizable(&stale));
+    // An indeterminate put may explain a later read...
+    let maybe = vec![
+        ev(Op::Put("1".into()), 0, None),
+        ev(Op::Get(Some("1".into())), 40, Some(50)),
+    ];
+    assert!(linearizable(&maybe));
+    // ...or not have happened.
+    let maybe_not = vec![
+        ev(Op::Put("1".into()), 0, None),
+        ev(Op::Get(None), 40, Some(50)),
+    ];
+    assert!(linearizable(&maybe_not));
+    // Two successful CAS from the same old value: impossible.
+    let double = vec![
+        ev(Op::Cas(None, "a".into(), true), 0, Some(10)),
+        ev(Op::Cas(None, "b".into(), true), 20, Some(30)),
+    ];
+    assert!(!linearizable(&double));
+}
+
+/// Runs concurrent put/get/cas clients on a few keys against every member while members
+/// are killed and restarted; returns the history per key.
+async fn record_history(
+    cluster: &mut Cluster,
+    duration: Duration,
+    faults: bool,
+) -> HashMap<String, Vec<Event>> {
+    let history: Arc<Mutex<HashMap<String, Vec<Event>>>> = Arc::new(Mutex::new(HashMap::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ports: Vec<u16> = cluster.members.iter().map(|m| m.client_port).collect();
+    let mut clients = Vec::new();
+    for c in 0..6usize {
+        let history = history.clone();
+        let stop = stop.clone();
+        let ports = ports.clone();
+        clients.push(tokio::spawn(async move {
+            let mut conns: Vec<Client> = ports.iter().map(|p| Client::new(*p)).collect();
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("k{}", n % 2);
+                let conn = &mut conns[(c + n) % ports.len()];
+                let invoke = Instant::now();
+                let value = format!("c{c}-{n}");
+                let (op, result) = match n % 3 {
+                    0 => {
+                        let r = conn.put(&key, &value).await;
+                        (Op::Put(value), r.map(|_| ()))
+                    }
+                    1 => match conn.get(&key, false).await {
+                        Ok(v) => (Op::Get(v), Ok(())),
+                        Err(e) => (Op::Get(None), Err(e)),
+                    },
+                    _ => {
+                        // CAS from the value this client last read on this key.
+                        let old = conn.get(&key, false).await.ok().flatten();
+                        let invoke2 = Instant::now();
+                        let r = conn.cas(&key, old.as_deref(), &value).await;
+                        let complete = r.is_ok().then(Instant::now);
+                        let ok = r.unwrap_or(false);
+                        history
+                            .lock()
+                            .unwrap()
+                            .entry(key.clone())
+                            .or_default()
+                            .push(Event {
+                                op: Op::Cas(old, value, ok),
+                                invoke: invoke2,
+                                complete,
+                            });
+                        n += 1;
+                        continue;
+                    }
+                };
+                let complete = result.is_ok().then(Instant::now);
+                // A failed read has no effect: leave it out of the history.
+                if !(matches!(op, Op::Get(_)) && complete.is_none()) {
+                    history.lock().unwrap().entry(key).or_default().push(Event {
+                        op,
+                        invoke,
+                        complete,
+                    });
+                }
+                n += 1;
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut victim = 0;
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if faults {
+            cluster.kill9(victim);
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            cluster.spawn(victim);
+            victim = (victim + 1) % cluster.members.len();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    let h = history.lock().unwrap().clone();
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn histories_under_kills_and_restarts_are_linearizable() {
+    let mut cluster = Cluster::start(3, &[]);
+    cluster
+        .leader(&[0, 1, 2], Duration::from_secs(20))
+        .await
+        .expect("leader");
+    let history = record_history(&mut cluster, Duration::from_secs(6), true).await;
+    let mut total = 0;
+    for (key, events) in &history {
+        total += events.len();
+        assert!(
+            linearizable(events),
+            "history of {key} is not linearizable ({} events)",
+            events.len()
+        );
+    }
+    eprintln!("checked {total} operations");
+    assert!(total > 50, "enough operations were recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_checker_catches_a_deliberately_broken_read_path() {
+    // Every member serves "linearizable" reads from its local state, without ReadIndex:
+    // a follower that has not yet learned of a commit answers with the old value.
+    let mut cluster = Cluster::start_with_env(3, &[], &[("TERN_TEST_UNSAFE_LOCAL_READS", "1")]);
+    cluster
+        .leader(&[0, 1, 2], Duration::from_secs(20))
+        .await
+        .expect("leader");
+    let mut caught = false;
+    for _round in 0..5 {
+        let history = record_history(&mut cluster, Duration::from_secs(3), false).await;
+        if history.values().any(|events| !linearizable(events)) {
+            caught = true;
+            break;
+        }
+    }
+    assert!(caught, "stale local reads went unnoticed by the checker");
+}
