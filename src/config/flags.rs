@@ -114,13 +114,13 @@ pub const FLAGS: &[FlagSpec] = &[
     f("config-file", Str, "", Member, true, "Path to a YAML configuration file (etcd's keys). When given, other flags and ETCD_* variables are ignored."),
     // Member
     f("name", Str, "default", Member, true, "Human-readable name for this member."),
-    f("data-dir", Str, "${name}.etcd", Member, false, "Path to the data directory."),
+    f("data-dir", Str, "${name}.etcd", Member, true, "Path to the data directory."),
     f("wal-dir", Str, "", Member, false, "Path to a dedicated WAL directory."),
-    f("snapshot-count", Uint, "100000", Member, false, "Committed transactions that trigger a snapshot to disk."),
-    f("heartbeat-interval", Uint, "100", Member, false, "Heartbeat interval in milliseconds."),
-    f("election-timeout", Uint, "1000", Member, false, "Election timeout in milliseconds."),
+    f("snapshot-count", Uint, "100000", Member, true, "Committed transactions that trigger a snapshot to disk."),
+    f("heartbeat-interval", Uint, "100", Member, true, "Heartbeat interval in milliseconds."),
+    f("election-timeout", Uint, "1000", Member, true, "Election timeout in milliseconds."),
     f("initial-election-tick-advance", Bool, "true", Member, false, "Fast-forward initial election ticks on boot."),
-    f("listen-peer-urls", Urls, "http://localhost:2380", Member, false, "URLs to listen on for peer traffic."),
+    f("listen-peer-urls", Urls, "http://localhost:2380", Member, true, "URLs to listen on for peer traffic."),
     f("listen-client-urls", Urls, "http://localhost:2379", Member, true, "URLs to listen on for client traffic."),
     f("listen-client-http-urls", Urls, "", Member, false, "URLs to listen on for HTTP-only client traffic."),
     f("max-snapshots", Uint, "5", Member, false, "Snapshot files to retain (0 is unlimited)."),
@@ -232,7 +232,7 @@ pub const FLAGS: &[FlagSpec] = &[
     f("experimental-snapshot-catchup-entries", Uint, "5000", Experimental, false, "Entries kept for slow followers after compacting the raft log."),
     // Unsafe
     f("unsafe-no-fsync", Bool, "false", Unsafe, false, "Disable fsync (loses data on crash)."),
-    f("force-new-cluster", Bool, "false", Unsafe, false, "Force a new one-member cluster."),
+    f("force-new-cluster", Bool, "false", Unsafe, true, "Force a new one-member cluster."),
     // etcd 3.4 deprecated
     f("log-output", Strings, "default", Deprecated, true, "Same as --log-outputs (etcd 3.4)."),
     f("debug", Bool, "false", Deprecated, true, "Same as --log-level=debug (etcd 3.4)."),

@@ -337,18 +337,18 @@ fn logging_flags() {
 fn no_effect_flags_listed_once_each() {
     let c = serve(
         &[
-            "--snapshot-count=5",
+            "--max-snapshots=5",
             "--auto-compaction-retention=1h",
             "--pre-vote",
             "--max-txn-ops=3",
-            "--snapshot-count=6",
+            "--max-snapshots=6",
         ],
         &[("ETCD_QUOTA_BACKEND_BYTES", "1024")],
     );
     assert_eq!(
         c.no_effect_flags,
         vec![
-            "snapshot-count",
+            "max-snapshots",
             "quota-backend-bytes",
             "pre-vote",
             "auto-compaction-retention"
@@ -376,7 +376,7 @@ fn config_file() {
     let path = dir.join("etcd.yml");
     std::fs::write(
         &path,
-        "name: filed\nmax-txn-ops: 9\nlog-outputs: [stdout]\nsnapshot-count: 10\n\
+        "name: filed\nmax-txn-ops: 9\nlog-outputs: [stdout]\nmax-snapshots: 10\n\
          client-transport-security:\n  cert-file: /c.pem\n  client-cert-auth: true\n\
          peer-transport-security:\n  allowed-cn: x\nwal-dir:\nbogus-key: 1\n",
     )
@@ -395,7 +395,7 @@ fn config_file() {
     assert_eq!(
         c.no_effect_flags,
         vec![
-            "snapshot-count",
+            "max-snapshots",
             "cert-file",
             "client-cert-auth",
             "peer-cert-allowed-cn"

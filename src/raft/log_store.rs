@@ -254,9 +254,11 @@ impl Storage for LogStore {
 
 /// Snapshot metadata for `raft_index`/`term` under `conf_state`.
 pub fn snapshot_metadata(raft_index: u64, term: u64, conf_state: ConfState) -> SnapshotMetadata {
-    let mut meta = SnapshotMetadata::default();
-    meta.index = raft_index;
-    meta.term = term;
+    let mut meta = SnapshotMetadata {
+        index: raft_index,
+        term,
+        ..Default::default()
+    };
     meta.set_conf_state(conf_state);
     meta
 }

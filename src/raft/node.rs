@@ -176,11 +176,7 @@ pub struct Node {
     serving: Option<oneshot::Sender<()>>,
     last_snapshot_index: u64,
     snapshot_dir: PathBuf,
-    leader_transfers: Vec<(
-        u64,
-        oneshot::Sender<Result<pb::MoveLeaderResponse, EtcdError>>,
-        Instant,
-    )>,
+    leader_transfers: Vec<LeaderTransfer>,
     unsafe_local_reads: bool,
 }
 
@@ -189,6 +185,13 @@ pub struct Node {
 /// tests/raft_cluster.rs can show that its linearizability checker catches stale reads;
 /// the server warns loudly when it is set.
 pub const UNSAFE_LOCAL_READS_ENV: &str = "TERN_TEST_UNSAFE_LOCAL_READS";
+
+/// A MoveLeader waiting for its transferee to lead: (transferee, reply, deadline).
+type LeaderTransfer = (
+    u64,
+    oneshot::Sender<Result<pb::MoveLeaderResponse, EtcdError>>,
+    Instant,
+);
 
 /// etcd's `maxLearners`.
 const MAX_LEARNERS: usize = 1;
@@ -235,6 +238,7 @@ fn bootstrap_entry(raft_index: u64, member: &MemberRecord) -> Entry {
 }
 
 /// Opens (or creates) this member's WAL and snapshot, and builds its raft node.
+#[allow(clippy::too_many_arguments)] // each is one piece of the member being assembled
 pub async fn open(
     member_id: u64,
     cluster_id: u64,
@@ -277,10 +281,12 @@ pub async fn open(
                 entries.push(log_store::decode_wal_entry(e)?);
             }
             let hs = recovered.hard_state.unwrap_or_default();
-            let mut hard_state = HardState::default();
-            hard_state.term = hs.term;
-            hard_state.vote = hs.vote;
-            hard_state.commit = hs.commit.max(marker.raft_index);
+            let hard_state = HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit: hs.commit.max(marker.raft_index),
+                ..Default::default()
+            };
             let log = LogStore::new(hard_state, conf_state, snap, entries);
             let cluster_id = if recovered.metadata.cluster_id != 0 {
                 recovered.metadata.cluster_id
@@ -512,7 +518,7 @@ fn write_envelope(command: &Command) -> Envelope {
         Command::Put(req, _) => env.put = Some(req.clone()),
         Command::DeleteRange(req, _) => env.delete_range = Some(req.clone()),
         Command::Txn(req, _) => env.txn = Some(req.clone()),
-        Command::Compact(req, _) => env.compaction = Some(req.clone()),
+        Command::Compact(req, _) => env.compaction = Some(*req),
         _ => unreachable!("only writes are proposed"),
     }
     env
@@ -694,10 +700,12 @@ impl Node {
         let data = env.encode_to_vec();
         let conf_change = match op {
             MemberOp::Add | MemberOp::Remove | MemberOp::Promote => {
-                let mut cc = ConfChange::default();
                 // The member rides in the ConfChange's own context, so that it is in the
                 // entry's data (raft-rs keeps the proposal context outside of it).
-                cc.context = data.clone().into();
+                let mut cc = ConfChange {
+                    context: data.clone().into(),
+                    ..Default::default()
+                };
                 cc.set_change_type(match op {
                     MemberOp::Remove => ConfChangeType::RemoveNode,
                     MemberOp::Add if member.is_learner => ConfChangeType::AddLearnerNode,
@@ -727,7 +735,7 @@ impl Node {
         if started == 1 && members == 2 {
             return true;
         }
-        started >= members / 2 + 1
+        started > members / 2
     }
 
     /// etcd's `IsReadyToRemoveVotingMember`.
@@ -739,7 +747,7 @@ impl Node {
             .filter(|m| !m.is_learner && m.id != id)
             .collect();
         let started = others.iter().filter(|m| !m.name.is_empty()).count();
-        started >= others.len() / 2 + 1
+        started > others.len() / 2
     }
 
     fn member_add(
@@ -902,7 +910,7 @@ impl Node {
         for (target, reply, deadline) in self.leader_transfers.drain(..) {
             if leader == target {
                 let _ = reply.send(Ok(pb::MoveLeaderResponse {
-                    header: Some(header.clone()),
+                    header: Some(header),
                 }));
             } else if now >= deadline {
                 let _ = reply.send(Err(EtcdError::TimeoutLeaderTransfer));

@@ -315,21 +315,22 @@ async fn outbound(
             // Raft learns the peer is down (it stops pipelining to it); queued messages
             // are dropped, raft resends what matters.
             failures += 1;
-            if failures == 1 || failures % 50 == 0 {
+            if failures == 1 || failures.is_multiple_of(50) {
                 crate::debug!("cannot reach peer", "remote-peer-id" => format!("{:x}", link.id));
             }
             let dropped: Vec<Message> = link.queue.borrow_mut().drain(..).collect();
-            let mut r = reports.borrow_mut();
-            r.push(Report::Unreachable(link.id));
-            for m in dropped {
-                if m.get_msg_type() == MessageType::MsgSnapshot {
-                    r.push(Report::Snapshot {
-                        to: link.id,
-                        ok: false,
-                    });
+            {
+                let mut r = reports.borrow_mut();
+                r.push(Report::Unreachable(link.id));
+                for m in dropped {
+                    if m.get_msg_type() == MessageType::MsgSnapshot {
+                        r.push(Report::Snapshot {
+                            to: link.id,
+                            ok: false,
+                        });
+                    }
                 }
             }
-            drop(r);
             node_wake.wake();
             glommio::timer::sleep(REDIAL_DELAY).await;
             continue;
@@ -404,7 +405,7 @@ pub async fn fetch_members(peer_urls: &[String]) -> Result<MembersResponse, Stri
             MembersResponse::decode(&payload[..]).map_err(|e| e.to_string())
         };
         match glommio::timer::timeout(Duration::from_secs(2), async {
-            Ok(attempt.await.map_err(|e| std::io::Error::other(e)))
+            Ok(attempt.await.map_err(std::io::Error::other))
         })
         .await
         {
