@@ -178,6 +178,10 @@ pub struct Node {
     snapshot_dir: PathBuf,
     leader_transfers: Vec<LeaderTransfer>,
     unsafe_local_reads: bool,
+    /// Raft entries handed to the WAL since start (for entries-per-fsync).
+    entries_written: u64,
+    /// When this member applied its own removal.
+    removed_at: Option<Instant>,
 }
 
 /// Set to `1` in a member's environment, this deliberately breaks linearizable reads:
@@ -381,6 +385,8 @@ pub async fn open(
         last_snapshot_index,
         snapshot_dir,
         leader_transfers: Vec::new(),
+        entries_written: 0,
+        removed_at: None,
         unsafe_local_reads: {
             let on = std::env::var(UNSAFE_LOCAL_READS_ENV).is_ok_and(|v| v == "1");
             if on {
@@ -556,6 +562,12 @@ impl Node {
 
     /// A new command from a network core.
     pub fn submit(&mut self, command: Command) {
+        if self.removed_at.is_some() {
+            // A removed member serves nothing more (etcd stops it): clients move on to
+            // another endpoint.
+            fail(command, EtcdError::Stopped);
+            return;
+        }
         match command {
             Command::Put(..) | Command::DeleteRange(..) | Command::Compact(..) => {
                 self.propose_write(command)
@@ -1067,6 +1079,32 @@ impl Node {
 
     /// Steps 1–7 of the module comment for one ready; `node` is passed as `Rc` so that
     /// step 7 can run when the WAL append completes.
+    /// Sends raft messages, unless this member was removed from the cluster: it then falls
+    /// silent (after a few heartbeats, so the others learn the removal is committed) and
+    /// the remaining members elect a leader among themselves, as when etcd stops a
+    /// removed member.
+    fn send(&mut self, messages: Vec<Message>) {
+        if let Some(at) = self.removed_at {
+            if at.elapsed() > Duration::from_millis(3 * self.options.heartbeat_interval_ms) {
+                return;
+            }
+        }
+        self.transport.send(messages);
+    }
+
+    /// Logs how well group commit batched: raft entries per WAL fdatasync since start.
+    pub fn log_wal_stats(&self) {
+        let stats = self.wal.stats();
+        let per_fsync = self.entries_written as f64 / stats.fdatasyncs.max(1) as f64;
+        crate::info!(
+            "wal statistics",
+            "entries" => self.entries_written,
+            "fdatasyncs" => stats.fdatasyncs,
+            "entries-per-fsync" => format!("{per_fsync:.2}"),
+            "bytes-written" => stats.bytes_written
+        );
+    }
+
     /// Steps peer messages into raft and tells raft what the transport saw.
     fn drain_transport(&mut self) {
         for m in self.transport.take_inbox() {
@@ -1108,7 +1146,7 @@ impl Node {
         }
         // 2. Messages that may leave before persistence (leader's appends, heartbeats).
         let messages = ready.take_messages();
-        n.transport.send(messages);
+        n.send(messages);
         let mut records = Vec::new();
         // 3. A snapshot from the leader replaces the state machine.
         if !ready.snapshot().is_empty() {
@@ -1128,6 +1166,7 @@ impl Node {
         // 5. New entries and hard state: into the in-memory log now, the WAL in the background.
         let entries = ready.take_entries();
         n.log.append(&entries);
+        n.entries_written += entries.len() as u64;
         records.extend(entries.iter().map(log_store::wal_record));
         if let Some(hs) = ready.hs() {
             n.term = hs.term;
@@ -1159,7 +1198,7 @@ impl Node {
             let mut n = node_rc.borrow_mut();
             n.raw.on_persist_ready(number);
             n.advance_applied();
-            n.transport.send(persisted_messages);
+            n.send(persisted_messages);
             n.wake.wake();
         })
         .detach();
@@ -1393,6 +1432,14 @@ impl Node {
                 crate::info!("removed member", "removed-member-id" => format!("{:x}", cc.node_id));
                 if cc.node_id == self.id {
                     crate::warn!("the member has been permanently removed from the cluster");
+                    self.removed_at = Some(Instant::now());
+                    let waiting: Vec<u64> = self.pending.keys().copied().collect();
+                    for id in waiting {
+                        if let Some(p) = self.pending.remove(&id) {
+                            self.answer_error(p.waiter, EtcdError::Stopped);
+                        }
+                    }
+                    self.unproposed.clear();
                 }
             }
         }

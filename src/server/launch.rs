@@ -108,6 +108,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             for task in per_core {
                 task.await;
             }
+            node.borrow().log_wal_stats();
         })
         .map_err(|e| format!("cannot start the state executor: {e}"))?;
 
