@@ -278,8 +278,15 @@ impl Cluster {
                 "--initial-advertise-peer-urls",
                 &peer_url,
             ])
-            .args(["--initial-cluster", m.joined_with.as_deref().unwrap_or(&self.initial_cluster)])
-            .args(if m.joined_with.is_some() { &["--initial-cluster-state", "existing"][..] } else { &[][..] })
+            .args([
+                "--initial-cluster",
+                m.joined_with.as_deref().unwrap_or(&self.initial_cluster),
+            ])
+            .args(if m.joined_with.is_some() {
+                &["--initial-cluster-state", "existing"][..]
+            } else {
+                &[][..]
+            })
             .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout", &ELECTION_MS.to_string()])
             .args(&self.extra)
@@ -292,8 +299,10 @@ impl Cluster {
     }
 
     fn etcdctl(&self, alive: &[usize], args: &[&str]) -> std::process::Output {
-        let endpoints: Vec<String> =
-            alive.iter().map(|i| format!("127.0.0.1:{}", self.members[*i].client_port)).collect();
+        let endpoints: Vec<String> = alive
+            .iter()
+            .map(|i| format!("127.0.0.1:{}", self.members[*i].client_port))
+            .collect();
         common::etcdctl(&endpoints.join(","), args, None)
     }
 
@@ -859,17 +868,32 @@ async fn the_checker_catches_a_deliberately_broken_read_path() {
 async fn etcdctl_member_add_promote_update_move_leader_and_remove_on_three_members() {
     let mut cluster = Cluster::start(3, &[]);
     let all = [0, 1, 2];
-    cluster.leader(&all, Duration::from_secs(20)).await.expect("leader");
+    cluster
+        .leader(&all, Duration::from_secs(20))
+        .await
+        .expect("leader");
     assert!(put_anywhere(&cluster, &all, "before-join", "1", Duration::from_secs(10)).await);
 
     // 1. member add (as a learner), then start the new member with the whole cluster in
     //    --initial-cluster and --initial-cluster-state existing (etcd's procedure).
     let new_name = "m3";
     let pending_ports = (member_port(), member_port());
-    let add = cluster.etcdctl(&all, &["member", "add", new_name, &format!("--peer-urls=http://127.0.0.1:{}", pending_ports.1), "--learner"]);
+    let add = cluster.etcdctl(
+        &all,
+        &[
+            "member",
+            "add",
+            new_name,
+            &format!("--peer-urls=http://127.0.0.1:{}", pending_ports.1),
+            "--learner",
+        ],
+    );
     assert!(add.status.success(), "member add: {}", common::stderr(&add));
     let out = common::stdout(&add);
-    assert!(out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{out}");
+    assert!(
+        out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
     let new_id = out.split_whitespace().nth(1).unwrap().to_string();
     // Start it on exactly the ports announced.
     let m = Member {
@@ -880,10 +904,16 @@ async fn etcdctl_member_add_promote_update_move_leader_and_remove_on_three_membe
         child: None,
         joined_with: None,
     };
-    let mut urls: Vec<String> =
-        cluster.members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect();
+    let mut urls: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+        .collect();
     urls.push(format!("{new_name}=http://127.0.0.1:{}", m.peer_port));
-    cluster.members.push(Member { joined_with: Some(urls.join(",")), ..m });
+    cluster.members.push(Member {
+        joined_with: Some(urls.join(",")),
+        ..m
+    });
     let new = cluster.members.len() - 1;
     cluster.spawn(new);
     let mut c = cluster.client(new);
@@ -893,14 +923,21 @@ async fn etcdctl_member_add_promote_update_move_leader_and_remove_on_three_membe
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let list = common::stdout(&cluster.etcdctl(&all, &["member", "list"]));
-    assert!(list.contains(&format!("{new_id}, started, {new_name}, ")) && list.contains(", true"), "{list}");
+    assert!(
+        list.contains(&format!("{new_id}, started, {new_name}, ")) && list.contains(", true"),
+        "{list}"
+    );
 
     // 2. promote the learner (retrying while it is not yet in sync).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let p = cluster.etcdctl(&all, &["member", "promote", &new_id]);
         if p.status.success() {
-            assert!(common::stdout(&p).contains("promoted"), "{}", common::stdout(&p));
+            assert!(
+                common::stdout(&p).contains("promoted"),
+                "{}",
+                common::stdout(&p)
+            );
             break;
         }
         assert!(Instant::now() < deadline, "promote: {}", common::stderr(&p));
@@ -908,22 +945,51 @@ async fn etcdctl_member_add_promote_update_move_leader_and_remove_on_three_membe
     }
 
     // 3. update its peer URLs (same address, spelled with localhost's IP: still valid).
-    let up = cluster.etcdctl(&all, &["member", "update", &new_id, &format!("--peer-urls=http://127.0.0.1:{}", pending_ports.1)]);
-    assert!(up.status.success(), "member update: {}", common::stderr(&up));
+    let up = cluster.etcdctl(
+        &all,
+        &[
+            "member",
+            "update",
+            &new_id,
+            &format!("--peer-urls=http://127.0.0.1:{}", pending_ports.1),
+        ],
+    );
+    assert!(
+        up.status.success(),
+        "member update: {}",
+        common::stderr(&up)
+    );
 
     // 4. move-leader to the new member (etcdctl sends it to the current leader).
     let four = [0, 1, 2, new];
     let mv = cluster.etcdctl(&four, &["move-leader", &new_id]);
     assert!(mv.status.success(), "move-leader: {}", common::stderr(&mv));
-    assert_eq!(cluster.leader(&four, Duration::from_secs(5)).await, Some(new), "the new member leads");
+    assert_eq!(
+        cluster.leader(&four, Duration::from_secs(5)).await,
+        Some(new),
+        "the new member leads"
+    );
 
     // 5. remove an original member; the others keep serving.
     let status = cluster.client(0).status().await.unwrap();
     let id0 = format!("{:x}", status.header.unwrap().member_id);
     let rm = cluster.etcdctl(&[1, 2, new], &["member", "remove", &id0]);
-    assert!(rm.status.success(), "member remove: {}", common::stderr(&rm));
+    assert!(
+        rm.status.success(),
+        "member remove: {}",
+        common::stderr(&rm)
+    );
     let rest = [1, 2, new];
-    assert!(put_anywhere(&cluster, &rest, "after-remove", "1", Duration::from_secs(10)).await);
+    assert!(
+        put_anywhere(
+            &cluster,
+            &rest,
+            "after-remove",
+            "1",
+            Duration::from_secs(10)
+        )
+        .await
+    );
     let list = common::stdout(&cluster.etcdctl(&rest, &["member", "list"]));
     assert!(!list.contains(&id0), "{list}");
     assert_eq!(list.lines().count(), 3, "{list}");
