@@ -1333,7 +1333,12 @@ impl Node {
                         member.name.clone(),
                         member.client_urls.clone(),
                     );
-                    if member.id == self.id && !self.published {
+                    // Only this run's publish counts (a replayed one from an earlier run
+                    // must not make a restarted member serve before it has a leader).
+                    if member.id == self.id
+                        && !self.published
+                        && matches!(waiter, Some(Waiter::Publish))
+                    {
                         self.published = true;
                         if let Some(serving) = self.serving.take() {
                             let _ = serving.send(());
