@@ -2,9 +2,9 @@
 //! against real etcd 3.4.23) against tern with the recorder's own `compare` mode, and
 //! fails on any difference in stdout, stderr or exit code.
 //!
-//! Scenarios covered here are the ones whose features have landed: kv, txn, and the part
-//! of cluster before membership changes (raft-backed membership is issue 6). That part is
-//! cut from the recorded transcript at its section comment, not edited: each scenario runs
+//! Scenarios covered here are the ones whose features have landed: kv, txn, and cluster
+//! (whole, and also its part before membership changes, kept as a smaller test). That part
+//! is cut from the recorded transcript at its section comment, not edited: each scenario runs
 //! its commands in order against a fresh server, so a prefix of a transcript is exactly
 //! what etcd printed for that prefix of commands.
 

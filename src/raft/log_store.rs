@@ -262,3 +262,92 @@ pub fn snapshot_metadata(raft_index: u64, term: u64, conf_state: ConfState) -> S
     meta.set_conf_state(conf_state);
     meta
 }
+
+#[cfg(test)]
+mod tests {
+    //! Checks the in-memory log against raft-rs's `Storage` contract: bounds errors,
+    //! conflicting-suffix truncation, compaction keeping the compacted entry's term, and
+    //! the WAL record round trip (including a record that holds another entry).
+    use super::*;
+
+    fn entry(raft_index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = raft_index;
+        e.term = term;
+        e.data = vec![raft_index as u8].into();
+        e
+    }
+
+    fn ctx() -> GetEntriesContext {
+        GetEntriesContext::empty(false)
+    }
+
+    #[test]
+    fn bounds_truncation_and_compaction() {
+        let log = LogStore::default();
+        assert_eq!(log.first_index().unwrap(), 1);
+        assert_eq!(log.last_index().unwrap(), 0);
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]);
+        assert_eq!(log.term(3).unwrap(), 2);
+        assert!(matches!(
+            log.term(4),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        ));
+        assert_eq!(log.entries(1, 4, None, ctx()).unwrap().len(), 3);
+        // A new leader overwrites the uncommitted suffix from index 2.
+        log.append(&[entry(2, 3)]);
+        assert_eq!(log.last_index().unwrap(), 2);
+        assert_eq!(log.term(2).unwrap(), 3);
+        // Compaction keeps the term of the last compacted entry for matching.
+        log.append(&[entry(3, 3), entry(4, 3)]);
+        let mut snap = Snapshot::default();
+        snap.set_metadata(snapshot_metadata(4, 3, ConfState::default()));
+        log.compact(snap, 2);
+        assert_eq!(log.first_index().unwrap(), 3);
+        assert_eq!(log.term(2).unwrap(), 3);
+        assert!(matches!(
+            log.term(1),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert!(matches!(
+            log.entries(2, 4, None, ctx()),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(log.snapshot(0, 0).unwrap().get_metadata().index, 4);
+        assert!(matches!(
+            log.snapshot(5, 0),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+    }
+
+    #[test]
+    fn wal_records_round_trip_and_mismatches_are_errors() {
+        let e = entry(7, 2);
+        let WalRecord::Entry {
+            raft_index,
+            term,
+            data,
+        } = wal_record(&e)
+        else {
+            panic!("an entry record");
+        };
+        let stored = wal::Entry {
+            raft_index,
+            term,
+            data,
+        };
+        assert_eq!(decode_wal_entry(&stored).unwrap(), e);
+        let wrong = wal::Entry {
+            raft_index: 8,
+            ..stored.clone()
+        };
+        assert!(decode_wal_entry(&wrong).is_err());
+        let garbage = wal::Entry {
+            data: vec![0xff; 9],
+            ..stored
+        };
+        assert!(decode_wal_entry(&garbage).is_err());
+    }
+}
