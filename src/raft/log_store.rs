@@ -271,11 +271,12 @@ mod tests {
     use super::*;
 
     fn entry(raft_index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = raft_index;
-        e.term = term;
-        e.data = vec![raft_index as u8].into();
-        e
+        Entry {
+            index: raft_index,
+            term,
+            data: vec![raft_index as u8].into(),
+            ..Default::default()
+        }
     }
 
     fn ctx() -> GetEntriesContext {
