@@ -69,10 +69,14 @@ struct Client {
 
 impl Client {
     fn new(port: u16) -> Client {
+        Client::with_timeout(port, Duration::from_secs(3))
+    }
+
+    fn with_timeout(port: u16, timeout: Duration) -> Client {
         let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
             .unwrap()
             .connect_timeout(Duration::from_millis(300))
-            .timeout(Duration::from_secs(3))
+            .timeout(timeout)
             .connect_lazy();
         Client {
             grpc: tonic::client::Grpc::new(channel),
@@ -571,7 +575,9 @@ async fn a_five_member_cluster_tolerates_two_failures() {
     let third = alive[0];
     cluster.kill9(third);
     let started = Instant::now();
-    let mut c = Client::new(cluster.members[alive[1]].client_port);
+    // A client patient enough to see the server's own answer (etcd's ReqTimeout: 5 s plus
+    // two election timeouts).
+    let mut c = Client::with_timeout(cluster.members[alive[1]].client_port, Duration::from_secs(20));
     let err = c
         .put("no-quorum", "x")
         .await
@@ -580,6 +586,8 @@ async fn a_five_member_cluster_tolerates_two_failures() {
         started.elapsed() < Duration::from_secs(10),
         "the write failed in bounded time"
     );
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().starts_with("etcdserver: request timed out"), "{err:?}");
     eprintln!("without quorum: {err:?}");
 }
 
