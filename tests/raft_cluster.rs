@@ -577,7 +577,10 @@ async fn a_five_member_cluster_tolerates_two_failures() {
     let started = Instant::now();
     // A client patient enough to see the server's own answer (etcd's ReqTimeout: 5 s plus
     // two election timeouts).
-    let mut c = Client::with_timeout(cluster.members[alive[1]].client_port, Duration::from_secs(20));
+    let mut c = Client::with_timeout(
+        cluster.members[alive[1]].client_port,
+        Duration::from_secs(20),
+    );
     let err = c
         .put("no-quorum", "x")
         .await
@@ -587,7 +590,10 @@ async fn a_five_member_cluster_tolerates_two_failures() {
         "the write failed in bounded time"
     );
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    assert!(err.message().starts_with("etcdserver: request timed out"), "{err:?}");
+    assert!(
+        err.message().starts_with("etcdserver: request timed out"),
+        "{err:?}"
+    );
     eprintln!("without quorum: {err:?}");
 }
 
@@ -935,6 +941,13 @@ async fn etcdctl_member_add_promote_update_move_leader_and_remove_on_three_membe
         list.contains(&format!("{new_id}, started, {new_name}, ")) && list.contains(", true"),
         "{list}"
     );
+
+    // A learner does not take writes or linearizable reads, as in etcd.
+    let err = c
+        .put("on-learner", "x")
+        .await
+        .expect_err("a learner refuses writes");
+    assert_eq!(err.message(), "etcdserver: rpc not supported for learner");
 
     // 2. promote the learner (retrying while it is not yet in sync).
     let deadline = Instant::now() + Duration::from_secs(20);

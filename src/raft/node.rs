@@ -568,6 +568,25 @@ impl Node {
             fail(command, EtcdError::Stopped);
             return;
         }
+        // A learner answers only what needs no vote (etcd's learner guard in v3rpc):
+        // serializable reads, Status, MemberList and membership calls (forwarded).
+        if self
+            .membership
+            .members
+            .get(&self.id)
+            .is_some_and(|m| m.is_learner)
+        {
+            let allowed = match &command {
+                Command::Range(req, _) => req.serializable,
+                Command::Txn(req, _) => txn_reads(req) == (true, true),
+                Command::Put(..) | Command::DeleteRange(..) | Command::Compact(..) => false,
+                _ => true,
+            };
+            if !allowed {
+                fail(command, EtcdError::NotSupportedForLearner);
+                return;
+            }
+        }
         match command {
             Command::Put(..) | Command::DeleteRange(..) | Command::Compact(..) => {
                 self.propose_write(command)
