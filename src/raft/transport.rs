@@ -31,8 +31,13 @@ use crate::raft::node::Wakeup;
 pub const PEER_QUEUE_MAX: usize = 8192;
 /// Messages received and not yet stepped into raft before new ones are dropped.
 pub const INBOX_MAX: usize = 65536;
-/// Largest frame accepted (a snapshot travels as one frame).
-pub const FRAME_BYTES_MAX: usize = 1 << 30;
+/// Largest frame accepted. Raft messages stay far below it (`max_size_per_msg` is 1 MiB
+/// plus one entry of at most `--max-request-bytes`); snapshots travel in chunks.
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// Bytes of snapshot data per chunk frame.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest snapshot a member accepts.
+pub const SNAPSHOT_BYTES_MAX: u64 = 8 << 30;
 /// Pause between dial attempts to an unreachable peer.
 const REDIAL_DELAY: Duration = Duration::from_millis(100);
 
@@ -40,6 +45,8 @@ const FRAME_HELLO: u8 = 0;
 const FRAME_RAFT: u8 = 1;
 const FRAME_MEMBERS_REQUEST: u8 = 2;
 const FRAME_MEMBERS_RESPONSE: u8 = 3;
+const FRAME_SNAPSHOT_HEAD: u8 = 4;
+const FRAME_SNAPSHOT_CHUNK: u8 = 5;
 const HELLO_BYTES: usize = 24;
 
 /// What happened to messages, for the node to tell raft.
@@ -212,6 +219,31 @@ impl Transport {
             let Some(link) = self.peers.get(&m.to) else {
                 continue;
             };
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                // A snapshot streams on a connection of its own, in chunks, so that the
+                // peer's message stream (heartbeats, appends) is not stuck behind it.
+                let hello = self.hello(m.to);
+                let addr = link.urls.borrow().iter().find_map(|u| resolve(u));
+                let reports = self.reports.clone();
+                let node_wake = self.node_wake.clone();
+                glommio::spawn_local(async move {
+                    let to = m.to;
+                    let ok = match addr {
+                        Some(addr) => match stream_snapshot(addr, hello, m).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                crate::warn!("cannot send snapshot", "remote-peer-id" => format!("{to:x}"), "error" => e);
+                                false
+                            }
+                        },
+                        None => false,
+                    };
+                    reports.borrow_mut().push(Report::Snapshot { to, ok });
+                    node_wake.wake();
+                })
+                .detach();
+                continue;
+            }
             let mut queue = link.queue.borrow_mut();
             if queue.len() >= PEER_QUEUE_MAX {
                 let to = m.to;
@@ -278,11 +310,20 @@ async fn inbound(
     }
     loop {
         let (kind, payload) = read_frame(&mut stream).await?;
-        if kind != FRAME_RAFT {
-            return Err(format!("unknown frame kind {kind}"));
-        }
-        let m =
-            Message::parse_from_bytes(&payload).map_err(|e| format!("bad raft message: {e}"))?;
+        let m = match kind {
+            FRAME_RAFT => {
+                Message::parse_from_bytes(&payload).map_err(|e| format!("bad raft message: {e}"))?
+            }
+            FRAME_SNAPSHOT_HEAD => {
+                // A snapshot connection carries one snapshot; closing it tells the
+                // sender the whole snapshot arrived.
+                let m = receive_snapshot(&mut stream, &payload).await?;
+                inbox.borrow_mut().push_back(m);
+                wake.wake();
+                return Ok(());
+            }
+            _ => return Err(format!("unknown frame kind {kind}")),
+        };
         let mut q = inbox.borrow_mut();
         if q.len() < INBOX_MAX {
             q.push_back(m);
@@ -419,4 +460,57 @@ pub async fn fetch_members(peer_urls: &[String]) -> Result<MembersResponse, Stri
         "could not retrieve cluster information from the given URLs ({})",
         errors.join("; ")
     ))
+}
+
+/// Sends one MsgSnapshot: a head frame (the message without the snapshot's data, then the
+/// data's length as u64 BE), then the data in chunk frames (docs/peer-protocol.md).
+async fn stream_snapshot(addr: SocketAddr, hello: Vec<u8>, mut m: Message) -> Result<(), String> {
+    let data = std::mem::take(&mut m.mut_snapshot().data);
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let mut head = m.write_to_bytes().map_err(|e| e.to_string())?;
+    head.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    let mut out = hello;
+    frame(FRAME_SNAPSHOT_HEAD, &head, &mut out);
+    stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    for chunk in data.chunks(SNAPSHOT_CHUNK_BYTES) {
+        out.clear();
+        frame(FRAME_SNAPSHOT_CHUNK, chunk, &mut out);
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    }
+    stream.flush().await.map_err(|e| e.to_string())?;
+    // Wait for the receiver to close after taking the whole snapshot, so "sent" means
+    // "received" when raft is told the snapshot finished.
+    let mut byte = [0u8; 1];
+    let _ = stream.read(&mut byte).await;
+    Ok(())
+}
+
+/// Reassembles a streamed snapshot after its head frame.
+async fn receive_snapshot(stream: &mut TcpStream, head: &[u8]) -> Result<Message, String> {
+    if head.len() < 8 {
+        return Err("snapshot head too short".into());
+    }
+    let (message, len) = head.split_at(head.len() - 8);
+    let total = u64::from_be_bytes(len.try_into().expect("8 bytes"));
+    if total > SNAPSHOT_BYTES_MAX {
+        return Err(format!(
+            "snapshot of {total} bytes exceeds {SNAPSHOT_BYTES_MAX}"
+        ));
+    }
+    let mut m =
+        Message::parse_from_bytes(message).map_err(|e| format!("bad snapshot head: {e}"))?;
+    if m.get_msg_type() != MessageType::MsgSnapshot {
+        return Err("snapshot head does not carry a MsgSnapshot".into());
+    }
+    let mut data = Vec::with_capacity(total.min(SNAPSHOT_CHUNK_BYTES as u64 * 64) as usize);
+    while (data.len() as u64) < total {
+        let (kind, chunk) = read_frame(stream).await?;
+        if kind != FRAME_SNAPSHOT_CHUNK || data.len() as u64 + chunk.len() as u64 > total {
+            return Err("bad snapshot chunk".into());
+        }
+        data.extend_from_slice(&chunk);
+    }
+    m.mut_snapshot().data = data.into();
+    Ok(m)
 }
