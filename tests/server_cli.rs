@@ -43,7 +43,7 @@ fn etcd_environment_variables_configure_the_server() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let data_dir = std::env::temp_dir().join(format!("tern-env-{port}"));
-    let mut child = Command::new(tern_binary())
+    let child = Command::new(tern_binary())
         .env("ETCD_NAME", "from-env")
         .env("ETCD_DATA_DIR", &data_dir)
         .env("ETCD_LISTEN_CLIENT_URLS", &url)
@@ -53,6 +53,7 @@ fn etcd_environment_variables_configure_the_server() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _server = KillOnDrop(child);
     let endpoint = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let members = loop {
@@ -64,11 +65,19 @@ fn etcd_environment_variables_configure_the_server() {
     };
     assert!(stdout(&members).contains(", started, from-env, "), "{}", stdout(&members));
     // --max-txn-ops=2 from the environment: three operations are too many.
-    let txn = common::etcdctl(&endpoint, &["txn"], Some("\nput a 1\nput b 2\nput c 3\n\n"));
+    let txn = common::etcdctl(&endpoint, &["txn"], Some("\nput a 1\nput b 2\nput c 3\n\n\n"));
     assert!(String::from_utf8_lossy(&txn.stderr).contains("etcdserver: too many operations in txn request"));
-    let _ = child.kill();
-    let _ = child.wait();
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Kills a spawned server even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -88,4 +97,19 @@ fn sigterm_stops_the_server_cleanly() {
     assert!(status.success(), "exit status {status:?}");
     let log = server.log.lock().unwrap().join("\n");
     assert!(log.contains("received signal; shutting down"), "{log}");
+}
+
+#[test]
+fn a_second_server_on_the_same_port_refuses_to_start() {
+    let first = TernServer::start();
+    let url = format!("http://{}", first.endpoint());
+    let out = Command::new(tern_binary())
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args(["--data-dir"])
+        .arg(std::env::temp_dir().join(format!("tern-dup-{}", first.client_port)))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("address already in use") || text.contains("Address already in use"), "{text}");
 }
