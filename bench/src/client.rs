@@ -26,6 +26,10 @@ use crate::Global;
 /// Largest response a client accepts; clientv3 also allows up to `math.MaxInt32`.
 const RESPONSE_BYTES_MAX: usize = i32::MAX as usize;
 
+/// HTTP/2 flow-control windows the client advertises.
+const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One gRPC connection plus the credentials sent with every call on it.
@@ -96,9 +100,12 @@ impl Dialer {
         // gRPC servers (grpc-go included) do not check the pseudo-header.
         let mut ep = Endpoint::from_shared(format!("http://{authority}"))?
             .tcp_nodelay(true)
-            // grpc-go sizes HTTP/2 windows from a BDP estimate; the adaptive window is the
-            // same idea and keeps large range responses from stalling on 64 KiB windows.
-            .http2_adaptive_window(true);
+            // Fixed windows large enough that big range responses do not stall on h2's
+            // 64 KiB default. Not hyper's adaptive (BDP) window: its PINGs count as
+            // strikes against grpc-go's keepalive policy, and etcd then closes the
+            // connection with GOAWAY ENHANCE_YOUR_CALM ("too_many_pings").
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
         if let Some(timeout) = self.dial_timeout {
             ep = ep.connect_timeout(timeout);
         }
@@ -139,7 +146,7 @@ pub async fn create_clients(global: &Global, clients: usize, conns: usize) -> Re
     let tls = TlsOptions::from_global(global).map(Arc::new);
     let mut dialer = Dialer {
         tls,
-        dial_timeout: global.dial_timeout,
+        dial_timeout: (!global.dial_timeout.is_zero()).then_some(global.dial_timeout),
         token: None,
     };
     let mut endpoints: Vec<String> = global.endpoints.clone();

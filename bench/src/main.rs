@@ -65,16 +65,11 @@ pub struct Global {
     #[arg(long, global = true)]
     pub user: Option<String>,
     /// Dial timeout for client connections (Go duration, e.g. 2s; 0 = none)
-    #[arg(long, global = true, value_parser = parse_timeout, default_value = "0")]
-    pub dial_timeout: Option<Duration>,
+    #[arg(long, global = true, value_parser = util::parse_go_duration, default_value = "0")]
+    pub dial_timeout: Duration,
     /// Output format: text is etcd's layout; json and csv are for machines
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
-}
-
-fn parse_timeout(text: &str) -> Result<Option<Duration>, String> {
-    let d = util::parse_go_duration(text)?;
-    Ok((!d.is_zero()).then_some(d))
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]

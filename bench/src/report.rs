@@ -22,6 +22,8 @@ const HISTOGRAM_BUCKETS: usize = 10;
 /// Width of the longest histogram bar, in characters.
 const BAR_WIDTH_MAX: u64 = 40;
 const BAR_CHAR: &str = "∎";
+/// Longest latency the histogram tells apart (one hour); longer ones count as one hour.
+const LATENCY_NS_MAX: u64 = 3_600_000_000_000;
 
 /// Per-worker latency and error tally.
 pub struct Recorder {
@@ -37,8 +39,7 @@ pub struct Recorder {
 impl Default for Recorder {
     fn default() -> Self {
         Recorder {
-            // Auto-resizing histogram: any latency fits.
-            histogram: Histogram::new(3).expect("3 significant digits is a valid precision"),
+            histogram: Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("static bounds are valid"),
             count: 0,
             mean_s: 0.0,
             m2_s: 0.0,
@@ -78,7 +79,7 @@ impl Recorder {
         if other.count > 0 {
             self.histogram
                 .add(&other.histogram)
-                .expect("auto-resizing histograms always merge");
+                .expect("histograms with equal bounds merge");
             let n = (self.count + other.count) as f64;
             let delta = other.mean_s - self.mean_s;
             self.mean_s += delta * other.count as f64 / n;

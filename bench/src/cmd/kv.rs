@@ -186,9 +186,11 @@ async fn hash_kv(client: &Client, endpoint: &str, out: &mut Output) -> Result<()
 
 #[derive(clap::Args)]
 pub struct RangeArgs {
-    /// Key to read
+    /// Key to read (positional ids differ from the global --key flag's)
+    #[arg(id = "range_key", value_name = "KEY")]
     key: Option<String>,
     /// End of the range (exclusive)
+    #[arg(id = "range_end", value_name = "END")]
     end: Option<String>,
     /// Maximum range requests per second (0 is no limit)
     #[arg(long, default_value_t = 0)]
@@ -409,8 +411,10 @@ pub async fn txn_put(args: TxnPutArgs, global: &Global, out: &mut Output) -> Res
 #[derive(clap::Args)]
 pub struct TxnMixedArgs {
     /// Accepted for etcd compatibility (etcd's txn-mixed ignores it too)
+    #[arg(id = "mixed_key", value_name = "KEY")]
     key: Option<String>,
     /// Accepted for etcd compatibility (etcd's txn-mixed ignores it too)
+    #[arg(id = "mixed_end", value_name = "END")]
     end: Option<String>,
     /// Key size of mixed txn
     #[arg(long, default_value_t = 8)]
