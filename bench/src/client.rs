@@ -72,7 +72,11 @@ impl Client {
 /// Formats a gRPC status the way grpc-go's `status.Error` prints, so error distributions
 /// read like those of etcd's tool.
 pub fn status_text(status: &tonic::Status) -> String {
-    format!("rpc error: code = {:?} desc = {}", status.code(), status.message())
+    format!(
+        "rpc error: code = {:?} desc = {}",
+        status.code(),
+        status.message()
+    )
 }
 
 /// Splits `http://host:port`, `https://host:port` or `host:port` into (tls?, authority).
@@ -141,7 +145,11 @@ impl Dialer {
 }
 
 /// Dials `--conns` connections and returns `--clients` handles sharing them round-robin.
-pub async fn create_clients(global: &Global, clients: usize, conns: usize) -> Result<Vec<Client>, BoxError> {
+pub async fn create_clients(
+    global: &Global,
+    clients: usize,
+    conns: usize,
+) -> Result<Vec<Client>, BoxError> {
     let conns = conns.max(1);
     let tls = TlsOptions::from_global(global).map(Arc::new);
     let mut dialer = Dialer {
@@ -175,16 +183,23 @@ pub async fn create_clients(global: &Global, clients: usize, conns: usize) -> Re
             .map_err(|e| format!("dial error: {endpoint}: {e}"))?;
         connections.push(client);
     }
-    Ok((0..clients.max(1)).map(|i| connections[i % conns].clone()).collect())
+    Ok((0..clients.max(1))
+        .map(|i| connections[i % conns].clone())
+        .collect())
 }
 
 /// Asks the cluster who leads and returns that member's client URLs (etcd 3.4's
 /// `mustFindLeaderEndpoints`: MemberList, then Status until one endpoint answers).
-async fn find_leader_endpoints(dialer: &Dialer, endpoints: &[String]) -> Result<Vec<String>, BoxError> {
+async fn find_leader_endpoints(
+    dialer: &Dialer,
+    endpoints: &[String],
+) -> Result<Vec<String>, BoxError> {
     let client = dialer.dial(&endpoints[0]).await?;
     let members = client
         .cluster()
-        .member_list(client.request(MemberListRequest { linearizable: false }))
+        .member_list(client.request(MemberListRequest {
+            linearizable: false,
+        }))
         .await
         .map_err(|s| format!("failed to get a member list: {}", status_text(&s)))?
         .into_inner()

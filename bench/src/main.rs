@@ -23,7 +23,11 @@ use clap::{Parser, ValueEnum};
 use crate::report::{Precision, Report};
 
 #[derive(Parser)]
-#[command(name = "tern-bench", about = "A low-level benchmark tool for etcd3 and tern", version)]
+#[command(
+    name = "tern-bench",
+    about = "A low-level benchmark tool for etcd3 and tern",
+    version
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -35,7 +39,12 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 pub struct Global {
     /// gRPC endpoints (comma-separated); connection i dials endpoint i mod count
-    #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
     pub endpoints: Vec<String>,
     /// Total number of gRPC connections
     #[arg(long, global = true, default_value_t = 1)]
@@ -94,7 +103,9 @@ impl Output {
     fn new(global: &Global) -> Output {
         Output {
             format: global.output,
-            precision: Precision { precise: global.precise },
+            precision: Precision {
+                precise: global.precise,
+            },
             reports: Vec::new(),
             extra: serde_json::Map::new(),
             wall_start: Instant::now(),
@@ -128,7 +139,9 @@ impl Output {
         let (user_end, sys_end) = util::cpu_times();
         let user = user_end.saturating_sub(self.cpu_start.0);
         let sys = sys_end.saturating_sub(self.cpu_start.1);
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let cpu_pct = 100.0 * (user + sys).as_secs_f64() / wall.as_secs_f64().max(1e-9);
         match self.format {
             OutputFormat::Text => println!(

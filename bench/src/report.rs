@@ -39,7 +39,8 @@ pub struct Recorder {
 impl Default for Recorder {
     fn default() -> Self {
         Recorder {
-            histogram: Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("static bounds are valid"),
+            histogram: Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3)
+                .expect("static bounds are valid"),
             count: 0,
             mean_s: 0.0,
             m2_s: 0.0,
@@ -67,7 +68,11 @@ impl Recorder {
         *self.errors.entry(error).or_insert(0) += 1;
     }
 
-    pub fn record_result<T, E: std::fmt::Display>(&mut self, result: &Result<T, E>, latency: Duration) {
+    pub fn record_result<T, E: std::fmt::Display>(
+        &mut self,
+        result: &Result<T, E>,
+        latency: Duration,
+    ) {
         match result {
             Ok(_) => self.record(latency),
             Err(e) => self.record_error(e.to_string()),
@@ -174,8 +179,10 @@ impl Report {
             .collect();
         if rec.count > 0 {
             for v in rec.histogram.iter_recorded() {
-                // hdrhistogram stores a bin; clamp its representative into [fastest, slowest].
-                let s = (rec.histogram.median_equivalent(v.value_iterated_to()) as f64 / 1e9)
+                // hdrhistogram stores a bin (0.1% wide); its lowest value, clamped into
+                // [fastest, slowest], puts the fastest latency into the first bucket as
+                // etcd's exact computation does.
+                let s = (rec.histogram.lowest_equivalent(v.value_iterated_to()) as f64 / 1e9)
                     .clamp(fastest_s, slowest_s);
                 let bucket = histogram
                     .iter()
@@ -204,7 +211,11 @@ impl Report {
             fastest_s,
             average_s: rec.mean_s,
             stddev_s,
-            rps: if total_s > 0.0 { rec.count as f64 / total_s } else { 0.0 },
+            rps: if total_s > 0.0 {
+                rec.count as f64 / total_s
+            } else {
+                0.0
+            },
             histogram,
             percentiles,
         }
@@ -226,8 +237,12 @@ impl Report {
             s += "\nResponse time histogram:\n";
             let max = st.histogram.iter().map(|(_, n)| *n).max().unwrap_or(0);
             for (bound, n) in &st.histogram {
-                let bar_len = if max > 0 { n * BAR_WIDTH_MAX / max } else { 0 };
-                s += &format!("  {} [{n}]\t|{}\n", p.f(*bound), BAR_CHAR.repeat(bar_len as usize));
+                let bar_len = (n * BAR_WIDTH_MAX).checked_div(max).unwrap_or(0);
+                s += &format!(
+                    "  {} [{n}]\t|{}\n",
+                    p.f(*bound),
+                    BAR_CHAR.repeat(bar_len as usize)
+                );
             }
             s += "\nLatency distribution:\n";
             for (pct, secs) in &st.percentiles {
@@ -272,7 +287,9 @@ impl Report {
     }
 
     pub fn csv_header() -> String {
-        let mut h = String::from("name,count,errors,total_s,slowest_s,fastest_s,average_s,stddev_s,requests_per_s");
+        let mut h = String::from(
+            "name,count,errors,total_s,slowest_s,fastest_s,average_s,stddev_s,requests_per_s",
+        );
         for p in PERCENTILES {
             h += &format!(",p{p}_s");
         }
@@ -283,11 +300,90 @@ impl Report {
         let st = self.stats();
         let mut row = format!(
             "{},{},{},{},{},{},{},{},{}",
-            self.name, st.count, st.errors, st.total_s, st.slowest_s, st.fastest_s, st.average_s, st.stddev_s, st.rps
+            self.name,
+            st.count,
+            st.errors,
+            st.total_s,
+            st.slowest_s,
+            st.fastest_s,
+            st.average_s,
+            st.stddev_s,
+            st.rps
         );
         for (_, s) in &st.percentiles {
             row += &format!(",{s}");
         }
         row
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Checks the report's figures against values computed by hand from known latencies.
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn summary_figures_match_hand_computed_ones() {
+        // 1..=100 ms split over two recorders, merged.
+        let (mut a, mut b) = (Recorder::default(), Recorder::default());
+        for n in 1..=100 {
+            if n % 2 == 0 {
+                a.record(ms(n))
+            } else {
+                b.record(ms(n))
+            }
+        }
+        a.record_error("boom".to_string());
+        a.merge(b);
+        let st = Report::new("t", Duration::from_secs(2), a).stats();
+        assert_eq!(st.count, 100);
+        assert_eq!(st.errors, 1);
+        assert!((st.average_s - 0.0505).abs() < 1e-9);
+        // Population stddev of 1..=100 is sqrt((100^2 - 1) / 12) = 28.866 ms.
+        assert!((st.stddev_s - 0.028_866).abs() < 1e-5, "{}", st.stddev_s);
+        assert!((st.fastest_s - 0.001).abs() < 1e-9 && (st.slowest_s - 0.100).abs() < 1e-9);
+        assert!((st.rps - 50.0).abs() < 1e-9);
+        // Percentiles within hdrhistogram's 3 significant digits.
+        let p50 = st.percentiles.iter().find(|(p, _)| *p == 50.0).unwrap().1;
+        let p99 = st.percentiles.iter().find(|(p, _)| *p == 99.0).unwrap().1;
+        assert!((p50 - 0.050).abs() < 0.0001, "{p50}");
+        assert!((p99 - 0.099).abs() < 0.0001, "{p99}");
+        // Every success lands in exactly one of the 11 buckets.
+        assert_eq!(st.histogram.len(), HISTOGRAM_BUCKETS + 1);
+        assert_eq!(st.histogram.iter().map(|(_, n)| n).sum::<u64>(), 100);
+        assert_eq!(
+            st.histogram[0].1, 1,
+            "only the fastest is <= the first bound"
+        );
+    }
+
+    #[test]
+    fn text_has_etcds_layout() {
+        let mut rec = Recorder::default();
+        rec.record(ms(5));
+        rec.record_error("rpc error: code = Unavailable desc = x".to_string());
+        let text = Report::new("t", Duration::from_secs(1), rec).text(Precision { precise: false });
+        for line in [
+            "\nSummary:\n",
+            "  Total:\t1.0000 secs.\n",
+            "  Requests/sec:\t1.0000\n",
+            "\nResponse time histogram:\n",
+            "\nLatency distribution:\n  10% in 0.0050 secs.\n",
+            "  99.9% in 0.0050 secs.\n",
+            "\nError distribution:\n  [1]\trpc error: code = Unavailable desc = x\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in {text}");
+        }
+    }
+
+    #[test]
+    fn empty_report_prints_nothing() {
+        let text = Report::new("t", Duration::from_secs(1), Recorder::default())
+            .text(Precision { precise: true });
+        assert_eq!(text, "");
     }
 }

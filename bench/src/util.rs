@@ -28,9 +28,11 @@ impl Progress {
     fn with_target(total: u64, target: ProgressDrawTarget) -> Progress {
         let bar = ProgressBar::with_draw_target(Some(total), target);
         bar.set_style(
-            ProgressStyle::with_template("{pos} / {len} [{bar:40}] {percent:>3}% {elapsed_precise}")
-                .expect("static template is valid")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{pos} / {len} [{bar:40}] {percent:>3}% {elapsed_precise}",
+            )
+            .expect("static template is valid")
+            .progress_chars("=> "),
         );
         let done = Arc::new(AtomicU64::new(0));
         let ticker = {
@@ -70,7 +72,7 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(rate_per_s: u64, burst: u64) -> Arc<Limiter> {
-        let interval_ns = if rate_per_s == 0 { 0 } else { 1_000_000_000 / rate_per_s };
+        let interval_ns = 1_000_000_000u64.checked_div(rate_per_s).unwrap_or(0);
         Arc::new(Limiter {
             start: Instant::now(),
             interval_ns,
@@ -88,7 +90,12 @@ impl Limiter {
         let mut next = self.next_ns.load(Ordering::Relaxed);
         let slot = loop {
             let slot = next.max(floor_ns);
-            match self.next_ns.compare_exchange_weak(next, slot + self.interval_ns, Ordering::AcqRel, Ordering::Relaxed) {
+            match self.next_ns.compare_exchange_weak(
+                next,
+                slot + self.interval_ns,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break slot,
                 Err(actual) => next = actual,
             }
@@ -138,10 +145,16 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("invalid duration {text:?}"));
     }
     while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let number: f64 = rest[..number_len].parse().map_err(|_| format!("invalid duration {text:?}"))?;
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len]
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}"))?;
         rest = &rest[number_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit_s = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -149,7 +162,11 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            _ => return Err(format!("invalid duration {text:?}: missing or unknown unit")),
+            _ => {
+                return Err(format!(
+                    "invalid duration {text:?}: missing or unknown unit"
+                ))
+            }
         };
         rest = &rest[unit_len..];
         total_s += number * unit_s;
@@ -165,7 +182,9 @@ pub fn cpu_times() -> (Duration, Duration) {
         libc::getrusage(libc::RUSAGE_SELF, &mut usage);
         usage
     };
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
     (tv(usage.ru_utime), tv(usage.ru_stime))
 }
 
@@ -191,7 +210,13 @@ mod tests {
     #[test]
     fn varint_matches_go_put_varint() {
         // Go: binary.PutVarint(buf, 0) = [0]; 1 = [2]; -1 = [1]; 64 = [0x80 0x01]; 99999 = [0xbe 0x9a 0x0c].
-        for (n, want) in [(0i64, vec![0u8]), (1, vec![2]), (-1, vec![1]), (64, vec![0x80, 0x01]), (99_999, vec![0xbe, 0x9a, 0x0c])] {
+        for (n, want) in [
+            (0i64, vec![0u8]),
+            (1, vec![2]),
+            (-1, vec![1]),
+            (64, vec![0x80, 0x01]),
+            (99_999, vec![0xbe, 0x9a, 0x0c]),
+        ] {
             let mut key = [0u8; 8];
             put_varint(&mut key, n).unwrap();
             assert_eq!(&key[..want.len()], &want[..], "n={n}");
@@ -202,8 +227,14 @@ mod tests {
     #[test]
     fn go_durations_parse() {
         assert_eq!(parse_go_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_go_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_go_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_go_duration("1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_go_duration("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
         assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_go_duration("5").is_err());
     }

@@ -80,7 +80,14 @@ impl Worker for PutWorker {
             value: self.value.clone(),
             ..Default::default()
         });
-        (0, self.kv.put(request).await.map(drop).map_err(|s| status_text(&s)))
+        (
+            0,
+            self.kv
+                .put(request)
+                .await
+                .map(drop)
+                .map_err(|s| status_text(&s)),
+        )
     }
 }
 
@@ -143,7 +150,10 @@ async fn compact(client: &Client, delta: i64) -> Result<(), String> {
     let mut kv = client.kv();
     let range = tokio::time::timeout(
         Duration::from_secs(5),
-        kv.range(client.request(RangeRequest { key: Bytes::from_static(b"foo"), ..Default::default() })),
+        kv.range(client.request(RangeRequest {
+            key: Bytes::from_static(b"foo"),
+            ..Default::default()
+        })),
     )
     .await
     .map_err(|_| "context deadline exceeded".to_string())?
@@ -152,7 +162,10 @@ async fn compact(client: &Client, delta: i64) -> Result<(), String> {
     let target = (revision - delta).max(0);
     tokio::time::timeout(
         Duration::from_secs(5),
-        kv.compact(client.request(CompactionRequest { revision: target, physical: false })),
+        kv.compact(client.request(CompactionRequest {
+            revision: target,
+            physical: false,
+        })),
     )
     .await
     .map_err(|_| "context deadline exceeded".to_string())?
@@ -166,13 +179,23 @@ async fn hash_kv(client: &Client, endpoint: &str, out: &mut Output) -> Result<()
         .maintenance()
         .hash_kv(client.request(HashKvRequest { revision: 0 }))
         .await
-        .map_err(|s| format!("Failed to get the hashkv of endpoint {endpoint} ({})", status_text(&s)))?
+        .map_err(|s| {
+            format!(
+                "Failed to get the hashkv of endpoint {endpoint} ({})",
+                status_text(&s)
+            )
+        })?
         .into_inner();
     let status = client
         .maintenance()
         .status(client.request(StatusRequest {}))
         .await
-        .map_err(|s| format!("Failed to get the status of endpoint {endpoint} ({})", status_text(&s)))?
+        .map_err(|s| {
+            format!(
+                "Failed to get the status of endpoint {endpoint} ({})",
+                status_text(&s)
+            )
+        })?
         .into_inner();
     let took = started.elapsed();
     out.note(&format!(
@@ -180,7 +203,10 @@ async fn hash_kv(client: &Client, endpoint: &str, out: &mut Output) -> Result<()
         hash.hash,
         humanize_bytes(status.db_size.max(0) as u64)
     ));
-    out.extra("hashkv", serde_json::json!({"hash": hash.hash, "endpoint": endpoint, "db_size": status.db_size}));
+    out.extra(
+        "hashkv",
+        serde_json::json!({"hash": hash.hash, "endpoint": endpoint, "db_size": status.db_size}),
+    );
     Ok(())
 }
 
@@ -255,11 +281,17 @@ impl RangeWorker {
         let mut request = self.request.clone();
         request.limit = PAGE_SIZE;
         loop {
-            let response = self.kv.range(self.client.request(request.clone())).await?.into_inner();
+            let response = self
+                .kv
+                .range(self.client.request(request.clone()))
+                .await?
+                .into_inner();
             if request.revision == 0 {
                 request.revision = response.header.as_ref().map_or(0, |h| h.revision);
             }
-            let Some(last) = response.kvs.last() else { return Ok(()) };
+            let Some(last) = response.kvs.last() else {
+                return Ok(());
+            };
             if !response.more {
                 return Ok(());
             }
@@ -275,7 +307,10 @@ impl Worker for RangeWorker {
         let result = if self.paginate {
             self.paginated().await
         } else {
-            self.kv.range(self.client.request(self.request.clone())).await.map(drop)
+            self.kv
+                .range(self.client.request(self.request.clone()))
+                .await
+                .map(drop)
         };
         (0, result.map_err(|s| status_text(&s)))
     }
@@ -375,8 +410,19 @@ impl Worker for TxnPutWorker {
                 })),
             });
         }
-        let request = self.client.request(TxnRequest { compare: vec![], success, failure: vec![] });
-        (0, self.kv.txn(request).await.map(drop).map_err(|s| status_text(&s)))
+        let request = self.client.request(TxnRequest {
+            compare: vec![],
+            success,
+            failure: vec![],
+        });
+        (
+            0,
+            self.kv
+                .txn(request)
+                .await
+                .map(drop)
+                .map_err(|s| status_text(&s)),
+        )
     }
 }
 
@@ -462,7 +508,10 @@ const MIXED_WRITE: usize = 1;
 impl Worker for TxnMixedWorker {
     async fn call(&mut self, op_number: u64) -> (usize, Result<(), String>) {
         let (kind, op) = if self.rng.random::<f64>() < self.read_probability {
-            (MIXED_READ, request_op::Request::RequestRange(self.read.clone()))
+            (
+                MIXED_READ,
+                request_op::Request::RequestRange(self.read.clone()),
+            )
         } else {
             let key_number = (op_number % self.key_space_size as u64) as i64;
             if let Err(e) = put_varint(&mut self.key, key_number) {
@@ -480,11 +529,22 @@ impl Worker for TxnMixedWorker {
             success: vec![RequestOp { request: Some(op) }],
             failure: vec![],
         });
-        (kind, self.kv.txn(request).await.map(drop).map_err(|s| status_text(&s)))
+        (
+            kind,
+            self.kv
+                .txn(request)
+                .await
+                .map(drop)
+                .map_err(|s| status_text(&s)),
+        )
     }
 }
 
-pub async fn txn_mixed(args: TxnMixedArgs, global: &Global, out: &mut Output) -> Result<(), BoxError> {
+pub async fn txn_mixed(
+    args: TxnMixedArgs,
+    global: &Global,
+    out: &mut Output,
+) -> Result<(), BoxError> {
     check_key_space(args.key_space_size)?;
     let (note, serializable) = consistency_note(&args.consistency)?;
     out.note(note);
@@ -514,7 +574,13 @@ pub async fn txn_mixed(args: TxnMixedArgs, global: &Global, out: &mut Output) ->
             rng: rand::SeedableRng::from_os_rng(),
         })
         .collect();
-    let mut reports = closed_loop(workers, args.total, args.rate, &["txn-mixed-read", "txn-mixed-write"]).await?;
+    let mut reports = closed_loop(
+        workers,
+        args.total,
+        args.rate,
+        &["txn-mixed-read", "txn-mixed-write"],
+    )
+    .await?;
     let write = reports.remove(1);
     let read = reports.remove(0);
     let reads = read.rec.count() + read.rec.errors_total();

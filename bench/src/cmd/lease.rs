@@ -9,7 +9,9 @@ use tonic::transport::Channel;
 
 use super::{closed_loop, Worker};
 use crate::client::{create_clients, status_text, BoxError, Client};
-use crate::proto::etcdserverpb::{lease_client::LeaseClient, LeaseGrantRequest, LeaseKeepAliveRequest};
+use crate::proto::etcdserverpb::{
+    lease_client::LeaseClient, LeaseGrantRequest, LeaseKeepAliveRequest,
+};
 use crate::{Global, Output};
 
 /// TTL of the benchmark's leases, as in etcd's tool.
@@ -29,7 +31,11 @@ struct KeepaliveWorker {
 }
 
 /// One keepalive round trip on a fresh stream; the stream is cancelled when dropped.
-pub async fn keep_alive_once(client: &Client, lease: &mut LeaseClient<Channel>, lease_id: i64) -> Result<i64, String> {
+pub async fn keep_alive_once(
+    client: &Client,
+    lease: &mut LeaseClient<Channel>,
+    lease_id: i64,
+) -> Result<i64, String> {
     let (tx, rx) = mpsc::channel(1);
     tx.send(LeaseKeepAliveRequest { id: lease_id })
         .await
@@ -54,21 +60,37 @@ pub async fn keep_alive_once(client: &Client, lease: &mut LeaseClient<Channel>, 
 
 impl Worker for KeepaliveWorker {
     async fn call(&mut self, _op_number: u64) -> (usize, Result<(), String>) {
-        (0, keep_alive_once(&self.client, &mut self.lease, self.lease_id).await.map(drop))
+        (
+            0,
+            keep_alive_once(&self.client, &mut self.lease, self.lease_id)
+                .await
+                .map(drop),
+        )
     }
 }
 
-pub async fn lease_keepalive(args: LeaseKeepaliveArgs, global: &Global, out: &mut Output) -> Result<(), BoxError> {
+pub async fn lease_keepalive(
+    args: LeaseKeepaliveArgs,
+    global: &Global,
+    out: &mut Output,
+) -> Result<(), BoxError> {
     let clients = create_clients(global, global.clients, global.conns).await?;
     let mut workers = Vec::with_capacity(clients.len());
     for c in &clients {
         let mut lease = c.lease();
         let granted = lease
-            .lease_grant(c.request(LeaseGrantRequest { ttl: LEASE_TTL_S, id: 0 }))
+            .lease_grant(c.request(LeaseGrantRequest {
+                ttl: LEASE_TTL_S,
+                id: 0,
+            }))
             .await
             .map_err(|s| format!("lease grant: {}", status_text(&s)))?
             .into_inner();
-        workers.push(KeepaliveWorker { client: c.clone(), lease, lease_id: granted.id });
+        workers.push(KeepaliveWorker {
+            client: c.clone(),
+            lease,
+            lease_id: granted.id,
+        });
     }
     let mut reports = closed_loop(workers, args.total, 0, &["lease-keepalive"]).await?;
     out.report("", reports.remove(0), "");

@@ -104,7 +104,8 @@ async fn closed_loop_with<W: Worker>(
         let next_op = next_op.clone();
         let done = progress.counter();
         tasks.push(tokio::spawn(async move {
-            let mut recorders: Vec<Recorder> = (0..reports_n).map(|_| Recorder::default()).collect();
+            let mut recorders: Vec<Recorder> =
+                (0..reports_n).map(|_| Recorder::default()).collect();
             loop {
                 let op_number = next_op.fetch_add(1, Ordering::Relaxed);
                 if op_number >= total {

@@ -20,9 +20,10 @@ use tonic::transport::Channel;
 use super::{closed_loop, Worker};
 use crate::client::{create_clients, status_text, BoxError, Client};
 use crate::proto::etcdserverpb::{
-    compare, kv_client::KvClient, range_request, request_op, response_op, watch_request, Compare, DeleteRangeRequest,
-    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp,
-    TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest,
+    compare, kv_client::KvClient, range_request, request_op, response_op, watch_request, Compare,
+    DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
+    RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse, WatchCreateRequest,
+    WatchRequest,
 };
 use crate::proto::v3lockpb::{LockRequest, UnlockRequest};
 use crate::util::{put_varint, random_bytes, Limiter};
@@ -135,7 +136,10 @@ impl Stm {
     }
 
     fn serializable_family(&self) -> bool {
-        matches!(self.isolation, Isolation::Serializable | Isolation::SerializableSnapshot)
+        matches!(
+            self.isolation,
+            Isolation::Serializable | Isolation::SerializableSnapshot
+        )
     }
 
     fn reset(&mut self) {
@@ -147,7 +151,12 @@ impl Stm {
         }
     }
 
-    async fn get(&mut self, client: &Client, kv: &mut KvClient<Channel>, key: &Bytes) -> Result<(), String> {
+    async fn get(
+        &mut self,
+        client: &Client,
+        kv: &mut KvClient<Channel>,
+        key: &Bytes,
+    ) -> Result<(), String> {
         if self.write_set.contains_key(key) {
             return Ok(());
         }
@@ -166,8 +175,15 @@ impl Stm {
                     success: vec![range_op(key.clone(), serializable, revision)],
                     failure: vec![],
                 };
-                let response = kv.txn(client.request(request)).await.map_err(|s| status_text(&s))?.into_inner();
-                let range = range_responses(response).into_iter().next().unwrap_or_default();
+                let response = kv
+                    .txn(client.request(request))
+                    .await
+                    .map_err(|s| status_text(&s))?
+                    .into_inner();
+                let range = range_responses(response)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
                 let revision = range.header.as_ref().map_or(0, |h| h.revision);
                 self.read_set.insert(key.clone(), range);
                 revision
@@ -202,18 +218,20 @@ impl Stm {
                     .min()
                     .unwrap_or(i64::MAX - 1);
                 read_compares()
-                    .chain(
-                        self.write_set
-                            .keys()
-                            .map(|key| mod_revision_compare(key.clone(), compare::CompareResult::Less, first + 1)),
-                    )
+                    .chain(self.write_set.keys().map(|key| {
+                        mod_revision_compare(key.clone(), compare::CompareResult::Less, first + 1)
+                    }))
                     .collect()
             }
         }
     }
 
     /// Tries to commit; Ok(true) when the transaction took effect.
-    async fn commit(&mut self, client: &Client, kv: &mut KvClient<Channel>) -> Result<bool, String> {
+    async fn commit(
+        &mut self,
+        client: &Client,
+        kv: &mut KvClient<Channel>,
+    ) -> Result<bool, String> {
         let puts = self
             .write_set
             .iter()
@@ -230,15 +248,29 @@ impl Stm {
         } else {
             vec![]
         };
-        let failure = read_keys.iter().map(|k| range_op(k.clone(), false, 0)).collect();
-        let request = TxnRequest { compare: self.conflicts(), success: puts, failure };
-        let response = kv.txn(client.request(request)).await.map_err(|s| status_text(&s))?.into_inner();
+        let failure = read_keys
+            .iter()
+            .map(|k| range_op(k.clone(), false, 0))
+            .collect();
+        let request = TxnRequest {
+            compare: self.conflicts(),
+            success: puts,
+            failure,
+        };
+        let response = kv
+            .txn(client.request(request))
+            .await
+            .map_err(|s| status_text(&s))?
+            .into_inner();
         if response.succeeded {
             return Ok(true);
         }
         if self.serializable_family() {
             // The failure branch read the keys afresh: the next attempt starts from them.
-            self.prefetch = read_keys.into_iter().zip(range_responses(response)).collect();
+            self.prefetch = read_keys
+                .into_iter()
+                .zip(range_responses(response))
+                .collect();
             self.get_options = (false, 0);
         }
         Ok(false)
@@ -256,7 +288,10 @@ impl Session {
     async fn new(client: &Client) -> Result<Session, String> {
         let mut lease = client.lease();
         let granted = lease
-            .lease_grant(client.request(LeaseGrantRequest { ttl: SESSION_TTL_S, id: 0 }))
+            .lease_grant(client.request(LeaseGrantRequest {
+                ttl: SESSION_TTL_S,
+                id: 0,
+            }))
             .await
             .map_err(|s| status_text(&s))?
             .into_inner();
@@ -265,11 +300,17 @@ impl Session {
             let client = client.clone();
             tokio::spawn(async move {
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
-                if tx.send(LeaseKeepAliveRequest { id: lease_id }).await.is_err() {
+                if tx
+                    .send(LeaseKeepAliveRequest { id: lease_id })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 let Ok(response) = lease
-                    .lease_keep_alive(client.request(tokio_stream::wrappers::ReceiverStream::new(rx)))
+                    .lease_keep_alive(
+                        client.request(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                    )
                     .await
                 else {
                     return;
@@ -281,13 +322,21 @@ impl Session {
                     }
                     // clientv3 renews at a third of the TTL.
                     tokio::time::sleep(Duration::from_secs((SESSION_TTL_S / 3) as u64)).await;
-                    if tx.send(LeaseKeepAliveRequest { id: lease_id }).await.is_err() {
+                    if tx
+                        .send(LeaseKeepAliveRequest { id: lease_id })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
             })
         };
-        Ok(Session { client: client.clone(), lease_id, keepalive })
+        Ok(Session {
+            client: client.clone(),
+            lease_id,
+            keepalive,
+        })
     }
 
     async fn close(self) {
@@ -295,7 +344,10 @@ impl Session {
         let _ = self
             .client
             .lease()
-            .lease_revoke(self.client.request(LeaseRevokeRequest { id: self.lease_id }))
+            .lease_revoke(
+                self.client
+                    .request(LeaseRevokeRequest { id: self.lease_id }),
+            )
             .await;
     }
 }
@@ -311,10 +363,18 @@ impl Mutex {
     fn new(session: &Session, name: &str) -> Mutex {
         let prefix = format!("{name}/");
         let my_key = format!("{prefix}{:x}", session.lease_id);
-        Mutex { prefix: Bytes::from(prefix), my_key: Bytes::from(my_key) }
+        Mutex {
+            prefix: Bytes::from(prefix),
+            my_key: Bytes::from(my_key),
+        }
     }
 
-    async fn lock(&self, client: &Client, kv: &mut KvClient<Channel>, lease_id: i64) -> Result<(), String> {
+    async fn lock(
+        &self,
+        client: &Client,
+        kv: &mut KvClient<Channel>,
+        lease_id: i64,
+    ) -> Result<(), String> {
         let prefix_end = Bytes::from(super::kv::prefix_range_end(&self.prefix));
         // Create our key unless it exists (a re-lock in the same session keeps its place).
         let request = TxnRequest {
@@ -334,7 +394,11 @@ impl Mutex {
             }],
             failure: vec![range_op(self.my_key.clone(), false, 0)],
         };
-        let response = kv.txn(client.request(request)).await.map_err(|s| status_text(&s))?.into_inner();
+        let response = kv
+            .txn(client.request(request))
+            .await
+            .map_err(|s| status_text(&s))?
+            .into_inner();
         let my_revision = if response.succeeded {
             response.header.as_ref().map_or(0, |h| h.revision)
         } else {
@@ -359,17 +423,22 @@ impl Mutex {
                 .await
                 .map_err(|s| status_text(&s))?
                 .into_inner();
-            let Some(holder) = older.kvs.first() else { return Ok(()) };
+            let Some(holder) = older.kvs.first() else {
+                return Ok(());
+            };
             let revision = older.header.as_ref().map_or(0, |h| h.revision);
             wait_delete(client, holder.key.clone(), revision).await?;
         }
     }
 
     async fn unlock(&self, client: &Client, kv: &mut KvClient<Channel>) -> Result<(), String> {
-        kv.delete_range(client.request(DeleteRangeRequest { key: self.my_key.clone(), ..Default::default() }))
-            .await
-            .map(drop)
-            .map_err(|s| status_text(&s))
+        kv.delete_range(client.request(DeleteRangeRequest {
+            key: self.my_key.clone(),
+            ..Default::default()
+        }))
+        .await
+        .map(drop)
+        .map_err(|s| status_text(&s))
     }
 }
 
@@ -379,10 +448,16 @@ impl Mutex {
 /// etcd's tool measures, hence kept.
 async fn wait_delete(client: &Client, key: Bytes, revision: i64) -> Result<(), String> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let create = WatchCreateRequest { key, start_revision: revision, ..Default::default() };
-    tx.send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) })
-        .await
-        .map_err(|_| "watch stream closed".to_string())?;
+    let create = WatchCreateRequest {
+        key,
+        start_revision: revision,
+        ..Default::default()
+    };
+    tx.send(WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+    })
+    .await
+    .map_err(|_| "watch stream closed".to_string())?;
     let mut responses = client
         .watch()
         .watch(client.request(tokio_stream::wrappers::ReceiverStream::new(rx)))
@@ -453,14 +528,20 @@ impl StmWorker {
             Locker::None => Ok(None),
             Locker::Client => {
                 let mutex = self.mutex.as_ref().ok_or("lock-client without a session")?;
-                mutex.lock(&self.client, &mut self.kv, self.lease_id).await.map(|_| None)
+                mutex
+                    .lock(&self.client, &mut self.kv, self.lease_id)
+                    .await
+                    .map(|_| None)
             }
             Locker::Rpc => {
                 let lease = self.lease_id;
                 let response = self
                     .client
                     .lock()
-                    .lock(self.client.request(LockRequest { name: Bytes::from_static(LOCK_NAME.as_bytes()), lease }))
+                    .lock(self.client.request(LockRequest {
+                        name: Bytes::from_static(LOCK_NAME.as_bytes()),
+                        lease,
+                    }))
                     .await
                     .map_err(|s| status_text(&s))?;
                 Ok(Some(response.into_inner().key))
@@ -478,7 +559,9 @@ impl StmWorker {
             Locker::Rpc => self
                 .client
                 .lock()
-                .unlock(self.client.request(UnlockRequest { key: lock_key.unwrap_or_default() }))
+                .unlock(self.client.request(UnlockRequest {
+                    key: lock_key.unwrap_or_default(),
+                }))
                 .await
                 .map(drop)
                 .map_err(|s| status_text(&s)),
@@ -506,10 +589,18 @@ pub async fn stm(args: StmArgs, global: &Global, out: &mut Output) -> Result<(),
         return Err(format!("expected positive --keys, got ({})", args.keys).into());
     }
     if !(0..=100).contains(&args.txn_wr_percent) {
-        return Err(format!("expected [0, 100] --txn-wr-percent, got ({})", args.txn_wr_percent).into());
+        return Err(format!(
+            "expected [0, 100] --txn-wr-percent, got ({})",
+            args.txn_wr_percent
+        )
+        .into());
     }
     if args.keys_per_txn < 0 || args.keys_per_txn > args.keys {
-        return Err(format!("expected --keys-per-txn between 0 and {}, got ({})", args.keys, args.keys_per_txn).into());
+        return Err(format!(
+            "expected --keys-per-txn between 0 and {}, got ({})",
+            args.keys, args.keys_per_txn
+        )
+        .into());
     }
     let isolation = match args.isolation.as_str() {
         "c" => Isolation::ReadCommitted,

@@ -20,7 +20,8 @@ use tonic::Streaming;
 use super::Worker;
 use crate::client::{create_clients, status_text, BoxError, Client};
 use crate::proto::etcdserverpb::{
-    kv_client::KvClient, watch_request, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest, WatchResponse,
+    kv_client::KvClient, watch_request, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
+    WatchResponse,
 };
 use crate::report::{Recorder, Report};
 use crate::util::{put_varint, random_bytes, Limiter, Progress};
@@ -36,7 +37,9 @@ struct WatchStream {
 }
 
 fn create_request(create: WatchCreateRequest) -> WatchRequest {
-    WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) }
+    WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+    }
 }
 
 impl WatchStream {
@@ -44,7 +47,9 @@ impl WatchStream {
     /// response headers only with the first response, so the call cannot be awaited empty.
     async fn open(client: &Client, first: WatchCreateRequest) -> Result<WatchStream, String> {
         let (tx, rx) = mpsc::channel(WATCH_REQUESTS_MAX);
-        tx.send(create_request(first)).await.map_err(|_| "watch stream closed".to_string())?;
+        tx.send(create_request(first))
+            .await
+            .map_err(|_| "watch stream closed".to_string())?;
         let responses = client
             .watch()
             .watch(client.request(ReceiverStream::new(rx)))
@@ -142,17 +147,34 @@ struct WatchPutWorker {
 impl Worker for WatchPutWorker {
     async fn call(&mut self, op_number: u64) -> (usize, Result<(), String>) {
         let key = self.watched[op_number as usize % self.watched.len()].clone();
-        let request = self.client.request(PutRequest { key, value: Bytes::from_static(b"data"), ..Default::default() });
-        (0, self.kv.put(request).await.map(drop).map_err(|s| status_text(&s)))
+        let request = self.client.request(PutRequest {
+            key,
+            value: Bytes::from_static(b"data"),
+            ..Default::default()
+        });
+        (
+            0,
+            self.kv
+                .put(request)
+                .await
+                .map(drop)
+                .map_err(|s| status_text(&s)),
+        )
     }
 }
 
 pub async fn watch(args: WatchArgs, global: &Global, out: &mut Output) -> Result<(), BoxError> {
     if args.key_space_size <= 0 {
-        return Err(format!("expected positive --key-space-size, got ({})", args.key_space_size).into());
+        return Err(format!(
+            "expected positive --key-space-size, got ({})",
+            args.key_space_size
+        )
+        .into());
     }
     if args.streams == 0 || args.watch_per_stream == 0 || args.watched_key_total == 0 {
-        return Err("--streams, --watch-per-stream and --watched-key-total must be positive".into());
+        return Err(
+            "--streams, --watch-per-stream and --watched-key-total must be positive".into(),
+        );
     }
     let grpc_conns = global.clients.min(global.conns);
     let wanted_conns = 1 + args.streams / 100;
@@ -188,7 +210,10 @@ pub async fn watch(args: WatchArgs, global: &Global, out: &mut Output) -> Result
             .map(|w| {
                 let key = watched[(w * args.streams + s) % watched.len()].clone();
                 *watchers_per_key.entry(key.clone()).or_insert(0) += 1;
-                WatchCreateRequest { key, ..Default::default() }
+                WatchCreateRequest {
+                    key,
+                    ..Default::default()
+                }
             })
             .collect();
         let done = progress.counter();
@@ -206,7 +231,11 @@ pub async fn watch(args: WatchArgs, global: &Global, out: &mut Output) -> Result
         streams.push(made.map_err(|e| format!("watch create: {e}"))?.0);
     }
     progress.finish();
-    out.report("Watch creation summary:\n", Report::new("watch-make", started.elapsed(), rec), "");
+    out.report(
+        "Watch creation summary:\n",
+        Report::new("watch-make", started.elapsed(), rec),
+        "",
+    );
 
     // Puts, and the events they fan out to the watchers.
     let events_total: u64 = (0..args.put_total)
@@ -252,11 +281,19 @@ pub async fn watch(args: WatchArgs, global: &Global, out: &mut Output) -> Result
     }
     let workers: Vec<WatchPutWorker> = clients
         .iter()
-        .map(|c| WatchPutWorker { client: c.clone(), kv: c.kv(), watched: watched.clone() })
+        .map(|c| WatchPutWorker {
+            client: c.clone(),
+            kv: c.kv(),
+            watched: watched.clone(),
+        })
         .collect();
     let put_reports = closed_loop_quiet(workers, args.put_total, args.put_rate).await?;
     if put_reports.rec.errors_total() > 0 {
-        return Err(format!("watch put failed: {}", put_reports.text(crate::report::Precision { precise: false })).into());
+        return Err(format!(
+            "watch put failed: {}",
+            put_reports.text(crate::report::Precision { precise: false })
+        )
+        .into());
     }
     let mut rec = Recorder::default();
     for reader in readers {
@@ -269,13 +306,21 @@ pub async fn watch(args: WatchArgs, global: &Global, out: &mut Output) -> Result
         }
     }
     progress.finish();
-    out.report("Watch events received summary:\n", Report::new("watch-put", started.elapsed(), rec), "");
+    out.report(
+        "Watch events received summary:\n",
+        Report::new("watch-put", started.elapsed(), rec),
+        "",
+    );
     Ok(())
 }
 
 /// The put load of `watch`: the closed-loop driver without a progress bar of its own
 /// (the bar shows events received, as in etcd's tool).
-async fn closed_loop_quiet(workers: Vec<WatchPutWorker>, total: u64, rate: u64) -> Result<Report, BoxError> {
+async fn closed_loop_quiet(
+    workers: Vec<WatchPutWorker>,
+    total: u64,
+    rate: u64,
+) -> Result<Report, BoxError> {
     // The driver's bar goes to stderr too; hide it by running under a hidden draw target.
     let mut reports = super::closed_loop_hidden(workers, total, rate, &["watch-put-load"]).await?;
     Ok(reports.remove(0))
@@ -306,7 +351,11 @@ pub struct WatchLatencyArgs {
     val_size: usize,
 }
 
-pub async fn watch_latency(args: WatchLatencyArgs, global: &Global, out: &mut Output) -> Result<(), BoxError> {
+pub async fn watch_latency(
+    args: WatchLatencyArgs,
+    global: &Global,
+    out: &mut Output,
+) -> Result<(), BoxError> {
     if args.streams == 0 || args.watchers_per_stream == 0 {
         return Err("--streams and --watchers-per-stream must be positive".into());
     }
@@ -317,11 +366,20 @@ pub async fn watch_latency(args: WatchLatencyArgs, global: &Global, out: &mut Ou
     let ignored = AtomicU64::new(0);
     for s in 0..args.streams {
         let creates = (0..args.watchers_per_stream)
-            .map(|_| WatchCreateRequest { key: key.clone(), prev_kv: args.prevkv, ..Default::default() })
+            .map(|_| WatchCreateRequest {
+                key: key.clone(),
+                prev_kv: args.prevkv,
+                ..Default::default()
+            })
             .collect();
-        let (stream, ids) = make_watches(&clients[s % clients.len()], creates, &mut Recorder::default(), &ignored)
-            .await
-            .map_err(|e| format!("watch create: {e}"))?;
+        let (stream, ids) = make_watches(
+            &clients[s % clients.len()],
+            creates,
+            &mut Recorder::default(),
+            &ignored,
+        )
+        .await
+        .map_err(|e| format!("watch create: {e}"))?;
         streams.push((stream, ids));
     }
     let put_client = create_clients(global, 1, 1).await?.remove(0);
@@ -334,8 +392,10 @@ pub async fn watch_latency(args: WatchLatencyArgs, global: &Global, out: &mut Ou
         let counter = progress.counter();
         readers.push(tokio::spawn(async move {
             let WatchStream { tx, mut responses } = stream;
-            let slot: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-            let mut event_times: Vec<Vec<Instant>> = ids.iter().map(|_| Vec::with_capacity(put_total)).collect();
+            let slot: HashMap<i64, usize> =
+                ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+            let mut event_times: Vec<Vec<Instant>> =
+                ids.iter().map(|_| Vec::with_capacity(put_total)).collect();
             let mut pending = ids.len();
             while pending > 0 {
                 let response = match responses.message().await {
@@ -344,7 +404,9 @@ pub async fn watch_latency(args: WatchLatencyArgs, global: &Global, out: &mut Ou
                     Err(s) => return Err(status_text(&s)),
                 };
                 let now = Instant::now();
-                let Some(&w) = slot.get(&response.watch_id) else { continue };
+                let Some(&w) = slot.get(&response.watch_id) else {
+                    continue;
+                };
                 for _ in &response.events {
                     if event_times[w].len() < put_total {
                         event_times[w].push(now);
@@ -368,9 +430,18 @@ pub async fn watch_latency(args: WatchLatencyArgs, global: &Global, out: &mut Ou
     for _ in 0..put_total {
         limiter.wait().await;
         let t0 = Instant::now();
-        kv.put(put_client.request(PutRequest { key: key.clone(), value: value.clone(), ..Default::default() }))
-            .await
-            .map_err(|s| format!("Failed to Put for watch latency benchmark: {}", status_text(&s)))?;
+        kv.put(put_client.request(PutRequest {
+            key: key.clone(),
+            value: value.clone(),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|s| {
+            format!(
+                "Failed to Put for watch latency benchmark: {}",
+                status_text(&s)
+            )
+        })?;
         let t1 = Instant::now();
         put_rec.record(t1 - t0);
         put_times.push(t1);
@@ -387,8 +458,16 @@ pub async fn watch_latency(args: WatchLatencyArgs, global: &Global, out: &mut Ou
     }
     let watch_elapsed = started.elapsed();
     progress.finish();
-    out.report("\nPut summary:\n", Report::new("watch-latency-put", put_elapsed, put_rec), "");
-    out.report("\nWatch events summary:\n", Report::new("watch-latency-watch", watch_elapsed, watch_rec), "");
+    out.report(
+        "\nPut summary:\n",
+        Report::new("watch-latency-put", put_elapsed, put_rec),
+        "",
+    );
+    out.report(
+        "\nWatch events summary:\n",
+        Report::new("watch-latency-watch", watch_elapsed, watch_rec),
+        "",
+    );
     Ok(())
 }
 
@@ -405,7 +484,11 @@ pub struct WatchGetArgs {
     events: usize,
 }
 
-pub async fn watch_get(args: WatchGetArgs, global: &Global, out: &mut Output) -> Result<(), BoxError> {
+pub async fn watch_get(
+    args: WatchGetArgs,
+    global: &Global,
+    out: &mut Output,
+) -> Result<(), BoxError> {
     if args.streams == 0 || args.watchers == 0 || args.events == 0 {
         return Err("--watchers, --streams and --events must be positive".into());
     }
