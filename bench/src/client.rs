@@ -79,6 +79,18 @@ pub fn status_text(status: &tonic::Status) -> String {
     )
 }
 
+/// An error and its causes, `outer: inner: innermost` (tonic's transport errors say
+/// little more than "transport error" on their own).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 /// Splits `http://host:port`, `https://host:port` or `host:port` into (tls?, authority).
 fn parse_endpoint(endpoint: &str) -> (bool, String) {
     let endpoint = endpoint.trim();
@@ -180,7 +192,7 @@ pub async fn create_clients(
         let client = dialer
             .dial(endpoint)
             .await
-            .map_err(|e| format!("dial error: {endpoint}: {e}"))?;
+            .map_err(|e| format!("dial error: {endpoint}: {}", error_chain(e.as_ref())))?;
         connections.push(client);
     }
     Ok((0..clients.max(1))
