@@ -2,7 +2,7 @@
 //! against real etcd 3.4.23) against tern with the recorder's own `compare` mode, and
 //! fails on any difference in stdout, stderr or exit code.
 //!
-//! Scenarios covered here are the ones whose features have landed: kv, txn, and the part
+//! Scenarios covered here are the ones whose features have landed: kv, txn, edge, and the part
 //! of cluster before membership changes (raft-backed membership is issue 6). That part is
 //! cut from the recorded transcript at its section comment, not edited: each scenario runs
 //! its commands in order against a fresh server, so a prefix of a transcript is exactly
@@ -89,4 +89,9 @@ fn golden_txn() {
 #[test]
 fn golden_cluster_before_membership_changes() {
     compare(&["cluster_kv"]);
+}
+
+#[test]
+fn golden_edge() {
+    compare(&["edge"]);
 }
