@@ -30,6 +30,11 @@ fn main() {
             max_request_bytes: config.max_request_bytes as usize,
             max_txn_ops: config.max_txn_ops as usize,
         },
+        lease: tern::lease::LeaseOptions::from_raft_timing(
+            config.heartbeat_interval_ms,
+            config.election_timeout_ms,
+        ),
+        lease_promote_extend: std::time::Duration::from_millis(config.election_timeout_ms),
     };
     if let Err(e) = server::run(options) {
         tern::fatal!("cannot serve", "error" => e);
@@ -44,7 +49,10 @@ fn identity(config: &Config) -> Identity {
         .iter()
         .map(|m| {
             let urls: Vec<String> = m.peer_urls.iter().map(|u| u.url.clone()).collect();
-            (m.name.clone(), id::member_id(&urls, &config.initial_cluster_token, None))
+            (
+                m.name.clone(),
+                id::member_id(&urls, &config.initial_cluster_token, None),
+            )
         })
         .collect();
     let Some(&(_, member_id)) = member_ids.iter().find(|(name, _)| *name == config.name) else {
@@ -55,7 +63,15 @@ fn identity(config: &Config) -> Identity {
         cluster_id: id::cluster_id(&ids),
         member_id,
         name: config.name.clone(),
-        peer_urls: config.initial_advertise_peer_urls.iter().map(|u| u.url.clone()).collect(),
-        client_urls: config.advertise_client_urls.iter().map(|u| u.url.clone()).collect(),
+        peer_urls: config
+            .initial_advertise_peer_urls
+            .iter()
+            .map(|u| u.url.clone())
+            .collect(),
+        client_urls: config
+            .advertise_client_urls
+            .iter()
+            .map(|u| u.url.clone())
+            .collect(),
     }
 }
