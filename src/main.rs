@@ -49,10 +49,7 @@ fn identity(config: &Config) -> Identity {
         .iter()
         .map(|m| {
             let urls: Vec<String> = m.peer_urls.iter().map(|u| u.url.clone()).collect();
-            (
-                m.name.clone(),
-                id::member_id(&urls, &config.initial_cluster_token, None),
-            )
+            (m.name.clone(), id::member_id(&urls, &config.initial_cluster_token, None))
         })
         .collect();
     let Some(&(_, member_id)) = member_ids.iter().find(|(name, _)| *name == config.name) else {
@@ -63,15 +60,7 @@ fn identity(config: &Config) -> Identity {
         cluster_id: id::cluster_id(&ids),
         member_id,
         name: config.name.clone(),
-        peer_urls: config
-            .initial_advertise_peer_urls
-            .iter()
-            .map(|u| u.url.clone())
-            .collect(),
-        client_urls: config
-            .advertise_client_urls
-            .iter()
-            .map(|u| u.url.clone())
-            .collect(),
+        peer_urls: config.initial_advertise_peer_urls.iter().map(|u| u.url.clone()).collect(),
+        client_urls: config.advertise_client_urls.iter().map(|u| u.url.clone()).collect(),
     }
 }

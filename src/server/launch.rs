@@ -56,10 +56,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             "cores" => plan.cores_in_use()
         );
     }
-    check_memlock(
-        plan.cores_in_use() + 1,
-        NETWORK_IO_MEMORY_BYTES.max(STATE_IO_MEMORY_BYTES),
-    )?;
+    check_memlock(plan.cores_in_use() + 1, NETWORK_IO_MEMORY_BYTES.max(STATE_IO_MEMORY_BYTES))?;
     check_addresses_free(&options.listen_client_addrs)?;
 
     // signal-hook's handler only writes to a self-pipe that the main thread reads, so the
@@ -81,13 +78,11 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         .name("tern-state")
         .io_memory(STATE_IO_MEMORY_BYTES)
         .spawn(move || async move {
-            let state = Rc::new(RefCell::new(
-                StateMachine::new(
-                    identity,
-                    KvStore::open(MemBackend::new()).expect("an empty in-memory store opens"),
-                )
-                .with_lease_options(lease_options, lease_extend),
-            ));
+            let state = Rc::new(RefCell::new(StateMachine::new(
+                identity,
+                KvStore::open(MemBackend::new()).expect("an empty in-memory store opens"),
+            )
+            .with_lease_options(lease_options, lease_extend)));
             // The primary's lease expiry and checkpoint loop; dropped (cancelled) below
             // once every network core has hung up.
             let lease_timer = glommio::spawn_local(run_lease_timer(state.clone()));
@@ -168,11 +163,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     announce_ready(&options, &plan);
 
     if let Some(signal) = signals.forever().next() {
-        let name = if signal == libc::SIGTERM {
-            "terminated"
-        } else {
-            "interrupt"
-        };
+        let name = if signal == libc::SIGTERM { "terminated" } else { "interrupt" };
         crate::info!("received signal; shutting down", "signal" => name);
     }
     for stop in stops {

@@ -20,8 +20,8 @@ pub use leases::run_lease_timer;
 use crate::error::EtcdError;
 use crate::lease::{LeaseOptions, Lessor};
 use crate::mvcc::{KvStore, MemBackend};
-use crate::proto::etcdserverpb as pb;
 use crate::server::change_waiters::ChangeWaiters;
+use crate::proto::etcdserverpb as pb;
 use crate::server::state_client::Command;
 
 /// The etcd server version tern reports in Status, so that clients that gate features on
@@ -173,10 +173,7 @@ impl StateMachine {
                 // etcd answers Alarm without a response header (its JSON is `{}` when
                 // no alarm is raised).
                 let alarms = self.alarm(req);
-                let _ = reply.send(Ok(pb::AlarmResponse {
-                    header: None,
-                    alarms,
-                }));
+                let _ = reply.send(Ok(pb::AlarmResponse { header: None, alarms }));
             }
             Command::Defragment(reply) => {
                 let res: Result<_, EtcdError> = Ok(pb::DefragmentResponse {
@@ -195,10 +192,7 @@ impl StateMachine {
     /// corruption check (CORRUPT) arrive with the persistent backend.
     fn alarm(&mut self, req: pb::AlarmRequest) -> Vec<pb::AlarmMember> {
         use pb::alarm_request::AlarmAction;
-        let wanted = pb::AlarmMember {
-            member_id: req.member_id,
-            alarm: req.alarm,
-        };
+        let wanted = pb::AlarmMember { member_id: req.member_id, alarm: req.alarm };
         match AlarmAction::try_from(req.action).unwrap_or(AlarmAction::Get) {
             AlarmAction::Get => self
                 .alarms

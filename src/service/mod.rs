@@ -7,8 +7,11 @@
 
 mod call;
 mod cluster;
+mod election;
 mod kv;
 mod lease;
+mod lock;
+mod recipes;
 mod maintenance;
 
 use std::rc::Rc;
@@ -68,14 +71,13 @@ async fn route(context: Rc<ServiceContext>, call: Call) {
         "etcdserverpb.Maintenance" => maintenance::serve(&context, method, call).await,
         "etcdserverpb.Cluster" => cluster::serve(&context, method, call).await,
         "etcdserverpb.Lease" => lease::serve(&context, method, call).await,
+        "v3lockpb.Lock" => lock::serve(&context, method, call).await,
+        "v3electionpb.Election" => election::serve(&context, method, call).await,
         // The services below exist in etcd's API; their issues have not landed yet.
-        "etcdserverpb.Watch" | "etcdserverpb.Auth" | "v3lockpb.Lock" | "v3electionpb.Election" => {
-            call.responses.finish(not_yet(service, method))
-        }
-        _ => call.responses.finish(Status::new(
-            Code::Unimplemented,
-            format!("unknown service {service}"),
-        )),
+        "etcdserverpb.Watch" | "etcdserverpb.Auth" => call.responses.finish(not_yet(service, method)),
+        _ => call
+            .responses
+            .finish(Status::new(Code::Unimplemented, format!("unknown service {service}"))),
     }
 }
 
@@ -87,18 +89,12 @@ fn split_path(path: &str) -> (&str, &str) {
 
 /// grpc-go's answer for a method its service does not have.
 pub(crate) fn unknown_method(service: &str, method: &str) -> Status {
-    Status::new(
-        Code::Unimplemented,
-        format!("unknown method {method} for service {service}"),
-    )
+    Status::new(Code::Unimplemented, format!("unknown method {method} for service {service}"))
 }
 
 /// A method etcd has and tern will have once its issue lands.
 pub(crate) fn not_yet(service: &str, method: &str) -> Status {
-    Status::new(
-        Code::Unimplemented,
-        format!("tern: {service}/{method} is not implemented yet"),
-    )
+    Status::new(Code::Unimplemented, format!("tern: {service}/{method} is not implemented yet"))
 }
 
 #[cfg(test)]
@@ -107,10 +103,7 @@ mod tests {
 
     #[test]
     fn splits_grpc_paths() {
-        assert_eq!(
-            split_path("/etcdserverpb.KV/Range"),
-            ("etcdserverpb.KV", "Range")
-        );
+        assert_eq!(split_path("/etcdserverpb.KV/Range"), ("etcdserverpb.KV", "Range"));
         assert_eq!(split_path("/nonsense"), ("nonsense", ""));
         assert_eq!(split_path(""), ("", ""));
     }
