@@ -6,3 +6,6 @@ pub mod lessor;
 
 pub use command::LeaseCommand;
 pub use lessor::{Granted, Lease, LeaseOptions, Lessor, LEASE_TTL_SECS_MAX};
+
+#[cfg(test)]
+mod tests;

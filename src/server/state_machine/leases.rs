@@ -285,3 +285,112 @@ pub async fn run_lease_timer(state: Rc<RefCell<StateMachine>>) {
         glommio::timer::sleep(next.saturating_duration_since(Instant::now())).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use futures::channel::oneshot;
+
+    use super::StateMachine;
+    use crate::error::EtcdError;
+    use crate::lease::LeaseCommand;
+    use crate::mvcc::{KvStore, MemBackend};
+    use crate::proto::etcdserverpb as pb;
+    use crate::server::state_client::Command;
+    use crate::server::Identity;
+
+    fn machine() -> StateMachine {
+        let identity = Identity {
+            cluster_id: 1,
+            member_id: 0xabcd_0000_1234,
+            name: "t".into(),
+            peer_urls: Vec::new(),
+            client_urls: Vec::new(),
+        };
+        StateMachine::new(identity, KvStore::open(MemBackend::new()).unwrap())
+    }
+
+    fn run<T>(
+        state: &mut StateMachine,
+        make: impl FnOnce(oneshot::Sender<Result<T, EtcdError>>) -> Command,
+    ) -> Result<T, EtcdError> {
+        let (tx, mut rx) = oneshot::channel();
+        state.handle(make(tx));
+        rx.try_recv()
+            .unwrap()
+            .expect("the state machine answers at once")
+    }
+
+    fn put(state: &mut StateMachine, key: &str, lease: i64) -> Result<pb::PutResponse, EtcdError> {
+        let req = pb::PutRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            lease,
+            ..Default::default()
+        };
+        run(state, |r| Command::Put(req, r))
+    }
+
+    fn grant(state: &mut StateMachine, ttl: i64) -> i64 {
+        let req = pb::LeaseGrantRequest { ttl, id: 0 };
+        run(state, |r| Command::Lease(LeaseCommand::Grant(req, r)))
+            .unwrap()
+            .id
+    }
+
+    #[test]
+    fn revoke_deletes_every_attached_key_in_one_revision() {
+        let mut state = machine();
+        let id = grant(&mut state, 60);
+        assert!(id > 0 && id >> 48 == 0x1234, "member prefix in {id:x}");
+        for key in ["a", "b", "c"] {
+            put(&mut state, key, id).unwrap();
+        }
+        put(&mut state, "plain", 0).unwrap();
+        let before = state.store.current_revision();
+        let resp = run(&mut state, |r| {
+            Command::Lease(LeaseCommand::Revoke(pb::LeaseRevokeRequest { id }, r))
+        })
+        .unwrap();
+        assert_eq!(resp.header.unwrap().revision, before + 1);
+        assert_eq!(state.store.current_revision(), before + 1);
+        let all = crate::mvcc::KeyRange::from_request(&[0], &[0]);
+        let live = state.store.range_keys(all, Default::default()).unwrap();
+        assert_eq!(live.count, 1);
+        assert_eq!(
+            put(&mut state, "x", id).unwrap_err(),
+            EtcdError::LeaseNotFound
+        );
+    }
+
+    #[test]
+    fn expiry_revokes_through_the_write_path() {
+        let mut state = machine();
+        let id = grant(&mut state, 2);
+        put(&mut state, "short", id).unwrap();
+        let empty = grant(&mut state, 2);
+        let before = state.store.current_revision();
+        let now = Instant::now();
+        state.lease_pass(now);
+        assert!(state.lessor.lookup(id).is_some());
+        state.lease_pass(now + Duration::from_secs(3));
+        assert!(state.lessor.lookup(id).is_none() && state.lessor.lookup(empty).is_none());
+        // One revision for the key of the first lease; none for the keyless one.
+        assert_eq!(state.store.current_revision(), before + 1);
+        let ttl = run(&mut state, |r| {
+            Command::Lease(LeaseCommand::TimeToLive(
+                pb::LeaseTimeToLiveRequest { id, keys: true },
+                r,
+            ))
+        })
+        .unwrap();
+        assert_eq!((ttl.ttl, ttl.granted_ttl), (-1, 0));
+        let kept = run(&mut state, |r| {
+            Command::Lease(LeaseCommand::Renew(pb::LeaseKeepAliveRequest { id }, r))
+        })
+        .unwrap();
+        assert_eq!(kept.ttl, 0);
+    }
+}
