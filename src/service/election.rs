@@ -237,7 +237,7 @@ async fn send_leader(
     revision: i64,
     kv: KeyValue,
 ) -> Result<(), Option<Status>> {
-    let mut header = header.clone().unwrap_or_default();
+    let mut header = header.unwrap_or_default();
     header.revision = revision;
     let message = pb::LeaderResponse {
         header: Some(header),
@@ -262,7 +262,7 @@ async fn observe_loop(
             .range(create_ordered(&prefix, false, 0))
             .await
             .map_err(to_status)?;
-        let header = resp.header.clone();
+        let header = resp.header;
         let mut revision = header.as_ref().map_or(0, |h| h.revision);
         let leader = match resp.kvs.into_iter().next() {
             Some(kv) => kv,
