@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http2;
+pub mod lease;
 pub mod log;
 pub mod membership;
 pub mod mvcc;

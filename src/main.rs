@@ -30,6 +30,11 @@ fn main() {
             max_request_bytes: config.max_request_bytes as usize,
             max_txn_ops: config.max_txn_ops as usize,
         },
+        lease: tern::lease::LeaseOptions::from_raft_timing(
+            config.heartbeat_interval_ms,
+            config.election_timeout_ms,
+        ),
+        lease_promote_extend: std::time::Duration::from_millis(config.election_timeout_ms),
     };
     if let Err(e) = server::run(options) {
         tern::fatal!("cannot serve", "error" => e);

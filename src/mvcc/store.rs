@@ -195,6 +195,11 @@ impl<B: Backend> KvStore<B> {
         &self.backend
     }
 
+    /// For state kept beside the key space in the same backend batch (the lease bucket).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
     pub fn key_index(&self) -> &KeyIndexTree {
         &self.key_index
     }

@@ -14,11 +14,12 @@ use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::http2::{ServerConfig, ShutdownSignal};
+use crate::lease::LeaseOptions;
 use crate::mvcc::{KvStore, MemBackend};
 use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{bind_all, check_addresses_free, serve_clients};
 use crate::server::state_client::{Command, StateClient, COMMAND_QUEUE_MAX};
-use crate::server::state_machine::{Identity, StateMachine};
+use crate::server::state_machine::{run_lease_timer, Identity, StateMachine};
 use crate::service::{self, Limits, ServiceContext};
 
 /// io_uring buffer memory each executor registers. Network executors do no file I/O, so
@@ -33,6 +34,9 @@ pub struct ServerOptions {
     pub listen_client_addrs: Vec<SocketAddr>,
     pub cores: Option<usize>,
     pub limits: Limits,
+    pub lease: LeaseOptions,
+    /// How long a fresh leader's leases are extended by (etcd: one election timeout).
+    pub lease_promote_extend: std::time::Duration,
 }
 
 fn placement(cpu: Option<usize>) -> Placement {
@@ -69,6 +73,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     }
 
     let identity = options.identity.clone();
+    let (lease_options, lease_extend) = (options.lease, options.lease_promote_extend);
     let state_executor = LocalExecutorBuilder::new(placement(plan.state_cpu))
         .name("tern-state")
         .io_memory(STATE_IO_MEMORY_BYTES)
@@ -76,7 +81,11 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             let state = Rc::new(RefCell::new(StateMachine::new(
                 identity,
                 KvStore::open(MemBackend::new()).expect("an empty in-memory store opens"),
-            )));
+            )
+            .with_lease_options(lease_options, lease_extend)));
+            // The primary's lease expiry and checkpoint loop; dropped (cancelled) below
+            // once every network core has hung up.
+            let lease_timer = glommio::spawn_local(run_lease_timer(state.clone()));
             let mut per_core = Vec::new();
             for receiver in command_receivers {
                 let state = state.clone();
@@ -90,6 +99,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             for task in per_core {
                 task.await;
             }
+            drop(lease_timer);
         })
         .map_err(|e| format!("cannot start the state executor: {e}"))?;
 

@@ -12,6 +12,7 @@
 //!   `StateClient` and nothing else of it.
 //! - A request is acknowledged to the client only after the state executor has applied it.
 
+pub mod change_waiters;
 pub mod launch;
 pub mod network;
 pub mod state_client;

@@ -34,6 +34,8 @@ pub enum Command {
     MemberList(Reply<pb::MemberListResponse>),
     Alarm(pb::AlarmRequest, Reply<pb::AlarmResponse>),
     Defragment(Reply<pb::DefragmentResponse>),
+    Lease(crate::lease::LeaseCommand),
+    WaitChange(crate::server::change_waiters::WaitChange),
 }
 
 /// A network core's connection to the state executor. Cheap to share within its core (`Rc`).
@@ -94,5 +96,29 @@ impl StateClient {
     }
     pub async fn defragment(&self) -> Result<pb::DefragmentResponse, EtcdError> {
         self.call(Command::Defragment).await
+    }
+    pub async fn lease<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> crate::lease::LeaseCommand,
+    ) -> Result<T, EtcdError> {
+        self.call(|r| Command::Lease(make(r))).await
+    }
+    /// Waits for the next change in `[key, range_end)` after `after_revision` (see
+    /// `change_waiters`). Dropping the future withdraws the waiter.
+    pub async fn wait_change(
+        &self,
+        key: bytes::Bytes,
+        range_end: bytes::Bytes,
+        after_revision: i64,
+    ) -> Result<Vec<crate::mvcc::Change>, EtcdError> {
+        self.call(|reply| {
+            Command::WaitChange(crate::server::change_waiters::WaitChange {
+                key,
+                range_end,
+                after_revision,
+                reply,
+            })
+        })
+        .await
     }
 }

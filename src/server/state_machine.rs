@@ -13,9 +13,14 @@
 //! leader. `applied_index` counts applied entries the way raft's log would (bootstrap
 //! entries plus one per write).
 
+mod leases;
+
+pub use leases::run_lease_timer;
+
 use crate::error::EtcdError;
-use crate::apply::NoLeases;
+use crate::lease::{LeaseOptions, Lessor};
 use crate::mvcc::{KvStore, MemBackend};
+use crate::server::change_waiters::ChangeWaiters;
 use crate::proto::etcdserverpb as pb;
 use crate::server::state_client::Command;
 
@@ -47,6 +52,13 @@ pub struct StateMachine {
     store: KvStore<MemBackend>,
     raft_applied_index: u64,
     alarms: Vec<pb::AlarmMember>,
+    lessor: Lessor,
+    /// Blocked Lock/Campaign/Observe calls waiting for a change (`change_waiters`).
+    waiters: ChangeWaiters,
+    /// Store revision whose changes the lessor and the waiters have seen.
+    changes_seen_revision: i64,
+    /// Counter part of the next server-chosen lease id.
+    lease_id_suffix: u64,
 }
 
 impl StateMachine {
@@ -57,12 +69,19 @@ impl StateMachine {
             store.set_consistent_index(BOOTSTRAP_RAFT_ENTRIES);
             store.commit().expect("the in-memory backend cannot fail");
         }
-        StateMachine {
+        let changes_seen_revision = store.current_revision();
+        let mut state = StateMachine {
             identity,
             store,
             raft_applied_index: BOOTSTRAP_RAFT_ENTRIES,
             alarms: Vec::new(),
-        }
+            lessor: Lessor::new(LeaseOptions::default()),
+            waiters: ChangeWaiters::default(),
+            changes_seen_revision,
+            lease_id_suffix: 0,
+        };
+        state.restore_leases();
+        state
     }
 
     fn header(&self, revision: i64) -> pb::ResponseHeader {
@@ -94,10 +113,11 @@ impl StateMachine {
             }
             Command::Put(req, reply) => {
                 self.advance_applied_index();
-                let res = self.store.put(&req, &NoLeases).map(|mut r| {
+                let res = self.store.put(&req, &self.lessor).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
                 });
+                self.after_write();
                 let _ = reply.send(res);
             }
             Command::DeleteRange(req, reply) => {
@@ -106,14 +126,16 @@ impl StateMachine {
                     self.stamp(&mut r.header);
                     r
                 });
+                self.after_write();
                 let _ = reply.send(res);
             }
             Command::Txn(req, reply) => {
                 self.advance_applied_index();
-                let res = self.store.txn(&req, &NoLeases).map(|mut r| {
+                let res = self.store.txn(&req, &self.lessor).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
                 });
+                self.after_write();
                 let _ = reply.send(res);
             }
             Command::Compact(req, reply) => {
@@ -159,6 +181,8 @@ impl StateMachine {
                 });
                 let _ = reply.send(res);
             }
+            Command::Lease(command) => self.handle_lease(command, std::time::Instant::now()),
+            Command::WaitChange(wait) => self.waiters.register(wait, &self.store),
         }
     }
 

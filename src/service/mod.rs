@@ -7,7 +7,11 @@
 
 mod call;
 mod cluster;
+mod election;
 mod kv;
+mod lease;
+mod lock;
+mod recipes;
 mod maintenance;
 
 use std::rc::Rc;
@@ -66,12 +70,11 @@ async fn route(context: Rc<ServiceContext>, call: Call) {
         "etcdserverpb.KV" => kv::serve(&context, method, call).await,
         "etcdserverpb.Maintenance" => maintenance::serve(&context, method, call).await,
         "etcdserverpb.Cluster" => cluster::serve(&context, method, call).await,
+        "etcdserverpb.Lease" => lease::serve(&context, method, call).await,
+        "v3lockpb.Lock" => lock::serve(&context, method, call).await,
+        "v3electionpb.Election" => election::serve(&context, method, call).await,
         // The services below exist in etcd's API; their issues have not landed yet.
-        "etcdserverpb.Watch"
-        | "etcdserverpb.Lease"
-        | "etcdserverpb.Auth"
-        | "v3lockpb.Lock"
-        | "v3electionpb.Election" => call.responses.finish(not_yet(service, method)),
+        "etcdserverpb.Watch" | "etcdserverpb.Auth" => call.responses.finish(not_yet(service, method)),
         _ => call
             .responses
             .finish(Status::new(Code::Unimplemented, format!("unknown service {service}"))),
