@@ -56,7 +56,8 @@ fn committed_n(db: &Db) -> u64 {
 #[test]
 #[ignore = "crash-test child; started by sigkill_at_random_points"]
 fn crash_child_writer() {
-    let path = std::env::var(CHILD_ENV).expect("run by sigkill_at_random_points, which sets the dir");
+    let path =
+        std::env::var(CHILD_ENV).expect("run by sigkill_at_random_points, which sets the dir");
     let db = Db::open(&path, Options::default()).unwrap();
     let mut n = committed_n(&db);
     loop {

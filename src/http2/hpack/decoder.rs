@@ -89,9 +89,16 @@ impl Decoder {
             0 => Err(error("index 0")),
             1..=61 => {
                 let (name, value) = STATIC_TABLE[index - 1];
-                Ok((Bytes::from_static(name.as_bytes()), Bytes::from_static(value.as_bytes())))
+                Ok((
+                    Bytes::from_static(name.as_bytes()),
+                    Bytes::from_static(value.as_bytes()),
+                ))
             }
-            _ => self.dynamic.get(index - 62).cloned().ok_or_else(|| error("index out of range")),
+            _ => self
+                .dynamic
+                .get(index - 62)
+                .cloned()
+                .ok_or_else(|| error("index out of range")),
         }
     }
 
@@ -176,7 +183,8 @@ fn decode_string(block: &[u8], pos: &mut usize) -> Result<Bytes, HpackError> {
         return Ok(Bytes::copy_from_slice(raw));
     }
     let mut out = Vec::with_capacity(raw.len() * 8 / 5 + 1);
-    huffman::decode(raw, &mut out).map_err(|e| HpackError(format!("invalid Huffman string: {e:?}")))?;
+    huffman::decode(raw, &mut out)
+        .map_err(|e| HpackError(format!("invalid Huffman string: {e:?}")))?;
     Ok(Bytes::from(out))
 }
 
@@ -188,7 +196,10 @@ mod tests {
     fn integers_per_rfc_7541_c1() {
         // C.1.1: 10 with a 5-bit prefix; C.1.2: 1337 with a 5-bit prefix; C.1.3: 42, 8-bit.
         assert_eq!(decode_integer(&[0x0a], &mut 0, 5).unwrap(), 10);
-        assert_eq!(decode_integer(&[0x1f, 0x9a, 0x0a], &mut 0, 5).unwrap(), 1337);
+        assert_eq!(
+            decode_integer(&[0x1f, 0x9a, 0x0a], &mut 0, 5).unwrap(),
+            1337
+        );
         assert_eq!(decode_integer(&[0x2a], &mut 0, 8).unwrap(), 42);
     }
 
