@@ -195,6 +195,12 @@ impl<B: Backend> KvStore<B> {
         &self.backend
     }
 
+    /// The backend, for maintenance (commit, defragment). Key-space writes go through
+    /// [`KvStore::write`], never through this.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
     pub fn key_index(&self) -> &KeyIndexTree {
         &self.key_index
     }
