@@ -116,7 +116,7 @@ impl StateMachine {
         self.uncommitted = false;
         let failure = committed.as_ref().err().map(|_| EtcdError::Stopped);
         for reply in self.deferred_replies.drain(..) {
-            reply(failure.clone());
+            reply(failure);
         }
         if let Err(e) = committed {
             crate::fatal!("failed to commit backend transaction", "error" => e.to_string());
