@@ -564,7 +564,9 @@ impl WriteTxn {
                 Child::Clean(pgid) => return self.base_get_from(*pgid, &internal),
                 Child::Dirty(node) => match node.as_ref() {
                     Node::Leaf(entries) => {
-                        return match entries.binary_search_by(|e| page::compare_keys(&e.key, &internal)) {
+                        return match entries
+                            .binary_search_by(|e| page::compare_keys(&e.key, &internal))
+                        {
                             Ok(at) => match &entries[at].value {
                                 Value::Inline(bytes) | Value::Big(bytes) => {
                                     Ok(Some(bytes.as_slice()))

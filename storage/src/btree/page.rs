@@ -555,13 +555,20 @@ mod compare_tests {
         let long: Vec<Vec<u8>> = keys
             .iter()
             .flat_map(|k| {
-                [[vec![7u8; 8], k.clone()].concat(), [vec![7u8; 9], k.clone()].concat()]
+                [
+                    [vec![7u8; 8], k.clone()].concat(),
+                    [vec![7u8; 9], k.clone()].concat(),
+                ]
             })
             .collect();
         keys.extend(long);
         for a in &keys {
             for b in &keys {
-                assert_eq!(compare_keys(a, b), a.as_slice().cmp(b.as_slice()), "{a:?} {b:?}");
+                assert_eq!(
+                    compare_keys(a, b),
+                    a.as_slice().cmp(b.as_slice()),
+                    "{a:?} {b:?}"
+                );
             }
         }
         let mut rng = fastrand::Rng::with_seed(5);
