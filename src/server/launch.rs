@@ -16,12 +16,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use futures::FutureExt;
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::http2::{ServerConfig, ShutdownSignal};
-use futures::FutureExt;
-
 use crate::mvcc::btree_backend::{self, BtreeBackend};
 use crate::mvcc::KvStore;
 use crate::runtime::{check_memlock, Plan};
