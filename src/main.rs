@@ -24,6 +24,7 @@ fn main() {
     let identity = identity(&config);
     let options = ServerOptions {
         identity,
+        data_dir: config.data_dir.clone(),
         listen_client_addrs: config.client_listen_addrs(),
         cores: (config.cores > 0).then_some(config.cores),
         limits: Limits {

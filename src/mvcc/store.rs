@@ -195,7 +195,9 @@ impl<B: Backend> KvStore<B> {
         &self.backend
     }
 
-    /// For state kept beside the key space in the same backend batch (the lease bucket).
+    /// The backend, for maintenance (commit, defragment) and for state kept beside the
+    /// key space in the same backend batch (the lease bucket). Key-space writes go
+    /// through [`KvStore::write`], never through this.
     pub fn backend_mut(&mut self) -> &mut B {
         &mut self.backend
     }

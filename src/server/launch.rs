@@ -5,17 +5,25 @@
 //! requests" is logged, because tooling waits for that line and then connects at once.
 //! On SIGTERM/SIGINT the network executors stop first (GOAWAY, drain), which drops their
 //! command senders, which ends the state executor once it has answered everything queued.
+//!
+//! The state executor applies commands in batches: each per-core receiver task applies what
+//! its channel already holds (up to `GROUP_COMMIT_COMMANDS_MAX`), yields so the other cores'
+//! tasks can do the same, then flushes: one backend commit for everything applied, then the
+//! replies (see `StateMachine::flush`).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 
+use futures::FutureExt;
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::http2::{ServerConfig, ShutdownSignal};
 use crate::lease::LeaseOptions;
-use crate::mvcc::{KvStore, MemBackend};
+use crate::mvcc::btree_backend::{self, BtreeBackend};
+use crate::mvcc::KvStore;
 use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{bind_all, check_addresses_free, serve_clients};
 use crate::server::state_client::{Command, StateClient, COMMAND_QUEUE_MAX};
@@ -27,10 +35,16 @@ use crate::service::{self, Limits, ServiceContext};
 const NETWORK_IO_MEMORY_BYTES: usize = 256 * 1024;
 const STATE_IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
 
+/// Most commands one receiver task applies before the batch is committed: bounds the
+/// replies held back (and so the latency of the first of them).
+const GROUP_COMMIT_COMMANDS_MAX: usize = COMMAND_QUEUE_MAX;
+
 /// What the server needs to know, already validated (see `config`).
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub identity: Identity,
+    /// etcd's --data-dir; the backend lives in `member/snap/db` under it.
+    pub data_dir: PathBuf,
     pub listen_client_addrs: Vec<SocketAddr>,
     pub cores: Option<usize>,
     pub limits: Limits,
@@ -72,17 +86,18 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         command_receivers.push(receiver);
     }
 
+    let store = open_store(&options.data_dir)?;
     let identity = options.identity.clone();
     let (lease_options, lease_extend) = (options.lease, options.lease_promote_extend);
     let state_executor = LocalExecutorBuilder::new(placement(plan.state_cpu))
         .name("tern-state")
         .io_memory(STATE_IO_MEMORY_BYTES)
         .spawn(move || async move {
-            let state = Rc::new(RefCell::new(StateMachine::new(
-                identity,
-                KvStore::open(MemBackend::new()).expect("an empty in-memory store opens"),
-            )
-            .with_lease_options(lease_options, lease_extend)));
+            let state_machine = match StateMachine::new(identity, store) {
+                Ok(state_machine) => state_machine.with_lease_options(lease_options, lease_extend),
+                Err(e) => crate::fatal!("cannot initialize the backend", "error" => e.to_string()),
+            };
+            let state = Rc::new(RefCell::new(state_machine));
             // The primary's lease expiry and checkpoint loop; dropped (cancelled) below
             // once every network core has hung up.
             let lease_timer = glommio::spawn_local(run_lease_timer(state.clone()));
@@ -93,7 +108,34 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
                     let commands = receiver.connect().await;
                     while let Some(command) = commands.recv().await {
                         state.borrow_mut().handle(command);
+                        let mut applied = 1;
+                        let mut disconnected = false;
+                        // Everything already queued joins this batch; `now_or_never` never
+                        // waits, so a quiet channel ends the batch at once.
+                        while applied < GROUP_COMMIT_COMMANDS_MAX {
+                            match commands.recv().now_or_never() {
+                                Some(Some(command)) => {
+                                    state.borrow_mut().handle(command);
+                                    applied += 1;
+                                }
+                                Some(None) => {
+                                    disconnected = true;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        if state.borrow().has_uncommitted() {
+                            // Let the other cores' tasks apply their queued commands first,
+                            // so that one commit covers them all.
+                            futures_lite::future::yield_now().await;
+                            state.borrow_mut().flush();
+                        }
+                        if disconnected {
+                            break;
+                        }
                     }
+                    state.borrow_mut().flush();
                 }));
             }
             for task in per_core {
@@ -175,6 +217,24 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     let _ = state_executor.join();
     crate::info!("stopped serving client requests");
     Ok(())
+}
+
+/// Opens the backend at etcd's path under `data_dir` and rebuilds the MVCC index from it.
+fn open_store(data_dir: &std::path::Path) -> Result<KvStore<BtreeBackend>, String> {
+    let path = btree_backend::db_path(data_dir);
+    let started = std::time::Instant::now();
+    let backend = BtreeBackend::open(&path)
+        .map_err(|e| format!("cannot open backend {}: {e}", path.display()))?;
+    let store =
+        KvStore::open(backend).map_err(|e| format!("cannot restore {}: {e}", path.display()))?;
+    crate::info!(
+        "opened backend db",
+        "path" => path.as_path(),
+        "took" => format!("{:?}", started.elapsed()),
+        "current-revision" => store.current_revision(),
+        "consistent-index" => store.consistent_index()
+    );
+    Ok(store)
 }
 
 /// The lifecycle lines etcd prints once it serves, in etcd's wording: scripts and

@@ -8,6 +8,12 @@
 //! - Every response header carries this member's cluster id, member id and raft term;
 //!   the MVCC layer supplies the revision.
 //!
+//! - Durability before acknowledgement (group commit): a write's reply, and the reply of
+//!   anything applied after it that might have seen it, is held in `deferred_replies` until
+//!   the backend commit that makes it durable (`flush`). The launch loop applies every
+//!   command already queued, then flushes once, so one fdatasync pair covers the batch.
+//!   Commands applied while nothing is uncommitted are answered at once.
+//!
 //! Until raft arrives (issue 6) the member is a single voter that has won its first
 //! election, exactly the state a fresh single-member etcd reaches: raft term 2, itself the
 //! leader. `applied_index` counts applied entries the way raft's log would (bootstrap
@@ -19,10 +25,11 @@ pub use leases::run_lease_timer;
 
 use crate::error::EtcdError;
 use crate::lease::{LeaseOptions, Lessor};
-use crate::mvcc::{KvStore, MemBackend};
+use crate::mvcc::{BackendError, BtreeBackend, KvStore};
 use crate::server::change_waiters::ChangeWaiters;
 use crate::proto::etcdserverpb as pb;
 use crate::server::state_client::Command;
+use crate::server::state_client::Reply;
 
 /// The etcd server version tern reports in Status, so that clients that gate features on
 /// the server's version treat tern as the etcd release whose API it implements.
@@ -47,9 +54,12 @@ pub struct Identity {
     pub client_urls: Vec<String>,
 }
 
+/// A reply held until the commit it waits for; called with the commit's failure, if any.
+type DeferredReply = Box<dyn FnOnce(Option<EtcdError>)>;
+
 pub struct StateMachine {
     identity: Identity,
-    store: KvStore<MemBackend>,
+    store: KvStore<BtreeBackend>,
     raft_applied_index: u64,
     alarms: Vec<pb::AlarmMember>,
     lessor: Lessor,
@@ -59,29 +69,77 @@ pub struct StateMachine {
     changes_seen_revision: i64,
     /// Counter part of the next server-chosen lease id.
     lease_id_suffix: u64,
+    /// Replies waiting for the next commit. Bounded by what one batch applies (see the
+    /// launch loop's `GROUP_COMMIT_COMMANDS_MAX`).
+    deferred_replies: Vec<DeferredReply>,
+    /// Whether anything was applied since the last backend commit.
+    uncommitted: bool,
 }
 
 impl StateMachine {
-    pub fn new(identity: Identity, mut store: KvStore<MemBackend>) -> StateMachine {
+    pub fn new(
+        identity: Identity,
+        mut store: KvStore<BtreeBackend>,
+    ) -> Result<StateMachine, BackendError> {
         // The bootstrap entries are applied before anything else, so the store's
-        // consistent index starts past them, as a fresh etcd's does.
+        // consistent index starts past them, as a fresh etcd's does. A reopened store
+        // resumes from the index it saved with its last commit.
         if store.consistent_index() < BOOTSTRAP_RAFT_ENTRIES {
             store.set_consistent_index(BOOTSTRAP_RAFT_ENTRIES);
-            store.commit().expect("the in-memory backend cannot fail");
+            store.commit()?;
         }
         let changes_seen_revision = store.current_revision();
         let mut state = StateMachine {
             identity,
+            raft_applied_index: store.consistent_index(),
             store,
-            raft_applied_index: BOOTSTRAP_RAFT_ENTRIES,
             alarms: Vec::new(),
             lessor: Lessor::new(LeaseOptions::default()),
             waiters: ChangeWaiters::default(),
             changes_seen_revision,
             lease_id_suffix: 0,
+            deferred_replies: Vec::new(),
+            uncommitted: false,
         };
         state.restore_leases();
-        state
+        Ok(state)
+    }
+
+    /// Sends `result` now if nothing applied is uncommitted, else after the next commit.
+    fn reply<T: 'static>(&mut self, reply: Reply<T>, result: Result<T, EtcdError>) {
+        if !self.uncommitted {
+            let _ = reply.send(result);
+            return;
+        }
+        self.deferred_replies.push(Box::new(move |failure| {
+            let _ = reply.send(match failure {
+                None => result,
+                Some(error) => Err(error),
+            });
+        }));
+    }
+
+    /// Whether replies wait for a commit.
+    pub fn has_uncommitted(&self) -> bool {
+        self.uncommitted
+    }
+
+    /// Commits everything applied so far (consistent index included) in one backend
+    /// transaction, then sends the replies that waited for it. A failed commit is fatal,
+    /// as in etcd (`backend: failed to commit tx`): memory and disk no longer agree.
+    pub fn flush(&mut self) {
+        if !self.uncommitted {
+            return;
+        }
+        let committed = self.store.commit();
+        self.uncommitted = false;
+        let failure = committed.as_ref().err().map(|_| EtcdError::Stopped);
+        for reply in self.deferred_replies.drain(..) {
+            reply(failure);
+        }
+        if let Err(e) = committed {
+            crate::fatal!("failed to commit backend transaction", "error" => e.to_string());
+        }
     }
 
     fn header(&self, revision: i64) -> pb::ResponseHeader {
@@ -109,7 +167,7 @@ impl StateMachine {
                     self.stamp(&mut r.header);
                     r
                 });
-                let _ = reply.send(res);
+                self.reply(reply, res);
             }
             Command::Put(req, reply) => {
                 self.advance_applied_index();
@@ -118,7 +176,7 @@ impl StateMachine {
                     r
                 });
                 self.after_write();
-                let _ = reply.send(res);
+                self.reply(reply, res);
             }
             Command::DeleteRange(req, reply) => {
                 self.advance_applied_index();
@@ -127,7 +185,7 @@ impl StateMachine {
                     r
                 });
                 self.after_write();
-                let _ = reply.send(res);
+                self.reply(reply, res);
             }
             Command::Txn(req, reply) => {
                 self.advance_applied_index();
@@ -136,7 +194,7 @@ impl StateMachine {
                     r
                 });
                 self.after_write();
-                let _ = reply.send(res);
+                self.reply(reply, res);
             }
             Command::Compact(req, reply) => {
                 self.advance_applied_index();
@@ -144,42 +202,66 @@ impl StateMachine {
                     self.stamp(&mut r.header);
                     r
                 });
-                let _ = reply.send(res);
+                self.reply(reply, res);
             }
             Command::HashKv(req, reply) => {
                 let res = self.store.hash_kv(&req).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
                 });
-                let _ = reply.send(res);
+                self.reply(reply, res);
             }
             Command::Hash(reply) => {
                 let res = self.store.hash_by_rev(0).map(|h| pb::HashResponse {
                     header: Some(self.header(h.current_revision)),
                     hash: h.hash,
                 });
-                let _ = reply.send(res);
+                self.reply(reply, res);
             }
             Command::Status(reply) => {
-                let _ = reply.send(Ok(self.status()));
+                let res = self.status();
+                self.reply(reply, res);
             }
             Command::MemberList(reply) => {
-                let _ = reply.send(Ok(pb::MemberListResponse {
+                let res = Ok(pb::MemberListResponse {
                     header: Some(self.header(0)),
                     members: vec![self.member()],
-                }));
+                });
+                self.reply(reply, res);
             }
             Command::Alarm(req, reply) => {
                 // etcd answers Alarm without a response header (its JSON is `{}` when
                 // no alarm is raised).
                 let alarms = self.alarm(req);
-                let _ = reply.send(Ok(pb::AlarmResponse { header: None, alarms }));
+                self.reply(
+                    reply,
+                    Ok(pb::AlarmResponse {
+                        header: None,
+                        alarms,
+                    }),
+                );
             }
             Command::Defragment(reply) => {
-                let res: Result<_, EtcdError> = Ok(pb::DefragmentResponse {
-                    header: Some(self.header(self.store.current_revision())),
-                });
-                let _ = reply.send(res);
+                // Defrag commits first, so earlier writes' replies go out before it runs.
+                self.flush();
+                let res = match self.store.backend_mut().defragment() {
+                    Ok(report) => {
+                        crate::info!(
+                            "finished defragmenting directory",
+                            "path" => self.store.backend().path(),
+                            "current-db-size-bytes" => report.db_size_bytes_after,
+                            "passes" => report.passes
+                        );
+                        Ok(pb::DefragmentResponse {
+                            header: Some(self.header(self.store.current_revision())),
+                        })
+                    }
+                    Err(e) => {
+                        crate::error!("failed to defragment", "error" => e.to_string());
+                        Err(EtcdError::Corrupt)
+                    }
+                };
+                self.reply(reply, res);
             }
             Command::Lease(command) => self.handle_lease(command, std::time::Instant::now()),
             Command::WaitChange(wait) => self.waiters.register(wait, &self.store),
@@ -225,6 +307,7 @@ impl StateMachine {
     /// store saves it as its consistent index together with the entry's writes, which is
     /// what makes replaying an entry idempotent once raft and the WAL arrive.
     fn advance_applied_index(&mut self) {
+        self.uncommitted = true;
         self.raft_applied_index += 1;
         self.store.set_consistent_index(self.raft_applied_index);
     }
@@ -239,9 +322,14 @@ impl StateMachine {
         }
     }
 
-    fn status(&self) -> pb::StatusResponse {
-        let db_size = self.store.backend().size_bytes() as i64;
-        pb::StatusResponse {
+    fn status(&self) -> Result<pb::StatusResponse, EtcdError> {
+        // etcd: dbSize is the file's size, dbSizeInUse the part not free.
+        let stats = self.store.backend().stats().map_err(|e| {
+            crate::error!("cannot read backend size", "error" => e.to_string());
+            EtcdError::Corrupt
+        })?;
+        let db_size = stats.db_size_bytes as i64;
+        Ok(pb::StatusResponse {
             header: Some(self.header(self.store.current_revision())),
             version: ETCD_SERVER_VERSION.to_string(),
             db_size,
@@ -250,8 +338,8 @@ impl StateMachine {
             raft_term: SINGLE_MEMBER_RAFT_TERM,
             raft_applied_index: self.raft_applied_index,
             errors: Vec::new(),
-            db_size_in_use: db_size,
+            db_size_in_use: stats.db_size_in_use_bytes as i64,
             is_learner: false,
-        }
+        })
     }
 }

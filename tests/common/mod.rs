@@ -165,3 +165,59 @@ pub fn stdout(output: &Output) -> String {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+impl TernServer {
+    /// Kills the server with SIGKILL (no shutdown path runs), then starts the same binary
+    /// again with the same arguments (so the same ports and data dir) and waits until it
+    /// serves. The data dir is kept: this is how tests check what survives a crash.
+    pub fn kill_and_restart(&mut self) {
+        // The exact arguments it was started with, NUL-separated.
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.child.id()))
+            .expect("read the server's command line");
+        let cmdline = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .skip(1)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        self.child.kill().expect("SIGKILL tern");
+        self.child.wait().expect("reap tern");
+        // The kernel releases sockets that io_uring still referenced a moment after the
+        // process is gone; wait until the client port can be bound again.
+        let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+        while TcpListener::bind(("127.0.0.1", self.client_port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "client port never freed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut child = Command::new(tern_binary())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("respawn tern");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let log_sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ready to serve client requests") {
+                    let _ = ready_tx.send(());
+                }
+                log_sink.lock().unwrap().push(line);
+            }
+        });
+        self.child = child;
+        self.log = log;
+        if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
+            panic!(
+                "tern did not become ready after restart; log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+        }
+    }
+}

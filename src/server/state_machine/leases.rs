@@ -76,7 +76,8 @@ impl StateMachine {
     pub(super) fn handle_lease(&mut self, command: LeaseCommand, now: Instant) {
         match command {
             LeaseCommand::Grant(req, reply) => {
-                let _ = reply.send(self.lease_grant(req, now));
+                let res = self.lease_grant(req, now);
+                self.reply(reply, res);
             }
             LeaseCommand::Revoke(req, reply) => {
                 let res = self
@@ -84,13 +85,15 @@ impl StateMachine {
                     .map(|()| pb::LeaseRevokeResponse {
                         header: Some(self.header(self.store.current_revision())),
                     });
-                let _ = reply.send(res);
+                self.reply(reply, res);
             }
             LeaseCommand::Renew(req, reply) => {
-                let _ = reply.send(self.lease_renew(req.id, now));
+                let res = self.lease_renew(req.id, now);
+                self.reply(reply, res);
             }
             LeaseCommand::TimeToLive(req, reply) => {
-                let _ = reply.send(Ok(self.lease_time_to_live(&req, now)));
+                let res = Ok(self.lease_time_to_live(&req, now));
+                self.reply(reply, res);
             }
             LeaseCommand::Leases(reply) => {
                 let leases = self
@@ -99,10 +102,11 @@ impl StateMachine {
                     .into_iter()
                     .map(|id| pb::LeaseStatus { id })
                     .collect();
-                let _ = reply.send(Ok(pb::LeaseLeasesResponse {
+                let res = Ok(pb::LeaseLeasesResponse {
                     header: Some(self.header(self.store.current_revision())),
                     leases,
-                }));
+                });
+                self.reply(reply, res);
             }
         }
     }
@@ -281,7 +285,13 @@ fn initial_id_suffix() -> u64 {
 /// runs a pass. Runs until its task is dropped.
 pub async fn run_lease_timer(state: Rc<RefCell<StateMachine>>) {
     loop {
-        let next = state.borrow_mut().lease_pass(Instant::now());
+        let next = {
+            let mut state = state.borrow_mut();
+            let next = state.lease_pass(Instant::now());
+            // Expiry revocations are writes: make them durable like any other batch.
+            state.flush();
+            next
+        };
         glommio::timer::sleep(next.saturating_duration_since(Instant::now())).await;
     }
 }
@@ -296,12 +306,24 @@ mod tests {
     use super::StateMachine;
     use crate::error::EtcdError;
     use crate::lease::LeaseCommand;
-    use crate::mvcc::{KvStore, MemBackend};
+    use crate::mvcc::{BtreeBackend, KvStore};
     use crate::proto::etcdserverpb as pb;
     use crate::server::state_client::Command;
     use crate::server::Identity;
 
+    /// A state machine over a B+tree file in a fresh temp dir (leaked for the test's
+    /// lifetime: the dir is per test process and the OS cleans /tmp).
     fn machine() -> StateMachine {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tern-lease-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let backend = BtreeBackend::open(&dir.join("db")).unwrap();
         let identity = Identity {
             cluster_id: 1,
             member_id: 0xabcd_0000_1234,
@@ -309,7 +331,7 @@ mod tests {
             peer_urls: Vec::new(),
             client_urls: Vec::new(),
         };
-        StateMachine::new(identity, KvStore::open(MemBackend::new()).unwrap())
+        StateMachine::new(identity, KvStore::open(backend).unwrap()).unwrap()
     }
 
     fn run<T>(
@@ -318,6 +340,7 @@ mod tests {
     ) -> Result<T, EtcdError> {
         let (tx, mut rx) = oneshot::channel();
         state.handle(make(tx));
+        state.flush();
         rx.try_recv()
             .unwrap()
             .expect("the state machine answers at once")
