@@ -16,3 +16,4 @@ pub mod proto;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod watch;

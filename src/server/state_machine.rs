@@ -13,8 +13,8 @@
 //! leader. `applied_index` counts applied entries the way raft's log would (bootstrap
 //! entries plus one per write).
 
-use crate::error::EtcdError;
 use crate::apply::NoLeases;
+use crate::error::EtcdError;
 use crate::mvcc::{KvStore, MemBackend};
 use crate::proto::etcdserverpb as pb;
 use crate::server::state_client::Command;
@@ -47,6 +47,7 @@ pub struct StateMachine {
     store: KvStore<MemBackend>,
     raft_applied_index: u64,
     alarms: Vec<pb::AlarmMember>,
+    watch_feed: crate::watch::WatchFeed,
 }
 
 impl StateMachine {
@@ -62,6 +63,7 @@ impl StateMachine {
             store,
             raft_applied_index: BOOTSTRAP_RAFT_ENTRIES,
             alarms: Vec::new(),
+            watch_feed: crate::watch::WatchFeed::default(),
         }
     }
 
@@ -151,7 +153,10 @@ impl StateMachine {
                 // etcd answers Alarm without a response header (its JSON is `{}` when
                 // no alarm is raised).
                 let alarms = self.alarm(req);
-                let _ = reply.send(Ok(pb::AlarmResponse { header: None, alarms }));
+                let _ = reply.send(Ok(pb::AlarmResponse {
+                    header: None,
+                    alarms,
+                }));
             }
             Command::Defragment(reply) => {
                 let res: Result<_, EtcdError> = Ok(pb::DefragmentResponse {
@@ -159,7 +164,26 @@ impl StateMachine {
                 });
                 let _ = reply.send(res);
             }
+            Command::WatchSync(req, reply) => {
+                let header = self.header(0);
+                let _ = reply.send(self.watch_feed.sync(&self.store, req, &header));
+            }
+            Command::WatchUnsubscribe { core, generation } => {
+                self.watch_feed.unsubscribe(core, generation)
+            }
         }
+        // Whatever the command wrote goes to the watchers (a no-op if nothing changed).
+        let header = self.header(0);
+        self.watch_feed.publish(&self.store, &header);
+    }
+
+    /// Connects network core `core`'s watch feed channel.
+    pub fn attach_watch_feed(
+        &mut self,
+        core: usize,
+        sender: glommio::channels::shared_channel::ConnectedSender<crate::watch::FeedMessage>,
+    ) {
+        self.watch_feed.attach(core, sender);
     }
 
     /// etcd's alarm semantics: GET lists every raised alarm (NONE matches all types);
@@ -168,7 +192,10 @@ impl StateMachine {
     /// corruption check (CORRUPT) arrive with the persistent backend.
     fn alarm(&mut self, req: pb::AlarmRequest) -> Vec<pb::AlarmMember> {
         use pb::alarm_request::AlarmAction;
-        let wanted = pb::AlarmMember { member_id: req.member_id, alarm: req.alarm };
+        let wanted = pb::AlarmMember {
+            member_id: req.member_id,
+            alarm: req.alarm,
+        };
         match AlarmAction::try_from(req.action).unwrap_or(AlarmAction::Get) {
             AlarmAction::Get => self
                 .alarms
