@@ -500,13 +500,21 @@ impl WatchHub {
 
     // ----- the feed -----
 
-    /// Runs this core's side of the feed until the channel closes.
+    /// Runs this core's side of the feed until the channel closes or the server stops.
     pub async fn run_feed(
         self: Rc<Self>,
         context: Rc<ServiceContext>,
         receiver: glommio::channels::shared_channel::ConnectedReceiver<FeedMessage>,
     ) {
-        while let Some(message) = receiver.recv().await {
+        // Ends at shutdown too: these tasks hold the service context, whose command
+        // channel must close for the state executor to stop.
+        let next = || {
+            futures_lite::future::or(receiver.recv(), async {
+                self.shutdown.wait().await;
+                None
+            })
+        };
+        while let Some(message) = next().await {
             match message {
                 FeedMessage::Revision { generation, batch } => {
                     let mut st = self.state.borrow_mut();
