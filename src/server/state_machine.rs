@@ -208,7 +208,7 @@ impl StateMachine {
                     return Vec::new();
                 }
                 if !self.alarms.contains(&wanted) {
-                    self.alarms.push(wanted.clone());
+                    self.alarms.push(wanted);
                 }
                 vec![wanted]
             }

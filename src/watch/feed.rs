@@ -159,7 +159,7 @@ impl WatchFeed {
             revision,
             header: pb::ResponseHeader {
                 revision,
-                ..header.clone()
+                ..*header
             },
             events: store
                 .last_changes()
@@ -262,7 +262,7 @@ impl WatchFeed {
         Ok(SyncReply {
             header: pb::ResponseHeader {
                 revision: current,
-                ..header.clone()
+                ..*header
             },
             history,
         })

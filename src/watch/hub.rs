@@ -434,7 +434,7 @@ impl WatchHub {
             st.push_control(
                 stream,
                 pb::WatchResponse {
-                    header: Some(header.clone()),
+                    header: Some(header),
                     watch_id,
                     ..Default::default()
                 },
@@ -555,7 +555,7 @@ impl WatchHub {
                     if st.generation != generation || !st.subscribed {
                         continue;
                     }
-                    st.header = reply.header.clone();
+                    st.header = reply.header;
                     st.jump_stream_to(reply.header.revision);
                     drop(st);
                     self.driver.notify();
@@ -679,7 +679,7 @@ impl HubState {
     fn header_at(&self, revision: i64) -> pb::ResponseHeader {
         pb::ResponseHeader {
             revision,
-            ..self.header.clone()
+            ..self.header
         }
     }
 
@@ -741,7 +741,7 @@ impl HubState {
     fn dispatch(&mut self, batch: &Arc<RevisionEvents>, max_request_bytes: usize) -> bool {
         debug_assert_eq!(batch.revision, self.stream_revision + 1);
         self.stream_revision = batch.revision;
-        self.header = batch.header.clone();
+        self.header = batch.header;
         let mut matched: BTreeMap<WatcherKey, Vec<usize>> = BTreeMap::new();
         for (i, event) in batch.events.iter().enumerate() {
             let Some(kv) = &event.kv else { continue };
@@ -813,7 +813,7 @@ impl HubState {
         w.next_revision = batch.revision + 1;
         w.progress_due = false;
         let response = pb::WatchResponse {
-            header: Some(batch.header.clone()),
+            header: Some(batch.header),
             watch_id: key.1,
             events,
             ..Default::default()
@@ -878,7 +878,7 @@ impl HubState {
                         if let Some(stream) = streams.get_mut(&key.0) {
                             w.progress_due = false;
                             let response = pb::WatchResponse {
-                                header: Some(header.clone()),
+                                header: Some(header),
                                 watch_id: key.1,
                                 events: selected,
                                 ..Default::default()
