@@ -17,3 +17,4 @@ pub mod proto;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod watch;

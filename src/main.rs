@@ -30,6 +30,10 @@ fn main() {
         limits: Limits {
             max_request_bytes: config.max_request_bytes as usize,
             max_txn_ops: config.max_txn_ops as usize,
+            watch_progress_notify_interval: config
+                .flag_value("experimental-watch-progress-notify-interval")
+                .and_then(|text| tern::config::go::parse_duration(text).ok())
+                .unwrap_or(tern::service::WATCH_PROGRESS_NOTIFY_INTERVAL_DEFAULT),
         },
         lease: tern::lease::LeaseOptions::from_raft_timing(
             config.heartbeat_interval_ms,
@@ -50,7 +54,10 @@ fn identity(config: &Config) -> Identity {
         .iter()
         .map(|m| {
             let urls: Vec<String> = m.peer_urls.iter().map(|u| u.url.clone()).collect();
-            (m.name.clone(), id::member_id(&urls, &config.initial_cluster_token, None))
+            (
+                m.name.clone(),
+                id::member_id(&urls, &config.initial_cluster_token, None),
+            )
         })
         .collect();
     let Some(&(_, member_id)) = member_ids.iter().find(|(name, _)| *name == config.name) else {
@@ -61,7 +68,15 @@ fn identity(config: &Config) -> Identity {
         cluster_id: id::cluster_id(&ids),
         member_id,
         name: config.name.clone(),
-        peer_urls: config.initial_advertise_peer_urls.iter().map(|u| u.url.clone()).collect(),
-        client_urls: config.advertise_client_urls.iter().map(|u| u.url.clone()).collect(),
+        peer_urls: config
+            .initial_advertise_peer_urls
+            .iter()
+            .map(|u| u.url.clone())
+            .collect(),
+        client_urls: config
+            .advertise_client_urls
+            .iter()
+            .map(|u| u.url.clone())
+            .collect(),
     }
 }

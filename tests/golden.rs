@@ -2,7 +2,8 @@
 //! against real etcd 3.4.23) against tern with the recorder's own `compare` mode, and
 //! fails on any difference in stdout, stderr or exit code.
 //!
-//! Scenarios covered here are the ones whose features have landed: kv, txn, edge, and the part
+//! Scenarios covered here are the ones whose features have landed: kv, txn, edge, lease,
+//! watch, lock_elect, and the part
 //! of cluster before membership changes (raft-backed membership is issue 6). That part is
 //! cut from the recorded transcript at its section comment, not edited: each scenario runs
 //! its commands in order against a fresh server, so a prefix of a transcript is exactly
@@ -137,11 +138,13 @@ fn golden_lease() {
     compare(&["lease"]);
 }
 
-/// etcdctl 3.4's `lock` and `elect` are client-side recipes; four of this scenario's
-/// commands wait with a Watch (contended lock, contended campaign, both observes), so it
-/// passes once the Watch service lands; every other line passes today.
+/// etcdctl 3.4's `lock` and `elect` are client-side recipes over Lease, Txn and Watch.
 #[test]
-#[ignore = "needs the Watch service (branch watch): lines `timeout 2 lock mylock -- echo never-printed`, both `timeout 2 elect -l myelection`, `timeout 2 elect myelection proposal-2`"]
 fn golden_lock_elect() {
     compare(&["lock_elect"]);
+}
+
+#[test]
+fn golden_watch() {
+    compare(&["watch"]);
 }

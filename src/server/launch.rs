@@ -17,18 +17,20 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use futures::FutureExt;
-use glommio::channels::shared_channel;
+use glommio::channels::shared_channel::{self, SharedReceiver};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::http2::{ServerConfig, ShutdownSignal};
 use crate::lease::LeaseOptions;
 use crate::mvcc::btree_backend::{self, BtreeBackend};
 use crate::mvcc::KvStore;
+use crate::proto::etcdserverpb as pb;
 use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{bind_all, check_addresses_free, serve_clients};
 use crate::server::state_client::{Command, StateClient, COMMAND_QUEUE_MAX};
 use crate::server::state_machine::{run_lease_timer, Identity, StateMachine};
 use crate::service::{self, Limits, ServiceContext};
+use crate::watch::{FeedMessage, WatchHub, FEED_QUEUE_MAX};
 
 /// io_uring buffer memory each executor registers. Network executors do no file I/O, so
 /// glommio's 10 MiB default would only eat into RLIMIT_MEMLOCK.
@@ -70,7 +72,10 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             "cores" => plan.cores_in_use()
         );
     }
-    check_memlock(plan.cores_in_use() + 1, NETWORK_IO_MEMORY_BYTES.max(STATE_IO_MEMORY_BYTES))?;
+    check_memlock(
+        plan.cores_in_use() + 1,
+        NETWORK_IO_MEMORY_BYTES.max(STATE_IO_MEMORY_BYTES),
+    )?;
     check_addresses_free(&options.listen_client_addrs)?;
 
     // signal-hook's handler only writes to a self-pipe that the main thread reads, so the
@@ -80,10 +85,15 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
 
     let mut command_senders = Vec::new();
     let mut command_receivers = Vec::new();
+    let mut feed_senders = Vec::new();
+    let mut feed_receivers = Vec::new();
     for _ in 0..plan.cores_in_use() {
         let (sender, receiver) = shared_channel::new_bounded::<Command>(COMMAND_QUEUE_MAX);
         command_senders.push(sender);
         command_receivers.push(receiver);
+        let (sender, receiver) = shared_channel::new_bounded::<FeedMessage>(FEED_QUEUE_MAX);
+        feed_senders.push(sender);
+        feed_receivers.push(receiver);
     }
 
     let store = open_store(&options.data_dir)?;
@@ -102,9 +112,14 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             // once every network core has hung up.
             let lease_timer = glommio::spawn_local(run_lease_timer(state.clone()));
             let mut per_core = Vec::new();
-            for receiver in command_receivers {
+            for (core, (receiver, feed)) in
+                command_receivers.into_iter().zip(feed_senders).enumerate()
+            {
                 let state = state.clone();
                 per_core.push(glommio::spawn_local(async move {
+                    // The watch feed is attached before the core's first command.
+                    let feed = feed.connect().await;
+                    state.borrow_mut().attach_watch_feed(core, feed);
                     let commands = receiver.connect().await;
                     while let Some(command) = commands.recv().await {
                         state.borrow_mut().handle(command);
@@ -148,7 +163,8 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut stops = Vec::new();
     let mut network_executors = Vec::new();
-    for (i, (cpu, sender)) in plan.network_cpus.iter().zip(command_senders).enumerate() {
+    let network_channels = command_senders.into_iter().zip(feed_receivers);
+    for (i, (cpu, (sender, feed))) in plan.network_cpus.iter().zip(network_channels).enumerate() {
         let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
         stops.push(stop_tx);
         let addrs = options.listen_client_addrs.clone();
@@ -166,14 +182,30 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
                         return;
                     }
                 };
+                // The state core connects this core's watch feed before its commands,
+                // so the feed's receiving end must be connecting before we wait below.
+                let (context_tx, context_rx) = futures::channel::oneshot::channel();
+                glommio::spawn_local(watch_feed_task(feed, context_rx)).detach();
                 let state = StateClient::new(sender.connect().await);
                 let _ = ready_tx.send(Ok(()));
-                let context = Rc::new(ServiceContext::new(state, limits.clone(), &identity));
+                let shutdown = ShutdownSignal::new();
+                let watch = Rc::new(WatchHub::new(
+                    i,
+                    pb::ResponseHeader {
+                        cluster_id: identity.cluster_id,
+                        member_id: identity.member_id,
+                        ..Default::default()
+                    },
+                    limits.max_request_bytes,
+                    limits.watch_progress_notify_interval,
+                    shutdown.clone(),
+                ));
+                let context = Rc::new(ServiceContext::new(state, limits.clone(), &identity, watch));
+                let _ = context_tx.send(context.clone());
                 let http2 = Rc::new(ServerConfig {
                     max_recv_message_bytes: limits.max_recv_message_bytes(),
                     ..ServerConfig::default()
                 });
-                let shutdown = ShutdownSignal::new();
                 let trigger = shutdown.clone();
                 glommio::spawn_local(async move {
                     let _ = stop_rx.await;
@@ -205,7 +237,11 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     announce_ready(&options, &plan);
 
     if let Some(signal) = signals.forever().next() {
-        let name = if signal == libc::SIGTERM { "terminated" } else { "interrupt" };
+        let name = if signal == libc::SIGTERM {
+            "terminated"
+        } else {
+            "interrupt"
+        };
         crate::info!("received signal; shutting down", "signal" => name);
     }
     for stop in stops {
@@ -235,6 +271,19 @@ fn open_store(data_dir: &std::path::Path) -> Result<KvStore<BtreeBackend>, Strin
         "consistent-index" => store.consistent_index()
     );
     Ok(store)
+}
+
+/// A network core's watch feed: connects the receiving end at once (the state core waits
+/// for it), then runs the hub's feed and sync driver once the service context exists.
+async fn watch_feed_task(
+    feed: SharedReceiver<FeedMessage>,
+    context: futures::channel::oneshot::Receiver<Rc<ServiceContext>>,
+) {
+    let feed = feed.connect().await;
+    let Ok(context) = context.await else { return };
+    let hub = context.watch.clone();
+    glommio::spawn_local(hub.clone().run_sync_driver(context.clone())).detach();
+    hub.run_feed(context, feed).await;
 }
 
 /// The lifecycle lines etcd prints once it serves, in etcd's wording: scripts and

@@ -18,6 +18,6 @@ pub mod network;
 pub mod state_client;
 pub mod state_machine;
 
-pub use state_client::{Command, StateClient};
 pub use launch::{run, ServerOptions};
+pub use state_client::{Command, StateClient};
 pub use state_machine::{Identity, StateMachine};

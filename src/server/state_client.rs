@@ -36,6 +36,13 @@ pub enum Command {
     Defragment(Reply<pb::DefragmentResponse>),
     Lease(crate::lease::LeaseCommand),
     WaitChange(crate::server::change_waiters::WaitChange),
+    /// Watch: (re)subscribe this core's feed and/or read history (see `crate::watch`).
+    WatchSync(crate::watch::SyncRequest, Reply<crate::watch::SyncReply>),
+    /// Watch: end the feed subscription of (core, generation).
+    WatchUnsubscribe {
+        core: usize,
+        generation: u64,
+    },
 }
 
 /// A network core's connection to the state executor. Cheap to share within its core (`Rc`).
@@ -93,6 +100,20 @@ impl StateClient {
     }
     pub async fn alarm(&self, req: pb::AlarmRequest) -> Result<pb::AlarmResponse, EtcdError> {
         self.call(|r| Command::Alarm(req, r)).await
+    }
+    pub async fn watch_sync(
+        &self,
+        req: crate::watch::SyncRequest,
+    ) -> Result<crate::watch::SyncReply, EtcdError> {
+        self.call(|r| Command::WatchSync(req, r)).await
+    }
+    /// Fire and forget, never waiting: if the queue is full the subscription stays, which
+    /// costs the state core one `try_send` per write until the core subscribes anew
+    /// (the network core ignores what it is sent meanwhile).
+    pub fn watch_unsubscribe(&self, core: usize, generation: u64) {
+        let _ = self
+            .commands
+            .try_send(Command::WatchUnsubscribe { core, generation });
     }
     pub async fn defragment(&self) -> Result<pb::DefragmentResponse, EtcdError> {
         self.call(Command::Defragment).await

@@ -74,6 +74,7 @@ pub struct StateMachine {
     deferred_replies: Vec<DeferredReply>,
     /// Whether anything was applied since the last backend commit.
     uncommitted: bool,
+    watch_feed: crate::watch::WatchFeed,
 }
 
 impl StateMachine {
@@ -94,6 +95,7 @@ impl StateMachine {
             raft_applied_index: store.consistent_index(),
             store,
             alarms: Vec::new(),
+            watch_feed: crate::watch::WatchFeed::default(),
             lessor: Lessor::new(LeaseOptions::default()),
             waiters: ChangeWaiters::default(),
             changes_seen_revision,
@@ -133,6 +135,10 @@ impl StateMachine {
         }
         let committed = self.store.commit();
         self.uncommitted = false;
+        if committed.is_ok() {
+            // Watchers see a revision only once it is durable.
+            self.watch_feed.release();
+        }
         let failure = committed.as_ref().err().map(|_| EtcdError::Stopped);
         for reply in self.deferred_replies.drain(..) {
             reply(failure);
@@ -265,7 +271,28 @@ impl StateMachine {
             }
             Command::Lease(command) => self.handle_lease(command, std::time::Instant::now()),
             Command::WaitChange(wait) => self.waiters.register(wait, &self.store),
+            Command::WatchSync(req, reply) => {
+                let header = self.header(0);
+                // History may include applied but uncommitted writes: answer after the commit.
+                let res = self.watch_feed.sync(&self.store, req, &header);
+                self.reply(reply, res);
+            }
+            Command::WatchUnsubscribe { core, generation } => {
+                self.watch_feed.unsubscribe(core, generation)
+            }
         }
+        // Whatever the command wrote goes to the watchers (a no-op if nothing changed).
+        let header = self.header(0);
+        self.watch_feed.publish(&self.store, &header);
+    }
+
+    /// Connects network core `core`'s watch feed channel.
+    pub fn attach_watch_feed(
+        &mut self,
+        core: usize,
+        sender: glommio::channels::shared_channel::ConnectedSender<crate::watch::FeedMessage>,
+    ) {
+        self.watch_feed.attach(core, sender);
     }
 
     /// etcd's alarm semantics: GET lists every raised alarm (NONE matches all types);
@@ -274,7 +301,10 @@ impl StateMachine {
     /// corruption check (CORRUPT) arrive with the persistent backend.
     fn alarm(&mut self, req: pb::AlarmRequest) -> Vec<pb::AlarmMember> {
         use pb::alarm_request::AlarmAction;
-        let wanted = pb::AlarmMember { member_id: req.member_id, alarm: req.alarm };
+        let wanted = pb::AlarmMember {
+            member_id: req.member_id,
+            alarm: req.alarm,
+        };
         match AlarmAction::try_from(req.action).unwrap_or(AlarmAction::Get) {
             AlarmAction::Get => self
                 .alarms

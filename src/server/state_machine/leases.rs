@@ -71,6 +71,10 @@ impl StateMachine {
         let changes = self.store.last_changes();
         self.lessor.on_changes(changes);
         self.waiters.notify(changes);
+        // Every write path (client requests and lease expiry alike) ends here, so this is
+        // where its events are built for the watchers; they are sent after the commit.
+        let header = self.header(0);
+        self.watch_feed.publish(&self.store, &header);
     }
 
     pub(super) fn handle_lease(&mut self, command: LeaseCommand, now: Instant) {
