@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs tern's whole test suite on a fresh machine.
 #
-# Installs what the end-to-end tests drive when it is missing (the real etcdctl 3.4.23 from
-# Debian's etcd-client package; python3 for the golden-transcript normaliser; the Python
+# Installs what the end-to-end tests drive when it is missing (the real etcdctl 3.4.23 and
+# etcd 3.4.23 from Debian's etcd-client and etcd-server packages; python3 for the golden-transcript normaliser; the Python
 # etcd3 client on grpcio as the second client stack), then runs
 # every test in the workspace and prints the test runner's summary.
 set -euo pipefail
@@ -10,6 +10,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 missing=()
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+# Real etcd: tern-bench's end-to-end tests run against it (TERN_REQUIRE_ETCD below).
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]} with apt-get" >&2
@@ -24,6 +26,8 @@ if ! PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python python3 -c "import etcd3, grp
     echo "test.sh: installing the Python etcd3 client with pip" >&2
     python3 -m pip install -q "etcd3==0.12.0" "grpcio>=1.60" "protobuf<8" 2>&1 | grep -v "^WARNING: Running pip as" >&2 || true
 fi
+
+export TERN_REQUIRE_ETCD=1
 
 if cargo nextest --version >/dev/null 2>&1; then
     exec cargo nextest run --workspace --no-fail-fast "$@"

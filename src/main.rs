@@ -21,13 +21,23 @@ fn main() {
     let raft = raft_options(&config);
     let options = ServerOptions {
         identity,
+        data_dir: config.data_dir.clone(),
         listen_client_addrs: config.client_listen_addrs(),
         cores: (config.cores > 0).then_some(config.cores),
         limits: Limits {
             max_request_bytes: config.max_request_bytes as usize,
             max_txn_ops: config.max_txn_ops as usize,
+            watch_progress_notify_interval: config
+                .flag_value("experimental-watch-progress-notify-interval")
+                .and_then(|text| tern::config::go::parse_duration(text).ok())
+                .unwrap_or(tern::service::WATCH_PROGRESS_NOTIFY_INTERVAL_DEFAULT),
         },
         raft,
+        lease: tern::lease::LeaseOptions::from_raft_timing(
+            config.heartbeat_interval_ms,
+            config.election_timeout_ms,
+        ),
+        lease_promote_extend: std::time::Duration::from_millis(config.election_timeout_ms),
     };
     if let Err(e) = server::run(options) {
         tern::fatal!("cannot serve", "error" => e);
@@ -42,7 +52,10 @@ fn identity(config: &Config) -> Identity {
         .iter()
         .map(|m| {
             let urls: Vec<String> = m.peer_urls.iter().map(|u| u.url.clone()).collect();
-            (m.name.clone(), id::member_id(&urls, &config.initial_cluster_token, None))
+            (
+                m.name.clone(),
+                id::member_id(&urls, &config.initial_cluster_token, None),
+            )
         })
         .collect();
     let Some(&(_, member_id)) = member_ids.iter().find(|(name, _)| *name == config.name) else {
@@ -53,8 +66,16 @@ fn identity(config: &Config) -> Identity {
         cluster_id: id::cluster_id(&ids),
         member_id,
         name: config.name.clone(),
-        peer_urls: config.initial_advertise_peer_urls.iter().map(|u| u.url.clone()).collect(),
-        client_urls: config.advertise_client_urls.iter().map(|u| u.url.clone()).collect(),
+        peer_urls: config
+            .initial_advertise_peer_urls
+            .iter()
+            .map(|u| u.url.clone())
+            .collect(),
+        client_urls: config
+            .advertise_client_urls
+            .iter()
+            .map(|u| u.url.clone())
+            .collect(),
     }
 }
 

@@ -2,9 +2,10 @@
 //! against real etcd 3.4.23) against tern with the recorder's own `compare` mode, and
 //! fails on any difference in stdout, stderr or exit code.
 //!
-//! Scenarios covered here are the ones whose features have landed: kv, txn, and cluster
-//! (whole, and also its part before membership changes, kept as a smaller test). That part
-//! is cut from the recorded transcript at its section comment, not edited: each scenario runs
+//! Scenarios covered here are the ones whose features have landed: kv, txn, edge, lease,
+//! watch, lock_elect, and cluster (whole, and also its part before membership changes,
+//! kept as a smaller test). That part is cut from the recorded transcript at its section
+//! comment, not edited: each scenario runs
 //! its commands in order against a fresh server, so a prefix of a transcript is exactly
 //! what etcd printed for that prefix of commands.
 
@@ -35,15 +36,37 @@ fn prefix_scenario(work: &Path, scenario: &str, section: &str, name: &str) {
         // The transcript ends with a blank separator line after the last command.
         out.trim_end_matches('\n').to_string() + "\n"
     };
-    let scenario_text = std::fs::read_to_string(golden_dir().join("scenarios").join(format!("{scenario}.txt"))).unwrap();
-    let expected_text = std::fs::read_to_string(golden_dir().join("expected").join(format!("{scenario}.txt"))).unwrap();
-    std::fs::write(work.join("scenarios").join(format!("{name}.txt")), cut(scenario_text)).unwrap();
-    let expected = cut(expected_text).replacen(&format!("scenario: {scenario}\n"), &format!("scenario: {name}\n"), 1);
+    let scenario_text = std::fs::read_to_string(
+        golden_dir()
+            .join("scenarios")
+            .join(format!("{scenario}.txt")),
+    )
+    .unwrap();
+    let expected_text = std::fs::read_to_string(
+        golden_dir()
+            .join("expected")
+            .join(format!("{scenario}.txt")),
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("scenarios").join(format!("{name}.txt")),
+        cut(scenario_text),
+    )
+    .unwrap();
+    let expected = cut(expected_text).replacen(
+        &format!("scenario: {scenario}\n"),
+        &format!("scenario: {name}\n"),
+        1,
+    );
     std::fs::write(work.join("expected").join(format!("{name}.txt")), expected).unwrap();
 }
 
 fn compare(scenarios: &[&str]) {
-    let work = std::env::temp_dir().join(format!("tern-golden-{}-{}", std::process::id(), scenarios.join("-")));
+    let work = std::env::temp_dir().join(format!(
+        "tern-golden-{}-{}",
+        std::process::id(),
+        scenarios.join("-")
+    ));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("scenarios")).unwrap();
     std::fs::create_dir_all(work.join("expected")).unwrap();
@@ -52,8 +75,16 @@ fn compare(scenarios: &[&str]) {
         if name == "cluster_kv" {
             prefix_scenario(&work, "cluster", CLUSTER_MEMBERSHIP_SECTION, name);
         } else {
-            std::fs::copy(golden_dir().join("scenarios").join(format!("{name}.txt")), work.join("scenarios").join(format!("{name}.txt"))).unwrap();
-            std::fs::copy(golden_dir().join("expected").join(format!("{name}.txt")), work.join("expected").join(format!("{name}.txt"))).unwrap();
+            std::fs::copy(
+                golden_dir().join("scenarios").join(format!("{name}.txt")),
+                work.join("scenarios").join(format!("{name}.txt")),
+            )
+            .unwrap();
+            std::fs::copy(
+                golden_dir().join("expected").join(format!("{name}.txt")),
+                work.join("expected").join(format!("{name}.txt")),
+            )
+            .unwrap();
         }
         args.push(work.join("scenarios").join(format!("{name}.txt")));
     }
@@ -71,9 +102,15 @@ fn compare(scenarios: &[&str]) {
     let out = String::from_utf8_lossy(&output.stdout);
     let err = String::from_utf8_lossy(&output.stderr);
     let _ = std::fs::remove_dir_all(&work);
-    assert!(output.status.success(), "golden comparison failed:\n{out}\n{err}");
+    assert!(
+        output.status.success(),
+        "golden comparison failed:\n{out}\n{err}"
+    );
     let summary = out.lines().last().unwrap_or_default();
-    assert!(summary.ends_with(" 0 failed"), "unexpected summary: {summary}\n{out}");
+    assert!(
+        summary.ends_with(" 0 failed"),
+        "unexpected summary: {summary}\n{out}"
+    );
 }
 
 #[test]
@@ -89,6 +126,27 @@ fn golden_txn() {
 #[test]
 fn golden_cluster_before_membership_changes() {
     compare(&["cluster_kv"]);
+}
+
+#[test]
+fn golden_edge() {
+    compare(&["edge"]);
+}
+
+#[test]
+fn golden_lease() {
+    compare(&["lease"]);
+}
+
+/// etcdctl 3.4's `lock` and `elect` are client-side recipes over Lease, Txn and Watch.
+#[test]
+fn golden_lock_elect() {
+    compare(&["lock_elect"]);
+}
+
+#[test]
+fn golden_watch() {
+    compare(&["watch"]);
 }
 
 /// The whole cluster transcript, membership changes included (learner add, promote of a

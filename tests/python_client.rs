@@ -20,6 +20,9 @@ fn python_etcd3_client_against_tern() {
         .expect("python3");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "python etcd3 client failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "python etcd3 client failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("OK"));
 }

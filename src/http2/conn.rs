@@ -547,6 +547,9 @@ struct Reader {
     settings_seen: bool,
 }
 
+/// Most bytes one socket read asks for (see the comment at its use).
+const READ_CHUNK_BYTES: usize = 32 * 1024;
+
 impl Reader {
     async fn run(
         &mut self,
@@ -569,7 +572,10 @@ impl Reader {
             if buf.capacity() - start < read_size / 4 {
                 buf.reserve(read_size);
             }
-            let room = buf.capacity() - start;
+            // The read target must be initialised memory, so each read zeroes what it
+            // offers the kernel: offer at most READ_CHUNK_BYTES, not the whole spare
+            // capacity, or small requests pay for zeroing a quarter megabyte each.
+            let room = (buf.capacity() - start).min(READ_CHUNK_BYTES);
             buf.resize(start + room, 0);
             let wake = {
                 let read = async { Wake::Read(sock.read(&mut buf[start..]).await) };

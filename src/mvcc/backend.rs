@@ -151,7 +151,11 @@ impl MemBackend {
     /// Bytes held in keys and values across all buckets: the in-memory stand-in for
     /// etcd's dbSize until the file-backed B+tree lands.
     pub fn size_bytes(&self) -> usize {
-        self.buckets.iter().flat_map(|b| b.iter()).map(|(k, v)| k.len() + v.len()).sum()
+        self.buckets
+            .iter()
+            .flat_map(|b| b.iter())
+            .map(|(k, v)| k.len() + v.len())
+            .sum()
     }
 
     /// Number of commits so far (lets tests see the store's commit points).

@@ -114,6 +114,19 @@ impl<B: Backend> KvStore<B> {
             changes: Vec::new(),
             encode_buf: Vec::with_capacity(256),
         };
+        store.reload()?;
+        Ok(store)
+    }
+
+    /// Rebuilds everything in memory from the backend, as `open` does (used after a raft
+    /// snapshot replaced the backend's contents).
+    pub fn reload(&mut self) -> Result<(), BackendError> {
+        self.key_index = KeyIndexTree::new();
+        self.current_revision = 1;
+        self.compact_revision = -1;
+        self.consistent_index = 0;
+        self.changes.clear();
+        let store = self;
         let meta_rev = |b: &B, key: &[u8]| -> Result<Option<i64>, BackendError> {
             match b.get(Bucket::Meta, key)? {
                 None => Ok(None),
@@ -169,7 +182,7 @@ impl<B: Backend> KvStore<B> {
             let keep = store.key_index.compact(scheduled);
             store.compact_backend(scheduled, &keep)?;
         }
-        Ok(store)
+        Ok(())
     }
 
     /// The store revision: that of the last write transaction that changed something.
@@ -193,6 +206,13 @@ impl<B: Backend> KvStore<B> {
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// The backend, for maintenance (commit, defragment) and for state kept beside the
+    /// key space in the same backend batch (the lease bucket). Key-space writes go
+    /// through [`KvStore::write`], never through this.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
     }
 
     pub fn key_index(&self) -> &KeyIndexTree {

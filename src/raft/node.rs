@@ -158,7 +158,7 @@ pub struct Node {
     raw: RawNode<LogStore>,
     log: LogStore,
     wal: Wal,
-    pub state: StateMachine,
+    pub state: Rc<RefCell<StateMachine>>,
     pub membership: Membership,
     pub transport: Transport,
     pub wake: Rc<Wakeup>,
@@ -276,7 +276,12 @@ pub async fn open(
             if marker.raft_index > 0 {
                 let file = snapshot::load(&snapshot_dir, marker.raft_index, marker.term)?;
                 conf_state = file.snapshot.get_metadata().get_conf_state().clone();
-                snapshot::restore(&file, &mut state, &mut membership)?;
+                if state.raft_applied_index() >= marker.raft_index {
+                    // The backend already holds this snapshot's state (and maybe more).
+                    snapshot::restore_membership(&file, &mut membership)?;
+                } else {
+                    snapshot::restore(&file, &mut state, &mut membership)?;
+                }
                 applied = marker.raft_index;
                 snap = Some(file.snapshot);
             }
@@ -367,7 +372,7 @@ pub async fn open(
         raw,
         log,
         wal,
-        state,
+        state: Rc::new(RefCell::new(state)),
         membership,
         transport,
         wake,
@@ -593,7 +598,7 @@ impl Node {
             }
             Command::Txn(ref req, _) => match txn_reads(req) {
                 (false, _) => self.propose_write(command),
-                (true, true) => self.state.handle_read(command),
+                (true, true) => self.state.borrow_mut().handle_read(command),
                 (true, false) => self.queue_read(command),
             },
             Command::Range(ref req, _) if !req.serializable => self.queue_read(command),
@@ -608,7 +613,9 @@ impl Node {
                     members: self.membership.list(),
                 }));
             }
-            other => self.state.handle(other),
+            // Commands raft does not order: status, hashes, alarms, watch and leases (leases are
+            // not replicated through raft yet); none may advance the applied index.
+            other => self.state.borrow_mut().handle_read(other),
         }
         self.wake.wake();
     }
@@ -700,7 +707,7 @@ impl Node {
     fn queue_read(&mut self, command: Command) {
         if self.unsafe_local_reads {
             // Fault injection for the linearizability test only (see `UNSAFE_LOCAL_READS_ENV`).
-            self.state.handle_read(command);
+            self.state.borrow_mut().handle_read(command);
             return;
         }
         if self.reads.waiting.len() >= READS_WAITING_MAX {
@@ -1056,7 +1063,7 @@ impl Node {
                 .is_none_or(|at| now.duration_since(at) >= retry_after)
         {
             self.publish_proposed_at = Some(now);
-            let identity = self.state.identity().clone();
+            let identity = self.state.borrow_mut().identity().clone();
             let request_id = self.new_request_id();
             let env = Envelope {
                 request_id,
@@ -1189,8 +1196,8 @@ impl Node {
         records.extend(entries.iter().map(log_store::wal_record));
         if let Some(hs) = ready.hs() {
             n.term = hs.term;
-            n.state.raft_term = hs.term;
-            n.state.raft_commit_index = hs.commit;
+            n.state.borrow_mut().raft_term = hs.term;
+            n.state.borrow_mut().raft_commit_index = hs.commit;
             n.log.set_hard_state(hs.clone());
             records.push(log_store::wal_hard_state(hs));
         }
@@ -1223,6 +1230,9 @@ impl Node {
         .detach();
         n.advance_applied();
         n.serve_reads();
+        // Group commit of the backend: one commit for everything this ready applied; the
+        // replies held for it go out now (`StateMachine::flush`).
+        n.state.borrow_mut().flush();
         n.maybe_snapshot();
         n.wake.wake();
     }
@@ -1234,6 +1244,7 @@ impl Node {
         let log = &self.raw.raft.raft_log;
         let applied = self
             .state
+            .borrow_mut()
             .raft_applied_index()
             .min(log.persisted)
             .min(log.committed);
@@ -1266,26 +1277,26 @@ impl Node {
             }
         }
         self.leader_id = leader;
-        self.state.leader_id = leader;
+        self.state.borrow_mut().leader_id = leader;
         if !self.leader_transfers.is_empty() {
             self.finish_leader_transfers(Instant::now());
         }
         self.term = term;
-        self.state.raft_term = term;
+        self.state.borrow_mut().raft_term = term;
         let _ = role;
         // Proposing must wait until this ready is advanced (raft-rs forbids proposals
         // between `ready()` and `advance_append_async()`); the next pass publishes.
     }
 
     fn serve_reads(&mut self) {
-        let applied = self.state.raft_applied_index();
+        let applied = self.state.borrow_mut().raft_applied_index();
         while let Some((raft_index, _)) = self.reads.at_index.front() {
             if *raft_index > applied {
                 break;
             }
             let (_, batch) = self.reads.at_index.pop_front().expect("front exists");
             for command in batch {
-                self.state.handle_read(command);
+                self.state.borrow_mut().handle_read(command);
             }
         }
     }
@@ -1301,31 +1312,47 @@ impl Node {
     fn apply_entries_inner(&mut self, entries: Vec<Entry>) {
         for entry in entries {
             let raft_index = entry.index;
-            if raft_index <= self.state.raft_applied_index() {
-                continue;
-            }
+            // Entries the backend already holds (a restart) are still replayed for raft's
+            // configuration and the member table, which live only in memory; their key
+            // writes are skipped (`mark_applied`, `apply_write_once`).
             match entry.get_entry_type() {
                 EntryType::EntryNormal => self.apply_normal(raft_index, &entry.data),
                 EntryType::EntryConfChange => self.apply_conf_change(raft_index, &entry.data),
                 EntryType::EntryConfChangeV2 => {
                     crate::warn!("ignoring a ConfChangeV2 entry tern never proposes", "raft-index" => raft_index);
-                    self.state.apply_other(raft_index);
+                    self.mark_applied(raft_index);
                 }
             }
+        }
+    }
+
+    /// Records that the entry at `raft_index` changed no key, unless the backend already
+    /// had it (replay after a restart).
+    fn mark_applied(&mut self, raft_index: u64) {
+        let mut state = self.state.borrow_mut();
+        if raft_index > state.raft_applied_index() {
+            state.apply_other(raft_index);
+        }
+    }
+
+    fn apply_write_once(&mut self, raft_index: u64, command: Command) {
+        let mut state = self.state.borrow_mut();
+        if raft_index > state.raft_applied_index() {
+            state.apply_write(raft_index, command);
         }
     }
 
     fn apply_normal(&mut self, raft_index: u64, data: &[u8]) {
         if data.is_empty() {
             // The empty entry a new leader appends.
-            self.state.apply_other(raft_index);
+            self.mark_applied(raft_index);
             return;
         }
         let env = match Envelope::decode(data) {
             Ok(env) => env,
             Err(e) => {
                 crate::error!("skipping an undecodable raft entry", "raft-index" => raft_index, "error" => e.to_string());
-                self.state.apply_other(raft_index);
+                self.mark_applied(raft_index);
                 return;
             }
         };
@@ -1340,7 +1367,7 @@ impl Node {
                 crate::info!("set initial cluster version", "cluster-version" => "3.4");
             }
             self.membership.cluster_version = Some(env.cluster_version.clone());
-            self.state.apply_other(raft_index);
+            self.mark_applied(raft_index);
             return;
         }
         if let Some(member) = env.member.clone() {
@@ -1383,7 +1410,7 @@ impl Node {
                 }
                 _ => {}
             }
-            self.state.apply_other(raft_index);
+            self.mark_applied(raft_index);
             return;
         }
         let command = match waiter {
@@ -1391,8 +1418,8 @@ impl Node {
             _ => detached_command(env),
         };
         match command {
-            Some(command) => self.state.apply_write(raft_index, command),
-            None => self.state.apply_other(raft_index),
+            Some(command) => self.apply_write_once(raft_index, command),
+            None => self.mark_applied(raft_index),
         }
     }
 
@@ -1401,7 +1428,7 @@ impl Node {
             Ok(cc) => cc,
             Err(e) => {
                 crate::error!("skipping an undecodable ConfChange", "raft-index" => raft_index, "error" => e.to_string());
-                self.state.apply_other(raft_index);
+                self.mark_applied(raft_index);
                 return;
             }
         };
@@ -1414,7 +1441,7 @@ impl Node {
         let removed_before = self.membership.removed.contains(&cc.node_id);
         if removed_before {
             // etcd refuses ConfChanges for removed IDs at apply time (ErrIDRemoved).
-            self.state.apply_other(raft_index);
+            self.mark_applied(raft_index);
             if let Some(w) = waiter {
                 self.answer_error(w, EtcdError::MemberNotFound);
             }
@@ -1467,7 +1494,7 @@ impl Node {
                 }
             }
         }
-        self.state.apply_other(raft_index);
+        self.mark_applied(raft_index);
         if let Some(Waiter::Member(reply)) = waiter {
             let header = Some(self.header());
             let members = self.membership.list();
@@ -1512,7 +1539,7 @@ impl Node {
         let file = SnapshotFile {
             snapshot: snap.clone(),
         };
-        snapshot::restore(&file, &mut self.state, &mut self.membership)?;
+        snapshot::restore(&file, &mut self.state.borrow_mut(), &mut self.membership)?;
         snapshot::save(&self.snapshot_dir, &file)?;
         for m in self.membership.members.values() {
             if m.id != self.id {
@@ -1529,14 +1556,14 @@ impl Node {
     /// snapshot, save one and compact the log (keeping catch-up entries), then release
     /// WAL segments below it.
     fn maybe_snapshot(&mut self) {
-        let applied = self.state.raft_applied_index();
+        let applied = self.state.borrow_mut().raft_applied_index();
         if applied < self.last_snapshot_index + self.options.snapshot_count.max(1) {
             return;
         }
         let Some(term) = self.log.term_of(applied) else {
             return;
         };
-        let data = snapshot::encode(&self.state, &self.membership);
+        let data = snapshot::encode(&self.state.borrow(), &self.membership);
         let mut snap = Snapshot::default();
         snap.set_metadata(log_store::snapshot_metadata(
             applied,
@@ -1584,6 +1611,7 @@ impl Node {
 pub async fn start(
     identity: crate::server::state_machine::Identity,
     options: RaftOptions,
+    state: StateMachine,
 ) -> Result<(Rc<RefCell<Node>>, oneshot::Receiver<()>), String> {
     let mut identity = identity;
     let mut listeners = Vec::new();
@@ -1624,10 +1652,8 @@ pub async fn start(
     for m in known_members {
         transport.set_peer(m.id, m.peer_urls);
     }
-    let state = StateMachine::new(
-        identity.clone(),
-        crate::mvcc::KvStore::open(crate::mvcc::MemBackend::new()).map_err(|e| e.to_string())?,
-    );
+    let mut state = state;
+    state.set_identity(identity.clone());
     let (serving_tx, serving_rx) = oneshot::channel();
     let node = open(
         identity.member_id,
@@ -1703,7 +1729,7 @@ pub async fn run(node: Rc<RefCell<Node>>) {
         if !campaigned {
             let mut n = node.borrow_mut();
             let cs = n.log.conf_state();
-            let caught_up = n.state.raft_applied_index() >= n.log.hard_state().commit;
+            let caught_up = n.state.borrow_mut().raft_applied_index() >= n.log.hard_state().commit;
             if caught_up && cs.voters == [n.id] && n.leader_id == 0 {
                 campaigned = true;
                 let _ = n.raw.campaign();

@@ -46,6 +46,24 @@ pub fn encode(state: &StateMachine, membership: &Membership) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Replaces the membership with the snapshot's (the backend already holds newer state).
+pub fn restore_membership(file: &SnapshotFile, membership: &mut Membership) -> Result<(), String> {
+    let data =
+        SnapshotData::decode(&file.snapshot.data[..]).map_err(|e| format!("snapshot data: {e}"))?;
+    *membership = membership_of(data);
+    Ok(())
+}
+
+fn membership_of(data: SnapshotData) -> Membership {
+    let mut fresh = Membership::default();
+    for m in data.members {
+        fresh.members.insert(m.id, m);
+    }
+    fresh.removed = data.removed.into_iter().collect();
+    fresh.cluster_version = (!data.cluster_version.is_empty()).then_some(data.cluster_version);
+    fresh
+}
+
 /// Replaces the state machine and membership with the snapshot's.
 pub fn restore(
     file: &SnapshotFile,

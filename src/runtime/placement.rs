@@ -33,7 +33,11 @@ impl Plan {
     pub fn from_allowed(requested_cores: Option<usize>, allowed: Vec<usize>) -> Plan {
         if allowed.is_empty() {
             let n = requested_cores.unwrap_or(1).max(1);
-            return Plan { network_cpus: vec![None; n], state_cpu: None, requested_cores_unavailable: None };
+            return Plan {
+                network_cpus: vec![None; n],
+                state_cpu: None,
+                requested_cores_unavailable: None,
+            };
         }
         let wanted = requested_cores.unwrap_or(allowed.len()).max(1);
         let used = wanted.min(allowed.len());
@@ -58,7 +62,9 @@ fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return Vec::new();
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
     }
 }
 
@@ -68,7 +74,10 @@ fn allowed_cpus() -> Vec<usize> {
 /// limit gets one clear sentence instead of a reactor error.
 pub fn check_memlock(executors: usize, io_memory_bytes: usize) -> Result<(), String> {
     const GLOMMIO_MEMLOCK_MIN_BYTES: u64 = 512 * 1024;
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // Safety: getrlimit writes into the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
         return Ok(()); // cannot tell; let glommio report

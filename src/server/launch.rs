@@ -5,32 +5,53 @@
 //! requests" is logged, because tooling waits for that line and then connects at once.
 //! On SIGTERM/SIGINT the network executors stop first (GOAWAY, drain), which drops their
 //! command senders, which ends the state executor once it has answered everything queued.
+//!
+//! The state executor applies commands in batches: each per-core receiver task applies what
+//! its channel already holds (up to `GROUP_COMMIT_COMMANDS_MAX`), yields so the other cores'
+//! tasks can do the same, then flushes: one backend commit for everything applied, then the
+//! replies (see `StateMachine::flush`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 
-use glommio::channels::shared_channel;
+use futures::FutureExt;
+use glommio::channels::shared_channel::{self, SharedReceiver};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::http2::{ServerConfig, ShutdownSignal};
+use crate::lease::LeaseOptions;
+use crate::mvcc::btree_backend::{self, BtreeBackend};
+use crate::mvcc::KvStore;
+use crate::proto::etcdserverpb as pb;
 use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{bind_all, check_addresses_free, serve_clients};
 use crate::server::state_client::{Command, StateClient, COMMAND_QUEUE_MAX};
-use crate::server::state_machine::Identity;
+use crate::server::state_machine::{run_lease_timer, Identity, StateMachine};
 use crate::service::{self, Limits, ServiceContext};
+use crate::watch::{FeedMessage, WatchHub, FEED_QUEUE_MAX};
 
 /// io_uring buffer memory each executor registers. Network executors do no file I/O, so
 /// glommio's 10 MiB default would only eat into RLIMIT_MEMLOCK.
 const NETWORK_IO_MEMORY_BYTES: usize = 256 * 1024;
 const STATE_IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
 
+/// Most commands one receiver task applies before the batch is committed: bounds the
+/// replies held back (and so the latency of the first of them).
+const GROUP_COMMIT_COMMANDS_MAX: usize = COMMAND_QUEUE_MAX;
+
 /// What the server needs to know, already validated (see `config`).
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub identity: Identity,
+    /// etcd's --data-dir; the backend lives in `member/snap/db` under it.
+    pub data_dir: PathBuf,
     pub listen_client_addrs: Vec<SocketAddr>,
     pub cores: Option<usize>,
     pub limits: Limits,
+    pub lease: LeaseOptions,
+    /// How long a fresh leader's leases are extended by (etcd: one election timeout).
+    pub lease_promote_extend: std::time::Duration,
     pub raft: crate::raft::RaftOptions,
 }
 
@@ -51,8 +72,12 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             "cores" => plan.cores_in_use()
         );
     }
-    check_memlock(plan.cores_in_use() + 1, NETWORK_IO_MEMORY_BYTES.max(STATE_IO_MEMORY_BYTES))?;
+    check_memlock(
+        plan.cores_in_use() + 1,
+        NETWORK_IO_MEMORY_BYTES.max(STATE_IO_MEMORY_BYTES),
+    )?;
     check_addresses_free(&options.listen_client_addrs)?;
+    check_addresses_free(&options.raft.listen_peer_addrs)?;
 
     // signal-hook's handler only writes to a self-pipe that the main thread reads, so the
     // executors never run signal-handling code of their own.
@@ -61,30 +86,38 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
 
     let mut command_senders = Vec::new();
     let mut command_receivers = Vec::new();
+    let mut feed_senders = Vec::new();
+    let mut feed_receivers = Vec::new();
     for _ in 0..plan.cores_in_use() {
         let (sender, receiver) = shared_channel::new_bounded::<Command>(COMMAND_QUEUE_MAX);
         command_senders.push(sender);
         command_receivers.push(receiver);
+        let (sender, receiver) = shared_channel::new_bounded::<FeedMessage>(FEED_QUEUE_MAX);
+        feed_senders.push(sender);
+        feed_receivers.push(receiver);
     }
 
-    check_addresses_free(&options.raft.listen_peer_addrs)?;
+    let store = open_store(&options.data_dir)?;
     let identity = options.identity.clone();
+    let (lease_options, lease_extend) = (options.lease, options.lease_promote_extend);
     let raft_options = options.raft.clone();
     let (serving_tx, serving_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let state_executor = LocalExecutorBuilder::new(placement(plan.state_cpu))
         .name("tern-state")
         .io_memory(STATE_IO_MEMORY_BYTES)
         .spawn(move || async move {
-            let node = match crate::raft::node::start(identity, raft_options).await {
+            let state_machine = match StateMachine::new(identity.clone(), store) {
+                Ok(state_machine) => state_machine.with_lease_options(lease_options, lease_extend),
+                Err(e) => crate::fatal!("cannot initialize the backend", "error" => e.to_string()),
+            };
+            // Raft sits in front of the state machine: writes become proposals, committed
+            // entries are applied (src/raft/node.rs).
+            let node = match crate::raft::node::start(identity, raft_options, state_machine).await {
                 Ok((node, serving)) => {
                     let serving_tx = serving_tx.clone();
                     glommio::spawn_local(async move {
                         let ok = serving.await.is_ok();
-                        let _ = serving_tx.send(if ok {
-                            Ok(())
-                        } else {
-                            Err("raft stopped".into())
-                        });
+                        let _ = serving_tx.send(if ok { Ok(()) } else { Err("raft stopped".into()) });
                     })
                     .detach();
                     node
@@ -95,27 +128,66 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
                 }
             };
             glommio::spawn_local(crate::raft::node::run(node.clone())).detach();
+            let state = node.borrow().state.clone();
+            // The primary's lease expiry and checkpoint loop; dropped (cancelled) below
+            // once every network core has hung up.
+            let lease_timer = glommio::spawn_local(run_lease_timer(state.clone()));
             let mut per_core = Vec::new();
-            for receiver in command_receivers {
+            for (core, (receiver, feed)) in
+                command_receivers.into_iter().zip(feed_senders).enumerate()
+            {
+                let state = state.clone();
                 let node = node.clone();
                 per_core.push(glommio::spawn_local(async move {
+                    // The watch feed is attached before the core's first command.
+                    let feed = feed.connect().await;
+                    state.borrow_mut().attach_watch_feed(core, feed);
                     let commands = receiver.connect().await;
                     while let Some(command) = commands.recv().await {
                         node.borrow_mut().submit(command);
+                        let mut applied = 1;
+                        let mut disconnected = false;
+                        // Everything already queued joins this batch; `now_or_never` never
+                        // waits, so a quiet channel ends the batch at once.
+                        while applied < GROUP_COMMIT_COMMANDS_MAX {
+                            match commands.recv().now_or_never() {
+                                Some(Some(command)) => {
+                                    node.borrow_mut().submit(command);
+                                    applied += 1;
+                                }
+                                Some(None) => {
+                                    disconnected = true;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        if state.borrow().has_uncommitted() {
+                            // Let the other cores' tasks apply their queued commands first,
+                            // so that one commit covers them all.
+                            futures_lite::future::yield_now().await;
+                            state.borrow_mut().flush();
+                        }
+                        if disconnected {
+                            break;
+                        }
                     }
+                    state.borrow_mut().flush();
                 }));
             }
             for task in per_core {
                 task.await;
             }
             node.borrow().log_wal_stats();
+            drop(lease_timer);
         })
         .map_err(|e| format!("cannot start the state executor: {e}"))?;
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut stops = Vec::new();
     let mut network_executors = Vec::new();
-    for (i, (cpu, sender)) in plan.network_cpus.iter().zip(command_senders).enumerate() {
+    let network_channels = command_senders.into_iter().zip(feed_receivers);
+    for (i, (cpu, (sender, feed))) in plan.network_cpus.iter().zip(network_channels).enumerate() {
         let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
         stops.push(stop_tx);
         let addrs = options.listen_client_addrs.clone();
@@ -133,14 +205,30 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
                         return;
                     }
                 };
+                // The state core connects this core's watch feed before its commands,
+                // so the feed's receiving end must be connecting before we wait below.
+                let (context_tx, context_rx) = futures::channel::oneshot::channel();
+                glommio::spawn_local(watch_feed_task(feed, context_rx)).detach();
                 let state = StateClient::new(sender.connect().await);
                 let _ = ready_tx.send(Ok(()));
-                let context = Rc::new(ServiceContext::new(state, limits.clone(), &identity));
+                let shutdown = ShutdownSignal::new();
+                let watch = Rc::new(WatchHub::new(
+                    i,
+                    pb::ResponseHeader {
+                        cluster_id: identity.cluster_id,
+                        member_id: identity.member_id,
+                        ..Default::default()
+                    },
+                    limits.max_request_bytes,
+                    limits.watch_progress_notify_interval,
+                    shutdown.clone(),
+                ));
+                let context = Rc::new(ServiceContext::new(state, limits.clone(), &identity, watch));
+                let _ = context_tx.send(context.clone());
                 let http2 = Rc::new(ServerConfig {
                     max_recv_message_bytes: limits.max_recv_message_bytes(),
                     ..ServerConfig::default()
                 });
-                let shutdown = ShutdownSignal::new();
                 let trigger = shutdown.clone();
                 glommio::spawn_local(async move {
                     let _ = stop_rx.await;
@@ -202,7 +290,11 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     announce_ready(&options, &plan);
 
     if let Some(signal) = signals.forever().next() {
-        let name = if signal == libc::SIGTERM { "terminated" } else { "interrupt" };
+        let name = if signal == libc::SIGTERM {
+            "terminated"
+        } else {
+            "interrupt"
+        };
         crate::info!("received signal; shutting down", "signal" => name);
     }
     for stop in stops {
@@ -214,6 +306,37 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     let _ = state_executor.join();
     crate::info!("stopped serving client requests");
     Ok(())
+}
+
+/// Opens the backend at etcd's path under `data_dir` and rebuilds the MVCC index from it.
+fn open_store(data_dir: &std::path::Path) -> Result<KvStore<BtreeBackend>, String> {
+    let path = btree_backend::db_path(data_dir);
+    let started = std::time::Instant::now();
+    let backend = BtreeBackend::open(&path)
+        .map_err(|e| format!("cannot open backend {}: {e}", path.display()))?;
+    let store =
+        KvStore::open(backend).map_err(|e| format!("cannot restore {}: {e}", path.display()))?;
+    crate::info!(
+        "opened backend db",
+        "path" => path.as_path(),
+        "took" => format!("{:?}", started.elapsed()),
+        "current-revision" => store.current_revision(),
+        "consistent-index" => store.consistent_index()
+    );
+    Ok(store)
+}
+
+/// A network core's watch feed: connects the receiving end at once (the state core waits
+/// for it), then runs the hub's feed and sync driver once the service context exists.
+async fn watch_feed_task(
+    feed: SharedReceiver<FeedMessage>,
+    context: futures::channel::oneshot::Receiver<Rc<ServiceContext>>,
+) {
+    let feed = feed.connect().await;
+    let Ok(context) = context.await else { return };
+    let hub = context.watch.clone();
+    glommio::spawn_local(hub.clone().run_sync_driver(context.clone())).detach();
+    hub.run_feed(context, feed).await;
 }
 
 /// The lifecycle lines etcd prints once it serves, in etcd's wording: scripts and

@@ -12,11 +12,12 @@
 //!   `StateClient` and nothing else of it.
 //! - A request is acknowledged to the client only after the state executor has applied it.
 
+pub mod change_waiters;
 pub mod launch;
 pub mod network;
 pub mod state_client;
 pub mod state_machine;
 
-pub use state_client::{Command, StateClient};
 pub use launch::{run, ServerOptions};
+pub use state_client::{Command, StateClient};
 pub use state_machine::{Identity, StateMachine};

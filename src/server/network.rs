@@ -43,7 +43,8 @@ pub async fn serve_clients(
                 // Small gRPC frames must not wait for Nagle's delayed-ACK dance.
                 let _ = stream.set_nodelay(true);
                 live.set(live.get() + 1);
-                let (config, handler, shutdown) = (config.clone(), handler.clone(), shutdown.clone());
+                let (config, handler, shutdown) =
+                    (config.clone(), handler.clone(), shutdown.clone());
                 let live = live.clone();
                 glommio::spawn_local(async move {
                     let _ = serve_connection(stream, config, handler, shutdown).await;

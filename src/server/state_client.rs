@@ -40,6 +40,15 @@ pub enum Command {
     MemberUpdate(pb::MemberUpdateRequest, Reply<pb::MemberUpdateResponse>),
     MemberPromote(pb::MemberPromoteRequest, Reply<pb::MemberPromoteResponse>),
     MoveLeader(pb::MoveLeaderRequest, Reply<pb::MoveLeaderResponse>),
+    Lease(crate::lease::LeaseCommand),
+    WaitChange(crate::server::change_waiters::WaitChange),
+    /// Watch: (re)subscribe this core's feed and/or read history (see `crate::watch`).
+    WatchSync(crate::watch::SyncRequest, Reply<crate::watch::SyncReply>),
+    /// Watch: end the feed subscription of (core, generation).
+    WatchUnsubscribe {
+        core: usize,
+        generation: u64,
+    },
 }
 
 /// A network core's connection to the state executor. Cheap to share within its core (`Rc`).
@@ -98,6 +107,20 @@ impl StateClient {
     pub async fn alarm(&self, req: pb::AlarmRequest) -> Result<pb::AlarmResponse, EtcdError> {
         self.call(|r| Command::Alarm(req, r)).await
     }
+    pub async fn watch_sync(
+        &self,
+        req: crate::watch::SyncRequest,
+    ) -> Result<crate::watch::SyncReply, EtcdError> {
+        self.call(|r| Command::WatchSync(req, r)).await
+    }
+    /// Fire and forget, never waiting: if the queue is full the subscription stays, which
+    /// costs the state core one `try_send` per write until the core subscribes anew
+    /// (the network core ignores what it is sent meanwhile).
+    pub fn watch_unsubscribe(&self, core: usize, generation: u64) {
+        let _ = self
+            .commands
+            .try_send(Command::WatchUnsubscribe { core, generation });
+    }
     pub async fn defragment(&self) -> Result<pb::DefragmentResponse, EtcdError> {
         self.call(Command::Defragment).await
     }
@@ -130,5 +153,29 @@ impl StateClient {
         req: pb::MoveLeaderRequest,
     ) -> Result<pb::MoveLeaderResponse, EtcdError> {
         self.call(|r| Command::MoveLeader(req, r)).await
+    }
+    pub async fn lease<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> crate::lease::LeaseCommand,
+    ) -> Result<T, EtcdError> {
+        self.call(|r| Command::Lease(make(r))).await
+    }
+    /// Waits for the next change in `[key, range_end)` after `after_revision` (see
+    /// `change_waiters`). Dropping the future withdraws the waiter.
+    pub async fn wait_change(
+        &self,
+        key: bytes::Bytes,
+        range_end: bytes::Bytes,
+        after_revision: i64,
+    ) -> Result<Vec<crate::mvcc::Change>, EtcdError> {
+        self.call(|reply| {
+            Command::WaitChange(crate::server::change_waiters::WaitChange {
+                key,
+                range_end,
+                after_revision,
+                reply,
+            })
+        })
+        .await
     }
 }

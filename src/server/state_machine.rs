@@ -8,15 +8,28 @@
 //! - Every response header carries this member's cluster id, member id and raft term;
 //!   the MVCC layer supplies the revision.
 //!
-//! Writes reach this struct only as committed raft entries (`src/raft/node.rs` calls
-//! [`StateMachine::apply_write`] with each entry's raft index); reads are answered directly.
-//! The raft node keeps `raft_term`, `leader_id` and `raft_commit_index` current.
+//! - Durability before acknowledgement (group commit): a write's reply, and the reply of
+//!   anything applied after it that might have seen it, is held in `deferred_replies` until
+//!   the backend commit that makes it durable (`flush`). The launch loop applies every
+//!   command already queued, then flushes once, so one fdatasync pair covers the batch.
+//!   Commands applied while nothing is uncommitted are answered at once.
+//!
+//! - Writes reach this struct only as committed raft entries (`src/raft/node.rs` calls
+//!   [`StateMachine::apply_write`] with each entry's raft index); reads are answered
+//!   directly. The raft node keeps `raft_term`, `leader_id` and `raft_commit_index`
+//!   current and flushes once per ready.
+
+mod leases;
+
+pub use leases::run_lease_timer;
 
 use crate::error::EtcdError;
-use crate::apply::NoLeases;
-use crate::mvcc::{Backend, Bucket, Direction, KvStore, MemBackend};
+use crate::lease::{LeaseOptions, Lessor};
+use crate::mvcc::{Backend, BackendError, BtreeBackend, Bucket, Direction, KvStore};
+use crate::server::change_waiters::ChangeWaiters;
 use crate::proto::etcdserverpb as pb;
 use crate::server::state_client::Command;
+use crate::server::state_client::Reply;
 
 /// The etcd server version tern reports in Status, so that clients that gate features on
 /// the server's version treat tern as the etcd release whose API it implements.
@@ -32,11 +45,29 @@ pub struct Identity {
     pub client_urls: Vec<String>,
 }
 
+/// A reply held until the commit it waits for; called with the commit's failure, if any.
+type DeferredReply = Box<dyn FnOnce(Option<EtcdError>)>;
+
 pub struct StateMachine {
     identity: Identity,
-    store: KvStore<MemBackend>,
+    store: KvStore<BtreeBackend>,
     raft_applied_index: u64,
     alarms: Vec<pb::AlarmMember>,
+    lessor: Lessor,
+    /// Blocked Lock/Campaign/Observe calls waiting for a change (`change_waiters`).
+    waiters: ChangeWaiters,
+    /// Store revision whose changes the lessor and the waiters have seen.
+    changes_seen_revision: i64,
+    /// Counter part of the next server-chosen lease id.
+    lease_id_suffix: u64,
+    /// Replies waiting for the next commit. Bounded by what one batch applies (see the
+    /// launch loop's `GROUP_COMMIT_COMMANDS_MAX`).
+    deferred_replies: Vec<DeferredReply>,
+    /// Whether anything was applied since the last backend commit.
+    uncommitted: bool,
+    watch_feed: crate::watch::WatchFeed,
+    /// Set while a committed raft entry is being applied (see `advance_applied_index`).
+    applying_raft_entry: bool,
     /// Kept current by the raft node.
     pub raft_term: u64,
     pub leader_id: u64,
@@ -44,20 +75,41 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn new(identity: Identity, store: KvStore<MemBackend>) -> StateMachine {
-        StateMachine {
+    pub fn new(
+        identity: Identity,
+        store: KvStore<BtreeBackend>,
+    ) -> Result<StateMachine, BackendError> {
+        // A reopened store resumes from the raft index it saved with its last commit; raft
+        // replays only the entries after it.
+        let changes_seen_revision = store.current_revision();
+        let mut state = StateMachine {
             identity,
             raft_applied_index: store.consistent_index(),
             store,
             alarms: Vec::new(),
+            watch_feed: crate::watch::WatchFeed::default(),
+            lessor: Lessor::new(LeaseOptions::default()),
+            waiters: ChangeWaiters::default(),
+            changes_seen_revision,
+            lease_id_suffix: 0,
+            deferred_replies: Vec::new(),
+            uncommitted: false,
+            applying_raft_entry: false,
             raft_term: 0,
             leader_id: 0,
             raft_commit_index: 0,
-        }
+        };
+        state.restore_leases();
+        Ok(state)
     }
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The member's IDs as raft settled them (from the WAL, or from the cluster it joined).
+    pub fn set_identity(&mut self, identity: Identity) {
+        self.identity = identity;
     }
 
     pub fn raft_applied_index(&self) -> u64 {
@@ -65,25 +117,25 @@ impl StateMachine {
     }
 
     /// Applies the write `command` carried by the committed entry at `raft_index` and
-    /// answers it. Idempotent: an entry at or below the store's consistent index was
-    /// applied before (a replay after restart) and is skipped.
+    /// answers it (after the next `flush`). Idempotent: an entry at or below the store's
+    /// consistent index was applied before a restart and is skipped.
     pub fn apply_write(&mut self, raft_index: u64, command: Command) {
-        assert!(
-            raft_index > self.raft_applied_index,
-            "entries apply in raft-index order"
-        );
+        assert!(raft_index > self.raft_applied_index, "entries apply in raft-index order");
         if raft_index <= self.store.consistent_index() {
             self.raft_applied_index = raft_index;
             return;
         }
         // `handle` advances the applied index by one for each write.
         self.raft_applied_index = raft_index - 1;
+        self.applying_raft_entry = true;
         self.handle(command);
+        self.applying_raft_entry = false;
         debug_assert_eq!(self.raft_applied_index, raft_index);
     }
 
-    /// Answers a read (a Range, or a Txn without writes) that raft did not order: it must
-    /// not advance the applied index, which only committed entries do.
+    /// Answers a command raft did not order (a read, or a local-only command such as a
+    /// lease operation): it must not advance the applied index, which only committed
+    /// entries do.
     pub fn handle_read(&mut self, command: Command) {
         let applied = self.raft_applied_index;
         let consistent_index = self.store.consistent_index();
@@ -93,25 +145,20 @@ impl StateMachine {
     }
 
     /// Records an entry that changes no key (empty entry, ConfChange, member attributes).
-    /// Its index is saved as the consistent index all the same, as etcd does, so that a
-    /// restart resumes after it.
+    /// Its index is saved as the consistent index all the same (with the next commit), as
+    /// etcd does, so that a restart resumes after it.
     pub fn apply_other(&mut self, raft_index: u64) {
-        assert!(
-            raft_index > self.raft_applied_index,
-            "entries apply in raft-index order"
-        );
+        assert!(raft_index > self.raft_applied_index, "entries apply in raft-index order");
         self.raft_applied_index = raft_index;
         if raft_index > self.store.consistent_index() {
             self.store.set_consistent_index(raft_index);
-            if let Err(e) = self.store.commit() {
-                crate::error!("cannot save the consistent index", "error" => e.to_string());
-            }
+            self.uncommitted = true;
         }
     }
 
     /// Every bucket of the store, for a raft snapshot (format: docs/peer-protocol.md,
-    /// "Snapshot data"): per entry, bucket slot (1 byte), key length and value length
-    /// (u32 big-endian each), key, value; then the applied index (u64 big-endian).
+    /// "Snapshot"): per entry, bucket slot (1 byte), key length and value length (u32
+    /// big-endian each), key, value; then the applied index (u64 big-endian).
     pub fn snapshot_data(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let backend = self.store.backend();
@@ -129,7 +176,9 @@ impl StateMachine {
         out
     }
 
-    /// Replaces the whole state with a snapshot made by [`Self::snapshot_data`].
+    /// Replaces the whole state with a snapshot made by [`Self::snapshot_data`]: the
+    /// backend's buckets are cleared and refilled in one commit, then the in-memory index
+    /// and the leases are rebuilt from it.
     pub fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         let corrupt = || "snapshot data is truncated or corrupt".to_string();
         if data.len() < 8 {
@@ -137,7 +186,8 @@ impl StateMachine {
         }
         let (body, tail) = data.split_at(data.len() - 8);
         let applied = u64::from_be_bytes(tail.try_into().map_err(|_| corrupt())?);
-        let mut backend = MemBackend::new();
+        // Check the whole snapshot before touching the backend.
+        let mut records = Vec::new();
         let mut at = 0;
         while at < body.len() {
             let header = body.get(at..at + 9).ok_or_else(corrupt)?;
@@ -149,11 +199,72 @@ impl StateMachine {
             at += key_len;
             let value = body.get(at..at + value_len).ok_or_else(corrupt)?;
             at += value_len;
+            records.push((bucket, key, value));
+        }
+        self.flush();
+        let backend = self.store.backend_mut();
+        for bucket in Bucket::ALL {
+            let mut keys = Vec::new();
+            backend
+                .scan(bucket, &[], None, Direction::Ascending, &mut |k, _| {
+                    keys.push(k.to_vec());
+                    true
+                })
+                .map_err(|e| e.to_string())?;
+            for k in keys {
+                backend.delete(bucket, &k).map_err(|e| e.to_string())?;
+            }
+        }
+        for (bucket, key, value) in records {
             backend.put(bucket, key, value).map_err(|e| e.to_string())?;
         }
-        self.store = KvStore::open(backend).map_err(|e| e.to_string())?;
+        backend.commit().map_err(|e| e.to_string())?;
+        self.store.reload().map_err(|e| e.to_string())?;
+        self.changes_seen_revision = self.store.current_revision();
         self.raft_applied_index = applied;
+        self.restore_leases();
         Ok(())
+    }
+
+    /// Sends `result` now if nothing applied is uncommitted, else after the next commit.
+    fn reply<T: 'static>(&mut self, reply: Reply<T>, result: Result<T, EtcdError>) {
+        if !self.uncommitted {
+            let _ = reply.send(result);
+            return;
+        }
+        self.deferred_replies.push(Box::new(move |failure| {
+            let _ = reply.send(match failure {
+                None => result,
+                Some(error) => Err(error),
+            });
+        }));
+    }
+
+    /// Whether replies wait for a commit.
+    pub fn has_uncommitted(&self) -> bool {
+        self.uncommitted
+    }
+
+    /// Commits everything applied so far (consistent index included) in one backend
+    /// transaction, then sends the replies that waited for it. A failed commit is fatal,
+    /// as in etcd (`backend: failed to commit tx`): memory and disk no longer agree.
+    pub fn flush(&mut self) {
+        if !self.uncommitted {
+            return;
+        }
+        let committed = self.store.commit();
+        self.uncommitted = false;
+        if committed.is_ok() {
+            // Watchers see a revision only once it is durable.
+            self.watch_feed.release();
+        }
+        let failure = committed.as_ref().err().map(|_| EtcdError::Stopped);
+        for reply in self.deferred_replies.drain(..) {
+            reply(failure);
+        }
+        if let Err(e) = committed {
+            crate::fatal!("failed to commit backend transaction", "error" => e.to_string());
+        }
     }
 
     fn header(&self, revision: i64) -> pb::ResponseHeader {
@@ -181,15 +292,16 @@ impl StateMachine {
                     self.stamp(&mut r.header);
                     r
                 });
-                let _ = reply.send(res);
+                self.reply(reply, res);
             }
             Command::Put(req, reply) => {
                 self.advance_applied_index();
-                let res = self.store.put(&req, &NoLeases).map(|mut r| {
+                let res = self.store.put(&req, &self.lessor).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
                 });
-                let _ = reply.send(res);
+                self.after_write();
+                self.reply(reply, res);
             }
             Command::DeleteRange(req, reply) => {
                 self.advance_applied_index();
@@ -197,15 +309,17 @@ impl StateMachine {
                     self.stamp(&mut r.header);
                     r
                 });
-                let _ = reply.send(res);
+                self.after_write();
+                self.reply(reply, res);
             }
             Command::Txn(req, reply) => {
                 self.advance_applied_index();
-                let res = self.store.txn(&req, &NoLeases).map(|mut r| {
+                let res = self.store.txn(&req, &self.lessor).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
                 });
-                let _ = reply.send(res);
+                self.after_write();
+                self.reply(reply, res);
             }
             Command::Compact(req, reply) => {
                 self.advance_applied_index();
@@ -213,36 +327,44 @@ impl StateMachine {
                     self.stamp(&mut r.header);
                     r
                 });
-                let _ = reply.send(res);
+                self.reply(reply, res);
             }
             Command::HashKv(req, reply) => {
                 let res = self.store.hash_kv(&req).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
                 });
-                let _ = reply.send(res);
+                self.reply(reply, res);
             }
             Command::Hash(reply) => {
                 let res = self.store.hash_by_rev(0).map(|h| pb::HashResponse {
                     header: Some(self.header(h.current_revision)),
                     hash: h.hash,
                 });
-                let _ = reply.send(res);
+                self.reply(reply, res);
             }
             Command::Status(reply) => {
-                let _ = reply.send(Ok(self.status()));
+                let res = self.status();
+                self.reply(reply, res);
             }
             Command::MemberList(reply) => {
-                let _ = reply.send(Ok(pb::MemberListResponse {
+                let res = Ok(pb::MemberListResponse {
                     header: Some(self.header(0)),
                     members: vec![self.member()],
-                }));
+                });
+                self.reply(reply, res);
             }
             Command::Alarm(req, reply) => {
                 // etcd answers Alarm without a response header (its JSON is `{}` when
                 // no alarm is raised).
                 let alarms = self.alarm(req);
-                let _ = reply.send(Ok(pb::AlarmResponse { header: None, alarms }));
+                self.reply(
+                    reply,
+                    Ok(pb::AlarmResponse {
+                        header: None,
+                        alarms,
+                    }),
+                );
             }
             Command::MemberAdd(..)
             | Command::MemberRemove(..)
@@ -253,12 +375,51 @@ impl StateMachine {
                 // dropping the reply answers "server stopped" should one ever get here.
             }
             Command::Defragment(reply) => {
-                let res: Result<_, EtcdError> = Ok(pb::DefragmentResponse {
-                    header: Some(self.header(self.store.current_revision())),
-                });
-                let _ = reply.send(res);
+                // Defrag commits first, so earlier writes' replies go out before it runs.
+                self.flush();
+                let res = match self.store.backend_mut().defragment() {
+                    Ok(report) => {
+                        crate::info!(
+                            "finished defragmenting directory",
+                            "path" => self.store.backend().path(),
+                            "current-db-size-bytes" => report.db_size_bytes_after,
+                            "passes" => report.passes
+                        );
+                        Ok(pb::DefragmentResponse {
+                            header: Some(self.header(self.store.current_revision())),
+                        })
+                    }
+                    Err(e) => {
+                        crate::error!("failed to defragment", "error" => e.to_string());
+                        Err(EtcdError::Corrupt)
+                    }
+                };
+                self.reply(reply, res);
+            }
+            Command::Lease(command) => self.handle_lease(command, std::time::Instant::now()),
+            Command::WaitChange(wait) => self.waiters.register(wait, &self.store),
+            Command::WatchSync(req, reply) => {
+                let header = self.header(0);
+                // History may include applied but uncommitted writes: answer after the commit.
+                let res = self.watch_feed.sync(&self.store, req, &header);
+                self.reply(reply, res);
+            }
+            Command::WatchUnsubscribe { core, generation } => {
+                self.watch_feed.unsubscribe(core, generation)
             }
         }
+        // Whatever the command wrote goes to the watchers (a no-op if nothing changed).
+        let header = self.header(0);
+        self.watch_feed.publish(&self.store, &header);
+    }
+
+    /// Connects network core `core`'s watch feed channel.
+    pub fn attach_watch_feed(
+        &mut self,
+        core: usize,
+        sender: glommio::channels::shared_channel::ConnectedSender<crate::watch::FeedMessage>,
+    ) {
+        self.watch_feed.attach(core, sender);
     }
 
     /// etcd's alarm semantics: GET lists every raised alarm (NONE matches all types);
@@ -267,7 +428,10 @@ impl StateMachine {
     /// corruption check (CORRUPT) arrive with the persistent backend.
     fn alarm(&mut self, req: pb::AlarmRequest) -> Vec<pb::AlarmMember> {
         use pb::alarm_request::AlarmAction;
-        let wanted = pb::AlarmMember { member_id: req.member_id, alarm: req.alarm };
+        let wanted = pb::AlarmMember {
+            member_id: req.member_id,
+            alarm: req.alarm,
+        };
         match AlarmAction::try_from(req.action).unwrap_or(AlarmAction::Get) {
             AlarmAction::Get => self
                 .alarms
@@ -280,7 +444,7 @@ impl StateMachine {
                     return Vec::new();
                 }
                 if !self.alarms.contains(&wanted) {
-                    self.alarms.push(wanted.clone());
+                    self.alarms.push(wanted);
                 }
                 vec![wanted]
             }
@@ -299,9 +463,16 @@ impl StateMachine {
     /// One more entry is being applied (whether it succeeds or fails, as in raft): the
     /// store saves it as its consistent index together with the entry's writes, which is
     /// what makes replaying an entry idempotent once raft and the WAL arrive.
+    ///
+    /// Only a committed raft entry advances it (`apply_write`); a change made outside raft
+    /// (lease expiry, tern's local lease commands) must not, or the applied index would
+    /// run ahead of raft's log.
     fn advance_applied_index(&mut self) {
-        self.raft_applied_index += 1;
-        self.store.set_consistent_index(self.raft_applied_index);
+        self.uncommitted = true;
+        if self.applying_raft_entry {
+            self.raft_applied_index += 1;
+            self.store.set_consistent_index(self.raft_applied_index);
+        }
     }
 
     fn member(&self) -> pb::Member {
@@ -314,9 +485,14 @@ impl StateMachine {
         }
     }
 
-    fn status(&self) -> pb::StatusResponse {
-        let db_size = self.store.backend().size_bytes() as i64;
-        pb::StatusResponse {
+    fn status(&self) -> Result<pb::StatusResponse, EtcdError> {
+        // etcd: dbSize is the file's size, dbSizeInUse the part not free.
+        let stats = self.store.backend().stats().map_err(|e| {
+            crate::error!("cannot read backend size", "error" => e.to_string());
+            EtcdError::Corrupt
+        })?;
+        let db_size = stats.db_size_bytes as i64;
+        Ok(pb::StatusResponse {
             header: Some(self.header(self.store.current_revision())),
             version: ETCD_SERVER_VERSION.to_string(),
             db_size,
@@ -325,8 +501,8 @@ impl StateMachine {
             raft_term: self.raft_term,
             raft_applied_index: self.raft_applied_index,
             errors: Vec::new(),
-            db_size_in_use: db_size,
+            db_size_in_use: stats.db_size_in_use_bytes as i64,
             is_learner: false,
-        }
+        })
     }
 }

@@ -41,7 +41,11 @@ where
     F: FnOnce(Req, usize) -> Fut,
     Fut: Future<Output = Result<Resp, EtcdError>>,
 {
-    let Call { mut requests, mut responses, .. } = call;
+    let Call {
+        mut requests,
+        mut responses,
+        ..
+    } = call;
     let message = match requests.next().await {
         Some(Ok(message)) => message,
         Some(Err(status)) => return responses.finish(status),

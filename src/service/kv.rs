@@ -51,7 +51,9 @@ pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
             })
             .await
         }
-        _ => call.responses.finish(unknown_method("etcdserverpb.KV", method)),
+        _ => call
+            .responses
+            .finish(unknown_method("etcdserverpb.KV", method)),
     }
 }
 

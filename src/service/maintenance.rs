@@ -13,18 +13,28 @@ const SERVICE: &str = "etcdserverpb.Maintenance";
 pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
     match method {
         "Status" => {
-            unary(call, |_: pb::StatusRequest, _| async move { context.state.status().await }).await
+            unary(call, |_: pb::StatusRequest, _| async move {
+                context.state.status().await
+            })
+            .await
         }
         "HashKV" => {
-            unary(call, |req: pb::HashKvRequest, _| async move { context.state.hash_kv(req).await })
-                .await
+            unary(call, |req: pb::HashKvRequest, _| async move {
+                context.state.hash_kv(req).await
+            })
+            .await
         }
         "Hash" => {
-            unary(call, |_: pb::HashRequest, _| async move { context.state.hash().await }).await
+            unary(call, |_: pb::HashRequest, _| async move {
+                context.state.hash().await
+            })
+            .await
         }
         "Alarm" => {
-            unary(call, |req: pb::AlarmRequest, _| async move { context.state.alarm(req).await })
-                .await
+            unary(call, |req: pb::AlarmRequest, _| async move {
+                context.state.alarm(req).await
+            })
+            .await
         }
         "Defragment" => {
             unary(call, |_: pb::DefragmentRequest, _| async move {

@@ -7,8 +7,13 @@
 
 mod call;
 mod cluster;
+mod election;
 mod kv;
+mod lease;
+mod lock;
+mod recipes;
 mod maintenance;
+pub mod watch;
 
 use std::rc::Rc;
 
@@ -27,7 +32,13 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 pub struct Limits {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// --experimental-watch-progress-notify-interval.
+    pub watch_progress_notify_interval: std::time::Duration,
 }
+
+/// etcd's default --experimental-watch-progress-notify-interval.
+pub const WATCH_PROGRESS_NOTIFY_INTERVAL_DEFAULT: std::time::Duration =
+    std::time::Duration::from_secs(10 * 60);
 
 impl Limits {
     pub fn max_recv_message_bytes(&self) -> usize {
@@ -41,15 +52,23 @@ pub struct ServiceContext {
     pub limits: Limits,
     pub member_id: u64,
     pub cluster_id: u64,
+    /// This core's watchers (`crate::watch`).
+    pub watch: Rc<crate::watch::WatchHub>,
 }
 
 impl ServiceContext {
-    pub fn new(state: StateClient, limits: Limits, identity: &Identity) -> ServiceContext {
+    pub fn new(
+        state: StateClient,
+        limits: Limits,
+        identity: &Identity,
+        watch: Rc<crate::watch::WatchHub>,
+    ) -> ServiceContext {
         ServiceContext {
             state,
             limits,
             member_id: identity.member_id,
             cluster_id: identity.cluster_id,
+            watch,
         }
     }
 }
@@ -66,12 +85,12 @@ async fn route(context: Rc<ServiceContext>, call: Call) {
         "etcdserverpb.KV" => kv::serve(&context, method, call).await,
         "etcdserverpb.Maintenance" => maintenance::serve(&context, method, call).await,
         "etcdserverpb.Cluster" => cluster::serve(&context, method, call).await,
-        // The services below exist in etcd's API; their issues have not landed yet.
-        "etcdserverpb.Watch"
-        | "etcdserverpb.Lease"
-        | "etcdserverpb.Auth"
-        | "v3lockpb.Lock"
-        | "v3electionpb.Election" => call.responses.finish(not_yet(service, method)),
+        "etcdserverpb.Lease" => lease::serve(&context, method, call).await,
+        "v3lockpb.Lock" => lock::serve(&context, method, call).await,
+        "v3electionpb.Election" => election::serve(&context, method, call).await,
+        "etcdserverpb.Watch" => watch::serve(&context, method, call).await,
+        // The Auth service's issue has not landed yet.
+        "etcdserverpb.Auth" => call.responses.finish(not_yet(service, method)),
         _ => call
             .responses
             .finish(Status::new(Code::Unimplemented, format!("unknown service {service}"))),
@@ -86,12 +105,18 @@ fn split_path(path: &str) -> (&str, &str) {
 
 /// grpc-go's answer for a method its service does not have.
 pub(crate) fn unknown_method(service: &str, method: &str) -> Status {
-    Status::new(Code::Unimplemented, format!("unknown method {method} for service {service}"))
+    Status::new(
+        Code::Unimplemented,
+        format!("unknown method {method} for service {service}"),
+    )
 }
 
 /// A method etcd has and tern will have once its issue lands.
 pub(crate) fn not_yet(service: &str, method: &str) -> Status {
-    Status::new(Code::Unimplemented, format!("tern: {service}/{method} is not implemented yet"))
+    Status::new(
+        Code::Unimplemented,
+        format!("tern: {service}/{method} is not implemented yet"),
+    )
 }
 
 #[cfg(test)]
@@ -100,7 +125,10 @@ mod tests {
 
     #[test]
     fn splits_grpc_paths() {
-        assert_eq!(split_path("/etcdserverpb.KV/Range"), ("etcdserverpb.KV", "Range"));
+        assert_eq!(
+            split_path("/etcdserverpb.KV/Range"),
+            ("etcdserverpb.KV", "Range")
+        );
         assert_eq!(split_path("/nonsense"), ("nonsense", ""));
         assert_eq!(split_path(""), ("", ""));
     }

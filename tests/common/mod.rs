@@ -24,7 +24,11 @@ pub struct TernServer {
 
 /// A port nobody listens on right now (the kernel picks it; we release it at once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn tern_binary() -> PathBuf {
@@ -39,14 +43,25 @@ impl TernServer {
     pub fn start_with(extra_args: &[&str]) -> TernServer {
         let client_port = free_port();
         let peer_port = free_port();
-        let data_dir = std::env::temp_dir().join(format!("tern-test-{}-{client_port}", std::process::id()));
+        let data_dir =
+            std::env::temp_dir().join(format!("tern-test-{}-{client_port}", std::process::id()));
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut child = Command::new(tern_binary())
             .args(["--name", "e2e", "--data-dir"])
             .arg(&data_dir)
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
             .args(["--initial-cluster", &format!("e2e={peer_url}")])
             .args(extra_args)
             .stdin(Stdio::null())
@@ -66,9 +81,18 @@ impl TernServer {
                 log_sink.lock().unwrap().push(line);
             }
         });
-        let server = TernServer { child, client_port, peer_port, data_dir, log };
+        let server = TernServer {
+            child,
+            client_port,
+            peer_port,
+            data_dir,
+            log,
+        };
         if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
-            panic!("tern did not become ready; log:\n{}", server.log.lock().unwrap().join("\n"));
+            panic!(
+                "tern did not become ready; log:\n{}",
+                server.log.lock().unwrap().join("\n")
+            );
         }
         server
     }
@@ -114,13 +138,22 @@ pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("etcdctl not found: the test command (./test.sh) installs it with apt-get");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     child.wait_with_output().unwrap()
 }
@@ -131,4 +164,60 @@ pub fn stdout(output: &Output) -> String {
 
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+impl TernServer {
+    /// Kills the server with SIGKILL (no shutdown path runs), then starts the same binary
+    /// again with the same arguments (so the same ports and data dir) and waits until it
+    /// serves. The data dir is kept: this is how tests check what survives a crash.
+    pub fn kill_and_restart(&mut self) {
+        // The exact arguments it was started with, NUL-separated.
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.child.id()))
+            .expect("read the server's command line");
+        let cmdline = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .skip(1)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        self.child.kill().expect("SIGKILL tern");
+        self.child.wait().expect("reap tern");
+        // The kernel releases sockets that io_uring still referenced a moment after the
+        // process is gone; wait until the client port can be bound again.
+        let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+        while TcpListener::bind(("127.0.0.1", self.client_port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "client port never freed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut child = Command::new(tern_binary())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("respawn tern");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let log_sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ready to serve client requests") {
+                    let _ = ready_tx.send(());
+                }
+                log_sink.lock().unwrap().push(line);
+            }
+        });
+        self.child = child;
+        self.log = log;
+        if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
+            panic!(
+                "tern did not become ready after restart; log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+        }
+    }
 }

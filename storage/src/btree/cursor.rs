@@ -189,19 +189,19 @@ impl<'t> Range<'t> {
             let (key, value) = leaf.leaf_entry(entry_index)?;
             let past_stop = match &self.stop {
                 Bound::Unbounded => false,
-                Bound::Included(stop) if self.reverse => key < stop.as_slice(),
-                Bound::Excluded(stop) if self.reverse => key <= stop.as_slice(),
-                Bound::Included(stop) => key > stop.as_slice(),
-                Bound::Excluded(stop) => key >= stop.as_slice(),
+                Bound::Included(stop) if self.reverse => page::compare_keys(key, stop).is_lt(),
+                Bound::Excluded(stop) if self.reverse => page::compare_keys(key, stop).is_le(),
+                Bound::Included(stop) => page::compare_keys(key, stop).is_gt(),
+                Bound::Excluded(stop) => page::compare_keys(key, stop).is_ge(),
             };
             if past_stop {
                 return Ok(None);
             }
             if let Some(previous) = self.previous_key {
                 let in_order = if self.reverse {
-                    key < previous
+                    page::compare_keys(key, previous).is_lt()
                 } else {
-                    key > previous
+                    page::compare_keys(key, previous).is_gt()
                 };
                 if !in_order {
                     return Err(page::corrupted("keys out of order during scan"));

@@ -28,6 +28,9 @@ use super::page::{self, Meta, META_SLOTS, PAGE_BYTES};
 use super::Error;
 use super::{MAX_BUCKET_NAME_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
+/// Prefixed keys up to this length are built on the stack by `ReadTxn::get`.
+const SHORT_KEY_BYTES: usize = 128;
+
 /// Upper bound on defragmentation passes (each pass is one write transaction).
 const DEFRAG_PASSES_MAX: usize = 64;
 
@@ -452,12 +455,17 @@ impl ReadTxn {
         if key.len() > MAX_KEY_BYTES {
             return Err(Error::KeyTooLarge);
         }
-        // The point-read hot path: build the prefixed key on the stack, not the heap.
-        let mut internal = [0u8; 1 + MAX_BUCKET_NAME_BYTES + MAX_KEY_BYTES];
+        // The point-read hot path: build the prefixed key on the stack, not the heap, in a
+        // buffer small enough that clearing it costs nothing next to the lookup.
+        let internal_len = 1 + bucket.len() + key.len();
+        if internal_len > SHORT_KEY_BYTES {
+            return self.snap.get(&bucket_key(bucket, key)?);
+        }
+        let mut internal = [0u8; SHORT_KEY_BYTES];
         internal[0] = bucket.len() as u8;
         internal[1..1 + bucket.len()].copy_from_slice(bucket);
-        internal[1 + bucket.len()..1 + bucket.len() + key.len()].copy_from_slice(key);
-        self.snap.get(&internal[..1 + bucket.len() + key.len()])
+        internal[1 + bucket.len()..internal_len].copy_from_slice(key);
+        self.snap.get(&internal[..internal_len])
     }
 
     /// Entries of `bucket` with keys in `(lower, upper)`, ascending.
@@ -556,7 +564,9 @@ impl WriteTxn {
                 Child::Clean(pgid) => return self.base_get_from(*pgid, &internal),
                 Child::Dirty(node) => match node.as_ref() {
                     Node::Leaf(entries) => {
-                        return match entries.binary_search_by(|e| e.key.as_slice().cmp(&internal)) {
+                        return match entries
+                            .binary_search_by(|e| page::compare_keys(&e.key, &internal))
+                        {
                             Ok(at) => match &entries[at].value {
                                 Value::Inline(bytes) | Value::Big(bytes) => {
                                     Ok(Some(bytes.as_slice()))

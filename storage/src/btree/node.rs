@@ -172,7 +172,7 @@ impl Editor<'_> {
         for _ in 0..MAX_BTREE_DEPTH {
             match self.dirty(child)? {
                 Node::Leaf(entries) => {
-                    return match entries.binary_search_by(|e| e.key.as_slice().cmp(key)) {
+                    return match entries.binary_search_by(|e| page::compare_keys(&e.key, key)) {
                         Ok(at) => {
                             entries[at].value.release(self.freed);
                             entries[at].value = value;
@@ -206,7 +206,7 @@ impl Editor<'_> {
         for _ in 0..MAX_BTREE_DEPTH {
             match self.dirty(child)? {
                 Node::Leaf(entries) => {
-                    return match entries.binary_search_by(|e| e.key.as_slice().cmp(key)) {
+                    return match entries.binary_search_by(|e| page::compare_keys(&e.key, key)) {
                         Ok(at) => {
                             entries.remove(at).value.release(self.freed);
                             Ok(true)
@@ -557,7 +557,7 @@ impl Room {
 /// Index of the child of a dirty branch whose range holds `key` (see module invariants).
 pub(crate) fn branch_child_for(entries: &[BranchEntry], key: &[u8]) -> usize {
     entries
-        .partition_point(|e| e.key.as_slice() <= key)
+        .partition_point(|e| page::compare_keys(&e.key, key).is_le())
         .saturating_sub(1)
 }
 

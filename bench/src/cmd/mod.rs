@@ -1,0 +1,137 @@
+//! The subcommands, one file per family (kv: put, range, txn-put, txn-mixed; watch:
+//! watch, watch-latency, watch-get; lease: lease-keepalive; stm), and the closed-loop
+//! driver most of them share.
+//!
+//! Driver invariant: exactly `total` operations are issued across all workers; each
+//! worker claims the next operation number from one shared atomic counter, waits for the
+//! rate limiter, times the call and records it in its own recorders (no lock on the
+//! hot path).
+
+mod kv;
+mod lease;
+mod stm;
+mod watch;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Subcommand;
+
+use crate::client::BoxError;
+use crate::report::{Recorder, Report};
+use crate::util::{Limiter, Progress};
+use crate::{Global, Output};
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Benchmark put
+    Put(kv::PutArgs),
+    /// Benchmark range
+    Range(kv::RangeArgs),
+    /// Benchmark txn-put
+    TxnPut(kv::TxnPutArgs),
+    /// Benchmark a mixed load of txn-put & txn-range.
+    TxnMixed(kv::TxnMixedArgs),
+    /// Benchmark watch
+    Watch(watch::WatchArgs),
+    /// Benchmark watch latency
+    WatchLatency(watch::WatchLatencyArgs),
+    /// Benchmark watch with get
+    WatchGet(watch::WatchGetArgs),
+    /// Benchmark lease keepalive
+    LeaseKeepalive(lease::LeaseKeepaliveArgs),
+    /// Benchmark STM
+    Stm(stm::StmArgs),
+}
+
+pub async fn run(command: Command, global: &Global, out: &mut Output) -> Result<(), BoxError> {
+    match command {
+        Command::Put(args) => kv::put(args, global, out).await,
+        Command::Range(args) => kv::range(args, global, out).await,
+        Command::TxnPut(args) => kv::txn_put(args, global, out).await,
+        Command::TxnMixed(args) => kv::txn_mixed(args, global, out).await,
+        Command::Watch(args) => watch::watch(args, global, out).await,
+        Command::WatchLatency(args) => watch::watch_latency(args, global, out).await,
+        Command::WatchGet(args) => watch::watch_get(args, global, out).await,
+        Command::LeaseKeepalive(args) => lease::lease_keepalive(args, global, out).await,
+        Command::Stm(args) => stm::stm(args, global, out).await,
+    }
+}
+
+/// One closed-loop worker: `call(op_number)` performs one operation and says which of the
+/// run's reports it belongs to (0 unless the command keeps several, like txn-mixed).
+pub trait Worker: Send + 'static {
+    fn call(&mut self, op_number: u64) -> impl Future<Output = (usize, Result<(), String>)> + Send;
+}
+
+/// Runs `total` operations over `workers`, at most `rate_per_s` per second (0 = no limit),
+/// and returns one recorder per report name, with the run's wall time.
+pub async fn closed_loop<W: Worker>(
+    workers: Vec<W>,
+    total: u64,
+    rate_per_s: u64,
+    names: &[&str],
+) -> Result<Vec<Report>, BoxError> {
+    closed_loop_with(workers, total, rate_per_s, names, Progress::start(total)).await
+}
+
+/// `closed_loop` without a progress bar, for a load that runs under another bar.
+pub async fn closed_loop_hidden<W: Worker>(
+    workers: Vec<W>,
+    total: u64,
+    rate_per_s: u64,
+    names: &[&str],
+) -> Result<Vec<Report>, BoxError> {
+    closed_loop_with(workers, total, rate_per_s, names, Progress::hidden(total)).await
+}
+
+async fn closed_loop_with<W: Worker>(
+    workers: Vec<W>,
+    total: u64,
+    rate_per_s: u64,
+    names: &[&str],
+    progress: Progress,
+) -> Result<Vec<Report>, BoxError> {
+    let limiter = Limiter::new(rate_per_s, 1);
+    let next_op = Arc::new(AtomicU64::new(0));
+    let reports_n = names.len();
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(workers.len());
+    for mut worker in workers {
+        let limiter = limiter.clone();
+        let next_op = next_op.clone();
+        let done = progress.counter();
+        tasks.push(tokio::spawn(async move {
+            let mut recorders: Vec<Recorder> =
+                (0..reports_n).map(|_| Recorder::default()).collect();
+            loop {
+                let op_number = next_op.fetch_add(1, Ordering::Relaxed);
+                if op_number >= total {
+                    break;
+                }
+                limiter.wait().await;
+                let started = Instant::now();
+                let (report, result) = worker.call(op_number).await;
+                let latency = started.elapsed();
+                recorders[report].record_result(&result, latency);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            recorders
+        }));
+    }
+    let mut merged: Vec<Recorder> = (0..reports_n).map(|_| Recorder::default()).collect();
+    for task in tasks {
+        for (i, recorder) in task.await?.into_iter().enumerate() {
+            merged[i].merge(recorder);
+        }
+    }
+    let total_time = start.elapsed();
+    progress.finish();
+    Ok(names
+        .iter()
+        .zip(merged)
+        .map(|(name, rec)| Report::new(*name, total_time, rec))
+        .collect())
+}

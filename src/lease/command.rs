@@ -1,0 +1,16 @@
+//! What the Lease service asks of the state executor (one variant per etcd Lease RPC;
+//! `Renew` is one keep-alive request of a KeepAlive stream).
+
+use crate::proto::etcdserverpb as pb;
+use crate::server::state_client::Reply;
+
+pub enum LeaseCommand {
+    Grant(pb::LeaseGrantRequest, Reply<pb::LeaseGrantResponse>),
+    Revoke(pb::LeaseRevokeRequest, Reply<pb::LeaseRevokeResponse>),
+    Renew(pb::LeaseKeepAliveRequest, Reply<pb::LeaseKeepAliveResponse>),
+    TimeToLive(
+        pb::LeaseTimeToLiveRequest,
+        Reply<pb::LeaseTimeToLiveResponse>,
+    ),
+    Leases(Reply<pb::LeaseLeasesResponse>),
+}

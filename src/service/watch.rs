@@ -1,0 +1,162 @@
+//! etcdserverpb.Watch: one bidirectional stream carrying many watchers.
+//!
+//! Two halves run side by side for each stream (etcd's recvLoop and sendLoop in
+//! v3rpc/watch.go): the receiving half handles create/cancel/progress requests one at a
+//! time through this core's `WatchHub`; the sending half writes the stream's queue out
+//! through `ResponseSink::send` (which waits on HTTP/2 flow control) and fires the
+//! periodic progress notification. The hub, not this file, decides what is queued.
+//!
+//! Lifetime, as in etcd: the client's half-close does not end the stream (its watchers
+//! keep delivering); a malformed message ends it with the decode error; the client going
+//! away, or server shutdown (UNAVAILABLE), ends it and frees its watchers.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use futures_lite::future;
+use prost::Message;
+
+use crate::error::EtcdError;
+use crate::grpc::{Call, Code, RequestStream, ResponseSink, Status};
+use crate::proto::etcdserverpb as pb;
+use crate::proto::etcdserverpb::watch_create_request::FilterType;
+use crate::proto::etcdserverpb::watch_request::RequestUnion;
+use crate::service::{status_from_error, unknown_method, ServiceContext};
+use crate::watch::{CreateRequest, Notify, StreamId, WatchHub};
+
+pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
+    if method != "Watch" {
+        return call
+            .responses
+            .finish(unknown_method("etcdserverpb.Watch", method));
+    }
+    let Call {
+        requests,
+        mut responses,
+        ..
+    } = call;
+    let hub = context.watch.clone();
+    let (stream, ready) = hub.open_stream();
+    let _close = CloseStream {
+        hub: hub.clone(),
+        context,
+        stream,
+    };
+
+    enum End {
+        Status(Status),
+        Gone,
+        Shutdown,
+    }
+    let ended = future::or(
+        async { End::Status(receive(context, &hub, stream, requests).await) },
+        future::or(
+            async {
+                send(&hub, stream, &ready, &mut responses).await;
+                End::Gone
+            },
+            async {
+                hub.shutdown.wait().await;
+                End::Shutdown
+            },
+        ),
+    )
+    .await;
+    match ended {
+        End::Status(status) => responses.finish(status),
+        End::Gone => {}
+        End::Shutdown => responses.finish(status_from_error(EtcdError::Stopped)),
+    }
+}
+
+/// Frees the stream's watchers however the call ends (including being dropped when the
+/// client resets the stream).
+struct CloseStream<'a> {
+    hub: Rc<WatchHub>,
+    context: &'a ServiceContext,
+    stream: StreamId,
+}
+
+impl Drop for CloseStream<'_> {
+    fn drop(&mut self) {
+        self.hub.close_stream(&self.context.state, self.stream);
+    }
+}
+
+/// The receiving half; returns the status that ends the stream.
+async fn receive(
+    context: &ServiceContext,
+    hub: &WatchHub,
+    stream: StreamId,
+    mut requests: RequestStream,
+) -> Status {
+    loop {
+        let message = match requests.next().await {
+            Some(Ok(message)) => message,
+            Some(Err(status)) => return status,
+            // Half-close: etcd keeps the stream and its watchers until the client leaves.
+            None => return std::future::pending().await,
+        };
+        let request = match pb::WatchRequest::decode(message) {
+            Ok(request) => request,
+            Err(e) => {
+                return Status::new(
+                    Code::Internal,
+                    format!("grpc: error unmarshalling request: {e}"),
+                )
+            }
+        };
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => {
+                let filters = &create.filters;
+                let has = |f: FilterType| filters.contains(&(f as i32));
+                let req = CreateRequest {
+                    no_put: has(FilterType::Noput),
+                    no_delete: has(FilterType::Nodelete),
+                    key: create.key,
+                    range_end: create.range_end,
+                    start_revision: create.start_revision,
+                    watch_id: create.watch_id,
+                    prev_kv: create.prev_kv,
+                    fragment: create.fragment,
+                    progress_notify: create.progress_notify,
+                };
+                hub.create(&context.state, stream, req).await;
+            }
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                hub.cancel(&context.state, stream, cancel.watch_id)
+            }
+            Some(RequestUnion::ProgressRequest(_)) => hub.request_progress(stream),
+            // etcd ignores a request with no known member set rather than ending the stream.
+            None => {}
+        }
+    }
+}
+
+/// The sending half; returns when the client has gone.
+async fn send(hub: &WatchHub, stream: StreamId, ready: &Notify, responses: &mut ResponseSink) {
+    let interval = hub.progress_notify_interval;
+    let mut next_tick = Instant::now() + interval;
+    loop {
+        while let Some(message) = hub.pop(stream) {
+            if responses.send(message).await.is_err() {
+                return;
+            }
+        }
+        let ticked = future::or(
+            async {
+                ready.wait().await;
+                false
+            },
+            async {
+                glommio::timer::sleep(next_tick.saturating_duration_since(Instant::now())).await;
+                true
+            },
+        )
+        .await;
+        if ticked {
+            hub.progress_tick(stream);
+            next_tick = Instant::now() + interval;
+        }
+    }
+}
