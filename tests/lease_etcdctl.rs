@@ -133,7 +133,6 @@ fn lines_matching(child: &mut Child, needle: &str) -> std::sync::mpsc::Receiver<
 }
 
 #[test]
-#[ignore = "etcdctl lock waits with a client-side watch: needs the Watch service (branch watch)"]
 fn etcdctl_lock_two_competing_holders() {
     let server = TernServer::start();
     let mut first = spawn_etcdctl(&server, &["lock", "shared"]);
@@ -168,7 +167,6 @@ fn etcdctl_lock_two_competing_holders() {
 }
 
 #[test]
-#[ignore = "etcdctl elect waits and observes with client-side watches: needs the Watch service (branch watch)"]
 fn etcdctl_elect_two_candidates_and_an_observer() {
     let server = TernServer::start();
     let mut observer = spawn_etcdctl(&server, &["elect", "-l", "pick"]);

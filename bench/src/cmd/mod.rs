@@ -1,5 +1,6 @@
 //! The subcommands, one file per family (kv: put, range, txn-put, txn-mixed; watch:
-//! watch, watch-latency, watch-get; lease: lease-keepalive; stm), and the closed-loop
+//! watch, watch-latency, watch-get; lease: lease-keepalive; stm; mvcc: the local storage
+//! benchmark), and the closed-loop
 //! driver most of them share.
 //!
 //! Driver invariant: exactly `total` operations are issued across all workers; each
@@ -9,6 +10,7 @@
 
 mod kv;
 mod lease;
+mod mvcc;
 mod stm;
 mod watch;
 
@@ -44,6 +46,8 @@ pub enum Command {
     LeaseKeepalive(lease::LeaseKeepaliveArgs),
     /// Benchmark STM
     Stm(stm::StmArgs),
+    /// Benchmark mvcc (tern's local storage, no server)
+    Mvcc(mvcc::MvccArgs),
 }
 
 pub async fn run(command: Command, global: &Global, out: &mut Output) -> Result<(), BoxError> {
@@ -57,6 +61,7 @@ pub async fn run(command: Command, global: &Global, out: &mut Output) -> Result<
         Command::WatchGet(args) => watch::watch_get(args, global, out).await,
         Command::LeaseKeepalive(args) => lease::lease_keepalive(args, global, out).await,
         Command::Stm(args) => stm::stm(args, global, out).await,
+        Command::Mvcc(args) => mvcc::mvcc(args, out),
     }
 }
 
