@@ -991,6 +991,7 @@ impl Node {
     /// One heartbeat interval passed: tick raft, retry dropped proposals, expire waits.
     pub fn tick(&mut self) {
         self.raw.tick();
+        self.state.borrow_mut().commit_backend_if_due();
         let now = Instant::now();
         if self.leader_id != 0 {
             let retry: Vec<Unproposed> = self.unproposed.drain(..).collect();

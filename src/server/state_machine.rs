@@ -8,11 +8,16 @@
 //! - Every response header carries this member's cluster id, member id and raft term;
 //!   the MVCC layer supplies the revision.
 //!
-//! - Durability before acknowledgement (group commit): a write's reply, and the reply of
-//!   anything applied after it that might have seen it, is held in `deferred_replies` until
-//!   the backend commit that makes it durable (`flush`). The launch loop applies every
-//!   command already queued, then flushes once, so one fdatasync pair covers the batch.
-//!   Commands applied while nothing is uncommitted are answered at once.
+//! - Durability comes from the raft WAL, not from the backend: an entry reaches this struct
+//!   only once raft has made it durable, so replies may go out as soon as the batch that
+//!   applied it ends (`flush`, once per raft ready). Until then a write's reply, and the
+//!   reply of anything applied after it that might have seen it, waits in
+//!   `deferred_replies`, and the batch's watch events wait in the watch feed.
+//! - The backend is committed in batches, like etcd's --backend-batch-interval (100 ms)
+//!   and --backend-batch-limit (10,000 entries): each commit also saves the consistent
+//!   index, so after a crash the WAL replays exactly the entries the backend lacks
+//!   (idempotent apply). Log compaction never releases WAL entries that only an
+//!   uncommitted backend batch holds: it first saves a snapshot file of the applied state.
 //!
 //! - Writes reach this struct only as committed raft entries (`src/raft/node.rs` calls
 //!   [`StateMachine::apply_write`] with each entry's raft index); reads are answered
@@ -30,6 +35,11 @@ use crate::server::change_waiters::ChangeWaiters;
 use crate::proto::etcdserverpb as pb;
 use crate::server::state_client::Command;
 use crate::server::state_client::Reply;
+
+/// etcd's --backend-batch-interval and --backend-batch-limit defaults: how long and how
+/// many applied entries the backend may hold before it commits (the WAL already has them).
+const BACKEND_BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+const BACKEND_BATCH_LIMIT: u64 = 10_000;
 
 /// The etcd server version tern reports in Status, so that clients that gate features on
 /// the server's version treat tern as the etcd release whose API it implements.
@@ -65,6 +75,9 @@ pub struct StateMachine {
     deferred_replies: Vec<DeferredReply>,
     /// Whether anything was applied since the last backend commit.
     uncommitted: bool,
+    /// Entries applied since the last backend commit, and when the first of them was.
+    backend_batch_entries: u64,
+    backend_batch_started: Option<std::time::Instant>,
     watch_feed: crate::watch::WatchFeed,
     /// Set while a committed raft entry is being applied (see `advance_applied_index`).
     applying_raft_entry: bool,
@@ -94,6 +107,8 @@ impl StateMachine {
             lease_id_suffix: 0,
             deferred_replies: Vec::new(),
             uncommitted: false,
+            backend_batch_entries: 0,
+            backend_batch_started: None,
             applying_raft_entry: false,
             raft_term: 0,
             leader_id: 0,
@@ -219,6 +234,8 @@ impl StateMachine {
             backend.put(bucket, key, value).map_err(|e| e.to_string())?;
         }
         backend.commit().map_err(|e| e.to_string())?;
+        self.backend_batch_started = None;
+        self.backend_batch_entries = 0;
         self.store.reload().map_err(|e| e.to_string())?;
         self.changes_seen_revision = self.store.current_revision();
         self.raft_applied_index = applied;
@@ -226,7 +243,8 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Sends `result` now if nothing applied is uncommitted, else after the next commit.
+    /// Sends `result` now if nothing is applied in the current batch, else when the batch
+    /// ends (`flush`).
     fn reply<T: 'static>(&mut self, reply: Reply<T>, result: Result<T, EtcdError>) {
         if !self.uncommitted {
             let _ = reply.send(result);
@@ -245,25 +263,47 @@ impl StateMachine {
         self.uncommitted
     }
 
-    /// Commits everything applied so far (consistent index included) in one backend
-    /// transaction, then sends the replies that waited for it. A failed commit is fatal,
-    /// as in etcd (`backend: failed to commit tx`): memory and disk no longer agree.
+    /// Ends an apply batch: sends the replies and watch events that waited for it, and
+    /// commits the backend if its batch is due (see the module doc).
     pub fn flush(&mut self) {
         if !self.uncommitted {
             return;
         }
-        let committed = self.store.commit();
         self.uncommitted = false;
-        if committed.is_ok() {
-            // Watchers see a revision only once it is durable.
-            self.watch_feed.release();
+        self.backend_batch_entries += self.deferred_replies.len().max(1) as u64;
+        let started = *self.backend_batch_started.get_or_insert_with(std::time::Instant::now);
+        if self.backend_batch_entries >= BACKEND_BATCH_LIMIT
+            || started.elapsed() >= BACKEND_BATCH_INTERVAL
+        {
+            self.commit_backend();
         }
-        let failure = committed.as_ref().err().map(|_| EtcdError::Stopped);
+        self.watch_feed.release();
         for reply in self.deferred_replies.drain(..) {
-            reply(failure);
+            reply(None);
         }
-        if let Err(e) = committed {
+    }
+
+    /// Commits the backend now if it holds anything uncommitted (a no-op otherwise). A
+    /// failed commit is fatal, as in etcd (`backend: failed to commit tx`): memory and
+    /// disk no longer agree.
+    pub fn commit_backend(&mut self) {
+        if self.backend_batch_started.take().is_none() && !self.uncommitted {
+            return;
+        }
+        self.backend_batch_entries = 0;
+        if let Err(e) = self.store.commit() {
             crate::fatal!("failed to commit backend transaction", "error" => e.to_string());
+        }
+    }
+
+    /// Commits the backend if its batch interval has passed; called on every raft tick so
+    /// that an idle member does not keep applied entries only in the WAL for long.
+    pub fn commit_backend_if_due(&mut self) {
+        if self
+            .backend_batch_started
+            .is_some_and(|started| started.elapsed() >= BACKEND_BATCH_INTERVAL)
+        {
+            self.commit_backend();
         }
     }
 
@@ -375,8 +415,9 @@ impl StateMachine {
                 // dropping the reply answers "server stopped" should one ever get here.
             }
             Command::Defragment(reply) => {
-                // Defrag commits first, so earlier writes' replies go out before it runs.
+                // Defrag works on the committed file: end the batch and commit it first.
                 self.flush();
+                self.commit_backend();
                 let res = match self.store.backend_mut().defragment() {
                     Ok(report) => {
                         crate::info!(
