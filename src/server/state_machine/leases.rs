@@ -23,13 +23,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::StateMachine;
 use crate::error::EtcdError;
 use crate::lease::{LeaseCommand, LeaseOptions};
-use crate::raft::envelope::{LeaseCheckpoint, LeaseCheckpoints};
 use crate::mvcc::{KeyRange, RangeOptions};
 use crate::proto::etcdserverpb as pb;
+use crate::raft::envelope::{LeaseCheckpoint, LeaseCheckpoints};
 
 /// The primary looks for expired leases and due checkpoints at least this often (etcd's
 /// lessor run loop ticks every 500 ms); sooner when a deadline falls earlier.
 pub const LEASE_PASS_INTERVAL_MAX: Duration = Duration::from_millis(500);
+/// ... and at most this often.
+pub const LEASE_PASS_INTERVAL_MIN: Duration = Duration::from_millis(20);
 
 /// etcd's request-id generator layout: 16 bits of member id, 40 bits of milliseconds,
 /// 8 bits of counter.
@@ -299,8 +301,9 @@ impl StateMachine {
             return;
         }
         let lessor = &self.lessor;
-        self.revoke_proposed_at
-            .retain(|id, at| lessor.lookup(*id).is_some() && now.duration_since(*at) < EXPIRED_REVOKE_RETRY);
+        self.revoke_proposed_at.retain(|id, at| {
+            lessor.lookup(*id).is_some() && now.duration_since(*at) < EXPIRED_REVOKE_RETRY
+        });
         for id in self.lessor.expired(now) {
             if self.revoke_proposed_at.contains_key(&id) {
                 continue;
@@ -331,9 +334,12 @@ impl StateMachine {
             }
         }
         let latest = now + LEASE_PASS_INTERVAL_MAX;
+        // A deadline already passed (a revocation proposed but not yet applied) must not
+        // make the loop spin: the next pass waits at least the minimum interval.
+        let earliest = now + LEASE_PASS_INTERVAL_MIN;
         self.lessor
             .next_deadline()
-            .map_or(latest, |d| d.clamp(now, latest))
+            .map_or(latest, |d| d.clamp(earliest, latest))
     }
 
     /// A fresh server-chosen lease id: positive, nonzero, not taken (etcd's reqIDGen
@@ -467,6 +473,20 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_whose_id_is_taken_at_apply_time_is_refused() {
+        let mut state = machine();
+        let req = pb::LeaseGrantRequest { ttl: 60, id: 42 };
+        let first = run(&mut state, |r| Command::Lease(LeaseCommand::Grant(req, r)));
+        assert_eq!(first.unwrap().id, 42);
+        let again = run(&mut state, |r| Command::Lease(LeaseCommand::Grant(req, r)));
+        assert_eq!(again.unwrap_err(), EtcdError::LeaseExist);
+        assert_eq!(
+            EtcdError::LeaseExist.message(),
+            "etcdserver: lease already exists"
+        );
+    }
+
+    #[test]
     fn expiry_revokes_through_the_write_path() {
         let mut state = machine();
         let id = grant(&mut state, 2);
@@ -486,7 +506,10 @@ mod tests {
             if let LeaseProposal::Revoke(lease) = proposal {
                 revoked.push(lease);
                 run(&mut state, |r| {
-                    Command::Lease(LeaseCommand::Revoke(pb::LeaseRevokeRequest { id: lease }, r))
+                    Command::Lease(LeaseCommand::Revoke(
+                        pb::LeaseRevokeRequest { id: lease },
+                        r,
+                    ))
                 })
                 .unwrap();
             }
