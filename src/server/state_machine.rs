@@ -26,8 +26,8 @@ pub use leases::{run_lease_timer, LeaseProposal};
 use crate::error::EtcdError;
 use crate::lease::{LeaseOptions, Lessor};
 use crate::mvcc::{Backend, BackendError, BtreeBackend, Bucket, Direction, KvStore};
-use crate::proto::etcdserverpb as pb;
 use crate::server::change_waiters::ChangeWaiters;
+use crate::proto::etcdserverpb as pb;
 use crate::server::state_client::Command;
 use crate::server::state_client::Reply;
 
@@ -126,10 +126,7 @@ impl StateMachine {
     /// answers it (after the next `flush`). Idempotent: an entry at or below the store's
     /// consistent index was applied before a restart and is skipped.
     pub fn apply_write(&mut self, raft_index: u64, command: Command) {
-        assert!(
-            raft_index > self.raft_applied_index,
-            "entries apply in raft-index order"
-        );
+        assert!(raft_index > self.raft_applied_index, "entries apply in raft-index order");
         if raft_index <= self.store.consistent_index() {
             self.raft_applied_index = raft_index;
             return;
@@ -157,10 +154,7 @@ impl StateMachine {
     /// Its index is saved as the consistent index all the same (with the next commit), as
     /// etcd does, so that a restart resumes after it.
     pub fn apply_other(&mut self, raft_index: u64) {
-        assert!(
-            raft_index > self.raft_applied_index,
-            "entries apply in raft-index order"
-        );
+        assert!(raft_index > self.raft_applied_index, "entries apply in raft-index order");
         self.raft_applied_index = raft_index;
         if raft_index > self.store.consistent_index() {
             self.store.set_consistent_index(raft_index);
