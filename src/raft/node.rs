@@ -203,30 +203,31 @@ async fn forward_to_leader(urls: Vec<String>, hello: (u64, u64, u64), command: C
     let Command::Lease(lease) = command else {
         unreachable!("only lease requests are forwarded")
     };
-    let (request, reply): (LeaseForward, Box<dyn FnOnce(Result<LeaseForwardResponse, EtcdError>)>) =
-        match lease {
-            LeaseCommand::Renew(req, r) => (
-                LeaseForward {
-                    renew: Some(req),
-                    ..Default::default()
-                },
-                Box::new(move |res| {
-                    let _ = r.send(res.and_then(|resp| resp.renew.ok_or(EtcdError::LeaderChanged)));
-                }),
-            ),
-            LeaseCommand::TimeToLive(req, r) => (
-                LeaseForward {
-                    time_to_live: Some(req),
-                    ..Default::default()
-                },
-                Box::new(move |res| {
-                    let _ = r.send(
-                        res.and_then(|resp| resp.time_to_live.ok_or(EtcdError::LeaderChanged)),
-                    );
-                }),
-            ),
-            other => return fail(Command::Lease(other), EtcdError::NotLeader),
-        };
+    let (request, reply): (
+        LeaseForward,
+        Box<dyn FnOnce(Result<LeaseForwardResponse, EtcdError>)>,
+    ) = match lease {
+        LeaseCommand::Renew(req, r) => (
+            LeaseForward {
+                renew: Some(req),
+                ..Default::default()
+            },
+            Box::new(move |res| {
+                let _ = r.send(res.and_then(|resp| resp.renew.ok_or(EtcdError::LeaderChanged)));
+            }),
+        ),
+        LeaseCommand::TimeToLive(req, r) => (
+            LeaseForward {
+                time_to_live: Some(req),
+                ..Default::default()
+            },
+            Box::new(move |res| {
+                let _ =
+                    r.send(res.and_then(|resp| resp.time_to_live.ok_or(EtcdError::LeaderChanged)));
+            }),
+        ),
+        other => return fail(Command::Lease(other), EtcdError::NotLeader),
+    };
     let answer = transport::forward_lease(&urls, hello, &request).await;
     reply(match answer {
         Ok(resp) if resp.error.is_empty() => Ok(resp),
@@ -627,10 +628,16 @@ fn detached_command(env: Envelope) -> Option<Command> {
         return Some(Command::Alarm(req, oneshot::channel().0));
     }
     if let Some(req) = env.lease_grant {
-        return Some(Command::Lease(LeaseCommand::Grant(req, oneshot::channel().0)));
+        return Some(Command::Lease(LeaseCommand::Grant(
+            req,
+            oneshot::channel().0,
+        )));
     }
     if let Some(req) = env.lease_revoke {
-        return Some(Command::Lease(LeaseCommand::Revoke(req, oneshot::channel().0)));
+        return Some(Command::Lease(LeaseCommand::Revoke(
+            req,
+            oneshot::channel().0,
+        )));
     }
     if let Some(batch) = env.lease_checkpoint {
         return Some(Command::Lease(LeaseCommand::Checkpoint(
@@ -1303,7 +1310,11 @@ impl Node {
             .map(|m| m.peer_urls.clone())
             .filter(|_| self.leader_id != 0);
         let Some(urls) = leader_urls else {
-            while self.lease_forwards.front().is_some_and(|(_, at)| *at <= now) {
+            while self
+                .lease_forwards
+                .front()
+                .is_some_and(|(_, at)| *at <= now)
+            {
                 let (command, _) = self.lease_forwards.pop_front().expect("front exists");
                 fail(command, EtcdError::NoLeader);
             }

@@ -178,7 +178,12 @@ impl Transport {
                     let answer = answer.clone();
                     let leases = leases.clone();
                     glommio::spawn_local(async move {
-                        let shared = Inbound { inbox, wake, answer, leases };
+                        let shared = Inbound {
+                            inbox,
+                            wake,
+                            answer,
+                            leases,
+                        };
                         if let Err(e) = inbound(stream, me, cluster_id, shared).await {
                             crate::debug!("peer connection closed", "reason" => e);
                         }
