@@ -197,16 +197,16 @@ fn forward_error(e: EtcdError) -> LeaseForwardResponse {
     }
 }
 
+/// Answers the client of a forwarded lease request from the leader's response.
+type ForwardReply = Box<dyn FnOnce(Result<LeaseForwardResponse, EtcdError>)>;
+
 /// Sends one forwarded lease request to the leader and answers the client with the
 /// leader's response, or with an etcd error (the client's keep-alive retries).
 async fn forward_to_leader(urls: Vec<String>, hello: (u64, u64, u64), command: Command) {
     let Command::Lease(lease) = command else {
         unreachable!("only lease requests are forwarded")
     };
-    let (request, reply): (
-        LeaseForward,
-        Box<dyn FnOnce(Result<LeaseForwardResponse, EtcdError>)>,
-    ) = match lease {
+    let (request, reply): (LeaseForward, ForwardReply) = match lease {
         LeaseCommand::Renew(req, r) => (
             LeaseForward {
                 renew: Some(req),
