@@ -3,7 +3,10 @@
 //! survivor), a killed follower catching up through a snapshot, a 5-node cluster losing two
 //! members, and a linearizability check (a Wing–Gong search over per-key register
 //! histories) of concurrent put/get/txn clients while members are killed and restarted —
-//! plus proof that the checker catches a deliberately broken read path. Clients are tonic
+//! plus proof that the checker catches a deliberately broken read path; and replicated
+//! leases (granted, attached, revoked and expired alike on every member, checked with
+//! serializable reads per member; a lease kept alive through a follower survives a leader
+//! kill). Clients are tonic
 //! (an independent gRPC stack) speaking etcd's KV API with tern's prost messages.
 
 mod common;
