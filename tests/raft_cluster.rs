@@ -3,7 +3,10 @@
 //! survivor), a killed follower catching up through a snapshot, a 5-node cluster losing two
 //! members, and a linearizability check (a Wing–Gong search over per-key register
 //! histories) of concurrent put/get/txn clients while members are killed and restarted —
-//! plus proof that the checker catches a deliberately broken read path. Clients are tonic
+//! plus proof that the checker catches a deliberately broken read path; and replicated
+//! leases (granted, attached, revoked and expired alike on every member, checked with
+//! serializable reads per member; a lease kept alive through a follower survives a leader
+//! kill). Clients are tonic
 //! (an independent gRPC stack) speaking etcd's KV API with tern's prost messages.
 
 mod common;
@@ -595,6 +598,213 @@ async fn a_five_member_cluster_tolerates_two_failures() {
         "{err:?}"
     );
     eprintln!("without quorum: {err:?}");
+}
+
+// ---------------------------------------------------------------- replicated leases
+
+/// etcdctl's stdout, asserting it succeeded.
+fn ctl_ok(cluster: &Cluster, member: usize, args: &[&str]) -> String {
+    let out = cluster.etcdctl(&[member], args);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} on m{member}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `lease grant` through `member`: the lease id in hex.
+fn grant_lease(cluster: &Cluster, member: usize, ttl_secs: u64) -> String {
+    let out = ctl_ok(cluster, member, &["lease", "grant", &ttl_secs.to_string()]);
+    // "lease 694d7a1e2b3c4d5e granted with TTL(60s)"
+    out.split_whitespace().nth(1).expect("lease id").to_string()
+}
+
+/// The keys under `prefix` as member `member` sees them (serializable: its own state).
+fn local_keys(cluster: &Cluster, member: usize, prefix: &str) -> Vec<String> {
+    ctl_ok(
+        cluster,
+        member,
+        &["get", prefix, "--prefix", "--keys-only", "--consistency=s"],
+    )
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(str::to_string)
+    .collect()
+}
+
+/// Waits until every member in `members` sees exactly `want` under `prefix`.
+fn all_members_see(cluster: &Cluster, members: &[usize], prefix: &str, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen: Vec<Vec<String>> = members
+            .iter()
+            .map(|&i| local_keys(cluster, i, prefix))
+            .collect();
+        if seen.iter().all(|keys| keys == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members {members:?} disagree on {prefix}: {seen:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether member `member` lists lease `id` (its replicated lease table).
+fn lists_lease(cluster: &Cluster, member: usize, id: &str) -> bool {
+    ctl_ok(cluster, member, &["lease", "list"])
+        .lines()
+        .any(|l| l.trim() == id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_are_replicated_granted_revoked_and_expired_alike_on_every_member() {
+    let cluster = Cluster::start(3, &[]);
+    let all = [0, 1, 2];
+    let leader = cluster
+        .leader(&all, Duration::from_secs(20))
+        .await
+        .expect("leader");
+    let (granter, attacher) = ((leader + 1) % 3, (leader + 2) % 3);
+
+    // Granted through a follower, keys attached through the other follower and the leader.
+    let id = grant_lease(&cluster, granter, 60);
+    ctl_ok(
+        &cluster,
+        attacher,
+        &["put", "lease/a", "1", &format!("--lease={id}")],
+    );
+    ctl_ok(
+        &cluster,
+        leader,
+        &["put", "lease/b", "2", &format!("--lease={id}")],
+    );
+    all_members_see(&cluster, &all, "lease/", &["lease/a", "lease/b"]);
+    for i in all {
+        assert!(lists_lease(&cluster, i, &id), "m{i} lists lease {id}");
+    }
+    // TimeToLive through a follower is the leader's answer (forwarded).
+    let ttl = ctl_ok(&cluster, attacher, &["lease", "timetolive", &id, "--keys"]);
+    assert!(
+        ttl.contains("granted with TTL(60s)") && ttl.contains("attached keys([lease/a lease/b])"),
+        "{ttl}"
+    );
+
+    // Revoked through the leader: every member drops the keys and the lease.
+    ctl_ok(&cluster, leader, &["lease", "revoke", &id]);
+    all_members_see(&cluster, &all, "lease/", &[]);
+    for i in all {
+        assert!(
+            !lists_lease(&cluster, i, &id),
+            "m{i} still lists lease {id}"
+        );
+    }
+
+    // Expiry: decided by the leader alone, carried out on every member.
+    let short = grant_lease(&cluster, granter, 3);
+    ctl_ok(
+        &cluster,
+        attacher,
+        &["put", "expiring/k", "v", &format!("--lease={short}")],
+    );
+    ctl_ok(&cluster, leader, &["put", "expiring/plain", "v"]);
+    all_members_see(
+        &cluster,
+        &all,
+        "expiring/",
+        &["expiring/k", "expiring/plain"],
+    );
+    all_members_see(&cluster, &all, "expiring/", &["expiring/plain"]);
+    for i in all {
+        assert!(
+            !lists_lease(&cluster, i, &short),
+            "m{i} still lists {short}"
+        );
+    }
+    // One revision for the revocation, the same on every member.
+    let revisions: Vec<i64> = {
+        let mut r = Vec::new();
+        for i in all {
+            let mut c = cluster.client(i);
+            let resp: pb::RangeResponse = c
+                .call(
+                    "/etcdserverpb.KV/Range",
+                    pb::RangeRequest {
+                        key: Bytes::from_static(b"expiring/plain"),
+                        serializable: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            r.push(resp.header.unwrap().revision);
+        }
+        r
+    };
+    assert!(revisions.windows(2).all(|w| w[0] == w[1]), "{revisions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_kept_alive_through_a_follower_survives_a_leader_kill() {
+    let mut cluster = Cluster::start(3, &[]);
+    let all = [0, 1, 2];
+    let leader = cluster
+        .leader(&all, Duration::from_secs(20))
+        .await
+        .expect("leader");
+    let follower = (leader + 1) % 3;
+    let survivors: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    let ttl_secs = 4;
+    let id = grant_lease(&cluster, follower, ttl_secs);
+    ctl_ok(
+        &cluster,
+        follower,
+        &["put", "kept/k", "v", &format!("--lease={id}")],
+    );
+    // An unkept lease granted alongside expires, showing expiry still works after failover.
+    let unkept = grant_lease(&cluster, follower, ttl_secs);
+    ctl_ok(
+        &cluster,
+        follower,
+        &["put", "unkept/k", "v", &format!("--lease={unkept}")],
+    );
+    let mut keep_alive = Command::new(common::etcdctl_binary())
+        .env("ETCDCTL_API", "3")
+        .arg(format!(
+            "--endpoints=127.0.0.1:{}",
+            cluster.members[follower].client_port
+        ))
+        .args(["lease", "keep-alive", &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.kill9(leader);
+    assert!(
+        cluster
+            .leader(&survivors, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "the survivors elect a leader"
+    );
+    // Well past the TTL (and the new leader's election-timeout extension).
+    tokio::time::sleep(Duration::from_secs(3 * ttl_secs)).await;
+    assert!(
+        keep_alive.try_wait().unwrap().is_none(),
+        "etcdctl lease keep-alive gave up (the lease expired)"
+    );
+    all_members_see(&cluster, &survivors, "kept/", &["kept/k"]);
+    all_members_see(&cluster, &survivors, "unkept/", &[]);
+    let ttl = ctl_ok(&cluster, follower, &["lease", "timetolive", &id]);
+    assert!(
+        ttl.contains(&format!("granted with TTL({ttl_secs}s)")),
+        "{ttl}"
+    );
+    let _ = keep_alive.kill();
+    let _ = keep_alive.wait();
 }
 
 // ---------------------------------------------------------------- linearizability

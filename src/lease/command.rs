@@ -2,6 +2,7 @@
 //! `Renew` is one keep-alive request of a KeepAlive stream).
 
 use crate::proto::etcdserverpb as pb;
+use crate::raft::envelope::LeaseCheckpoints;
 use crate::server::state_client::Reply;
 
 pub enum LeaseCommand {
@@ -13,4 +14,6 @@ pub enum LeaseCommand {
         Reply<pb::LeaseTimeToLiveResponse>,
     ),
     Leases(Reply<pb::LeaseLeasesResponse>),
+    /// The leader's checkpoints, applied from a committed raft entry on every member.
+    Checkpoint(LeaseCheckpoints, Reply<()>),
 }

@@ -44,4 +44,54 @@ pub struct Envelope {
     pub member_op: i32,
     #[prost(string, tag = "9")]
     pub cluster_version: String,
+    /// LeaseGrant with the id the proposing member chose (never 0).
+    #[prost(message, optional, tag = "10")]
+    pub lease_grant: Option<pb::LeaseGrantRequest>,
+    /// LeaseRevoke: a client's, or the leader's for an expired lease.
+    #[prost(message, optional, tag = "11")]
+    pub lease_revoke: Option<pb::LeaseRevokeRequest>,
+    /// The leader's lease checkpoints (etcd's `LeaseCheckpointRequest`).
+    #[prost(message, optional, tag = "12")]
+    pub lease_checkpoint: Option<LeaseCheckpoints>,
+    /// Alarm ACTIVATE or DEACTIVATE (GET is a read and never proposed).
+    #[prost(message, optional, tag = "13")]
+    pub alarm: Option<pb::AlarmRequest>,
+}
+
+/// One lease's remaining TTL as the leader saw it (etcd's `LeaseCheckpoint`); 0 clears it.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct LeaseCheckpoint {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    #[prost(int64, tag = "2")]
+    pub remaining_ttl_secs: i64,
+}
+
+/// A batch of checkpoints carried by one entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseCheckpoints {
+    #[prost(message, repeated, tag = "1")]
+    pub checkpoints: Vec<LeaseCheckpoint>,
+}
+
+/// A Lease request a follower forwards to the leader over the peer transport
+/// (docs/peer-protocol.md, "Lease forwarding"): exactly one field is set.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseForward {
+    #[prost(message, optional, tag = "1")]
+    pub renew: Option<pb::LeaseKeepAliveRequest>,
+    #[prost(message, optional, tag = "2")]
+    pub time_to_live: Option<pb::LeaseTimeToLiveRequest>,
+}
+
+/// The leader's answer to a [`LeaseForward`]: the response, or `error` holding the text of
+/// an etcd error (`EtcdError::message`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseForwardResponse {
+    #[prost(message, optional, tag = "1")]
+    pub renew: Option<pb::LeaseKeepAliveResponse>,
+    #[prost(message, optional, tag = "2")]
+    pub time_to_live: Option<pb::LeaseTimeToLiveResponse>,
+    #[prost(string, tag = "3")]
+    pub error: String,
 }

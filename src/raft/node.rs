@@ -44,14 +44,15 @@ use raft::{RawNode, ReadOnlyOption, StateRole, Storage as _};
 use tern_storage::wal::{self, Wal, WalOptions, WalRecord};
 
 use crate::error::EtcdError;
+use crate::lease::LeaseCommand;
 use crate::membership::cluster::{MemberRecord, Membership};
 use crate::proto::etcdserverpb as pb;
-use crate::raft::envelope::{Envelope, MemberOp};
+use crate::raft::envelope::{Envelope, LeaseForward, LeaseForwardResponse, MemberOp};
 use crate::raft::log_store::{self, LogStore};
 use crate::raft::snapshot::{self, SnapshotFile};
 use crate::raft::transport::{self, Report, Transport};
 use crate::server::state_client::Command;
-use crate::server::state_machine::StateMachine;
+use crate::server::state_machine::{LeaseProposal, StateMachine};
 
 /// Bound on client requests waiting for a leader before they are proposed.
 pub const UNPROPOSED_MAX: usize = 16 * 1024;
@@ -182,6 +183,64 @@ pub struct Node {
     entries_written: u64,
     /// When this member applied its own removal.
     removed_at: Option<Instant>,
+    /// Follower: Renew/TimeToLive waiting for a leader to forward to, with their deadline.
+    lease_forwards: VecDeque<(Command, Instant)>,
+}
+
+/// Bound on lease requests a follower holds while it knows no leader.
+pub const LEASE_FORWARDS_MAX: usize = 16 * 1024;
+
+fn forward_error(e: EtcdError) -> LeaseForwardResponse {
+    LeaseForwardResponse {
+        error: e.message().to_string(),
+        ..Default::default()
+    }
+}
+
+/// Answers the client of a forwarded lease request from the leader's response.
+type ForwardReply = Box<dyn FnOnce(Result<LeaseForwardResponse, EtcdError>)>;
+
+/// Sends one forwarded lease request to the leader and answers the client with the
+/// leader's response, or with an etcd error (the client's keep-alive retries).
+async fn forward_to_leader(urls: Vec<String>, hello: (u64, u64, u64), command: Command) {
+    let Command::Lease(lease) = command else {
+        unreachable!("only lease requests are forwarded")
+    };
+    let (request, reply): (LeaseForward, ForwardReply) = match lease {
+        LeaseCommand::Renew(req, r) => (
+            LeaseForward {
+                renew: Some(req),
+                ..Default::default()
+            },
+            Box::new(move |res| {
+                let _ = r.send(res.and_then(|resp| resp.renew.ok_or(EtcdError::LeaderChanged)));
+            }),
+        ),
+        LeaseCommand::TimeToLive(req, r) => (
+            LeaseForward {
+                time_to_live: Some(req),
+                ..Default::default()
+            },
+            Box::new(move |res| {
+                let _ =
+                    r.send(res.and_then(|resp| resp.time_to_live.ok_or(EtcdError::LeaderChanged)));
+            }),
+        ),
+        other => return fail(Command::Lease(other), EtcdError::NotLeader),
+    };
+    let answer = transport::forward_lease(&urls, hello, &request).await;
+    reply(match answer {
+        Ok(resp) if resp.error.is_empty() => Ok(resp),
+        Ok(resp) => Err(EtcdError::ALL
+            .iter()
+            .copied()
+            .find(|e| e.message() == resp.error)
+            .unwrap_or(EtcdError::LeaderChanged)),
+        Err(e) => {
+            crate::debug!("cannot forward a lease request to the leader", "error" => e);
+            Err(EtcdError::LeaderChanged)
+        }
+    });
 }
 
 /// Set to `1` in a member's environment, this deliberately breaks linearizable reads:
@@ -392,6 +451,7 @@ pub async fn open(
         leader_transfers: Vec::new(),
         entries_written: 0,
         removed_at: None,
+        lease_forwards: VecDeque::new(),
         unsafe_local_reads: {
             let on = std::env::var(UNSAFE_LOCAL_READS_ENV).is_ok_and(|v| v == "1");
             if on {
@@ -488,6 +548,15 @@ fn fail(command: Command, e: EtcdError) {
         Command::DeleteRange(_, r) => drop(r.send(Err(e))),
         Command::Txn(_, r) => drop(r.send(Err(e))),
         Command::Compact(_, r) => drop(r.send(Err(e))),
+        Command::Alarm(_, r) => drop(r.send(Err(e))),
+        Command::Lease(lease) => match lease {
+            LeaseCommand::Grant(_, r) => drop(r.send(Err(e))),
+            LeaseCommand::Revoke(_, r) => drop(r.send(Err(e))),
+            LeaseCommand::Renew(_, r) => drop(r.send(Err(e))),
+            LeaseCommand::TimeToLive(_, r) => drop(r.send(Err(e))),
+            LeaseCommand::Leases(r) => drop(r.send(Err(e))),
+            LeaseCommand::Checkpoint(_, r) => drop(r.send(Err(e))),
+        },
         // Other commands are never queued here; dropping the reply answers "stopped".
         other => drop(other),
     }
@@ -530,6 +599,12 @@ fn write_envelope(command: &Command) -> Envelope {
         Command::DeleteRange(req, _) => env.delete_range = Some(req.clone()),
         Command::Txn(req, _) => env.txn = Some(req.clone()),
         Command::Compact(req, _) => env.compaction = Some(*req),
+        Command::Alarm(req, _) => env.alarm = Some(*req),
+        Command::Lease(LeaseCommand::Grant(req, _)) => env.lease_grant = Some(*req),
+        Command::Lease(LeaseCommand::Revoke(req, _)) => env.lease_revoke = Some(*req),
+        Command::Lease(LeaseCommand::Checkpoint(batch, _)) => {
+            env.lease_checkpoint = Some(batch.clone())
+        }
         _ => unreachable!("only writes are proposed"),
     }
     env
@@ -548,6 +623,27 @@ fn detached_command(env: Envelope) -> Option<Command> {
     }
     if let Some(req) = env.compaction {
         return Some(Command::Compact(req, oneshot::channel().0));
+    }
+    if let Some(req) = env.alarm {
+        return Some(Command::Alarm(req, oneshot::channel().0));
+    }
+    if let Some(req) = env.lease_grant {
+        return Some(Command::Lease(LeaseCommand::Grant(
+            req,
+            oneshot::channel().0,
+        )));
+    }
+    if let Some(req) = env.lease_revoke {
+        return Some(Command::Lease(LeaseCommand::Revoke(
+            req,
+            oneshot::channel().0,
+        )));
+    }
+    if let Some(batch) = env.lease_checkpoint {
+        return Some(Command::Lease(LeaseCommand::Checkpoint(
+            batch,
+            oneshot::channel().0,
+        )));
     }
     None
 }
@@ -585,6 +681,8 @@ impl Node {
                 Command::Range(req, _) => req.serializable,
                 Command::Txn(req, _) => txn_reads(req) == (true, true),
                 Command::Put(..) | Command::DeleteRange(..) | Command::Compact(..) => false,
+                // etcd's learners serve no lease operations.
+                Command::Lease(_) => false,
                 _ => true,
             };
             if !allowed {
@@ -613,8 +711,29 @@ impl Node {
                     members: self.membership.list(),
                 }));
             }
-            // Commands raft does not order: status, hashes, alarms, watch and leases (leases are
-            // not replicated through raft yet); none may advance the applied index.
+            // Lease state is replicated: grants (with the id chosen here, before
+            // proposing, as etcd does) and revokes are proposals.
+            Command::Lease(LeaseCommand::Grant(mut req, reply)) => {
+                if req.id == 0 {
+                    req.id = self.state.borrow_mut().next_lease_id();
+                }
+                self.propose_write(Command::Lease(LeaseCommand::Grant(req, reply)))
+            }
+            Command::Lease(LeaseCommand::Revoke(..)) => self.propose_write(command),
+            // Keep-alives and TimeToLive are the leader's to answer (only it knows the
+            // deadlines): a follower forwards them over the peer transport.
+            Command::Lease(LeaseCommand::Renew(..) | LeaseCommand::TimeToLive(..))
+                if !self.is_leader() =>
+            {
+                self.forward_lease(command)
+            }
+            Command::Alarm(ref req, _)
+                if req.action != pb::alarm_request::AlarmAction::Get as i32 =>
+            {
+                self.propose_write(command)
+            }
+            // Commands raft does not order: status, hashes, alarm GET, watch, the leader's
+            // keep-alives, lease lists; none may advance the applied index.
             other => self.state.borrow_mut().handle_read(other),
         }
         self.wake.wake();
@@ -993,6 +1112,9 @@ impl Node {
         self.raw.tick();
         self.state.borrow_mut().commit_backend_if_due();
         let now = Instant::now();
+        self.sync_lease_role();
+        self.propose_lease_work();
+        self.dispatch_lease_forwards(now);
         if self.leader_id != 0 {
             let retry: Vec<Unproposed> = self.unproposed.drain(..).collect();
             for p in retry {
@@ -1133,7 +1255,127 @@ impl Node {
     }
 
     /// Steps peer messages into raft and tells raft what the transport saw.
+    /// The lessor is primary exactly while this member leads (etcd promotes on becoming
+    /// leader with one election timeout of grace, and demotes otherwise).
+    fn sync_lease_role(&mut self) {
+        let extend = Duration::from_millis(self.options.election_timeout_ms);
+        let leader = self.is_leader();
+        self.state.borrow_mut().sync_lease_role(leader, extend);
+    }
+
+    /// Proposes what the primary's lease loop queued: revocations of expired leases and
+    /// checkpoints. Nobody waits for their answer; every member applies the entries.
+    fn propose_lease_work(&mut self) {
+        let proposals = self.state.borrow_mut().take_lease_proposals();
+        if !self.is_leader() {
+            return;
+        }
+        for proposal in proposals {
+            let command = match proposal {
+                LeaseProposal::Revoke(id) => Command::Lease(LeaseCommand::Revoke(
+                    pb::LeaseRevokeRequest { id },
+                    oneshot::channel().0,
+                )),
+                LeaseProposal::Checkpoint(batch) => {
+                    Command::Lease(LeaseCommand::Checkpoint(batch, oneshot::channel().0))
+                }
+            };
+            self.propose_write(command);
+        }
+    }
+
+    /// A follower's Renew or TimeToLive: sent to the leader now, or held until a leader is
+    /// known (at most `request_timeout`, then etcd's "no leader").
+    fn forward_lease(&mut self, command: Command) {
+        if self.lease_forwards.len() >= LEASE_FORWARDS_MAX {
+            fail(command, EtcdError::TooManyRequests);
+            return;
+        }
+        self.lease_forwards
+            .push_back((command, Instant::now() + self.request_timeout()));
+        self.dispatch_lease_forwards(Instant::now());
+    }
+
+    fn dispatch_lease_forwards(&mut self, now: Instant) {
+        if self.is_leader() {
+            // Became leader while they waited: answer them here.
+            for (command, _) in self.lease_forwards.drain(..) {
+                self.state.borrow_mut().handle_read(command);
+            }
+            return;
+        }
+        let leader_urls = self
+            .membership
+            .members
+            .get(&self.leader_id)
+            .map(|m| m.peer_urls.clone())
+            .filter(|_| self.leader_id != 0);
+        let Some(urls) = leader_urls else {
+            while self
+                .lease_forwards
+                .front()
+                .is_some_and(|(_, at)| *at <= now)
+            {
+                let (command, _) = self.lease_forwards.pop_front().expect("front exists");
+                fail(command, EtcdError::NoLeader);
+            }
+            return;
+        };
+        let hello = (self.cluster_id, self.id, self.leader_id);
+        for (command, _) in self.lease_forwards.drain(..) {
+            let urls = urls.clone();
+            glommio::spawn_local(forward_to_leader(urls, hello, command)).detach();
+        }
+    }
+
+    /// The leader's side of lease forwarding: answers what followers forwarded.
+    fn answer_forwarded_leases(&mut self) {
+        for (request, answer) in self.transport.take_lease_requests() {
+            if !self.is_leader() {
+                let _ = answer.send(LeaseForwardResponse {
+                    error: EtcdError::NotLeader.message().to_string(),
+                    ..Default::default()
+                });
+                continue;
+            }
+            if let Some(req) = request.renew {
+                let (tx, rx) = oneshot::channel();
+                self.state
+                    .borrow_mut()
+                    .handle_read(Command::Lease(LeaseCommand::Renew(req, tx)));
+                glommio::spawn_local(async move {
+                    let _ = answer.send(match rx.await {
+                        Ok(Ok(resp)) => LeaseForwardResponse {
+                            renew: Some(resp),
+                            ..Default::default()
+                        },
+                        Ok(Err(e)) => forward_error(e),
+                        Err(_) => forward_error(EtcdError::Stopped),
+                    });
+                })
+                .detach();
+            } else if let Some(req) = request.time_to_live {
+                let (tx, rx) = oneshot::channel();
+                self.state
+                    .borrow_mut()
+                    .handle_read(Command::Lease(LeaseCommand::TimeToLive(req, tx)));
+                glommio::spawn_local(async move {
+                    let _ = answer.send(match rx.await {
+                        Ok(Ok(resp)) => LeaseForwardResponse {
+                            time_to_live: Some(resp),
+                            ..Default::default()
+                        },
+                        Ok(Err(e)) => forward_error(e),
+                        Err(_) => forward_error(EtcdError::Stopped),
+                    });
+                })
+                .detach();
+            }
+        }
+    }
+
     fn drain_transport(&mut self) {
+        self.answer_forwarded_leases();
         for m in self.transport.take_inbox() {
             if let Err(e) = self.raw.step(m) {
                 crate::debug!("raft dropped a peer message", "error" => e.to_string());
@@ -1285,6 +1527,7 @@ impl Node {
         self.term = term;
         self.state.borrow_mut().raft_term = term;
         let _ = role;
+        self.sync_lease_role();
         // Proposing must wait until this ready is advanced (raft-rs forbids proposals
         // between `ready()` and `advance_append_async()`); the next pass publishes.
     }

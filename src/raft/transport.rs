@@ -20,11 +20,13 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::Duration;
 
+use futures::channel::oneshot;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 
+use crate::raft::envelope::{LeaseForward, LeaseForwardResponse};
 use crate::raft::node::Wakeup;
 
 /// Messages queued for one peer before new ones are dropped.
@@ -47,6 +49,16 @@ const FRAME_MEMBERS_REQUEST: u8 = 2;
 const FRAME_MEMBERS_RESPONSE: u8 = 3;
 const FRAME_SNAPSHOT_HEAD: u8 = 4;
 const FRAME_SNAPSHOT_CHUNK: u8 = 5;
+const FRAME_LEASE_REQUEST: u8 = 6;
+const FRAME_LEASE_RESPONSE: u8 = 7;
+/// Bound on forwarded lease requests waiting for the node to take them.
+pub const LEASE_REQUESTS_MAX: usize = 16 * 1024;
+/// How long a follower waits for the leader's answer to a forwarded lease request.
+const LEASE_FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A forwarded lease request and where its answer goes.
+pub type LeaseRequest = (LeaseForward, oneshot::Sender<LeaseForwardResponse>);
+type LeaseRequests = Rc<RefCell<Vec<LeaseRequest>>>;
 const HELLO_BYTES: usize = 24;
 
 /// What happened to messages, for the node to tell raft.
@@ -81,6 +93,7 @@ pub struct Transport {
     inbox: Rc<RefCell<VecDeque<Message>>>,
     reports: Rc<RefCell<Vec<Report>>>,
     node_wake: Rc<Wakeup>,
+    lease_requests: LeaseRequests,
 }
 
 /// `http://host:port` → a socket address.
@@ -137,6 +150,7 @@ impl Transport {
             inbox: Rc::new(RefCell::new(VecDeque::new())),
             reports: Rc::new(RefCell::new(Vec::new())),
             node_wake,
+            lease_requests: Rc::new(RefCell::new(Vec::new())),
         }
     }
 
@@ -152,6 +166,7 @@ impl Transport {
             let cluster_id = self.cluster_id.clone();
             let me = self.member_id;
             let answer = self.members_answer.clone();
+            let leases = self.lease_requests.clone();
             glommio::spawn_local(async move {
                 loop {
                     let Ok(stream) = listener.accept().await else {
@@ -161,8 +176,15 @@ impl Transport {
                     let wake = wake.clone();
                     let cluster_id = cluster_id.clone();
                     let answer = answer.clone();
+                    let leases = leases.clone();
                     glommio::spawn_local(async move {
-                        if let Err(e) = inbound(stream, me, cluster_id, inbox, wake, answer).await {
+                        let shared = Inbound {
+                            inbox,
+                            wake,
+                            answer,
+                            leases,
+                        };
+                        if let Err(e) = inbound(stream, me, cluster_id, shared).await {
                             crate::debug!("peer connection closed", "reason" => e);
                         }
                     })
@@ -266,19 +288,36 @@ impl Transport {
         self.inbox.borrow_mut().drain(..).collect()
     }
 
+    /// Lease requests followers forwarded since the last call (the node answers them).
+    pub fn take_lease_requests(&self) -> Vec<LeaseRequest> {
+        std::mem::take(&mut *self.lease_requests.borrow_mut())
+    }
+
     pub fn take_reports(&self) -> Vec<Report> {
         std::mem::take(&mut *self.reports.borrow_mut())
     }
+}
+
+/// What an accepted connection hands to the node.
+struct Inbound {
+    inbox: Rc<RefCell<VecDeque<Message>>>,
+    wake: Rc<Wakeup>,
+    answer: Rc<RefCell<Vec<u8>>>,
+    leases: LeaseRequests,
 }
 
 async fn inbound(
     mut stream: TcpStream,
     me: u64,
     cluster_id: Rc<Cell<u64>>,
-    inbox: Rc<RefCell<VecDeque<Message>>>,
-    wake: Rc<Wakeup>,
-    answer: Rc<RefCell<Vec<u8>>>,
+    shared: Inbound,
 ) -> Result<(), String> {
+    let Inbound {
+        inbox,
+        wake,
+        answer,
+        leases,
+    } = shared;
     let _ = stream.set_nodelay(true);
     let (kind, hello) = read_frame(&mut stream).await?;
     if kind != FRAME_HELLO || hello.len() != HELLO_BYTES {
@@ -313,6 +352,28 @@ async fn inbound(
         let m = match kind {
             FRAME_RAFT => {
                 Message::parse_from_bytes(&payload).map_err(|e| format!("bad raft message: {e}"))?
+            }
+            FRAME_LEASE_REQUEST => {
+                // A follower's forwarded Renew/TimeToLive: one request, one response, per
+                // connection (docs/peer-protocol.md, "Lease forwarding").
+                use prost::Message as _;
+                let request = LeaseForward::decode(&payload[..])
+                    .map_err(|e| format!("bad lease request: {e}"))?;
+                let (tx, rx) = oneshot::channel();
+                {
+                    let mut queue = leases.borrow_mut();
+                    if queue.len() >= LEASE_REQUESTS_MAX {
+                        return Err("too many forwarded lease requests".into());
+                    }
+                    queue.push((request, tx));
+                }
+                wake.wake();
+                let response = rx.await.map_err(|_| "lease request dropped".to_string())?;
+                let mut out = Vec::new();
+                frame(FRAME_LEASE_RESPONSE, &response.encode_to_vec(), &mut out);
+                stream.write_all(&out).await.map_err(|e| e.to_string())?;
+                stream.flush().await.map_err(|e| e.to_string())?;
+                return Ok(());
             }
             FRAME_SNAPSHOT_HEAD => {
                 // A snapshot connection carries one snapshot; closing it tells the
@@ -460,6 +521,47 @@ pub async fn fetch_members(peer_urls: &[String]) -> Result<MembersResponse, Stri
         "could not retrieve cluster information from the given URLs ({})",
         errors.join("; ")
     ))
+}
+
+/// Forwards one lease request to the leader at `urls` on a connection of its own; `hello`
+/// is (cluster id, this member, the leader).
+pub async fn forward_lease(
+    urls: &[String],
+    hello: (u64, u64, u64),
+    request: &LeaseForward,
+) -> Result<LeaseForwardResponse, String> {
+    use prost::Message as _;
+    let addr = urls
+        .iter()
+        .find_map(|u| resolve(u))
+        .ok_or("the leader has no resolvable peer URL")?;
+    let mut out = Vec::new();
+    let mut payload = Vec::with_capacity(HELLO_BYTES);
+    payload.extend_from_slice(&hello.0.to_be_bytes());
+    payload.extend_from_slice(&hello.1.to_be_bytes());
+    payload.extend_from_slice(&hello.2.to_be_bytes());
+    frame(FRAME_HELLO, &payload, &mut out);
+    frame(FRAME_LEASE_REQUEST, &request.encode_to_vec(), &mut out);
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
+        let (kind, payload) = read_frame(&mut stream).await?;
+        if kind != FRAME_LEASE_RESPONSE {
+            return Err(format!("unexpected frame kind {kind}"));
+        }
+        LeaseForwardResponse::decode(&payload[..]).map_err(|e| e.to_string())
+    };
+    match glommio::timer::timeout(LEASE_FORWARD_TIMEOUT, async {
+        Ok(attempt.await.map_err(std::io::Error::other))
+    })
+    .await
+    {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Sends one MsgSnapshot: a head frame (the message without the snapshot's data, then the

@@ -26,7 +26,7 @@
 
 mod leases;
 
-pub use leases::run_lease_timer;
+pub use leases::{run_lease_timer, LeaseProposal};
 
 use crate::error::EtcdError;
 use crate::lease::{LeaseOptions, Lessor};
@@ -70,6 +70,10 @@ pub struct StateMachine {
     changes_seen_revision: i64,
     /// Counter part of the next server-chosen lease id.
     lease_id_suffix: u64,
+    /// Expiry revocations and checkpoints the primary wants proposed (`leases.rs`).
+    lease_proposals: Vec<LeaseProposal>,
+    /// When each expired lease's revocation was last proposed.
+    revoke_proposed_at: std::collections::HashMap<i64, std::time::Instant>,
     /// Replies waiting for the next commit. Bounded by what one batch applies (see the
     /// launch loop's `GROUP_COMMIT_COMMANDS_MAX`).
     deferred_replies: Vec<DeferredReply>,
@@ -105,6 +109,8 @@ impl StateMachine {
             waiters: ChangeWaiters::default(),
             changes_seen_revision,
             lease_id_suffix: 0,
+            lease_proposals: Vec::new(),
+            revoke_proposed_at: std::collections::HashMap::new(),
             deferred_replies: Vec::new(),
             uncommitted: false,
             backend_batch_entries: 0,
@@ -463,7 +469,8 @@ impl StateMachine {
         self.watch_feed.attach(core, sender);
     }
 
-    /// etcd's alarm semantics: GET lists every raised alarm (NONE matches all types);
+    /// etcd's alarm semantics (ACTIVATE and DEACTIVATE arrive as committed raft entries,
+    /// so every member holds the same alarms): GET lists every raised alarm (NONE matches all types);
     /// ACTIVATE raises one and answers with it; DEACTIVATE clears one and answers with what
     /// it cleared. Nothing raises alarms on its own yet: the quota check (NOSPACE) and the
     /// corruption check (CORRUPT) arrive with the persistent backend.
@@ -481,6 +488,7 @@ impl StateMachine {
                 .cloned()
                 .collect(),
             AlarmAction::Activate => {
+                self.advance_applied_index();
                 if req.alarm == pb::AlarmType::None as i32 {
                     return Vec::new();
                 }
@@ -490,6 +498,7 @@ impl StateMachine {
                 vec![wanted]
             }
             AlarmAction::Deactivate => {
+                self.advance_applied_index();
                 let before = self.alarms.len();
                 self.alarms.retain(|a| *a != wanted);
                 if self.alarms.len() < before {

@@ -3,12 +3,16 @@
 //!
 //! Invariants:
 //! - Grant, Revoke and Checkpoint are raft entries (they advance the applied index and
-//!   write the backend); Renew, TimeToLive and Leases are not, as in etcd: a keep-alive
-//!   is answered by the leader alone.
+//!   write the backend) applied on every member; Renew, TimeToLive and Leases are not, as
+//!   in etcd: a keep-alive is answered by the leader alone (followers forward it,
+//!   src/raft/node.rs).
+//! - The lessor is primary exactly while this member is the raft leader (the node calls
+//!   [`StateMachine::sync_lease_role`]). Only the primary decides expiry and checkpoints,
+//!   and it never applies them itself: it queues them as [`LeaseProposal`]s, which the
+//!   node proposes through raft; every member then applies the committed entry.
 //! - An expired lease is removed only by `apply_lease_revoke`, the same function a
-//!   client's LeaseRevoke runs, so that raft can later order expiry revocations like any
-//!   other proposal. Revoking deletes the lease's keys in one write transaction: one
-//!   revision for all of them (none if it had no keys).
+//!   client's LeaseRevoke runs. Revoking deletes the lease's keys in one write
+//!   transaction: one revision for all of them (none if it had no keys).
 //! - `after_write` runs after every applied write and feeds that write's changes to the
 //!   lessor (attach/detach) and to the change waiters, exactly once per store revision.
 
@@ -21,15 +25,35 @@ use crate::error::EtcdError;
 use crate::lease::{LeaseCommand, LeaseOptions};
 use crate::mvcc::{KeyRange, RangeOptions};
 use crate::proto::etcdserverpb as pb;
+use crate::raft::envelope::{LeaseCheckpoint, LeaseCheckpoints};
 
 /// The primary looks for expired leases and due checkpoints at least this often (etcd's
 /// lessor run loop ticks every 500 ms); sooner when a deadline falls earlier.
 pub const LEASE_PASS_INTERVAL_MAX: Duration = Duration::from_millis(500);
+/// ... and at most this often.
+pub const LEASE_PASS_INTERVAL_MIN: Duration = Duration::from_millis(20);
 
 /// etcd's request-id generator layout: 16 bits of member id, 40 bits of milliseconds,
 /// 8 bits of counter.
 const ID_TIMESTAMP_AND_COUNTER_BITS: u32 = 48;
 const ID_COUNTER_BITS: u32 = 8;
+
+/// An expired lease whose revocation was proposed is proposed again only after this long
+/// (etcd's `expiredLeaseRetryInterval`), in case the first proposal was lost.
+pub const EXPIRED_REVOKE_RETRY: Duration = Duration::from_secs(3);
+
+/// Bound on lease proposals queued for the node between two ticks; the primary's passes
+/// stop queueing beyond it (the leases stay expired and are found again next pass).
+pub const LEASE_PROPOSALS_MAX: usize = 4096;
+
+/// What the primary's lease loop wants raft to order (the node proposes these).
+#[derive(Debug, PartialEq)]
+pub enum LeaseProposal {
+    /// Revoke an expired lease.
+    Revoke(i64),
+    /// Record remaining TTLs (0 clears one).
+    Checkpoint(LeaseCheckpoints),
+}
 
 impl StateMachine {
     /// Sets the lease options from flags, then (re)starts every deadline: this member has
@@ -40,9 +64,35 @@ impl StateMachine {
         self
     }
 
+    /// Makes the lessor primary exactly while this member leads: a new leader promotes
+    /// (every lease's deadline restarts from its checkpointed remainder plus `extend`, one
+    /// election timeout, as etcd's `Promote`); a member that stopped leading demotes (no
+    /// lease expires there). Called by the raft node on every role change and tick.
+    pub fn sync_lease_role(&mut self, is_leader: bool, extend: Duration) {
+        if is_leader && !self.lessor.is_primary() {
+            self.lessor.promote(extend, Instant::now());
+        } else if !is_leader && self.lessor.is_primary() {
+            self.lessor.demote();
+            self.lease_proposals.clear();
+            self.revoke_proposed_at.clear();
+        }
+    }
+
+    /// The lease proposals queued since the last call (the node proposes them).
+    pub fn take_lease_proposals(&mut self) -> Vec<LeaseProposal> {
+        std::mem::take(&mut self.lease_proposals)
+    }
+
+    fn queue_lease_proposal(&mut self, proposal: LeaseProposal) {
+        if self.lease_proposals.len() < LEASE_PROPOSALS_MAX {
+            self.lease_proposals.push(proposal);
+        }
+    }
+
     /// Rebuilds the lessor from the `lease` bucket and re-attaches every live key that
-    /// names a lease, then promotes (single member: always the leader).
+    /// names a lease; the lessor keeps its role (primary only on the leader).
     pub(super) fn restore_leases(&mut self) {
+        let was_primary = self.lessor.is_primary();
         if let Err(e) = self.lessor.restore(self.store.backend()) {
             // The store opened from the same backend; a damaged lease bucket alone must
             // not stop the member serving its keys. etcd panics here; we log and go on
@@ -57,7 +107,11 @@ impl StateMachine {
                 }
             }
         }
-        self.lessor.promote(Duration::ZERO, Instant::now());
+        if was_primary {
+            self.lessor.promote(Duration::ZERO, Instant::now());
+        } else {
+            self.lessor.demote();
+        }
         self.lease_id_suffix = initial_id_suffix();
     }
 
@@ -99,6 +153,15 @@ impl StateMachine {
                 let res = Ok(self.lease_time_to_live(&req, now));
                 self.reply(reply, res);
             }
+            LeaseCommand::Checkpoint(batch, reply) => {
+                let checkpoints: Vec<(i64, i64)> = batch
+                    .checkpoints
+                    .iter()
+                    .map(|c| (c.id, c.remaining_ttl_secs))
+                    .collect();
+                self.apply_lease_checkpoints(&checkpoints, now);
+                self.reply(reply, Ok(()));
+            }
             LeaseCommand::Leases(reply) => {
                 let leases = self
                     .lessor
@@ -115,8 +178,9 @@ impl StateMachine {
         }
     }
 
-    /// etcd's `LeaseGrant`: the server picks the id when the client gives none (before
-    /// proposing, so the entry is deterministic), then the grant is applied.
+    /// Applies etcd's `LeaseGrant`. The proposing member picked the id when the client gave
+    /// none (`next_lease_id`, before proposing, so the entry is deterministic); an id taken
+    /// by the time the entry applies answers "lease already exists" on every member.
     fn lease_grant(
         &mut self,
         req: pb::LeaseGrantRequest,
@@ -179,19 +243,19 @@ impl StateMachine {
         now: Instant,
     ) -> Result<pb::LeaseKeepAliveResponse, EtcdError> {
         let header = Some(self.header(self.store.current_revision()));
-        if self
-            .lessor
-            .lookup(id)
-            .is_some_and(|l| l.expiry.is_some_and(|e| e <= now))
-        {
-            // etcd's Renew waits for the pending revocation of an expired lease; ours is
-            // due now, so carry it out before answering.
-            self.expire_leases(now);
-        }
+        // An expired lease answers TTL 0 (the lessor says "not found"): its revocation is
+        // the primary's to propose (etcd's Renew waits for it, then answers the same).
         let ttl = match self.lessor.renew(id, now) {
             Ok((ttl, clear_checkpoint)) => {
                 if clear_checkpoint {
-                    self.apply_lease_checkpoints(&[(id, 0)], now);
+                    // Through raft, like etcd's Renew: a failover must not resume from
+                    // the stale remainder.
+                    self.queue_lease_proposal(LeaseProposal::Checkpoint(LeaseCheckpoints {
+                        checkpoints: vec![LeaseCheckpoint {
+                            id,
+                            remaining_ttl_secs: 0,
+                        }],
+                    }));
                 }
                 ttl
             }
@@ -230,40 +294,57 @@ impl StateMachine {
         }
     }
 
-    /// Revokes every expired lease through the client revoke path (primary only).
+    /// Queues a revoke proposal for every expired lease not proposed in the last
+    /// `EXPIRED_REVOKE_RETRY` (primary only).
     fn expire_leases(&mut self, now: Instant) {
         if !self.lessor.is_primary() {
             return;
         }
+        let lessor = &self.lessor;
+        self.revoke_proposed_at.retain(|id, at| {
+            lessor.lookup(*id).is_some() && now.duration_since(*at) < EXPIRED_REVOKE_RETRY
+        });
         for id in self.lessor.expired(now) {
-            match self.apply_lease_revoke(id) {
-                Ok(()) => crate::debug!("revoked expired lease", "lease" => format!("{id:016x}")),
-                Err(e) => {
-                    crate::warn!("cannot revoke expired lease", "lease" => format!("{id:016x}"), "error" => e.to_string())
-                }
+            if self.revoke_proposed_at.contains_key(&id) {
+                continue;
             }
+            crate::debug!("proposing revocation of expired lease", "lease" => format!("{id:016x}"));
+            self.revoke_proposed_at.insert(id, now);
+            self.queue_lease_proposal(LeaseProposal::Revoke(id));
         }
     }
 
-    /// One pass of the primary's lease loop: expiry, then due checkpoints. Returns when
-    /// the next pass is due.
+    /// One pass of the primary's lease loop: expiry, then due checkpoints, both queued as
+    /// proposals. Returns when the next pass is due.
     pub fn lease_pass(&mut self, now: Instant) -> Instant {
         self.expire_leases(now);
         if self.lessor.is_primary() {
             let due = self.lessor.due_checkpoints(now);
             if !due.is_empty() {
-                self.apply_lease_checkpoints(&due, now);
+                let checkpoints = due
+                    .into_iter()
+                    .map(|(id, remaining_ttl_secs)| LeaseCheckpoint {
+                        id,
+                        remaining_ttl_secs,
+                    })
+                    .collect();
+                self.queue_lease_proposal(LeaseProposal::Checkpoint(LeaseCheckpoints {
+                    checkpoints,
+                }));
             }
         }
         let latest = now + LEASE_PASS_INTERVAL_MAX;
+        // A deadline already passed (a revocation proposed but not yet applied) must not
+        // make the loop spin: the next pass waits at least the minimum interval.
+        let earliest = now + LEASE_PASS_INTERVAL_MIN;
         self.lessor
             .next_deadline()
-            .map_or(latest, |d| d.clamp(now, latest))
+            .map_or(latest, |d| d.clamp(earliest, latest))
     }
 
     /// A fresh server-chosen lease id: positive, nonzero, not taken (etcd's reqIDGen
     /// masked to 63 bits).
-    fn next_lease_id(&mut self) -> i64 {
+    pub fn next_lease_id(&mut self) -> i64 {
         let prefix = (self.identity.member_id & 0xffff) << ID_TIMESTAMP_AND_COUNTER_BITS;
         let mask = (1u64 << ID_TIMESTAMP_AND_COUNTER_BITS) - 1;
         loop {
@@ -291,10 +372,9 @@ pub async fn run_lease_timer(state: Rc<RefCell<StateMachine>>) {
     loop {
         let next = {
             let mut state = state.borrow_mut();
-            let next = state.lease_pass(Instant::now());
-            // Expiry revocations are writes: make them durable like any other batch.
-            state.flush();
-            next
+            // Expiry and checkpoints are proposed by the node (it drains the queue on its
+            // next tick); nothing is applied here.
+            state.lease_pass(Instant::now())
         };
         glommio::timer::sleep(next.saturating_duration_since(Instant::now())).await;
     }
@@ -307,7 +387,7 @@ mod tests {
     use bytes::Bytes;
     use futures::channel::oneshot;
 
-    use super::StateMachine;
+    use super::{LeaseProposal, StateMachine};
     use crate::error::EtcdError;
     use crate::lease::LeaseCommand;
     use crate::mvcc::{BtreeBackend, KvStore};
@@ -393,6 +473,20 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_whose_id_is_taken_at_apply_time_is_refused() {
+        let mut state = machine();
+        let req = pb::LeaseGrantRequest { ttl: 60, id: 42 };
+        let first = run(&mut state, |r| Command::Lease(LeaseCommand::Grant(req, r)));
+        assert_eq!(first.unwrap().id, 42);
+        let again = run(&mut state, |r| Command::Lease(LeaseCommand::Grant(req, r)));
+        assert_eq!(again.unwrap_err(), EtcdError::LeaseExist);
+        assert_eq!(
+            EtcdError::LeaseExist.message(),
+            "etcdserver: lease already exists"
+        );
+    }
+
+    #[test]
     fn expiry_revokes_through_the_write_path() {
         let mut state = machine();
         let id = grant(&mut state, 2);
@@ -402,7 +496,31 @@ mod tests {
         let now = Instant::now();
         state.lease_pass(now);
         assert!(state.lessor.lookup(id).is_some());
+        assert!(state.take_lease_proposals().is_empty());
         state.lease_pass(now + Duration::from_secs(3));
+        // The primary only proposes: nothing is revoked until the entries apply.
+        assert!(state.lessor.lookup(id).is_some());
+        let proposals = state.take_lease_proposals();
+        let mut revoked = Vec::new();
+        for proposal in proposals {
+            if let LeaseProposal::Revoke(lease) = proposal {
+                revoked.push(lease);
+                run(&mut state, |r| {
+                    Command::Lease(LeaseCommand::Revoke(
+                        pb::LeaseRevokeRequest { id: lease },
+                        r,
+                    ))
+                })
+                .unwrap();
+            }
+        }
+        revoked.sort_unstable();
+        let mut expected = vec![id, empty];
+        expected.sort_unstable();
+        assert_eq!(revoked, expected);
+        // Not proposed again while the first proposal may still be in flight.
+        state.lease_pass(now + Duration::from_secs(4));
+        assert!(state.take_lease_proposals().is_empty());
         assert!(state.lessor.lookup(id).is_none() && state.lessor.lookup(empty).is_none());
         // One revision for the key of the first lease; none for the keyless one.
         assert_eq!(state.store.current_revision(), before + 1);
