@@ -49,7 +49,11 @@ fn observe(server: &TernServer) -> (String, String, String) {
     let all = ok(server, &["get", "", "--prefix", "-w", "json"]);
     let old = ok(server, &["get", "a", "--rev=5", "-w", "json"]);
     let hash = ok(server, &["endpoint", "hashkv", "-w", "json"]);
-    (without_raft_term(all), without_raft_term(old), without_raft_term(hash))
+    (
+        without_raft_term(all),
+        without_raft_term(old),
+        without_raft_term(hash),
+    )
 }
 
 fn without_raft_term(json: String) -> String {

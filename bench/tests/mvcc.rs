@@ -9,13 +9,32 @@ fn mvcc_put_times_every_transaction_and_writes_the_database() {
     let dir = std::env::temp_dir().join(format!("tern-bench-mvcc-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out = Command::new(env!("CARGO_BIN_EXE_tern-bench"))
-        .args(["--output", "json", "mvcc", "--batch-limit", "100", "--data-dir"])
+        .args([
+            "--output",
+            "json",
+            "mvcc",
+            "--batch-limit",
+            "100",
+            "--data-dir",
+        ])
         .arg(&dir)
-        .args(["put", "--total", "1000", "--txn-ops", "3", "--key-size", "16"])
+        .args([
+            "put",
+            "--total",
+            "1000",
+            "--txn-ops",
+            "3",
+            "--key-size",
+            "16",
+        ])
         .output()
         .expect("tern-bench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_str(&stdout).expect("json output");
     let report = &doc["reports"][0];
     assert_eq!(report["name"], "mvcc put");

@@ -117,7 +117,11 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
                     let serving_tx = serving_tx.clone();
                     glommio::spawn_local(async move {
                         let ok = serving.await.is_ok();
-                        let _ = serving_tx.send(if ok { Ok(()) } else { Err("raft stopped".into()) });
+                        let _ = serving_tx.send(if ok {
+                            Ok(())
+                        } else {
+                            Err("raft stopped".into())
+                        });
                     })
                     .detach();
                     node

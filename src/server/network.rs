@@ -91,7 +91,11 @@ pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
 /// (kill -9) cannot bind while its old connections sit in TIME_WAIT, while etcd can.
 pub fn bind_reusable(addr: &SocketAddr) -> std::io::Result<TcpListener> {
     use std::os::fd::FromRawFd as _;
-    let domain = if addr.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    let domain = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
     // Safety: plain socket(2) call; the fd is checked and owned below.
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -112,7 +116,11 @@ pub fn bind_reusable(addr: &SocketAddr) -> std::io::Result<TcpListener> {
         let (storage, len) = sockaddr_of(addr);
         if set(libc::SO_REUSEADDR) < 0
             || set(libc::SO_REUSEPORT) < 0
-            || libc::bind(fd, &storage as *const libc::sockaddr_storage as *const libc::sockaddr, len) < 0
+            || libc::bind(
+                fd,
+                &storage as *const libc::sockaddr_storage as *const libc::sockaddr,
+                len,
+            ) < 0
             || libc::listen(fd, 1024) < 0
         {
             let e = std::io::Error::last_os_error();
@@ -136,18 +144,28 @@ fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
-            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
-            (storage, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            };
+            (
+                storage,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
         }
         SocketAddr::V6(a) => {
             // Safety: sockaddr_storage is large and aligned enough for sockaddr_in6.
             let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: a.ip().octets(),
+            };
             sin6.sin6_flowinfo = a.flowinfo();
             sin6.sin6_scope_id = a.scope_id();
-            (storage, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+            (
+                storage,
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
         }
     }
 }

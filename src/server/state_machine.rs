@@ -31,8 +31,8 @@ pub use leases::{run_lease_timer, LeaseProposal};
 use crate::error::EtcdError;
 use crate::lease::{LeaseOptions, Lessor};
 use crate::mvcc::{Backend, BackendError, BtreeBackend, Bucket, Direction, KvStore};
-use crate::server::change_waiters::ChangeWaiters;
 use crate::proto::etcdserverpb as pb;
+use crate::server::change_waiters::ChangeWaiters;
 use crate::server::state_client::Command;
 use crate::server::state_client::Reply;
 
@@ -141,7 +141,10 @@ impl StateMachine {
     /// answers it (after the next `flush`). Idempotent: an entry at or below the store's
     /// consistent index was applied before a restart and is skipped.
     pub fn apply_write(&mut self, raft_index: u64, command: Command) {
-        assert!(raft_index > self.raft_applied_index, "entries apply in raft-index order");
+        assert!(
+            raft_index > self.raft_applied_index,
+            "entries apply in raft-index order"
+        );
         if raft_index <= self.store.consistent_index() {
             self.raft_applied_index = raft_index;
             return;
@@ -169,7 +172,10 @@ impl StateMachine {
     /// Its index is saved as the consistent index all the same (with the next commit), as
     /// etcd does, so that a restart resumes after it.
     pub fn apply_other(&mut self, raft_index: u64) {
-        assert!(raft_index > self.raft_applied_index, "entries apply in raft-index order");
+        assert!(
+            raft_index > self.raft_applied_index,
+            "entries apply in raft-index order"
+        );
         self.raft_applied_index = raft_index;
         if raft_index > self.store.consistent_index() {
             self.store.set_consistent_index(raft_index);
@@ -277,7 +283,9 @@ impl StateMachine {
         }
         self.uncommitted = false;
         self.backend_batch_entries += self.deferred_replies.len().max(1) as u64;
-        let started = *self.backend_batch_started.get_or_insert_with(std::time::Instant::now);
+        let started = *self
+            .backend_batch_started
+            .get_or_insert_with(std::time::Instant::now);
         if self.backend_batch_entries >= BACKEND_BATCH_LIMIT
             || started.elapsed() >= BACKEND_BATCH_INTERVAL
         {

@@ -11,8 +11,8 @@ mod election;
 mod kv;
 mod lease;
 mod lock;
-mod recipes;
 mod maintenance;
+mod recipes;
 pub mod watch;
 
 use std::rc::Rc;
@@ -91,9 +91,10 @@ async fn route(context: Rc<ServiceContext>, call: Call) {
         "etcdserverpb.Watch" => watch::serve(&context, method, call).await,
         // The Auth service's issue has not landed yet.
         "etcdserverpb.Auth" => call.responses.finish(not_yet(service, method)),
-        _ => call
-            .responses
-            .finish(Status::new(Code::Unimplemented, format!("unknown service {service}"))),
+        _ => call.responses.finish(Status::new(
+            Code::Unimplemented,
+            format!("unknown service {service}"),
+        )),
     }
 }
 
