@@ -33,6 +33,14 @@ fn main() {
                 .unwrap_or(tern::service::WATCH_PROGRESS_NOTIFY_INTERVAL_DEFAULT),
         },
         raft,
+        backend_batch_interval: config
+            .flag_value("backend-batch-interval")
+            .and_then(|text| tern::config::go::parse_duration(text).ok())
+            .unwrap_or_default(),
+        backend_batch_limit: config
+            .flag_value("backend-batch-limit")
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0),
         lease: tern::lease::LeaseOptions::from_raft_timing(
             config.heartbeat_interval_ms,
             config.election_timeout_ms,

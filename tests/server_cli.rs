@@ -148,3 +148,20 @@ fn a_second_server_on_the_same_port_refuses_to_start() {
         "{text}"
     );
 }
+
+#[test]
+fn backend_batch_flags_take_effect() {
+    let server = TernServer::start_with(&[
+        "--backend-batch-interval",
+        "10ms",
+        "--backend-batch-limit",
+        "1",
+    ]);
+    assert!(server.etcdctl(&["put", "k", "v"]).status.success());
+    assert_eq!(
+        stdout(&server.etcdctl(&["get", "k", "--print-value-only"])),
+        "v\n"
+    );
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(!log.contains("\"flag\":\"--backend-batch"), "{log}");
+}

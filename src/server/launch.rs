@@ -53,6 +53,9 @@ pub struct ServerOptions {
     /// How long a fresh leader's leases are extended by (etcd: one election timeout).
     pub lease_promote_extend: std::time::Duration,
     pub raft: crate::raft::RaftOptions,
+    /// etcd's --backend-batch-interval and --backend-batch-limit (zero: etcd's defaults).
+    pub backend_batch_interval: std::time::Duration,
+    pub backend_batch_limit: u64,
 }
 
 fn placement(cpu: Option<usize>) -> Placement {
@@ -100,6 +103,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     let store = open_store(&options.data_dir)?;
     let identity = options.identity.clone();
     let (lease_options, lease_extend) = (options.lease, options.lease_promote_extend);
+    let backend_batch = (options.backend_batch_interval, options.backend_batch_limit);
     let raft_options = options.raft.clone();
     let (serving_tx, serving_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let state_executor = LocalExecutorBuilder::new(placement(plan.state_cpu))
@@ -107,7 +111,9 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         .io_memory(STATE_IO_MEMORY_BYTES)
         .spawn(move || async move {
             let state_machine = match StateMachine::new(identity.clone(), store) {
-                Ok(state_machine) => state_machine.with_lease_options(lease_options, lease_extend),
+                Ok(state_machine) => state_machine
+                    .with_lease_options(lease_options, lease_extend)
+                    .with_backend_batch(backend_batch.0, backend_batch.1),
                 Err(e) => crate::fatal!("cannot initialize the backend", "error" => e.to_string()),
             };
             // Raft sits in front of the state machine: writes become proposals, committed

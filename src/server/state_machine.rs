@@ -38,8 +38,9 @@ use crate::server::state_client::Reply;
 
 /// etcd's --backend-batch-interval and --backend-batch-limit defaults: how long and how
 /// many applied entries the backend may hold before it commits (the WAL already has them).
-const BACKEND_BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
-const BACKEND_BATCH_LIMIT: u64 = 10_000;
+pub const BACKEND_BATCH_INTERVAL_DEFAULT: std::time::Duration =
+    std::time::Duration::from_millis(100);
+pub const BACKEND_BATCH_LIMIT_DEFAULT: u64 = 10_000;
 
 /// The etcd server version tern reports in Status, so that clients that gate features on
 /// the server's version treat tern as the etcd release whose API it implements.
@@ -82,6 +83,9 @@ pub struct StateMachine {
     /// Entries applied since the last backend commit, and when the first of them was.
     backend_batch_entries: u64,
     backend_batch_started: Option<std::time::Instant>,
+    /// --backend-batch-interval and --backend-batch-limit.
+    backend_batch_interval: std::time::Duration,
+    backend_batch_limit: u64,
     watch_feed: crate::watch::WatchFeed,
     /// Set while a committed raft entry is being applied (see `advance_applied_index`).
     applying_raft_entry: bool,
@@ -115,6 +119,8 @@ impl StateMachine {
             uncommitted: false,
             backend_batch_entries: 0,
             backend_batch_started: None,
+            backend_batch_interval: BACKEND_BATCH_INTERVAL_DEFAULT,
+            backend_batch_limit: BACKEND_BATCH_LIMIT_DEFAULT,
             applying_raft_entry: false,
             raft_term: 0,
             leader_id: 0,
@@ -275,6 +281,17 @@ impl StateMachine {
         self.uncommitted
     }
 
+    /// Sets etcd's --backend-batch-interval and --backend-batch-limit (zero: the default).
+    pub fn with_backend_batch(mut self, interval: std::time::Duration, limit: u64) -> Self {
+        if !interval.is_zero() {
+            self.backend_batch_interval = interval;
+        }
+        if limit > 0 {
+            self.backend_batch_limit = limit;
+        }
+        self
+    }
+
     /// Ends an apply batch: sends the replies and watch events that waited for it, and
     /// commits the backend if its batch is due (see the module doc).
     pub fn flush(&mut self) {
@@ -286,8 +303,8 @@ impl StateMachine {
         let started = *self
             .backend_batch_started
             .get_or_insert_with(std::time::Instant::now);
-        if self.backend_batch_entries >= BACKEND_BATCH_LIMIT
-            || started.elapsed() >= BACKEND_BATCH_INTERVAL
+        if self.backend_batch_entries >= self.backend_batch_limit
+            || started.elapsed() >= self.backend_batch_interval
         {
             self.commit_backend();
         }
@@ -315,7 +332,7 @@ impl StateMachine {
     pub fn commit_backend_if_due(&mut self) {
         if self
             .backend_batch_started
-            .is_some_and(|started| started.elapsed() >= BACKEND_BATCH_INTERVAL)
+            .is_some_and(|started| started.elapsed() >= self.backend_batch_interval)
         {
             self.commit_backend();
         }
