@@ -190,6 +190,23 @@ pub struct Node {
 /// Bound on lease requests a follower holds while it knows no leader.
 pub const LEASE_FORWARDS_MAX: usize = 16 * 1024;
 
+/// Sends a forwarded lease request's answer to the follower once the state machine has
+/// replied, wrapping the response with `wrap` (or an error in etcd's words).
+fn answer_forwarded<T: 'static>(
+    reply: oneshot::Receiver<Result<T, EtcdError>>,
+    answer: oneshot::Sender<LeaseForwardResponse>,
+    wrap: impl FnOnce(T) -> LeaseForwardResponse + 'static,
+) {
+    glommio::spawn_local(async move {
+        let _ = answer.send(match reply.await {
+            Ok(Ok(resp)) => wrap(resp),
+            Ok(Err(e)) => forward_error(e),
+            Err(_) => forward_error(EtcdError::Stopped),
+        });
+    })
+    .detach();
+}
+
 fn forward_error(e: EtcdError) -> LeaseForwardResponse {
     LeaseForwardResponse {
         error: e.message().to_string(),
@@ -1343,33 +1360,19 @@ impl Node {
                 self.state
                     .borrow_mut()
                     .handle_read(Command::Lease(LeaseCommand::Renew(req, tx)));
-                glommio::spawn_local(async move {
-                    let _ = answer.send(match rx.await {
-                        Ok(Ok(resp)) => LeaseForwardResponse {
-                            renew: Some(resp),
-                            ..Default::default()
-                        },
-                        Ok(Err(e)) => forward_error(e),
-                        Err(_) => forward_error(EtcdError::Stopped),
-                    });
-                })
-                .detach();
+                answer_forwarded(rx, answer, |resp| LeaseForwardResponse {
+                    renew: Some(resp),
+                    ..Default::default()
+                });
             } else if let Some(req) = request.time_to_live {
                 let (tx, rx) = oneshot::channel();
                 self.state
                     .borrow_mut()
                     .handle_read(Command::Lease(LeaseCommand::TimeToLive(req, tx)));
-                glommio::spawn_local(async move {
-                    let _ = answer.send(match rx.await {
-                        Ok(Ok(resp)) => LeaseForwardResponse {
-                            time_to_live: Some(resp),
-                            ..Default::default()
-                        },
-                        Ok(Err(e)) => forward_error(e),
-                        Err(_) => forward_error(EtcdError::Stopped),
-                    });
-                })
-                .detach();
+                answer_forwarded(rx, answer, |resp| LeaseForwardResponse {
+                    time_to_live: Some(resp),
+                    ..Default::default()
+                });
             }
         }
     }
