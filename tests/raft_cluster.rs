@@ -397,7 +397,14 @@ async fn killing_the_leader_under_load_elects_a_new_one_and_keeps_every_acknowle
     );
     assert_ne!(new_leader, leader);
 
+    // Writers whose request was in flight to the dead leader wait for their own timeout
+    // (a proposal lost with its leader ends in a client timeout, as in etcd): give them a
+    // bounded time to come back through the survivors.
+    let resume_deadline = Instant::now() + Duration::from_secs(20);
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    while acked.lock().unwrap().len() <= before_kill && Instant::now() < resume_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {
         let _ = w.await;
