@@ -219,6 +219,23 @@ impl Walk<'_> {
         } else {
             keys.get(1..).unwrap_or(&[])
         };
+        // Searches trust the prefix and the heads to order compared keys without reading them.
+        let first_compared = keys.len() - bounded_keys.len();
+        for (offset, key) in bounded_keys.iter().enumerate() {
+            let cell_index = first_compared + offset;
+            if !key.starts_with(node.prefix()) {
+                report.problem(format!(
+                    "page {pgid} cell {cell_index}: key lacks the page prefix"
+                ));
+                break;
+            }
+            if node.head(cell_index) != page::key_head(key, node.prefix().len()) {
+                report.problem(format!(
+                    "page {pgid} cell {cell_index}: slot head does not match the key"
+                ));
+                break;
+            }
+        }
         for key in bounded_keys {
             if lower.is_some_and(|lower| *key < lower) || upper.is_some_and(|upper| *key >= upper) {
                 report.problem(format!(

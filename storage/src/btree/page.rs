@@ -30,7 +30,9 @@ pub const MAX_INLINE_CELL_BYTES: usize = 1536;
 pub const MAX_BTREE_DEPTH: usize = 32;
 
 pub const META_MAGIC: [u8; 8] = *b"TERNBT01";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the key heads to the slots and the page prefix (version 1 files, which
+/// only ever existed in development, are refused as unsupported).
+pub const FORMAT_VERSION: u32 = 2;
 /// Pages 0 and 1 are the two meta slots; transaction `txid` writes slot `txid % 2`.
 pub const META_SLOTS: u64 = 2;
 pub const META_BYTES: usize = 64;
@@ -42,13 +44,14 @@ pub const KIND_FREELIST: u8 = 5;
 
 pub const LEAF_CELL_HEADER_BYTES: usize = 7;
 pub const BRANCH_CELL_HEADER_BYTES: usize = 10;
-pub const SLOT_BYTES: usize = 2;
+/// A slot: the cell's offset (u16) and the key head (4 bytes, see `key_head`).
+pub const SLOT_BYTES: usize = 6;
 pub const FREELIST_HEADER_BYTES: usize = PAGE_HEADER_BYTES + 8;
 pub const FREELIST_RUN_BYTES: usize = 16;
 pub const FREELIST_RUNS_PER_PAGE: usize = (PAGE_BYTES - FREELIST_HEADER_BYTES) / FREELIST_RUN_BYTES;
 
-const VALUE_INLINE: u8 = 0;
-const VALUE_OVERFLOW: u8 = 1;
+pub const VALUE_INLINE: u8 = 0;
+pub const VALUE_OVERFLOW: u8 = 1;
 
 const _: () = assert!(PAGE_BYTES <= u16::MAX as usize + 1, "slot offsets are u16");
 const _: () = assert!(
@@ -66,6 +69,7 @@ const _: () = assert!(
     "a branch page must hold three maximal keys"
 );
 
+#[cold]
 pub fn corrupted(what: impl Into<String>) -> Error {
     Error::Corrupted(what.into())
 }
@@ -179,43 +183,93 @@ pub fn overflow_pages(len: usize) -> u64 {
     (PAGE_HEADER_BYTES + len).div_ceil(PAGE_BYTES) as u64
 }
 
-/// A validated view of a branch or leaf page. `parse` checks the header; each cell accessor
-/// checks its own bounds.
+/// A validated view of a branch or leaf page. `parse` checks the header, the slot array and
+/// the prefix against the page size once; each cell accessor checks its own cell's bounds.
 #[derive(Clone, Copy)]
 pub struct NodePage<'a> {
-    bytes: &'a [u8],
+    bytes: &'a [u8; PAGE_BYTES],
     kind: u8,
     count: usize,
+    /// Common prefix of every compared key (all keys of a leaf, keys 1.. of a branch).
+    prefix: &'a [u8],
+    /// Lowest offset a cell may start at: the end of the slot array and the prefix.
+    cells_from: usize,
+}
+
+/// A `Corrupted` error naming a page. Out of line and cold: decoding errors are rare and
+/// must not cost the hot read path the code to format them.
+#[cold]
+#[inline(never)]
+fn corrupted_page(pgid: u64, what: std::fmt::Arguments<'_>) -> Error {
+    corrupted(format!("page {pgid}: {what}"))
+}
+
+#[cold]
+#[inline(never)]
+fn corrupted_cell(what: &'static str) -> Error {
+    corrupted(what)
+}
+
+/// The 4 bytes of `key` after its first `prefix_len`, zero-padded, as a big-endian number.
+/// For two keys sharing a `prefix_len`-byte prefix, `head(a) < head(b)` implies `a < b`
+/// (padding reads as the lowest byte, and a key that ends there is a prefix of the other);
+/// equal heads decide nothing.
+#[inline]
+pub fn key_head(key: &[u8], prefix_len: usize) -> u32 {
+    match key.get(prefix_len..prefix_len + 4) {
+        Some(word) => u32::from_be_bytes([word[0], word[1], word[2], word[3]]),
+        None => {
+            let rest = key.get(prefix_len..).unwrap_or(&[]);
+            let mut word = [0u8; 4];
+            word[..rest.len()].copy_from_slice(rest);
+            u32::from_be_bytes(word)
+        }
+    }
 }
 
 impl<'a> NodePage<'a> {
     /// Validates the header of page `pgid` (which must be a branch or leaf page).
     pub fn parse(bytes: &'a [u8], pgid: u64) -> Result<NodePage<'a>, Error> {
-        if bytes.len() != PAGE_BYTES {
-            return Err(corrupted(format!("page {pgid}: truncated")));
-        }
+        let Ok(bytes) = <&[u8; PAGE_BYTES]>::try_from(bytes) else {
+            return Err(corrupted_page(pgid, format_args!("truncated")));
+        };
         let kind = bytes[0];
         if kind != KIND_BRANCH && kind != KIND_LEAF {
-            return Err(corrupted(format!(
-                "page {pgid}: kind {kind} is not a tree node"
-            )));
+            return Err(corrupted_page(
+                pgid,
+                format_args!("kind {kind} is not a tree node"),
+            ));
         }
-        let stored_pgid = read_u64(bytes, 8)?;
+        let stored_pgid = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
         if stored_pgid != pgid {
-            return Err(corrupted(format!(
-                "page {pgid}: header names page {stored_pgid}"
-            )));
+            return Err(corrupted_page(
+                pgid,
+                format_args!("header names page {stored_pgid}"),
+            ));
         }
-        let count = read_u16(bytes, 2)? as usize;
-        if PAGE_HEADER_BYTES + count * SLOT_BYTES > PAGE_BYTES {
-            return Err(corrupted(format!(
-                "page {pgid}: cell count {count} overflows page"
-            )));
+        let count = u16::from_le_bytes([bytes[2], bytes[3]]) as usize;
+        let prefix_len = u16::from_le_bytes([bytes[4], bytes[5]]) as usize;
+        let slots_end = PAGE_HEADER_BYTES + count * SLOT_BYTES;
+        let cells_from = slots_end + prefix_len;
+        if cells_from > PAGE_BYTES {
+            return Err(corrupted_page(
+                pgid,
+                format_args!("{count} slots and a {prefix_len}-byte prefix overflow the page"),
+            ));
         }
         if kind == KIND_BRANCH && count == 0 {
-            return Err(corrupted(format!("page {pgid}: branch without children")));
+            return Err(corrupted_page(
+                pgid,
+                format_args!("branch without children"),
+            ));
         }
-        Ok(NodePage { bytes, kind, count })
+        Ok(NodePage {
+            bytes,
+            kind,
+            count,
+            prefix: &bytes[slots_end..cells_from],
+            cells_from,
+        })
     }
 
     pub fn is_leaf(&self) -> bool {
@@ -226,82 +280,151 @@ impl<'a> NodePage<'a> {
         self.count
     }
 
+    /// The page's common key prefix (see `docs/btree.md`, "Leaf page").
+    pub fn prefix(&self) -> &'a [u8] {
+        self.prefix
+    }
+
+    /// (cell offset, key head) of slot `cell_index`; `cell_index < count` (checked by
+    /// every caller against `count`, which `parse` bounded by the page size).
+    #[inline]
+    fn slot(&self, cell_index: usize) -> (usize, u32) {
+        assert!(cell_index < self.count, "slot index beyond the cell count");
+        let at = PAGE_HEADER_BYTES + cell_index * SLOT_BYTES;
+        let slot = &self.bytes[at..at + SLOT_BYTES];
+        (
+            u16::from_le_bytes([slot[0], slot[1]]) as usize,
+            u32::from_be_bytes([slot[2], slot[3], slot[4], slot[5]]),
+        )
+    }
+
+    /// The key head stored in slot `cell_index`.
+    pub fn head(&self, cell_index: usize) -> u32 {
+        self.slot(cell_index).1
+    }
+
+    #[inline]
     fn cell_offset(&self, cell_index: usize) -> Result<usize, Error> {
-        debug_assert!(cell_index < self.count);
-        let offset = read_u16(self.bytes, PAGE_HEADER_BYTES + cell_index * SLOT_BYTES)? as usize;
-        if offset < PAGE_HEADER_BYTES + self.count * SLOT_BYTES {
-            return Err(corrupted("cell offset points into the slot array"));
+        let offset = self.slot(cell_index).0;
+        if offset < self.cells_from {
+            return Err(corrupted_cell("cell offset points into the slot array"));
         }
         Ok(offset)
     }
 
+    #[inline]
+    fn field<const N: usize>(&self, at: usize) -> Result<[u8; N], Error> {
+        match self.bytes.get(at..at + N) {
+            Some(field) => Ok(field.try_into().expect("N bytes")),
+            None => Err(corrupted_cell("cell field out of page")),
+        }
+    }
+
     /// Key of cell `cell_index` (leaf or branch).
+    #[inline]
     pub fn key(&self, cell_index: usize) -> Result<&'a [u8], Error> {
         let offset = self.cell_offset(cell_index)?;
-        let key_len = read_u16(self.bytes, offset)? as usize;
+        let key_len = u16::from_le_bytes(self.field::<2>(offset)?) as usize;
         let header = if self.is_leaf() {
             LEAF_CELL_HEADER_BYTES
         } else {
             BRANCH_CELL_HEADER_BYTES
         };
-        self.bytes
+        let bytes: &'a [u8; PAGE_BYTES] = self.bytes;
+        bytes
             .get(offset + header..offset + header + key_len)
-            .ok_or_else(|| corrupted("key out of page"))
+            .ok_or_else(|| corrupted_cell("key out of page"))
     }
 
     /// Child page id of branch cell `cell_index`.
+    #[inline]
     pub fn child(&self, cell_index: usize) -> Result<u64, Error> {
         debug_assert!(!self.is_leaf());
         let offset = self.cell_offset(cell_index)?;
-        read_u64(self.bytes, offset + 2)
+        Ok(u64::from_le_bytes(self.field::<8>(offset + 2)?))
+    }
+
+    /// The whole encoded leaf cell `cell_index` (header, key, value or overflow reference),
+    /// validated as `leaf_entry` does.
+    pub fn leaf_cell(&self, cell_index: usize) -> Result<&'a [u8], Error> {
+        let offset = self.cell_offset(cell_index)?;
+        let (key, value) = self.leaf_entry(cell_index)?;
+        let body = match value {
+            ValueRef::Inline(bytes) => bytes.len(),
+            ValueRef::Overflow { .. } => 8,
+        };
+        let bytes: &'a [u8; PAGE_BYTES] = self.bytes;
+        Ok(&bytes[offset..offset + LEAF_CELL_HEADER_BYTES + key.len() + body])
     }
 
     /// Key and value of leaf cell `cell_index`.
+    #[inline]
     pub fn leaf_entry(&self, cell_index: usize) -> Result<(&'a [u8], ValueRef<'a>), Error> {
         debug_assert!(self.is_leaf());
         let offset = self.cell_offset(cell_index)?;
-        let key_len = read_u16(self.bytes, offset)? as usize;
-        let value_len = read_u32(self.bytes, offset + 2)? as usize;
-        let flags = *self
-            .bytes
-            .get(offset + 6)
-            .ok_or_else(|| corrupted("cell out of page"))?;
+        let header = self.field::<LEAF_CELL_HEADER_BYTES>(offset)?;
+        let key_len = u16::from_le_bytes([header[0], header[1]]) as usize;
+        let value_len = u32::from_le_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        let flags = header[6];
+        let bytes: &'a [u8; PAGE_BYTES] = self.bytes;
         let key_at = offset + LEAF_CELL_HEADER_BYTES;
-        let key = self
-            .bytes
-            .get(key_at..key_at + key_len)
-            .ok_or_else(|| corrupted("key out of page"))?;
         let value_at = key_at + key_len;
+        let Some(key) = bytes.get(key_at..value_at) else {
+            return Err(corrupted_cell("key out of page"));
+        };
         let value = match flags {
-            VALUE_INLINE => ValueRef::Inline(
-                self.bytes
-                    .get(value_at..value_at + value_len)
-                    .ok_or_else(|| corrupted("value out of page"))?,
-            ),
+            VALUE_INLINE => match bytes.get(value_at..value_at + value_len) {
+                Some(value) => ValueRef::Inline(value),
+                None => return Err(corrupted_cell("value out of page")),
+            },
             VALUE_OVERFLOW => {
                 if value_len > MAX_VALUE_BYTES {
-                    return Err(corrupted("overflow value length out of range"));
+                    return Err(corrupted_cell("overflow value length out of range"));
                 }
                 ValueRef::Overflow {
-                    first_pgid: read_u64(self.bytes, value_at)?,
+                    first_pgid: u64::from_le_bytes(self.field::<8>(value_at)?),
                     len: value_len,
                 }
             }
-            _ => return Err(corrupted(format!("leaf cell flags {flags}"))),
+            _ => return Err(corrupted_cell("leaf cell flags out of range")),
         };
         Ok((key, value))
     }
 
     /// Index of the first cell whose key is >= `key` (`strict`: > `key`), in 0..=count.
+    ///
+    /// The search runs on the slot array: first the page prefix settles keys outside it,
+    /// then the 4-byte heads order the cells, and only a probe whose head equals the key's
+    /// reads the cell itself. So a lookup touches the slot array and about one cell instead
+    /// of one cache line per probe. A branch's key 0 is never compared (it routes everything
+    /// below key 1), so a branch searches cells 1.. and a key below them all gives 1.
+    #[inline]
     pub fn search(&self, key: &[u8], strict: bool) -> Result<usize, Error> {
-        let (mut low, mut high) = (0usize, self.count);
+        let first = usize::from(!self.is_leaf()).min(self.count);
+        let prefix_len = self.prefix.len();
+        if prefix_len > 0 {
+            let shared = prefix_len.min(key.len());
+            match compare_keys(&key[..shared], &self.prefix[..shared]) {
+                std::cmp::Ordering::Less => return Ok(first),
+                std::cmp::Ordering::Greater => return Ok(self.count),
+                // A key that is a proper prefix of the page prefix sorts before every key.
+                std::cmp::Ordering::Equal if key.len() < prefix_len => return Ok(first),
+                std::cmp::Ordering::Equal => {}
+            }
+        }
+        let key_head = key_head(key, prefix_len);
+        let (mut low, mut high) = (first, self.count);
         while low < high {
             let mid = low + (high - low) / 2;
-            let cell_key = self.key(mid)?;
-            let go_right = match compare_keys(cell_key, key) {
-                std::cmp::Ordering::Less => true,
-                std::cmp::Ordering::Equal => strict,
-                std::cmp::Ordering::Greater => false,
+            let cell_head = self.slot(mid).1;
+            let go_right = if cell_head != key_head {
+                cell_head < key_head
+            } else {
+                match compare_keys(self.key(mid)?, key) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Equal => strict,
+                    std::cmp::Ordering::Greater => false,
+                }
             };
             if go_right {
                 low = mid + 1;
@@ -314,6 +437,7 @@ impl<'a> NodePage<'a> {
 
     /// Branch: index of the child whose range holds `key`. Child i covers
     /// `[key(i), key(i+1))`; child 0 also covers everything below key(1).
+    #[inline]
     pub fn child_for(&self, key: &[u8]) -> Result<usize, Error> {
         Ok(self.search(key, true)?.saturating_sub(1))
     }
@@ -322,6 +446,11 @@ impl<'a> NodePage<'a> {
     pub fn child_before(&self, key: &[u8]) -> Result<usize, Error> {
         Ok(self.search(key, false)?.saturating_sub(1))
     }
+}
+
+/// Length of the longest common prefix of two keys.
+pub fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Bytewise order of two keys, as `<[u8]>::cmp`, but inline and eight bytes at a time:
@@ -390,72 +519,168 @@ pub fn branch_cell_bytes(key_len: usize) -> usize {
     SLOT_BYTES + BRANCH_CELL_HEADER_BYTES + key_len
 }
 
-/// Encodes a leaf page. Cells are packed from the end of the page backwards; the caller has
-/// checked (with `leaf_cell_bytes`) that they fit.
+/// Writes one leaf cell (header, key, value or overflow reference) into `out`, which is
+/// exactly `leaf_cell_bytes(key.len(), &value) - SLOT_BYTES` long.
+pub fn write_leaf_cell(out: &mut [u8], key: &[u8], value: &CellValue<'_>) {
+    let (flags, value_len) = match value {
+        CellValue::Inline(v) => (VALUE_INLINE, v.len()),
+        CellValue::Overflow { len, .. } => (VALUE_OVERFLOW, *len),
+    };
+    out[0..2].copy_from_slice(&(key.len() as u16).to_le_bytes());
+    out[2..6].copy_from_slice(&(value_len as u32).to_le_bytes());
+    out[6] = flags;
+    let key_end = LEAF_CELL_HEADER_BYTES + key.len();
+    out[LEAF_CELL_HEADER_BYTES..key_end].copy_from_slice(key);
+    match value {
+        CellValue::Inline(v) => out[key_end..].copy_from_slice(v),
+        CellValue::Overflow { first_pgid, .. } => {
+            out[key_end..].copy_from_slice(&first_pgid.to_le_bytes())
+        }
+    }
+}
+
+/// Builds one branch or leaf page: cells are pushed in key order and packed from the end of
+/// the page backwards, slots grow from the front; `finish` chooses the prefix, fills in the
+/// key heads and the header. The caller has checked (with `leaf_cell_bytes` /
+/// `branch_cell_bytes`) that the cells fit; the prefix takes only room left over.
+pub struct NodeBuilder<'p> {
+    page: &'p mut [u8],
+    kind: u8,
+    pgid: u64,
+    count: usize,
+    cells_start: usize,
+}
+
+impl<'p> NodeBuilder<'p> {
+    pub fn leaf(page: &'p mut [u8], pgid: u64) -> NodeBuilder<'p> {
+        NodeBuilder::new(page, KIND_LEAF, pgid)
+    }
+
+    pub fn branch(page: &'p mut [u8], pgid: u64) -> NodeBuilder<'p> {
+        NodeBuilder::new(page, KIND_BRANCH, pgid)
+    }
+
+    fn new(page: &'p mut [u8], kind: u8, pgid: u64) -> NodeBuilder<'p> {
+        assert_eq!(page.len(), PAGE_BYTES);
+        NodeBuilder {
+            page,
+            kind,
+            pgid,
+            count: 0,
+            cells_start: PAGE_BYTES,
+        }
+    }
+
+    /// Room for one more cell of `cell_len` bytes and its slot; returns the cell's offset.
+    fn reserve(&mut self, cell_len: usize) -> usize {
+        let start = self.cells_start - cell_len;
+        assert!(
+            start >= PAGE_HEADER_BYTES + (self.count + 1) * SLOT_BYTES,
+            "cells overflow the page"
+        );
+        let slot_at = PAGE_HEADER_BYTES + self.count * SLOT_BYTES;
+        self.page[slot_at..slot_at + 2].copy_from_slice(&(start as u16).to_le_bytes());
+        self.count += 1;
+        self.cells_start = start;
+        start
+    }
+
+    /// Appends an already encoded leaf cell (the format of `write_leaf_cell`).
+    pub fn push_leaf_cell(&mut self, cell: &[u8]) {
+        debug_assert_eq!(self.kind, KIND_LEAF);
+        debug_assert!(cell[6] == VALUE_INLINE || cell[6] == VALUE_OVERFLOW);
+        let start = self.reserve(cell.len());
+        self.page[start..start + cell.len()].copy_from_slice(cell);
+    }
+
+    pub fn push_leaf(&mut self, key: &[u8], value: CellValue<'_>) {
+        debug_assert_eq!(self.kind, KIND_LEAF);
+        let cell_len = leaf_cell_bytes(key.len(), &value) - SLOT_BYTES;
+        let start = self.reserve(cell_len);
+        write_leaf_cell(&mut self.page[start..start + cell_len], key, &value);
+    }
+
+    pub fn push_branch(&mut self, key: &[u8], child_pgid: u64) {
+        debug_assert_eq!(self.kind, KIND_BRANCH);
+        let start = self.reserve(BRANCH_CELL_HEADER_BYTES + key.len());
+        self.page[start..start + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
+        self.page[start + 2..start + 10].copy_from_slice(&child_pgid.to_le_bytes());
+        self.page[start + 10..start + 10 + key.len()].copy_from_slice(key);
+    }
+
+    /// (start, end) of the key of cell `cell_index`, written by this builder.
+    fn key_range(&self, cell_index: usize) -> (usize, usize) {
+        let slot_at = PAGE_HEADER_BYTES + cell_index * SLOT_BYTES;
+        let offset = u16::from_le_bytes([self.page[slot_at], self.page[slot_at + 1]]) as usize;
+        let key_len = u16::from_le_bytes([self.page[offset], self.page[offset + 1]]) as usize;
+        let key_at = offset
+            + if self.kind == KIND_LEAF {
+                LEAF_CELL_HEADER_BYTES
+            } else {
+                BRANCH_CELL_HEADER_BYTES
+            };
+        (key_at, key_at + key_len)
+    }
+
+    /// Writes the prefix, the heads and the header.
+    pub fn finish(self) {
+        let count = self.count;
+        assert!(
+            self.kind == KIND_LEAF || count > 0,
+            "a branch has at least one child"
+        );
+        // Compared keys: all of a leaf's, a branch's from 1 on (key 0 is never compared).
+        let first = usize::from(self.kind == KIND_BRANCH);
+        let slots_end = PAGE_HEADER_BYTES + count * SLOT_BYTES;
+        let mut prefix_len = 0;
+        if count > first {
+            let (first_at, first_end) = self.key_range(first);
+            let (last_at, last_end) = self.key_range(count - 1);
+            // Keys are sorted, so what the first and last share, all share.
+            prefix_len = common_prefix_len(
+                &self.page[first_at..first_end],
+                &self.page[last_at..last_end],
+            )
+            .min(self.cells_start - slots_end);
+            self.page
+                .copy_within(first_at..first_at + prefix_len, slots_end);
+        }
+        for cell_index in 0..count {
+            let head = if cell_index < first {
+                0
+            } else {
+                let (key_at, key_end) = self.key_range(cell_index);
+                key_head(&self.page[key_at..key_end], prefix_len)
+            };
+            let slot_at = PAGE_HEADER_BYTES + cell_index * SLOT_BYTES;
+            self.page[slot_at + 2..slot_at + 6].copy_from_slice(&head.to_be_bytes());
+        }
+        write_header(self.page, self.kind, count, self.pgid);
+        self.page[4..6].copy_from_slice(&(prefix_len as u16).to_le_bytes());
+        self.page[slots_end + prefix_len..self.cells_start].fill(0);
+    }
+}
+
+/// Encodes a leaf page from (key, value) cells in key order.
 pub fn encode_leaf<'a>(
     page: &mut [u8],
     pgid: u64,
-    cells: impl ExactSizeIterator<Item = (&'a [u8], CellValue<'a>)>,
+    cells: impl Iterator<Item = (&'a [u8], CellValue<'a>)>,
 ) {
-    assert_eq!(page.len(), PAGE_BYTES);
-    write_header(page, KIND_LEAF, cells.len(), pgid);
-    let mut slot_at = PAGE_HEADER_BYTES;
-    let mut end = PAGE_BYTES;
+    let mut builder = NodeBuilder::leaf(page, pgid);
     for (key, value) in cells {
-        let (flags, value_len, body_len) = match value {
-            CellValue::Inline(v) => (VALUE_INLINE, v.len(), v.len()),
-            CellValue::Overflow { len, .. } => (VALUE_OVERFLOW, len, 8),
-        };
-        let start = end - LEAF_CELL_HEADER_BYTES - key.len() - body_len;
-        assert!(
-            start >= slot_at + SLOT_BYTES,
-            "leaf cells overflow the page"
-        );
-        page[slot_at..slot_at + 2].copy_from_slice(&(start as u16).to_le_bytes());
-        page[start..start + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
-        page[start + 2..start + 6].copy_from_slice(&(value_len as u32).to_le_bytes());
-        page[start + 6] = flags;
-        let key_at = start + LEAF_CELL_HEADER_BYTES;
-        page[key_at..key_at + key.len()].copy_from_slice(key);
-        let value_at = key_at + key.len();
-        match value {
-            CellValue::Inline(v) => page[value_at..value_at + v.len()].copy_from_slice(v),
-            CellValue::Overflow { first_pgid, .. } => {
-                page[value_at..value_at + 8].copy_from_slice(&first_pgid.to_le_bytes())
-            }
-        }
-        slot_at += SLOT_BYTES;
-        end = start;
+        builder.push_leaf(key, value);
     }
-    page[slot_at..end].fill(0);
+    builder.finish();
 }
 
-/// Encodes a branch page from (separator key, child page id) cells.
-pub fn encode_branch<'a>(
-    page: &mut [u8],
-    pgid: u64,
-    cells: impl ExactSizeIterator<Item = (&'a [u8], u64)>,
-) {
-    assert_eq!(page.len(), PAGE_BYTES);
-    let count = cells.len();
-    assert!(count > 0, "a branch has at least one child");
-    write_header(page, KIND_BRANCH, count, pgid);
-    let mut slot_at = PAGE_HEADER_BYTES;
-    let mut end = PAGE_BYTES;
+/// Encodes a branch page from (separator key, child page id) cells in key order.
+pub fn encode_branch<'a>(page: &mut [u8], pgid: u64, cells: impl Iterator<Item = (&'a [u8], u64)>) {
+    let mut builder = NodeBuilder::branch(page, pgid);
     for (key, child_pgid) in cells {
-        let start = end - BRANCH_CELL_HEADER_BYTES - key.len();
-        assert!(
-            start >= slot_at + SLOT_BYTES,
-            "branch cells overflow the page"
-        );
-        page[slot_at..slot_at + 2].copy_from_slice(&(start as u16).to_le_bytes());
-        page[start..start + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
-        page[start + 2..start + 10].copy_from_slice(&child_pgid.to_le_bytes());
-        page[start + 10..start + 10 + key.len()].copy_from_slice(key);
-        slot_at += SLOT_BYTES;
-        end = start;
+        builder.push_branch(key, child_pgid);
     }
-    page[slot_at..end].fill(0);
+    builder.finish();
 }
 
 /// Encodes an overflow run (all its pages) holding `value`.
