@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::alloc::Allocator;
 use super::cursor::Range;
 use super::mmap::{Mapping, Snapshot};
-use super::node::{Child, Editor, Node, PageWrites, Room, Value};
+use super::node::{Child, Editor, LeafValue, Node, PageWrites, Room};
 use super::page::{self, Meta, META_SLOTS, PAGE_BYTES};
 use super::Error;
 use super::{MAX_BUCKET_NAME_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES};
@@ -87,6 +87,8 @@ struct WriterState {
     file_bytes: u64,
     mapping: Arc<Mapping>,
     poisoned: bool,
+    /// The commit buffer, kept between commits.
+    writes: PageWrites,
 }
 
 impl WriterState {
@@ -316,6 +318,7 @@ impl Db {
             file_bytes: needed_bytes,
             mapping,
             poisoned: false,
+            writes: PageWrites::default(),
         };
         Ok(Db {
             shared: Arc::new(Shared {
@@ -534,7 +537,6 @@ impl WriteTxn {
             return Err(Error::ValueTooLarge);
         }
         let internal = bucket_key(bucket, key)?;
-        let value = Value::new(internal.len(), value.to_vec());
         let (mut editor, root) = self.editor();
         if !editor.put(root, &internal, value)? {
             self.entry_count += 1;
@@ -563,31 +565,26 @@ impl WriteTxn {
             match child {
                 Child::Clean(pgid) => return self.base_get_from(*pgid, &internal),
                 Child::Dirty(node) => match node.as_ref() {
-                    Node::Leaf(entries) => {
-                        return match entries
-                            .binary_search_by(|e| page::compare_keys(&e.key, &internal))
-                        {
-                            Ok(at) => match &entries[at].value {
-                                Value::Inline(bytes) | Value::Big(bytes) => {
-                                    Ok(Some(bytes.as_slice()))
-                                }
-                                Value::Overflow { first_pgid, len } => {
-                                    Ok(Some(self.base.value(page::ValueRef::Overflow {
-                                        first_pgid: *first_pgid,
-                                        len: *len,
-                                    })?))
-                                }
-                            },
+                    Node::Leaf(leaf) => {
+                        return match leaf.search(&internal) {
+                            Ok(at) => self.leaf_value(leaf.value(at)).map(Some),
                             Err(_) => Ok(None),
                         };
                     }
-                    Node::Branch(entries) => {
-                        child = &entries[super::node::branch_child_for(entries, &internal)].child
-                    }
+                    Node::Branch(branch) => child = branch.child(branch.child_for(&internal)),
                 },
             }
         }
         Err(page::corrupted("tree deeper than MAX_BTREE_DEPTH"))
+    }
+
+    fn leaf_value<'v>(&'v self, value: LeafValue<'v>) -> Result<&'v [u8], Error> {
+        match value {
+            LeafValue::Inline(bytes) | LeafValue::Big(bytes) => Ok(bytes),
+            LeafValue::Overflow { first_pgid, len } => self
+                .base
+                .value(page::ValueRef::Overflow { first_pgid, len }),
+        }
     }
 
     fn base_get_from(&self, mut pgid: u64, key: &[u8]) -> Result<Option<&[u8]>, Error> {
@@ -671,51 +668,43 @@ impl WriteTxn {
                 }
             }
             Child::Dirty(node) => match node.as_ref() {
-                Node::Leaf(entries) => {
-                    let mut visit = |entry: &super::node::LeafEntry| -> Result<(), Error> {
-                        if out.len() < limit && in_range(&entry.key) {
-                            let value = match &entry.value {
-                                Value::Inline(bytes) | Value::Big(bytes) => bytes.clone(),
-                                Value::Overflow { first_pgid, len } => self
-                                    .base
-                                    .value(page::ValueRef::Overflow {
-                                        first_pgid: *first_pgid,
-                                        len: *len,
-                                    })?
-                                    .to_vec(),
-                            };
-                            out.push((entry.key[prefix_len..].to_vec(), value));
+                Node::Leaf(leaf) => {
+                    let mut visit = |cell_index: usize| -> Result<(), Error> {
+                        let key = leaf.key(cell_index);
+                        if out.len() < limit && in_range(key) {
+                            let value = self.leaf_value(leaf.value(cell_index))?.to_vec();
+                            out.push((key[prefix_len..].to_vec(), value));
                         }
                         Ok(())
                     };
                     if reverse {
-                        entries.iter().rev().try_for_each(&mut visit)?;
+                        (0..leaf.len()).rev().try_for_each(&mut visit)?;
                     } else {
-                        entries.iter().try_for_each(&mut visit)?;
+                        (0..leaf.len()).try_for_each(&mut visit)?;
                     }
                 }
-                Node::Branch(entries) => {
+                Node::Branch(branch) => {
                     let overlaps = |at: usize| {
                         // Child `at` holds [key(at), key(at + 1)); child 0 is open below.
                         let below_upper = at == 0
                             || match bounds.1 {
-                                Bound::Included(upper) => entries[at].key.as_slice() <= upper,
-                                Bound::Excluded(upper) => entries[at].key.as_slice() < upper,
+                                Bound::Included(upper) => branch.key(at) <= upper,
+                                Bound::Excluded(upper) => branch.key(at) < upper,
                                 Bound::Unbounded => true,
                             };
-                        let above_lower = at + 1 >= entries.len()
+                        let above_lower = at + 1 >= branch.len()
                             || match bounds.0 {
                                 Bound::Included(lower) | Bound::Excluded(lower) => {
-                                    entries[at + 1].key.as_slice() > lower
+                                    branch.key(at + 1) > lower
                                 }
                                 Bound::Unbounded => true,
                             };
                         below_upper && above_lower
                     };
                     let order: Box<dyn Iterator<Item = usize>> = if reverse {
-                        Box::new((0..entries.len()).rev())
+                        Box::new((0..branch.len()).rev())
                     } else {
-                        Box::new(0..entries.len())
+                        Box::new(0..branch.len())
                     };
                     for at in order {
                         if out.len() >= limit {
@@ -723,7 +712,7 @@ impl WriteTxn {
                         }
                         if overlaps(at) {
                             self.collect(
-                                &entries[at].child,
+                                branch.child(at),
                                 bounds,
                                 reverse,
                                 limit,
@@ -783,7 +772,7 @@ impl WriteTxn {
         let oldest = state.oldest_reader_txid(self.base.meta.txid);
         state.alloc.release(oldest);
 
-        let mut writes = PageWrites::default();
+        let mut writes = std::mem::take(&mut state.writes);
         let mut root = root;
         let mut freed = std::mem::take(&mut self.freed);
         let mut editor = Editor {
@@ -799,7 +788,7 @@ impl WriteTxn {
         let (freelist_pgid, freelist) = state.alloc.encode_freelist(&freed);
         for (pgid, bytes) in freelist {
             state.freelist_pages.push(pgid);
-            writes.push(pgid, bytes);
+            writes.run(pgid, 1).copy_from_slice(&bytes);
         }
         let meta = Meta {
             txid,
@@ -813,6 +802,8 @@ impl WriteTxn {
         // meta never points at pages still in flight.
         let file = &self.shared.file;
         writes.write_to(file)?;
+        writes.clear();
+        state.writes = writes;
         if self.shared.options.sync {
             file.sync_data()?;
         }

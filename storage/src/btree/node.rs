@@ -14,14 +14,20 @@
 use super::alloc::Allocator;
 use super::mmap::Snapshot;
 use super::page::{
-    self, CellValue, ValueRef, MAX_BTREE_DEPTH, MAX_INLINE_CELL_BYTES, PAGE_BYTES,
-    PAGE_HEADER_BYTES,
+    self, CellValue, NodeBuilder, NodePage, ValueRef, LEAF_CELL_HEADER_BYTES, MAX_BTREE_DEPTH,
+    MAX_INLINE_CELL_BYTES, PAGE_BYTES, PAGE_HEADER_BYTES, SLOT_BYTES, VALUE_INLINE,
+    VALUE_OVERFLOW,
 };
 use super::Error;
 
 /// A dirty node smaller than this (encoded bytes) is merged with a sibling at commit.
 const NODE_UNDERFULL_BYTES: usize = PAGE_BYTES / 4;
 const NODE_CAPACITY_BYTES: usize = PAGE_BYTES - PAGE_HEADER_BYTES;
+/// In-memory cell flag, never written to a page: a new value too large for a cell, waiting
+/// for an overflow run at commit. The cell's 8 reference bytes index `Leaf::big_values`.
+const VALUE_BIG: u8 = 0xff;
+/// A leaf's arena is compacted when its dead bytes exceed both this and its live bytes.
+const LEAF_DEAD_BYTES_MAX: usize = 2 * PAGE_BYTES;
 
 pub(crate) enum Child {
     Clean(u64),
@@ -29,80 +35,368 @@ pub(crate) enum Child {
 }
 
 pub(crate) enum Node {
-    Leaf(Vec<LeafEntry>),
-    Branch(Vec<BranchEntry>),
+    Leaf(Leaf),
+    Branch(Branch),
 }
 
-pub(crate) struct LeafEntry {
-    pub(crate) key: Vec<u8>,
-    pub(crate) value: Value,
+/// A dirty leaf. Cells are kept in the page's own cell encoding, back to back in one arena,
+/// so that copying a page in costs one `memcpy` and writing it out one copy per cell (no
+/// allocation per entry). Replaced and deleted cells stay in the arena as dead bytes until
+/// it is compacted.
+///
+/// Invariant: every offset in `cells` starts a well-formed cell inside `arena` (validated
+/// when loaded from a page, or written here), in strictly increasing key order.
+pub(crate) struct Leaf {
+    arena: Vec<u8>,
+    /// Arena offset of each live cell, in key order.
+    cells: Vec<u32>,
+    /// Values of `VALUE_BIG` cells (emptied when their cell is replaced or deleted).
+    big_values: Vec<Vec<u8>>,
+    /// Encoded size of the live cells with their slots.
+    live_bytes: usize,
+    dead_bytes: usize,
+}
+
+/// A leaf value as the dirty leaf holds it.
+pub(crate) enum LeafValue<'a> {
+    Inline(&'a [u8]),
+    Overflow { first_pgid: u64, len: usize },
+    Big(&'a [u8]),
+}
+
+fn cell_len_at(arena: &[u8], offset: usize) -> usize {
+    let key_len = u16::from_le_bytes([arena[offset], arena[offset + 1]]) as usize;
+    let body_len = if arena[offset + 6] == VALUE_INLINE {
+        u32::from_le_bytes(arena[offset + 2..offset + 6].try_into().expect("4 bytes")) as usize
+    } else {
+        8
+    };
+    LEAF_CELL_HEADER_BYTES + key_len + body_len
+}
+
+fn cell_key_at(arena: &[u8], offset: usize) -> &[u8] {
+    let key_len = u16::from_le_bytes([arena[offset], arena[offset + 1]]) as usize;
+    &arena[offset + LEAF_CELL_HEADER_BYTES..offset + LEAF_CELL_HEADER_BYTES + key_len]
+}
+
+fn inline_fits(key_len: usize, value_len: usize) -> bool {
+    LEAF_CELL_HEADER_BYTES + key_len + value_len <= MAX_INLINE_CELL_BYTES
+}
+
+impl Leaf {
+    fn empty() -> Leaf {
+        Leaf {
+            arena: Vec::new(),
+            cells: Vec::new(),
+            big_values: Vec::new(),
+            live_bytes: 0,
+            dead_bytes: 0,
+        }
+    }
+
+    /// Copies a leaf page in, validating every cell (and every overflow run, so that commit
+    /// never writes a reference to garbage).
+    fn load(node_page: &NodePage<'_>, base: &Snapshot) -> Result<Leaf, Error> {
+        let page_bytes = node_page.bytes();
+        let mut leaf = Leaf {
+            arena: page_bytes.to_vec(),
+            cells: Vec::with_capacity(node_page.count() + 4),
+            big_values: Vec::new(),
+            live_bytes: 0,
+            dead_bytes: 0,
+        };
+        let mut previous: Option<&[u8]> = None;
+        for cell_index in 0..node_page.count() {
+            let (key, value) = node_page.leaf_entry(cell_index)?;
+            if previous.is_some_and(|previous| page::compare_keys(previous, key).is_ge()) {
+                return Err(page::corrupted("leaf keys out of order"));
+            }
+            previous = Some(key);
+            if let ValueRef::Overflow { .. } = value {
+                base.value(value)?;
+            }
+            let cell = node_page.leaf_cell(cell_index)?;
+            let offset = cell.as_ptr() as usize - page_bytes.as_ptr() as usize;
+            leaf.cells.push(offset as u32);
+            leaf.live_bytes += cell.len() + SLOT_BYTES;
+        }
+        leaf.dead_bytes = PAGE_BYTES - (leaf.live_bytes - SLOT_BYTES * leaf.cells.len());
+        Ok(leaf)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    fn offset(&self, cell_index: usize) -> usize {
+        self.cells[cell_index] as usize
+    }
+
+    pub(crate) fn key(&self, cell_index: usize) -> &[u8] {
+        cell_key_at(&self.arena, self.offset(cell_index))
+    }
+
+    fn cell_len(&self, cell_index: usize) -> usize {
+        cell_len_at(&self.arena, self.offset(cell_index))
+    }
+
+    pub(crate) fn value(&self, cell_index: usize) -> LeafValue<'_> {
+        let offset = self.offset(cell_index);
+        let arena = &self.arena;
+        let key_len = u16::from_le_bytes([arena[offset], arena[offset + 1]]) as usize;
+        let value_len =
+            u32::from_le_bytes(arena[offset + 2..offset + 6].try_into().expect("4 bytes")) as usize;
+        let body_at = offset + LEAF_CELL_HEADER_BYTES + key_len;
+        let reference = || u64::from_le_bytes(arena[body_at..body_at + 8].try_into().expect("8"));
+        match arena[offset + 6] {
+            VALUE_INLINE => LeafValue::Inline(&arena[body_at..body_at + value_len]),
+            VALUE_OVERFLOW => LeafValue::Overflow {
+                first_pgid: reference(),
+                len: value_len,
+            },
+            _ => LeafValue::Big(&self.big_values[reference() as usize]),
+        }
+    }
+
+    /// `Ok(index)` of `key`, or `Err(index)` where it would be inserted.
+    pub(crate) fn search(&self, key: &[u8]) -> Result<usize, usize> {
+        self.cells
+            .binary_search_by(|&offset| page::compare_keys(cell_key_at(&self.arena, offset as usize), key))
+    }
+
+    /// Appends a cell for (`key`, `value`) to the arena; returns its offset and length.
+    fn append_cell(&mut self, key: &[u8], value: &[u8]) -> (u32, usize) {
+        let offset = self.arena.len();
+        let cell_value = if inline_fits(key.len(), value.len()) {
+            CellValue::Inline(value)
+        } else {
+            self.big_values.push(value.to_vec());
+            CellValue::Overflow {
+                first_pgid: (self.big_values.len() - 1) as u64,
+                len: value.len(),
+            }
+        };
+        let cell_len = page::leaf_cell_bytes(key.len(), &cell_value) - SLOT_BYTES;
+        self.arena.resize(offset + cell_len, 0);
+        page::write_leaf_cell(&mut self.arena[offset..], key, &cell_value);
+        if let CellValue::Overflow { .. } = cell_value {
+            self.arena[offset + 6] = VALUE_BIG;
+        }
+        (offset as u32, cell_len)
+    }
+
+    /// Frees what cell `cell_index` owns outside the leaf: its overflow run or big value.
+    fn release(&mut self, cell_index: usize, freed: &mut Vec<u64>) {
+        match self.value(cell_index) {
+            LeafValue::Overflow { first_pgid, len } => {
+                freed.extend(first_pgid..first_pgid + page::overflow_pages(len))
+            }
+            LeafValue::Big(_) => {
+                let offset = self.offset(cell_index);
+                let body_at = offset + self.cell_len(cell_index) - 8;
+                let big_index =
+                    u64::from_le_bytes(self.arena[body_at..body_at + 8].try_into().expect("8"));
+                self.big_values[big_index as usize] = Vec::new();
+            }
+            LeafValue::Inline(_) => {}
+        }
+    }
+
+    fn insert(&mut self, cell_index: usize, key: &[u8], value: &[u8]) {
+        let (offset, cell_len) = self.append_cell(key, value);
+        self.cells.insert(cell_index, offset);
+        self.live_bytes += cell_len + SLOT_BYTES;
+    }
+
+    fn replace(&mut self, cell_index: usize, value: &[u8], freed: &mut Vec<u64>) {
+        self.release(cell_index, freed);
+        let offset = self.offset(cell_index);
+        let old_len = self.cell_len(cell_index);
+        if let LeafValue::Inline(old) = self.value(cell_index) {
+            if old.len() == value.len() {
+                // Same size (etcd's fixed-size meta values): overwrite in place.
+                let body_at = offset + old_len - value.len();
+                self.arena[body_at..body_at + value.len()].copy_from_slice(value);
+                return;
+            }
+        }
+        let key = self.key(cell_index).to_vec();
+        let (new_offset, new_len) = self.append_cell(&key, value);
+        self.cells[cell_index] = new_offset;
+        self.live_bytes = self.live_bytes - old_len + new_len;
+        self.dead_bytes += old_len;
+        self.maybe_compact();
+    }
+
+    fn remove(&mut self, cell_index: usize, freed: &mut Vec<u64>) {
+        self.release(cell_index, freed);
+        let old_len = self.cell_len(cell_index);
+        self.cells.remove(cell_index);
+        self.live_bytes -= old_len + SLOT_BYTES;
+        self.dead_bytes += old_len;
+        self.maybe_compact();
+    }
+
+    fn maybe_compact(&mut self) {
+        if self.dead_bytes > LEAF_DEAD_BYTES_MAX && self.dead_bytes > self.live_bytes {
+            let mut compact = Leaf::empty();
+            compact.big_values = std::mem::take(&mut self.big_values);
+            compact.append_cells_of(self);
+            *self = compact;
+        }
+    }
+
+    /// Appends all cells of `other` (whose keys all follow this leaf's).
+    fn append(&mut self, mut other: Leaf) {
+        let big_base = self.big_values.len() as u64;
+        self.big_values.append(&mut other.big_values);
+        let first_new = self.cells.len();
+        self.append_cells_of(&other);
+        if big_base > 0 {
+            for cell_index in first_new..self.cells.len() {
+                if let LeafValue::Big(_) = self.value(cell_index) {
+                    let body_at = self.offset(cell_index) + self.cell_len(cell_index) - 8;
+                    let reference = &mut self.arena[body_at..body_at + 8];
+                    let big_index = u64::from_le_bytes((&*reference).try_into().expect("8"));
+                    reference.copy_from_slice(&(big_index + big_base).to_le_bytes());
+                }
+            }
+        }
+    }
+
+    /// Copies the live cells of `other` to the end of this arena, unchanged.
+    fn append_cells_of(&mut self, other: &Leaf) {
+        self.cells.reserve(other.cells.len());
+        for cell_index in 0..other.cells.len() {
+            let offset = other.offset(cell_index);
+            let cell_len = other.cell_len(cell_index);
+            self.cells.push(self.arena.len() as u32);
+            self.arena
+                .extend_from_slice(&other.arena[offset..offset + cell_len]);
+            self.live_bytes += cell_len + SLOT_BYTES;
+        }
+    }
+
+    /// Gives every big value an overflow run, turning its cell into an overflow reference.
+    fn place_big_values(&mut self, alloc: &mut Allocator, writes: &mut PageWrites) {
+        if self.big_values.is_empty() {
+            return;
+        }
+        for cell_index in 0..self.cells.len() {
+            let offset = self.offset(cell_index);
+            if self.arena[offset + 6] != VALUE_BIG {
+                continue;
+            }
+            let body_at = offset + self.cell_len(cell_index) - 8;
+            let big_index =
+                u64::from_le_bytes(self.arena[body_at..body_at + 8].try_into().expect("8"));
+            let value = std::mem::take(&mut self.big_values[big_index as usize]);
+            let run_pages = page::overflow_pages(value.len());
+            let first_pgid = alloc.alloc(run_pages);
+            page::encode_overflow(writes.run(first_pgid, run_pages), first_pgid, &value);
+            self.arena[offset + 6] = VALUE_OVERFLOW;
+            self.arena[body_at..body_at + 8].copy_from_slice(&first_pgid.to_le_bytes());
+        }
+        self.big_values.clear();
+    }
+
+    /// Marks overflow value `cell_index` for copying: reads it into a big value, so commit
+    /// writes it to a new run, and frees the old run.
+    fn unplace_value(&mut self, cell_index: usize, bytes: Vec<u8>, freed: &mut Vec<u64>) {
+        self.release(cell_index, freed);
+        let body_at = self.offset(cell_index) + self.cell_len(cell_index) - 8;
+        self.big_values.push(bytes);
+        let offset = self.offset(cell_index);
+        self.arena[offset + 6] = VALUE_BIG;
+        self.arena[body_at..body_at + 8]
+            .copy_from_slice(&((self.big_values.len() - 1) as u64).to_le_bytes());
+    }
+}
+
+/// A dirty branch: separator keys in one arena, entries (key range, child) in key order.
+/// Entry 0's key is never compared (see the module invariants).
+pub(crate) struct Branch {
+    keys: Vec<u8>,
+    entries: Vec<BranchEntry>,
 }
 
 pub(crate) struct BranchEntry {
-    pub(crate) key: Vec<u8>,
+    key_at: u32,
+    key_len: u32,
     pub(crate) child: Child,
 }
 
-pub(crate) enum Value {
-    /// Stored in the leaf cell.
-    Inline(Vec<u8>),
-    /// New value too large for a cell: gets an overflow run at commit.
-    Big(Vec<u8>),
-    /// Existing overflow run, unchanged by this transaction.
-    Overflow { first_pgid: u64, len: usize },
-}
-
-impl Value {
-    pub(crate) fn new(key_len: usize, bytes: Vec<u8>) -> Value {
-        if page::LEAF_CELL_HEADER_BYTES + key_len + bytes.len() <= MAX_INLINE_CELL_BYTES {
-            Value::Inline(bytes)
-        } else {
-            Value::Big(bytes)
+impl Branch {
+    fn with_capacity(entries: usize) -> Branch {
+        Branch {
+            keys: Vec::with_capacity(entries * 24),
+            entries: Vec::with_capacity(entries),
         }
     }
 
-    fn cell(&self) -> CellValue<'_> {
-        match self {
-            Value::Inline(bytes) => CellValue::Inline(bytes),
-            // Sized as an overflow reference; the page id is assigned at commit.
-            Value::Big(bytes) => CellValue::Overflow {
-                first_pgid: 0,
-                len: bytes.len(),
-            },
-            Value::Overflow { first_pgid, len } => CellValue::Overflow {
-                first_pgid: *first_pgid,
-                len: *len,
-            },
-        }
+    fn push(&mut self, key: &[u8], child: Child) {
+        let key_at = self.keys.len() as u32;
+        self.keys.extend_from_slice(key);
+        self.entries.push(BranchEntry {
+            key_at,
+            key_len: key.len() as u32,
+            child,
+        });
     }
 
-    /// Frees the overflow run this value owned, if any.
-    fn release(&self, freed: &mut Vec<u64>) {
-        if let Value::Overflow { first_pgid, len } = self {
-            freed.extend(*first_pgid..*first_pgid + page::overflow_pages(*len));
-        }
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(crate) fn key(&self, entry_index: usize) -> &[u8] {
+        let entry = &self.entries[entry_index];
+        &self.keys[entry.key_at as usize..(entry.key_at + entry.key_len) as usize]
+    }
+
+    pub(crate) fn child(&self, entry_index: usize) -> &Child {
+        &self.entries[entry_index].child
+    }
+
+    /// Index of the child whose range holds `key` (see module invariants).
+    pub(crate) fn child_for(&self, key: &[u8]) -> usize {
+        self.entries
+            .partition_point(|e| {
+                let separator = &self.keys[e.key_at as usize..(e.key_at + e.key_len) as usize];
+                page::compare_keys(separator, key).is_le()
+            })
+            .saturating_sub(1)
+    }
+
+    fn encoded_bytes(&self) -> usize {
+        PAGE_HEADER_BYTES
+            + self
+                .entries
+                .iter()
+                .map(|e| page::branch_cell_bytes(e.key_len as usize))
+                .sum::<usize>()
     }
 }
 
 impl Node {
     fn encoded_bytes(&self) -> usize {
-        PAGE_HEADER_BYTES
-            + match self {
-                Node::Leaf(entries) => entries
-                    .iter()
-                    .map(|e| page::leaf_cell_bytes(e.key.len(), &e.value.cell()))
-                    .sum::<usize>(),
-                Node::Branch(entries) => entries
-                    .iter()
-                    .map(|e| page::branch_cell_bytes(e.key.len()))
-                    .sum(),
-            }
+        match self {
+            Node::Leaf(leaf) => PAGE_HEADER_BYTES + leaf.live_bytes,
+            Node::Branch(branch) => branch.encoded_bytes(),
+        }
     }
 
     fn is_empty(&self) -> bool {
         match self {
-            Node::Leaf(entries) => entries.is_empty(),
-            Node::Branch(entries) => entries.is_empty(),
+            Node::Leaf(leaf) => leaf.is_empty(),
+            Node::Branch(branch) => branch.is_empty(),
         }
     }
 }
@@ -118,34 +412,18 @@ impl Editor<'_> {
     /// Copies page `pgid` into a dirty node and records the page as freed.
     fn load(&mut self, pgid: u64) -> Result<Node, Error> {
         let node_page = self.base.node(pgid)?;
-        let count = node_page.count();
         let node = if node_page.is_leaf() {
-            let mut entries = Vec::with_capacity(count + 1);
-            for cell_index in 0..count {
-                let (key, value) = node_page.leaf_entry(cell_index)?;
-                let value = match value {
-                    ValueRef::Inline(bytes) => Value::Inline(bytes.to_vec()),
-                    ValueRef::Overflow { first_pgid, len } => {
-                        // Validate the run now so that commit never writes a reference to garbage.
-                        self.base.value(value)?;
-                        Value::Overflow { first_pgid, len }
-                    }
-                };
-                entries.push(LeafEntry {
-                    key: key.to_vec(),
-                    value,
-                });
-            }
-            Node::Leaf(entries)
+            Node::Leaf(Leaf::load(&node_page, self.base)?)
         } else {
-            let mut entries = Vec::with_capacity(count + 1);
+            let count = node_page.count();
+            let mut branch = Branch::with_capacity(count + 1);
             for cell_index in 0..count {
-                entries.push(BranchEntry {
-                    key: node_page.key(cell_index)?.to_vec(),
-                    child: Child::Clean(node_page.child(cell_index)?),
-                });
+                branch.push(
+                    node_page.key(cell_index)?,
+                    Child::Clean(node_page.child(cell_index)?),
+                );
             }
-            Node::Branch(entries)
+            Node::Branch(branch)
         };
         self.freed.push(pgid);
         Ok(node)
@@ -162,37 +440,25 @@ impl Editor<'_> {
     }
 
     /// Inserts or replaces `key`; returns whether it existed.
-    pub(crate) fn put(
-        &mut self,
-        root: &mut Child,
-        key: &[u8],
-        value: Value,
-    ) -> Result<bool, Error> {
+    pub(crate) fn put(&mut self, root: &mut Child, key: &[u8], value: &[u8]) -> Result<bool, Error> {
         let mut child = root;
         for _ in 0..MAX_BTREE_DEPTH {
             match self.dirty(child)? {
-                Node::Leaf(entries) => {
-                    return match entries.binary_search_by(|e| page::compare_keys(&e.key, key)) {
+                Node::Leaf(leaf) => {
+                    return match leaf.search(key) {
                         Ok(at) => {
-                            entries[at].value.release(self.freed);
-                            entries[at].value = value;
+                            leaf.replace(at, value, self.freed);
                             Ok(true)
                         }
                         Err(at) => {
-                            entries.insert(
-                                at,
-                                LeafEntry {
-                                    key: key.to_vec(),
-                                    value,
-                                },
-                            );
+                            leaf.insert(at, key, value);
                             Ok(false)
                         }
                     };
                 }
-                Node::Branch(entries) => {
-                    let at = branch_child_for(entries, key);
-                    child = &mut entries[at].child;
+                Node::Branch(branch) => {
+                    let at = branch.child_for(key);
+                    child = &mut branch.entries[at].child;
                 }
             }
         }
@@ -205,18 +471,18 @@ impl Editor<'_> {
         let mut child = root;
         for _ in 0..MAX_BTREE_DEPTH {
             match self.dirty(child)? {
-                Node::Leaf(entries) => {
-                    return match entries.binary_search_by(|e| page::compare_keys(&e.key, key)) {
+                Node::Leaf(leaf) => {
+                    return match leaf.search(key) {
                         Ok(at) => {
-                            entries.remove(at).value.release(self.freed);
+                            leaf.remove(at, self.freed);
                             Ok(true)
                         }
                         Err(_) => Ok(false),
                     };
                 }
-                Node::Branch(entries) => {
-                    let at = branch_child_for(entries, key);
-                    child = &mut entries[at].child;
+                Node::Branch(branch) => {
+                    let at = branch.child_for(key);
+                    child = &mut branch.entries[at].child;
                 }
             }
         }
@@ -232,12 +498,12 @@ impl Editor<'_> {
         loop {
             match root {
                 Child::Dirty(node) => match node.as_mut() {
-                    Node::Branch(entries) if entries.len() == 1 => {
-                        let only = entries.pop().expect("one entry");
+                    Node::Branch(branch) if branch.len() == 1 => {
+                        let only = branch.entries.pop().expect("one entry");
                         *root = only.child;
                     }
-                    Node::Branch(entries) if entries.is_empty() => {
-                        *root = Child::Dirty(Box::new(Node::Leaf(Vec::new())));
+                    Node::Branch(branch) if branch.is_empty() => {
+                        *root = Child::Dirty(Box::new(Node::Leaf(Leaf::empty())));
                     }
                     _ => return Ok(()),
                 },
@@ -250,50 +516,61 @@ impl Editor<'_> {
         if depth >= MAX_BTREE_DEPTH {
             return Err(page::corrupted("tree deeper than MAX_BTREE_DEPTH"));
         }
-        let Node::Branch(entries) = node else {
+        let Node::Branch(branch) = node else {
             return Ok(());
         };
-        for entry in entries.iter_mut() {
+        for entry in branch.entries.iter_mut() {
             if let Child::Dirty(child) = &mut entry.child {
                 self.rebalance_node(child, depth + 1)?;
             }
         }
         let mut at = 0;
-        while at < entries.len() {
-            let underfull = match &entries[at].child {
+        while at < branch.entries.len() {
+            let underfull = match &branch.entries[at].child {
                 Child::Dirty(child) => {
                     child.is_empty() || child.encoded_bytes() < NODE_UNDERFULL_BYTES
                 }
                 Child::Clean(_) => false,
             };
-            if !underfull || entries.len() == 1 {
+            if !underfull || branch.entries.len() == 1 {
                 at += 1;
                 continue;
             }
             // Merge the pair (left, left + 1) into left, preferring the right sibling.
-            let left = if at + 1 < entries.len() { at } else { at - 1 };
-            let right_entry = entries.remove(left + 1);
-            let right_separator = right_entry.key;
+            let left = if at + 1 < branch.entries.len() {
+                at
+            } else {
+                at - 1
+            };
+            let right_entry = branch.entries.remove(left + 1);
+            let right_separator = &branch.keys
+                [right_entry.key_at as usize..(right_entry.key_at + right_entry.key_len) as usize];
             let mut right_child = right_entry.child;
-            let right = std::mem::replace(self.dirty(&mut right_child)?, Node::Leaf(Vec::new()));
-            let left_node = self.dirty(&mut entries[left].child)?;
+            let right = std::mem::replace(
+                self.dirty(&mut right_child)?,
+                Node::Leaf(Leaf::empty()),
+            );
+            let left_node = self.dirty(&mut branch.entries[left].child)?;
             match (left_node, right) {
-                (Node::Leaf(left_entries), Node::Leaf(right_entries)) => {
-                    left_entries.extend(right_entries)
-                }
-                (Node::Branch(left_entries), Node::Branch(mut right_entries)) => {
+                (Node::Leaf(left_leaf), Node::Leaf(right_leaf)) => left_leaf.append(right_leaf),
+                (Node::Branch(left_branch), Node::Branch(right_branch)) => {
                     // The right node's first separator is never compared inside it; in the
                     // merged node it needs the parent's separator for the right node.
-                    if let Some(first) = right_entries.first_mut() {
-                        first.key = right_separator;
+                    let mut right_entries = right_branch.entries.into_iter();
+                    if let Some(first) = right_entries.next() {
+                        left_branch.push(right_separator, first.child);
                     }
-                    left_entries.extend(right_entries);
+                    for entry in right_entries {
+                        let key = &right_branch.keys
+                            [entry.key_at as usize..(entry.key_at + entry.key_len) as usize];
+                        left_branch.push(key, entry.child);
+                    }
                 }
                 _ => return Err(page::corrupted("siblings at different depths")),
             }
             // Stay at `left`: the merged node may still be underfull.
             at = left;
-            if let Child::Dirty(merged) = &entries[left].child {
+            if let Child::Dirty(merged) = &branch.entries[left].child {
                 if merged.encoded_bytes() >= NODE_UNDERFULL_BYTES {
                     at = left + 1;
                 }
@@ -313,118 +590,111 @@ impl Editor<'_> {
             Child::Clean(pgid) => return Ok(pgid),
             Child::Dirty(node) => node,
         };
-        let mut pieces = self.spill_node(*root, alloc, writes, 0)?;
+        let mut pieces = Pieces::default();
+        self.spill_node(*root, alloc, writes, &mut pieces, 0)?;
         // A root that split grows the tree by one level per round.
         for _ in 0..MAX_BTREE_DEPTH {
-            match pieces.len() {
+            match pieces.cells.len() {
                 0 => {
                     let pgid = alloc.alloc(1);
-                    let mut bytes = vec![0u8; PAGE_BYTES];
-                    page::encode_leaf(&mut bytes, pgid, std::iter::empty());
-                    writes.push(pgid, bytes);
+                    NodeBuilder::leaf(writes.run(pgid, 1), pgid).finish();
                     return Ok(pgid);
                 }
-                1 => return Ok(pieces[0].1),
+                1 => return Ok(pieces.cells[0].2),
                 _ => {
-                    let entries = pieces
-                        .into_iter()
-                        .map(|(key, pgid)| BranchEntry {
-                            key,
-                            child: Child::Clean(pgid),
-                        })
-                        .collect();
-                    pieces = self.spill_node(Node::Branch(entries), alloc, writes, 0)?;
+                    let mut branch = Branch::with_capacity(pieces.cells.len());
+                    for &(key_at, key_len, pgid) in &pieces.cells {
+                        branch.push(&pieces.keys[key_at..key_at + key_len], Child::Clean(pgid));
+                    }
+                    pieces = Pieces::default();
+                    self.spill_node(Node::Branch(branch), alloc, writes, &mut pieces, 0)?;
                 }
             }
         }
         Err(Error::TooDeep)
     }
 
-    /// Encodes `node` into as many pages as it needs; returns (first key, page id) per page.
+    /// Encodes `node` into as many pages as it needs; appends (first key, page id) per page
+    /// to `out`.
     fn spill_node(
         &mut self,
         node: Node,
         alloc: &mut Allocator,
         writes: &mut PageWrites,
+        out: &mut Pieces,
         depth: usize,
-    ) -> Result<Vec<(Vec<u8>, u64)>, Error> {
+    ) -> Result<(), Error> {
         if depth >= MAX_BTREE_DEPTH {
             return Err(Error::TooDeep);
         }
         match node {
-            Node::Leaf(mut entries) => {
-                for entry in entries.iter_mut() {
-                    if let Value::Big(bytes) = &entry.value {
-                        let first_pgid = alloc.alloc(page::overflow_pages(bytes.len()));
-                        writes.push(first_pgid, page::encode_overflow(first_pgid, bytes));
-                        entry.value = Value::Overflow {
-                            first_pgid,
-                            len: bytes.len(),
-                        };
-                    }
-                }
-                let sizes: Vec<usize> = entries
-                    .iter()
-                    .map(|e| page::leaf_cell_bytes(e.key.len(), &e.value.cell()))
+            Node::Leaf(mut leaf) => {
+                leaf.place_big_values(alloc, writes);
+                let sizes: Vec<usize> = (0..leaf.len())
+                    .map(|cell_index| leaf.cell_len(cell_index) + SLOT_BYTES)
                     .collect();
-                let mut pieces = Vec::new();
-                let mut rest = entries.as_slice();
+                let mut first = 0;
                 for chunk_len in chunk_lengths(&sizes) {
-                    let (chunk, tail) = rest.split_at(chunk_len);
-                    rest = tail;
                     let pgid = alloc.alloc(1);
-                    let mut bytes = vec![0u8; PAGE_BYTES];
-                    page::encode_leaf(
-                        &mut bytes,
-                        pgid,
-                        chunk.iter().map(|e| (e.key.as_slice(), e.value.cell())),
-                    );
-                    writes.push(pgid, bytes);
-                    pieces.push((chunk[0].key.clone(), pgid));
+                    let mut builder = NodeBuilder::leaf(writes.run(pgid, 1), pgid);
+                    for cell_index in first..first + chunk_len {
+                        let offset = leaf.offset(cell_index);
+                        builder.push_leaf_cell(&leaf.arena[offset..offset + sizes[cell_index] - SLOT_BYTES]);
+                    }
+                    builder.finish();
+                    out.push(leaf.key(first), pgid);
+                    first += chunk_len;
                 }
-                Ok(pieces)
+                Ok(())
             }
-            Node::Branch(entries) => {
-                let mut cells: Vec<(Vec<u8>, u64)> = Vec::with_capacity(entries.len());
-                for entry in entries {
+            Node::Branch(branch) => {
+                // (key in `cells_keys`, child page) of every child after spilling.
+                let mut cells = Pieces {
+                    keys: branch.keys,
+                    cells: Vec::with_capacity(branch.entries.len() + 8),
+                };
+                for entry in branch.entries {
+                    let (key_at, key_len) = (entry.key_at as usize, entry.key_len as usize);
                     match entry.child {
-                        Child::Clean(pgid) => cells.push((entry.key, pgid)),
+                        Child::Clean(pgid) => cells.cells.push((key_at, key_len, pgid)),
                         Child::Dirty(child) => {
-                            let pieces = self.spill_node(*child, alloc, writes, depth + 1)?;
-                            for (piece_index, (first_key, pgid)) in pieces.into_iter().enumerate() {
-                                // The first piece keeps the separator the parent already
-                                // routes by; later pieces start at their own first key.
-                                let key = if piece_index == 0 {
-                                    entry.key.clone()
-                                } else {
-                                    first_key
-                                };
-                                cells.push((key, pgid));
+                            let first_piece = cells.cells.len();
+                            self.spill_node(*child, alloc, writes, &mut cells, depth + 1)?;
+                            // The first piece keeps the separator the parent already routes
+                            // by; later pieces start at their own first key.
+                            if let Some(piece) = cells.cells.get_mut(first_piece) {
+                                (piece.0, piece.1) = (key_at, key_len);
                             }
                         }
                     }
                 }
                 let sizes: Vec<usize> = cells
+                    .cells
                     .iter()
-                    .map(|(key, _)| page::branch_cell_bytes(key.len()))
+                    .map(|&(_, key_len, _)| page::branch_cell_bytes(key_len))
                     .collect();
-                let mut pieces = Vec::new();
-                let mut rest = cells.as_slice();
+                let mut first = 0;
                 for chunk_len in chunk_lengths(&sizes) {
-                    let (chunk, tail) = rest.split_at(chunk_len);
-                    rest = tail;
                     let pgid = alloc.alloc(1);
-                    let mut bytes = vec![0u8; PAGE_BYTES];
-                    // A branch's first separator is never compared (module invariants), so it is
-                    // stored empty: that saves space and keeps every page's keys sorted.
-                    let cells = chunk.iter().enumerate().map(|(i, (key, child))| {
-                        (if i == 0 { &[][..] } else { key.as_slice() }, *child)
-                    });
-                    page::encode_branch(&mut bytes, pgid, cells);
-                    writes.push(pgid, bytes);
-                    pieces.push((chunk[0].0.clone(), pgid));
+                    let mut builder = NodeBuilder::branch(writes.run(pgid, 1), pgid);
+                    for (position, &(key_at, key_len, child_pgid)) in
+                        cells.cells[first..first + chunk_len].iter().enumerate()
+                    {
+                        // A branch's first separator is never compared (module invariants),
+                        // so it is stored empty: that saves space and keeps keys sorted.
+                        let key = if position == 0 {
+                            &[][..]
+                        } else {
+                            &cells.keys[key_at..key_at + key_len]
+                        };
+                        builder.push_branch(key, child_pgid);
+                    }
+                    builder.finish();
+                    let (key_at, key_len, _) = cells.cells[first];
+                    out.push(&cells.keys[key_at..key_at + key_len], pgid);
+                    first += chunk_len;
                 }
-                Ok(pieces)
+                Ok(())
             }
         }
     }
@@ -468,15 +738,15 @@ impl Editor<'_> {
             }
             moved += u64::from(pgid >= boundary);
             let mut node = self.load(pgid)?;
-            if let Node::Branch(entries) = &mut node {
+            if let Node::Branch(branch) = &mut node {
                 for (cell_index, grandchild) in relocated_children {
-                    entries[cell_index].child = grandchild;
+                    branch.entries[cell_index].child = grandchild;
                 }
             }
             *child = Child::Dirty(Box::new(node));
             if let Child::Dirty(node) = child {
-                if let Node::Leaf(entries) = node.as_mut() {
-                    moved += self.relocate_values(entries, boundary, room)?;
+                if let Node::Leaf(leaf) = node.as_mut() {
+                    moved += self.relocate_values(leaf, boundary, room)?;
                 }
             }
             return Ok(moved);
@@ -485,9 +755,9 @@ impl Editor<'_> {
             unreachable!("clean handled above")
         };
         match node.as_mut() {
-            Node::Leaf(entries) => moved += self.relocate_values(entries, boundary, room)?,
-            Node::Branch(entries) => {
-                for entry in entries.iter_mut() {
+            Node::Leaf(leaf) => moved += self.relocate_values(leaf, boundary, room)?,
+            Node::Branch(branch) => {
+                for entry in branch.entries.iter_mut() {
                     moved += self.relocate(&mut entry.child, boundary, room, depth + 1)?;
                 }
             }
@@ -497,26 +767,40 @@ impl Editor<'_> {
 
     fn relocate_values(
         &mut self,
-        entries: &mut [LeafEntry],
+        leaf: &mut Leaf,
         boundary: u64,
         room: &mut Room,
     ) -> Result<u64, Error> {
         let mut moved = 0;
-        for entry in entries.iter_mut() {
-            if let Value::Overflow { first_pgid, len } = entry.value {
+        for cell_index in 0..leaf.len() {
+            if let LeafValue::Overflow { first_pgid, len } = leaf.value(cell_index) {
                 let run_pages = page::overflow_pages(len);
                 if first_pgid + run_pages > boundary && room.take_run(run_pages) {
                     let bytes = self
                         .base
                         .value(ValueRef::Overflow { first_pgid, len })?
                         .to_vec();
-                    entry.value.release(self.freed);
-                    entry.value = Value::Big(bytes);
+                    leaf.unplace_value(cell_index, bytes, self.freed);
                     moved += run_pages;
                 }
             }
         }
         Ok(moved)
+    }
+}
+
+/// Spilled pages as (first key, page id), keys in one arena: `cells` holds (key offset in
+/// `keys`, key length, page id).
+#[derive(Default)]
+struct Pieces {
+    keys: Vec<u8>,
+    cells: Vec<(usize, usize, u64)>,
+}
+
+impl Pieces {
+    fn push(&mut self, key: &[u8], pgid: u64) {
+        self.cells.push((self.keys.len(), key.len(), pgid));
+        self.keys.extend_from_slice(key);
     }
 }
 
@@ -554,13 +838,6 @@ impl Room {
     }
 }
 
-/// Index of the child of a dirty branch whose range holds `key` (see module invariants).
-pub(crate) fn branch_child_for(entries: &[BranchEntry], key: &[u8]) -> usize {
-    entries
-        .partition_point(|e| page::compare_keys(&e.key, key).is_le())
-        .saturating_sub(1)
-}
-
 /// Splits cells of the given encoded sizes into page-sized chunks of similar fill: the
 /// fewest pages that hold them, filled evenly, so that a split leaves no nearly empty page.
 fn chunk_lengths(sizes: &[usize]) -> Vec<usize> {
@@ -588,44 +865,120 @@ fn chunk_lengths(sizes: &[usize]) -> Vec<usize> {
     chunks
 }
 
-/// Pages a commit will write, coalesced into contiguous runs before they hit the file.
+/// Pages a commit will write, in one buffer reused from commit to commit (so a commit
+/// neither allocates nor faults in memory per page), written with as few `pwritev`s as the
+/// page ids' contiguity allows.
 #[derive(Default)]
 pub(crate) struct PageWrites {
-    runs: Vec<(u64, Vec<u8>)>,
+    buffer: Vec<u8>,
+    /// (first page id, byte offset in `buffer`, pages) of each run handed out.
+    runs: Vec<(u64, usize, u64)>,
 }
 
+/// Buffer kept between commits at most; a larger one (a huge commit) is given back.
+const PAGE_WRITES_KEPT_BYTES_MAX: usize = 64 << 20;
+/// Bounded by the kernel's `IOV_MAX` (1024 on Linux).
+const IOVECS_PER_WRITE_MAX: usize = 1024;
+
 impl PageWrites {
-    pub(crate) fn push(&mut self, first_pgid: u64, bytes: Vec<u8>) {
-        debug_assert_eq!(bytes.len() % PAGE_BYTES, 0);
-        self.runs.push((first_pgid, bytes));
+    /// A zeroed run of `run_pages` pages that will be written at page `first_pgid`.
+    pub(crate) fn run(&mut self, first_pgid: u64, run_pages: u64) -> &mut [u8] {
+        let offset = self.buffer.len();
+        let len = run_pages as usize * PAGE_BYTES;
+        self.buffer.resize(offset + len, 0);
+        self.runs.push((first_pgid, offset, run_pages));
+        &mut self.buffer[offset..offset + len]
     }
 
-    /// Writes every page with as few `pwrite`s as contiguity allows.
-    pub(crate) fn write_to(mut self, file: &std::fs::File) -> std::io::Result<u64> {
-        use std::os::unix::fs::FileExt;
-        self.runs.sort_unstable_by_key(|(pgid, _)| *pgid);
+    /// Forgets the pages of the last commit, keeping the buffer for the next.
+    pub(crate) fn clear(&mut self) {
+        self.runs.clear();
+        self.buffer.clear();
+        if self.buffer.capacity() > PAGE_WRITES_KEPT_BYTES_MAX {
+            self.buffer = Vec::new();
+        }
+    }
+
+    /// Writes every page; returns the number of pages written.
+    pub(crate) fn write_to(&mut self, file: &std::fs::File) -> std::io::Result<u64> {
+        self.runs.sort_unstable_by_key(|&(pgid, _, _)| pgid);
         let mut written_pages = 0;
         let mut at = 0;
         while at < self.runs.len() {
+            // One write per run of contiguous page ids, its pieces gathered from the buffer.
             let first_pgid = self.runs[at].0;
             let mut end_pgid = first_pgid;
-            let mut last = at;
-            while last < self.runs.len() && self.runs[last].0 == end_pgid {
-                end_pgid += (self.runs[last].1.len() / PAGE_BYTES) as u64;
-                last += 1;
-            }
-            if last - at == 1 {
-                file.write_all_at(&self.runs[at].1, first_pgid * PAGE_BYTES as u64)?;
-            } else {
-                let mut buffer = Vec::with_capacity((end_pgid - first_pgid) as usize * PAGE_BYTES);
-                for (_, bytes) in &self.runs[at..last] {
-                    buffer.extend_from_slice(bytes);
+            let mut iovecs: Vec<libc::iovec> = Vec::new();
+            while at < self.runs.len()
+                && self.runs[at].0 == end_pgid
+                && iovecs.len() < IOVECS_PER_WRITE_MAX
+            {
+                let (_, offset, run_pages) = self.runs[at];
+                let len = run_pages as usize * PAGE_BYTES;
+                match iovecs.last_mut() {
+                    // Adjacent in the buffer too: one piece.
+                    Some(last)
+                        if last.iov_base as usize + last.iov_len
+                            == self.buffer.as_ptr() as usize + offset =>
+                    {
+                        last.iov_len += len
+                    }
+                    _ => iovecs.push(libc::iovec {
+                        iov_base: self.buffer[offset..].as_ptr() as *mut libc::c_void,
+                        iov_len: len,
+                    }),
                 }
-                file.write_all_at(&buffer, first_pgid * PAGE_BYTES as u64)?;
+                end_pgid += run_pages;
+                at += 1;
             }
+            pwritev_all(file, &mut iovecs, first_pgid * PAGE_BYTES as u64)?;
             written_pages += end_pgid - first_pgid;
-            at = last;
         }
         Ok(written_pages)
     }
+}
+
+/// `pwritev` until every byte of `iovecs` is written at `offset`.
+fn pwritev_all(
+    file: &std::fs::File,
+    mut iovecs: &mut [libc::iovec],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while !iovecs.is_empty() {
+        // Safety: every iovec points into `PageWrites::buffer` (borrowed for the whole call,
+        // so neither freed nor moved) and covers bytes inside it; pwritev only reads them.
+        let written = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iovecs.as_ptr(),
+                iovecs.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if written < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        offset += written as u64;
+        // Drop the fully written pieces and advance into a partly written one.
+        let mut left = written as usize;
+        while let Some(first) = iovecs.first_mut() {
+            if left < first.iov_len {
+                // Safety: `left < iov_len`, so the new base stays inside the same piece.
+                first.iov_base = unsafe { (first.iov_base as *mut u8).add(left) } as *mut libc::c_void;
+                first.iov_len -= left;
+                break;
+            }
+            left -= first.iov_len;
+            iovecs = &mut iovecs[1..];
+        }
+    }
+    Ok(())
 }

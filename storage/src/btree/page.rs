@@ -280,6 +280,11 @@ impl<'a> NodePage<'a> {
         self.count
     }
 
+    /// The whole page.
+    pub fn bytes(&self) -> &'a [u8; PAGE_BYTES] {
+        self.bytes
+    }
+
     /// The page's common key prefix (see `docs/btree.md`, "Leaf page").
     pub fn prefix(&self) -> &'a [u8] {
         self.prefix
@@ -683,12 +688,11 @@ pub fn encode_branch<'a>(page: &mut [u8], pgid: u64, cells: impl Iterator<Item =
     builder.finish();
 }
 
-/// Encodes an overflow run (all its pages) holding `value`.
-pub fn encode_overflow(first_pgid: u64, value: &[u8]) -> Vec<u8> {
-    let mut run = vec![0u8; overflow_pages(value.len()) as usize * PAGE_BYTES];
+/// Encodes an overflow run holding `value` into `run` (all its pages, zeroed).
+pub fn encode_overflow(run: &mut [u8], first_pgid: u64, value: &[u8]) {
+    assert_eq!(run.len(), overflow_pages(value.len()) as usize * PAGE_BYTES);
     write_header(&mut run[..PAGE_BYTES], KIND_OVERFLOW, 0, first_pgid);
     run[PAGE_HEADER_BYTES..PAGE_HEADER_BYTES + value.len()].copy_from_slice(value);
-    run
 }
 
 /// Encodes one freelist page: `runs` of free pages as (first page, page count), and the
