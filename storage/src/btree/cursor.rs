@@ -110,6 +110,7 @@ impl<'t> Range<'t> {
                     (Seek::Key { key, inclusive }, true) => node.search(key, *inclusive)?,
                 };
                 self.stack.push((node, cell_index));
+                self.prefetch_next_leaf();
                 return Ok(());
             }
             let child_index = match (seek, self.reverse) {
@@ -133,6 +134,23 @@ impl<'t> Range<'t> {
             };
             pgid = node.child(child_index)?;
             self.stack.push((node, child_index));
+        }
+    }
+
+    /// Starts loading the leaf after the current one (in scan direction) into cache while
+    /// the current one is read: leaves of a scan are scattered over the file, and otherwise
+    /// each costs a cache miss per line. Only the sibling under the same parent is fetched.
+    fn prefetch_next_leaf(&self) {
+        let Some((parent, child_index)) = self.stack.len().checked_sub(2).map(|at| self.stack[at]) else {
+            return;
+        };
+        let next_index = if self.reverse {
+            child_index.checked_sub(1)
+        } else {
+            Some(child_index + 1).filter(|i| *i < parent.count())
+        };
+        if let Some(Ok(next_pgid)) = next_index.map(|i| parent.child(i)) {
+            self.snap.prefetch_page(next_pgid);
         }
     }
 

@@ -801,15 +801,13 @@ impl WriteTxn {
         // Step 1: every page the new meta can reach, then make them durable, so that the
         // meta never points at pages still in flight.
         let file = &self.shared.file;
-        let t0 = std::time::Instant::now();
-        let _written = writes.write_to(file, self.shared.options.sync)?;
-        let t1 = std::time::Instant::now();
+        writes.write_to(file, self.shared.options.sync)?;
         writes.clear();
         state.writes = writes;
         if self.shared.options.sync {
             file.sync_data()?;
         }
-        let t2 = std::time::Instant::now();
+
         // Step 2: the meta page, in the slot the previous commit did not use, then durable.
         let mut meta_page = vec![0u8; PAGE_BYTES];
         meta_page[..page::META_BYTES].copy_from_slice(&meta.encode());
@@ -817,8 +815,6 @@ impl WriteTxn {
         if self.shared.options.sync {
             file.sync_data()?;
         }
-        let t3 = std::time::Instant::now();
-        if std::env::var("BT_DEBUG").is_ok() { eprintln!("DBG {txid} {_written} {} {} {}", (t1-t0).as_micros(), (t2-t1).as_micros(), (t3-t2).as_micros()); }
 
         // Step 3: publish. Pages freed now stay pending until no older reader exists.
         if !freed.is_empty() {

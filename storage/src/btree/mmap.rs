@@ -79,6 +79,38 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Hints the CPU to start loading page `pgid` into cache. Reads nothing itself and never
+    /// faults, so it needs no range proof beyond staying inside the mapping.
+    fn prefetch_page(&self, pgid: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let Some(start) = (pgid as usize).checked_mul(PAGE_BYTES) else {
+                return;
+            };
+            if start.checked_add(PAGE_BYTES).is_none_or(|end| end > self.len()) {
+                return;
+            }
+            let base = match self {
+                Mapping::File { map, .. } => map.as_ptr(),
+                Mapping::Image(bytes) => bytes.as_ptr(),
+            };
+            for line in (0..PAGE_BYTES).step_by(64) {
+                let address = base.wrapping_add(start + line) as *const i8;
+                // Safety: a prefetch is only a hint; it neither reads into the program nor
+                // faults, and the address lies inside the mapping (checked above).
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        address,
+                    )
+                };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = pgid;
+    }
+}
+
 /// One committed state of the tree: what a read transaction sees for its whole life.
 pub(crate) struct Snapshot {
     pub(crate) meta: Meta,
@@ -99,6 +131,14 @@ impl Snapshot {
             )));
         }
         self.mapping.pages(pgid, page_run)
+    }
+
+    /// Starts loading page `pgid` into cache if the snapshot has it (scans call this for the
+    /// next leaf while they read the current one).
+    pub(crate) fn prefetch_page(&self, pgid: u64) {
+        if pgid >= page::META_SLOTS && pgid < self.meta.page_count {
+            self.mapping.prefetch_page(pgid);
+        }
     }
 
     pub(crate) fn node(&self, pgid: u64) -> Result<NodePage<'_>, Error> {
