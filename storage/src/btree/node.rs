@@ -164,6 +164,12 @@ impl Leaf {
 
     /// `Ok(index)` of `key`, or `Err(index)` where it would be inserted.
     pub(crate) fn search(&self, key: &[u8]) -> Result<usize, usize> {
+        // Appends (etcd's revision keys, bulk loads) land past the last key: one comparison.
+        if let Some(&last) = self.cells.last() {
+            if page::compare_keys(cell_key_at(&self.arena, last as usize), key).is_lt() {
+                return Err(self.cells.len());
+            }
+        }
         self.cells
             .binary_search_by(|&offset| page::compare_keys(cell_key_at(&self.arena, offset as usize), key))
     }
@@ -367,6 +373,10 @@ impl Branch {
 
     /// Index of the child whose range holds `key` (see module invariants).
     pub(crate) fn child_for(&self, key: &[u8]) -> usize {
+        // Appends go to the last child: one comparison.
+        if self.entries.len() > 1 && page::compare_keys(self.key(self.entries.len() - 1), key).is_le() {
+            return self.entries.len() - 1;
+        }
         self.entries
             .partition_point(|e| {
                 let separator = &self.keys[e.key_at as usize..(e.key_at + e.key_len) as usize];
