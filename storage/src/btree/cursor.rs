@@ -141,7 +141,8 @@ impl<'t> Range<'t> {
     /// the current one is read: leaves of a scan are scattered over the file, and otherwise
     /// each costs a cache miss per line. Only the sibling under the same parent is fetched.
     fn prefetch_next_leaf(&self) {
-        let Some((parent, child_index)) = self.stack.len().checked_sub(2).map(|at| self.stack[at]) else {
+        let Some((parent, child_index)) = self.stack.len().checked_sub(2).map(|at| self.stack[at])
+        else {
             return;
         };
         let next_index = if self.reverse {

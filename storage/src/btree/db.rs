@@ -318,7 +318,7 @@ impl Db {
             file_bytes: needed_bytes,
             mapping,
             poisoned: false,
-            writes: PageWrites::default(),
+            writes: PageWrites::new(file.try_clone()?, options.sync),
         };
         Ok(Db {
             shared: Arc::new(Shared {
@@ -757,6 +757,7 @@ impl WriteTxn {
             .expect("open transaction holds the writer state");
         let result = self.commit_with(&mut state);
         if result.is_err() {
+            state.writes.discard();
             state.poisoned = true;
         }
         *lock(&self.shared.writer) = Some(state);
@@ -772,7 +773,7 @@ impl WriteTxn {
         let oldest = state.oldest_reader_txid(self.base.meta.txid);
         state.alloc.release(oldest);
 
-        let mut writes = std::mem::take(&mut state.writes);
+        let writes = &mut state.writes;
         let mut root = root;
         let mut freed = std::mem::take(&mut self.freed);
         let mut editor = Editor {
@@ -780,7 +781,7 @@ impl WriteTxn {
             freed: &mut freed,
         };
         editor.rebalance(&mut root)?;
-        let root_pgid = editor.spill(root, &mut state.alloc, &mut writes)?;
+        let root_pgid = editor.spill(root, &mut state.alloc, writes)?;
         if self.trim_tail {
             state.alloc.trim_tail();
         }
@@ -788,7 +789,7 @@ impl WriteTxn {
         let (freelist_pgid, freelist) = state.alloc.encode_freelist(&freed);
         for (pgid, bytes) in freelist {
             state.freelist_pages.push(pgid);
-            writes.run(pgid, 1).copy_from_slice(&bytes);
+            state.writes.run(pgid, 1)?.copy_from_slice(&bytes);
         }
         let meta = Meta {
             txid,
@@ -801,9 +802,7 @@ impl WriteTxn {
         // Step 1: every page the new meta can reach, then make them durable, so that the
         // meta never points at pages still in flight.
         let file = &self.shared.file;
-        writes.write_to(file, self.shared.options.sync)?;
-        writes.clear();
-        state.writes = writes;
+        state.writes.flush()?;
         if self.shared.options.sync {
             file.sync_data()?;
         }

@@ -88,7 +88,10 @@ impl Mapping {
             let Some(start) = (pgid as usize).checked_mul(PAGE_BYTES) else {
                 return;
             };
-            if start.checked_add(PAGE_BYTES).is_none_or(|end| end > self.len()) {
+            if start
+                .checked_add(PAGE_BYTES)
+                .is_none_or(|end| end > self.len())
+            {
                 return;
             }
             let base = match self {
@@ -100,9 +103,7 @@ impl Mapping {
                 // Safety: a prefetch is only a hint; it neither reads into the program nor
                 // faults, and the address lies inside the mapping (checked above).
                 unsafe {
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                        address,
-                    )
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address)
                 };
             }
         }

@@ -15,8 +15,7 @@ use super::alloc::Allocator;
 use super::mmap::Snapshot;
 use super::page::{
     self, CellValue, NodeBuilder, NodePage, ValueRef, LEAF_CELL_HEADER_BYTES, MAX_BTREE_DEPTH,
-    MAX_INLINE_CELL_BYTES, PAGE_BYTES, PAGE_HEADER_BYTES, SLOT_BYTES, VALUE_INLINE,
-    VALUE_OVERFLOW,
+    MAX_INLINE_CELL_BYTES, PAGE_BYTES, PAGE_HEADER_BYTES, SLOT_BYTES, VALUE_INLINE, VALUE_OVERFLOW,
 };
 use super::Error;
 
@@ -170,8 +169,9 @@ impl Leaf {
                 return Err(self.cells.len());
             }
         }
-        self.cells
-            .binary_search_by(|&offset| page::compare_keys(cell_key_at(&self.arena, offset as usize), key))
+        self.cells.binary_search_by(|&offset| {
+            page::compare_keys(cell_key_at(&self.arena, offset as usize), key)
+        })
     }
 
     /// Appends a cell for (`key`, `value`) to the arena; returns its offset and length.
@@ -288,9 +288,13 @@ impl Leaf {
     }
 
     /// Gives every big value an overflow run, turning its cell into an overflow reference.
-    fn place_big_values(&mut self, alloc: &mut Allocator, writes: &mut PageWrites) {
+    fn place_big_values(
+        &mut self,
+        alloc: &mut Allocator,
+        writes: &mut PageWrites,
+    ) -> Result<(), Error> {
         if self.big_values.is_empty() {
-            return;
+            return Ok(());
         }
         for cell_index in 0..self.cells.len() {
             let offset = self.offset(cell_index);
@@ -303,11 +307,12 @@ impl Leaf {
             let value = std::mem::take(&mut self.big_values[big_index as usize]);
             let run_pages = page::overflow_pages(value.len());
             let first_pgid = alloc.alloc(run_pages);
-            page::encode_overflow(writes.run(first_pgid, run_pages), first_pgid, &value);
+            page::encode_overflow(writes.run(first_pgid, run_pages)?, first_pgid, &value);
             self.arena[offset + 6] = VALUE_OVERFLOW;
             self.arena[body_at..body_at + 8].copy_from_slice(&first_pgid.to_le_bytes());
         }
         self.big_values.clear();
+        Ok(())
     }
 
     /// Marks overflow value `cell_index` for copying: reads it into a big value, so commit
@@ -374,7 +379,9 @@ impl Branch {
     /// Index of the child whose range holds `key` (see module invariants).
     pub(crate) fn child_for(&self, key: &[u8]) -> usize {
         // Appends go to the last child: one comparison.
-        if self.entries.len() > 1 && page::compare_keys(self.key(self.entries.len() - 1), key).is_le() {
+        if self.entries.len() > 1
+            && page::compare_keys(self.key(self.entries.len() - 1), key).is_le()
+        {
             return self.entries.len() - 1;
         }
         self.entries
@@ -450,7 +457,12 @@ impl Editor<'_> {
     }
 
     /// Inserts or replaces `key`; returns whether it existed.
-    pub(crate) fn put(&mut self, root: &mut Child, key: &[u8], value: &[u8]) -> Result<bool, Error> {
+    pub(crate) fn put(
+        &mut self,
+        root: &mut Child,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<bool, Error> {
         let mut child = root;
         for _ in 0..MAX_BTREE_DEPTH {
             match self.dirty(child)? {
@@ -556,10 +568,7 @@ impl Editor<'_> {
             let right_separator = &branch.keys
                 [right_entry.key_at as usize..(right_entry.key_at + right_entry.key_len) as usize];
             let mut right_child = right_entry.child;
-            let right = std::mem::replace(
-                self.dirty(&mut right_child)?,
-                Node::Leaf(Leaf::empty()),
-            );
+            let right = std::mem::replace(self.dirty(&mut right_child)?, Node::Leaf(Leaf::empty()));
             let left_node = self.dirty(&mut branch.entries[left].child)?;
             match (left_node, right) {
                 (Node::Leaf(left_leaf), Node::Leaf(right_leaf)) => left_leaf.append(right_leaf),
@@ -607,7 +616,7 @@ impl Editor<'_> {
             match pieces.cells.len() {
                 0 => {
                     let pgid = alloc.alloc(1);
-                    NodeBuilder::leaf(writes.run(pgid, 1), pgid).finish();
+                    NodeBuilder::leaf(writes.run(pgid, 1)?, pgid).finish();
                     return Ok(pgid);
                 }
                 1 => return Ok(pieces.cells[0].2),
@@ -639,17 +648,19 @@ impl Editor<'_> {
         }
         match node {
             Node::Leaf(mut leaf) => {
-                leaf.place_big_values(alloc, writes);
+                leaf.place_big_values(alloc, writes)?;
                 let sizes: Vec<usize> = (0..leaf.len())
                     .map(|cell_index| leaf.cell_len(cell_index) + SLOT_BYTES)
                     .collect();
                 let mut first = 0;
                 for chunk_len in chunk_lengths(&sizes) {
                     let pgid = alloc.alloc(1);
-                    let mut builder = NodeBuilder::leaf(writes.run(pgid, 1), pgid);
+                    let mut builder = NodeBuilder::leaf(writes.run(pgid, 1)?, pgid);
                     for cell_index in first..first + chunk_len {
                         let offset = leaf.offset(cell_index);
-                        builder.push_leaf_cell(&leaf.arena[offset..offset + sizes[cell_index] - SLOT_BYTES]);
+                        builder.push_leaf_cell(
+                            &leaf.arena[offset..offset + sizes[cell_index] - SLOT_BYTES],
+                        );
                     }
                     builder.finish();
                     out.push(leaf.key(first), pgid);
@@ -686,7 +697,7 @@ impl Editor<'_> {
                 let mut first = 0;
                 for chunk_len in chunk_lengths(&sizes) {
                     let pgid = alloc.alloc(1);
-                    let mut builder = NodeBuilder::branch(writes.run(pgid, 1), pgid);
+                    let mut builder = NodeBuilder::branch(writes.run(pgid, 1)?, pgid);
                     for (position, &(key_at, key_len, child_pgid)) in
                         cells.cells[first..first + chunk_len].iter().enumerate()
                     {
@@ -875,54 +886,68 @@ fn chunk_lengths(sizes: &[usize]) -> Vec<usize> {
     chunks
 }
 
-/// Pages a commit will write, in one buffer reused from commit to commit (so a commit
-/// neither allocates nor faults in memory per page), written with as few `pwritev`s as the
-/// page ids' contiguity allows.
-#[derive(Default)]
+/// Pages a commit writes. They are gathered in a buffer of at most `WRITE_BATCH_BYTES` (more
+/// only for one large overflow run) and written out whenever it fills, while the pages are
+/// still in cache, with as few `pwritev`s as the page ids' contiguity allows; the device
+/// write of each batch is started at once (`sync_file_range`, which waits for nothing), so
+/// the commit's `fdatasync` finds most of the work done. Durability still comes from that
+/// `fdatasync` alone (docs/btree.md, "Commit protocol"): these are step 1's writes.
 pub(crate) struct PageWrites {
+    file: std::fs::File,
+    start_writeback: bool,
     buffer: Vec<u8>,
-    /// (first page id, byte offset in `buffer`, pages) of each run handed out.
+    /// (first page id, byte offset in `buffer`, pages) of each run in the buffer.
     runs: Vec<(u64, usize, u64)>,
 }
 
-/// Buffer kept between commits at most; a larger one (a huge commit) is given back.
-const PAGE_WRITES_KEPT_BYTES_MAX: usize = 64 << 20;
+/// Bytes of pages gathered before they are written.
+const WRITE_BATCH_BYTES: usize = 1 << 20;
 /// Bounded by the kernel's `IOV_MAX` (1024 on Linux).
 const IOVECS_PER_WRITE_MAX: usize = 1024;
 
 impl PageWrites {
-    /// A zeroed run of `run_pages` pages that will be written at page `first_pgid`.
-    pub(crate) fn run(&mut self, first_pgid: u64, run_pages: u64) -> &mut [u8] {
-        let offset = self.buffer.len();
-        let len = run_pages as usize * PAGE_BYTES;
-        self.buffer.resize(offset + len, 0);
-        self.runs.push((first_pgid, offset, run_pages));
-        &mut self.buffer[offset..offset + len]
-    }
-
-    /// Forgets the pages of the last commit, keeping the buffer for the next.
-    pub(crate) fn clear(&mut self) {
-        self.runs.clear();
-        self.buffer.clear();
-        if self.buffer.capacity() > PAGE_WRITES_KEPT_BYTES_MAX {
-            self.buffer = Vec::new();
+    /// Writes to `file` (a handle of the database file); `start_writeback` when commits sync.
+    pub(crate) fn new(file: std::fs::File, start_writeback: bool) -> PageWrites {
+        PageWrites {
+            file,
+            start_writeback,
+            buffer: Vec::new(),
+            runs: Vec::new(),
         }
     }
 
-    /// Writes every page; returns the number of pages written. With `start_writeback`, the
-    /// device write of each batch of pages is started (`sync_file_range`, which waits for
-    /// nothing) while later batches are still being copied into the page cache, so that the
-    /// commit's `fdatasync` finds most of the work done. Durability still comes from that
-    /// `fdatasync` alone (docs/btree.md, "Commit protocol").
-    pub(crate) fn write_to(
-        &mut self,
-        file: &std::fs::File,
-        start_writeback: bool,
-    ) -> std::io::Result<u64> {
+    /// A zeroed run of `run_pages` pages that will be written at page `first_pgid`. Writes
+    /// out the pages gathered so far first if the run would overfill the buffer.
+    pub(crate) fn run(&mut self, first_pgid: u64, run_pages: u64) -> Result<&mut [u8], Error> {
+        let len = run_pages as usize * PAGE_BYTES;
+        if !self.runs.is_empty() && self.buffer.len() + len > WRITE_BATCH_BYTES {
+            self.flush()?;
+        }
+        let offset = self.buffer.len();
+        self.buffer.resize(offset + len, 0);
+        self.runs.push((first_pgid, offset, run_pages));
+        Ok(&mut self.buffer[offset..offset + len])
+    }
+
+    /// Writes every gathered page and empties the buffer (keeping a batch's worth of it).
+    pub(crate) fn flush(&mut self) -> Result<(), Error> {
+        self.write_out()?;
+        self.runs.clear();
+        self.buffer.clear();
+        if self.buffer.capacity() > WRITE_BATCH_BYTES {
+            self.buffer = Vec::with_capacity(WRITE_BATCH_BYTES);
+        }
+        Ok(())
+    }
+
+    /// Forgets gathered pages without writing them (after a failed commit).
+    pub(crate) fn discard(&mut self) {
+        self.runs.clear();
+        self.buffer.clear();
+    }
+
+    fn write_out(&mut self) -> std::io::Result<()> {
         self.runs.sort_unstable_by_key(|&(pgid, _, _)| pgid);
-        let mut written_pages = 0;
-        // Byte range written since writeback was last started.
-        let mut unstarted: Option<(u64, u64)> = None;
         let mut at = 0;
         while at < self.runs.len() {
             // One write per run of contiguous page ids, its pieces gathered from the buffer.
@@ -951,29 +976,18 @@ impl PageWrites {
                 end_pgid += run_pages;
                 at += 1;
             }
-            let (start_byte, end_byte) = (
-                first_pgid * PAGE_BYTES as u64,
-                end_pgid * PAGE_BYTES as u64,
-            );
-            pwritev_all(file, &mut iovecs, start_byte)?;
-            written_pages += end_pgid - first_pgid;
-            if start_writeback {
-                let (low, high) = unstarted.map_or((start_byte, end_byte), |(low, high)| {
-                    (low.min(start_byte), high.max(end_byte))
-                });
-                unstarted = Some((low, high));
-                if high - low >= WRITEBACK_BATCH_BYTES || at == self.runs.len() {
-                    start_writeback_of(file, low, high - low);
-                    unstarted = None;
-                }
+            pwritev_all(&self.file, &mut iovecs, first_pgid * PAGE_BYTES as u64)?;
+        }
+        if self.start_writeback {
+            if let (Some(first), Some(last)) = (self.runs.first(), self.runs.last()) {
+                let start_byte = first.0 * PAGE_BYTES as u64;
+                let end_byte = (last.0 + last.2) * PAGE_BYTES as u64;
+                start_writeback_of(&self.file, start_byte, end_byte - start_byte);
             }
         }
-        Ok(written_pages)
+        Ok(())
     }
 }
-
-/// Pages written before their device write is started (see `PageWrites::write_to`).
-const WRITEBACK_BATCH_BYTES: u64 = 2 << 20;
 
 /// Asks the kernel to start writing back `len` bytes at `offset` without waiting. Only a
 /// hint: errors are ignored, because the commit's `fdatasync` writes (and reports) anyway.
@@ -1025,7 +1039,8 @@ fn pwritev_all(
         while let Some(first) = iovecs.first_mut() {
             if left < first.iov_len {
                 // Safety: `left < iov_len`, so the new base stays inside the same piece.
-                first.iov_base = unsafe { (first.iov_base as *mut u8).add(left) } as *mut libc::c_void;
+                first.iov_base =
+                    unsafe { (first.iov_base as *mut u8).add(left) } as *mut libc::c_void;
                 first.iov_len -= left;
                 break;
             }
