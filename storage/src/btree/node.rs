@@ -111,13 +111,19 @@ impl Leaf {
                 return Err(page::corrupted("leaf keys out of order"));
             }
             previous = Some(key);
-            if let ValueRef::Overflow { .. } = value {
-                base.value(value)?;
-            }
-            let cell = node_page.leaf_cell(cell_index)?;
-            let offset = cell.as_ptr() as usize - page_bytes.as_ptr() as usize;
+            let body_len = match value {
+                ValueRef::Inline(bytes) => bytes.len(),
+                ValueRef::Overflow { .. } => {
+                    base.value(value)?;
+                    8
+                }
+            };
+            // The cell starts its header's length before its key (`leaf_entry` checked it all
+            // lies in the page).
+            let offset =
+                key.as_ptr() as usize - page_bytes.as_ptr() as usize - LEAF_CELL_HEADER_BYTES;
             leaf.cells.push(offset as u32);
-            leaf.live_bytes += cell.len() + SLOT_BYTES;
+            leaf.live_bytes += LEAF_CELL_HEADER_BYTES + key.len() + body_len + SLOT_BYTES;
         }
         leaf.dead_bytes = PAGE_BYTES - (leaf.live_bytes - SLOT_BYTES * leaf.cells.len());
         Ok(leaf)
@@ -333,6 +339,20 @@ impl Leaf {
 pub(crate) struct Branch {
     keys: Vec<u8>,
     entries: Vec<BranchEntry>,
+    /// Search index built by `index_keys` (empty when stale): the length of the prefix that
+    /// keys 1.. share and, per entry, the 8 key bytes after it (zero-padded, big-endian),
+    /// which order entries the way `page::key_head` does (equal heads decide nothing).
+    prefix_len: usize,
+    heads: Vec<u64>,
+}
+
+/// `page::key_head` with 8 bytes.
+fn key_head8(key: &[u8], prefix_len: usize) -> u64 {
+    let rest = key.get(prefix_len..).unwrap_or(&[]);
+    let mut word = [0u8; 8];
+    let len = rest.len().min(8);
+    word[..len].copy_from_slice(&rest[..len]);
+    u64::from_be_bytes(word)
 }
 
 pub(crate) struct BranchEntry {
@@ -346,10 +366,34 @@ impl Branch {
         Branch {
             keys: Vec::with_capacity(entries * 24),
             entries: Vec::with_capacity(entries),
+            prefix_len: 0,
+            heads: Vec::new(),
         }
     }
 
+    /// Builds the search index (see `heads`); `push` makes it stale.
+    fn index_keys(&mut self) {
+        let count = self.entries.len();
+        self.heads.clear();
+        self.prefix_len = 0;
+        if count < 2 {
+            return;
+        }
+        self.prefix_len = page::common_prefix_len(self.key(1), self.key(count - 1));
+        let heads: Vec<u64> = (0..count)
+            .map(|at| {
+                if at == 0 {
+                    0
+                } else {
+                    key_head8(self.key(at), self.prefix_len)
+                }
+            })
+            .collect();
+        self.heads = heads;
+    }
+
     fn push(&mut self, key: &[u8], child: Child) {
+        self.heads.clear();
         let key_at = self.keys.len() as u32;
         self.keys.extend_from_slice(key);
         self.entries.push(BranchEntry {
@@ -378,11 +422,39 @@ impl Branch {
 
     /// Index of the child whose range holds `key` (see module invariants).
     pub(crate) fn child_for(&self, key: &[u8]) -> usize {
+        let count = self.entries.len();
         // Appends go to the last child: one comparison.
-        if self.entries.len() > 1
-            && page::compare_keys(self.key(self.entries.len() - 1), key).is_le()
-        {
-            return self.entries.len() - 1;
+        if count > 1 && page::compare_keys(self.key(count - 1), key).is_le() {
+            return count - 1;
+        }
+        if count > 1 && self.heads.len() == count {
+            // As `NodePage::search`: the prefix settles keys outside it, the heads order the
+            // rest, and only a probe with an equal head compares whole keys.
+            let prefix_len = self.prefix_len;
+            let shared = prefix_len.min(key.len());
+            match page::compare_keys(&key[..shared], &self.key(1)[..shared]) {
+                std::cmp::Ordering::Less => return 0,
+                std::cmp::Ordering::Greater => return count - 1,
+                std::cmp::Ordering::Equal if key.len() < prefix_len => return 0,
+                std::cmp::Ordering::Equal => {}
+            }
+            let key_head = key_head8(key, prefix_len);
+            let (mut low, mut high) = (1, count);
+            while low < high {
+                let mid = low + (high - low) / 2;
+                let head = self.heads[mid];
+                let go_right = if head != key_head {
+                    head < key_head
+                } else {
+                    page::compare_keys(self.key(mid), key).is_le()
+                };
+                if go_right {
+                    low = mid + 1;
+                } else {
+                    high = mid;
+                }
+            }
+            return low - 1;
         }
         self.entries
             .partition_point(|e| {
@@ -440,6 +512,7 @@ impl Editor<'_> {
                     Child::Clean(node_page.child(cell_index)?),
                 );
             }
+            branch.index_keys();
             Node::Branch(branch)
         };
         self.freed.push(pgid);
@@ -1049,4 +1122,54 @@ fn pwritev_all(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The indexed branch search must route every key as the plain binary search over the
+    //! separators does: checked over random sorted separators that share prefixes, are
+    //! prefixes of one another and end in zero bytes, with random probes.
+    use super::{Branch, Child};
+    use crate::btree::page;
+
+    fn plain_child_for(branch: &Branch, key: &[u8]) -> usize {
+        (0..branch.len())
+            .take_while(|&at| page::compare_keys(branch.key(at), key).is_le())
+            .count()
+            .saturating_sub(1)
+    }
+
+    #[test]
+    fn indexed_branch_search_matches_plain_search() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let random_key = |rng: &mut fastrand::Rng| -> Vec<u8> {
+            let mut key = b"\x03key".to_vec();
+            key.extend((0..rng.usize(0..14)).map(|_| rng.u8(0..3)));
+            key
+        };
+        for _ in 0..500 {
+            let mut separators: Vec<Vec<u8>> = (0..rng.usize(1..40))
+                .map(|_| random_key(&mut rng))
+                .collect();
+            separators.sort();
+            separators.dedup();
+            let mut branch = Branch::with_capacity(separators.len());
+            for (at, separator) in separators.iter().enumerate() {
+                branch.push(separator, Child::Clean(at as u64));
+            }
+            branch.index_keys();
+            for _ in 0..200 {
+                let probe = if rng.bool() {
+                    random_key(&mut rng)
+                } else {
+                    (0..rng.usize(0..6)).map(|_| rng.u8(..)).collect()
+                };
+                assert_eq!(
+                    branch.child_for(&probe),
+                    plain_child_for(&branch, &probe),
+                    "{separators:?} {probe:?}"
+                );
+            }
+        }
+    }
 }

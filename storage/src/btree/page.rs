@@ -808,3 +808,75 @@ mod compare_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod search_tests {
+    //! `NodePage::search` (prefix, then heads, then whole keys) must find the same position as
+    //! a plain binary search over the keys, for leaves and branches built by `NodeBuilder`:
+    //! checked over random sorted keys sharing prefixes, keys that are prefixes of others,
+    //! keys ending in zero bytes, and random probes.
+    use super::{compare_keys, CellValue, NodeBuilder, NodePage, PAGE_BYTES};
+
+    fn plain_search(keys: &[Vec<u8>], first: usize, key: &[u8], strict: bool) -> usize {
+        first
+            + keys[first..]
+                .iter()
+                .take_while(|k| match compare_keys(k, key) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Equal => strict,
+                    std::cmp::Ordering::Greater => false,
+                })
+                .count()
+    }
+
+    #[test]
+    fn head_search_matches_plain_search() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let random_key = |rng: &mut fastrand::Rng| -> Vec<u8> {
+            let mut key = b"\x03key".to_vec();
+            key.extend((0..rng.usize(0..12)).map(|_| rng.u8(0..3)));
+            key
+        };
+        for round in 0..400 {
+            let leaf = round % 2 == 0;
+            let mut keys: Vec<Vec<u8>> = (0..rng.usize(1..60))
+                .map(|_| random_key(&mut rng))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            if !leaf {
+                keys[0].clear(); // A branch's key 0 is stored empty.
+            }
+            let mut bytes = vec![0u8; PAGE_BYTES];
+            if leaf {
+                let mut builder = NodeBuilder::leaf(&mut bytes, 9);
+                for key in &keys {
+                    builder.push_leaf(key, CellValue::Inline(b"v"));
+                }
+                builder.finish();
+            } else {
+                let mut builder = NodeBuilder::branch(&mut bytes, 9);
+                for (child, key) in keys.iter().enumerate() {
+                    builder.push_branch(key, child as u64 + 100);
+                }
+                builder.finish();
+            }
+            let node = NodePage::parse(&bytes, 9).unwrap();
+            let first = usize::from(!leaf);
+            for _ in 0..200 {
+                let probe = if rng.bool() {
+                    random_key(&mut rng)
+                } else {
+                    (0..rng.usize(0..6)).map(|_| rng.u8(..)).collect()
+                };
+                for strict in [false, true] {
+                    assert_eq!(
+                        node.search(&probe, strict).unwrap(),
+                        plain_search(&keys, first.min(keys.len()), &probe, strict),
+                        "{keys:?} {probe:?} strict {strict}"
+                    );
+                }
+            }
+        }
+    }
+}
