@@ -729,11 +729,9 @@ impl Editor<'_> {
                 for chunk_len in chunk_lengths(&sizes) {
                     let pgid = alloc.alloc(1);
                     let mut builder = NodeBuilder::leaf(writes.run(pgid, 1)?, pgid);
-                    for cell_index in first..first + chunk_len {
+                    for (cell_index, size) in sizes.iter().enumerate().skip(first).take(chunk_len) {
                         let offset = leaf.offset(cell_index);
-                        builder.push_leaf_cell(
-                            &leaf.arena[offset..offset + sizes[cell_index] - SLOT_BYTES],
-                        );
+                        builder.push_leaf_cell(&leaf.arena[offset..offset + size - SLOT_BYTES]);
                     }
                     builder.finish();
                     out.push(leaf.key(first), pgid);
