@@ -146,6 +146,7 @@ impl Snapshot {
         NodePage::parse(self.pages(pgid, 1)?, pgid)
     }
 
+    #[inline(always)]
     pub(crate) fn value<'s>(&'s self, value: ValueRef<'s>) -> Result<&'s [u8], Error> {
         match value {
             ValueRef::Inline(bytes) => Ok(bytes),
