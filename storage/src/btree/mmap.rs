@@ -80,9 +80,10 @@ impl Mapping {
 }
 
 impl Mapping {
-    /// Hints the CPU to start loading page `pgid` into cache. Reads nothing itself and never
-    /// faults, so it needs no range proof beyond staying inside the mapping.
-    fn prefetch_page(&self, pgid: u64) {
+    /// Hints the CPU to start loading `line_count` 64-byte lines of page `pgid` from line
+    /// `first_line` into cache. Reads nothing itself and never faults, so it needs no range
+    /// proof beyond staying inside the mapping.
+    fn prefetch_lines(&self, pgid: u64, first_line: usize, line_count: usize) {
         #[cfg(target_arch = "x86_64")]
         {
             let Some(start) = (pgid as usize).checked_mul(PAGE_BYTES) else {
@@ -98,8 +99,9 @@ impl Mapping {
                 Mapping::File { map, .. } => map.as_ptr(),
                 Mapping::Image(bytes) => bytes.as_ptr(),
             };
-            for line in (0..PAGE_BYTES).step_by(64) {
-                let address = base.wrapping_add(start + line) as *const i8;
+            let end_line = (first_line + line_count).min(PAGE_BYTES / CACHE_LINE_BYTES);
+            for line in first_line..end_line {
+                let address = base.wrapping_add(start + line * CACHE_LINE_BYTES) as *const i8;
                 // Safety: a prefetch is only a hint; it neither reads into the program nor
                 // faults, and the address lies inside the mapping (checked above).
                 unsafe {
@@ -108,9 +110,11 @@ impl Mapping {
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = pgid;
+        let _ = (pgid, first_line, line_count);
     }
 }
+
+pub(crate) const CACHE_LINE_BYTES: usize = 64;
 
 /// One committed state of the tree: what a read transaction sees for its whole life.
 pub(crate) struct Snapshot {
@@ -134,11 +138,11 @@ impl Snapshot {
         self.mapping.pages(pgid, page_run)
     }
 
-    /// Starts loading page `pgid` into cache if the snapshot has it (scans call this for the
-    /// next leaf while they read the current one).
-    pub(crate) fn prefetch_page(&self, pgid: u64) {
+    /// Starts loading lines `first_line..first_line + line_count` of page `pgid` into cache
+    /// if the snapshot has the page (scans fetch the next leaf while they read the current).
+    pub(crate) fn prefetch_lines(&self, pgid: u64, first_line: usize, line_count: usize) {
         if pgid >= page::META_SLOTS && pgid < self.meta.page_count {
-            self.mapping.prefetch_page(pgid);
+            self.mapping.prefetch_lines(pgid, first_line, line_count);
         }
     }
 
