@@ -132,6 +132,27 @@ fn checker_finds_a_leaked_page() {
     );
 }
 
+#[test]
+fn checker_finds_a_wrong_key_head() {
+    let mut image = sample_image();
+    // A leaf (kind 3) with at least two cells: bump the head in slot 1 (header 16 bytes, slot 6
+    // bytes: offset u16, head 4 bytes). Searches trust heads, so the checker must catch it.
+    let pgid = (2..image.len() / PAGE_BYTES)
+        .find(|&pgid| {
+            let page = &image[pgid * PAGE_BYTES..];
+            page[0] == 3 && u16::from_le_bytes([page[2], page[3]]) >= 2
+        })
+        .expect("a leaf with two cells");
+    let head_at = pgid * PAGE_BYTES + 16 + 6 + 2;
+    image[head_at] ^= 0x80;
+    let report = check_image(image).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains("head")),
+        "{:?}",
+        report.problems
+    );
+}
+
 /// CRC-32 (IEEE), as the meta page uses; written out so this test doesn't depend on how the
 /// crate computes it.
 fn crc32fast_hash(bytes: &[u8]) -> u32 {
