@@ -25,6 +25,8 @@ const NODE_CAPACITY_BYTES: usize = PAGE_BYTES - PAGE_HEADER_BYTES;
 /// In-memory cell flag, never written to a page: a new value too large for a cell, waiting
 /// for an overflow run at commit. The cell's 8 reference bytes index `Leaf::big_values`.
 const VALUE_BIG: u8 = 0xff;
+/// Arena capacity a loaded leaf gets beyond its page.
+const LEAF_ARENA_SLACK_BYTES: usize = 1024;
 /// A leaf's arena is compacted when its dead bytes exceed both this and its live bytes.
 const LEAF_DEAD_BYTES_MAX: usize = 2 * PAGE_BYTES;
 
@@ -97,8 +99,12 @@ impl Leaf {
     /// never writes a reference to garbage).
     fn load(node_page: &NodePage<'_>, base: &Snapshot) -> Result<Leaf, Error> {
         let page_bytes = node_page.bytes();
+        // Room for a few new cells up front: most dirtied leaves get one or two, and growing
+        // the arena from exactly a page would copy the page a second time.
+        let mut arena = Vec::with_capacity(PAGE_BYTES + LEAF_ARENA_SLACK_BYTES);
+        arena.extend_from_slice(page_bytes);
         let mut leaf = Leaf {
-            arena: page_bytes.to_vec(),
+            arena,
             cells: Vec::with_capacity(node_page.count() + 4),
             big_values: Vec::new(),
             live_bytes: 0,
