@@ -28,7 +28,7 @@ use super::page::{self, Meta, META_SLOTS, PAGE_BYTES};
 use super::Error;
 use super::{MAX_BUCKET_NAME_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
-/// Prefixed keys up to this length are built on the stack by `ReadTxn::get`.
+/// Prefixed keys up to this length are built on the stack by gets and puts.
 const SHORT_KEY_BYTES: usize = 128;
 
 /// Upper bound on defragmentation passes (each pass is one write transaction).
@@ -227,6 +227,28 @@ pub(crate) fn bucket_key(bucket: &[u8], key: &[u8]) -> Result<Vec<u8>, Error> {
     let mut internal = bucket_prefix(bucket)?;
     internal.extend_from_slice(key);
     Ok(internal)
+}
+
+/// `bucket_key`, built in `buffer` when it fits (the put and get hot paths), else on the heap.
+fn internal_key<'b>(
+    bucket: &[u8],
+    key: &[u8],
+    buffer: &'b mut [u8; SHORT_KEY_BYTES],
+) -> Result<std::borrow::Cow<'b, [u8]>, Error> {
+    if bucket.len() > MAX_BUCKET_NAME_BYTES {
+        return Err(Error::BucketNameTooLarge);
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::KeyTooLarge);
+    }
+    let internal_len = 1 + bucket.len() + key.len();
+    if internal_len > SHORT_KEY_BYTES {
+        return bucket_key(bucket, key).map(std::borrow::Cow::Owned);
+    }
+    buffer[0] = bucket.len() as u8;
+    buffer[1..1 + bucket.len()].copy_from_slice(bucket);
+    buffer[1 + bucket.len()..internal_len].copy_from_slice(key);
+    Ok(std::borrow::Cow::Borrowed(&buffer[..internal_len]))
 }
 
 /// A bucket's keys all start with `[name length][name]`; this is how buckets share one tree.
@@ -452,23 +474,9 @@ impl ReadTxn {
     }
 
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<&[u8]>, Error> {
-        if bucket.len() > MAX_BUCKET_NAME_BYTES {
-            return Err(Error::BucketNameTooLarge);
-        }
-        if key.len() > MAX_KEY_BYTES {
-            return Err(Error::KeyTooLarge);
-        }
-        // The point-read hot path: build the prefixed key on the stack, not the heap, in a
-        // buffer small enough that clearing it costs nothing next to the lookup.
-        let internal_len = 1 + bucket.len() + key.len();
-        if internal_len > SHORT_KEY_BYTES {
-            return self.snap.get(&bucket_key(bucket, key)?);
-        }
-        let mut internal = [0u8; SHORT_KEY_BYTES];
-        internal[0] = bucket.len() as u8;
-        internal[1..1 + bucket.len()].copy_from_slice(bucket);
-        internal[1 + bucket.len()..internal_len].copy_from_slice(key);
-        self.snap.get(&internal[..internal_len])
+        // The point-read hot path: the prefixed key is built on the stack.
+        let mut buffer = [0u8; SHORT_KEY_BYTES];
+        self.snap.get(&internal_key(bucket, key, &mut buffer)?)
     }
 
     /// Entries of `bucket` with keys in `(lower, upper)`, ascending.
@@ -536,7 +544,8 @@ impl WriteTxn {
         if value.len() > MAX_VALUE_BYTES {
             return Err(Error::ValueTooLarge);
         }
-        let internal = bucket_key(bucket, key)?;
+        let mut buffer = [0u8; SHORT_KEY_BYTES];
+        let internal = internal_key(bucket, key, &mut buffer)?;
         let (mut editor, root) = self.editor();
         if !editor.put(root, &internal, value)? {
             self.entry_count += 1;
@@ -559,15 +568,17 @@ impl WriteTxn {
 
     /// Reads through this transaction's own uncommitted changes.
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<&[u8]>, Error> {
-        let internal = bucket_key(bucket, key)?;
+        let mut buffer = [0u8; SHORT_KEY_BYTES];
+        let internal = internal_key(bucket, key, &mut buffer)?;
         let mut child = &self.root;
         for _ in 0..page::MAX_BTREE_DEPTH {
             match child {
                 Child::Clean(pgid) => return self.base_get_from(*pgid, &internal),
                 Child::Dirty(node) => match node.as_ref() {
                     Node::Leaf(leaf) => {
-                        return match leaf.search(&internal) {
-                            Ok(at) => self.leaf_value(leaf.value(at)).map(Some),
+                        let page = leaf.page(&self.base);
+                        return match leaf.search(page, &internal) {
+                            Ok(at) => self.leaf_value(leaf.value(page, at)).map(Some),
                             Err(_) => Ok(None),
                         };
                     }
@@ -669,10 +680,11 @@ impl WriteTxn {
             }
             Child::Dirty(node) => match node.as_ref() {
                 Node::Leaf(leaf) => {
+                    let page = leaf.page(&self.base);
                     let mut visit = |cell_index: usize| -> Result<(), Error> {
-                        let key = leaf.key(cell_index);
+                        let key = leaf.key(page, cell_index);
                         if out.len() < limit && in_range(key) {
-                            let value = self.leaf_value(leaf.value(cell_index))?.to_vec();
+                            let value = self.leaf_value(leaf.value(page, cell_index))?.to_vec();
                             out.push((key[prefix_len..].to_vec(), value));
                         }
                         Ok(())

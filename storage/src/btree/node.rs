@@ -25,8 +25,6 @@ const NODE_CAPACITY_BYTES: usize = PAGE_BYTES - PAGE_HEADER_BYTES;
 /// In-memory cell flag, never written to a page: a new value too large for a cell, waiting
 /// for an overflow run at commit. The cell's 8 reference bytes index `Leaf::big_values`.
 const VALUE_BIG: u8 = 0xff;
-/// Arena capacity a loaded leaf gets beyond its page.
-const LEAF_ARENA_SLACK_BYTES: usize = 1024;
 /// A leaf's arena is compacted when its dead bytes exceed both this and its live bytes.
 const LEAF_DEAD_BYTES_MAX: usize = 2 * PAGE_BYTES;
 
@@ -40,21 +38,30 @@ pub(crate) enum Node {
     Branch(Branch),
 }
 
-/// A dirty leaf. Cells are kept in the page's own cell encoding, back to back in one arena,
-/// so that copying a page in costs one `memcpy` and writing it out one copy per cell (no
-/// allocation per entry). Replaced and deleted cells stay in the arena as dead bytes until
-/// it is compacted.
+/// A dirty leaf. Cells keep the page's own cell encoding: the cells of the page it was loaded
+/// from stay in that page (which the write transaction's base snapshot keeps unchanged for
+/// the whole transaction, see the module invariants of `mmap.rs`), and new or rewritten cells
+/// go back to back into one arena. Loading a page therefore copies nothing, and writing the
+/// leaf out copies each cell once. Replaced and deleted arena cells stay as dead bytes until
+/// the arena is compacted.
 ///
-/// Invariant: every offset in `cells` starts a well-formed cell inside `arena` (validated
-/// when loaded from a page, or written here), in strictly increasing key order.
+/// A cell is named by an offset: below `PAGE_BYTES`, into the base page; from `PAGE_BYTES`
+/// on, into the arena (minus `PAGE_BYTES`). Methods that read cells take the base page's
+/// bytes (`Leaf::page`).
+///
+/// Invariant: every offset in `cells` starts a well-formed cell (validated when loaded from
+/// the page, or written here), in strictly increasing key order.
 pub(crate) struct Leaf {
+    /// The page the leaf was loaded from, 0 for none (page 0 is a meta page).
+    base_pgid: u64,
     arena: Vec<u8>,
-    /// Arena offset of each live cell, in key order.
+    /// Offset of each live cell (see above), in key order.
     cells: Vec<u32>,
     /// Values of `VALUE_BIG` cells (emptied when their cell is replaced or deleted).
     big_values: Vec<Vec<u8>>,
     /// Encoded size of the live cells with their slots.
     live_bytes: usize,
+    /// Arena bytes no live cell uses.
     dead_bytes: usize,
 }
 
@@ -65,19 +72,21 @@ pub(crate) enum LeafValue<'a> {
     Big(&'a [u8]),
 }
 
-fn cell_len_at(arena: &[u8], offset: usize) -> usize {
-    let key_len = u16::from_le_bytes([arena[offset], arena[offset + 1]]) as usize;
-    let body_len = if arena[offset + 6] == VALUE_INLINE {
-        u32::from_le_bytes(arena[offset + 2..offset + 6].try_into().expect("4 bytes")) as usize
+const ARENA_BASE: usize = PAGE_BYTES;
+
+fn cell_len_at(bytes: &[u8], offset: usize) -> usize {
+    let key_len = u16::from_le_bytes([bytes[offset], bytes[offset + 1]]) as usize;
+    let body_len = if bytes[offset + 6] == VALUE_INLINE {
+        u32::from_le_bytes(bytes[offset + 2..offset + 6].try_into().expect("4 bytes")) as usize
     } else {
         8
     };
     LEAF_CELL_HEADER_BYTES + key_len + body_len
 }
 
-fn cell_key_at(arena: &[u8], offset: usize) -> &[u8] {
-    let key_len = u16::from_le_bytes([arena[offset], arena[offset + 1]]) as usize;
-    &arena[offset + LEAF_CELL_HEADER_BYTES..offset + LEAF_CELL_HEADER_BYTES + key_len]
+fn cell_key_at(bytes: &[u8], offset: usize) -> &[u8] {
+    let key_len = u16::from_le_bytes([bytes[offset], bytes[offset + 1]]) as usize;
+    &bytes[offset + LEAF_CELL_HEADER_BYTES..offset + LEAF_CELL_HEADER_BYTES + key_len]
 }
 
 fn inline_fits(key_len: usize, value_len: usize) -> bool {
@@ -87,6 +96,7 @@ fn inline_fits(key_len: usize, value_len: usize) -> bool {
 impl Leaf {
     fn empty() -> Leaf {
         Leaf {
+            base_pgid: 0,
             arena: Vec::new(),
             cells: Vec::new(),
             big_values: Vec::new(),
@@ -95,20 +105,14 @@ impl Leaf {
         }
     }
 
-    /// Copies a leaf page in, validating every cell (and every overflow run, so that commit
-    /// never writes a reference to garbage).
-    fn load(node_page: &NodePage<'_>, base: &Snapshot) -> Result<Leaf, Error> {
+    /// Takes leaf page `pgid` as the base of a dirty leaf, validating every cell (and every
+    /// overflow run, so that commit never writes a reference to garbage).
+    fn load(node_page: &NodePage<'_>, pgid: u64, base: &Snapshot) -> Result<Leaf, Error> {
         let page_bytes = node_page.bytes();
-        // Room for a few new cells up front: most dirtied leaves get one or two, and growing
-        // the arena from exactly a page would copy the page a second time.
-        let mut arena = Vec::with_capacity(PAGE_BYTES + LEAF_ARENA_SLACK_BYTES);
-        arena.extend_from_slice(page_bytes);
         let mut leaf = Leaf {
-            arena,
+            base_pgid: pgid,
             cells: Vec::with_capacity(node_page.count() + 4),
-            big_values: Vec::new(),
-            live_bytes: 0,
-            dead_bytes: 0,
+            ..Leaf::empty()
         };
         let mut previous: Option<&[u8]> = None;
         for cell_index in 0..node_page.count() {
@@ -131,8 +135,17 @@ impl Leaf {
             leaf.cells.push(offset as u32);
             leaf.live_bytes += LEAF_CELL_HEADER_BYTES + key.len() + body_len + SLOT_BYTES;
         }
-        leaf.dead_bytes = PAGE_BYTES - (leaf.live_bytes - SLOT_BYTES * leaf.cells.len());
         Ok(leaf)
+    }
+
+    /// The bytes of the page this leaf was loaded from (empty for a new leaf). `base` is the
+    /// snapshot the transaction started from, which the page belongs to.
+    pub(crate) fn page<'s>(&self, base: &'s Snapshot) -> &'s [u8] {
+        if self.base_pgid == 0 {
+            return &[];
+        }
+        base.pages(self.base_pgid, 1)
+            .expect("a dirty leaf's page was read from this snapshot when loaded")
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -143,28 +156,40 @@ impl Leaf {
         self.cells.is_empty()
     }
 
-    fn offset(&self, cell_index: usize) -> usize {
-        self.cells[cell_index] as usize
+    /// The buffer holding cell `cell_index` and the cell's offset in it.
+    fn locate<'a>(&'a self, page: &'a [u8], cell_index: usize) -> (&'a [u8], usize) {
+        let offset = self.cells[cell_index] as usize;
+        if offset < ARENA_BASE {
+            (page, offset)
+        } else {
+            (&self.arena, offset - ARENA_BASE)
+        }
     }
 
-    pub(crate) fn key(&self, cell_index: usize) -> &[u8] {
-        cell_key_at(&self.arena, self.offset(cell_index))
+    fn cell<'a>(&'a self, page: &'a [u8], cell_index: usize) -> &'a [u8] {
+        let (bytes, offset) = self.locate(page, cell_index);
+        &bytes[offset..offset + cell_len_at(bytes, offset)]
     }
 
-    fn cell_len(&self, cell_index: usize) -> usize {
-        cell_len_at(&self.arena, self.offset(cell_index))
+    pub(crate) fn key<'a>(&'a self, page: &'a [u8], cell_index: usize) -> &'a [u8] {
+        let (bytes, offset) = self.locate(page, cell_index);
+        cell_key_at(bytes, offset)
     }
 
-    pub(crate) fn value(&self, cell_index: usize) -> LeafValue<'_> {
-        let offset = self.offset(cell_index);
-        let arena = &self.arena;
-        let key_len = u16::from_le_bytes([arena[offset], arena[offset + 1]]) as usize;
+    fn cell_len(&self, page: &[u8], cell_index: usize) -> usize {
+        let (bytes, offset) = self.locate(page, cell_index);
+        cell_len_at(bytes, offset)
+    }
+
+    pub(crate) fn value<'a>(&'a self, page: &'a [u8], cell_index: usize) -> LeafValue<'a> {
+        let (bytes, offset) = self.locate(page, cell_index);
+        let key_len = u16::from_le_bytes([bytes[offset], bytes[offset + 1]]) as usize;
         let value_len =
-            u32::from_le_bytes(arena[offset + 2..offset + 6].try_into().expect("4 bytes")) as usize;
+            u32::from_le_bytes(bytes[offset + 2..offset + 6].try_into().expect("4 bytes")) as usize;
         let body_at = offset + LEAF_CELL_HEADER_BYTES + key_len;
-        let reference = || u64::from_le_bytes(arena[body_at..body_at + 8].try_into().expect("8"));
-        match arena[offset + 6] {
-            VALUE_INLINE => LeafValue::Inline(&arena[body_at..body_at + value_len]),
+        let reference = || u64::from_le_bytes(bytes[body_at..body_at + 8].try_into().expect("8"));
+        match bytes[offset + 6] {
+            VALUE_INLINE => LeafValue::Inline(&bytes[body_at..body_at + value_len]),
             VALUE_OVERFLOW => LeafValue::Overflow {
                 first_pgid: reference(),
                 len: value_len,
@@ -174,21 +199,35 @@ impl Leaf {
     }
 
     /// `Ok(index)` of `key`, or `Err(index)` where it would be inserted.
-    pub(crate) fn search(&self, key: &[u8]) -> Result<usize, usize> {
+    pub(crate) fn search(&self, page: &[u8], key: &[u8]) -> Result<usize, usize> {
         // Appends (etcd's revision keys, bulk loads) land past the last key: one comparison.
-        if let Some(&last) = self.cells.last() {
-            if page::compare_keys(cell_key_at(&self.arena, last as usize), key).is_lt() {
+        if let Some(last) = self.cells.len().checked_sub(1) {
+            if page::compare_keys(self.key(page, last), key).is_lt() {
                 return Err(self.cells.len());
             }
         }
-        self.cells.binary_search_by(|&offset| {
-            page::compare_keys(cell_key_at(&self.arena, offset as usize), key)
-        })
+        let (mut low, mut high) = (0, self.cells.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match page::compare_keys(self.key(page, mid), key) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Equal => return Ok(mid),
+                std::cmp::Ordering::Greater => high = mid,
+            }
+        }
+        Err(low)
+    }
+
+    /// Appends an encoded cell to the arena; returns its offset (see `Leaf`) and length.
+    fn append_raw_cell(&mut self, cell: &[u8]) -> (u32, usize) {
+        let offset = ARENA_BASE + self.arena.len();
+        self.arena.extend_from_slice(cell);
+        (offset as u32, cell.len())
     }
 
     /// Appends a cell for (`key`, `value`) to the arena; returns its offset and length.
     fn append_cell(&mut self, key: &[u8], value: &[u8]) -> (u32, usize) {
-        let offset = self.arena.len();
+        let at = self.arena.len();
         let cell_value = if inline_fits(key.len(), value.len()) {
             CellValue::Inline(value)
         } else {
@@ -199,29 +238,41 @@ impl Leaf {
             }
         };
         let cell_len = page::leaf_cell_bytes(key.len(), &cell_value) - SLOT_BYTES;
-        self.arena.resize(offset + cell_len, 0);
-        page::write_leaf_cell(&mut self.arena[offset..], key, &cell_value);
+        self.arena.resize(at + cell_len, 0);
+        page::write_leaf_cell(&mut self.arena[at..], key, &cell_value);
         if let CellValue::Overflow { .. } = cell_value {
-            self.arena[offset + 6] = VALUE_BIG;
+            self.arena[at + 6] = VALUE_BIG;
         }
-        (offset as u32, cell_len)
+        ((ARENA_BASE + at) as u32, cell_len)
     }
 
     /// Frees what cell `cell_index` owns outside the leaf: its overflow run or big value.
-    fn release(&mut self, cell_index: usize, freed: &mut Vec<u64>) {
-        match self.value(cell_index) {
+    fn release(&mut self, page: &[u8], cell_index: usize, freed: &mut Vec<u64>) {
+        let big_index = match self.value(page, cell_index) {
             LeafValue::Overflow { first_pgid, len } => {
-                freed.extend(first_pgid..first_pgid + page::overflow_pages(len))
+                freed.extend(first_pgid..first_pgid + page::overflow_pages(len));
+                None
             }
             LeafValue::Big(_) => {
-                let offset = self.offset(cell_index);
-                let body_at = offset + self.cell_len(cell_index) - 8;
-                let big_index =
-                    u64::from_le_bytes(self.arena[body_at..body_at + 8].try_into().expect("8"));
-                self.big_values[big_index as usize] = Vec::new();
+                let cell = self.cell(page, cell_index);
+                let reference = &cell[cell.len() - 8..];
+                Some(u64::from_le_bytes(reference.try_into().expect("8")) as usize)
             }
-            LeafValue::Inline(_) => {}
+            LeafValue::Inline(_) => None,
+        };
+        if let Some(big_index) = big_index {
+            self.big_values[big_index] = Vec::new();
         }
+    }
+
+    /// Counts cell `cell_index` as dead if it lies in the arena (base page cells cost no
+    /// memory of the leaf's).
+    fn retire(&mut self, page: &[u8], cell_index: usize) -> usize {
+        let cell_len = self.cell_len(page, cell_index);
+        if self.cells[cell_index] as usize >= ARENA_BASE {
+            self.dead_bytes += cell_len;
+        }
+        cell_len
     }
 
     fn insert(&mut self, cell_index: usize, key: &[u8], value: &[u8]) {
@@ -230,76 +281,73 @@ impl Leaf {
         self.live_bytes += cell_len + SLOT_BYTES;
     }
 
-    fn replace(&mut self, cell_index: usize, value: &[u8], freed: &mut Vec<u64>) {
-        self.release(cell_index, freed);
-        let offset = self.offset(cell_index);
-        let old_len = self.cell_len(cell_index);
-        if let LeafValue::Inline(old) = self.value(cell_index) {
-            if old.len() == value.len() {
-                // Same size (etcd's fixed-size meta values): overwrite in place.
-                let body_at = offset + old_len - value.len();
-                self.arena[body_at..body_at + value.len()].copy_from_slice(value);
-                return;
-            }
-        }
-        let key = self.key(cell_index).to_vec();
-        let (new_offset, new_len) = self.append_cell(&key, value);
-        self.cells[cell_index] = new_offset;
-        self.live_bytes = self.live_bytes - old_len + new_len;
-        self.dead_bytes += old_len;
-        self.maybe_compact();
-    }
-
-    fn remove(&mut self, cell_index: usize, freed: &mut Vec<u64>) {
-        self.release(cell_index, freed);
-        let old_len = self.cell_len(cell_index);
-        self.cells.remove(cell_index);
-        self.live_bytes -= old_len + SLOT_BYTES;
-        self.dead_bytes += old_len;
-        self.maybe_compact();
-    }
-
-    fn maybe_compact(&mut self) {
-        if self.dead_bytes > LEAF_DEAD_BYTES_MAX && self.dead_bytes > self.live_bytes {
-            let mut compact = Leaf::empty();
-            compact.big_values = std::mem::take(&mut self.big_values);
-            compact.append_cells_of(self);
-            *self = compact;
-        }
-    }
-
-    /// Appends all cells of `other` (whose keys all follow this leaf's).
-    fn append(&mut self, mut other: Leaf) {
-        let big_base = self.big_values.len() as u64;
-        self.big_values.append(&mut other.big_values);
-        let first_new = self.cells.len();
-        self.append_cells_of(&other);
-        if big_base > 0 {
-            for cell_index in first_new..self.cells.len() {
-                if let LeafValue::Big(_) = self.value(cell_index) {
-                    let body_at = self.offset(cell_index) + self.cell_len(cell_index) - 8;
-                    let reference = &mut self.arena[body_at..body_at + 8];
-                    let big_index = u64::from_le_bytes((&*reference).try_into().expect("8"));
-                    reference.copy_from_slice(&(big_index + big_base).to_le_bytes());
+    fn replace(&mut self, page: &[u8], cell_index: usize, value: &[u8], freed: &mut Vec<u64>) {
+        self.release(page, cell_index, freed);
+        let offset = self.cells[cell_index] as usize;
+        if offset >= ARENA_BASE {
+            if let LeafValue::Inline(old) = self.value(page, cell_index) {
+                if old.len() == value.len() {
+                    // Same size (etcd's fixed-size meta values): overwrite in place.
+                    let at = offset - ARENA_BASE + self.cell_len(page, cell_index) - value.len();
+                    self.arena[at..at + value.len()].copy_from_slice(value);
+                    return;
                 }
             }
         }
+        let old_len = self.retire(page, cell_index);
+        let key = self.key(page, cell_index).to_vec();
+        let (new_offset, new_len) = self.append_cell(&key, value);
+        self.cells[cell_index] = new_offset;
+        self.live_bytes = self.live_bytes - old_len + new_len;
+        self.maybe_compact();
     }
 
-    /// Copies the live cells of `other` to the end of this arena, unchanged.
-    fn append_cells_of(&mut self, other: &Leaf) {
+    fn remove(&mut self, page: &[u8], cell_index: usize, freed: &mut Vec<u64>) {
+        self.release(page, cell_index, freed);
+        let old_len = self.retire(page, cell_index);
+        self.cells.remove(cell_index);
+        self.live_bytes -= old_len + SLOT_BYTES;
+        self.maybe_compact();
+    }
+
+    /// Rewrites the arena without its dead bytes once they outweigh the live ones.
+    fn maybe_compact(&mut self) {
+        if self.dead_bytes <= LEAF_DEAD_BYTES_MAX || self.dead_bytes <= self.arena.len() / 2 {
+            return;
+        }
+        let old_arena = std::mem::take(&mut self.arena);
+        for offset in self.cells.iter_mut() {
+            if *offset as usize >= ARENA_BASE {
+                let at = *offset as usize - ARENA_BASE;
+                let cell = &old_arena[at..at + cell_len_at(&old_arena, at)];
+                *offset = (ARENA_BASE + self.arena.len()) as u32;
+                self.arena.extend_from_slice(cell);
+            }
+        }
+        self.dead_bytes = 0;
+    }
+
+    /// Appends all cells of `other` (whose keys all follow this leaf's; `other_page` is its
+    /// base page) to this leaf's arena.
+    fn append(&mut self, mut other: Leaf, other_page: &[u8]) {
+        let big_base = self.big_values.len() as u64;
+        self.big_values.append(&mut other.big_values);
         self.cells.reserve(other.cells.len());
         for cell_index in 0..other.cells.len() {
-            let offset = other.offset(cell_index);
-            let cell_len = other.cell_len(cell_index);
-            self.cells.push(self.arena.len() as u32);
-            self.arena
-                .extend_from_slice(&other.arena[offset..offset + cell_len]);
+            let (offset, cell_len) = self.append_raw_cell(other.cell(other_page, cell_index));
+            self.cells.push(offset);
             self.live_bytes += cell_len + SLOT_BYTES;
+            let at = offset as usize - ARENA_BASE;
+            if self.arena[at + 6] == VALUE_BIG && big_base > 0 {
+                let reference = &mut self.arena[at + cell_len - 8..at + cell_len];
+                let big_index = u64::from_le_bytes((&*reference).try_into().expect("8"));
+                reference.copy_from_slice(&(big_index + big_base).to_le_bytes());
+            }
         }
     }
 
     /// Gives every big value an overflow run, turning its cell into an overflow reference.
+    /// Big cells are always in the arena (written by `append_cell` or `unplace_value`).
     fn place_big_values(
         &mut self,
         alloc: &mut Allocator,
@@ -309,18 +357,20 @@ impl Leaf {
             return Ok(());
         }
         for cell_index in 0..self.cells.len() {
-            let offset = self.offset(cell_index);
-            if self.arena[offset + 6] != VALUE_BIG {
+            let Some(at) = (self.cells[cell_index] as usize).checked_sub(ARENA_BASE) else {
+                continue;
+            };
+            if self.arena[at + 6] != VALUE_BIG {
                 continue;
             }
-            let body_at = offset + self.cell_len(cell_index) - 8;
+            let body_at = at + cell_len_at(&self.arena, at) - 8;
             let big_index =
                 u64::from_le_bytes(self.arena[body_at..body_at + 8].try_into().expect("8"));
             let value = std::mem::take(&mut self.big_values[big_index as usize]);
             let run_pages = page::overflow_pages(value.len());
             let first_pgid = alloc.alloc(run_pages);
             page::encode_overflow(writes.run(first_pgid, run_pages)?, first_pgid, &value);
-            self.arena[offset + 6] = VALUE_OVERFLOW;
+            self.arena[at + 6] = VALUE_OVERFLOW;
             self.arena[body_at..body_at + 8].copy_from_slice(&first_pgid.to_le_bytes());
         }
         self.big_values.clear();
@@ -329,13 +379,23 @@ impl Leaf {
 
     /// Marks overflow value `cell_index` for copying: reads it into a big value, so commit
     /// writes it to a new run, and frees the old run.
-    fn unplace_value(&mut self, cell_index: usize, bytes: Vec<u8>, freed: &mut Vec<u64>) {
-        self.release(cell_index, freed);
-        let body_at = self.offset(cell_index) + self.cell_len(cell_index) - 8;
+    fn unplace_value(
+        &mut self,
+        page: &[u8],
+        cell_index: usize,
+        bytes: Vec<u8>,
+        freed: &mut Vec<u64>,
+    ) {
+        self.release(page, cell_index, freed);
+        // Patch a copy in the arena: the base page is never written.
+        self.retire(page, cell_index);
+        let cell = self.cell(page, cell_index).to_vec();
+        let (offset, cell_len) = self.append_raw_cell(&cell);
+        self.cells[cell_index] = offset;
+        let at = offset as usize - ARENA_BASE;
         self.big_values.push(bytes);
-        let offset = self.offset(cell_index);
-        self.arena[offset + 6] = VALUE_BIG;
-        self.arena[body_at..body_at + 8]
+        self.arena[at + 6] = VALUE_BIG;
+        self.arena[at + cell_len - 8..at + cell_len]
             .copy_from_slice(&((self.big_values.len() - 1) as u64).to_le_bytes());
     }
 }
@@ -508,7 +568,7 @@ impl Editor<'_> {
     fn load(&mut self, pgid: u64) -> Result<Node, Error> {
         let node_page = self.base.node(pgid)?;
         let node = if node_page.is_leaf() {
-            Node::Leaf(Leaf::load(&node_page, self.base)?)
+            Node::Leaf(Leaf::load(&node_page, pgid, self.base)?)
         } else {
             let count = node_page.count();
             let mut branch = Branch::with_capacity(count + 1);
@@ -546,9 +606,10 @@ impl Editor<'_> {
         for _ in 0..MAX_BTREE_DEPTH {
             match self.dirty(child)? {
                 Node::Leaf(leaf) => {
-                    return match leaf.search(key) {
+                    let page = leaf.page(self.base);
+                    return match leaf.search(page, key) {
                         Ok(at) => {
-                            leaf.replace(at, value, self.freed);
+                            leaf.replace(page, at, value, self.freed);
                             Ok(true)
                         }
                         Err(at) => {
@@ -573,9 +634,10 @@ impl Editor<'_> {
         for _ in 0..MAX_BTREE_DEPTH {
             match self.dirty(child)? {
                 Node::Leaf(leaf) => {
-                    return match leaf.search(key) {
+                    let page = leaf.page(self.base);
+                    return match leaf.search(page, key) {
                         Ok(at) => {
-                            leaf.remove(at, self.freed);
+                            leaf.remove(page, at, self.freed);
                             Ok(true)
                         }
                         Err(_) => Ok(false),
@@ -650,7 +712,10 @@ impl Editor<'_> {
             let right = std::mem::replace(self.dirty(&mut right_child)?, Node::Leaf(Leaf::empty()));
             let left_node = self.dirty(&mut branch.entries[left].child)?;
             match (left_node, right) {
-                (Node::Leaf(left_leaf), Node::Leaf(right_leaf)) => left_leaf.append(right_leaf),
+                (Node::Leaf(left_leaf), Node::Leaf(right_leaf)) => {
+                    let right_page = right_leaf.page(self.base);
+                    left_leaf.append(right_leaf, right_page)
+                }
                 (Node::Branch(left_branch), Node::Branch(right_branch)) => {
                     // The right node's first separator is never compared inside it; in the
                     // merged node it needs the parent's separator for the right node.
@@ -728,19 +793,20 @@ impl Editor<'_> {
         match node {
             Node::Leaf(mut leaf) => {
                 leaf.place_big_values(alloc, writes)?;
+                let page = leaf.page(self.base);
                 let sizes: Vec<usize> = (0..leaf.len())
-                    .map(|cell_index| leaf.cell_len(cell_index) + SLOT_BYTES)
+                    .map(|cell_index| leaf.cell_len(page, cell_index) + SLOT_BYTES)
                     .collect();
                 let mut first = 0;
                 for chunk_len in chunk_lengths(&sizes) {
                     let pgid = alloc.alloc(1);
                     let mut builder = NodeBuilder::leaf(writes.run(pgid, 1)?, pgid);
                     for (cell_index, size) in sizes.iter().enumerate().skip(first).take(chunk_len) {
-                        let offset = leaf.offset(cell_index);
-                        builder.push_leaf_cell(&leaf.arena[offset..offset + size - SLOT_BYTES]);
+                        let (bytes, offset) = leaf.locate(page, cell_index);
+                        builder.push_leaf_cell(&bytes[offset..offset + size - SLOT_BYTES]);
                     }
                     builder.finish();
-                    out.push(leaf.key(first), pgid);
+                    out.push(leaf.key(page, first), pgid);
                     first += chunk_len;
                 }
                 Ok(())
@@ -870,15 +936,16 @@ impl Editor<'_> {
         room: &mut Room,
     ) -> Result<u64, Error> {
         let mut moved = 0;
+        let page = leaf.page(self.base);
         for cell_index in 0..leaf.len() {
-            if let LeafValue::Overflow { first_pgid, len } = leaf.value(cell_index) {
+            if let LeafValue::Overflow { first_pgid, len } = leaf.value(page, cell_index) {
                 let run_pages = page::overflow_pages(len);
                 if first_pgid + run_pages > boundary && room.take_run(run_pages) {
                     let bytes = self
                         .base
                         .value(ValueRef::Overflow { first_pgid, len })?
                         .to_vec();
-                    leaf.unplace_value(cell_index, bytes, self.freed);
+                    leaf.unplace_value(page, cell_index, bytes, self.freed);
                     moved += run_pages;
                 }
             }
