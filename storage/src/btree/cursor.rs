@@ -7,12 +7,8 @@
 
 use std::ops::Bound;
 
-use super::mmap::{Snapshot, CACHE_LINE_BYTES};
-use super::page::{self, NodePage, MAX_BTREE_DEPTH, PAGE_BYTES};
-
-/// Lines of the next leaf requested per entry yielded (a leaf of small entries holds about
-/// 30, and a page is 64 lines).
-const PREFETCH_LINES_PER_ENTRY: usize = 4;
+use super::mmap::{PagePrefetch, Snapshot};
+use super::page::{self, NodePage, MAX_BTREE_DEPTH};
 use super::Error;
 
 /// A (key, value) pair borrowed from the snapshot.
@@ -41,8 +37,8 @@ pub struct Range<'t> {
     reverse: bool,
     previous_key: Option<&'t [u8]>,
     leaves_visited: u64,
-    /// The next leaf being prefetched: (page, next line to request).
-    prefetch: Option<(u64, usize)>,
+    /// The next leaf, loaded into cache while this one is read.
+    prefetch: PagePrefetch,
     done: bool,
     /// An error met while seeking, reported by the first `next`.
     pending_error: Option<Error>,
@@ -71,7 +67,7 @@ impl<'t> Range<'t> {
             reverse,
             previous_key: None,
             leaves_visited: 0,
-            prefetch: None,
+            prefetch: PagePrefetch::default(),
             done: false,
             pending_error: None,
         };
@@ -147,10 +143,9 @@ impl<'t> Range<'t> {
     /// Picks the leaf after the current one (in scan direction) to be loaded into cache while
     /// the current one is read: leaves of a scan are scattered over the file, and otherwise
     /// each line of each costs a cache miss. Only the sibling under the same parent is
-    /// fetched. The lines are requested a few per entry (`step`), because a burst of a whole
-    /// page of prefetches stalls the core until the fill buffers drain.
+    /// fetched, a few lines per entry yielded.
     fn prefetch_next_leaf(&mut self) {
-        self.prefetch = None;
+        self.prefetch = PagePrefetch::default();
         let Some((parent, child_index)) = self.stack.len().checked_sub(2).map(|at| self.stack[at])
         else {
             return;
@@ -161,17 +156,7 @@ impl<'t> Range<'t> {
             Some(child_index + 1).filter(|i| *i < parent.count())
         };
         if let Some(Ok(next_pgid)) = next_index.map(|i| parent.child(i)) {
-            self.prefetch = Some((next_pgid, 0));
-        }
-    }
-
-    /// Requests the next few lines of the leaf picked by `prefetch_next_leaf`.
-    fn prefetch_some(&mut self) {
-        if let Some((pgid, line)) = self.prefetch {
-            self.snap
-                .prefetch_lines(pgid, line, PREFETCH_LINES_PER_ENTRY);
-            let line = line + PREFETCH_LINES_PER_ENTRY;
-            self.prefetch = (line < PAGE_BYTES / CACHE_LINE_BYTES).then_some((pgid, line));
+            self.prefetch = PagePrefetch::start(next_pgid);
         }
     }
 
@@ -247,7 +232,7 @@ impl<'t> Range<'t> {
                 }
             }
             self.previous_key = Some(key);
-            self.prefetch_some();
+            self.prefetch.step(self.snap);
             let user_key = key
                 .get(self.prefix_len..)
                 .ok_or_else(|| page::corrupted("key shorter than its bucket prefix"))?;

@@ -12,7 +12,7 @@
 //! - All leaves are at the same depth; the depth never exceeds `MAX_BTREE_DEPTH`.
 
 use super::alloc::Allocator;
-use super::mmap::Snapshot;
+use super::mmap::{PagePrefetch, Snapshot};
 use super::page::{
     self, CellValue, NodeBuilder, NodePage, ValueRef, LEAF_CELL_HEADER_BYTES, MAX_BTREE_DEPTH,
     MAX_INLINE_CELL_BYTES, PAGE_BYTES, PAGE_HEADER_BYTES, SLOT_BYTES, VALUE_INLINE, VALUE_OVERFLOW,
@@ -754,7 +754,7 @@ impl Editor<'_> {
             Child::Dirty(node) => node,
         };
         let mut pieces = Pieces::default();
-        self.spill_node(*root, alloc, writes, &mut pieces, 0)?;
+        self.spill_node(*root, alloc, writes, &mut pieces, 0, 0)?;
         // A root that split grows the tree by one level per round.
         for _ in 0..MAX_BTREE_DEPTH {
             match pieces.cells.len() {
@@ -770,7 +770,7 @@ impl Editor<'_> {
                         branch.push(&pieces.keys[key_at..key_at + key_len], Child::Clean(pgid));
                     }
                     pieces = Pieces::default();
-                    self.spill_node(Node::Branch(branch), alloc, writes, &mut pieces, 0)?;
+                    self.spill_node(Node::Branch(branch), alloc, writes, &mut pieces, 0, 0)?;
                 }
             }
         }
@@ -778,7 +778,8 @@ impl Editor<'_> {
     }
 
     /// Encodes `node` into as many pages as it needs; appends (first key, page id) per page
-    /// to `out`.
+    /// to `out`. A leaf loads `next_leaf_pgid` (the base page of the leaf spilled after it, 0
+    /// for none) into cache while it copies its own cells.
     fn spill_node(
         &mut self,
         node: Node,
@@ -786,6 +787,7 @@ impl Editor<'_> {
         writes: &mut PageWrites,
         out: &mut Pieces,
         depth: usize,
+        next_leaf_pgid: u64,
     ) -> Result<(), Error> {
         if depth >= MAX_BTREE_DEPTH {
             return Err(Error::TooDeep);
@@ -794,8 +796,15 @@ impl Editor<'_> {
             Node::Leaf(mut leaf) => {
                 leaf.place_big_values(alloc, writes)?;
                 let page = leaf.page(self.base);
+                let mut prefetch = match next_leaf_pgid {
+                    0 => PagePrefetch::default(),
+                    pgid => PagePrefetch::start(pgid),
+                };
                 let sizes: Vec<usize> = (0..leaf.len())
-                    .map(|cell_index| leaf.cell_len(page, cell_index) + SLOT_BYTES)
+                    .map(|cell_index| {
+                        prefetch.step(self.base);
+                        leaf.cell_len(page, cell_index) + SLOT_BYTES
+                    })
                     .collect();
                 let mut first = 0;
                 for chunk_len in chunk_lengths(&sizes) {
@@ -817,13 +826,41 @@ impl Editor<'_> {
                     keys: branch.keys,
                     cells: Vec::with_capacity(branch.entries.len() + 8),
                 };
-                for entry in branch.entries {
-                    let (key_at, key_len) = (entry.key_at as usize, entry.key_len as usize);
-                    match entry.child {
+                let mut entries = branch.entries;
+                // Index of the next dirty leaf after the entry being spilled (for prefetch).
+                let dirty_leaf_pgid = |entry: &BranchEntry| match &entry.child {
+                    Child::Dirty(node) => match node.as_ref() {
+                        Node::Leaf(leaf) => leaf.base_pgid,
+                        Node::Branch(_) => 0,
+                    },
+                    Child::Clean(_) => 0,
+                };
+                let mut next_dirty_at = 0;
+                for at in 0..entries.len() {
+                    let (key_at, key_len) =
+                        (entries[at].key_at as usize, entries[at].key_len as usize);
+                    match std::mem::replace(&mut entries[at].child, Child::Clean(0)) {
                         Child::Clean(pgid) => cells.cells.push((key_at, key_len, pgid)),
                         Child::Dirty(child) => {
+                            if next_dirty_at <= at {
+                                next_dirty_at = at + 1;
+                                while next_dirty_at < entries.len()
+                                    && dirty_leaf_pgid(&entries[next_dirty_at]) == 0
+                                {
+                                    next_dirty_at += 1;
+                                }
+                            }
+                            let next_leaf_pgid =
+                                entries.get(next_dirty_at).map_or(0, dirty_leaf_pgid);
                             let first_piece = cells.cells.len();
-                            self.spill_node(*child, alloc, writes, &mut cells, depth + 1)?;
+                            self.spill_node(
+                                *child,
+                                alloc,
+                                writes,
+                                &mut cells,
+                                depth + 1,
+                                next_leaf_pgid,
+                            )?;
                             // The first piece keeps the separator the parent already routes
                             // by; later pieces start at their own first key.
                             if let Some(piece) = cells.cells.get_mut(first_piece) {
