@@ -1,6 +1,8 @@
-//! The write transaction's in-memory tree: nodes copied out of the mmap on first write
-//! ("dirty"), edited in place, and at commit rebalanced, split into pages and written to
+//! The write transaction's in-memory tree: nodes taken out of the mmap on first write
+//! ("dirty"), edited in memory, and at commit rebalanced, split into pages and written to
 //! freshly allocated pages (copy-on-write; the old pages go to the transaction's freed list).
+//! A dirty leaf keeps reading its unchanged cells from its old page, which belongs to the
+//! transaction's base snapshot and so stays unchanged until the transaction ends (`mmap.rs`).
 //!
 //! Invariants:
 //! - A branch's child i holds keys in `[key(i), key(i+1))`; child 0 also holds everything
@@ -10,6 +12,8 @@
 //!   node is first dirtied, or when an overflow value is replaced or deleted), and only
 //!   pages allocated by this transaction's `Allocator` are written.
 //! - All leaves are at the same depth; the depth never exceeds `MAX_BTREE_DEPTH`.
+//! - Commit writes pages in batches of at most `WRITE_BATCH_BYTES` (more only for one large
+//!   overflow run), all before the commit's first `fdatasync` (docs/btree.md, step 1).
 
 use super::alloc::Allocator;
 use super::mmap::{PagePrefetch, Snapshot};
