@@ -573,7 +573,7 @@ impl WriteTxn {
         let mut child = &self.root;
         for _ in 0..page::MAX_BTREE_DEPTH {
             match child {
-                Child::Clean(pgid) => return self.base_get_from(*pgid, &internal),
+                Child::Clean(pgid) => return self.base.get_from(*pgid, &internal),
                 Child::Dirty(node) => match node.as_ref() {
                     Node::Leaf(leaf) => {
                         let page = leaf.page(&self.base);
@@ -596,24 +596,6 @@ impl WriteTxn {
                 .base
                 .value(page::ValueRef::Overflow { first_pgid, len }),
         }
-    }
-
-    fn base_get_from(&self, mut pgid: u64, key: &[u8]) -> Result<Option<&[u8]>, Error> {
-        for _ in 0..page::MAX_BTREE_DEPTH {
-            let node = self.base.node(pgid)?;
-            if node.is_leaf() {
-                let cell_index = node.search(key, false)?;
-                if cell_index < node.count() {
-                    let (cell_key, value) = node.leaf_entry(cell_index)?;
-                    if cell_key == key {
-                        return Ok(Some(self.base.value(value)?));
-                    }
-                }
-                return Ok(None);
-            }
-            pgid = node.child(node.child_for(key)?)?;
-        }
-        Err(page::corrupted("tree deeper than MAX_BTREE_DEPTH"))
     }
 
     /// Up to `limit` entries of `bucket` in `(lower, upper)`, through this transaction's

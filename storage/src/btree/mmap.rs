@@ -120,6 +120,10 @@ pub(crate) const CACHE_LINE_BYTES: usize = 64;
 /// small entries holds about 30, and a page is 64 lines).
 const PREFETCH_LINES_PER_STEP: usize = 4;
 
+/// Lines at the start of each page a point lookup requests before reading it: the header
+/// and the slot array of a leaf of small entries (about 30 slots of 6 bytes, and the prefix).
+const GET_PREFETCH_LINES: usize = 4;
+
 /// Loads one page into cache a few lines at a time, while the reader works on another.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct PagePrefetch {
@@ -192,8 +196,15 @@ impl Snapshot {
 
     /// Point lookup of an internal (bucket-prefixed) key.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<&[u8]>, Error> {
-        let mut pgid = self.meta.root_pgid;
+        self.get_from(self.meta.root_pgid, key)
+    }
+
+    /// Point lookup of an internal key in the subtree at `pgid`.
+    pub(crate) fn get_from(&self, mut pgid: u64, key: &[u8]) -> Result<Option<&[u8]>, Error> {
         for _ in 0..page::MAX_BTREE_DEPTH {
+            // The header, slot array and prefix of a page are read one after another, each
+            // depending on the last; asking for their lines together overlaps the misses.
+            self.prefetch_lines(pgid, 0, GET_PREFETCH_LINES);
             let node = self.node(pgid)?;
             if node.is_leaf() {
                 let cell_index = node.search(key, false)?;
