@@ -3,7 +3,9 @@
 //! 10k; N random inserts in batches of 10k; N random point gets; 1k range scans of 1k keys;
 //! file size after N inserts; after deleting half; after compaction (tern: online defrag,
 //! LMDB: compacting copy, redb: compact). `BTREE_BENCH_N` sets N (default 1,000,000). The read
-//! phases (gets, scans) run `READ_REPEATS` times per engine and report the fastest run.
+//! phases (gets, scans) run `READ_REPEATS` times per engine and report the fastest run. The
+//! engines take turns (each batch of a write phase, each run of a read phase, goes to all
+//! three in turn, timed separately), so background load on a shared machine is spread evenly.
 //! Run: `cargo bench -p tern-storage --bench btree`.
 
 use std::ops::Bound;
@@ -258,10 +260,6 @@ fn open(kind: usize, dir: &Path, tag: &str) -> Box<dyn Engine> {
     }
 }
 
-fn fastest_of(repeats: usize, mut run: impl FnMut() -> Duration) -> Duration {
-    (0..repeats).map(|_| run()).min().expect("at least one run")
-}
-
 fn timed(f: impl FnOnce()) -> Duration {
     let start = Instant::now();
     f();
@@ -285,27 +283,46 @@ fn main() {
         .collect();
     let half: Vec<[u8; 8]> = random.iter().step_by(2).copied().collect();
 
-    let mut rows = Vec::new();
-    for kind in 0..3 {
-        let mut row = Row::default();
-        let mut seq = open(kind, dir.path(), "seq");
-        row.seq_insert = timed(|| seq.insert_batches(&sequential, &value));
-        drop(seq);
-        let mut engine = open(kind, dir.path(), "rand");
-        row.rand_insert = timed(|| engine.insert_batches(&random, &value));
+    // The engines take turns batch by batch (and run by run for the read phases) instead of
+    // one after another, so that load from other processes on a shared machine falls on all
+    // of them alike rather than on whichever happened to be running.
+    const ENGINES: usize = 3;
+    let mut rows = vec![Row::default(); ENGINES];
+    let mut engines: Vec<Box<dyn Engine>> = (0..ENGINES)
+        .map(|kind| open(kind, dir.path(), "seq"))
+        .collect();
+    for batch in sequential.chunks(BATCH) {
+        for (row, engine) in rows.iter_mut().zip(engines.iter_mut()) {
+            row.seq_insert += timed(|| engine.insert_batches(batch, &value));
+        }
+    }
+    drop(engines);
+    let mut engines: Vec<Box<dyn Engine>> = (0..ENGINES)
+        .map(|kind| open(kind, dir.path(), "rand"))
+        .collect();
+    for batch in random.chunks(BATCH) {
+        for (row, engine) in rows.iter_mut().zip(engines.iter_mut()) {
+            row.rand_insert += timed(|| engine.insert_batches(batch, &value));
+        }
+    }
+    for (row, engine) in rows.iter_mut().zip(&engines) {
         row.size_full = engine.file_bytes();
-        row.gets = fastest_of(READ_REPEATS, || {
+        row.gets = Duration::MAX;
+        row.scans = Duration::MAX;
+    }
+    for _ in 0..READ_REPEATS {
+        for (row, engine) in rows.iter_mut().zip(&engines) {
             let mut checksum = 0;
-            let elapsed = timed(|| checksum = engine.gets(&random));
+            row.gets = row.gets.min(timed(|| checksum = engine.gets(&random)));
             assert_eq!(checksum, n * VALUE_BYTES);
-            elapsed
-        });
-        row.scans = fastest_of(READ_REPEATS, || {
+        }
+        for (row, engine) in rows.iter_mut().zip(&engines) {
             let mut checksum = 0;
-            let elapsed = timed(|| checksum = engine.scans(&starts));
+            row.scans = row.scans.min(timed(|| checksum = engine.scans(&starts)));
             assert_eq!(checksum, SCANS * SCAN_KEYS * VALUE_BYTES);
-            elapsed
-        });
+        }
+    }
+    for (kind, (row, engine)) in rows.iter_mut().zip(engines.iter_mut()).enumerate() {
         engine.delete_batches(&half);
         row.size_half = engine.file_bytes();
         engine.compact();
@@ -317,8 +334,12 @@ fn main() {
             _ => engine.file_bytes(),
         };
         println!("{}: done", engine.name());
-        rows.push((engine.name(), row));
     }
+    let rows: Vec<(&str, Row)> = engines
+        .iter()
+        .map(|engine| engine.name())
+        .zip(rows)
+        .collect();
 
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let per_sec = |count: usize, d: Duration| count as f64 / d.as_secs_f64();
