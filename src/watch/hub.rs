@@ -19,7 +19,7 @@
 //!   one is being created).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +29,7 @@ use prost::Message;
 
 use super::feed::{FeedMessage, History, HistoryRequest, RevisionEvents, SyncReply, SyncRequest};
 use super::notify::Notify;
-use super::wire::RevisionWire;
+use super::wire::{RevisionWire, WireScratch};
 use crate::error::EtcdError;
 use crate::grpc::codec::MESSAGE_PREFIX_LEN;
 use crate::http2::ShutdownSignal;
@@ -125,6 +125,8 @@ struct StreamState {
     open: BytesMut,
     /// Bytes in `sealed` and `open`.
     queued_bytes: usize,
+    /// The stream's watchers, in id order.
+    watch_ids: BTreeSet<i64>,
     ready: Rc<Notify>,
     next_watch_id: i64,
     /// A progress request waits for every watcher of the stream to be synced.
@@ -140,12 +142,17 @@ struct HubState {
     stream_revision: i64,
     /// Latest header from the state core (cluster, member, raft term).
     header: pb::ResponseHeader,
-    watchers: BTreeMap<WatcherKey, Watcher>,
+    /// A hash map, not a B-tree: `deliver` looks a watcher up for every event it gets,
+    /// and a B-tree of 10,000 watchers costs a cache miss per level. Per-stream order
+    /// lives in `StreamState::watch_ids`.
+    watchers: HashMap<WatcherKey, Watcher>,
     single_keys: HashMap<Bytes, Vec<WatcherKey>>,
     ranges: Vec<WatcherKey>,
     unsynced: BTreeSet<WatcherKey>,
-    /// `dispatch`'s (watcher, event index) matches, kept to reuse the allocation.
+    /// `dispatch`'s (watcher, event index) matches and encoding buffers, kept to reuse
+    /// their allocations.
     matched: Vec<(WatcherKey, usize)>,
+    wire_scratch: WireScratch,
     streams: HashMap<StreamId, StreamState>,
     next_stream_id: StreamId,
 }
@@ -196,11 +203,12 @@ impl WatchHub {
                 creating: 0,
                 stream_revision: 0,
                 header,
-                watchers: BTreeMap::new(),
+                watchers: HashMap::new(),
                 single_keys: HashMap::new(),
                 ranges: Vec::new(),
                 unsynced: BTreeSet::new(),
                 matched: Vec::new(),
+                wire_scratch: WireScratch::default(),
                 streams: HashMap::new(),
                 next_stream_id: 1,
             }),
@@ -233,6 +241,7 @@ impl WatchHub {
                 sealed: VecDeque::new(),
                 open: BytesMut::new(),
                 queued_bytes: 0,
+                watch_ids: BTreeSet::new(),
                 ready: ready.clone(),
                 next_watch_id: 0,
                 progress_pending: false,
@@ -244,14 +253,10 @@ impl WatchHub {
     /// Forgets a stream and all its watchers (the client went away).
     pub fn close_stream(&self, state: &StateClient, stream: StreamId) {
         let mut st = self.state.borrow_mut();
-        st.streams.remove(&stream);
-        let keys: Vec<WatcherKey> = st
-            .watchers
-            .range((stream, i64::MIN)..=(stream, i64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in keys {
-            st.remove_watcher(key);
+        if let Some(s) = st.streams.remove(&stream) {
+            for watch_id in s.watch_ids {
+                st.remove_watcher((stream, watch_id));
+            }
         }
         drop(st);
         self.maybe_unsubscribe(state);
@@ -439,15 +444,21 @@ impl WatchHub {
         let revision = st.stream_revision;
         let header = st.header_at(revision);
         let mut due = Vec::new();
-        for (key, w) in st
-            .watchers
-            .range_mut((stream, i64::MIN)..=(stream, i64::MAX))
-        {
+        let HubState {
+            watchers, streams, ..
+        } = &mut *st;
+        let Some(s) = streams.get(&stream) else {
+            return;
+        };
+        for watch_id in &s.watch_ids {
+            let Some(w) = watchers.get_mut(&(stream, *watch_id)) else {
+                continue;
+            };
             if !w.progress_notify {
                 continue;
             }
             if w.progress_due && matches!(w.sync, SyncState::Synced) {
-                due.push(key.1);
+                due.push(*watch_id);
             }
             w.progress_due = true;
         }
@@ -724,6 +735,9 @@ impl HubState {
         if matches!(watcher.sync, SyncState::Unsynced) {
             self.unsynced.insert(key);
         }
+        if let Some(s) = self.streams.get_mut(&key.0) {
+            s.watch_ids.insert(key.1);
+        }
         self.watchers.insert(key, watcher);
     }
 
@@ -742,6 +756,9 @@ impl HubState {
             self.ranges.retain(|k| *k != key);
         }
         self.unsynced.remove(&key);
+        if let Some(s) = self.streams.get_mut(&key.0) {
+            s.watch_ids.remove(&key.1);
+        }
         true
     }
 
@@ -791,7 +808,8 @@ impl HubState {
         }
         let mut fell_behind = false;
         if !matched.is_empty() {
-            let mut wire = RevisionWire::new(batch);
+            let mut scratch = std::mem::take(&mut self.wire_scratch);
+            let mut wire = RevisionWire::new(batch, &mut scratch);
             let mut indexes = Vec::new();
             for group in matched.chunk_by(|a, b| a.0 == b.0) {
                 indexes.clear();
@@ -799,6 +817,7 @@ impl HubState {
                 fell_behind |=
                     self.deliver(group[0].0, batch, &mut wire, &indexes, max_request_bytes);
             }
+            self.wire_scratch = scratch;
         }
         self.matched = matched;
         fell_behind
@@ -969,7 +988,8 @@ impl HubState {
                                 .collect()
                         };
                         if !indexes.is_empty() {
-                            let mut wire = RevisionWire::new(&batch);
+                            let mut scratch = WireScratch::default();
+                            let mut wire = RevisionWire::new(&batch, &mut scratch);
                             self.deliver(*key, &batch, &mut wire, &indexes, max_request_bytes);
                         }
                     }
@@ -1008,10 +1028,11 @@ impl HubState {
         if !s.progress_pending {
             return;
         }
-        let all_synced = self
-            .watchers
-            .range((stream, i64::MIN)..=(stream, i64::MAX))
-            .all(|(_, w)| matches!(w.sync, SyncState::Synced));
+        let all_synced = s.watch_ids.iter().all(|watch_id| {
+            self.watchers
+                .get(&(stream, *watch_id))
+                .is_none_or(|w| matches!(w.sync, SyncState::Synced))
+        });
         if !all_synced {
             return;
         }

@@ -5,16 +5,19 @@
 //! watchers of one key across streams). Building a `WatchResponse` per watcher and
 //! encoding it with prost re-encodes the same `Event`s and header each time, allocates
 //! per response and copies again when gRPC frames it. Here each matched event is encoded
-//! once per revision (with and without `prev_kv`), the header once, and a watcher's
-//! response is its gRPC prefix, the header, its `watch_id` and the records of its events,
-//! appended to the stream's buffer: no per-watcher allocation or protobuf encoding.
+//! once per revision (with and without `prev_kv`), the header once, into a scratch buffer
+//! reused from revision to revision, and a watcher's response is its gRPC prefix, the
+//! header, its `watch_id` and the records of its events, copied to the stream's buffer:
+//! no per-watcher allocation or protobuf encoding.
 //!
 //! Invariant: the bytes equal prost's encoding of the same `WatchResponse` (fields in
 //! number order, defaults omitted, etcd's `rpc.proto`: header = 1, watch_id = 2,
 //! events = 11; `mvccpb.Event`: type = 1, kv = 2, prev_kv = 3); the tests check it
 //! against prost field by field.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use std::ops::Range;
+
+use bytes::{BufMut, BytesMut};
 use prost::Message;
 
 use super::feed::RevisionEvents;
@@ -35,7 +38,7 @@ fn varint_len(value: u64) -> usize {
     (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn put_varint(out: &mut BytesMut, mut value: u64) {
+fn put_varint(out: &mut impl BufMut, mut value: u64) {
     while value >= 0x80 {
         out.put_u8(value as u8 | 0x80);
         value >>= 7;
@@ -48,7 +51,7 @@ fn field_len(body_len: usize) -> usize {
     1 + varint_len(body_len as u64) + body_len
 }
 
-fn put_message(out: &mut BytesMut, key: u8, message: &impl Message) {
+fn put_message(out: &mut impl BufMut, key: u8, message: &impl Message) {
     out.put_u8(key);
     put_varint(out, message.encoded_len() as u64);
     message
@@ -56,39 +59,56 @@ fn put_message(out: &mut BytesMut, key: u8, message: &impl Message) {
         .expect("BytesMut grows to fit any message");
 }
 
+/// Buffers a [`RevisionWire`] fills; kept by the hub from one revision to the next so
+/// that encoding a revision allocates nothing once they have grown.
+#[derive(Default)]
+pub struct WireScratch {
+    /// Encoded parts back to back: the header field, then event records as needed.
+    parts: Vec<u8>,
+    header: Option<Range<usize>>,
+    /// Per event: where its field-11 record without `prev_kv` ([0]) and with it ([1]) is.
+    records: Vec<[Option<Range<usize>>; 2]>,
+}
+
 /// One revision's encoded parts, filled in as watchers need them.
 pub struct RevisionWire<'a> {
     batch: &'a RevisionEvents,
-    /// Field 1 (key, length, `ResponseHeader`).
-    header: Option<Bytes>,
-    /// Per event: its field-11 record without `prev_kv` ([0]) and with it ([1]).
-    records: Vec<[Option<Bytes>; 2]>,
+    scratch: &'a mut WireScratch,
 }
 
 impl<'a> RevisionWire<'a> {
-    pub fn new(batch: &'a RevisionEvents) -> RevisionWire<'a> {
-        RevisionWire {
-            batch,
-            header: None,
-            records: vec![[None, None]; batch.events.len()],
-        }
+    pub fn new(batch: &'a RevisionEvents, scratch: &'a mut WireScratch) -> RevisionWire<'a> {
+        scratch.parts.clear();
+        scratch.header = None;
+        scratch.records.clear();
+        scratch.records.resize(batch.events.len(), [None, None]);
+        RevisionWire { batch, scratch }
     }
 
-    fn header(&mut self) -> &Bytes {
-        let header = &self.batch.header;
-        self.header.get_or_insert_with(|| {
-            let mut buf = BytesMut::with_capacity(field_len(header.encoded_len()));
-            put_message(&mut buf, HEADER_KEY, header);
-            buf.freeze()
-        })
+    fn header(&mut self) -> Range<usize> {
+        let WireScratch { parts, header, .. } = &mut *self.scratch;
+        header
+            .get_or_insert_with(|| {
+                let start = parts.len();
+                put_message(parts, HEADER_KEY, &self.batch.header);
+                start..parts.len()
+            })
+            .clone()
     }
 
-    /// The field-11 record of event `event_index`, with `prev_kv` if `with_prev_kv` (and
-    /// the event has one).
-    fn record(&mut self, event_index: usize, with_prev_kv: bool) -> &Bytes {
+    /// Where the field-11 record of event `event_index` is, with `prev_kv` if
+    /// `with_prev_kv` (and the event has one).
+    fn record(&mut self, event_index: usize, with_prev_kv: bool) -> Range<usize> {
         let event = &self.batch.events[event_index];
         let variant = usize::from(with_prev_kv && event.prev_kv.is_some());
-        self.records[event_index][variant].get_or_insert_with(|| event_record(event, variant == 1))
+        let WireScratch { parts, records, .. } = &mut *self.scratch;
+        records[event_index][variant]
+            .get_or_insert_with(|| {
+                let start = parts.len();
+                put_event_record(parts, event, variant == 1);
+                start..parts.len()
+            })
+            .clone()
     }
 
     /// Length of the `WatchResponse` of `watch_id` carrying the events at `event_indexes`
@@ -115,13 +135,15 @@ impl<'a> RevisionWire<'a> {
         out.reserve(MESSAGE_PREFIX_LEN + body_len);
         out.put_u8(0);
         out.put_u32(length);
-        out.extend_from_slice(self.header());
+        let header = self.header();
+        out.extend_from_slice(&self.scratch.parts[header]);
         if watch_id != 0 {
             out.put_u8(WATCH_ID_KEY);
             put_varint(out, watch_id as u64);
         }
         for &i in event_indexes {
-            out.extend_from_slice(self.record(i, prev_kv));
+            let record = self.record(i, prev_kv);
+            out.extend_from_slice(&self.scratch.parts[record]);
         }
         MESSAGE_PREFIX_LEN + body_len
     }
@@ -137,9 +159,9 @@ fn watch_id_len(watch_id: i64) -> usize {
     }
 }
 
-/// `event` as a `WatchResponse.events` record: key, length, then the `Event` body
-/// (type unless PUT, kv, and prev_kv only if `with_prev_kv`).
-fn event_record(event: &Event, with_prev_kv: bool) -> Bytes {
+/// Appends `event` as a `WatchResponse.events` record: key, length, then the `Event`
+/// body (type unless PUT, kv, and prev_kv only if `with_prev_kv`).
+fn put_event_record(out: &mut impl BufMut, event: &Event, with_prev_kv: bool) {
     // An enum is an int32: a negative one is sign-extended to ten bytes, as prost does.
     let event_type = event.r#type as i64 as u64;
     let type_len = if event.r#type != 0 {
@@ -153,22 +175,18 @@ fn event_record(event: &Event, with_prev_kv: bool) -> Bytes {
         .map_or(0, |kv| field_len(kv.encoded_len()));
     let prev_kv = event.prev_kv.as_ref().filter(|_| with_prev_kv);
     let prev_len = prev_kv.map_or(0, |prev| field_len(prev.encoded_len()));
-    let body_len = type_len + kv_len + prev_len;
-    let mut buf = BytesMut::with_capacity(field_len(body_len));
-    buf.put_u8(EVENTS_KEY);
-    put_varint(&mut buf, body_len as u64);
+    out.put_u8(EVENTS_KEY);
+    put_varint(out, (type_len + kv_len + prev_len) as u64);
     if event.r#type != 0 {
-        buf.put_u8(EVENT_TYPE_KEY);
-        put_varint(&mut buf, event_type);
+        out.put_u8(EVENT_TYPE_KEY);
+        put_varint(out, event_type);
     }
     if let Some(kv) = &event.kv {
-        put_message(&mut buf, EVENT_KV_KEY, kv);
+        put_message(out, EVENT_KV_KEY, kv);
     }
     if let Some(prev) = prev_kv {
-        put_message(&mut buf, EVENT_PREV_KV_KEY, prev);
+        put_message(out, EVENT_PREV_KV_KEY, prev);
     }
-    debug_assert_eq!(buf.len(), field_len(body_len));
-    buf.freeze()
 }
 
 #[cfg(test)]
@@ -176,6 +194,7 @@ mod tests {
     use super::*;
     use crate::proto::etcdserverpb as pb;
     use crate::proto::mvccpb::{event::EventType, KeyValue};
+    use bytes::Bytes;
 
     fn kv(key: &str, value: &str, revision: i64) -> KeyValue {
         KeyValue {
@@ -255,7 +274,8 @@ mod tests {
     #[test]
     fn hand_built_responses_equal_prost_encoding() {
         let batch = batch();
-        let mut wire = RevisionWire::new(&batch);
+        let mut scratch = WireScratch::default();
+        let mut wire = RevisionWire::new(&batch, &mut scratch);
         let mut out = BytesMut::new();
         let cases: &[(i64, &[usize], bool)] = &[
             (0, &[0], false),
@@ -283,7 +303,8 @@ mod tests {
     #[test]
     fn responses_append_back_to_back() {
         let batch = batch();
-        let mut wire = RevisionWire::new(&batch);
+        let mut scratch = WireScratch::default();
+        let mut wire = RevisionWire::new(&batch, &mut scratch);
         let mut out = BytesMut::new();
         wire.append_response(&mut out, 5, &[0], true);
         wire.append_response(&mut out, 6, &[1, 2], false);
