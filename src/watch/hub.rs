@@ -1064,11 +1064,9 @@ impl StreamState {
     /// Appends framed responses with `write`, which returns how many bytes it appended,
     /// and wakes the stream's sender.
     fn append(&mut self, write: impl FnOnce(&mut BytesMut) -> usize) {
-        if self.open.len() == self.open.capacity() {
-            // Room for a chunk's worth of responses; reuses the buffer of chunks already
-            // sent when nothing refers to it any more.
-            self.open.reserve(STREAM_CHUNK_BYTES_MAX);
-        }
+        // No reservation ahead of need: `write` reserves what it appends, and `BytesMut`
+        // grows by doubling and reuses the buffer of chunks already sent once nothing
+        // refers to them, so a quiet stream holds little and a busy one allocates rarely.
         let before = self.open.len();
         let appended = write(&mut self.open);
         debug_assert_eq!(self.open.len(), before + appended);

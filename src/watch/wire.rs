@@ -301,6 +301,21 @@ mod tests {
     }
 
     #[test]
+    fn varint_lengths_match_prost() {
+        let mut values = vec![0u64, 1, 127, 128, 16_383, 16_384, u64::MAX, i64::MIN as u64];
+        values.extend((0..64).map(|bit| 1u64 << bit));
+        for value in values {
+            assert_eq!(
+                varint_len(value),
+                prost::encoding::encoded_len_varint(value)
+            );
+            let mut out = BytesMut::new();
+            put_varint(&mut out, value);
+            assert_eq!(out.len(), varint_len(value), "{value}");
+        }
+    }
+
+    #[test]
     fn responses_append_back_to_back() {
         let batch = batch();
         let mut scratch = WireScratch::default();
