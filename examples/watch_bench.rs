@@ -3,8 +3,8 @@
 //! that reads nothing until the writes are done) watching the written keys. The same put
 //! load goes to A and B in alternating one-second slices (A first in even slices, B
 //! first in odd ones), so that a shared machine's changing background load falls on both
-//! alike. Prints puts/s of both, their ratio per round and overall, and the server CPU
-//! per put. Mode `match` (default): every put matches one watcher, so each write also
+//! alike. Prints puts/s of both, their ratio per round and overall, and the CPU per put
+//! of the server and of this client (which shares the machine). Mode `match` (default): every put matches one watcher, so each write also
 //! costs one event delivery; mode `idle`: the watchers watch keys nobody writes, which
 //! isolates what the watch machinery costs the write path.
 //!
