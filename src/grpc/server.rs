@@ -214,6 +214,29 @@ impl ResponseSink {
         Ok(())
     }
 
+    /// Sends messages the caller has already gRPC-framed (5-byte prefix, then the
+    /// message; any number back to back, whole messages only) as one piece: a stream that
+    /// produces many small responses at once leaves in one DATA frame instead of one per
+    /// message. Waits and fails as [`ResponseSink::send`] does.
+    pub async fn send_framed(&mut self, messages: Bytes) -> Result<(), Status> {
+        if self.call.finished.get() {
+            return Err(Status::cancelled());
+        }
+        let bound = self.send_queue_bytes_max;
+        poll_fn(|cx| self.call.stream.poll_send_capacity(cx, bound))
+            .await
+            .map_err(|StreamGone| Status::cancelled())?;
+        let stream = &self.call.stream;
+        if !stream.headers_sent() {
+            stream
+                .send_headers(codec::response_headers(), false)
+                .map_err(|StreamGone| Status::cancelled())?;
+        }
+        stream
+            .send_data(messages)
+            .map_err(|StreamGone| Status::cancelled())
+    }
+
     /// Ends the call with trailers grpc-status / grpc-message (Trailers-Only if nothing
     /// was sent).
     pub fn finish(self, status: Status) {

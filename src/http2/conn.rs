@@ -184,7 +184,10 @@ impl Shared {
     }
 
     /// Moves queued response data into the output buffer within the flow-control windows,
-    /// round-robin across streams, one frame per stream per turn.
+    /// round-robin across streams, one frame per stream per turn. A frame gathers as many
+    /// queued pieces as fit: a stream that queued many small messages (watch events) sends
+    /// few full frames, not one small frame each — cheaper for both ends, and h2-based
+    /// clients treat a flood of small buffered DATA frames as abuse (ENHANCE_YOUR_CALM).
     fn fill_data(&mut self) {
         let max_frame = self.peer.max_frame_size as usize;
         let mut moved = 0usize;
@@ -196,9 +199,9 @@ impl Shared {
             let Some(s) = self.streams.get_mut(&stream_id) else {
                 continue;
             };
-            if let Some(chunk) = s.send_queue.front_mut() {
-                let n = chunk
-                    .len()
+            if !s.send_queue.is_empty() {
+                let n = s
+                    .send_queued_bytes
                     .min(max_frame)
                     .min(s.send_window.available())
                     .min(self.conn_send_window.available());
@@ -212,10 +215,20 @@ impl Shared {
                     s.in_send_list = false;
                     continue;
                 }
-                frame::encode_data(&mut self.out, stream_id, &chunk[..n], false);
-                bytes::Buf::advance(chunk, n);
-                if chunk.is_empty() {
-                    s.send_queue.pop_front();
+                frame::encode_data_head(&mut self.out, stream_id, n, false);
+                let mut left = n;
+                while left > 0 {
+                    let chunk = s
+                        .send_queue
+                        .front_mut()
+                        .expect("send_queued_bytes counts it");
+                    let k = chunk.len().min(left);
+                    self.out.extend_from_slice(&chunk[..k]);
+                    bytes::Buf::advance(chunk, k);
+                    if chunk.is_empty() {
+                        s.send_queue.pop_front();
+                    }
+                    left -= k;
                 }
                 s.send_queued_bytes -= n;
                 s.send_window.consume(n);
@@ -327,6 +340,10 @@ impl StreamRef {
         let Some(s) = shared.streams.get_mut(&self.stream_id) else {
             return Err(StreamGone);
         };
+        if data.is_empty() {
+            // Nothing to frame; an empty piece would only stall `fill_data`.
+            return Ok(());
+        }
         s.send_queued_bytes += data.len();
         s.send_queue.push_back(data);
         shared.schedule(self.stream_id);

@@ -694,6 +694,18 @@ pub fn encode_window_update(out: &mut Vec<u8>, stream_id: u32, increment: u32) {
 }
 
 /// Appends one DATA frame; `data.len()` must be within the peer's max frame size.
+/// Appends the 9-byte head of a DATA frame whose `len` payload bytes the caller appends
+/// next (for a payload gathered from several buffers).
+pub fn encode_data_head(out: &mut Vec<u8>, stream_id: u32, len: usize, end_stream: bool) {
+    head(
+        out,
+        len,
+        kind::DATA,
+        if end_stream { flag::END_STREAM } else { 0 },
+        stream_id,
+    );
+}
+
 pub fn encode_data(out: &mut Vec<u8>, stream_id: u32, data: &[u8], end_stream: bool) {
     head(
         out,

@@ -3,18 +3,17 @@
 //! Two halves run side by side for each stream (etcd's recvLoop and sendLoop in
 //! v3rpc/watch.go): the receiving half handles create/cancel/progress requests one at a
 //! time through this core's `WatchHub`; the sending half writes the stream's queue out
-//! through `ResponseSink::send` (which waits on HTTP/2 flow control) and fires the
+//! through `ResponseSink::send_framed` (which waits on HTTP/2 flow control) and fires the
 //! periodic progress notification. The hub, not this file, decides what is queued.
 //!
 //! Lifetime, as in etcd: the client's half-close does not end the stream (its watchers
 //! keep delivering); a malformed message ends it with the decode error; the client going
 //! away, or server shutdown (UNAVAILABLE), ends it and frees its watchers.
 
-use std::rc::Rc;
-use std::time::Instant;
-
 use futures_lite::future;
+use glommio::timer::Timer;
 use prost::Message;
+use std::rc::Rc;
 
 use crate::error::EtcdError;
 use crate::grpc::{Call, Code, RequestStream, ResponseSink, Status};
@@ -136,10 +135,12 @@ async fn receive(
 /// The sending half; returns when the client has gone.
 async fn send(hub: &WatchHub, stream: StreamId, ready: &Notify, responses: &mut ResponseSink) {
     let interval = hub.progress_notify_interval;
-    let mut next_tick = Instant::now() + interval;
+    // One timer for the stream's life, reset when it fires (not one per wake-up).
+    let mut tick = Timer::new(interval);
     loop {
-        while let Some(message) = hub.pop(stream) {
-            if responses.send(message).await.is_err() {
+        // The hub hands out whole gRPC-framed responses, many per chunk.
+        while let Some(chunk) = hub.pop(stream) {
+            if responses.send_framed(chunk).await.is_err() {
                 return;
             }
         }
@@ -149,14 +150,14 @@ async fn send(hub: &WatchHub, stream: StreamId, ready: &Notify, responses: &mut 
                 false
             },
             async {
-                glommio::timer::sleep(next_tick.saturating_duration_since(Instant::now())).await;
+                (&mut tick).await;
                 true
             },
         )
         .await;
         if ticked {
             hub.progress_tick(stream);
-            next_tick = Instant::now() + interval;
+            tick.reset(interval);
         }
     }
 }

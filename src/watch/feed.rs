@@ -3,15 +3,18 @@
 //!
 //! Invariants (see `super` for the whole protocol):
 //! - For a core in `Live` mode, every revision after its subscription point is sent, in
-//!   revision order, exactly once, as one [`FeedMessage::Revision`]. The state core never
-//!   waits for a network core: sends are `try_send`.
+//!   revision order, exactly once, inside a [`FeedMessage::Revisions`]: one message per
+//!   core per commit carries all the revisions that commit made durable, so the cost of
+//!   crossing cores (a channel slot, a wake-up) is paid per batch, not per write. The
+//!   state core never waits for a network core: sends are `try_send`.
 //! - A full channel switches the core to `Lagging` and nothing more is sent to it until the
 //!   core resumes with a [`SyncRequest`] (`resume: true`). The core learns about the lag
 //!   from one [`FeedMessage::Lagged`] marker, sent by a task that waits for channel room,
 //!   so the marker arrives even if no further write ever happens.
 //! - Messages carry the subscription's generation; a core ignores messages of any other
 //!   generation, so stale messages of an ended subscription cannot be mistaken for new ones.
-//! - Cost per write is O(subscribed cores): the events are built once and shared by `Arc`.
+//! - Cost per write is O(1) and per commit O(subscribed cores): the events are built once
+//!   and shared by `Arc`.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,8 +29,9 @@ use crate::mvcc::{Backend, Bucket, ChangeKind, Direction, KeyRange, KvStore, Ran
 use crate::proto::etcdserverpb as pb;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 
-/// Bound on undelivered feed messages per network core. Deep enough to absorb a burst of
-/// writes while the core is busy; a core that falls this far behind catches up from history.
+/// Bound on undelivered feed messages (each the revisions of one commit) per network core.
+/// Deep enough to absorb a burst of commits while the core is busy; a core that falls
+/// this far behind catches up from history.
 pub const FEED_QUEUE_MAX: usize = 1024;
 
 /// Most revisions one history read covers (etcd's `watchBatchMaxRevs`): bounds the time the
@@ -47,9 +51,11 @@ pub struct RevisionEvents {
 /// What travels from the state core to a network core.
 #[derive(Debug)]
 pub enum FeedMessage {
-    Revision {
+    /// The revisions of one commit, in increasing order (consecutive unless a lag cut
+    /// some out; the receiving core skips what it has and resyncs over a gap).
+    Revisions {
         generation: u64,
-        batch: Arc<RevisionEvents>,
+        batches: Arc<[Arc<RevisionEvents>]>,
     },
     /// The channel was full at `from_revision`: nothing from there on was sent.
     Lagged { generation: u64, from_revision: i64 },
@@ -189,17 +195,19 @@ impl WatchFeed {
         self.unreleased.push(batch);
     }
 
-    /// Sends every built batch to every live subscriber, in revision order. Called right
-    /// after the commit that made those revisions durable.
+    /// Sends every built batch to every live subscriber, in revision order, as one
+    /// message per core. Called right after the commit that made those revisions durable.
     pub fn release(&mut self) {
-        let unreleased = std::mem::take(&mut self.unreleased);
-        for batch in unreleased {
-            self.send_live(batch);
+        if self.unreleased.is_empty() {
+            return;
         }
+        let batches: Arc<[Arc<RevisionEvents>]> = std::mem::take(&mut self.unreleased).into();
+        debug_assert!(batches.windows(2).all(|w| w[0].revision < w[1].revision));
+        self.send_live(batches);
     }
 
-    fn send_live(&mut self, batch: Arc<RevisionEvents>) {
-        let revision = batch.revision;
+    fn send_live(&mut self, batches: Arc<[Arc<RevisionEvents>]>) {
+        let revision = batches[0].revision;
         for core in 0..self.subscriptions.len() {
             let Some(sub) = &self.subscriptions[core] else {
                 continue;
@@ -210,9 +218,9 @@ impl WatchFeed {
             let Some(sender) = &self.senders[core] else {
                 continue;
             };
-            let message = FeedMessage::Revision {
+            let message = FeedMessage::Revisions {
                 generation: sub.generation,
-                batch: batch.clone(),
+                batches: batches.clone(),
             };
             if sender.try_send(message).is_err() {
                 self.lag(core, revision);

@@ -8,24 +8,30 @@
 //!   `[its start, stream_revision]`; an `Unsynced`/`Fetching` one has been sent everything
 //!   before `next_revision` and nothing after: history fills the gap, so events are never
 //!   lost, duplicated or reordered, and all events of one revision go out in one response.
-//! - A stream's queue holds encoded responses; events are queued only while it holds less
-//!   than `STREAM_QUEUE_BYTES_MAX` (control responses always): a slow reader turns its own
-//!   watchers unsynced and never holds up writes or other streams.
+//! - A stream's queue holds gRPC-framed responses, back to back, in chunks of about
+//!   `STREAM_CHUNK_BYTES_MAX` (one chunk is one `ResponseSink::send_framed`, so the
+//!   responses one feed message produces leave in as few writes as possible); events are
+//!   queued only while it holds less than `STREAM_QUEUE_BYTES_MAX` (control responses
+//!   always): a slow reader turns its own watchers unsynced and never holds up writes or
+//!   other streams.
+//! - Live responses are written by [`super::wire`] from parts encoded once per revision.
 //! - The core is subscribed to the state core's feed exactly while it has watchers (or
 //!   one is being created).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use super::feed::{FeedMessage, History, HistoryRequest, RevisionEvents, SyncReply, SyncRequest};
 use super::notify::Notify;
+use super::wire::{RevisionWire, WireScratch};
 use crate::error::EtcdError;
+use crate::grpc::codec::MESSAGE_PREFIX_LEN;
 use crate::http2::ShutdownSignal;
 use crate::mvcc::KeyRange;
 use crate::proto::etcdserverpb as pb;
@@ -36,6 +42,10 @@ use crate::service::ServiceContext;
 /// Bound on the encoded responses queued for one watch stream before its watchers stop
 /// receiving live events and fall back to history (etcd's victim/unsynced handling).
 pub const STREAM_QUEUE_BYTES_MAX: usize = 1 << 20;
+/// Responses queued for a stream are handed to its sender in chunks of about this size
+/// (one chunk may be larger when it holds a single big response): HTTP/2's default
+/// SETTINGS_MAX_FRAME_SIZE (RFC 9113 §6.5.2), so a chunk usually leaves as one DATA frame.
+pub const STREAM_CHUNK_BYTES_MAX: usize = 16 * 1024;
 /// A stream whose queue drained below this gets its unsynced watchers caught up.
 pub const STREAM_QUEUE_RESUME_BYTES: usize = STREAM_QUEUE_BYTES_MAX / 4;
 /// Bound on live revisions a watcher buffers while its history read is in flight; past
@@ -45,6 +55,7 @@ pub const PENDING_REVISIONS_MAX: usize = 1024;
 pub const NO_WATCH_ID: i64 = -1;
 
 const _: () = assert!(STREAM_QUEUE_RESUME_BYTES < STREAM_QUEUE_BYTES_MAX);
+const _: () = assert!(STREAM_CHUNK_BYTES_MAX < STREAM_QUEUE_RESUME_BYTES);
 
 pub type StreamId = u64;
 type WatcherKey = (StreamId, i64);
@@ -86,14 +97,17 @@ impl Watcher {
         KeyRange::from_request(&self.key, &self.range_end).contains(key)
     }
 
-    /// The events this watcher gets out of `events` (by index), after its filters, with
-    /// `prev_kv` only if it asked.
+    /// Whether this watcher wants `event` (its NOPUT / NODELETE filters).
+    fn wants(&self, event: &Event) -> bool {
+        let is_put = event.r#type == EventType::Put as i32;
+        !(is_put && self.no_put || !is_put && self.no_delete)
+    }
+
+    /// The events this watcher gets out of `events`, after its filters, with `prev_kv`
+    /// only if it asked.
     fn select<'a>(&self, events: impl Iterator<Item = &'a Event>) -> Vec<Event> {
         events
-            .filter(|e| {
-                let is_put = e.r#type == EventType::Put as i32;
-                !(is_put && self.no_put || !is_put && self.no_delete)
-            })
+            .filter(|e| self.wants(e))
             .map(|e| {
                 let mut e = e.clone();
                 if !self.prev_kv {
@@ -106,8 +120,13 @@ impl Watcher {
 }
 
 struct StreamState {
-    queue: VecDeque<Bytes>,
+    /// Full chunks of framed responses, oldest first; `open` continues after them.
+    sealed: VecDeque<Bytes>,
+    open: BytesMut,
+    /// Bytes in `sealed` and `open`.
     queued_bytes: usize,
+    /// The stream's watchers, in id order.
+    watch_ids: BTreeSet<i64>,
     ready: Rc<Notify>,
     next_watch_id: i64,
     /// A progress request waits for every watcher of the stream to be synced.
@@ -123,10 +142,17 @@ struct HubState {
     stream_revision: i64,
     /// Latest header from the state core (cluster, member, raft term).
     header: pb::ResponseHeader,
-    watchers: BTreeMap<WatcherKey, Watcher>,
+    /// A hash map, not a B-tree: `deliver` looks a watcher up for every event it gets,
+    /// and a B-tree of 10,000 watchers costs a cache miss per level. Per-stream order
+    /// lives in `StreamState::watch_ids`.
+    watchers: HashMap<WatcherKey, Watcher>,
     single_keys: HashMap<Bytes, Vec<WatcherKey>>,
     ranges: Vec<WatcherKey>,
     unsynced: BTreeSet<WatcherKey>,
+    /// `dispatch`'s (watcher, event index) matches and encoding buffers, kept to reuse
+    /// their allocations.
+    matched: Vec<(WatcherKey, usize)>,
+    wire_scratch: WireScratch,
     streams: HashMap<StreamId, StreamState>,
     next_stream_id: StreamId,
 }
@@ -177,10 +203,12 @@ impl WatchHub {
                 creating: 0,
                 stream_revision: 0,
                 header,
-                watchers: BTreeMap::new(),
+                watchers: HashMap::new(),
                 single_keys: HashMap::new(),
                 ranges: Vec::new(),
                 unsynced: BTreeSet::new(),
+                matched: Vec::new(),
+                wire_scratch: WireScratch::default(),
                 streams: HashMap::new(),
                 next_stream_id: 1,
             }),
@@ -210,8 +238,10 @@ impl WatchHub {
         st.streams.insert(
             id,
             StreamState {
-                queue: VecDeque::new(),
+                sealed: VecDeque::new(),
+                open: BytesMut::new(),
                 queued_bytes: 0,
+                watch_ids: BTreeSet::new(),
                 ready: ready.clone(),
                 next_watch_id: 0,
                 progress_pending: false,
@@ -223,30 +253,26 @@ impl WatchHub {
     /// Forgets a stream and all its watchers (the client went away).
     pub fn close_stream(&self, state: &StateClient, stream: StreamId) {
         let mut st = self.state.borrow_mut();
-        st.streams.remove(&stream);
-        let keys: Vec<WatcherKey> = st
-            .watchers
-            .range((stream, i64::MIN)..=(stream, i64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in keys {
-            st.remove_watcher(key);
+        if let Some(s) = st.streams.remove(&stream) {
+            for watch_id in s.watch_ids {
+                st.remove_watcher((stream, watch_id));
+            }
         }
         drop(st);
         self.maybe_unsubscribe(state);
     }
 
-    /// The next queued response of `stream`, if any.
+    /// The next chunk of `stream`'s queued responses (whole gRPC-framed messages, for
+    /// `ResponseSink::send_framed`), if any.
     pub fn pop(&self, stream: StreamId) -> Option<Bytes> {
         let mut st = self.state.borrow_mut();
         let s = st.streams.get_mut(&stream)?;
-        let message = s.queue.pop_front()?;
         let before = s.queued_bytes;
-        s.queued_bytes -= message.len();
+        let chunk = s.pop()?;
         if before >= STREAM_QUEUE_RESUME_BYTES && s.queued_bytes < STREAM_QUEUE_RESUME_BYTES {
             self.driver.notify();
         }
-        Some(message)
+        Some(chunk)
     }
 
     // ----- requests of a watch stream -----
@@ -418,15 +444,21 @@ impl WatchHub {
         let revision = st.stream_revision;
         let header = st.header_at(revision);
         let mut due = Vec::new();
-        for (key, w) in st
-            .watchers
-            .range_mut((stream, i64::MIN)..=(stream, i64::MAX))
-        {
+        let HubState {
+            watchers, streams, ..
+        } = &mut *st;
+        let Some(s) = streams.get(&stream) else {
+            return;
+        };
+        for watch_id in &s.watch_ids {
+            let Some(w) = watchers.get_mut(&(stream, *watch_id)) else {
+                continue;
+            };
             if !w.progress_notify {
                 continue;
             }
             if w.progress_due && matches!(w.sync, SyncState::Synced) {
-                due.push(key.1);
+                due.push(*watch_id);
             }
             w.progress_due = true;
         }
@@ -516,22 +548,30 @@ impl WatchHub {
         };
         while let Some(message) = next().await {
             match message {
-                FeedMessage::Revision { generation, batch } => {
+                FeedMessage::Revisions {
+                    generation,
+                    batches,
+                } => {
                     let mut st = self.state.borrow_mut();
                     if !st.subscribed || generation != st.generation {
                         continue;
                     }
-                    if batch.revision <= st.stream_revision {
-                        continue;
+                    let mut fell_behind = false;
+                    for batch in batches.iter() {
+                        if batch.revision <= st.stream_revision {
+                            continue;
+                        }
+                        if batch.revision != st.stream_revision + 1 {
+                            // A lag cut revisions out of this commit's message: history
+                            // repairs it, every watcher catches up from where it was.
+                            crate::warn!("watch feed skipped revisions; resyncing watchers",
+                                "expected" => st.stream_revision + 1, "got" => batch.revision);
+                            st.jump_stream_to(batch.revision - 1);
+                            fell_behind = true;
+                        }
+                        fell_behind |= st.dispatch(batch, self.max_request_bytes);
                     }
-                    if batch.revision != st.stream_revision + 1 {
-                        // Cannot happen by the feed's contract; if it did, history
-                        // repairs it: every watcher catches up from where it was.
-                        crate::warn!("watch feed skipped revisions; resyncing watchers",
-                            "expected" => st.stream_revision + 1, "got" => batch.revision);
-                        st.jump_stream_to(batch.revision - 1);
-                    }
-                    if st.dispatch(&batch, self.max_request_bytes) {
+                    if fell_behind {
                         self.driver.notify();
                     }
                 }
@@ -695,6 +735,9 @@ impl HubState {
         if matches!(watcher.sync, SyncState::Unsynced) {
             self.unsynced.insert(key);
         }
+        if let Some(s) = self.streams.get_mut(&key.0) {
+            s.watch_ids.insert(key.1);
+        }
         self.watchers.insert(key, watcher);
     }
 
@@ -713,6 +756,9 @@ impl HubState {
             self.ranges.retain(|k| *k != key);
         }
         self.unsynced.remove(&key);
+        if let Some(s) = self.streams.get_mut(&key.0) {
+            s.watch_ids.remove(&key.1);
+        }
         true
     }
 
@@ -742,32 +788,48 @@ impl HubState {
         debug_assert_eq!(batch.revision, self.stream_revision + 1);
         self.stream_revision = batch.revision;
         self.header = batch.header;
-        let mut matched: BTreeMap<WatcherKey, Vec<usize>> = BTreeMap::new();
+        let mut matched = std::mem::take(&mut self.matched);
+        matched.clear();
         for (i, event) in batch.events.iter().enumerate() {
             let Some(kv) = &event.kv else { continue };
             if let Some(keys) = self.single_keys.get(&kv.key) {
-                for key in keys {
-                    matched.entry(*key).or_default().push(i);
-                }
+                matched.extend(keys.iter().map(|key| (*key, i)));
             }
             for key in &self.ranges {
                 if self.watchers[key].contains(&kv.key) {
-                    matched.entry(*key).or_default().push(i);
+                    matched.push((*key, i));
                 }
             }
         }
-        let mut fell_behind = false;
-        for (key, indexes) in matched {
-            fell_behind |= self.deliver(key, batch, &indexes, max_request_bytes);
+        if batch.events.len() > 1 {
+            // Group by watcher, each watcher's events in revision order. (With one event
+            // every watcher appears once already.)
+            matched.sort_unstable();
         }
+        let mut fell_behind = false;
+        if !matched.is_empty() {
+            let mut scratch = std::mem::take(&mut self.wire_scratch);
+            let mut wire = RevisionWire::new(batch, &mut scratch);
+            let mut indexes = Vec::new();
+            for group in matched.chunk_by(|a, b| a.0 == b.0) {
+                indexes.clear();
+                indexes.extend(group.iter().map(|m| m.1));
+                fell_behind |=
+                    self.deliver(group[0].0, batch, &mut wire, &indexes, max_request_bytes);
+            }
+            self.wire_scratch = scratch;
+        }
+        self.matched = matched;
         fell_behind
     }
 
-    /// Delivers `batch`'s events at `indexes` to one watcher; true if it fell behind.
+    /// Delivers `batch`'s events at `indexes` (ascending) to one watcher, writing with
+    /// `wire` (`batch`'s); true if it fell behind.
     fn deliver(
         &mut self,
         key: WatcherKey,
         batch: &Arc<RevisionEvents>,
+        wire: &mut RevisionWire,
         indexes: &[usize],
         max_request_bytes: usize,
     ) -> bool {
@@ -796,8 +858,18 @@ impl HubState {
                 return false;
             }
         }
-        let events = w.select(indexes.iter().map(|&i| &batch.events[i]));
-        if events.is_empty() {
+        let filtered: Vec<usize>;
+        let indexes = if w.no_put || w.no_delete {
+            filtered = indexes
+                .iter()
+                .copied()
+                .filter(|&i| w.wants(&batch.events[i]))
+                .collect();
+            &filtered[..]
+        } else {
+            indexes
+        };
+        if indexes.is_empty() {
             w.next_revision = batch.revision + 1;
             return false;
         }
@@ -812,13 +884,21 @@ impl HubState {
         }
         w.next_revision = batch.revision + 1;
         w.progress_due = false;
-        let response = pb::WatchResponse {
-            header: Some(batch.header),
-            watch_id: key.1,
-            events,
-            ..Default::default()
-        };
-        push_events(stream, response, w.fragment, max_request_bytes);
+        if w.fragment
+            && indexes.len() > 1
+            && wire.response_len(key.1, indexes, w.prev_kv) >= max_request_bytes
+        {
+            // Rare (big revisions to watchers that asked for fragments): prost's way.
+            let response = pb::WatchResponse {
+                header: Some(batch.header),
+                watch_id: key.1,
+                events: w.select(indexes.iter().map(|&i| &batch.events[i])),
+                ..Default::default()
+            };
+            push_events(stream, response, true, max_request_bytes);
+        } else {
+            stream.append(|out| wire.append_response(out, key.1, indexes, w.prev_kv));
+        }
         false
     }
 
@@ -907,7 +987,11 @@ impl HubState {
                                 .map(|(i, _)| i)
                                 .collect()
                         };
-                        self.deliver(*key, &batch, &indexes, max_request_bytes);
+                        if !indexes.is_empty() {
+                            let mut scratch = WireScratch::default();
+                            let mut wire = RevisionWire::new(&batch, &mut scratch);
+                            self.deliver(*key, &batch, &mut wire, &indexes, max_request_bytes);
+                        }
                     }
                     // Revisions between the last pending one and `stream_revision` did
                     // not match; nothing before `stream_revision` is owed any more.
@@ -944,10 +1028,11 @@ impl HubState {
         if !s.progress_pending {
             return;
         }
-        let all_synced = self
-            .watchers
-            .range((stream, i64::MIN)..=(stream, i64::MAX))
-            .all(|(_, w)| matches!(w.sync, SyncState::Synced));
+        let all_synced = s.watch_ids.iter().all(|watch_id| {
+            self.watchers
+                .get(&(stream, *watch_id))
+                .is_none_or(|w| matches!(w.sync, SyncState::Synced))
+        });
         if !all_synced {
             return;
         }
@@ -970,15 +1055,52 @@ impl HubState {
     /// dropping one would confuse the client; bounded by the client's own request rate.
     fn push_control(&mut self, stream: StreamId, response: pb::WatchResponse) {
         if let Some(s) = self.streams.get_mut(&stream) {
-            push_encoded(s, response.encode_to_vec().into());
+            s.push_message(&response);
         }
     }
 }
 
-fn push_encoded(stream: &mut StreamState, message: Bytes) {
-    stream.queued_bytes += message.len();
-    stream.queue.push_back(message);
-    stream.ready.notify();
+impl StreamState {
+    /// Appends framed responses with `write`, which returns how many bytes it appended,
+    /// and wakes the stream's sender.
+    fn append(&mut self, write: impl FnOnce(&mut BytesMut) -> usize) {
+        // No reservation ahead of need: `write` reserves what it appends, and `BytesMut`
+        // grows by doubling and reuses the buffer of chunks already sent once nothing
+        // refers to them, so a quiet stream holds little and a busy one allocates rarely.
+        let before = self.open.len();
+        let appended = write(&mut self.open);
+        debug_assert_eq!(self.open.len(), before + appended);
+        self.queued_bytes += appended;
+        if self.open.len() >= STREAM_CHUNK_BYTES_MAX {
+            self.sealed.push_back(self.open.split().freeze());
+        }
+        self.ready.notify();
+    }
+
+    /// Appends one response encoded by prost, gRPC-framed.
+    fn push_message(&mut self, response: &pb::WatchResponse) {
+        let len = response.encoded_len();
+        let length = u32::try_from(len).expect("watch response over 4 GiB");
+        self.append(|out| {
+            out.reserve(MESSAGE_PREFIX_LEN + len);
+            out.put_u8(0);
+            out.put_u32(length);
+            response
+                .encode(out)
+                .expect("BytesMut grows to fit any message");
+            MESSAGE_PREFIX_LEN + len
+        });
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        let chunk = match self.sealed.pop_front() {
+            Some(chunk) => chunk,
+            None if !self.open.is_empty() => self.open.split().freeze(),
+            None => return None,
+        };
+        self.queued_bytes -= chunk.len();
+        Some(chunk)
+    }
 }
 
 /// Queues an events response, split into fragments when the watcher asked for them and
@@ -991,7 +1113,7 @@ fn push_events(
     max_request_bytes: usize,
 ) {
     if !fragment || response.events.len() < 2 || response.encoded_len() < max_request_bytes {
-        push_encoded(stream, response.encode_to_vec().into());
+        stream.push_message(&response);
         return;
     }
     let mut events = response.events.into_iter().peekable();
@@ -1011,6 +1133,6 @@ fn push_events(
             events.next();
         }
         part.fragment = events.peek().is_some();
-        push_encoded(stream, part.encode_to_vec().into());
+        stream.push_message(&part);
     }
 }

@@ -11,15 +11,17 @@
 //!
 //! Design (the data path of one event, each step in its own file):
 //!
-//! 1. State core ([`feed`]): after each command that wrote, the state machine publishes
-//!    the write's changes once, as an `Arc<RevisionEvents>`, to every network core that
-//!    has watchers, with a non-blocking `try_send` on that core's bounded channel
-//!    (`FEED_QUEUE_MAX`). O(cores) per write, never O(watchers); writes never wait.
+//! 1. State core ([`feed`]): after each command that wrote, the state machine builds the
+//!    write's events once, as an `Arc<RevisionEvents>`; after each commit it sends all
+//!    the commit's revisions as one message to every network core that has watchers,
+//!    with a non-blocking `try_send` on that core's bounded channel (`FEED_QUEUE_MAX`).
+//!    O(cores) per commit, never O(watchers); writes never wait.
 //! 2. A core whose channel is full is marked lagging: it gets one `Lagged` marker (sent by
 //!    a task that waits for room) and nothing else until it resumes.
 //! 3. Network core ([`hub`]): the feed task dispatches each revision to the matching
-//!    watchers (a hash map of single keys plus a list of ranges) and queues one encoded
-//!    response per watcher on the watcher's stream. On `Lagged` it resumes the feed and
+//!    watchers (a hash map of single keys plus a list of ranges) and appends one
+//!    response per watcher to the watcher's stream, written by [`wire`] from the
+//!    revision's events encoded once. On `Lagged` it resumes the feed and
 //!    turns every watcher that might have missed a revision *unsynced*.
 //! 4. Unsynced watchers (new ones with an old start revision, those of a stream whose
 //!    queue is over `STREAM_QUEUE_BYTES_MAX` — a slow consumer — and those of a lagging
@@ -37,6 +39,7 @@
 pub mod feed;
 pub mod hub;
 mod notify;
+mod wire;
 
 pub use feed::{FeedMessage, SyncReply, SyncRequest, WatchFeed, FEED_QUEUE_MAX};
 pub use hub::{CreateRequest, StreamId, WatchHub};
