@@ -2,8 +2,9 @@
 //! pinned executors.
 //!
 //! Layout (N = cores in use):
-//! - one network executor per core, each with its own SO_REUSEPORT listener, so the kernel
-//!   spreads connections across cores and a connection never migrates;
+//! - one network executor per core, each accepting from the same client listeners (claimed
+//!   once by the main thread), so connections spread across cores and a connection never
+//!   migrates;
 //! - the state executor (MVCC today; raft and storage once they exist) pinned to the first
 //!   core. With N = 1 it shares that core with the only network executor; with N ≥ 2 it still
 //!   shares core 0, because the apply path is far cheaper than protocol work and a dedicated

@@ -25,7 +25,9 @@ use crate::mvcc::btree_backend::{self, BtreeBackend};
 use crate::mvcc::KvStore;
 use crate::proto::etcdserverpb as pb;
 use crate::runtime::{check_memlock, Plan};
-use crate::server::network::{bind_all, check_addresses_free, serve_clients};
+use crate::server::network::{
+    claim_client_addrs, executor_listeners, into_glommio_listeners, serve_clients,
+};
 use crate::server::state_client::{Command, StateClient, COMMAND_QUEUE_MAX};
 use crate::server::state_machine::{run_lease_timer, Identity, StateMachine};
 use crate::service::{self, Limits, ServiceContext};
@@ -79,8 +81,9 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         plan.cores_in_use() + 1,
         NETWORK_IO_MEMORY_BYTES.max(STATE_IO_MEMORY_BYTES),
     )?;
-    check_addresses_free(&options.listen_client_addrs)?;
-    check_addresses_free(&options.raft.listen_peer_addrs)?;
+    // Claimed before anything slow starts, so a port in use fails fast with etcd's error.
+    let client_listeners = claim_client_addrs(&options.listen_client_addrs)?;
+    check_peer_addrs_free(&options.raft.listen_peer_addrs)?;
 
     // signal-hook's handler only writes to a self-pipe that the main thread reads, so the
     // executors never run signal-handling code of their own.
@@ -200,7 +203,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     for (i, (cpu, (sender, feed))) in plan.network_cpus.iter().zip(network_channels).enumerate() {
         let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
         stops.push(stop_tx);
-        let addrs = options.listen_client_addrs.clone();
+        let listener_fds = executor_listeners(&client_listeners)?;
         let limits = options.limits.clone();
         let identity = options.identity.clone();
         let ready_tx = ready_tx.clone();
@@ -208,13 +211,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             .name(&format!("tern-net-{i}"))
             .io_memory(NETWORK_IO_MEMORY_BYTES)
             .spawn(move || async move {
-                let listeners = match bind_all(&addrs) {
-                    Ok(listeners) => listeners,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
+                let listeners = into_glommio_listeners(listener_fds);
                 // The state core connects this core's watch feed before its commands,
                 // so the feed's receiving end must be connecting before we wait below.
                 let (context_tx, context_rx) = futures::channel::oneshot::channel();
@@ -251,6 +248,8 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         network_executors.push(executor);
     }
     drop(ready_tx);
+    // Each network executor holds its own handle; the sockets close with the last of them.
+    drop(client_listeners);
 
     let mut startup_error = None;
     for _ in 0..network_executors.len() {
@@ -319,6 +318,18 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
 }
 
 /// Opens the backend at etcd's path under `data_dir` and rebuilds the MVCC index from it.
+/// Fails early, before the store and the WAL open, if another process listens on a peer
+/// address. The raft node binds the address for real (without SO_REUSEPORT) when it starts,
+/// so a port taken in between still fails there; this only makes the usual case fail fast.
+fn check_peer_addrs_free(addrs: &[std::net::SocketAddr]) -> Result<(), String> {
+    for addr in addrs {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(format!("listen tcp {addr}: bind: {e}"));
+        }
+    }
+    Ok(())
+}
+
 fn open_store(data_dir: &std::path::Path) -> Result<KvStore<BtreeBackend>, String> {
     let path = btree_backend::db_path(data_dir);
     let started = std::time::Instant::now();

@@ -1,7 +1,10 @@
-//! One network executor: its own SO_REUSEPORT listener per client URL, the connections it
+//! One network executor: its handle on the shared client listeners, the connections it
 //! accepts, and its `StateClient`.
 //!
 //! Invariants:
+//! - The client addresses are claimed once, by the main thread, before any executor starts
+//!   (`claim_client_addrs`); every network executor accepts from those same sockets. No
+//!   other process can bind next to them (no SO_REUSEPORT).
 //! - A connection is accepted, served and closed on the same executor (glommio sockets are
 //!   bound to their executor); nothing about it is visible to other cores.
 //! - Shutdown: stop accepting, send GOAWAY on every live connection (via the shared
@@ -9,6 +12,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::rc::Rc;
 
 use futures::FutureExt;
@@ -64,32 +68,49 @@ pub async fn serve_clients(
     }
 }
 
-/// Fails if another process already listens on any of `addrs`. Needed because every
-/// network executor binds with SO_REUSEPORT: without this check a second server started on
-/// the same port would silently share the traffic instead of failing as etcd does. A probe
-/// socket without SO_REUSEPORT cannot bind next to a live listener.
-pub fn check_addresses_free(addrs: &[SocketAddr]) -> Result<(), String> {
-    for addr in addrs {
-        if let Err(e) = std::net::TcpListener::bind(addr) {
-            return Err(format!("listen tcp {addr}: bind: {e}"));
-        }
-    }
-    Ok(())
-}
-
-/// Binds one listener per address. glommio sets SO_REUSEPORT, so every network executor
-/// binds the same addresses and the kernel balances new connections across them.
-pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, String> {
+/// Claims every client address for this process: one listening socket per address, bound
+/// with SO_REUSEADDR but without SO_REUSEPORT. Binding is the check: a port some other
+/// process listens on fails here with etcd's "address already in use" error, and once bound
+/// no other process can join the port (SO_REUSEPORT would let any process of the same user
+/// share it and silently take part of the connections; etcd's default is
+/// --socket-reuse-port=false). There is no check-then-bind window in which two servers
+/// started at once could both pass a check and then share the port.
+pub fn claim_client_addrs(addrs: &[SocketAddr]) -> Result<Vec<OwnedFd>, String> {
     addrs
         .iter()
-        .map(|addr| bind_reusable(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}")))
+        .map(|addr| bind_listening(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}")))
         .collect()
 }
 
-/// A listener with SO_REUSEPORT (shared by the network executors) and SO_REUSEADDR, which
-/// glommio's own `bind` does not set: without it a server restarted right after a crash
-/// (kill -9) cannot bind while its old connections sit in TIME_WAIT, while etcd can.
-pub fn bind_reusable(addr: &SocketAddr) -> std::io::Result<TcpListener> {
+/// One network executor's handles on the claimed sockets: duplicates of the same listening
+/// sockets, so every network executor accepts from one shared accept queue and a new
+/// connection goes to whichever core asks first (a busy core asks less often).
+pub fn executor_listeners(claimed: &[OwnedFd]) -> Result<Vec<OwnedFd>, String> {
+    claimed
+        .iter()
+        .map(|fd| {
+            fd.try_clone()
+                .map_err(|e| format!("cannot share the client listener: {e}"))
+        })
+        .collect()
+}
+
+/// Turns this executor's listener handles into glommio listeners (on the calling executor).
+pub fn into_glommio_listeners(fds: Vec<OwnedFd>) -> Vec<TcpListener> {
+    use std::os::fd::{FromRawFd as _, IntoRawFd as _};
+    fds.into_iter()
+        // Safety: each fd is a bound, listening TCP socket that this call owns.
+        .map(|fd| unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) })
+        .collect()
+}
+
+/// Accept backlog of the client listeners: a benchmark opens a thousand connections at once.
+const LISTEN_BACKLOG: libc::c_int = 1024;
+
+/// A listening socket with SO_REUSEADDR, which glommio's own `bind` does not set: without it
+/// a server restarted right after a crash (kill -9) cannot bind while its old connections
+/// sit in TIME_WAIT, while etcd can.
+fn bind_listening(addr: &SocketAddr) -> std::io::Result<OwnedFd> {
     use std::os::fd::FromRawFd as _;
     let domain = if addr.is_ipv6() {
         libc::AF_INET6
@@ -101,38 +122,37 @@ pub fn bind_reusable(addr: &SocketAddr) -> std::io::Result<TcpListener> {
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // Safety: `fd` is a fresh socket we own; on error it is closed before returning.
-    let result = unsafe {
-        let one: libc::c_int = 1;
-        let set = |option| {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        let (storage, len) = sockaddr_of(addr);
-        if set(libc::SO_REUSEADDR) < 0
-            || set(libc::SO_REUSEPORT) < 0
-            || libc::bind(
-                fd,
-                &storage as *const libc::sockaddr_storage as *const libc::sockaddr,
-                len,
-            ) < 0
-            || libc::listen(fd, 1024) < 0
-        {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            Err(e)
-        } else {
-            Ok(())
-        }
+    // Safety: `fd` is a fresh socket that nothing else owns; the OwnedFd closes it on error.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = fd.as_raw_fd();
+    let one: libc::c_int = 1;
+    // Safety: setsockopt with a valid fd and a pointer to a live c_int of the size given.
+    let reuse_addr = unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
     };
-    result?;
-    // Safety: `fd` is a bound, listening socket that nothing else owns.
-    Ok(unsafe { TcpListener::from_raw_fd(fd) })
+    if reuse_addr < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (storage, len) = sockaddr_of(addr);
+    // Safety: `storage` holds a sockaddr of `len` bytes for the socket's family.
+    let bound = unsafe {
+        libc::bind(
+            raw,
+            &storage as *const libc::sockaddr_storage as *const libc::sockaddr,
+            len,
+        )
+    };
+    // Safety: listen(2) on a valid, bound socket.
+    if bound < 0 || unsafe { libc::listen(raw, LISTEN_BACKLOG) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
