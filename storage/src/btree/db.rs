@@ -340,7 +340,7 @@ impl Db {
             file_bytes: needed_bytes,
             mapping,
             poisoned: false,
-            writes: PageWrites::new(file.try_clone()?, options.sync),
+            writes: PageWrites::new(file.try_clone()?),
         };
         Ok(Db {
             shared: Arc::new(Shared {

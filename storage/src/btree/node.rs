@@ -758,7 +758,8 @@ impl Editor<'_> {
             Child::Dirty(node) => node,
         };
         let mut pieces = Pieces::default();
-        self.spill_node(*root, alloc, writes, &mut pieces, 0, 0)?;
+        let mut scratch = SpillScratch::default();
+        self.spill_node(*root, alloc, writes, &mut pieces, &mut scratch, 0, 0)?;
         // A root that split grows the tree by one level per round.
         for _ in 0..MAX_BTREE_DEPTH {
             match pieces.cells.len() {
@@ -774,7 +775,15 @@ impl Editor<'_> {
                         branch.push(&pieces.keys[key_at..key_at + key_len], Child::Clean(pgid));
                     }
                     pieces = Pieces::default();
-                    self.spill_node(Node::Branch(branch), alloc, writes, &mut pieces, 0, 0)?;
+                    self.spill_node(
+                        Node::Branch(branch),
+                        alloc,
+                        writes,
+                        &mut pieces,
+                        &mut scratch,
+                        0,
+                        0,
+                    )?;
                 }
             }
         }
@@ -783,13 +792,16 @@ impl Editor<'_> {
 
     /// Encodes `node` into as many pages as it needs; appends (first key, page id) per page
     /// to `out`. A leaf loads `next_leaf_pgid` (the base page of the leaf spilled after it, 0
-    /// for none) into cache while it copies its own cells.
+    /// for none) into cache while it copies its own cells. `scratch` lends the per-node
+    /// buffers, so spilling thousands of leaves allocates nothing per leaf.
+    #[allow(clippy::too_many_arguments)]
     fn spill_node(
         &mut self,
         node: Node,
         alloc: &mut Allocator,
         writes: &mut PageWrites,
         out: &mut Pieces,
+        scratch: &mut SpillScratch,
         depth: usize,
         next_leaf_pgid: u64,
     ) -> Result<(), Error> {
@@ -804,14 +816,15 @@ impl Editor<'_> {
                     0 => PagePrefetch::default(),
                     pgid => PagePrefetch::start(pgid),
                 };
-                let sizes: Vec<usize> = (0..leaf.len())
-                    .map(|cell_index| {
-                        prefetch.step(self.base);
-                        leaf.cell_len(page, cell_index) + SLOT_BYTES
-                    })
-                    .collect();
+                let SpillScratch { sizes, chunks } = scratch;
+                sizes.clear();
+                sizes.extend((0..leaf.len()).map(|cell_index| {
+                    prefetch.step(self.base);
+                    leaf.cell_len(page, cell_index) + SLOT_BYTES
+                }));
+                chunk_lengths(sizes, chunks);
                 let mut first = 0;
-                for chunk_len in chunk_lengths(&sizes) {
+                for &chunk_len in chunks.iter() {
                     let pgid = alloc.alloc(1);
                     let mut builder = NodeBuilder::leaf(writes.run(pgid, 1)?, pgid);
                     for (cell_index, size) in sizes.iter().enumerate().skip(first).take(chunk_len) {
@@ -862,6 +875,7 @@ impl Editor<'_> {
                                 alloc,
                                 writes,
                                 &mut cells,
+                                scratch,
                                 depth + 1,
                                 next_leaf_pgid,
                             )?;
@@ -873,13 +887,17 @@ impl Editor<'_> {
                         }
                     }
                 }
-                let sizes: Vec<usize> = cells
-                    .cells
-                    .iter()
-                    .map(|&(_, key_len, _)| page::branch_cell_bytes(key_len))
-                    .collect();
+                let SpillScratch { sizes, chunks } = scratch;
+                sizes.clear();
+                sizes.extend(
+                    cells
+                        .cells
+                        .iter()
+                        .map(|&(_, key_len, _)| page::branch_cell_bytes(key_len)),
+                );
+                chunk_lengths(sizes, chunks);
                 let mut first = 0;
-                for chunk_len in chunk_lengths(&sizes) {
+                for &chunk_len in chunks.iter() {
                     let pgid = alloc.alloc(1);
                     let mut builder = NodeBuilder::branch(writes.run(pgid, 1)?, pgid);
                     for (position, &(key_at, key_len, child_pgid)) in
@@ -1044,16 +1062,25 @@ impl Room {
     }
 }
 
+/// Buffers `spill_node` reuses from node to node: the encoded cell sizes of the node being
+/// spilled and its chunk lengths.
+#[derive(Default)]
+struct SpillScratch {
+    sizes: Vec<usize>,
+    chunks: Vec<usize>,
+}
+
 /// Splits cells of the given encoded sizes into page-sized chunks of similar fill: the
 /// fewest pages that hold them, filled evenly, so that a split leaves no nearly empty page.
-fn chunk_lengths(sizes: &[usize]) -> Vec<usize> {
+/// Replaces the contents of `chunks` with the chunk lengths (none for no cells).
+fn chunk_lengths(sizes: &[usize], chunks: &mut Vec<usize>) {
+    chunks.clear();
     let total: usize = sizes.iter().sum();
     if sizes.is_empty() {
-        return Vec::new();
+        return;
     }
     let pages = total.div_ceil(NODE_CAPACITY_BYTES).max(1);
     let target = total.div_ceil(pages);
-    let mut chunks = Vec::with_capacity(pages);
     let (mut chunk_len, mut chunk_bytes) = (0usize, 0usize);
     for &size in sizes {
         assert!(size <= NODE_CAPACITY_BYTES, "a cell larger than a page");
@@ -1068,18 +1095,15 @@ fn chunk_lengths(sizes: &[usize]) -> Vec<usize> {
         chunk_bytes += size;
     }
     chunks.push(chunk_len);
-    chunks
 }
 
 /// Pages a commit writes. They are gathered in a buffer of at most `WRITE_BATCH_BYTES` (more
 /// only for one large overflow run) and written out whenever it fills, while the pages are
-/// still in cache, with as few `pwritev`s as the page ids' contiguity allows; the device
-/// write of each batch is started at once (`sync_file_range`, which waits for nothing), so
-/// the commit's `fdatasync` finds most of the work done. Durability still comes from that
-/// `fdatasync` alone (docs/btree.md, "Commit protocol"): these are step 1's writes.
+/// still in cache, with as few `pwritev`s as the page ids' contiguity allows. The device
+/// writes are left to the commit's `fdatasync` (docs/btree.md, "Commit protocol", step 1
+/// says why writeback is not started early).
 pub(crate) struct PageWrites {
     file: std::fs::File,
-    start_writeback: bool,
     buffer: Vec<u8>,
     /// (first page id, byte offset in `buffer`, pages) of each run in the buffer.
     runs: Vec<(u64, usize, u64)>,
@@ -1091,11 +1115,10 @@ const WRITE_BATCH_BYTES: usize = 1 << 20;
 const IOVECS_PER_WRITE_MAX: usize = 1024;
 
 impl PageWrites {
-    /// Writes to `file` (a handle of the database file); `start_writeback` when commits sync.
-    pub(crate) fn new(file: std::fs::File, start_writeback: bool) -> PageWrites {
+    /// Writes to `file` (a handle of the database file).
+    pub(crate) fn new(file: std::fs::File) -> PageWrites {
         PageWrites {
             file,
-            start_writeback,
             buffer: Vec::new(),
             runs: Vec::new(),
         }
@@ -1163,30 +1186,7 @@ impl PageWrites {
             }
             pwritev_all(&self.file, &mut iovecs, first_pgid * PAGE_BYTES as u64)?;
         }
-        if self.start_writeback {
-            if let (Some(first), Some(last)) = (self.runs.first(), self.runs.last()) {
-                let start_byte = first.0 * PAGE_BYTES as u64;
-                let end_byte = (last.0 + last.2) * PAGE_BYTES as u64;
-                start_writeback_of(&self.file, start_byte, end_byte - start_byte);
-            }
-        }
         Ok(())
-    }
-}
-
-/// Asks the kernel to start writing back `len` bytes at `offset` without waiting. Only a
-/// hint: errors are ignored, because the commit's `fdatasync` writes (and reports) anyway.
-fn start_writeback_of(file: &std::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // Safety: sync_file_range reads no memory of ours; it takes a descriptor we own and
-    // plain integers.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
     }
 }
 
