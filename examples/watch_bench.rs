@@ -44,6 +44,144 @@ const VALUE_BYTES: usize = 100;
 mod raw_grpc;
 use raw_grpc::RawCodec;
 
+/// Just enough of a `WatchResponse` for the delivery check, read straight from the message
+/// bytes (see the header: decoding every event with prost would charge the server's
+/// write throughput for this client's work).
+mod lean {
+    use std::ops::Range;
+
+    /// A field's value: varint, or where a length-delimited body lies in the message.
+    enum Value {
+        Varint(u64),
+        Len(Range<usize>),
+        Fixed,
+    }
+
+    /// The fields of the protobuf message at `buf[pos..end]`, in wire order.
+    struct Fields<'a> {
+        buf: &'a [u8],
+        pos: usize,
+        end: usize,
+    }
+
+    impl<'a> Fields<'a> {
+        fn new(buf: &'a [u8], body: Range<usize>) -> Fields<'a> {
+            Fields {
+                buf,
+                pos: body.start,
+                end: body.end,
+            }
+        }
+
+        fn varint(&mut self) -> Result<u64, String> {
+            let mut value = 0u64;
+            // At most ten bytes: 64 bits in 7-bit groups.
+            for shift in (0..70).step_by(7) {
+                let Some(&byte) = self.buf[..self.end].get(self.pos) else {
+                    return Err("truncated varint".into());
+                };
+                self.pos += 1;
+                value |= u64::from(byte & 0x7f) << shift;
+                if byte < 0x80 {
+                    return Ok(value);
+                }
+            }
+            Err("varint over ten bytes".into())
+        }
+
+        fn skip(&mut self, bytes: usize) -> Result<Range<usize>, String> {
+            let start = self.pos;
+            if self.end - start < bytes {
+                return Err("field runs past its message".into());
+            }
+            self.pos += bytes;
+            Ok(start..self.pos)
+        }
+
+        /// The next (field number, value), or `None` at the end of the message.
+        fn next_field(&mut self) -> Result<Option<(u64, Value)>, String> {
+            if self.pos == self.end {
+                return Ok(None);
+            }
+            let key = self.varint()?;
+            let value = match key & 7 {
+                0 => Value::Varint(self.varint()?),
+                1 => {
+                    self.skip(8)?;
+                    Value::Fixed
+                }
+                2 => {
+                    let len = usize::try_from(self.varint()?).map_err(|_| "huge length")?;
+                    Value::Len(self.skip(len)?)
+                }
+                5 => {
+                    self.skip(4)?;
+                    Value::Fixed
+                }
+                wire_type => return Err(format!("wire type {wire_type}")),
+            };
+            Ok(Some((key >> 3, value)))
+        }
+    }
+
+    /// A `WatchResponse`'s watch id, flags and header revision (etcd's rpc.proto: header
+    /// = 1 (`ResponseHeader.revision` = 3), watch_id = 2, created = 3, canceled = 4,
+    /// events = 11).
+    #[derive(Debug, Default)]
+    pub struct Response {
+        pub watch_id: i64,
+        pub header_revision: i64,
+        pub created: bool,
+        pub canceled: bool,
+    }
+
+    /// Parses `message`; `events` is refilled with each event's `kv.mod_revision` and
+    /// where its `kv.key` lies in `message` (mvccpb: `Event.kv` = 2, `KeyValue.key` = 1,
+    /// `mod_revision` = 3).
+    pub fn parse(message: &[u8], events: &mut Vec<(i64, Range<usize>)>) -> Result<Response, String> {
+        events.clear();
+        let mut response = Response::default();
+        let mut fields = Fields::new(message, 0..message.len());
+        while let Some((number, value)) = fields.next_field()? {
+            match (number, value) {
+                (1, Value::Len(header)) => {
+                    let mut header = Fields::new(message, header);
+                    while let Some((number, value)) = header.next_field()? {
+                        if let (3, Value::Varint(revision)) = (number, value) {
+                            response.header_revision = revision as i64;
+                        }
+                    }
+                }
+                (2, Value::Varint(id)) => response.watch_id = id as i64,
+                (3, Value::Varint(flag)) => response.created = flag != 0,
+                (4, Value::Varint(flag)) => response.canceled = flag != 0,
+                (11, Value::Len(event)) => {
+                    let mut event = Fields::new(message, event);
+                    let mut kv = None;
+                    while let Some((number, value)) = event.next_field()? {
+                        if let (2, Value::Len(body)) = (number, value) {
+                            kv = Some(body);
+                        }
+                    }
+                    let kv = kv.ok_or("event without kv")?;
+                    let (mut key, mut mod_revision) = (0..0, 0);
+                    let mut kv = Fields::new(message, kv);
+                    while let Some((number, value)) = kv.next_field()? {
+                        match (number, value) {
+                            (1, Value::Len(body)) => key = body,
+                            (3, Value::Varint(revision)) => mod_revision = revision as i64,
+                            _ => {}
+                        }
+                    }
+                    events.push((mod_revision, key));
+                }
+                _ => {}
+            }
+        }
+        Ok(response)
+    }
+}
+
 fn key(i: usize) -> Bytes {
     Bytes::from(format!("bench/{i:05}"))
 }
@@ -77,7 +215,12 @@ fn server_cpu(server: &Server) -> Duration {
 
 /// CPU time process `pid` has used (user + system), from /proc.
 fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time (user + system) in a /proc `stat` file of a process or thread.
+fn stat_cpu(path: &str) -> Duration {
+    let stat = std::fs::read_to_string(path).unwrap();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .unwrap()
@@ -163,14 +306,20 @@ async fn put(grpc: &mut tonic::client::Grpc<Channel>, k: Bytes, value: Bytes) ->
 /// Per watch id (0..WATCHERS_PER_STREAM), the revision of every event it received.
 type Received = Vec<Vec<i64>>;
 
-/// The 100 watch streams of server B: events counted as they arrive; each stream's reader
-/// hands back what it received when told to stop.
+/// What one stream's reader hands back: stream index, revisions received, what went wrong.
+type StreamResult = (usize, Received, Option<String>);
+
+/// The 100 watch streams of server B, on a thread of their own (a single-threaded tokio
+/// runtime): events counted as they arrive; each stream's reader hands back what it
+/// received when told to stop. Their own thread so that their CPU time can be read apart
+/// from the put load's (and they do not steal the put load's runtime workers).
 struct Watchers {
     per_stream: Vec<Arc<AtomicU64>>,
     start_slow: Option<tokio::sync::oneshot::Sender<()>>,
     stop: tokio::sync::watch::Sender<bool>,
-    readers: Vec<tokio::task::JoinHandle<(usize, Received, Option<String>)>>,
-    _requests: Vec<tokio::sync::mpsc::Sender<Bytes>>,
+    thread: Option<std::thread::JoinHandle<Vec<StreamResult>>>,
+    /// /proc stat file of the watcher thread.
+    stat_path: String,
 }
 
 /// What watcher `w` of stream `s` watches.
@@ -183,6 +332,15 @@ fn watched(s: usize, w: usize, idle: bool) -> Bytes {
 }
 
 impl Watchers {
+    /// CPU time the watcher thread has used.
+    fn cpu(&self) -> Duration {
+        if std::env::var("SCHEDSTAT").is_ok() {
+            let s = std::fs::read_to_string(self.stat_path.replace("/stat", "/schedstat")).unwrap();
+            return Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap());
+        }
+        stat_cpu(&self.stat_path)
+    }
+
     /// Events received so far, all streams together.
     fn events(&self) -> u64 {
         self.per_stream
@@ -192,16 +350,62 @@ impl Watchers {
     }
 }
 
-/// Opens the watch streams (stream 0 on its own small-window connection is the slow one).
+/// Starts the watcher thread and waits until all watchers are created.
 async fn start_watchers(port: u16, idle: bool) -> Watchers {
+    let (start_slow, slow_go) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (opened, ready) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new().name("watchers".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (per_stream, readers, _requests) =
+                open_streams(port, idle, slow_go, stopped).await;
+            // "/proc/thread-self" is "/proc/<pid>/task/<tid>".
+            let thread_self = std::fs::read_link("/proc/thread-self").unwrap();
+            let stat_path = format!("/proc/{}/stat", thread_self.display());
+            opened.send((per_stream, stat_path)).unwrap();
+            let mut results = Vec::new();
+            for reader in readers {
+                results.push(reader.await.unwrap());
+            }
+            results
+        })
+    });
+    let thread = thread.unwrap();
+    let (per_stream, stat_path) = ready.await.expect("watcher thread failed");
+    Watchers {
+        per_stream,
+        start_slow: Some(start_slow),
+        stop,
+        thread: Some(thread),
+        stat_path,
+    }
+}
+
+/// The watcher thread's streams: per-stream event counters, the readers, and the request
+/// senders (which must live as long as the streams).
+type Streams = (
+    Vec<Arc<AtomicU64>>,
+    Vec<tokio::task::JoinHandle<StreamResult>>,
+    Vec<tokio::sync::mpsc::Sender<Bytes>>,
+);
+
+/// Opens the watch streams (stream 0 on its own small-window connection is the slow one).
+async fn open_streams(
+    port: u16,
+    idle: bool,
+    slow_go: tokio::sync::oneshot::Receiver<()>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> Streams {
     let mut channels = Vec::new();
     for _ in 0..WATCH_CONNECTIONS {
         channels.push(connect(port, false).await);
     }
     let slow = connect(port, true).await;
-    let (start_slow, slow_go) = tokio::sync::oneshot::channel::<()>();
     let mut slow_go = Some(slow_go);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let (mut keep, mut readers, mut per_stream) = (Vec::new(), Vec::new(), Vec::new());
     for s in 0..STREAMS {
         let channel = if s == 0 {
@@ -254,6 +458,7 @@ async fn start_watchers(port: u16, idle: bool) -> Watchers {
             // Revisions only (cheap to record: the client shares the machine); keys are
             // checked as events arrive.
             let mut received: Received = vec![Vec::new(); WATCHERS_PER_STREAM];
+            let mut events = Vec::new();
             let mut failure = None;
             loop {
                 let message = tokio::select! {
@@ -271,31 +476,38 @@ async fn start_watchers(port: u16, idle: bool) -> Watchers {
                         break;
                     }
                 };
-                let r = pb::WatchResponse::decode(message).unwrap();
+                let r = match lean::parse(&message, &mut events) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failure = Some(format!("malformed response: {e}"));
+                        break;
+                    }
+                };
                 let w = r.watch_id as usize;
-                if r.canceled || w >= WATCHERS_PER_STREAM {
+                if r.canceled || r.created || w >= WATCHERS_PER_STREAM {
                     failure = Some(format!("unexpected response {r:?}"));
                     break;
                 }
-                for e in &r.events {
-                    let kv = e.kv.as_ref().unwrap();
-                    if kv.key != keys[w] {
-                        failure = Some(format!("watcher {w} got key {:?}", kv.key));
+                for (mod_revision, key) in &events {
+                    if message[key.clone()] != keys[w][..] {
+                        failure = Some(format!("watcher {w} got key {:?}", &message[key.clone()]));
                     }
-                    received[w].push(kv.mod_revision);
+                    // Live responses carry their own revision, history ones the current
+                    // one: never one below the events'.
+                    if *mod_revision > r.header_revision {
+                        failure = Some(format!(
+                            "watcher {w}: event of revision {mod_revision} in a response of revision {}",
+                            r.header_revision
+                        ));
+                    }
+                    received[w].push(*mod_revision);
                 }
-                count.fetch_add(r.events.len() as u64, Ordering::Relaxed);
+                count.fetch_add(events.len() as u64, Ordering::Relaxed);
             }
             (s, received, failure)
         }));
     }
-    Watchers {
-        per_stream,
-        start_slow: Some(start_slow),
-        stop,
-        readers,
-        _requests: keep,
-    }
+    (per_stream, readers, keep)
 }
 
 /// Checks that every watcher received exactly the events of the puts to its key in
@@ -331,8 +543,11 @@ async fn verify(
     tokio::time::sleep(Duration::from_millis(200)).await;
     watchers.stop.send(true).unwrap();
     let (mut checked, mut failures) = (0, Vec::new());
-    for reader in watchers.readers.drain(..) {
-        let (s, received, failure) = reader.await.unwrap();
+    let thread = watchers.thread.take().unwrap();
+    let results = tokio::task::spawn_blocking(move || thread.join().unwrap())
+        .await
+        .unwrap();
+    for (s, received, failure) in results {
         if let Some(failure) = failure {
             failures.push(format!("stream {s}: {failure}"));
         }
@@ -433,6 +648,8 @@ async fn main() {
         let (mut rate_a, mut rate_b) = (0.0, 0.0);
         let (mut cpu_a, mut cpu_b) = (Duration::ZERO, Duration::ZERO);
         let (mut client_a, mut client_b) = (Duration::ZERO, Duration::ZERO);
+        // The watcher thread's CPU and the events it received during B's slices.
+        let (mut watcher_cpu, mut watcher_events) = (Duration::ZERO, 0);
         for i in 0..seconds {
             for b_turn in [i % 2 == 1, i % 2 == 0] {
                 let (server, load) = if b_turn {
@@ -441,11 +658,14 @@ async fn main() {
                     (&server_a, &mut load_a)
                 };
                 let (cpu, client) = (server_cpu(server), process_cpu(std::process::id()));
+                let (watching, events) = (watchers.cpu(), watchers.events());
                 let rate = load.run(slice, writers, b_turn).await;
                 let used = server_cpu(server) - cpu;
                 let client = process_cpu(std::process::id()) - client;
                 if b_turn {
                     (rate_b, cpu_b, client_b) = (rate_b + rate, cpu_b + used, client_b + client);
+                    watcher_cpu += watchers.cpu() - watching;
+                    watcher_events += watchers.events() - events;
                 } else {
                     (rate_a, cpu_a, client_a) = (rate_a + rate, cpu_a + used, client_a + client);
                 }
@@ -456,8 +676,13 @@ async fn main() {
         cpu_without.push(cpu_a.as_micros() as f64 / (rate_a * seconds as f64));
         cpu_with.push(cpu_b.as_micros() as f64 / (rate_b * seconds as f64));
         let per_put = |cpu: Duration, rate: f64| cpu.as_micros() as f64 / (rate * seconds as f64);
+        let watcher_us_per_event = if watcher_events == 0 {
+            0.0
+        } else {
+            watcher_cpu.as_micros() as f64 / watcher_events as f64
+        };
         println!(
-            "round: without {rate_a:.0} with {rate_b:.0} puts/s, ratio {:.3}; CPU us/put server {:.1} -> {:.1}, client {:.1} -> {:.1}; events delivered live: {delivered}",
+            "round: without {rate_a:.0} with {rate_b:.0} puts/s, ratio {:.3}; CPU us/put server {:.1} -> {:.1}, client {:.1} -> {:.1} (watcher thread {watcher_us_per_event:.1} us/event); events delivered live: {delivered}",
             rate_b / rate_a,
             per_put(cpu_a, rate_a),
             per_put(cpu_b, rate_b),
