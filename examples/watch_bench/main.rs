@@ -39,148 +39,18 @@ const KEYS: usize = 10_000;
 const WRITE_CONNECTIONS: usize = 8;
 const WATCH_CONNECTIONS: usize = 8;
 const VALUE_BYTES: usize = 100;
+/// HTTP/2 windows (connection and each stream) of the watch connections: hyper's client
+/// default for streams; the slow consumer's connection keeps the protocol's initial 64 KiB
+/// so that it stops the server's sending soon.
+const WINDOW_BYTES: u32 = 2 << 20;
+const SLOW_WINDOW_BYTES: u32 = 65_535;
 
-#[path = "../tests/common/raw_grpc.rs"]
+mod lean;
+mod raw_h2;
+
+#[path = "../../tests/common/raw_grpc.rs"]
 mod raw_grpc;
 use raw_grpc::RawCodec;
-
-/// Just enough of a `WatchResponse` for the delivery check, read straight from the message
-/// bytes (see the header: decoding every event with prost would charge the server's
-/// write throughput for this client's work).
-mod lean {
-    use std::ops::Range;
-
-    /// A field's value: varint, or where a length-delimited body lies in the message.
-    enum Value {
-        Varint(u64),
-        Len(Range<usize>),
-        Fixed,
-    }
-
-    /// The fields of the protobuf message at `buf[pos..end]`, in wire order.
-    struct Fields<'a> {
-        buf: &'a [u8],
-        pos: usize,
-        end: usize,
-    }
-
-    impl<'a> Fields<'a> {
-        fn new(buf: &'a [u8], body: Range<usize>) -> Fields<'a> {
-            Fields {
-                buf,
-                pos: body.start,
-                end: body.end,
-            }
-        }
-
-        fn varint(&mut self) -> Result<u64, String> {
-            let mut value = 0u64;
-            // At most ten bytes: 64 bits in 7-bit groups.
-            for shift in (0..70).step_by(7) {
-                let Some(&byte) = self.buf[..self.end].get(self.pos) else {
-                    return Err("truncated varint".into());
-                };
-                self.pos += 1;
-                value |= u64::from(byte & 0x7f) << shift;
-                if byte < 0x80 {
-                    return Ok(value);
-                }
-            }
-            Err("varint over ten bytes".into())
-        }
-
-        fn skip(&mut self, bytes: usize) -> Result<Range<usize>, String> {
-            let start = self.pos;
-            if self.end - start < bytes {
-                return Err("field runs past its message".into());
-            }
-            self.pos += bytes;
-            Ok(start..self.pos)
-        }
-
-        /// The next (field number, value), or `None` at the end of the message.
-        fn next_field(&mut self) -> Result<Option<(u64, Value)>, String> {
-            if self.pos == self.end {
-                return Ok(None);
-            }
-            let key = self.varint()?;
-            let value = match key & 7 {
-                0 => Value::Varint(self.varint()?),
-                1 => {
-                    self.skip(8)?;
-                    Value::Fixed
-                }
-                2 => {
-                    let len = usize::try_from(self.varint()?).map_err(|_| "huge length")?;
-                    Value::Len(self.skip(len)?)
-                }
-                5 => {
-                    self.skip(4)?;
-                    Value::Fixed
-                }
-                wire_type => return Err(format!("wire type {wire_type}")),
-            };
-            Ok(Some((key >> 3, value)))
-        }
-    }
-
-    /// A `WatchResponse`'s watch id, flags and header revision (etcd's rpc.proto: header
-    /// = 1 (`ResponseHeader.revision` = 3), watch_id = 2, created = 3, canceled = 4,
-    /// events = 11).
-    #[derive(Debug, Default)]
-    pub struct Response {
-        pub watch_id: i64,
-        pub header_revision: i64,
-        pub created: bool,
-        pub canceled: bool,
-    }
-
-    /// Parses `message`; `events` is refilled with each event's `kv.mod_revision` and
-    /// where its `kv.key` lies in `message` (mvccpb: `Event.kv` = 2, `KeyValue.key` = 1,
-    /// `mod_revision` = 3).
-    pub fn parse(message: &[u8], events: &mut Vec<(i64, Range<usize>)>) -> Result<Response, String> {
-        events.clear();
-        let mut response = Response::default();
-        let mut fields = Fields::new(message, 0..message.len());
-        while let Some((number, value)) = fields.next_field()? {
-            match (number, value) {
-                (1, Value::Len(header)) => {
-                    let mut header = Fields::new(message, header);
-                    while let Some((number, value)) = header.next_field()? {
-                        if let (3, Value::Varint(revision)) = (number, value) {
-                            response.header_revision = revision as i64;
-                        }
-                    }
-                }
-                (2, Value::Varint(id)) => response.watch_id = id as i64,
-                (3, Value::Varint(flag)) => response.created = flag != 0,
-                (4, Value::Varint(flag)) => response.canceled = flag != 0,
-                (11, Value::Len(event)) => {
-                    let mut event = Fields::new(message, event);
-                    let mut kv = None;
-                    while let Some((number, value)) = event.next_field()? {
-                        if let (2, Value::Len(body)) = (number, value) {
-                            kv = Some(body);
-                        }
-                    }
-                    let kv = kv.ok_or("event without kv")?;
-                    let (mut key, mut mod_revision) = (0..0, 0);
-                    let mut kv = Fields::new(message, kv);
-                    while let Some((number, value)) = kv.next_field()? {
-                        match (number, value) {
-                            (1, Value::Len(body)) => key = body,
-                            (3, Value::Varint(revision)) => mod_revision = revision as i64,
-                            _ => {}
-                        }
-                    }
-                    events.push((mod_revision, key));
-                }
-                _ => {}
-            }
-        }
-        Ok(response)
-    }
-}
 
 fn key(i: usize) -> Bytes {
     Bytes::from(format!("bench/{i:05}"))
@@ -303,12 +173,6 @@ async fn put(grpc: &mut tonic::client::Grpc<Channel>, k: Bytes, value: Bytes) ->
         .revision
 }
 
-/// Per watch id (0..WATCHERS_PER_STREAM), the revision of every event it received.
-type Received = Vec<Vec<i64>>;
-
-/// What one stream's reader hands back: stream index, revisions received, what went wrong.
-type StreamResult = (usize, Received, Option<String>);
-
 /// The 100 watch streams of server B, on a thread of their own (a single-threaded tokio
 /// runtime): events counted as they arrive; each stream's reader hands back what it
 /// received when told to stop. Their own thread so that their CPU time can be read apart
@@ -317,7 +181,7 @@ struct Watchers {
     per_stream: Vec<Arc<AtomicU64>>,
     start_slow: Option<tokio::sync::oneshot::Sender<()>>,
     stop: tokio::sync::watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<Vec<StreamResult>>>,
+    thread: Option<std::thread::JoinHandle<Vec<raw_h2::StreamResult>>>,
     /// /proc stat file of the watcher thread.
     stat_path: String,
 }
@@ -351,31 +215,86 @@ impl Watchers {
 }
 
 /// Starts the watcher thread and waits until all watchers are created.
-async fn start_watchers(port: u16, idle: bool) -> Watchers {
+fn start_watchers(port: u16, idle: bool) -> Watchers {
     let (start_slow, slow_go) = tokio::sync::oneshot::channel::<()>();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (opened, ready) = tokio::sync::oneshot::channel();
-    let thread = std::thread::Builder::new().name("watchers".into()).spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let (per_stream, readers, _requests) =
-                open_streams(port, idle, slow_go, stopped).await;
-            // "/proc/thread-self" is "/proc/<pid>/task/<tid>".
-            let thread_self = std::fs::read_link("/proc/thread-self").unwrap();
-            let stat_path = format!("/proc/{}/stat", thread_self.display());
-            opened.send((per_stream, stat_path)).unwrap();
-            let mut results = Vec::new();
-            for reader in readers {
-                results.push(reader.await.unwrap());
-            }
-            results
+    let (opened, ready) = std::sync::mpsc::channel();
+    let per_stream: Vec<Arc<AtomicU64>> = (0..STREAMS).map(|_| Arc::default()).collect();
+    // Stream 0, the slow consumer, has a connection of its own with the smallest
+    // windows; the others share `WATCH_CONNECTIONS` connections.
+    let mut connections: Vec<Vec<raw_h2::StreamSpec>> =
+        (0..=WATCH_CONNECTIONS).map(|_| Vec::new()).collect();
+    for (s, count) in per_stream.iter().enumerate() {
+        let keys: Vec<Bytes> = (0..WATCHERS_PER_STREAM)
+            .map(|w| watched(s, w, idle))
+            .collect();
+        let creates = keys
+            .iter()
+            .map(|key| {
+                let create = pb::WatchRequest {
+                    request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                        pb::WatchCreateRequest {
+                            key: key.clone(),
+                            ..Default::default()
+                        },
+                    )),
+                };
+                Bytes::from(create.encode_to_vec())
+            })
+            .collect();
+        let connection = if s == 0 { 0 } else { 1 + s % WATCH_CONNECTIONS };
+        connections[connection].push(raw_h2::StreamSpec {
+            index: s,
+            creates,
+            keys,
+            count: count.clone(),
+        });
+    }
+    let thread = std::thread::Builder::new()
+        .name("watchers".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut slow_go = Some(slow_go);
+                let (mut readers, mut all_created) = (Vec::new(), Vec::new());
+                for (c, streams) in connections.into_iter().enumerate() {
+                    let (created, on_created) = tokio::sync::oneshot::channel();
+                    all_created.push(on_created);
+                    let (window, go) = if c == 0 {
+                        (SLOW_WINDOW_BYTES, slow_go.take())
+                    } else {
+                        (WINDOW_BYTES, None)
+                    };
+                    readers.push(tokio::spawn(raw_h2::run_connection(
+                        port,
+                        window,
+                        streams,
+                        created,
+                        go,
+                        stopped.clone(),
+                    )));
+                }
+                for on_created in all_created {
+                    // A connection that failed reports it in its results.
+                    let _ = on_created.await;
+                }
+                // "/proc/thread-self" is "/proc/<pid>/task/<tid>".
+                let thread_self = std::fs::read_link("/proc/thread-self").unwrap();
+                opened
+                    .send(format!("/proc/{}/stat", thread_self.display()))
+                    .unwrap();
+                let mut results = Vec::new();
+                for reader in readers {
+                    results.extend(reader.await.unwrap());
+                }
+                results
+            })
         })
-    });
-    let thread = thread.unwrap();
-    let (per_stream, stat_path) = ready.await.expect("watcher thread failed");
+        .unwrap();
+    let stat_path = ready.recv().expect("watcher thread failed");
     Watchers {
         per_stream,
         start_slow: Some(start_slow),
@@ -383,131 +302,6 @@ async fn start_watchers(port: u16, idle: bool) -> Watchers {
         thread: Some(thread),
         stat_path,
     }
-}
-
-/// The watcher thread's streams: per-stream event counters, the readers, and the request
-/// senders (which must live as long as the streams).
-type Streams = (
-    Vec<Arc<AtomicU64>>,
-    Vec<tokio::task::JoinHandle<StreamResult>>,
-    Vec<tokio::sync::mpsc::Sender<Bytes>>,
-);
-
-/// Opens the watch streams (stream 0 on its own small-window connection is the slow one).
-async fn open_streams(
-    port: u16,
-    idle: bool,
-    slow_go: tokio::sync::oneshot::Receiver<()>,
-    stopped: tokio::sync::watch::Receiver<bool>,
-) -> Streams {
-    let mut channels = Vec::new();
-    for _ in 0..WATCH_CONNECTIONS {
-        channels.push(connect(port, false).await);
-    }
-    let slow = connect(port, true).await;
-    let mut slow_go = Some(slow_go);
-    let (mut keep, mut readers, mut per_stream) = (Vec::new(), Vec::new(), Vec::new());
-    for s in 0..STREAMS {
-        let channel = if s == 0 {
-            slow.clone()
-        } else {
-            channels[s % WATCH_CONNECTIONS].clone()
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(WATCHERS_PER_STREAM + 1);
-        for w in 0..WATCHERS_PER_STREAM {
-            let create = pb::WatchRequest {
-                request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-                    pb::WatchCreateRequest {
-                        key: watched(s, w, idle),
-                        ..Default::default()
-                    },
-                )),
-            };
-            tx.send(create.encode_to_vec().into()).await.unwrap();
-        }
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.unwrap();
-        let mut responses = grpc
-            .streaming(
-                Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-                PathAndQuery::from_static("/etcdserverpb.Watch/Watch"),
-                RawCodec,
-            )
-            .await
-            .unwrap()
-            .into_inner();
-        for w in 0..WATCHERS_PER_STREAM {
-            let r = pb::WatchResponse::decode(responses.message().await.unwrap().unwrap()).unwrap();
-            assert!(r.created && !r.canceled);
-            // Ids are allocated per stream from 0, in creation order.
-            assert_eq!(r.watch_id, w as i64);
-        }
-        keep.push(tx);
-        let count = Arc::new(AtomicU64::new(0));
-        per_stream.push(count.clone());
-        // The slow consumer waits, never reading, until the writes are done.
-        let go = if s == 0 { slow_go.take() } else { None };
-        let mut stopped = stopped.clone();
-        let keys: Vec<Bytes> = (0..WATCHERS_PER_STREAM)
-            .map(|w| watched(s, w, idle))
-            .collect();
-        readers.push(tokio::spawn(async move {
-            if let Some(go) = go {
-                let _ = go.await;
-            }
-            // Revisions only (cheap to record: the client shares the machine); keys are
-            // checked as events arrive.
-            let mut received: Received = vec![Vec::new(); WATCHERS_PER_STREAM];
-            let mut events = Vec::new();
-            let mut failure = None;
-            loop {
-                let message = tokio::select! {
-                    m = responses.message() => m,
-                    _ = stopped.changed() => break,
-                };
-                let message = match message {
-                    Ok(Some(message)) => message,
-                    Ok(None) => {
-                        failure = Some("stream ended".to_string());
-                        break;
-                    }
-                    Err(status) => {
-                        failure = Some(format!("stream failed: {status:?}"));
-                        break;
-                    }
-                };
-                let r = match lean::parse(&message, &mut events) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        failure = Some(format!("malformed response: {e}"));
-                        break;
-                    }
-                };
-                let w = r.watch_id as usize;
-                if r.canceled || r.created || w >= WATCHERS_PER_STREAM {
-                    failure = Some(format!("unexpected response {r:?}"));
-                    break;
-                }
-                for (mod_revision, key) in &events {
-                    if message[key.clone()] != keys[w][..] {
-                        failure = Some(format!("watcher {w} got key {:?}", &message[key.clone()]));
-                    }
-                    // Live responses carry their own revision, history ones the current
-                    // one: never one below the events'.
-                    if *mod_revision > r.header_revision {
-                        failure = Some(format!(
-                            "watcher {w}: event of revision {mod_revision} in a response of revision {}",
-                            r.header_revision
-                        ));
-                    }
-                    received[w].push(*mod_revision);
-                }
-                count.fetch_add(events.len() as u64, Ordering::Relaxed);
-            }
-            (s, received, failure)
-        }));
-    }
-    (per_stream, readers, keep)
 }
 
 /// Checks that every watcher received exactly the events of the puts to its key in
@@ -643,13 +437,13 @@ async fn main() {
         // Warm up (connection setup, allocator), then watch B and measure.
         load_a.run(slice, writers, false).await;
         load_b.run(slice, writers, false).await;
-        let watchers = start_watchers(server_b.port, idle).await;
+        let watchers = start_watchers(server_b.port, idle);
         let before = watchers.events();
         let (mut rate_a, mut rate_b) = (0.0, 0.0);
         let (mut cpu_a, mut cpu_b) = (Duration::ZERO, Duration::ZERO);
         let (mut client_a, mut client_b) = (Duration::ZERO, Duration::ZERO);
         // The watcher thread's CPU and the events it received during B's slices.
-        let (mut watcher_cpu, mut watcher_events) = (Duration::ZERO, 0);
+        let (mut watcher_cpu, mut watcher_events, mut watcher_reads) = (Duration::ZERO, 0, 0);
         for i in 0..seconds {
             for b_turn in [i % 2 == 1, i % 2 == 0] {
                 let (server, load) = if b_turn {
@@ -659,6 +453,7 @@ async fn main() {
                 };
                 let (cpu, client) = (server_cpu(server), process_cpu(std::process::id()));
                 let (watching, events) = (watchers.cpu(), watchers.events());
+                let reads = raw_h2::READS.load(Ordering::Relaxed);
                 let rate = load.run(slice, writers, b_turn).await;
                 let used = server_cpu(server) - cpu;
                 let client = process_cpu(std::process::id()) - client;
@@ -666,6 +461,7 @@ async fn main() {
                     (rate_b, cpu_b, client_b) = (rate_b + rate, cpu_b + used, client_b + client);
                     watcher_cpu += watchers.cpu() - watching;
                     watcher_events += watchers.events() - events;
+                    watcher_reads += raw_h2::READS.load(Ordering::Relaxed) - reads;
                 } else {
                     (rate_a, cpu_a, client_a) = (rate_a + rate, cpu_a + used, client_a + client);
                 }
@@ -682,12 +478,13 @@ async fn main() {
             watcher_cpu.as_micros() as f64 / watcher_events as f64
         };
         println!(
-            "round: without {rate_a:.0} with {rate_b:.0} puts/s, ratio {:.3}; CPU us/put server {:.1} -> {:.1}, client {:.1} -> {:.1} (watcher thread {watcher_us_per_event:.1} us/event); events delivered live: {delivered}",
+            "round: without {rate_a:.0} with {rate_b:.0} puts/s, ratio {:.3}; CPU us/put server {:.1} -> {:.1}, client {:.1} -> {:.1} (watcher thread {watcher_us_per_event:.1} us/event, {:.2} reads/event); events delivered live: {delivered}",
             rate_b / rate_a,
             per_put(cpu_a, rate_a),
             per_put(cpu_b, rate_b),
             per_put(client_a, rate_a),
             per_put(client_b, rate_b),
+            watcher_reads as f64 / watcher_events.max(1) as f64,
         );
         without.push(rate_a);
         with.push(rate_b);
