@@ -1,6 +1,7 @@
 //! Watch protocol details through an independent gRPC client (tonic): client-chosen and
 //! automatic ids, duplicate id and empty range rejections, cancel, the NOPUT filter,
-//! prev_kv, progress requests and a compacted start revision, checked field by field.
+//! prev_kv, progress requests, periodic progress notifications and a compacted start
+//! revision, checked field by field.
 
 mod common;
 
@@ -230,4 +231,44 @@ async fn watch_protocol_matches_etcd() {
     assert_eq!(compacted.compact_revision, r2);
     assert_eq!(compacted.header.unwrap().revision, 0);
     drop(server);
+}
+
+/// etcd's periodic progress notification (--experimental-watch-progress-notify-interval):
+/// a `progress_notify` watcher that got no event during an interval receives an empty
+/// response with its own id at the current revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_progress_notifications_reach_idle_watchers() {
+    let server =
+        common::TernServer::start_with(&["--experimental-watch-progress-notify-interval", "200ms"]);
+    let ch = Endpoint::from_shared(format!("http://127.0.0.1:{}", server.client_port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut s = Stream::open(
+        &ch,
+        pb::WatchCreateRequest {
+            progress_notify: true,
+            ..watch("p")
+        },
+    )
+    .await;
+    let created = s.next().await;
+    assert!(created.created && created.watch_id == 0);
+    let r1 = put(&ch, "p", "1").await;
+    let event = s.next().await;
+    assert_eq!(event.events[0].kv.as_ref().unwrap().mod_revision, r1);
+    // A write to another key moves the revision; some later notification names it.
+    let r2 = put(&ch, "q", "1").await;
+    for _ in 0..10 {
+        let progress = s.next().await;
+        assert_eq!(progress.watch_id, 0);
+        assert!(progress.events.is_empty() && !progress.created && !progress.canceled);
+        let revision = progress.header.unwrap().revision;
+        assert!(revision == r1 || revision == r2, "revision {revision}");
+        if revision == r2 {
+            return;
+        }
+    }
+    panic!("no progress notification at revision {r2}");
 }

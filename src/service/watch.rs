@@ -13,6 +13,7 @@
 use futures_lite::future;
 use glommio::timer::Timer;
 use prost::Message;
+use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::error::EtcdError;
@@ -133,10 +134,23 @@ async fn receive(
 }
 
 /// The sending half; returns when the client has gone.
-async fn send(hub: &WatchHub, stream: StreamId, ready: &Notify, responses: &mut ResponseSink) {
-    let interval = hub.progress_notify_interval;
-    // One timer for the stream's life, reset when it fires (not one per wake-up).
-    let mut tick = Timer::new(interval);
+async fn send(hub: &WatchHub, stream: StreamId, ready: &Rc<Notify>, responses: &mut ResponseSink) {
+    // The progress timer runs in a task of its own that raises `ticked` and wakes the
+    // sender: the sender wakes once per batch of events, and polling a glommio timer on
+    // each of those wake-ups would re-register it with the reactor each time. Dropping the
+    // task when the stream ends cancels it.
+    let ticked = Rc::new(Cell::new(false));
+    let _ticker = glommio::spawn_local({
+        let (ticked, ready) = (ticked.clone(), ready.clone());
+        let interval = hub.progress_notify_interval;
+        async move {
+            loop {
+                Timer::new(interval).await;
+                ticked.set(true);
+                ready.notify();
+            }
+        }
+    });
     loop {
         // The hub hands out whole gRPC-framed responses, many per chunk.
         while let Some(chunk) = hub.pop(stream) {
@@ -144,20 +158,9 @@ async fn send(hub: &WatchHub, stream: StreamId, ready: &Notify, responses: &mut 
                 return;
             }
         }
-        let ticked = future::or(
-            async {
-                ready.wait().await;
-                false
-            },
-            async {
-                (&mut tick).await;
-                true
-            },
-        )
-        .await;
-        if ticked {
+        ready.wait().await;
+        if ticked.replace(false) {
             hub.progress_tick(stream);
-            tick.reset(interval);
         }
     }
 }
