@@ -46,9 +46,9 @@ const STREAMS: usize = 100;
 const WATCHERS_PER_STREAM: usize = 100;
 const KEYS: usize = 10_000;
 /// Connections of the put load, and of the 99 reading watch streams (the slow one has its
-/// own). The server's SO_REUSEPORT listeners (one per network core) split connections
-/// by a hash of the client's port, so how the load falls on the cores varies from server
-/// to server: one reason single rounds vary so much on a small machine.
+/// own). The server's network cores accept from one shared listening socket, so a
+/// connection goes to whichever core accepts first and how the load falls on the cores can
+/// vary from server to server: one reason single rounds vary on a small machine.
 const WRITE_CONNECTIONS: usize = 8;
 const WATCH_CONNECTIONS: usize = 8;
 const VALUE_BYTES: usize = 100;
