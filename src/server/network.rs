@@ -75,12 +75,32 @@ pub async fn serve_clients(
 /// share it and silently take part of the connections; etcd's default is
 /// --socket-reuse-port=false). There is no check-then-bind window in which two servers
 /// started at once could both pass a check and then share the port.
+///
+/// A port still held by a server that was just killed is waited for, briefly: the kernel
+/// tears down a dead process's io_uring (and the accepts pending on its listener) after the
+/// process is reaped, so the old listening socket can outlive its process by a moment.
 pub fn claim_client_addrs(addrs: &[SocketAddr]) -> Result<Vec<OwnedFd>, String> {
     addrs
         .iter()
-        .map(|addr| bind_listening(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}")))
+        .map(|addr| {
+            let deadline = std::time::Instant::now() + LINGERING_LISTENER_WAIT;
+            loop {
+                match bind_listening(addr) {
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::AddrInUse
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    result => break result.map_err(|e| format!("listen tcp {addr}: bind: {e}")),
+                }
+            }
+        })
         .collect()
 }
+
+/// How long startup waits for a port held by a listener whose process has already exited.
+const LINGERING_LISTENER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One network executor's handles on the claimed sockets: duplicates of the same listening
 /// sockets, so every network executor accepts from one shared accept queue and a new
