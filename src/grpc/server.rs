@@ -189,19 +189,8 @@ impl ResponseSink {
     /// its bound (peer not granting window). Err(Cancelled) once the stream or
     /// connection is gone.
     pub async fn send(&mut self, message: Bytes) -> Result<(), Status> {
-        if self.call.finished.get() {
-            return Err(Status::cancelled());
-        }
-        let bound = self.send_queue_bytes_max;
-        poll_fn(|cx| self.call.stream.poll_send_capacity(cx, bound))
-            .await
-            .map_err(|StreamGone| Status::cancelled())?;
+        self.ready_to_send().await?;
         let stream = &self.call.stream;
-        if !stream.headers_sent() {
-            stream
-                .send_headers(codec::response_headers(), false)
-                .map_err(|StreamGone| Status::cancelled())?;
-        }
         let (head, tail) = codec::frame_message(message);
         stream
             .send_data(head)
@@ -219,6 +208,16 @@ impl ResponseSink {
     /// produces many small responses at once leaves in one DATA frame instead of one per
     /// message. Waits and fails as [`ResponseSink::send`] does.
     pub async fn send_framed(&mut self, messages: Bytes) -> Result<(), Status> {
+        self.ready_to_send().await?;
+        self.call
+            .stream
+            .send_data(messages)
+            .map_err(|StreamGone| Status::cancelled())
+    }
+
+    /// Waits until this stream's unsent queue is below its bound, then makes sure the
+    /// response HEADERS went first. Err(Cancelled) once the call or stream is gone.
+    async fn ready_to_send(&mut self) -> Result<(), Status> {
         if self.call.finished.get() {
             return Err(Status::cancelled());
         }
@@ -232,9 +231,7 @@ impl ResponseSink {
                 .send_headers(codec::response_headers(), false)
                 .map_err(|StreamGone| Status::cancelled())?;
         }
-        stream
-            .send_data(messages)
-            .map_err(|StreamGone| Status::cancelled())
+        Ok(())
     }
 
     /// Ends the call with trailers grpc-status / grpc-message (Trailers-Only if nothing
