@@ -49,7 +49,8 @@ impl TernServer {
             std::env::temp_dir().join(format!("tern-test-{}-{client_port}", std::process::id()));
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut child = Command::new(tern_binary())
+        let mut command = Command::new(tern_binary());
+        command
             .args(["--name", "e2e", "--data-dir"])
             .arg(&data_dir)
             .args([
@@ -65,24 +66,8 @@ impl TernServer {
                 &peer_url,
             ])
             .args(["--initial-cluster", &format!("e2e={peer_url}")])
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tern");
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let log_sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("ready to serve client requests") {
-                    let _ = ready_tx.send(());
-                }
-                log_sink.lock().unwrap().push(line);
-            }
-        });
+            .args(extra_args);
+        let (child, log, ready_rx) = spawn_logged(&mut command);
         let server = TernServer {
             child,
             client_port,
@@ -194,25 +179,7 @@ impl TernServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut child = Command::new(tern_binary())
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("respawn tern");
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let log_sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("ready to serve client requests") {
-                    let _ = ready_tx.send(());
-                }
-                log_sink.lock().unwrap().push(line);
-            }
-        });
+        let (child, log, ready_rx) = spawn_logged(Command::new(tern_binary()).args(&args));
         self.child = child;
         self.log = log;
         if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
@@ -222,4 +189,34 @@ impl TernServer {
             );
         }
     }
+}
+
+/// Starts tern with its stderr collected line by line into a shared log; the receiver gets
+/// one message when the server logs that it is ready to serve clients.
+fn spawn_logged(
+    command: &mut Command,
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    mpsc::Receiver<()>,
+) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tern");
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let log_sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("ready to serve client requests") {
+                let _ = ready_tx.send(());
+            }
+            log_sink.lock().unwrap().push(line);
+        }
+    });
+    (child, log, ready_rx)
 }
