@@ -229,10 +229,16 @@ impl Backend for MemBackend {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn keys(b: &MemBackend, start: &[u8], end: Option<&[u8]>, dir: Direction) -> Vec<Vec<u8>> {
+    /// The keys a scan of the key bucket visits, in visiting order (any backend).
+    pub(crate) fn keys(
+        b: &impl Backend,
+        start: &[u8],
+        end: Option<&[u8]>,
+        dir: Direction,
+    ) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         b.scan(Bucket::Key, start, end, dir, &mut |k, _| {
             out.push(k.to_vec());

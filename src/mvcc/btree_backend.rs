@@ -202,21 +202,13 @@ impl Backend for BtreeBackend {
 mod tests {
     use super::*;
 
+    use crate::mvcc::backend::tests::keys;
+
     fn temp_path(name: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("tern-btree-backend-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         db_path(&dir)
-    }
-
-    fn keys(b: &BtreeBackend, start: &[u8], end: Option<&[u8]>, d: Direction) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        b.scan(Bucket::Key, start, end, d, &mut |k, _| {
-            out.push(k.to_vec());
-            true
-        })
-        .unwrap();
-        out
     }
 
     #[test]
