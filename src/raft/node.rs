@@ -1394,6 +1394,7 @@ impl Node {
 
     pub fn handle_ready(node: &Rc<RefCell<Node>>) {
         let mut n = node.borrow_mut();
+        n.state.borrow_mut().poll_backend();
         n.drain_transport();
         n.maybe_publish(Instant::now());
         // Start a ReadIndex round for the reads that queued since the last one: one round
@@ -1407,6 +1408,11 @@ impl Node {
             n.raw.read_index(ctx.to_be_bytes().to_vec());
         }
         if !n.raw.has_ready() {
+            return;
+        }
+        if n.state.borrow().backend_is_full() {
+            // The disk is behind: applying more would only grow the layers waiting for it.
+            // The running commit's end wakes this loop again.
             return;
         }
         let mut ready = n.raw.ready();
@@ -1959,6 +1965,11 @@ async fn join_existing(
 /// Runs the ready loop and the ticker until the process ends.
 pub async fn run(node: Rc<RefCell<Node>>) {
     let wake = node.borrow().wake.clone();
+    let backend_wake = wake.clone();
+    node.borrow()
+        .state
+        .borrow_mut()
+        .set_backend_wake(Rc::new(move || backend_wake.wake()));
     let interval = Duration::from_millis(node.borrow().options.heartbeat_interval_ms.max(1));
     let ticker = node.clone();
     glommio::spawn_local(async move {

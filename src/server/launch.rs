@@ -38,6 +38,10 @@ use crate::watch::{FeedMessage, WatchHub, FEED_QUEUE_MAX};
 const NETWORK_IO_MEMORY_BYTES: usize = 256 * 1024;
 const STATE_IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
 
+/// Threads of the state executor's blocking pool: one runs the backend writer's job (one
+/// at a time), the other keeps snapshot and file work from queueing behind a commit.
+const BLOCKING_POOL_THREADS: usize = 2;
+
 /// Most commands one receiver task applies before the batch is committed: bounds the
 /// replies held back (and so the latency of the first of them).
 const GROUP_COMMIT_COMMANDS_MAX: usize = COMMAND_QUEUE_MAX;
@@ -112,11 +116,15 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     let state_executor = LocalExecutorBuilder::new(placement(plan.state_cpu))
         .name("tern-state")
         .io_memory(STATE_IO_MEMORY_BYTES)
+        // Backend commits and defragmentation (blocking file I/O) run here, on threads the
+        // scheduler may put on any CPU, never on the executor's own.
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(BLOCKING_POOL_THREADS))
         .spawn(move || async move {
             let state_machine = match StateMachine::new(identity.clone(), store) {
                 Ok(state_machine) => state_machine
                     .with_lease_options(lease_options, lease_extend)
-                    .with_backend_batch(backend_batch.0, backend_batch.1),
+                    .with_backend_batch(backend_batch.0, backend_batch.1)
+                    .with_background_writer(),
                 Err(e) => crate::fatal!("cannot initialize the backend", "error" => e.to_string()),
             };
             // Raft sits in front of the state machine: writes become proposals, committed
@@ -190,6 +198,13 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             }
             for task in per_core {
                 task.await;
+            }
+            // A clean stop leaves everything applied in the backend file, so the next start
+            // replays nothing from the WAL.
+            state.borrow_mut().commit_backend();
+            while state.borrow().backend_is_busy() {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                state.borrow_mut().poll_backend();
             }
             node.borrow().log_wal_stats();
             drop(lease_timer);
