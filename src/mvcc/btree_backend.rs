@@ -586,13 +586,10 @@ impl Backend for BtreeBackend {
             if let Some(&(layer_key, layer_value)) = layers.peek() {
                 if layer_key == key {
                     layers.next();
-                    match layer_value {
-                        Some(layer_value) => {
-                            if !visit(layer_key, layer_value) {
-                                return Ok(());
-                            }
+                    if let Some(layer_value) = layer_value {
+                        if !visit(layer_key, layer_value) {
+                            return Ok(());
                         }
-                        None => {}
                     }
                     continue;
                 }

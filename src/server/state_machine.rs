@@ -261,7 +261,7 @@ impl StateMachine {
             }
         };
         for reply in std::mem::take(&mut self.defrag_waiters.running) {
-            self.reply(reply, res.clone());
+            self.reply(reply, res);
         }
         if !self.defrag_waiters.next.is_empty() {
             self.defrag_waiters.running = std::mem::take(&mut self.defrag_waiters.next);
