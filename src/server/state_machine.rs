@@ -197,7 +197,12 @@ impl StateMachine {
             return;
         };
         glommio::spawn_local(async move {
-            let outcome = glommio::executor().spawn_blocking(move || job.run()).await;
+            let outcome = glommio::executor()
+                .spawn_blocking(move || {
+                    crate::runtime::thread_name::name_blocking_thread();
+                    job.run()
+                })
+                .await;
             assert!(
                 writer.finished.borrow_mut().replace(outcome).is_none(),
                 "one writer job at a time"
