@@ -18,4 +18,5 @@ pub mod raft;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod watch;

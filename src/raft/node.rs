@@ -44,15 +44,15 @@ use raft::{RawNode, ReadOnlyOption, StateRole, Storage as _};
 use tern_storage::wal::{self, Wal, WalOptions, WalRecord};
 
 use crate::error::EtcdError;
-use crate::lease::LeaseCommand;
 use crate::membership::cluster::{MemberRecord, Membership};
 use crate::proto::etcdserverpb as pb;
-use crate::raft::envelope::{Envelope, LeaseForward, LeaseForwardResponse, MemberOp};
 use crate::raft::log_store::{self, LogStore};
 use crate::raft::snapshot::{self, SnapshotFile};
 use crate::raft::transport::{self, Report, Transport};
-use crate::server::state_client::Command;
-use crate::server::state_machine::{LeaseProposal, StateMachine};
+use crate::state::client::Command;
+use crate::state::envelope::{Envelope, LeaseForward, LeaseForwardResponse, MemberOp};
+use crate::state::machine::{LeaseProposal, StateMachine};
+use crate::state::LeaseCommand;
 
 /// Bound on client requests waiting for a leader before they are proposed.
 pub const UNPROPOSED_MAX: usize = 16 * 1024;
@@ -1856,7 +1856,7 @@ impl Node {
 /// the peer listeners, connects to the known peers. The receiver fires once this member
 /// has published itself through raft (then it may serve clients).
 pub async fn start(
-    identity: crate::server::state_machine::Identity,
+    identity: crate::state::machine::Identity,
     options: RaftOptions,
     state: StateMachine,
 ) -> Result<(Rc<RefCell<Node>>, oneshot::Receiver<()>), String> {
@@ -1919,7 +1919,7 @@ pub async fn start(
 /// Finds this member's ID in the running cluster by its peer URLs (etcd
 /// `ValidateClusterAndAssignIDs`): `etcdctl member add` created it there.
 async fn join_existing(
-    identity: &mut crate::server::state_machine::Identity,
+    identity: &mut crate::state::machine::Identity,
     options: &RaftOptions,
 ) -> Result<Vec<MemberRecord>, String> {
     let mut mine = identity.peer_urls.clone();

@@ -26,8 +26,8 @@ use glommio::net::{TcpListener, TcpStream};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 
-use crate::raft::envelope::{LeaseForward, LeaseForwardResponse};
 use crate::raft::node::Wakeup;
+use crate::state::envelope::{LeaseForward, LeaseForwardResponse};
 
 /// Messages queued for one peer before new ones are dropped.
 pub const PEER_QUEUE_MAX: usize = 8192;

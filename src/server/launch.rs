@@ -28,9 +28,9 @@ use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{
     claim_client_addrs, executor_listeners, into_glommio_listeners, serve_clients,
 };
-use crate::server::state_client::{Command, StateClient, COMMAND_QUEUE_MAX};
-use crate::server::state_machine::{run_lease_timer, Identity, StateMachine};
 use crate::service::{self, Limits, ServiceContext};
+use crate::state::client::{Command, StateClient, COMMAND_QUEUE_MAX};
+use crate::state::machine::{run_lease_timer, Identity, StateMachine};
 use crate::watch::{FeedMessage, WatchHub, FEED_QUEUE_MAX};
 
 /// io_uring buffer memory each executor registers. Network executors do no file I/O, so

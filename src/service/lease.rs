@@ -9,10 +9,10 @@
 use prost::Message;
 
 use crate::grpc::{Call, Code, Status};
-use crate::lease::LeaseCommand;
 use crate::proto::etcdserverpb as pb;
 use crate::service::call::{status_from_error, unary};
 use crate::service::{unknown_method, ServiceContext};
+use crate::state::LeaseCommand;
 
 pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
     let state = &context.state;

@@ -18,7 +18,7 @@ pub mod watch;
 use std::rc::Rc;
 
 use crate::grpc::{Call, Code, Handler, Status};
-use crate::server::{Identity, StateClient};
+use crate::state::{Identity, StateClient};
 
 pub use call::status_from_error;
 

@@ -36,8 +36,8 @@ use crate::http2::ShutdownSignal;
 use crate::mvcc::KeyRange;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::mvccpb::{event::EventType, Event};
-use crate::server::StateClient;
 use crate::service::ServiceContext;
+use crate::state::StateClient;
 
 /// Bound on the encoded responses queued for one watch stream before its watchers stop
 /// receiving live events and fall back to history (etcd's victim/unsynced handling).

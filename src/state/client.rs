@@ -40,8 +40,8 @@ pub enum Command {
     MemberUpdate(pb::MemberUpdateRequest, Reply<pb::MemberUpdateResponse>),
     MemberPromote(pb::MemberPromoteRequest, Reply<pb::MemberPromoteResponse>),
     MoveLeader(pb::MoveLeaderRequest, Reply<pb::MoveLeaderResponse>),
-    Lease(crate::lease::LeaseCommand),
-    WaitChange(crate::server::change_waiters::WaitChange),
+    Lease(crate::state::LeaseCommand),
+    WaitChange(crate::state::change_waiters::WaitChange),
     /// Watch: (re)subscribe this core's feed and/or read history (see `crate::watch`).
     WatchSync(crate::watch::SyncRequest, Reply<crate::watch::SyncReply>),
     /// Watch: end the feed subscription of (core, generation).
@@ -156,7 +156,7 @@ impl StateClient {
     }
     pub async fn lease<T>(
         &self,
-        make: impl FnOnce(Reply<T>) -> crate::lease::LeaseCommand,
+        make: impl FnOnce(Reply<T>) -> crate::state::LeaseCommand,
     ) -> Result<T, EtcdError> {
         self.call(|r| Command::Lease(make(r))).await
     }
@@ -169,7 +169,7 @@ impl StateClient {
         after_revision: i64,
     ) -> Result<Vec<crate::mvcc::Change>, EtcdError> {
         self.call(|reply| {
-            Command::WaitChange(crate::server::change_waiters::WaitChange {
+            Command::WaitChange(crate::state::change_waiters::WaitChange {
                 key,
                 range_end,
                 after_revision,

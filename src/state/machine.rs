@@ -32,9 +32,9 @@ use crate::error::EtcdError;
 use crate::lease::{LeaseOptions, Lessor};
 use crate::mvcc::{Backend, BackendError, BtreeBackend, Bucket, Direction, KvStore};
 use crate::proto::etcdserverpb as pb;
-use crate::server::change_waiters::ChangeWaiters;
-use crate::server::state_client::Command;
-use crate::server::state_client::Reply;
+use crate::state::change_waiters::ChangeWaiters;
+use crate::state::client::Command;
+use crate::state::client::Reply;
 
 /// etcd's --backend-batch-interval and --backend-batch-limit defaults: how long and how
 /// many applied entries the backend may hold before it commits (the WAL already has them).
