@@ -26,12 +26,11 @@
 //! - apply is idempotent (`StateMachine::apply_write` skips entries at or below the
 //!   store's consistent index).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
@@ -49,6 +48,7 @@ use crate::proto::etcdserverpb as pb;
 use crate::raft::log_store::{self, LogStore};
 use crate::raft::snapshot::{self, SnapshotFile};
 use crate::raft::transport::{self, Report, Transport};
+use crate::runtime::Wakeup;
 use crate::state::client::Command;
 use crate::state::envelope::{Envelope, LeaseForward, LeaseForwardResponse, MemberOp};
 use crate::state::machine::{LeaseProposal, StateMachine};
@@ -83,34 +83,6 @@ impl RaftOptions {
     /// etcd's `ReqTimeout`: 5 s plus two election timeouts.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(5000 + 2 * self.election_timeout_ms)
-    }
-}
-
-/// A one-shot wake-up for the ready loop (set by whoever gives raft new work).
-#[derive(Default)]
-pub struct Wakeup {
-    flag: Cell<bool>,
-    pub(crate) waker: RefCell<Option<Waker>>,
-}
-
-impl Wakeup {
-    pub fn wake(&self) {
-        self.flag.set(true);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            if self.flag.replace(false) {
-                Poll::Ready(())
-            } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
     }
 }
 

@@ -28,10 +28,11 @@ use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{
     claim_client_addrs, executor_listeners, into_glommio_listeners, serve_clients,
 };
+use crate::service::watch::hub::WatchHub;
 use crate::service::{self, Limits, ServiceContext};
 use crate::state::client::{Command, StateClient, COMMAND_QUEUE_MAX};
 use crate::state::machine::{run_lease_timer, Identity, StateMachine};
-use crate::watch::{FeedMessage, WatchHub, FEED_QUEUE_MAX};
+use crate::watch::{FeedMessage, FEED_QUEUE_MAX};
 
 /// io_uring buffer memory each executor registers. Network executors do no file I/O, so
 /// glommio's 10 MiB default would only eat into RLIMIT_MEMLOCK.
