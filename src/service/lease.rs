@@ -1,6 +1,6 @@
 //! etcdserverpb.Lease: LeaseGrant, LeaseRevoke, LeaseKeepAlive (bidi stream),
 //! LeaseTimeToLive, LeaseLeases — etcd's `v3rpc/lease.go` over the state executor's
-//! lessor (`crate::lease`, applied in `server/state_machine/leases.rs`).
+//! lessor (`crate::lease`, applied in `state/machine/leases.rs`).
 //!
 //! KeepAlive answers each request in order on the same stream; an unknown lease gets
 //! TTL 0 (not an error), which clients turn into "requested lease not found". The stream

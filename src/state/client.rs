@@ -34,7 +34,7 @@ pub enum Command {
     MemberList(Reply<pb::MemberListResponse>),
     Alarm(pb::AlarmRequest, Reply<pb::AlarmResponse>),
     Defragment(Reply<pb::DefragmentResponse>),
-    // Answered by the raft node (src/raft/node.rs), never by the state machine.
+    // Answered by the raft node (src/raft/node/), never by the state machine.
     MemberAdd(pb::MemberAddRequest, Reply<pb::MemberAddResponse>),
     MemberRemove(pb::MemberRemoveRequest, Reply<pb::MemberRemoveResponse>),
     MemberUpdate(pb::MemberUpdateRequest, Reply<pb::MemberUpdateResponse>),

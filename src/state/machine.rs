@@ -19,7 +19,7 @@
 //!   (idempotent apply). Log compaction never releases WAL entries that only an
 //!   uncommitted backend batch holds: it first saves a snapshot file of the applied state.
 //!
-//! - Writes reach this struct only as committed raft entries (`src/raft/node.rs` calls
+//! - Writes reach this struct only as committed raft entries (`src/raft/node/ready.rs` calls
 //!   [`StateMachine::apply_write`] with each entry's raft index); reads are answered
 //!   directly. The raft node keeps `raft_term`, `leader_id` and `raft_commit_index`
 //!   current and flushes once per ready.

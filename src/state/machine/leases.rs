@@ -5,7 +5,7 @@
 //! - Grant, Revoke and Checkpoint are raft entries (they advance the applied index and
 //!   write the backend) applied on every member; Renew, TimeToLive and Leases are not, as
 //!   in etcd: a keep-alive is answered by the leader alone (followers forward it,
-//!   src/raft/node.rs).
+//!   src/raft/node/).
 //! - The lessor is primary exactly while this member is the raft leader (the node calls
 //!   [`StateMachine::sync_lease_role`]). Only the primary decides expiry and checkpoints,
 //!   and it never applies them itself: it queues them as [`LeaseProposal`]s, which the
