@@ -19,7 +19,7 @@
 //!   (idempotent apply). Log compaction never releases WAL entries that only an
 //!   uncommitted backend batch holds: it first saves a snapshot file of the applied state.
 //!
-//! - Writes reach this struct only as committed raft entries (`src/raft/node.rs` calls
+//! - Writes reach this struct only as committed raft entries (`src/raft/node/ready.rs` calls
 //!   [`StateMachine::apply_write`] with each entry's raft index); reads are answered
 //!   directly. The raft node keeps `raft_term`, `leader_id` and `raft_commit_index`
 //!   current and flushes once per ready.
@@ -33,9 +33,9 @@ use crate::lease::{LeaseOptions, Lessor};
 use crate::mvcc::btree_backend::WriterOutcome;
 use crate::mvcc::{Backend, BackendError, BtreeBackend, Bucket, Direction, KvStore};
 use crate::proto::etcdserverpb as pb;
-use crate::server::change_waiters::ChangeWaiters;
-use crate::server::state_client::Command;
-use crate::server::state_client::Reply;
+use crate::state::change_waiters::ChangeWaiters;
+use crate::state::client::Command;
+use crate::state::client::Reply;
 
 /// etcd's --backend-batch-interval and --backend-batch-limit defaults: how long and how
 /// many applied entries the backend may hold before it commits (the WAL already has them).
@@ -253,7 +253,7 @@ impl StateMachine {
                     "finished defragmenting directory",
                     "path" => self.store.backend().path(),
                     "current-db-size-bytes" => report.db_size_bytes_after,
-                    "took" => crate::config::go::format_duration(took),
+                    "took" => crate::log::format_duration(took),
                     "passes" => report.passes
                 );
                 Ok(pb::DefragmentResponse {
