@@ -18,8 +18,9 @@
 //!    O(cores) per commit, never O(watchers); writes never wait.
 //! 2. A core whose channel is full is marked lagging: it gets one `Lagged` marker (sent by
 //!    a task that waits for room) and nothing else until it resumes.
-//! 3. Network core (`crate::service::watch::hub`): the feed task dispatches each revision to the matching
-//!    watchers (a hash map of single keys plus a list of ranges) and appends one
+//! 3. Network core (`crate::service::watch::hub`): the feed task dispatches each
+//!    revision to the matching watchers (a hash map of single keys plus a list of
+//!    ranges) and appends one
 //!    response per watcher to the watcher's stream, written by [`wire`] from the
 //!    revision's events encoded once. On `Lagged` it resumes the feed and
 //!    turns every watcher that might have missed a revision *unsynced*.
