@@ -1043,7 +1043,8 @@ async fn histories_under_kills_and_restarts_are_linearizable() {
 async fn the_checker_catches_a_deliberately_broken_read_path() {
     // Every member serves "linearizable" reads from its local state, without ReadIndex:
     // a follower that has not yet learned of a commit answers with the old value.
-    let mut cluster = Cluster::start_with_env(3, &[], &[("TERN_TEST_UNSAFE_LOCAL_READS", "1")]);
+    let mut cluster =
+        Cluster::start_with_env(3, &[], &[(tern::raft::node::UNSAFE_LOCAL_READS_ENV, "1")]);
     cluster
         .leader(&[0, 1, 2], Duration::from_secs(20))
         .await

@@ -46,13 +46,9 @@ fn bootstrap_entry(raft_index: u64, member: &MemberRecord) -> Entry {
         ConfChangeType::AddNode
     });
     cc.node_id = member.id;
-    cc.context = Envelope {
-        member: Some(member.clone()),
-        member_op: MemberOp::Add as i32,
-        ..Default::default()
-    }
-    .encode_to_vec()
-    .into();
+    cc.context = Envelope::member(0, 0, MemberOp::Add, member.clone())
+        .encode_to_vec()
+        .into();
     let mut e = Entry::default();
     e.set_entry_type(EntryType::EntryConfChange);
     e.term = 1;
@@ -62,6 +58,22 @@ fn bootstrap_entry(raft_index: u64, member: &MemberRecord) -> Entry {
         .expect("encoding a ConfChange cannot fail")
         .into();
     e
+}
+
+/// Whether the test asked to break linearizable reads (see `UNSAFE_LOCAL_READS_ENV`).
+#[cfg(feature = "test-hooks")]
+fn unsafe_local_reads_requested() -> bool {
+    let on = std::env::var(UNSAFE_LOCAL_READS_ENV).is_ok_and(|v| v == "1");
+    if on {
+        crate::warn!("linearizable reads are deliberately broken for a test", "env" => UNSAFE_LOCAL_READS_ENV);
+    }
+    on
+}
+
+/// A build without the `test-hooks` feature (every release build) has no such switch.
+#[cfg(not(feature = "test-hooks"))]
+fn unsafe_local_reads_requested() -> bool {
+    false
 }
 
 /// Opens (or creates) this member's WAL and snapshot, and builds its raft node.
@@ -216,13 +228,7 @@ pub async fn open(
         entries_written: 0,
         removed_at: None,
         lease_forwards: VecDeque::new(),
-        unsafe_local_reads: {
-            let on = std::env::var(UNSAFE_LOCAL_READS_ENV).is_ok_and(|v| v == "1");
-            if on {
-                crate::warn!("linearizable reads are deliberately broken for a test", "env" => UNSAFE_LOCAL_READS_ENV);
-            }
-            on
-        },
+        unsafe_local_reads: unsafe_local_reads_requested(),
     })
 }
 
@@ -264,16 +270,13 @@ async fn force_new_cluster(member_id: u64, log: &LogStore, wal: &Wal) -> Result<
         let mut cc = ConfChange::default();
         cc.set_change_type(ConfChangeType::RemoveNode);
         cc.node_id = id;
-        cc.context = Envelope {
-            member: Some(MemberRecord {
-                id,
-                ..Default::default()
-            }),
-            member_op: MemberOp::Remove as i32,
+        let removed = MemberRecord {
+            id,
             ..Default::default()
-        }
-        .encode_to_vec()
-        .into();
+        };
+        cc.context = Envelope::member(0, 0, MemberOp::Remove, removed)
+            .encode_to_vec()
+            .into();
         let mut e = Entry::default();
         e.set_entry_type(EntryType::EntryConfChange);
         e.term = term;
