@@ -154,10 +154,9 @@ pub fn stderr(output: &Output) -> String {
 }
 
 impl TernServer {
-    /// Kills the server with SIGKILL (no shutdown path runs), then starts the same binary
-    /// again with the same arguments (so the same ports and data dir) and waits until it
-    /// serves. The data dir is kept: this is how tests check what survives a crash.
-    pub fn kill_and_restart(&mut self) {
+    /// Kills the server with SIGKILL and returns the arguments it was started with. The data
+    /// dir stays (until drop), for a test to inspect or change before starting it again.
+    pub fn kill(&mut self) -> Vec<String> {
         // The exact arguments it was started with, NUL-separated.
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.child.id()))
             .expect("read the server's command line");
@@ -169,6 +168,14 @@ impl TernServer {
             .collect();
         self.child.kill().expect("SIGKILL tern");
         self.child.wait().expect("reap tern");
+        args
+    }
+
+    /// Kills the server with SIGKILL (no shutdown path runs), then starts the same binary
+    /// again with the same arguments (so the same ports and data dir) and waits until it
+    /// serves. The data dir is kept: this is how tests check what survives a crash.
+    pub fn kill_and_restart(&mut self) {
+        let args = self.kill();
         // The kernel releases sockets that io_uring still referenced a moment after the
         // process is gone; wait until the client port can be bound again.
         let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;

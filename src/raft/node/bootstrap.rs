@@ -201,6 +201,7 @@ pub async fn open(
         .map_err(|e| format!("cannot start raft: {e}"))?;
     let last_snapshot_index = log.first_raft_index() - 1;
     state.raft_term = log.hard_state().term;
+    let heartbeat_interval = std::time::Duration::from_millis(options.heartbeat_interval_ms);
     Ok(Node {
         id: member_id,
         cluster_id,
@@ -228,6 +229,8 @@ pub async fn open(
         entries_written: 0,
         removed_at: None,
         lease_forwards: VecDeque::new(),
+        heartbeats: super::slow_disk::HeartbeatDetector::new(heartbeat_interval),
+        slow_fdatasync: Default::default(),
         unsafe_local_reads: unsafe_local_reads_requested(),
     })
 }

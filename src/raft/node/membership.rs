@@ -396,6 +396,7 @@ impl Node {
             ConfChangeType::RemoveNode => {
                 self.membership.remove(cc.node_id);
                 self.transport.remove_peer(cc.node_id);
+                self.heartbeats.forget(cc.node_id);
                 crate::info!("removed member", "removed-member-id" => format!("{:x}", cc.node_id));
                 if cc.node_id == self.id {
                     crate::warn!("the member has been permanently removed from the cluster");

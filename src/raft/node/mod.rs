@@ -14,7 +14,8 @@
 //! - [`membership`]: member add/remove/update/promote, MoveLeader, publishing this
 //!   member's attributes, and applying conf changes;
 //! - [`lease_forward`]: lease work of the leader and the forwarding of keep-alives and
-//!   TimeToLive from followers to the leader.
+//!   TimeToLive from followers to the leader;
+//! - [`slow_disk`]: etcd's "slow fdatasync" and late-heartbeat warnings.
 //!
 //! Invariants:
 //! - nothing is answered before the entry carrying it is committed and applied;
@@ -27,6 +28,7 @@ mod bootstrap;
 mod lease_forward;
 mod membership;
 mod ready;
+mod slow_disk;
 
 pub use bootstrap::{open, snap_dir, start};
 pub use lease_forward::LEASE_FORWARDS_MAX;
@@ -161,6 +163,10 @@ pub struct Node {
     removed_at: Option<Instant>,
     /// Follower: Renew/TimeToLive waiting for a leader to forward to, with their deadline.
     lease_forwards: VecDeque<(Command, Instant)>,
+    /// Leader: heartbeats to each follower, for etcd's late-heartbeat warning.
+    heartbeats: slow_disk::HeartbeatDetector,
+    /// The last WAL batch checked for etcd's "slow fdatasync" warning.
+    slow_fdatasync: slow_disk::SlowFdatasync,
 }
 
 /// Set to `1` in a member's environment, this deliberately breaks linearizable reads:
@@ -597,6 +603,7 @@ impl Node {
                 return;
             }
         }
+        self.heartbeats.warn(&messages, Instant::now());
         self.transport.send(messages);
     }
 

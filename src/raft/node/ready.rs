@@ -166,10 +166,12 @@ impl Node {
         let durable = n.wal.append(records);
         let node_rc = node.clone();
         glommio::spawn_local(async move {
-            if let Err(e) = durable.await {
-                crate::fatal!("cannot write the WAL", "error" => e.to_string());
-            }
+            let durable = match durable.await {
+                Ok(durable) => durable,
+                Err(e) => crate::fatal!("cannot write the WAL", "error" => e.to_string()),
+            };
             let mut n = node_rc.borrow_mut();
+            n.slow_fdatasync.warn(&durable);
             n.raw.on_persist_ready(number);
             n.advance_applied();
             n.send(persisted_messages);
@@ -226,6 +228,8 @@ impl Node {
         }
         self.leader_id = leader;
         self.state.borrow_mut().leader_id = leader;
+        // As etcd, measure heartbeat gaps afresh after any change of leader or role.
+        self.heartbeats.reset();
         if !self.leader_transfers.is_empty() {
             self.finish_leader_transfers(Instant::now());
         }
