@@ -39,8 +39,7 @@ impl SlowFdatasync {
             crate::warn!(
                 "slow fdatasync",
                 "took" => took,
-                "expected-duration" => WARN_SYNC_DURATION,
-                "batch-seq" => durable.batch_seq
+                "expected-duration" => WARN_SYNC_DURATION
             );
         }
     }
