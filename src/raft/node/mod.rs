@@ -620,3 +620,45 @@ impl Node {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Checks how a committed write's body and a waiting client's reply meet: the command
+    //! applied is built from the body alone, and a reply of another kind is handed back.
+    use super::*;
+
+    fn put(key: &str) -> pb::PutRequest {
+        pb::PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: b"v".to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_applied_request_comes_from_the_entry_and_the_reply_from_the_waiter() {
+        let (tx, mut rx) = oneshot::channel();
+        let (body, reply) = split_write(Command::Put(put("client"), tx));
+        assert!(matches!(&body, Body::Put(req) if &req.key[..] == b"client"));
+        // What the log says wins, whatever this member kept in memory.
+        let (command, unfit) = write_command(Body::Put(put("from-log")), Some(reply)).unwrap();
+        assert!(unfit.is_none());
+        let Command::Put(req, r) = command else {
+            panic!("a put")
+        };
+        assert_eq!(&req.key[..], b"from-log");
+        let _ = r.send(Ok(pb::PutResponse::default()));
+        assert!(matches!(rx.try_recv(), Ok(Some(Ok(_)))));
+    }
+
+    #[test]
+    fn a_reply_of_another_kind_is_handed_back() {
+        let (tx, _rx) = oneshot::channel();
+        let (_, reply) = split_write(Command::Compact(pb::CompactionRequest::default(), tx));
+        let (command, unfit) = write_command(Body::Put(put("k")), Some(reply)).unwrap();
+        assert!(matches!(command, Command::Put(..)));
+        assert!(matches!(unfit, Some(WriteReply::Compact(_))));
+        // Bodies that are not key-space writes make no command.
+        assert!(write_command(Body::ClusterVersion("3.4.0".into()), None).is_none());
+    }
+}
