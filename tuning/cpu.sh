@@ -89,7 +89,18 @@ mapfile -t ALLOWED < <(expand_cpu_list "$CPUS")
 used=${CORES:-0}
 [ "$used" -gt 0 ] && [ "$used" -le "${#ALLOWED[@]}" ] || used=${#ALLOWED[@]}
 EXECUTORS=("${ALLOWED[@]:0:$used}")
-mapfile -t HOUSEKEEPING < <(printf '%s\n' "${ONLINE[@]}" | grep -vxF -f <(printf '%s\n' "${EXECUTORS[@]}") || true)
+# Interrupts go to CPUs that share no physical core with an executor when there are any:
+# an interrupt on an executor's SMT sibling still takes that core's execution units.
+core_key() { echo "$(cat "$CPU_SYS/cpu$1/topology/physical_package_id"):$(cat "$CPU_SYS/cpu$1/topology/core_id")"; }
+declare -A EXECUTOR_CORES=()
+for cpu in "${EXECUTORS[@]}"; do EXECUTOR_CORES[$(core_key "$cpu")]=1; done
+HOUSEKEEPING=()
+for cpu in "${ONLINE[@]}"; do
+    [ -n "${EXECUTOR_CORES[$(core_key "$cpu")]:-}" ] || HOUSEKEEPING+=("$cpu")
+done
+if [ "${#HOUSEKEEPING[@]}" -eq 0 ]; then
+    mapfile -t HOUSEKEEPING < <(printf '%s\n' "${ONLINE[@]}" | grep -vxF -f <(printf '%s\n' "${EXECUTORS[@]}") || true)
+fi
 EXECUTOR_LIST=$(printf '%s\n' "${EXECUTORS[@]}" | join_cpu_list)
 HOUSEKEEPING_LIST=$(printf '%s\n' "${HOUSEKEEPING[@]}" | join_cpu_list)
 

@@ -156,19 +156,30 @@ mount_of() {
         END { if (best == "") exit 1; print best }' "$PROC/self/mountinfo"
 }
 
-# disks_of SYSFS_DEVICE_DIR: the whole disks (sysfs dirs) that hold a block device: a
-# partition's parent, the slaves of a dm/md device (recursively), else the device itself.
-disks_of() {
-    local dev=$1 slave
-    if [ -f "$dev/partition" ]; then
-        dev=$(dirname "$dev")
+# devices_of SYSFS_DEVICE_DIR: "ROLE DIR" lines for the devices under a filesystem. The
+# top device ("top": a partition's disk, or the dm/md device itself) owns the readahead the
+# page cache uses; the whole disks at the bottom ("leaf": the slaves of a dm/md device,
+# recursively) own the I/O scheduler and request queue. A plain disk is both ("both").
+devices_of() {
+    local dev=$1
+    [ -f "$dev/partition" ] && dev=$(dirname "$dev")
+    if [ -d "$dev/slaves" ] && [ -n "$(ls "$dev/slaves")" ]; then
+        echo "top $dev"
+        leaf_disks_of "$dev"
+    else
+        echo "both $dev"
     fi
+}
+
+leaf_disks_of() {
+    local dev=$1 slave
+    [ -f "$dev/partition" ] && dev=$(dirname "$dev")
     if [ -d "$dev/slaves" ] && [ -n "$(ls "$dev/slaves")" ]; then
         for slave in "$dev"/slaves/*; do
-            disks_of "$(cd "$slave" && pwd -P)"
+            leaf_disks_of "$(cd "$slave" && pwd -P)"
         done
     else
-        echo "$dev"
+        echo "leaf $dev"
     fi
 }
 
@@ -204,6 +215,7 @@ write_cache_warnings() {
     fua=$(cat "$disk/queue/fua" 2>/dev/null || echo 0)
     scsi_cache=$(cat "$disk"/device/scsi_disk/*/cache_type 2>/dev/null | head -n1 || true)
     if [ "$cache" = "write through" ] && [[ $scsi_cache == "write back"* ]]; then
+        [ "$MODE" != check ] || report DIFF "$name write cache" "kernel: write through, device: $scsi_cache" "write back (the device's own setting)"
         note "WARNING: $name reports a volatile write-back cache but the kernel treats it as write-through ($disk/queue/write_cache): fdatasync sends no flush, so an acknowledged write can be lost on power failure; echo 'write back' > $disk/queue/write_cache unless the cache is battery- or capacitor-backed"
         return 0
     fi
@@ -222,11 +234,13 @@ tune_device_dir() {
     read -r majmin fstype source point <<<"$mount"
     if network_fs "$fstype"; then
         note "WARNING: $label $dir is on a network filesystem ($fstype at $point): every fsync waits for the network and the server; tern (like etcd) wants a local disk"
+        echo "fs ${label// /-} $fstype"
         return
     fi
     case "$fstype" in
     tmpfs | ramfs)
         note "WARNING: $label $dir is on $fstype: nothing survives a reboot"
+        echo "fs ${label// /-} $fstype"
         return
         ;;
     esac
@@ -238,12 +252,16 @@ tune_device_dir() {
         note "$label $dir is on $fstype ($source), which has no block device to tune"
         return
     fi
-    for disk in $(disks_of "$dev"); do
-        echo "$disk"
-    done
+    devices_of "$dev"
 }
 
 tune_disk() {
+    local role=$1 disk=$2
+    [ "$role" = top ] || tune_queue "$disk"
+    [ "$role" = leaf ] || tune_read_ahead "$disk"
+}
+
+tune_queue() {
     local disk=$1 name queue want current
     name=$(basename "$disk")
     queue=$disk/queue
@@ -257,21 +275,8 @@ tune_disk() {
     elif [ "$current" != "$want" ]; then
         set_file "$queue/scheduler" "$want" || true
     fi
-    if [ "$want" = none ] && [ "$IONICE_CLASS" != 0 ] && [ -n "$TERN_PID" ] && [ "$MODE" != check ]; then
-        note "$name: with the 'none' scheduler the device queue ignores I/O priorities; ionice still orders tern's requests in the page cache writeback and in io_uring's workers"
-    fi
-
-    local rotational want_ra
-    rotational=$(cat "$queue/rotational" 2>/dev/null || echo 1)
-    want_ra=$READ_AHEAD_KB
-    [ -n "$want_ra" ] || [ "$rotational" = 1 ] || want_ra=16
-    if [ -n "$want_ra" ]; then
-        current=$(read_setting "$queue/read_ahead_kb")
-        if [ "$MODE" = check ]; then
-            compare "$name read_ahead_kb" "$current" "$want_ra"
-        elif [ "$current" != "$want_ra" ]; then
-            set_file "$queue/read_ahead_kb" "$want_ra" || true
-        fi
+    if [ "$want" = none ] && [ -n "$TERN_PID" ] && [ "$MODE" != check ]; then
+        note "$name: the 'none' scheduler ignores I/O priorities, so ionice changes nothing on this device (it does under mq-deadline and bfq); NVMe's own deep queues keep the WAL's writes from waiting long"
     fi
 
     current=$(read_setting "$queue/nr_requests")
@@ -284,6 +289,23 @@ tune_disk() {
     fi
 }
 
+tune_read_ahead() {
+    local disk=$1 name queue current rotational want_ra
+    name=$(basename "$disk")
+    queue=$disk/queue
+    rotational=$(cat "$queue/rotational" 2>/dev/null || echo 1)
+    want_ra=$READ_AHEAD_KB
+    [ -n "$want_ra" ] || [ "$rotational" = 1 ] || want_ra=16
+    if [ -n "$want_ra" ]; then
+        current=$(read_setting "$queue/read_ahead_kb")
+        if [ "$MODE" = check ]; then
+            compare "$name read_ahead_kb" "$current" "$want_ra"
+        elif [ "$current" != "$want_ra" ]; then
+            set_file "$queue/read_ahead_kb" "$want_ra" || true
+        fi
+    fi
+}
+
 tune_ionice
 disks=$(
     tune_device_dir "data dir" "$DATA_DIR"
@@ -292,7 +314,11 @@ disks=$(
         tune_device_dir "wal dir" "$WAL_DIR"
     fi
 )
-while IFS= read -r disk; do
-    [ -z "$disk" ] || tune_disk "$disk"
+while read -r role disk fstype; do
+    case "$role" in
+    "") ;;
+    fs) [ "$MODE" != check ] || report DIFF "$disk filesystem" "$fstype" "a local disk filesystem" ;;
+    *) tune_disk "$role" "$disk" ;;
+    esac
 done < <(sort -u <<<"$disks")
 [ "$MODE" != check ] || finish_check

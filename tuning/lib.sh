@@ -38,10 +38,19 @@ die() {
 }
 note() { echo "$SCRIPT: $*" >&2; }
 
-# Prints a command line, shell-quoted, and runs it under --apply and --undo.
+# One word as the shell would need it: bare when it is plain, else in single quotes.
+quote() {
+    if [[ $1 =~ ^[A-Za-z0-9_./:,=+@%-]+$ ]]; then
+        printf '%s' "$1"
+    else
+        printf "'%s'" "${1//\'/\'\\\'\'}"
+    fi
+}
+
+# Prints a command line, quoted for the shell, and runs it under --apply and --undo.
 run() {
-    local line
-    printf -v line '%q ' "$@"
+    local line="" word
+    for word in "$@"; do line+="$(quote "$word") "; done
     echo "${line% }"
     changing || return 0
     "$@"
@@ -68,7 +77,7 @@ read_setting() {
 set_file() {
     local path=$1 value=$2 old
     old=$(read_setting "$path") || die "cannot read $path"
-    printf 'echo %q > %q\n' "$value" "$path"
+    echo "echo $(quote "$value") > $(quote "$path")"
     changing || return 0
     if ! printf '%s\n' "$value" 2>/dev/null >"$path"; then
         note "warning: the kernel refused $value for $path; left at $old"

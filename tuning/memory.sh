@@ -121,7 +121,9 @@ check_memlock() {
     fi
     limit=$(memlock_kib "$limits")
     if [ "$MODE" = check ]; then
-        if [ "$limit" = unlimited ] || [ "$limit" -ge "$needed" ]; then
+        if [ "$limit" = unlimited ]; then
+            report ok "memlock limit of $who" unlimited "at least $needed KiB for $executors executors"
+        elif [ "$limit" -ge "$needed" ]; then
             report ok "memlock limit of $who" "$limit KiB" "at least $needed KiB for $executors executors"
         else
             report DIFF "memlock limit of $who" "$limit KiB" "at least $needed KiB for $executors executors"
