@@ -124,7 +124,10 @@ impl FakeMachine {
 
     fn cpu(&self, cpu: usize, package: usize, core: usize) {
         let base = format!("sys/devices/system/cpu/cpu{cpu}/topology");
-        self.file(&format!("{base}/physical_package_id"), &format!("{package}\n"));
+        self.file(
+            &format!("{base}/physical_package_id"),
+            &format!("{package}\n"),
+        );
         self.file(&format!("{base}/core_id"), &format!("{core}\n"));
     }
 
@@ -236,9 +239,15 @@ fn nvme_server() -> FakeMachine {
         "sys/class/net/eth0",
         "../../devices/pci0000:00/0000:00:03.0/net/eth0",
     );
-    m.link("sys/devices/pci0000:00/0000:00:03.0/net/eth0/device", "../../../0000:00:03.0");
+    m.link(
+        "sys/devices/pci0000:00/0000:00:03.0/net/eth0/device",
+        "../../../0000:00:03.0",
+    );
     fs::create_dir_all(m.path("sys/class/net/lo")).unwrap();
-    m.file("sys/kernel/mm/transparent_hugepage/enabled", "[always] madvise never\n");
+    m.file(
+        "sys/kernel/mm/transparent_hugepage/enabled",
+        "[always] madvise never\n",
+    );
     m.file(
         "sys/kernel/mm/transparent_hugepage/defrag",
         "[always] defer defer+madvise madvise never\n",
@@ -275,8 +284,14 @@ fn nvme_server() -> FakeMachine {
     m.file("stub/ionice/4244", "realtime: prio 4\n");
     m.limits("4242", "65536");
     m.limits("self", "8388608");
-    m.answer("ip -o route get 10.0.0.2", "10.0.0.2 dev eth0 src 10.0.0.1 uid 0 \\    cache \n");
-    m.answer("ip -o route get 10.0.0.3", "10.0.0.3 dev eth0 src 10.0.0.1 uid 0 \\    cache \n");
+    m.answer(
+        "ip -o route get 10.0.0.2",
+        "10.0.0.2 dev eth0 src 10.0.0.1 uid 0 \\    cache \n",
+    );
+    m.answer(
+        "ip -o route get 10.0.0.3",
+        "10.0.0.3 dev eth0 src 10.0.0.1 uid 0 \\    cache \n",
+    );
     m.answer("tc qdisc show dev eth0 root", "qdisc mq 0: root \n");
     m
 }
@@ -296,13 +311,19 @@ fn lvm_vm() -> FakeMachine {
         m.file(&format!("{dir}/disable"), "0\n");
     }
     let sda = "sys/devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sda";
-    m.file(&format!("{sda}/queue/scheduler"), "[mq-deadline] kyber bfq none\n");
+    m.file(
+        &format!("{sda}/queue/scheduler"),
+        "[mq-deadline] kyber bfq none\n",
+    );
     m.file(&format!("{sda}/queue/read_ahead_kb"), "4096\n");
     m.file(&format!("{sda}/queue/nr_requests"), "64\n");
     m.file(&format!("{sda}/queue/rotational"), "0\n");
     m.file(&format!("{sda}/queue/write_cache"), "write through\n");
     m.file(&format!("{sda}/queue/fua"), "0\n");
-    m.file(&format!("{sda}/device/scsi_disk/0:0:0:0/cache_type"), "write back\n");
+    m.file(
+        &format!("{sda}/device/scsi_disk/0:0:0:0/cache_type"),
+        "write back\n",
+    );
     m.file(&format!("{sda}/sda2/partition"), "2\n");
     let dm = "sys/devices/virtual/block/dm-0";
     m.file(&format!("{dm}/queue/scheduler"), "none\n");
@@ -337,7 +358,10 @@ fn lvm_vm() -> FakeMachine {
         "../../devices/pci0000:00/0000:00:03.0/virtio2/net/eth0",
     );
     m.link(&format!("{virtio}/net/eth0/device"), "../../../virtio2");
-    m.file("sys/kernel/mm/transparent_hugepage/enabled", "always [madvise] never\n");
+    m.file(
+        "sys/kernel/mm/transparent_hugepage/enabled",
+        "always [madvise] never\n",
+    );
     m.file(
         "sys/kernel/mm/transparent_hugepage/defrag",
         "always defer defer+madvise [madvise] never\n",
@@ -377,7 +401,6 @@ fn assert_output(got: (i32, String, String), code: i32, stdout: &str) -> String 
     stderr
 }
 
-
 const SCRIPTS: [&str; 4] = ["disk.sh", "network.sh", "cpu.sh", "memory.sh"];
 
 fn is_root() -> bool {
@@ -410,15 +433,28 @@ fn every_script_documents_its_modes_and_rejects_bad_arguments() {
     for script in SCRIPTS {
         let (code, help, _) = m.run(script, &["--help"]);
         assert_eq!(code, 0, "{script} --help");
-        for word in ["--dry-run", "--apply", "--undo", "check", "--state-file", "TERN_TUNING_ROOT"] {
+        for word in [
+            "--dry-run",
+            "--apply",
+            "--undo",
+            "check",
+            "--state-file",
+            "TERN_TUNING_ROOT",
+        ] {
             assert!(help.contains(word), "{script} --help lacks {word}:\n{help}");
         }
         let (code, _, stderr) = m.run(script, &["--dry-run", "--no-such-flag"]);
         assert_eq!(code, 2, "{script} with an unknown flag: {stderr}");
-        assert!(stderr.contains("unknown argument '--no-such-flag'"), "{stderr}");
+        assert!(
+            stderr.contains("unknown argument '--no-such-flag'"),
+            "{stderr}"
+        );
         let (code, _, stderr) = m.run(script, &[]);
         assert_eq!(code, 2, "{script} without a mode: {stderr}");
-        assert!(stderr.contains("choose one of --dry-run, --apply, --undo, check"), "{stderr}");
+        assert!(
+            stderr.contains("choose one of --dry-run, --apply, --undo, check"),
+            "{stderr}"
+        );
         let (code, _, stderr) = m.run(script, &["--dry-run", "--apply"]);
         assert_eq!(code, 2, "{script} with two modes: {stderr}");
     }
@@ -437,7 +473,10 @@ fn nvme_server_disk() {
              echo 16 > {NVME_DISK}/queue/read_ahead_kb\n"
         ),
     );
-    assert!(stderr.contains("the 'none' scheduler ignores I/O priorities"), "{stderr}");
+    assert!(
+        stderr.contains("the 'none' scheduler ignores I/O priorities"),
+        "{stderr}"
+    );
     assert_output(
         m.run("disk.sh", &["check", "--pid", "4242"]),
         1,
@@ -453,7 +492,16 @@ fn nvme_server_disk() {
     assert_output(
         m.run(
             "disk.sh",
-            &["--dry-run", "--pid", "4242", "--realtime", "--scheduler", "mq-deadline", "--nr-requests", "256"],
+            &[
+                "--dry-run",
+                "--pid",
+                "4242",
+                "--realtime",
+                "--scheduler",
+                "mq-deadline",
+                "--nr-requests",
+                "256",
+            ],
         ),
         0,
         &format!(
@@ -465,11 +513,23 @@ fn nvme_server_disk() {
     );
     // A scheduler the kernel does not offer is reported, not written.
     let stderr = assert_output(
-        m.run("disk.sh", &["--dry-run", "--data-dir", "/var/lib/tern/", "--scheduler", "bfq"]),
+        m.run(
+            "disk.sh",
+            &[
+                "--dry-run",
+                "--data-dir",
+                "/var/lib/tern/",
+                "--scheduler",
+                "bfq",
+            ],
+        ),
         0,
         &format!("echo 16 > {NVME_DISK}/queue/read_ahead_kb\n"),
     );
-    assert!(stderr.contains("scheduler bfq not offered by this kernel"), "{stderr}");
+    assert!(
+        stderr.contains("scheduler bfq not offered by this kernel"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -530,10 +590,16 @@ fn nvme_server_network() {
         ),
     );
     // A root qdisc someone configured (non-zero handle) cannot be restored: refuse.
-    m.answer("tc qdisc show dev eth0 root", "qdisc htb 1: root refcnt 2 r2q 10 default 0\n");
+    m.answer(
+        "tc qdisc show dev eth0 root",
+        "qdisc htb 1: root refcnt 2 r2q 10 default 0\n",
+    );
     let (code, stdout, stderr) = m.run("network.sh", &["--dry-run", "--pid", "4242"]);
     assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
-    assert!(stderr.contains("eth0 already has a configured root qdisc (htb 1:)"), "{stderr}");
+    assert!(
+        stderr.contains("eth0 already has a configured root qdisc (htb 1:)"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -544,13 +610,21 @@ fn nvme_server_cpu() {
                   \x20 the 3 SMT sibling(s) of tern's cores stay idle (or take housekeeping work): a busy sibling slows the executor beside it\n\
                   \x20 taskset -c 1-3 tern --cores 3 ...   (systemd: CPUAffinity=1-3)\n\
                   \x20 then: tuning/cpu.sh --apply --cpus 1-3 --cores 3\n";
-    let prefixed = |prefix: &str| layout.lines().map(|l| format!("{prefix}{l}\n")).collect::<String>();
+    let prefixed = |prefix: &str| {
+        layout
+            .lines()
+            .map(|l| format!("{prefix}{l}\n"))
+            .collect::<String>()
+    };
     let mut expected = String::new();
     for cpu in 1..=3 {
-        expected += &format!("echo performance > $ROOT/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor\n");
+        expected += &format!(
+            "echo performance > $ROOT/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor\n"
+        );
     }
     for cpu in 1..=3 {
-        expected += &format!("echo 1 > $ROOT/sys/devices/system/cpu/cpu{cpu}/cpuidle/state3/disable\n");
+        expected +=
+            &format!("echo 1 > $ROOT/sys/devices/system/cpu/cpu{cpu}/cpuidle/state3/disable\n");
     }
     for irq in 40..=43 {
         expected += &format!("echo 0,4 > $ROOT/proc/irq/{irq}/smp_affinity_list\n");
@@ -558,11 +632,18 @@ fn nvme_server_cpu() {
     for q in 0..4 {
         expected += &format!("echo 00000011 > $ROOT/sys/class/net/eth0/queues/rx-{q}/rps_cpus\n");
     }
-    for (q, mask) in ["00000011", "00000022", "00000044", "00000088"].iter().enumerate() {
+    for (q, mask) in ["00000011", "00000022", "00000044", "00000088"]
+        .iter()
+        .enumerate()
+    {
         expected += &format!("echo {mask} > $ROOT/sys/class/net/eth0/queues/tx-{q}/xps_cpus\n");
     }
     expected += &prefixed("# ");
-    let stderr = assert_output(m.run("cpu.sh", &["--dry-run", "--pid", "4242"]), 0, &expected);
+    let stderr = assert_output(
+        m.run("cpu.sh", &["--dry-run", "--pid", "4242"]),
+        0,
+        &expected,
+    );
     assert!(stderr.contains("irqbalance is running"), "{stderr}");
 
     let mut expected = String::new();
@@ -580,7 +661,10 @@ fn nvme_server_cpu() {
     for q in 0..4 {
         expected += &format!("DIFF eth0 rx-{q} rps_cpus: 00 (recommended: 00000011)\n");
     }
-    for (q, mask) in ["00000011", "00000022", "00000044", "00000088"].iter().enumerate() {
+    for (q, mask) in ["00000011", "00000022", "00000044", "00000088"]
+        .iter()
+        .enumerate()
+    {
         expected += &format!("DIFF eth0 tx-{q} xps_cpus: 00 (recommended: {mask})\n");
     }
     expected += &prefixed("info ");
@@ -592,12 +676,28 @@ fn nvme_server_cpu() {
     // executors' cores (5 and 6 are the siblings of cores 1 and 2).
     let (code, stdout, _) = m.run(
         "cpu.sh",
-        &["--dry-run", "--cores", "2", "--cpus", "5-6", "--max-idle-latency-us", "200", "--interface", "eth0"],
+        &[
+            "--dry-run",
+            "--cores",
+            "2",
+            "--cpus",
+            "5-6",
+            "--max-idle-latency-us",
+            "200",
+            "--interface",
+            "eth0",
+        ],
     );
     assert_eq!(code, 0);
     assert!(!stdout.contains("cpuidle"), "{stdout}");
-    assert!(stdout.contains("echo 0,3-4,7 > $ROOT/proc/irq/40/smp_affinity_list\n"), "{stdout}");
-    assert!(stdout.contains("echo 00000099 > $ROOT/sys/class/net/eth0/queues/rx-0/rps_cpus\n"), "{stdout}");
+    assert!(
+        stdout.contains("echo 0,3-4,7 > $ROOT/proc/irq/40/smp_affinity_list\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("echo 00000099 > $ROOT/sys/class/net/eth0/queues/rx-0/rps_cpus\n"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -611,8 +711,9 @@ fn nvme_server_memory() {
          echo 1 > $ROOT/proc/sys/vm/swappiness\n",
     );
     assert!(
-        stderr.contains("memlock limit of tern (pid 4242) is 64 KiB; tern's 4 executors need 8192 KiB")
-            && stderr.contains("LimitMEMLOCK=8192K"),
+        stderr.contains(
+            "memlock limit of tern (pid 4242) is 64 KiB; tern's 4 executors need 8192 KiB"
+        ) && stderr.contains("LimitMEMLOCK=8192K"),
         "{stderr}"
     );
     assert_output(
@@ -626,8 +727,6 @@ fn nvme_server_memory() {
     );
 }
 
-const SDA: &str = "$ROOT/sys/devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sda";
-
 #[test]
 fn lvm_vm_every_script() {
     let m = lvm_vm();
@@ -638,7 +737,10 @@ fn lvm_vm_every_script() {
         "echo 16 > $ROOT/sys/devices/virtual/block/dm-0/queue/read_ahead_kb\n",
     );
     assert!(stderr.contains("WARNING: sda reports a volatile write-back cache but the kernel treats it as write-through"), "{stderr}");
-    assert!(stderr.contains("no --pid: I/O priority is per process"), "{stderr}");
+    assert!(
+        stderr.contains("no --pid: I/O priority is per process"),
+        "{stderr}"
+    );
     assert_output(
         m.run("disk.sh", &["check", "--data-dir", "/srv/tern"]),
         1,
@@ -648,7 +750,6 @@ fn lvm_vm_every_script() {
          DIFF dm-0 read_ahead_kb: 4096 (recommended: 16)\n\
          2 setting(s) differ from the recommendation\n",
     );
-    let _ = SDA;
 
     // No members named: the interface is the one owning the peer listen address.
     let args = ["--listen-peer-urls", "http://192.168.1.5:2380"];
@@ -673,9 +774,15 @@ fn lvm_vm_every_script() {
          2 setting(s) differ from the recommendation\n",
     );
     // --qdisc htb on a NIC that reports no speed needs --rate.
-    let (code, _, stderr) = m.run("network.sh", &[&["--dry-run", "--qdisc", "htb"][..], &args].concat());
+    let (code, _, stderr) = m.run(
+        "network.sh",
+        &[&["--dry-run", "--qdisc", "htb"][..], &args].concat(),
+    );
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("eth0 reports no link speed; give --rate"), "{stderr}");
+    assert!(
+        stderr.contains("eth0 reports no link speed; give --rate"),
+        "{stderr}"
+    );
 
     // tern on CPU 0 (--cores 1): the virtio NIC's queue interrupts (named after virtio2,
     // its config vector left alone) and RPS go to CPU 1; one tx queue, so no XPS.
@@ -683,7 +790,12 @@ fn lvm_vm_every_script() {
                   \x20 interrupts and the OS on CPU 0; tern on CPU 1\n\
                   \x20 taskset -c 1 tern --cores 1 ...   (systemd: CPUAffinity=1)\n\
                   \x20 then: tuning/cpu.sh --apply --cpus 1 --cores 1\n";
-    let prefixed = |prefix: &str| layout.lines().map(|l| format!("{prefix}{l}\n")).collect::<String>();
+    let prefixed = |prefix: &str| {
+        layout
+            .lines()
+            .map(|l| format!("{prefix}{l}\n"))
+            .collect::<String>()
+    };
     let stderr = assert_output(
         m.run("cpu.sh", &["--dry-run", "--cores", "1"]),
         0,
@@ -695,7 +807,10 @@ fn lvm_vm_every_script() {
             prefixed("# ")
         ),
     );
-    assert!(stderr.contains("no cpufreq on 1 executor CPU(s)"), "{stderr}");
+    assert!(
+        stderr.contains("no cpufreq on 1 executor CPU(s)"),
+        "{stderr}"
+    );
     assert_output(
         m.run("cpu.sh", &["check", "--cores", "1"]),
         1,
@@ -711,7 +826,10 @@ fn lvm_vm_every_script() {
     );
 
     let stderr = assert_output(m.run("memory.sh", &["--dry-run", "--cores", "1"]), 0, "");
-    assert!(stderr.contains("tern's 2 executors need 4096 KiB"), "{stderr}");
+    assert!(
+        stderr.contains("tern's 2 executors need 4096 KiB"),
+        "{stderr}"
+    );
     assert_output(
         m.run("memory.sh", &["check", "--cores", "1"]),
         1,
@@ -731,7 +849,12 @@ fn nfs_box_every_script() {
         0,
         "",
     );
-    assert!(stderr.contains("WARNING: data dir /mnt/shared/tern is on a network filesystem (nfs4 at /mnt/shared)"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "WARNING: data dir /mnt/shared/tern is on a network filesystem (nfs4 at /mnt/shared)"
+        ),
+        "{stderr}"
+    );
     assert_output(
         m.run("disk.sh", &["check", "--data-dir", "/mnt/shared/tern"]),
         1,
@@ -742,7 +865,12 @@ fn nfs_box_every_script() {
                   \x20 one CPU: tern, interrupts and the OS share it\n\
                   \x20 taskset -c 0 tern --cores 1 ...   (systemd: CPUAffinity=0)\n\
                   \x20 then: tuning/cpu.sh --apply --cpus 0 --cores 1\n";
-    let prefixed = |prefix: &str| layout.lines().map(|l| format!("{prefix}{l}\n")).collect::<String>();
+    let prefixed = |prefix: &str| {
+        layout
+            .lines()
+            .map(|l| format!("{prefix}{l}\n"))
+            .collect::<String>()
+    };
     let stderr = assert_output(m.run("cpu.sh", &["--dry-run"]), 0, &prefixed("# "));
     assert!(stderr.contains("no CPU is left for interrupts"), "{stderr}");
     assert_output(
@@ -754,7 +882,10 @@ fn nfs_box_every_script() {
         ),
     );
     let stderr = assert_output(m.run("memory.sh", &["--dry-run"]), 0, "");
-    assert!(stderr.contains("no transparent huge pages in this kernel"), "{stderr}");
+    assert!(
+        stderr.contains("no transparent huge pages in this kernel"),
+        "{stderr}"
+    );
     assert_output(
         m.run("memory.sh", &["check"]),
         0,
@@ -767,7 +898,10 @@ fn nfs_box_every_script() {
 #[test]
 fn apply_then_undo_restores_the_faked_machine() {
     if !is_root() {
-        eprintln!("skipping: --apply needs root and this test runs as uid {}", unsafe { libc::geteuid() });
+        eprintln!(
+            "skipping: --apply needs root and this test runs as uid {}",
+            unsafe { libc::geteuid() }
+        );
         return;
     }
     let m = nvme_server();
@@ -777,50 +911,56 @@ fn apply_then_undo_restores_the_faked_machine() {
         // --apply prints what --dry-run printed, and then the settings are as recommended
         // (memory.sh cannot raise a running process's memlock limit, so that stays DIFF).
         let applied = m.run(script, &["--apply", "--pid", "4242"]);
-        assert_eq!((applied.0, &applied.1), (0, &dry_run.1), "{script} --apply: {}", applied.2);
+        assert_eq!(
+            (applied.0, &applied.1),
+            (0, &dry_run.1),
+            "{script} --apply: {}",
+            applied.2
+        );
         let after = m.run(script, &["check", "--pid", "4242"]);
-        assert_eq!(after.0, after_apply_code, "{script} check after --apply:\n{}", after.1);
-        assert!(!after.1.contains("DIFF") || script == "memory.sh", "{}", after.1);
+        assert_eq!(
+            after.0, after_apply_code,
+            "{script} check after --apply:\n{}",
+            after.1
+        );
+        assert!(
+            !after.1.contains("DIFF") || script == "memory.sh",
+            "{}",
+            after.1
+        );
         // A second --apply would record the already-changed values: refused.
         let (code, _, stderr) = m.run(script, &["--apply", "--pid", "4242"]);
         assert_eq!(code, 2);
         assert!(stderr.contains("already applied"), "{stderr}");
         let undone = m.run(script, &["--undo"]);
         assert_eq!(undone.0, 0, "{script} --undo: {}", undone.2);
-        assert_eq!(m.run(script, &["check", "--pid", "4242"]), before, "{script} after --undo");
-        assert!(!m.path(&format!("state/{}.state", &script[..script.len() - 3])).exists());
+        assert_eq!(
+            m.run(script, &["check", "--pid", "4242"]),
+            before,
+            "{script} after --undo"
+        );
+        assert!(!m
+            .path(&format!("state/{}.state", &script[..script.len() - 3]))
+            .exists());
         let (code, _, stderr) = m.run(script, &["--undo"]);
         assert_eq!(code, 0);
         assert!(stderr.contains("nothing to undo"), "{stderr}");
     }
     let log = fs::read_to_string(m.path("stub/log")).unwrap();
     assert!(log.contains("ionice -c2 -n0 -p 4242 4244\n"), "{log}");
-    assert!(log.contains("ionice -c1 -n4 -p 4244\n") && log.contains("ionice -c0 -p 4242\n"), "{log}");
+    assert!(
+        log.contains("ionice -c1 -n4 -p 4244\n") && log.contains("ionice -c0 -p 4242\n"),
+        "{log}"
+    );
 }
 
 #[test]
 fn apply_without_root_is_refused() {
     let m = nvme_server();
     let before = m.run("memory.sh", &["check"]);
-    let mut command = if is_root() {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
-        c.arg(tuning_dir().join("memory.sh"));
-        c
-    } else {
-        Command::new(tuning_dir().join("memory.sh"))
-    };
-    for mode in ["--apply", "--undo"] {
-        let out = command
-            .arg(mode)
-            .env("TERN_TUNING_ROOT", m.root())
-            .env("TERN_TUNING_STATE_DIR", m.path("state"))
-            .output()
-            .unwrap();
-        let (code, stdout, stderr) = decode(out, m.root());
-        assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
-        assert!(stderr.contains(&format!("memory.sh: {mode} changes kernel settings and needs root")), "{stderr}");
-        command = if is_root() {
+    // As root, drop to nobody; otherwise the test already runs unprivileged.
+    let unprivileged = || {
+        let mut command = if is_root() {
             let mut c = Command::new("setpriv");
             c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
             c.arg(tuning_dir().join("memory.sh"));
@@ -828,6 +968,21 @@ fn apply_without_root_is_refused() {
         } else {
             Command::new(tuning_dir().join("memory.sh"))
         };
+        command
+            .env("TERN_TUNING_ROOT", m.root())
+            .env("TERN_TUNING_STATE_DIR", m.path("state"));
+        command
+    };
+    for mode in ["--apply", "--undo"] {
+        let out = unprivileged().arg(mode).output().unwrap();
+        let (code, stdout, stderr) = decode(out, m.root());
+        assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "memory.sh: {mode} changes kernel settings and needs root"
+            )),
+            "{stderr}"
+        );
     }
     assert_eq!(m.run("memory.sh", &["check"]), before);
 }
@@ -848,27 +1003,73 @@ impl VethPair {
     fn new() -> Result<VethPair, String> {
         let a = format!("tern-tuning-a-{}", std::process::id());
         let b = format!("tern-tuning-b-{}", std::process::id());
-        let out = Command::new("ip").args(["netns", "add", &a]).output().map_err(|e| e.to_string())?;
+        let out = Command::new("ip")
+            .args(["netns", "add", &a])
+            .output()
+            .map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
         }
         let pair = VethPair { a, b };
         ip(&["netns", "add", &pair.b]);
-        ip(&["-n", &pair.a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &pair.b]);
-        ip(&["-n", &pair.a, "addr", "add", &format!("{}/24", Self::A_IP), "dev", "va"]);
-        ip(&["-n", &pair.b, "addr", "add", &format!("{}/24", Self::B_IP), "dev", "vb"]);
-        for (ns, dev) in [(&pair.a, "va"), (&pair.b, "vb"), (&pair.a, "lo"), (&pair.b, "lo")] {
+        ip(&[
+            "-n", &pair.a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns",
+            &pair.b,
+        ]);
+        ip(&[
+            "-n",
+            &pair.a,
+            "addr",
+            "add",
+            &format!("{}/24", Self::A_IP),
+            "dev",
+            "va",
+        ]);
+        ip(&[
+            "-n",
+            &pair.b,
+            "addr",
+            "add",
+            &format!("{}/24", Self::B_IP),
+            "dev",
+            "vb",
+        ]);
+        for (ns, dev) in [
+            (&pair.a, "va"),
+            (&pair.b, "vb"),
+            (&pair.a, "lo"),
+            (&pair.b, "lo"),
+        ] {
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
         // A static neighbour, so test packets leave at once instead of waiting for ARP.
         let link = ip(&["-n", &pair.b, "-o", "link", "show", "vb"]);
-        let mac = link.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap().to_string();
-        ip(&["-n", &pair.a, "neigh", "replace", Self::B_IP, "lladdr", &mac, "dev", "va"]);
+        let mac = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap()
+            .to_string();
+        ip(&[
+            "-n",
+            &pair.a,
+            "neigh",
+            "replace",
+            Self::B_IP,
+            "lladdr",
+            &mac,
+            "dev",
+            "va",
+        ]);
         Ok(pair)
     }
 
     fn in_a(&self, program: &str, args: &[&str]) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.a, program]).args(args).output().unwrap()
+        Command::new("ip")
+            .args(["netns", "exec", &self.a, program])
+            .args(args)
+            .output()
+            .unwrap()
     }
 }
 
@@ -882,12 +1083,20 @@ impl Drop for VethPair {
 #[track_caller]
 fn ip(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Packets counted in each class of `tc -s class show` ("1:10" -> packets).
@@ -900,7 +1109,10 @@ fn class_packets(pair: &VethPair) -> std::collections::HashMap<String, u64> {
         if words.first() == Some(&"class") {
             class = words.get(2).map(|c| c.to_string());
         } else if words.first() == Some(&"Sent") {
-            let packets = words.iter().position(|w| *w == "pkt").map(|i| words[i - 1].parse().unwrap());
+            let packets = words
+                .iter()
+                .position(|w| *w == "pkt")
+                .map(|i| words[i - 1].parse().unwrap());
             if let (Some(class), Some(packets)) = (class.take(), packets) {
                 counts.insert(class, packets);
             }
@@ -945,43 +1157,89 @@ fn network_script_applied_for_real_in_a_namespace() {
     };
     // prio is etcd's layout but needs sch_prio, which some kernels lack (this test says so).
     let probe = Command::new("ip")
-        .args(["netns", "exec", &pair.b, "tc", "qdisc", "add", "dev", "vb", "root", "handle", "1:", "prio"])
+        .args([
+            "netns", "exec", &pair.b, "tc", "qdisc", "add", "dev", "vb", "root", "handle", "1:",
+            "prio",
+        ])
         .output()
         .unwrap();
-    let mut layouts: Vec<(&[&str], &str, [&str; 3])> =
-        vec![(&["--qdisc", "htb", "--rate", "1gbit"], "qdisc htb 1: root", ["1:10", "1:20", "1:30"])];
+    let mut layouts: Vec<(&[&str], &str, [&str; 3])> = vec![(
+        &["--qdisc", "htb", "--rate", "1gbit"],
+        "qdisc htb 1: root",
+        ["1:10", "1:20", "1:30"],
+    )];
     if probe.status.success() {
         ip(&["-n", &pair.b, "link", "set", "vb", "down"]);
-        let _ = Command::new("ip").args(["netns", "exec", &pair.b, "tc", "qdisc", "del", "dev", "vb", "root"]).output();
+        let _ = Command::new("ip")
+            .args([
+                "netns", "exec", &pair.b, "tc", "qdisc", "del", "dev", "vb", "root",
+            ])
+            .output();
         ip(&["-n", &pair.b, "link", "set", "vb", "up"]);
         layouts.push((&[], "qdisc prio 1: root", ["1:1", "1:2", "1:3"]));
     } else {
-        eprintln!("note: this kernel has no prio qdisc ({}); testing the htb layout only", text(&probe).trim());
+        eprintln!(
+            "note: this kernel has no prio qdisc ({}); testing the htb layout only",
+            text(&probe).trim()
+        );
     }
 
     for (layout, root_line, [peer_class, client_class, bulk_class]) in layouts {
         let original = text(&pair.in_a("tc", &["qdisc", "show", "dev", "va"]));
         let check = run("check", layout);
-        assert_eq!(check.status.code(), Some(1), "check before --apply:\n{}", text(&check));
+        assert_eq!(
+            check.status.code(),
+            Some(1),
+            "check before --apply:\n{}",
+            text(&check)
+        );
 
         let applied = run("--apply", layout);
-        assert!(applied.status.success(), "--apply {layout:?}:\n{}", text(&applied));
+        assert!(
+            applied.status.success(),
+            "--apply {layout:?}:\n{}",
+            text(&applied)
+        );
         let qdiscs = text(&pair.in_a("tc", &["qdisc", "show", "dev", "va"]));
         assert!(qdiscs.contains(root_line), "{qdiscs}");
         let filters = text(&pair.in_a("tc", &["filter", "show", "dev", "va"]));
         for (matcher, class) in [
-            (format!("match {peer_port:04x}0000/ffff0000 at 20"), peer_class),
-            (format!("match 0000{peer_port:04x}/0000ffff at 20"), peer_class),
-            (format!("match {peer_port:04x}0000/ffff0000 at 40"), peer_class),
-            (format!("match {client_port:04x}0000/ffff0000 at 20"), client_class),
-            (format!("match {client_port:04x}0000/ffff0000 at 40"), client_class),
+            (
+                format!("match {peer_port:04x}0000/ffff0000 at 20"),
+                peer_class,
+            ),
+            (
+                format!("match 0000{peer_port:04x}/0000ffff at 20"),
+                peer_class,
+            ),
+            (
+                format!("match {peer_port:04x}0000/ffff0000 at 40"),
+                peer_class,
+            ),
+            (
+                format!("match {client_port:04x}0000/ffff0000 at 20"),
+                client_class,
+            ),
+            (
+                format!("match {client_port:04x}0000/ffff0000 at 40"),
+                client_class,
+            ),
         ] {
-            let block = filters.split("filter parent").find(|b| b.contains(&matcher));
+            let block = filters
+                .split("filter parent")
+                .find(|b| b.contains(&matcher));
             let block = block.unwrap_or_else(|| panic!("no filter with {matcher}:\n{filters}"));
-            assert!(block.contains(&format!("flowid {class} ")), "{matcher} not to {class}:\n{block}");
+            assert!(
+                block.contains(&format!("flowid {class} ")),
+                "{matcher} not to {class}:\n{block}"
+            );
         }
         let check = run("check", layout);
-        assert!(check.status.success(), "check after --apply:\n{}", text(&check));
+        assert!(
+            check.status.success(),
+            "check after --apply:\n{}",
+            text(&check)
+        );
 
         // Packets from the peer port, the client port and elsewhere land in their classes.
         let before = class_packets(&pair);
@@ -1004,7 +1262,9 @@ fn network_script_applied_for_real_in_a_namespace() {
         let deadline = std::time::Instant::now() + CLASS_COUNT_WAIT;
         let delta = loop {
             let now = class_packets(&pair);
-            let delta = |class: &str| now.get(class).copied().unwrap_or(0) - before.get(class).copied().unwrap_or(0);
+            let delta = |class: &str| {
+                now.get(class).copied().unwrap_or(0) - before.get(class).copied().unwrap_or(0)
+            };
             let got = (delta(peer_class), delta(client_class), delta(bulk_class));
             if (got.0 >= 3 && got.1 >= 5 && got.2 >= 7) || std::time::Instant::now() > deadline {
                 break got;
@@ -1013,12 +1273,20 @@ fn network_script_applied_for_real_in_a_namespace() {
         };
         // Only the test's packets use the peer and client ports; the bulk class also carries
         // whatever else the namespace sends (IPv6 neighbour discovery).
-        assert_eq!((delta.0, delta.1), (3, 5), "packets in {peer_class}, {client_class}");
+        assert_eq!(
+            (delta.0, delta.1),
+            (3, 5),
+            "packets in {peer_class}, {client_class}"
+        );
         assert!(delta.2 >= 7, "packets in {bulk_class}: {}", delta.2);
 
         let undone = run("--undo", layout);
         assert!(undone.status.success(), "--undo:\n{}", text(&undone));
-        assert_eq!(text(&pair.in_a("tc", &["qdisc", "show", "dev", "va"])), original, "qdisc after --undo");
+        assert_eq!(
+            text(&pair.in_a("tc", &["qdisc", "show", "dev", "va"])),
+            original,
+            "qdisc after --undo"
+        );
         assert!(!state.0.join("network.state").exists());
     }
 }
