@@ -946,6 +946,22 @@ fn apply_then_undo_restores_the_faked_machine() {
         assert_eq!(code, 0);
         assert!(stderr.contains("nothing to undo"), "{stderr}");
     }
+    // --undo leaves alone a setting changed again after --apply, and says so.
+    assert_eq!(m.run("memory.sh", &["--apply"]).0, 0);
+    m.file("proc/sys/vm/swappiness", "30\n");
+    let (code, _, stderr) = m.run("memory.sh", &["--undo"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("swappiness is 30, not the 1 --apply wrote; leaving it"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_to_string(m.path("proc/sys/vm/swappiness")).unwrap(),
+        "30\n"
+    );
+    let thp = fs::read_to_string(m.path("sys/kernel/mm/transparent_hugepage/enabled")).unwrap();
+    assert_eq!(thp, "always\n", "the other settings are restored");
+
     let log = fs::read_to_string(m.path("stub/log")).unwrap();
     assert!(log.contains("ionice -c2 -n0 -p 4242 4244\n"), "{log}");
     assert!(

@@ -142,6 +142,16 @@ tune_ionice() {
 
 # ---------------------------------------------------------------- devices
 
+# tern's own mount table when it is named by PID (it may run in another mount namespace,
+# a container), else this process's.
+mountinfo_file() {
+    if [ -n "$TERN_PID" ] && [ -r "$PROC/$TERN_PID/mountinfo" ]; then
+        echo "$PROC/$TERN_PID/mountinfo"
+    else
+        echo "$PROC/self/mountinfo"
+    fi
+}
+
 # mount_of PATH: "MAJ:MIN FSTYPE SOURCE MOUNTPOINT" of the mount holding PATH (longest
 # mount-point prefix in mountinfo; the last mount of a point wins, as in the kernel).
 mount_of() {
@@ -153,7 +163,7 @@ mount_of() {
                 if (length(point) >= best_len) { best_len = length(point); best = $3 " " $(i + 1) " " $(i + 2) " " point }
             }
         }
-        END { if (best == "") exit 1; print best }' "$PROC/self/mountinfo"
+        END { if (best == "") exit 1; print best }' "$(mountinfo_file)"
 }
 
 # devices_of SYSFS_DEVICE_DIR: "ROLE DIR" lines for the devices under a filesystem. The

@@ -100,7 +100,7 @@ finish_setup
 
 undo_entry() {
     case "$1" in
-    qdisc) run tc qdisc del dev "$2" root ;;
+    qdisc) run tc qdisc del dev "$2" root || note "warning: could not delete the root qdisc of $2 (is the interface gone?)" ;;
     *) undo_common_entry "$@" ;;
     esac
 }
