@@ -17,6 +17,8 @@
 //!   same window: it rewrites one 4 KiB block of a file in that directory and times
 //!   `fdatasync`, every `--fsync-probe-interval`, giving the disk's sync latency in the
 //!   same minute as the puts.
+//! - Besides the report, the slowest put of each second of intended send time is kept, to
+//!   show when in the run (before, during or after the disturbance) the stalls fell.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -134,6 +136,7 @@ pub async fn disturb(args: DisturbArgs, global: &Global, out: &mut Output) -> Re
             let mut rng: rand::rngs::SmallRng = rand::SeedableRng::from_os_rng();
             let mut recorder = Recorder::default();
             let mut slowest = Slowest::default();
+            let mut slowest_by_second: Vec<Duration> = Vec::new();
             let mut k = 0u64;
             loop {
                 let intended_ns = offset_ns + k * worker_interval_ns;
@@ -163,15 +166,22 @@ pub async fn disturb(args: DisturbArgs, global: &Global, out: &mut Output) -> Re
                     Err(_) => Err("timeout".to_string()),
                 };
                 let latency = intended.elapsed();
-                if result.is_ok() && latency > slowest.latency {
-                    slowest = Slowest {
-                        latency,
-                        intended_after_start: Duration::from_nanos(intended_ns),
-                    };
+                if result.is_ok() {
+                    if latency > slowest.latency {
+                        slowest = Slowest {
+                            latency,
+                            intended_after_start: Duration::from_nanos(intended_ns),
+                        };
+                    }
+                    let second = (intended_ns / 1_000_000_000) as usize;
+                    if slowest_by_second.len() <= second {
+                        slowest_by_second.resize(second + 1, Duration::ZERO);
+                    }
+                    slowest_by_second[second] = slowest_by_second[second].max(latency);
                 }
                 recorder.record_result(&result, latency);
             }
-            (recorder, slowest)
+            (recorder, slowest, slowest_by_second)
         }));
     }
 
@@ -189,11 +199,18 @@ pub async fn disturb(args: DisturbArgs, global: &Global, out: &mut Output) -> Re
 
     let mut merged = Recorder::default();
     let mut slowest = Slowest::default();
+    let mut slowest_by_second: Vec<Duration> = Vec::new();
     for task in tasks {
-        let (recorder, worker_slowest) = task.await?;
+        let (recorder, worker_slowest, worker_by_second) = task.await?;
         merged.merge(recorder);
         if worker_slowest.latency > slowest.latency {
             slowest = worker_slowest;
+        }
+        if slowest_by_second.len() < worker_by_second.len() {
+            slowest_by_second.resize(worker_by_second.len(), Duration::ZERO);
+        }
+        for (merged_max, worker_max) in slowest_by_second.iter_mut().zip(worker_by_second) {
+            *merged_max = (*merged_max).max(worker_max);
         }
     }
     let total = start.elapsed();
@@ -215,6 +232,14 @@ pub async fn disturb(args: DisturbArgs, global: &Global, out: &mut Output) -> Re
     out.extra(
         "slowest_put_intended_at_s",
         slowest.intended_after_start.as_secs_f64().into(),
+    );
+    out.extra(
+        "slowest_put_by_intended_second_s",
+        slowest_by_second
+            .iter()
+            .map(|d| d.as_secs_f64())
+            .collect::<Vec<_>>()
+            .into(),
     );
     out.note(&format!(
         "Disturbance: {outcome}, from {:.2} s to {:.2} s of the run ({:.2} s)\n",
