@@ -11,8 +11,9 @@
 //!   its missed times; it sends them as soon as it can, and every latency is measured from
 //!   the put's intended send time, so a stall of S seconds shows as latencies up to S, not
 //!   as one slow put among fewer sent.
-//! - A put that takes longer than `PUT_TIMEOUT` counts as an error ("timeout"), so a
-//!   server that never answers ends the run instead of hanging it.
+//! - A put that takes longer than `PUT_TIMEOUT` counts as an error ("timeout"), and puts
+//!   still unsent `DRAIN_TIMEOUT` after the schedule's end count as errors ("not sent"),
+//!   so a server that stops answering ends the run within a minute instead of hanging it.
 //! - The optional fdatasync probe (`--fsync-probe-dir`) runs on its own OS thread for the
 //!   same window: it rewrites one 4 KiB block of a file in that directory and times
 //!   `fdatasync`, every `--fsync-probe-interval`, giving the disk's sync latency in the
@@ -39,6 +40,9 @@ use crate::{Global, Output};
 
 /// Longest a single put may take before it counts as an error.
 const PUT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long after the end of the schedule the last puts may still be sent and answered;
+/// puts still unsent then count as errors ("not sent"), so a stuck server ends the run.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes the fdatasync probe rewrites before each sync (one page).
 const PROBE_WRITE_BYTES: usize = 4096;
 /// Blocks the probe cycles through, so it does not rewrite one block only.
@@ -115,6 +119,8 @@ pub async fn disturb(args: DisturbArgs, global: &Global, out: &mut Output) -> Re
     // Interval between one worker's sends, in nanoseconds.
     let worker_interval_ns = 1_000_000_000u64 * workers / args.rate;
     let stop_at_ns = Arc::new(AtomicU64::new(u64::MAX));
+    // Set with stop_at_ns: nanoseconds after `start` when unsent puts give up.
+    let drain_deadline_ns = Arc::new(AtomicU64::new(u64::MAX));
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
 
     let probe = match &args.fsync_probe_dir {
@@ -125,6 +131,7 @@ pub async fn disturb(args: DisturbArgs, global: &Global, out: &mut Output) -> Re
     let mut tasks = Vec::with_capacity(clients.len());
     for (i, client) in clients.into_iter().enumerate() {
         let stop_at_ns = stop_at_ns.clone();
+        let drain_deadline_ns = drain_deadline_ns.clone();
         let value = value.clone();
         let mut key = args.prefix.as_bytes().to_vec();
         key.resize(args.prefix.len() + args.key_size, 0);
@@ -160,7 +167,17 @@ pub async fn disturb(args: DisturbArgs, global: &Global, out: &mut Output) -> Re
                     value: value.clone(),
                     ..Default::default()
                 });
-                let result = match tokio::time::timeout(PUT_TIMEOUT, kv.put(request)).await {
+                let drain_left = Duration::from_nanos(
+                    drain_deadline_ns
+                        .load(Ordering::Acquire)
+                        .saturating_sub(start.elapsed().as_nanos() as u64),
+                );
+                if drain_left.is_zero() {
+                    recorder.record_error("not sent: the server had not answered the earlier puts by the drain deadline".to_string());
+                    continue;
+                }
+                let timeout = PUT_TIMEOUT.min(drain_left);
+                let result = match tokio::time::timeout(timeout, kv.put(request)).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(status)) => Err(status_text(&status)),
                     Err(_) => Err("timeout".to_string()),
@@ -195,6 +212,7 @@ pub async fn disturb(args: DisturbArgs, global: &Global, out: &mut Output) -> Re
     let disturbance_ended = start.elapsed();
     let stop_ns = (disturbance_ended + args.tail).as_nanos() as u64;
     tokio::time::sleep_until(start + Duration::from_nanos(stop_ns)).await;
+    drain_deadline_ns.store(stop_ns + DRAIN_TIMEOUT.as_nanos() as u64, Ordering::Release);
     stop_at_ns.store(stop_ns, Ordering::Release);
 
     let mut merged = Recorder::default();
