@@ -26,7 +26,7 @@ use crate::mvcc::KvStore;
 use crate::proto::etcdserverpb as pb;
 use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{
-    claim_client_addrs, executor_listeners, into_glommio_listeners, serve_clients,
+    claim_client_addrs, executor_listeners, into_glommio_listeners, serve_clients, stop_listening,
 };
 use crate::server::state_client::{Command, StateClient, COMMAND_QUEUE_MAX};
 use crate::server::state_machine::{run_lease_timer, Identity, StateMachine};
@@ -191,6 +191,8 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             for task in per_core {
                 task.await;
             }
+            // Stopping: free the peer port for the next start before anything else.
+            node.borrow().transport.stop_listening();
             node.borrow().log_wal_stats();
             drop(lease_timer);
         })
@@ -248,8 +250,8 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         network_executors.push(executor);
     }
     drop(ready_tx);
-    // Each network executor holds its own handle; the sockets close with the last of them.
-    drop(client_listeners);
+    // Each network executor holds its own handle; this one is kept to stop listening on
+    // the way out (`stop_listening`), whatever the executors' io_uring still holds.
 
     let mut startup_error = None;
     for _ in 0..network_executors.len() {
@@ -279,6 +281,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
                         for executor in network_executors {
                             let _ = executor.join();
                         }
+                        stop_listening(&client_listeners);
                         return Ok(());
                     }
                 }
@@ -312,6 +315,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     for executor in network_executors {
         let _ = executor.join();
     }
+    stop_listening(&client_listeners);
     let _ = state_executor.join();
     crate::info!("stopped serving client requests");
     Ok(())
