@@ -1,8 +1,9 @@
 //! tern: an etcd-compatible key-value server, thread-per-core on glommio.
 //!
 //! The modules follow the path a request takes (see README.md, "Architecture"):
-//! `runtime`/`server` (executors) → `http2` frames → `grpc` messages → `service` handlers
-//! → `apply` (etcd's KV semantics) → `mvcc` state.
+//! `server`/`runtime` (executors) → `http2` frames → `grpc` messages → `service` handlers
+//! → `state` (command protocol; on the state core, `raft` then the state machine) →
+//! `apply` (etcd's KV semantics) → `mvcc` state.
 
 pub mod apply;
 pub mod config;
@@ -18,4 +19,5 @@ pub mod raft;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod watch;

@@ -400,7 +400,7 @@ fn push_json_value(out: &mut String, value: &Value) {
             }
             out.push(']');
         }
-        Value::Duration(d) => push_json_string(out, &crate::config::go::format_duration(*d)),
+        Value::Duration(d) => push_json_string(out, &format_duration(*d)),
     }
 }
 
@@ -412,9 +412,50 @@ fn push_text_value(out: &mut String, value: &Value) {
             out.push_str(&items.join(","));
             out.push(']');
         }
-        Value::Duration(d) => out.push_str(&crate::config::go::format_duration(*d)),
+        Value::Duration(d) => out.push_str(&format_duration(*d)),
         other => push_json_value(out, other),
     }
+}
+
+/// Go `time.Duration.String`: `0s`, `1.5µs`, `100ms`, `1s`, `1m30s`, `2h0m0s`.
+pub fn format_duration(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if ns == 0 {
+        return "0s".to_owned();
+    }
+    if ns < 1_000_000_000 {
+        // Sub-second: a single unit with a fraction, trailing zeros trimmed.
+        let (unit, per) = if ns < 1_000 {
+            ("ns", 1)
+        } else if ns < 1_000_000 {
+            ("µs", 1_000)
+        } else {
+            ("ms", 1_000_000)
+        };
+        return format!("{}{unit}", decimal(ns, per));
+    }
+    let hours = ns / 3_600_000_000_000;
+    let minutes = (ns / 60_000_000_000) % 60;
+    let seconds_ns = ns % 60_000_000_000;
+    let seconds = decimal(seconds_ns, 1_000_000_000);
+    if hours > 0 {
+        format!("{hours}h{minutes}m{seconds}s")
+    } else if minutes > 0 {
+        format!("{minutes}m{seconds}s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+fn decimal(value: u128, per: u128) -> String {
+    let whole = value / per;
+    let fraction = value % per;
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let width = per.to_string().len() - 1;
+    let digits = format!("{fraction:0width$}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
 }
 
 enum TimestampShape {
@@ -623,5 +664,15 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn durations_are_written_as_go_does() {
+        assert_eq!(format_duration(Duration::from_millis(100)), "100ms");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h0m0s");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+        assert_eq!(format_duration(Duration::from_nanos(1500)), "1.5µs");
     }
 }

@@ -3,8 +3,9 @@
 use tern::config::{ClusterState, Config};
 use tern::membership::cluster::MemberRecord;
 use tern::membership::id;
-use tern::server::{self, Identity, ServerOptions};
+use tern::server::{self, ServerOptions};
 use tern::service::Limits;
+use tern::state::Identity;
 
 fn main() {
     let config = Config::from_args();

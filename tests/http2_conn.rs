@@ -1,5 +1,5 @@
 //! Connection-level HTTP/2 conformance: a raw-bytes client over a real loopback socket
-//! sends valid and invalid frame sequences to `serve_connection` and checks the exact
+//! sends valid and invalid frame sequences to `grpc::serve_connection` and checks the exact
 //! frame the server answers with (GOAWAY/RST_STREAM code, PING ACK, ...). Every read has
 //! a timeout, so a server that hangs fails the test instead of stalling it.
 

@@ -1,7 +1,7 @@
 //! etcd's KV semantics over the protobuf requests: Range, Put, DeleteRange, Txn, Compact
 //! and HashKV, as etcd's applier runs them (`etcdserver/apply.go`, 3.4).
 //!
-//! Requests are assumed to have passed [`super::validate`]. Responses carry a header whose
+//! Requests are assumed to have passed [`crate::service::validate`]. Responses carry a header whose
 //! `revision` is etcd's; the caller fills `cluster_id`, `member_id` and `raft_term`.
 //!
 //! A txn runs in three steps, as in etcd: (1) every compare — including those of nested

@@ -6,13 +6,13 @@
 use bytes::Bytes;
 
 use super::kv::{LeaseLookup, NoLeases};
-use super::validate::*;
 use crate::error::EtcdError;
 use crate::mvcc::{KvStore, MemBackend};
 use crate::proto::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, Compare,
     DeleteRangeRequest, HashKvRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
+use crate::service::validate::*;
 
 type Store = KvStore<MemBackend>;
 

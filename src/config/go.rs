@@ -128,47 +128,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(total_ns as u64))
 }
 
-/// Go `time.Duration.String`: `0s`, `1.5µs`, `100ms`, `1s`, `1m30s`, `2h0m0s`.
-pub fn format_duration(d: Duration) -> String {
-    let ns = d.as_nanos();
-    if ns == 0 {
-        return "0s".to_owned();
-    }
-    if ns < 1_000_000_000 {
-        // Sub-second: a single unit with a fraction, trailing zeros trimmed.
-        let (unit, per) = if ns < 1_000 {
-            ("ns", 1)
-        } else if ns < 1_000_000 {
-            ("µs", 1_000)
-        } else {
-            ("ms", 1_000_000)
-        };
-        return format!("{}{unit}", decimal(ns, per));
-    }
-    let hours = ns / 3_600_000_000_000;
-    let minutes = (ns / 60_000_000_000) % 60;
-    let seconds_ns = ns % 60_000_000_000;
-    let seconds = decimal(seconds_ns, 1_000_000_000);
-    if hours > 0 {
-        format!("{hours}h{minutes}m{seconds}s")
-    } else if minutes > 0 {
-        format!("{minutes}m{seconds}s")
-    } else {
-        format!("{seconds}s")
-    }
-}
-
-fn decimal(value: u128, per: u128) -> String {
-    let whole = value / per;
-    let fraction = value % per;
-    if fraction == 0 {
-        return whole.to_string();
-    }
-    let width = per.to_string().len() - 1;
-    let digits = format!("{fraction:0width$}");
-    format!("{whole}.{}", digits.trim_end_matches('0'))
-}
-
 #[cfg(test)]
 mod tests {
     //! Checks Go's accepted and rejected spellings for bools, integers and durations.
@@ -217,11 +176,5 @@ mod tests {
         assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
-        assert_eq!(format_duration(Duration::from_millis(100)), "100ms");
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
-        assert_eq!(format_duration(Duration::from_secs(7200)), "2h0m0s");
-        assert_eq!(format_duration(Duration::ZERO), "0s");
-        assert_eq!(format_duration(Duration::from_nanos(1500)), "1.5µs");
     }
 }

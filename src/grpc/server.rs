@@ -20,10 +20,29 @@ use bytes::{Bytes, BytesMut};
 use super::codec::{self, MESSAGE_PREFIX_LEN};
 use super::status::{Code, Status};
 use crate::http2::conn::{Request, StreamGone, StreamRef};
-use crate::http2::ServerConfig;
+use crate::http2::{serve_connection_with, ConnError, ServerConfig, ShutdownSignal};
 
 /// The service layer's entry point: called once per call, on the connection's executor.
 pub type Handler = Rc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = ()>>>>;
+
+/// Serves one h2c connection, dispatching every request to the gRPC `handler`.
+/// Returns when the peer closes, after a graceful shutdown, or with the connection error
+/// we answered with GOAWAY.
+pub async fn serve_connection(
+    stream: glommio::net::TcpStream,
+    config: Rc<ServerConfig>,
+    handler: Handler,
+    shutdown: ShutdownSignal,
+) -> Result<(), ConnError> {
+    let dispatch_config = config.clone();
+    serve_connection_with(
+        stream,
+        config,
+        move |request| dispatch(request, &handler, &dispatch_config),
+        shutdown,
+    )
+    .await
+}
 
 /// One incoming RPC.
 pub struct Call {

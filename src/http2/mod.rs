@@ -6,8 +6,9 @@
 //! - [`stream`]: the per-stream state machine (RFC 9113 §5.1);
 //! - [`conn`]: the connection driver: reader loop, writer task, settings, streams.
 //!
-//! The gRPC layer (`crate::grpc`) sits on top and sees streams only through
-//! [`conn::StreamRef`].
+//! The gRPC layer (`crate::grpc`) sits on top, serves connections through
+//! [`serve_connection_with`] and sees streams only through [`conn::StreamRef`]; this
+//! module knows nothing of gRPC.
 
 pub mod config;
 pub mod conn;
@@ -18,24 +19,3 @@ pub mod stream;
 
 pub use config::{ServerConfig, ShutdownSignal};
 pub use conn::{serve_connection_with, ConnError, Request, StreamRef};
-
-use std::rc::Rc;
-
-/// Serves one h2c connection, dispatching every request to the gRPC `handler`
-/// (see `crate::grpc::Call`). Returns when the peer closes, after a graceful shutdown,
-/// or with the connection error we answered with GOAWAY.
-pub async fn serve_connection(
-    stream: glommio::net::TcpStream,
-    config: Rc<ServerConfig>,
-    handler: crate::grpc::Handler,
-    shutdown: ShutdownSignal,
-) -> Result<(), ConnError> {
-    let dispatch_config = config.clone();
-    serve_connection_with(
-        stream,
-        config,
-        move |request| crate::grpc::server::dispatch(request, &handler, &dispatch_config),
-        shutdown,
-    )
-    .await
-}

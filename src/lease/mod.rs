@@ -1,6 +1,6 @@
-//! Leases: the lessor (grant, revoke, renew, expiry, checkpoints, persistence) and the
-//! commands the Lease service sends to the state executor. Record format and cluster
-//! design: docs/lease.md.
+//! Leases: the lessor (grant, revoke, renew, expiry, checkpoints, persistence). The
+//! commands the Lease service sends to the state executor are `crate::state::lease_command`.
+//! Record format and cluster design: docs/lease.md.
 //!
 //! Invariants (as etcd's):
 //! - Lease state is replicated: Grant (with an id chosen by the proposing member before
@@ -12,10 +12,8 @@
 //! - Keep-alives and TimeToLive are answered by the leader without a raft round; followers
 //!   forward them over the peer transport (docs/peer-protocol.md, "Lease forwarding").
 
-pub mod command;
 pub mod lessor;
 
-pub use command::LeaseCommand;
 pub use lessor::{Granted, Lease, LeaseOptions, Lessor, LEASE_TTL_SECS_MAX};
 
 #[cfg(test)]

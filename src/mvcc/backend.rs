@@ -127,8 +127,15 @@ pub trait Backend {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), BackendError>;
 
-    /// Makes every write so far durable (a no-op for [`MemBackend`]).
+    /// Starts making every write so far durable. [`MemBackend`] and inline writers finish
+    /// before returning; the B+tree on a server finishes in the background, and
+    /// [`Backend::get_durable`] then shows the state of the last commit that finished.
     fn commit(&mut self) -> Result<(), BackendError>;
+
+    /// The value of `key` as of the last finished commit (what a crash now would keep).
+    fn get_durable(&self, bucket: Bucket, key: &[u8]) -> Result<Option<&[u8]>, BackendError> {
+        self.get(bucket, key)
+    }
 }
 
 /// An in-memory [`Backend`]: one ordered map per bucket.

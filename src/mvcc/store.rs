@@ -224,6 +224,18 @@ impl<B: Backend> KvStore<B> {
         &self.changes
     }
 
+    /// The consistent index as of the backend's last finished commit (what a restart would
+    /// resume from); 0 if it has none yet.
+    pub fn durable_consistent_index(&self) -> u64 {
+        match self
+            .backend
+            .get_durable(Bucket::Meta, META_CONSISTENT_INDEX)
+        {
+            Ok(Some(bytes)) => <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes),
+            _ => 0,
+        }
+    }
+
     /// Saves the consistent index and commits the backend (etcd's `store.Commit`).
     pub fn commit(&mut self) -> Result<(), BackendError> {
         self.save_consistent_index()?;

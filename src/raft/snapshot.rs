@@ -15,7 +15,7 @@ use protobuf::Message as _;
 use raft::eraftpb::Snapshot;
 
 use crate::membership::cluster::{MemberRecord, Membership};
-use crate::server::state_machine::StateMachine;
+use crate::state::machine::StateMachine;
 
 /// What a snapshot's `data` holds.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -26,8 +26,8 @@ use glommio::net::{TcpListener, TcpStream};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 
-use crate::raft::envelope::{LeaseForward, LeaseForwardResponse};
-use crate::raft::node::Wakeup;
+use crate::runtime::Wakeup;
+use crate::state::envelope::{LeaseForward, LeaseForwardResponse};
 
 /// Messages queued for one peer before new ones are dropped.
 pub const PEER_QUEUE_MAX: usize = 8192;
@@ -479,14 +479,7 @@ async fn outbound(
         let mut buf = Vec::new();
         loop {
             while link.queue.borrow().is_empty() && !link.closed.get() {
-                std::future::poll_fn(|cx| {
-                    if !link.queue.borrow().is_empty() || link.closed.get() {
-                        return std::task::Poll::Ready(());
-                    }
-                    *link.wake.waker.borrow_mut() = Some(cx.waker().clone());
-                    std::task::Poll::Pending
-                })
-                .await;
+                link.wake.wait().await;
             }
             if link.closed.get() {
                 return;

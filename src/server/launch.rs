@@ -12,12 +12,14 @@
 //! replies (see `StateMachine::flush`).
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use futures::channel::oneshot;
 use futures::FutureExt;
-use glommio::channels::shared_channel::{self, SharedReceiver};
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::http2::{ServerConfig, ShutdownSignal};
 use crate::lease::LeaseOptions;
@@ -28,15 +30,20 @@ use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{
     claim_client_addrs, executor_listeners, into_glommio_listeners, serve_clients, stop_listening,
 };
-use crate::server::state_client::{Command, StateClient, COMMAND_QUEUE_MAX};
-use crate::server::state_machine::{run_lease_timer, Identity, StateMachine};
+use crate::service::watch::hub::WatchHub;
 use crate::service::{self, Limits, ServiceContext};
-use crate::watch::{FeedMessage, WatchHub, FEED_QUEUE_MAX};
+use crate::state::client::{Command, StateClient, COMMAND_QUEUE_MAX};
+use crate::state::machine::{run_lease_timer, Identity, StateMachine};
+use crate::watch::{FeedMessage, FEED_QUEUE_MAX};
 
 /// io_uring buffer memory each executor registers. Network executors do no file I/O, so
 /// glommio's 10 MiB default would only eat into RLIMIT_MEMLOCK.
 const NETWORK_IO_MEMORY_BYTES: usize = 256 * 1024;
 const STATE_IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Threads of the state executor's blocking pool: one runs the backend writer's job (one
+/// at a time), the other keeps snapshot and file work from queueing behind a commit.
+const BLOCKING_POOL_THREADS: usize = 2;
 
 /// Most commands one receiver task applies before the batch is committed: bounds the
 /// replies held back (and so the latency of the first of them).
@@ -103,24 +110,122 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         feed_receivers.push(receiver);
     }
 
+    let (serving_tx, serving_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let state_executor =
+        start_state_executor(&options, &plan, command_receivers, feed_senders, serving_tx)?;
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (stops, network_executors) = start_network_executors(
+        &options,
+        &plan,
+        &client_listeners,
+        command_senders,
+        feed_receivers,
+        ready_tx,
+    )?;
+    // Each network executor holds its own handle; this one is kept to stop listening on
+    // the way out (`stop_listening`), whatever the executors' io_uring still holds.
+
+    let mut startup_error = None;
+    for _ in 0..network_executors.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => startup_error = Some(e),
+            Err(_) => startup_error = Some("a network executor exited during startup".into()),
+        }
+    }
+    if startup_error.is_none() {
+        // etcd serves clients only once its member attributes are published through raft.
+        // A member may wait long for a leader (a joining member, a cluster without
+        // quorum); SIGTERM must still stop it.
+        loop {
+            match serving_rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    startup_error = Some(e);
+                    break;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if signals.pending().next().is_some() {
+                        crate::info!("received signal before serving; shutting down");
+                        for stop in stops {
+                            let _ = stop.send(());
+                        }
+                        for executor in network_executors {
+                            let _ = executor.join();
+                        }
+                        stop_listening(&client_listeners);
+                        return Ok(());
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    startup_error = Some("the state executor exited during startup".into());
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(e) = startup_error {
+        for stop in stops {
+            let _ = stop.send(());
+        }
+        return Err(e);
+    }
+
+    announce_ready(&options, &plan);
+
+    if let Some(signal) = signals.forever().next() {
+        let name = if signal == libc::SIGTERM {
+            "terminated"
+        } else {
+            "interrupt"
+        };
+        crate::info!("received signal; shutting down", "signal" => name);
+    }
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for executor in network_executors {
+        let _ = executor.join();
+    }
+    stop_listening(&client_listeners);
+    let _ = state_executor.join();
+    crate::info!("stopped serving client requests");
+    Ok(())
+}
+
+/// Starts the state executor: the state machine behind raft, and one task per network
+/// core applying that core's commands in batches (see the module comment). `serving`
+/// gets one message: `Ok` once this member has published itself through raft, or why
+/// raft could not start.
+fn start_state_executor(
+    options: &ServerOptions,
+    plan: &Plan,
+    command_receivers: Vec<SharedReceiver<Command>>,
+    feed_senders: Vec<SharedSender<FeedMessage>>,
+    serving_tx: std::sync::mpsc::Sender<Result<(), String>>,
+) -> Result<ExecutorJoinHandle<()>, String> {
     let store = open_store(&options.data_dir)?;
     let identity = options.identity.clone();
     let (lease_options, lease_extend) = (options.lease, options.lease_promote_extend);
     let backend_batch = (options.backend_batch_interval, options.backend_batch_limit);
     let raft_options = options.raft.clone();
-    let (serving_tx, serving_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let state_executor = LocalExecutorBuilder::new(placement(plan.state_cpu))
+    LocalExecutorBuilder::new(placement(plan.state_cpu))
         .name("tern-state")
         .io_memory(STATE_IO_MEMORY_BYTES)
+        // Backend commits and defragmentation (blocking file I/O) run here, on threads the
+        // scheduler may put on any CPU, never on the executor's own.
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(BLOCKING_POOL_THREADS))
         .spawn(move || async move {
             let state_machine = match StateMachine::new(identity.clone(), store) {
                 Ok(state_machine) => state_machine
                     .with_lease_options(lease_options, lease_extend)
-                    .with_backend_batch(backend_batch.0, backend_batch.1),
+                    .with_backend_batch(backend_batch.0, backend_batch.1)
+                    .with_background_writer(),
                 Err(e) => crate::fatal!("cannot initialize the backend", "error" => e.to_string()),
             };
             // Raft sits in front of the state machine: writes become proposals, committed
-            // entries are applied (src/raft/node.rs).
+            // entries are applied (src/raft/node/).
             let node = match crate::raft::node::start(identity, raft_options, state_machine).await {
                 Ok((node, serving)) => {
                     let serving_tx = serving_tx.clone();
@@ -193,19 +298,39 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             }
             // Stopping: free the peer port for the next start before anything else.
             node.borrow().transport.stop_listening();
+            // A clean stop leaves everything applied in the backend file, so the next start
+            // replays nothing from the WAL.
+            state.borrow_mut().commit_backend();
+            while state.borrow().backend_is_busy() {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                state.borrow_mut().poll_backend();
+            }
             node.borrow().log_wal_stats();
             drop(lease_timer);
         })
-        .map_err(|e| format!("cannot start the state executor: {e}"))?;
+        .map_err(|e| format!("cannot start the state executor: {e}"))
+}
 
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+/// Starts one network executor per network CPU of `plan`, each serving the client
+/// listeners and reaching the state core over its command channel. Each sends on
+/// `ready_tx` once its command channel is connected. Returns the senders that stop them
+/// and their handles.
+#[allow(clippy::type_complexity)] // (stop senders, executor handles), used once by `run`
+fn start_network_executors(
+    options: &ServerOptions,
+    plan: &Plan,
+    client_listeners: &[OwnedFd],
+    command_senders: Vec<SharedSender<Command>>,
+    feed_receivers: Vec<SharedReceiver<FeedMessage>>,
+    ready_tx: std::sync::mpsc::Sender<Result<(), String>>,
+) -> Result<(Vec<oneshot::Sender<()>>, Vec<ExecutorJoinHandle<()>>), String> {
     let mut stops = Vec::new();
     let mut network_executors = Vec::new();
     let network_channels = command_senders.into_iter().zip(feed_receivers);
     for (i, (cpu, (sender, feed))) in plan.network_cpus.iter().zip(network_channels).enumerate() {
-        let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
-        let listener_fds = executor_listeners(&client_listeners)?;
+        let listener_fds = executor_listeners(client_listeners)?;
         let limits = options.limits.clone();
         let identity = options.identity.clone();
         let ready_tx = ready_tx.clone();
@@ -216,7 +341,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
                 let listeners = into_glommio_listeners(listener_fds);
                 // The state core connects this core's watch feed before its commands,
                 // so the feed's receiving end must be connecting before we wait below.
-                let (context_tx, context_rx) = futures::channel::oneshot::channel();
+                let (context_tx, context_rx) = oneshot::channel();
                 glommio::spawn_local(watch_feed_task(feed, context_rx)).detach();
                 let state = StateClient::new(sender.connect().await);
                 let _ = ready_tx.send(Ok(()));
@@ -249,76 +374,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
             .map_err(|e| format!("cannot start network executor {i}: {e}"))?;
         network_executors.push(executor);
     }
-    drop(ready_tx);
-    // Each network executor holds its own handle; this one is kept to stop listening on
-    // the way out (`stop_listening`), whatever the executors' io_uring still holds.
-
-    let mut startup_error = None;
-    for _ in 0..network_executors.len() {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => startup_error = Some(e),
-            Err(_) => startup_error = Some("a network executor exited during startup".into()),
-        }
-    }
-    if startup_error.is_none() {
-        // etcd serves clients only once its member attributes are published through raft.
-        // A member may wait long for a leader (a joining member, a cluster without
-        // quorum); SIGTERM must still stop it.
-        loop {
-            match serving_rx.recv_timeout(std::time::Duration::from_millis(100)) {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => {
-                    startup_error = Some(e);
-                    break;
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if signals.pending().next().is_some() {
-                        crate::info!("received signal before serving; shutting down");
-                        for stop in stops {
-                            let _ = stop.send(());
-                        }
-                        for executor in network_executors {
-                            let _ = executor.join();
-                        }
-                        stop_listening(&client_listeners);
-                        return Ok(());
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    startup_error = Some("the state executor exited during startup".into());
-                    break;
-                }
-            }
-        }
-    }
-    if let Some(e) = startup_error {
-        for stop in stops {
-            let _ = stop.send(());
-        }
-        return Err(e);
-    }
-
-    announce_ready(&options, &plan);
-
-    if let Some(signal) = signals.forever().next() {
-        let name = if signal == libc::SIGTERM {
-            "terminated"
-        } else {
-            "interrupt"
-        };
-        crate::info!("received signal; shutting down", "signal" => name);
-    }
-    for stop in stops {
-        let _ = stop.send(());
-    }
-    for executor in network_executors {
-        let _ = executor.join();
-    }
-    stop_listening(&client_listeners);
-    let _ = state_executor.join();
-    crate::info!("stopped serving client requests");
-    Ok(())
+    Ok((stops, network_executors))
 }
 
 /// Opens the backend at etcd's path under `data_dir` and rebuilds the MVCC index from it.

@@ -18,8 +18,9 @@ use std::rc::Rc;
 use futures::FutureExt;
 use glommio::net::TcpListener;
 
+use crate::grpc::serve_connection;
 use crate::grpc::Handler;
-use crate::http2::{serve_connection, ServerConfig, ShutdownSignal};
+use crate::http2::{ServerConfig, ShutdownSignal};
 
 /// Accepts on every address until `shutdown` fires, then drains live connections.
 pub async fn serve_clients(

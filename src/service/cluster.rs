@@ -1,4 +1,4 @@
-//! etcdserverpb.Cluster: membership, answered by the raft node (src/raft/node.rs).
+//! etcdserverpb.Cluster: membership, answered by the raft node (src/raft/node/membership.rs).
 
 use crate::grpc::Call;
 use crate::proto::etcdserverpb as pb;

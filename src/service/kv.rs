@@ -5,11 +5,11 @@
 //! then the proposal size limit for writes (--max-request-bytes, "request is too large"),
 //! then the state machine.
 
-use crate::apply::validate;
 use crate::error::EtcdError;
 use crate::grpc::Call;
 use crate::proto::etcdserverpb as pb;
 use crate::service::call::unary;
+use crate::service::validate;
 use crate::service::{unknown_method, ServiceContext};
 
 pub async fn serve(context: &ServiceContext, method: &str, call: Call) {

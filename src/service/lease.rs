@@ -1,6 +1,6 @@
 //! etcdserverpb.Lease: LeaseGrant, LeaseRevoke, LeaseKeepAlive (bidi stream),
 //! LeaseTimeToLive, LeaseLeases — etcd's `v3rpc/lease.go` over the state executor's
-//! lessor (`crate::lease`, applied in `server/state_machine/leases.rs`).
+//! lessor (`crate::lease`, applied in `state/machine/leases.rs`).
 //!
 //! KeepAlive answers each request in order on the same stream; an unknown lease gets
 //! TTL 0 (not an error), which clients turn into "requested lease not found". The stream
@@ -9,10 +9,10 @@
 use prost::Message;
 
 use crate::grpc::{Call, Code, Status};
-use crate::lease::LeaseCommand;
 use crate::proto::etcdserverpb as pb;
 use crate::service::call::{status_from_error, unary};
 use crate::service::{unknown_method, ServiceContext};
+use crate::state::LeaseCommand;
 
 pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
     let state = &context.state;

@@ -13,12 +13,13 @@ mod lease;
 mod lock;
 mod maintenance;
 mod recipes;
+pub mod validate;
 pub mod watch;
 
 use std::rc::Rc;
 
 use crate::grpc::{Call, Code, Handler, Status};
-use crate::server::{Identity, StateClient};
+use crate::state::{Identity, StateClient};
 
 pub use call::status_from_error;
 
@@ -52,8 +53,8 @@ pub struct ServiceContext {
     pub limits: Limits,
     pub member_id: u64,
     pub cluster_id: u64,
-    /// This core's watchers (`crate::watch`).
-    pub watch: Rc<crate::watch::WatchHub>,
+    /// This core's watchers (`watch::hub`; protocol in `crate::watch`).
+    pub watch: Rc<watch::hub::WatchHub>,
 }
 
 impl ServiceContext {
@@ -61,7 +62,7 @@ impl ServiceContext {
         state: StateClient,
         limits: Limits,
         identity: &Identity,
-        watch: Rc<crate::watch::WatchHub>,
+        watch: Rc<watch::hub::WatchHub>,
     ) -> ServiceContext {
         ServiceContext {
             state,

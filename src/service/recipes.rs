@@ -18,15 +18,15 @@ use prost::Message;
 
 use crate::error::EtcdError;
 use crate::grpc::{Code, RequestStream, ResponseSink, Status};
-use crate::lease::LeaseCommand;
 use crate::mvcc::ChangeKind;
 use crate::proto::etcdserverpb::{
     compare, range_request, request_op, Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest,
     RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest,
 };
-use crate::server::StateClient;
 use crate::service::call::status_from_error;
 use crate::service::ServiceContext;
+use crate::state::LeaseCommand;
+use crate::state::StateClient;
 
 /// TTL of the lease a recipe grants when the request names none (clientv3's
 /// `concurrency.defaultSessionTTL`); nobody keeps it alive, so the key lasts this long.

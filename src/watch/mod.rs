@@ -18,8 +18,9 @@
 //!    O(cores) per commit, never O(watchers); writes never wait.
 //! 2. A core whose channel is full is marked lagging: it gets one `Lagged` marker (sent by
 //!    a task that waits for room) and nothing else until it resumes.
-//! 3. Network core ([`hub`]): the feed task dispatches each revision to the matching
-//!    watchers (a hash map of single keys plus a list of ranges) and appends one
+//! 3. Network core (`crate::service::watch::hub`): the feed task dispatches each
+//!    revision to the matching watchers (a hash map of single keys plus a list of
+//!    ranges) and appends one
 //!    response per watcher to the watcher's stream, written by [`wire`] from the
 //!    revision's events encoded once. On `Lagged` it resumes the feed and
 //!    turns every watcher that might have missed a revision *unsynced*.
@@ -37,10 +38,6 @@
 //! canceled with the compact revision, as in etcd.
 
 pub mod feed;
-pub mod hub;
-mod notify;
-mod wire;
+pub mod wire;
 
 pub use feed::{FeedMessage, SyncReply, SyncRequest, WatchFeed, FEED_QUEUE_MAX};
-pub use hub::{CreateRequest, StreamId, WatchHub};
-pub use notify::Notify;

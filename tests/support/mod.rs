@@ -9,8 +9,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tern::grpc::serve_connection;
 use tern::grpc::{Call, Code, Handler, Status};
-use tern::http2::{serve_connection, ServerConfig, ShutdownSignal};
+use tern::http2::{ServerConfig, ShutdownSignal};
 
 /// The test service. Methods:
 /// - Unary: echoes one message.

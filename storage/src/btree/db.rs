@@ -406,8 +406,13 @@ impl Db {
     /// down, then truncates the free tail. Runs as a series of ordinary write transactions,
     /// so readers are never blocked and a concurrent writer waits at most one pass (one
     /// commit). Pages still visible to old readers cannot move until those readers finish.
+    ///
+    /// A caller that holds read transactions of its own (a server answering reads while it
+    /// defragments) runs the steps itself instead: [`Db::defrag_pass`] until it moves
+    /// nothing, then [`Db::defrag_trim`] and [`Db::truncate_unused`], refreshing its readers
+    /// between steps so that they stop pinning the pages the next step wants to move.
     pub fn defrag(&self) -> Result<DefragReport, Error> {
-        let db_size_bytes_before = self.shared.file.metadata()?.len();
+        let db_size_bytes_before = self.file_bytes()?;
         let mut report = DefragReport {
             passes: 0,
             pages_moved: 0,
@@ -415,9 +420,7 @@ impl Db {
             db_size_bytes_after: 0,
         };
         while report.passes < DEFRAG_PASSES_MAX {
-            let mut txn = self.begin_write()?;
-            let moved = txn.relocate_tail()?;
-            txn.commit()?;
+            let moved = self.defrag_pass()?;
             report.passes += 1;
             report.pages_moved += moved;
             // Stop once nothing can move (old readers may pin free space; the next defrag
@@ -426,17 +429,46 @@ impl Db {
                 break;
             }
         }
-        // A final transaction releases what the last pass freed and trims the tail.
+        self.defrag_trim()?;
+        self.truncate_unused()?;
+        report.db_size_bytes_after = self.file_bytes()?;
+        Ok(report)
+    }
+
+    /// One defragmentation pass (one write transaction): rewrites every page at or above
+    /// the in-use boundary into the lowest free pages. Returns the pages moved; 0 means
+    /// nothing more can move while the current readers live.
+    pub fn defrag_pass(&self) -> Result<u64, Error> {
+        let mut txn = self.begin_write()?;
+        let moved = txn.relocate_tail()?;
+        txn.commit()?;
+        Ok(moved)
+    }
+
+    /// The last defragmentation commit: releases what the passes freed and drops the free
+    /// pages at the end of the file from the page count.
+    pub fn defrag_trim(&self) -> Result<(), Error> {
         let mut txn = self.begin_write()?;
         txn.trim_tail = true;
-        txn.commit()?;
+        txn.commit()
+    }
+
+    /// Shortens the file to the current page count unless a live reader still needs the
+    /// pages past it (then a later call, or the next write transaction, does it).
+    pub fn truncate_unused(&self) -> Result<(), Error> {
         let mut state = lock(&self.shared.writer).take().ok_or(Error::WriterBusy)?;
         let truncated = state.maybe_truncate(&self.shared.file);
         *lock(&self.shared.writer) = Some(state);
-        truncated?;
-        report.db_size_bytes_after = self.shared.file.metadata()?.len();
-        Ok(report)
+        truncated
     }
+
+    /// Length of the file in bytes.
+    pub fn file_bytes(&self) -> Result<u64, Error> {
+        Ok(self.shared.file.metadata()?.len())
+    }
+
+    /// Most passes [`Db::defrag`] runs; callers driving the steps themselves use the same.
+    pub const DEFRAG_PASSES_MAX: usize = DEFRAG_PASSES_MAX;
 }
 
 /// A consistent, read-only view of the latest commit when it began. `Send + Sync`: it may

@@ -137,6 +137,9 @@ pub struct Durable {
     pub batch_seq: u64,
     /// Last raft index durable in the log once this batch landed (snapshot index if none).
     pub last_raft_index: u64,
+    /// How long the batch's fdatasync took (zero for a barrier that wrote nothing), so that
+    /// the caller can warn of a slow disk in its own words.
+    pub fdatasync_took: std::time::Duration,
 }
 
 /// Counters since open.
@@ -874,7 +877,7 @@ async fn write_batch(
     offset: u64,
     write_align_bytes: usize,
     records: &[&WalRecord],
-) -> Result<(Vec<u64>, u64)> {
+) -> Result<(Vec<u64>, u64, std::time::Duration)> {
     let records_bytes: usize = records.iter().map(|r| r.frame_bytes()).sum();
     let batch_bytes = batch_bytes_for(records_bytes, write_align_bytes);
     let mut buf = file.alloc_dma_buffer(batch_bytes);
@@ -902,10 +905,11 @@ async fn write_batch(
             message: format!("short write: {written} of {batch_bytes} bytes"),
         });
     }
+    let sync_started = std::time::Instant::now();
     file.fdatasync()
         .await
         .map_err(|e| WalError::from_glommio(format!("fdatasync {}", path.display()), e))?;
-    Ok((frame_offsets, batch_bytes as u64))
+    Ok((frame_offsets, batch_bytes as u64, sync_started.elapsed()))
 }
 
 /// Creates segment `name` as a temp file, preallocates it, writes `header` as its first batch,
@@ -934,7 +938,7 @@ async fn start_segment(
         .await
         .map_err(|e| WalError::from_glommio(format!("fallocate {}", temp.display()), e))?;
     let refs: Vec<&WalRecord> = header.iter().collect();
-    let (_, batch_bytes) =
+    let (_, batch_bytes, _) =
         write_batch(&file, &temp, name.seq, 0, opts.write_align_bytes, &refs).await?;
     glommio::io::rename(&temp, &path)
         .await
@@ -1066,9 +1070,9 @@ async fn flush_batch(shared: &Rc<RefCell<Shared>>, batch: &[Pending]) -> Result<
             s.write_offset,
         )
     };
-    let (frame_offsets, batch_bytes) = if records.is_empty() {
+    let (frame_offsets, batch_bytes, fdatasync_took) = if records.is_empty() {
         // A barrier with nothing to write: everything before it is already durable.
-        (Vec::new(), 0)
+        (Vec::new(), 0, std::time::Duration::ZERO)
     } else {
         write_batch(&file, &path, seq, offset, align, &records).await?
     };
@@ -1099,6 +1103,7 @@ async fn flush_batch(shared: &Rc<RefCell<Shared>>, batch: &[Pending]) -> Result<
     Ok(Durable {
         batch_seq: s.batch_seq,
         last_raft_index: s.durable.last_index(),
+        fdatasync_took,
     })
 }
 

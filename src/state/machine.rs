@@ -19,7 +19,7 @@
 //!   (idempotent apply). Log compaction never releases WAL entries that only an
 //!   uncommitted backend batch holds: it first saves a snapshot file of the applied state.
 //!
-//! - Writes reach this struct only as committed raft entries (`src/raft/node.rs` calls
+//! - Writes reach this struct only as committed raft entries (`src/raft/node/ready.rs` calls
 //!   [`StateMachine::apply_write`] with each entry's raft index); reads are answered
 //!   directly. The raft node keeps `raft_term`, `leader_id` and `raft_commit_index`
 //!   current and flushes once per ready.
@@ -30,11 +30,12 @@ pub use leases::{run_lease_timer, LeaseProposal};
 
 use crate::error::EtcdError;
 use crate::lease::{LeaseOptions, Lessor};
+use crate::mvcc::btree_backend::WriterOutcome;
 use crate::mvcc::{Backend, BackendError, BtreeBackend, Bucket, Direction, KvStore};
 use crate::proto::etcdserverpb as pb;
-use crate::server::change_waiters::ChangeWaiters;
-use crate::server::state_client::Command;
-use crate::server::state_client::Reply;
+use crate::state::change_waiters::ChangeWaiters;
+use crate::state::client::Command;
+use crate::state::client::Reply;
 
 /// etcd's --backend-batch-interval and --backend-batch-limit defaults: how long and how
 /// many applied entries the backend may hold before it commits (the WAL already has them).
@@ -58,6 +59,25 @@ pub struct Identity {
 
 /// A reply held until the commit it waits for; called with the commit's failure, if any.
 type DeferredReply = Box<dyn FnOnce(Option<EtcdError>)>;
+
+/// What the backend's writer jobs (running on the blocking pool) hand back to the state
+/// executor: the outcome of the job that finished, and who to wake so it is taken in.
+#[derive(Default)]
+struct BackendWriter {
+    finished: std::cell::RefCell<Option<WriterOutcome>>,
+    /// Wakes the raft ready loop, which calls `poll_backend`; set once the loop runs.
+    wake: std::cell::RefCell<Option<std::rc::Rc<dyn Fn()>>>,
+}
+
+/// Defragment requests waiting for the defragmentation that serves them.
+#[derive(Default)]
+struct DefragWaiters {
+    /// Served by the one running now.
+    running: Vec<Reply<pb::DefragmentResponse>>,
+    /// Arrived while one ran: they get a defragmentation of their own after it.
+    next: Vec<Reply<pb::DefragmentResponse>>,
+    started: Option<std::time::Instant>,
+}
 
 pub struct StateMachine {
     identity: Identity,
@@ -89,6 +109,9 @@ pub struct StateMachine {
     watch_feed: crate::watch::WatchFeed,
     /// Set while a committed raft entry is being applied (see `advance_applied_index`).
     applying_raft_entry: bool,
+    /// Set once backend commits and defragmentation run on the blocking pool.
+    writer: Option<std::rc::Rc<BackendWriter>>,
+    defrag_waiters: DefragWaiters,
     /// Kept current by the raft node.
     pub raft_term: u64,
     pub leader_id: u64,
@@ -122,6 +145,8 @@ impl StateMachine {
             backend_batch_interval: BACKEND_BATCH_INTERVAL_DEFAULT,
             backend_batch_limit: BACKEND_BATCH_LIMIT_DEFAULT,
             applying_raft_entry: false,
+            writer: None,
+            defrag_waiters: DefragWaiters::default(),
             raft_term: 0,
             leader_id: 0,
             raft_commit_index: 0,
@@ -132,6 +157,135 @@ impl StateMachine {
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// From now on backend commits and defragmentation run on the current executor's
+    /// blocking pool, never on its thread (the B+tree's pages, fdatasyncs and meta writes
+    /// are blocking file I/O). Must be called on the state executor.
+    pub fn with_background_writer(mut self) -> Self {
+        self.store.backend_mut().run_writer_in_background();
+        self.writer = Some(std::rc::Rc::new(BackendWriter::default()));
+        self
+    }
+
+    /// Who to call when a writer job finishes (the raft loop's wake-up); it must get
+    /// [`Self::poll_backend`] called soon.
+    pub fn set_backend_wake(&mut self, wake: std::rc::Rc<dyn Fn()>) {
+        if let Some(writer) = &self.writer {
+            *writer.wake.borrow_mut() = Some(wake);
+        }
+    }
+
+    /// Whether applying must pause until the running backend commit ends (the layers
+    /// waiting for the disk are at their bound: `OPEN_LAYER_BYTES_MAX`).
+    pub fn backend_is_full(&self) -> bool {
+        self.store.backend().is_full()
+    }
+
+    /// The raft index the backend file holds durably (its last finished commit): a raft
+    /// snapshot or log compaction must not go past it, because a restart resumes there.
+    pub fn durable_consistent_index(&self) -> u64 {
+        self.store.durable_consistent_index()
+    }
+
+    /// Hands a ready writer job to the blocking pool.
+    fn spawn_writer_job(&mut self) {
+        let Some(writer) = self.writer.clone() else {
+            return;
+        };
+        let Some(job) = self.store.backend_mut().take_job() else {
+            return;
+        };
+        glommio::spawn_local(async move {
+            let outcome = glommio::executor()
+                .spawn_blocking(move || {
+                    crate::runtime::thread_name::name_blocking_thread();
+                    job.run()
+                })
+                .await;
+            assert!(
+                writer.finished.borrow_mut().replace(outcome).is_none(),
+                "one writer job at a time"
+            );
+            let wake = writer.wake.borrow().clone();
+            if let Some(wake) = wake {
+                wake();
+            }
+        })
+        .detach();
+    }
+
+    /// Takes in a finished writer job: the backend refreshes its snapshot, a finished
+    /// defragmentation is answered, and the next job starts. A failed commit is fatal, as
+    /// in etcd (`backend: failed to commit tx`): memory and disk no longer agree.
+    pub fn poll_backend(&mut self) {
+        let Some(writer) = self.writer.clone() else {
+            return;
+        };
+        let Some(outcome) = writer.finished.borrow_mut().take() else {
+            return;
+        };
+        let events = self.store.backend_mut().job_finished(outcome);
+        if let Some(failure) = self.store.backend().failure() {
+            crate::fatal!("failed to commit backend transaction", "error" => failure.to_string());
+        }
+        if let Some(result) = events.defrag_finished {
+            self.defrag_finished(result);
+        }
+        self.spawn_writer_job();
+    }
+
+    /// Whether a backend commit or defragmentation is running or waiting to.
+    pub fn backend_is_busy(&self) -> bool {
+        self.store.backend().is_busy()
+    }
+
+    fn defrag_finished(&mut self, result: Result<tern_storage::btree::DefragReport, BackendError>) {
+        let took = self
+            .defrag_waiters
+            .started
+            .take()
+            .map(|started| started.elapsed())
+            .unwrap_or_default();
+        let res = match result {
+            Ok(report) => {
+                crate::info!(
+                    "finished defragmenting directory",
+                    "path" => self.store.backend().path(),
+                    "current-db-size-bytes" => report.db_size_bytes_after,
+                    "took" => crate::log::format_duration(took),
+                    "passes" => report.passes
+                );
+                Ok(pb::DefragmentResponse {
+                    header: Some(self.header(self.store.current_revision())),
+                })
+            }
+            Err(e) => {
+                crate::error!("failed to defragment", "error" => e.to_string());
+                Err(EtcdError::Corrupt)
+            }
+        };
+        for reply in std::mem::take(&mut self.defrag_waiters.running) {
+            self.reply(reply, res);
+        }
+        if !self.defrag_waiters.next.is_empty() {
+            self.defrag_waiters.running = std::mem::take(&mut self.defrag_waiters.next);
+            self.start_defrag();
+        }
+    }
+
+    /// Commits what is applied, then starts a defragmentation on the writer.
+    fn start_defrag(&mut self) {
+        self.commit_backend();
+        crate::info!("defragmenting", "path" => self.store.backend().path());
+        self.defrag_waiters.started = Some(std::time::Instant::now());
+        match self.store.backend_mut().start_defragment() {
+            Ok(started) => {
+                debug_assert!(started, "one defragmentation at a time");
+                self.spawn_writer_job();
+            }
+            Err(e) => self.defrag_finished(Err(e)),
+        }
     }
 
     /// The member's IDs as raft settled them (from the WAL, or from the cluster it joined).
@@ -325,6 +479,7 @@ impl StateMachine {
         if let Err(e) = self.store.commit() {
             crate::fatal!("failed to commit backend transaction", "error" => e.to_string());
         }
+        self.spawn_writer_job();
     }
 
     /// Commits the backend if its batch interval has passed; called on every raft tick so
@@ -445,8 +600,18 @@ impl StateMachine {
                 // The raft node answers these before commands reach the state machine;
                 // dropping the reply answers "server stopped" should one ever get here.
             }
-            Command::Defragment(reply) => {
+            Command::Defragment(reply) if self.writer.is_some() => {
                 // Defrag works on the committed file: end the batch and commit it first.
+                self.flush();
+                if self.defrag_waiters.started.is_some() {
+                    self.defrag_waiters.next.push(reply);
+                } else {
+                    self.defrag_waiters.running.push(reply);
+                    self.start_defrag();
+                }
+            }
+            Command::Defragment(reply) => {
+                // Inline writer (tests): defragment here and now.
                 self.flush();
                 self.commit_backend();
                 let res = match self.store.backend_mut().defragment() {

@@ -9,6 +9,8 @@
 //! Lifetime, as in etcd: the client's half-close does not end the stream (its watchers
 //! keep delivering); a malformed message ends it with the decode error; the client going
 //! away, or server shutdown (UNAVAILABLE), ends it and frees its watchers.
+//!
+//! [`hub`] is this core's half of watch (every watcher of every stream on the core).
 
 use futures_lite::future;
 use glommio::timer::Timer;
@@ -21,8 +23,11 @@ use crate::grpc::{Call, Code, RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
+use crate::runtime::Wakeup;
 use crate::service::{status_from_error, unknown_method, ServiceContext};
-use crate::watch::{CreateRequest, Notify, StreamId, WatchHub};
+use hub::{CreateRequest, StreamId, WatchHub};
+
+pub mod hub;
 
 pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
     if method != "Watch" {
@@ -134,7 +139,7 @@ async fn receive(
 }
 
 /// The sending half; returns when the client has gone.
-async fn send(hub: &WatchHub, stream: StreamId, ready: &Rc<Notify>, responses: &mut ResponseSink) {
+async fn send(hub: &WatchHub, stream: StreamId, ready: &Rc<Wakeup>, responses: &mut ResponseSink) {
     // The progress timer runs in a task of its own that raises `ticked` and wakes the
     // sender: the sender wakes once per batch of events, and polling a glommio timer on
     // each of those wake-ups would re-register it with the reactor each time. Dropping the
@@ -147,7 +152,7 @@ async fn send(hub: &WatchHub, stream: StreamId, ready: &Rc<Notify>, responses: &
             loop {
                 Timer::new(interval).await;
                 ticked.set(true);
-                ready.notify();
+                ready.wake();
             }
         }
     });

@@ -34,14 +34,14 @@ pub enum Command {
     MemberList(Reply<pb::MemberListResponse>),
     Alarm(pb::AlarmRequest, Reply<pb::AlarmResponse>),
     Defragment(Reply<pb::DefragmentResponse>),
-    // Answered by the raft node (src/raft/node.rs), never by the state machine.
+    // Answered by the raft node (src/raft/node/), never by the state machine.
     MemberAdd(pb::MemberAddRequest, Reply<pb::MemberAddResponse>),
     MemberRemove(pb::MemberRemoveRequest, Reply<pb::MemberRemoveResponse>),
     MemberUpdate(pb::MemberUpdateRequest, Reply<pb::MemberUpdateResponse>),
     MemberPromote(pb::MemberPromoteRequest, Reply<pb::MemberPromoteResponse>),
     MoveLeader(pb::MoveLeaderRequest, Reply<pb::MoveLeaderResponse>),
-    Lease(crate::lease::LeaseCommand),
-    WaitChange(crate::server::change_waiters::WaitChange),
+    Lease(crate::state::LeaseCommand),
+    WaitChange(crate::state::change_waiters::WaitChange),
     /// Watch: (re)subscribe this core's feed and/or read history (see `crate::watch`).
     WatchSync(crate::watch::SyncRequest, Reply<crate::watch::SyncReply>),
     /// Watch: end the feed subscription of (core, generation).
@@ -156,7 +156,7 @@ impl StateClient {
     }
     pub async fn lease<T>(
         &self,
-        make: impl FnOnce(Reply<T>) -> crate::lease::LeaseCommand,
+        make: impl FnOnce(Reply<T>) -> crate::state::LeaseCommand,
     ) -> Result<T, EtcdError> {
         self.call(|r| Command::Lease(make(r))).await
     }
@@ -169,7 +169,7 @@ impl StateClient {
         after_revision: i64,
     ) -> Result<Vec<crate::mvcc::Change>, EtcdError> {
         self.call(|reply| {
-            Command::WaitChange(crate::server::change_waiters::WaitChange {
+            Command::WaitChange(crate::state::change_waiters::WaitChange {
                 key,
                 range_end,
                 after_revision,

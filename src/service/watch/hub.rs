@@ -1,7 +1,7 @@
 //! The network core's half of watch: every watcher of every watch stream on this core,
 //! matched against the revisions the state core feeds in, with per-stream bounded queues.
 //!
-//! Invariants (see `super` for the whole protocol):
+//! Invariants (see `crate::watch` for the whole protocol):
 //! - `stream_revision`: every revision `<=` it has been dispatched to this core's watchers
 //!   (live or, after a lag, by turning them unsynced); revisions are dispatched in order.
 //! - A `Synced` watcher has been sent (or did not match) every revision in
@@ -14,7 +14,7 @@
 //!   queued only while it holds less than `STREAM_QUEUE_BYTES_MAX` (control responses
 //!   always): a slow reader turns its own watchers unsynced and never holds up writes or
 //!   other streams.
-//! - Live responses are written by [`super::wire`] from parts encoded once per revision.
+//! - Live responses are written by [`crate::watch::wire`] from parts encoded once per revision.
 //! - The core is subscribed to the state core's feed exactly while it has watchers (or
 //!   one is being created).
 
@@ -27,17 +27,19 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
-use super::feed::{FeedMessage, History, HistoryRequest, RevisionEvents, SyncReply, SyncRequest};
-use super::notify::Notify;
-use super::wire::{RevisionWire, WireScratch};
 use crate::error::EtcdError;
 use crate::grpc::codec::MESSAGE_PREFIX_LEN;
 use crate::http2::ShutdownSignal;
 use crate::mvcc::KeyRange;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::mvccpb::{event::EventType, Event};
-use crate::server::StateClient;
+use crate::runtime::Wakeup;
 use crate::service::ServiceContext;
+use crate::state::StateClient;
+use crate::watch::feed::{
+    FeedMessage, History, HistoryRequest, RevisionEvents, SyncReply, SyncRequest,
+};
+use crate::watch::wire::{RevisionWire, WireScratch};
 
 /// Bound on the encoded responses queued for one watch stream before its watchers stop
 /// receiving live events and fall back to history (etcd's victim/unsynced handling).
@@ -127,7 +129,7 @@ struct StreamState {
     queued_bytes: usize,
     /// The stream's watchers, in id order.
     watch_ids: BTreeSet<i64>,
-    ready: Rc<Notify>,
+    ready: Rc<Wakeup>,
     next_watch_id: i64,
     /// A progress request waits for every watcher of the stream to be synced.
     progress_pending: bool,
@@ -178,7 +180,7 @@ pub struct WatchHub {
     pub progress_notify_interval: Duration,
     pub shutdown: ShutdownSignal,
     state: RefCell<HubState>,
-    driver: Notify,
+    driver: Wakeup,
     subscribing: futures::lock::Mutex<()>,
     fetches: Cell<u64>,
 }
@@ -212,7 +214,7 @@ impl WatchHub {
                 streams: HashMap::new(),
                 next_stream_id: 1,
             }),
-            driver: Notify::default(),
+            driver: Wakeup::default(),
             subscribing: futures::lock::Mutex::new(()),
             fetches: Cell::new(0),
         }
@@ -229,12 +231,12 @@ impl WatchHub {
 
     // ----- streams -----
 
-    /// Registers a new watch stream; returns its id and the notify its sender waits on.
-    pub fn open_stream(&self) -> (StreamId, Rc<Notify>) {
+    /// Registers a new watch stream; returns its id and the wake-up its sender waits on.
+    pub fn open_stream(&self) -> (StreamId, Rc<Wakeup>) {
         let mut st = self.state.borrow_mut();
         let id = st.next_stream_id;
         st.next_stream_id += 1;
-        let ready = Rc::new(Notify::default());
+        let ready = Rc::new(Wakeup::default());
         st.streams.insert(
             id,
             StreamState {
@@ -270,7 +272,7 @@ impl WatchHub {
         let before = s.queued_bytes;
         let chunk = s.pop()?;
         if before >= STREAM_QUEUE_RESUME_BYTES && s.queued_bytes < STREAM_QUEUE_RESUME_BYTES {
-            self.driver.notify();
+            self.driver.wake();
         }
         Some(chunk)
     }
@@ -401,7 +403,7 @@ impl WatchHub {
         st.insert_watcher((stream, watch_id), watcher);
         if unsynced {
             drop(st);
-            self.driver.notify();
+            self.driver.wake();
         }
     }
 
@@ -572,7 +574,7 @@ impl WatchHub {
                         fell_behind |= st.dispatch(batch, self.max_request_bytes);
                     }
                     if fell_behind {
-                        self.driver.notify();
+                        self.driver.wake();
                     }
                 }
                 FeedMessage::Lagged { generation, .. } => {
@@ -598,7 +600,7 @@ impl WatchHub {
                     st.header = reply.header;
                     st.jump_stream_to(reply.header.revision);
                     drop(st);
-                    self.driver.notify();
+                    self.driver.wake();
                 }
             }
         }
@@ -1074,7 +1076,7 @@ impl StreamState {
         if self.open.len() >= STREAM_CHUNK_BYTES_MAX {
             self.sealed.push_back(self.open.split().freeze());
         }
-        self.ready.notify();
+        self.ready.wake();
     }
 
     /// Appends one response encoded by prost, gRPC-framed.

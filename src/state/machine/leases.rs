@@ -5,7 +5,7 @@
 //! - Grant, Revoke and Checkpoint are raft entries (they advance the applied index and
 //!   write the backend) applied on every member; Renew, TimeToLive and Leases are not, as
 //!   in etcd: a keep-alive is answered by the leader alone (followers forward it,
-//!   src/raft/node.rs).
+//!   src/raft/node/).
 //! - The lessor is primary exactly while this member is the raft leader (the node calls
 //!   [`StateMachine::sync_lease_role`]). Only the primary decides expiry and checkpoints,
 //!   and it never applies them itself: it queues them as [`LeaseProposal`]s, which the
@@ -22,10 +22,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::StateMachine;
 use crate::error::EtcdError;
-use crate::lease::{LeaseCommand, LeaseOptions};
+use crate::lease::LeaseOptions;
 use crate::mvcc::{KeyRange, RangeOptions};
 use crate::proto::etcdserverpb as pb;
-use crate::raft::envelope::{LeaseCheckpoint, LeaseCheckpoints};
+use crate::state::envelope::{LeaseCheckpoint, LeaseCheckpoints};
+use crate::state::LeaseCommand;
 
 /// The primary looks for expired leases and due checkpoints at least this often (etcd's
 /// lessor run loop ticks every 500 ms); sooner when a deadline falls earlier.
@@ -389,11 +390,11 @@ mod tests {
 
     use super::{LeaseProposal, StateMachine};
     use crate::error::EtcdError;
-    use crate::lease::LeaseCommand;
     use crate::mvcc::{BtreeBackend, KvStore};
     use crate::proto::etcdserverpb as pb;
-    use crate::server::state_client::Command;
-    use crate::server::Identity;
+    use crate::state::client::Command;
+    use crate::state::Identity;
+    use crate::state::LeaseCommand;
 
     /// A state machine over a B+tree file in a fresh temp dir (leaked for the test's
     /// lifetime: the dir is per test process and the OS cleans /tmp).

@@ -2,8 +2,8 @@
 //! `Renew` is one keep-alive request of a KeepAlive stream).
 
 use crate::proto::etcdserverpb as pb;
-use crate::raft::envelope::LeaseCheckpoints;
-use crate::server::state_client::Reply;
+use crate::state::client::Reply;
+use crate::state::envelope::LeaseCheckpoints;
 
 pub enum LeaseCommand {
     Grant(pb::LeaseGrantRequest, Reply<pb::LeaseGrantResponse>),

@@ -1,0 +1,586 @@
+//! The raft node: the one ready loop in front of the state machine.
+//!
+//! Everything here runs on the state executor (pinned to its core); no borrow of the node
+//! is held across an `.await`, so `RawNode::step`/`propose` never run between `ready()`
+//! and `advance_append_async()` of one ready.
+//!
+//! Files, one job each (several `impl Node` blocks; methods another file calls are
+//! `pub(super)`):
+//! - this file: the node's state, client submission (writes, reads, ReadIndex queue),
+//!   ticks and the peer-message entry points;
+//! - [`ready`]: the ready loop — apply, snapshots, soft state, ReadIndex answers;
+//! - [`bootstrap`]: opening the WAL and snapshot, `--force-new-cluster`, starting a new
+//!   member or joining an existing cluster;
+//! - [`membership`]: member add/remove/update/promote, MoveLeader, publishing this
+//!   member's attributes, and applying conf changes;
+//! - [`lease_forward`]: lease work of the leader and the forwarding of keep-alives and
+//!   TimeToLive from followers to the leader.
+//!
+//! Invariants:
+//! - nothing is answered before the entry carrying it is committed and applied;
+//! - a client waits at most `request_timeout` (etcd's `ReqTimeout`): proposals that are
+//!   dropped (no leader) are retried until then, then fail with etcd's timeout error;
+//! - apply is idempotent (`StateMachine::apply_write` skips entries at or below the
+//!   store's consistent index).
+
+mod bootstrap;
+mod lease_forward;
+mod membership;
+mod ready;
+
+pub use bootstrap::{open, snap_dir, start};
+pub use lease_forward::LEASE_FORWARDS_MAX;
+pub use ready::run;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use prost::Message as _;
+use raft::eraftpb::{ConfChange, Message};
+use raft::{RawNode, StateRole};
+use tern_storage::wal::Wal;
+
+use crate::error::EtcdError;
+use crate::membership::cluster::{MemberRecord, Membership};
+use crate::proto::etcdserverpb as pb;
+use crate::raft::log_store::LogStore;
+use crate::raft::transport::Transport;
+use crate::runtime::Wakeup;
+use crate::state::client::Command;
+use crate::state::envelope::Envelope;
+use crate::state::machine::StateMachine;
+use crate::state::LeaseCommand;
+use membership::LeaderTransfer;
+
+/// Bound on client requests waiting for a leader before they are proposed.
+pub const UNPROPOSED_MAX: usize = 16 * 1024;
+/// Bound on linearizable reads waiting for the next ReadIndex round.
+pub const READS_WAITING_MAX: usize = 64 * 1024;
+/// Entries kept in the log below a snapshot, so that a follower slightly behind catches
+/// up from the log rather than by a snapshot (etcd: `SnapshotCatchUpEntries`).
+pub const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5000;
+
+/// What the node needs from the command line.
+#[derive(Clone, Debug)]
+pub struct RaftOptions {
+    pub data_dir: PathBuf,
+    pub listen_peer_addrs: Vec<SocketAddr>,
+    /// The members named by `--initial-cluster` (with their derived IDs).
+    pub initial_members: Vec<MemberRecord>,
+    /// `--initial-cluster-state new`.
+    pub new_cluster: bool,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_count: u64,
+    pub force_new_cluster: bool,
+    /// `--initial-cluster-token` (mixed into the IDs of members added at runtime).
+    pub cluster_token: String,
+}
+
+impl RaftOptions {
+    /// etcd's `ReqTimeout`: 5 s plus two election timeouts.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(5000 + 2 * self.election_timeout_ms)
+    }
+}
+
+/// A membership request waiting for its ConfChange to apply.
+pub enum MemberReply {
+    Add(oneshot::Sender<Result<pb::MemberAddResponse, EtcdError>>),
+    Remove(oneshot::Sender<Result<pb::MemberRemoveResponse, EtcdError>>),
+    Update(oneshot::Sender<Result<pb::MemberUpdateResponse, EtcdError>>),
+    Promote(oneshot::Sender<Result<pb::MemberPromoteResponse, EtcdError>>),
+}
+
+enum Waiter {
+    Write(Command),
+    Member(MemberReply),
+    /// This member's own attribute publish.
+    Publish,
+    ClusterVersion,
+}
+
+struct Pending {
+    waiter: Waiter,
+    deadline: Instant,
+}
+
+/// A proposal not yet accepted by raft (no leader known yet).
+struct Unproposed {
+    request_id: u64,
+    data: Vec<u8>,
+    conf_change: Option<ConfChange>,
+}
+
+#[derive(Default)]
+struct Reads {
+    waiting: Vec<Command>,
+    waiting_since: Option<Instant>,
+    /// ReadIndex rounds sent, by request context.
+    in_flight: HashMap<u64, (Vec<Command>, Instant)>,
+    /// Rounds that know their read index, waiting for apply to reach it.
+    at_index: VecDeque<(u64, Vec<Command>)>,
+    next_ctx: u64,
+}
+
+pub struct Node {
+    pub id: u64,
+    pub cluster_id: u64,
+    raw: RawNode<LogStore>,
+    log: LogStore,
+    wal: Wal,
+    pub state: Rc<RefCell<StateMachine>>,
+    pub membership: Membership,
+    pub transport: Transport,
+    pub wake: Rc<Wakeup>,
+    options: RaftOptions,
+    pending: HashMap<u64, Pending>,
+    unproposed: VecDeque<Unproposed>,
+    reads: Reads,
+    next_request_id: u64,
+    leader_id: u64,
+    term: u64,
+    published: bool,
+    publish_proposed_at: Option<Instant>,
+    version_proposed_at: Option<Instant>,
+    /// Fired once this member's attributes are published (then it serves clients).
+    serving: Option<oneshot::Sender<()>>,
+    last_snapshot_index: u64,
+    snapshot_dir: PathBuf,
+    leader_transfers: Vec<LeaderTransfer>,
+    unsafe_local_reads: bool,
+    /// Raft entries handed to the WAL since start (for entries-per-fsync).
+    entries_written: u64,
+    /// When this member applied its own removal.
+    removed_at: Option<Instant>,
+    /// Follower: Renew/TimeToLive waiting for a leader to forward to, with their deadline.
+    lease_forwards: VecDeque<(Command, Instant)>,
+}
+
+/// Set to `1` in a member's environment, this deliberately breaks linearizable reads:
+/// they are served from local state without ReadIndex. It exists only so that
+/// tests/raft_cluster.rs can show that its linearizability checker catches stale reads;
+/// the server warns loudly when it is set.
+pub const UNSAFE_LOCAL_READS_ENV: &str = "TERN_TEST_UNSAFE_LOCAL_READS";
+
+fn fail(command: Command, e: EtcdError) {
+    match command {
+        Command::Range(_, r) => drop(r.send(Err(e))),
+        Command::Put(_, r) => drop(r.send(Err(e))),
+        Command::DeleteRange(_, r) => drop(r.send(Err(e))),
+        Command::Txn(_, r) => drop(r.send(Err(e))),
+        Command::Compact(_, r) => drop(r.send(Err(e))),
+        Command::Alarm(_, r) => drop(r.send(Err(e))),
+        Command::Lease(lease) => match lease {
+            LeaseCommand::Grant(_, r) => drop(r.send(Err(e))),
+            LeaseCommand::Revoke(_, r) => drop(r.send(Err(e))),
+            LeaseCommand::Renew(_, r) => drop(r.send(Err(e))),
+            LeaseCommand::TimeToLive(_, r) => drop(r.send(Err(e))),
+            LeaseCommand::Leases(r) => drop(r.send(Err(e))),
+            LeaseCommand::Checkpoint(_, r) => drop(r.send(Err(e))),
+        },
+        // Other commands are never queued here; dropping the reply answers "stopped".
+        other => drop(other),
+    }
+}
+
+fn fail_member(reply: MemberReply, e: EtcdError) {
+    match reply {
+        MemberReply::Add(r) => drop(r.send(Err(e))),
+        MemberReply::Remove(r) => drop(r.send(Err(e))),
+        MemberReply::Update(r) => drop(r.send(Err(e))),
+        MemberReply::Promote(r) => drop(r.send(Err(e))),
+    }
+}
+
+/// Whether a Txn only reads (then it is served as a read, like etcd's `isTxnReadonly`),
+/// and whether all its reads are serializable.
+fn txn_reads(req: &pb::TxnRequest) -> (bool, bool) {
+    use pb::request_op::Request;
+    let mut read_only = true;
+    let mut serializable = true;
+    for op in req.success.iter().chain(req.failure.iter()) {
+        match &op.request {
+            Some(Request::RequestRange(r)) => serializable &= r.serializable,
+            Some(Request::RequestTxn(t)) => {
+                let (ro, s) = txn_reads(t);
+                read_only &= ro;
+                serializable &= s;
+            }
+            _ => read_only = false,
+        }
+    }
+    (read_only, serializable)
+}
+
+/// The envelope of a write command (without ids).
+fn write_envelope(command: &Command) -> Envelope {
+    let mut env = Envelope::default();
+    match command {
+        Command::Put(req, _) => env.put = Some(req.clone()),
+        Command::DeleteRange(req, _) => env.delete_range = Some(req.clone()),
+        Command::Txn(req, _) => env.txn = Some(req.clone()),
+        Command::Compact(req, _) => env.compaction = Some(*req),
+        Command::Alarm(req, _) => env.alarm = Some(*req),
+        Command::Lease(LeaseCommand::Grant(req, _)) => env.lease_grant = Some(*req),
+        Command::Lease(LeaseCommand::Revoke(req, _)) => env.lease_revoke = Some(*req),
+        Command::Lease(LeaseCommand::Checkpoint(batch, _)) => {
+            env.lease_checkpoint = Some(batch.clone())
+        }
+        _ => unreachable!("only writes are proposed"),
+    }
+    env
+}
+
+/// A command for a write that no local client waits for (replay, or another member's).
+fn detached_command(env: Envelope) -> Option<Command> {
+    if let Some(req) = env.put {
+        return Some(Command::Put(req, oneshot::channel().0));
+    }
+    if let Some(req) = env.delete_range {
+        return Some(Command::DeleteRange(req, oneshot::channel().0));
+    }
+    if let Some(req) = env.txn {
+        return Some(Command::Txn(req, oneshot::channel().0));
+    }
+    if let Some(req) = env.compaction {
+        return Some(Command::Compact(req, oneshot::channel().0));
+    }
+    if let Some(req) = env.alarm {
+        return Some(Command::Alarm(req, oneshot::channel().0));
+    }
+    if let Some(req) = env.lease_grant {
+        return Some(Command::Lease(LeaseCommand::Grant(
+            req,
+            oneshot::channel().0,
+        )));
+    }
+    if let Some(req) = env.lease_revoke {
+        return Some(Command::Lease(LeaseCommand::Revoke(
+            req,
+            oneshot::channel().0,
+        )));
+    }
+    if let Some(batch) = env.lease_checkpoint {
+        return Some(Command::Lease(LeaseCommand::Checkpoint(
+            batch,
+            oneshot::channel().0,
+        )));
+    }
+    None
+}
+
+impl Node {
+    pub fn request_timeout(&self) -> Duration {
+        self.options.request_timeout()
+    }
+
+    pub fn leader_id(&self) -> u64 {
+        self.leader_id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// A new command from a network core.
+    pub fn submit(&mut self, command: Command) {
+        if self.removed_at.is_some() {
+            // A removed member serves nothing more (etcd stops it): clients move on to
+            // another endpoint.
+            fail(command, EtcdError::Stopped);
+            return;
+        }
+        // A learner answers only what needs no vote (etcd's learner guard in v3rpc):
+        // serializable reads, Status, MemberList and membership calls (forwarded).
+        if self
+            .membership
+            .members
+            .get(&self.id)
+            .is_some_and(|m| m.is_learner)
+        {
+            let allowed = match &command {
+                Command::Range(req, _) => req.serializable,
+                Command::Txn(req, _) => txn_reads(req) == (true, true),
+                Command::Put(..) | Command::DeleteRange(..) | Command::Compact(..) => false,
+                // etcd's learners serve no lease operations.
+                Command::Lease(_) => false,
+                _ => true,
+            };
+            if !allowed {
+                fail(command, EtcdError::NotSupportedForLearner);
+                return;
+            }
+        }
+        match command {
+            Command::Put(..) | Command::DeleteRange(..) | Command::Compact(..) => {
+                self.propose_write(command)
+            }
+            Command::Txn(ref req, _) => match txn_reads(req) {
+                (false, _) => self.propose_write(command),
+                (true, true) => self.state.borrow_mut().handle_read(command),
+                (true, false) => self.queue_read(command),
+            },
+            Command::Range(ref req, _) if !req.serializable => self.queue_read(command),
+            Command::MemberAdd(req, reply) => self.member_add(req, reply),
+            Command::MemberRemove(req, reply) => self.member_remove(req, reply),
+            Command::MemberUpdate(req, reply) => self.member_update(req, reply),
+            Command::MemberPromote(req, reply) => self.member_promote(req, reply),
+            Command::MoveLeader(req, reply) => self.move_leader(req, reply),
+            Command::MemberList(reply) => {
+                let _ = reply.send(Ok(pb::MemberListResponse {
+                    header: Some(self.header()),
+                    members: self.membership.list(),
+                }));
+            }
+            // Lease state is replicated: grants (with the id chosen here, before
+            // proposing, as etcd does) and revokes are proposals.
+            Command::Lease(LeaseCommand::Grant(mut req, reply)) => {
+                if req.id == 0 {
+                    req.id = self.state.borrow_mut().next_lease_id();
+                }
+                self.propose_write(Command::Lease(LeaseCommand::Grant(req, reply)))
+            }
+            Command::Lease(LeaseCommand::Revoke(..)) => self.propose_write(command),
+            // Keep-alives and TimeToLive are the leader's to answer (only it knows the
+            // deadlines): a follower forwards them over the peer transport.
+            Command::Lease(LeaseCommand::Renew(..) | LeaseCommand::TimeToLive(..))
+                if !self.is_leader() =>
+            {
+                self.forward_lease(command)
+            }
+            Command::Alarm(ref req, _)
+                if req.action != pb::alarm_request::AlarmAction::Get as i32 =>
+            {
+                self.propose_write(command)
+            }
+            // Commands raft does not order: status, hashes, alarm GET, watch, the leader's
+            // keep-alives, lease lists; none may advance the applied index.
+            other => self.state.borrow_mut().handle_read(other),
+        }
+        self.wake.wake();
+    }
+
+    pub fn header(&self) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.id,
+            revision: 0,
+            raft_term: self.term,
+        }
+    }
+
+    fn new_request_id(&mut self) -> u64 {
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        self.next_request_id
+    }
+
+    fn propose_write(&mut self, command: Command) {
+        let mut env = write_envelope(&command);
+        let request_id = self.new_request_id();
+        env.request_id = request_id;
+        env.origin_member_id = self.id;
+        self.propose(
+            request_id,
+            env.encode_to_vec(),
+            None,
+            Waiter::Write(command),
+        );
+    }
+
+    fn propose(
+        &mut self,
+        request_id: u64,
+        data: Vec<u8>,
+        conf_change: Option<ConfChange>,
+        waiter: Waiter,
+    ) {
+        let deadline = Instant::now() + self.request_timeout();
+        if self.unproposed.len() >= UNPROPOSED_MAX {
+            self.answer_error(waiter, EtcdError::TooManyRequests);
+            return;
+        }
+        self.pending
+            .insert(request_id, Pending { waiter, deadline });
+        let proposal = Unproposed {
+            request_id,
+            data,
+            conf_change,
+        };
+        if self.leader_id == 0 || !self.unproposed.is_empty() {
+            self.unproposed.push_back(proposal);
+            return;
+        }
+        self.try_propose(proposal);
+    }
+
+    /// Hands a proposal to raft; keeps it for later if raft drops it (no leader).
+    fn try_propose(&mut self, p: Unproposed) {
+        let result = match &p.conf_change {
+            Some(cc) => self.raw.propose_conf_change(p.data.clone(), cc.clone()),
+            None => self.raw.propose(vec![], p.data.clone()),
+        };
+        match result {
+            Ok(()) => {}
+            Err(raft::Error::ProposalDropped) => self.unproposed.push_back(p),
+            Err(e) => {
+                crate::warn!("proposal refused", "error" => e.to_string());
+                if let Some(pending) = self.pending.remove(&p.request_id) {
+                    let err = match e {
+                        raft::Error::ConfChangeError(_) => EtcdError::MemberNotEnoughStarted,
+                        _ => EtcdError::Timeout,
+                    };
+                    self.answer_error(pending.waiter, err);
+                }
+            }
+        }
+    }
+
+    fn answer_error(&mut self, waiter: Waiter, e: EtcdError) {
+        match waiter {
+            Waiter::Write(command) => fail(command, e),
+            Waiter::Member(reply) => fail_member(reply, e),
+            Waiter::Publish => self.publish_proposed_at = None,
+            Waiter::ClusterVersion => self.version_proposed_at = None,
+        }
+    }
+
+    fn queue_read(&mut self, command: Command) {
+        if self.unsafe_local_reads {
+            // Fault injection for the linearizability test only (see `UNSAFE_LOCAL_READS_ENV`).
+            self.state.borrow_mut().handle_read(command);
+            return;
+        }
+        if self.reads.waiting.len() >= READS_WAITING_MAX {
+            fail(command, EtcdError::TooManyRequests);
+            return;
+        }
+        if self.reads.waiting.is_empty() {
+            self.reads.waiting_since = Some(Instant::now());
+        }
+        self.reads.waiting.push(command);
+    }
+
+    pub fn last_raft_index(&self) -> u64 {
+        self.log.last_raft_index()
+    }
+
+    pub fn step(&mut self, message: Message) {
+        if let Err(e) = self.raw.step(message) {
+            crate::debug!("raft dropped a peer message", "error" => e.to_string());
+        }
+        self.wake.wake();
+    }
+
+    pub fn report_unreachable(&mut self, member_id: u64) {
+        self.raw.report_unreachable(member_id);
+    }
+
+    pub fn report_snapshot(&mut self, member_id: u64, ok: bool) {
+        let status = if ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(member_id, status);
+    }
+
+    /// One heartbeat interval passed: tick raft, retry dropped proposals, expire waits.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        self.state.borrow_mut().commit_backend_if_due();
+        let now = Instant::now();
+        self.sync_lease_role();
+        self.propose_lease_work();
+        self.dispatch_lease_forwards(now);
+        if self.leader_id != 0 {
+            let retry: Vec<Unproposed> = self.unproposed.drain(..).collect();
+            for p in retry {
+                if self.pending.contains_key(&p.request_id) {
+                    self.try_propose(p);
+                }
+            }
+        }
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                self.unproposed.retain(|u| u.request_id != id);
+                let e = if self.leader_id == 0 {
+                    EtcdError::TimeoutDueToLeaderFail
+                } else {
+                    EtcdError::Timeout
+                };
+                let e = if matches!(p.waiter, Waiter::Write(_)) || self.leader_id != 0 {
+                    e
+                } else {
+                    EtcdError::Timeout
+                };
+                self.answer_error(p.waiter, e);
+            }
+        }
+        let timeout = self.request_timeout();
+        let stale: Vec<u64> = self
+            .reads
+            .in_flight
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) >= timeout)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in stale {
+            if let Some((commands, _)) = self.reads.in_flight.remove(&ctx) {
+                for c in commands {
+                    fail(c, EtcdError::Timeout);
+                }
+            }
+        }
+        if let Some(since) = self.reads.waiting_since {
+            if now.duration_since(since) >= timeout {
+                for c in self.reads.waiting.drain(..) {
+                    fail(c, EtcdError::Timeout);
+                }
+                self.reads.waiting_since = None;
+            }
+        }
+        self.maybe_publish(now);
+        self.finish_leader_transfers(now);
+        self.wake.wake();
+    }
+
+    /// Steps 1–7 of the module comment for one ready; `node` is passed as `Rc` so that
+    /// step 7 can run when the WAL append completes.
+    /// Sends raft messages, unless this member was removed from the cluster: it then falls
+    /// silent (after a few heartbeats, so the others learn the removal is committed) and
+    /// the remaining members elect a leader among themselves, as when etcd stops a
+    /// removed member.
+    fn send(&mut self, messages: Vec<Message>) {
+        if let Some(at) = self.removed_at {
+            if at.elapsed() > Duration::from_millis(3 * self.options.heartbeat_interval_ms) {
+                return;
+            }
+        }
+        self.transport.send(messages);
+    }
+
+    /// Logs how well group commit batched: raft entries per WAL fdatasync since start.
+    pub fn log_wal_stats(&self) {
+        let stats = self.wal.stats();
+        let per_fsync = self.entries_written as f64 / stats.fdatasyncs.max(1) as f64;
+        crate::info!(
+            "wal statistics",
+            "entries" => self.entries_written,
+            "fdatasyncs" => stats.fdatasyncs,
+            "entries-per-fsync" => format!("{per_fsync:.2}"),
+            "bytes-written" => stats.bytes_written
+        );
+    }
+}

@@ -1,0 +1,445 @@
+//! The ready loop: what the node does with each `Ready` raft-rs hands it, and the
+//! task that runs it and the ticker.
+//!
+//! The ready loop follows raft-rs's numbered walkthrough (`raft::raw_node` docs), with the
+//! asynchronous-persistence variant (`advance_append_async` + `on_persist_ready`), so that
+//! the WAL's group commit overlaps with sending and applying:
+//!
+//! 1. soft state: who leads, at which term (logged in etcd's words);
+//! 2. messages: sent at once — a leader may replicate before its own fsync (raft thesis
+//!    §10.2.1); a follower's messages only come as persisted messages (step 7);
+//! 3. snapshot from the leader: restore the state machine, then the log restarts after it;
+//! 4. committed entries: apply them (they are durable on a quorum and locally);
+//! 5. new entries and hard state: stored in the in-memory log now (raft-rs reads them
+//!    from `Storage` after `advance_append_async`), and queued on the WAL;
+//! 6. read states: ReadIndex rounds that completed;
+//! 7. once the WAL append is durable: `on_persist_ready`, then the persisted messages
+//!    (votes, append responses), which must never leave before their state is durable.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use raft::eraftpb::{Entry, EntryType, Snapshot};
+use raft::StateRole;
+use tern_storage::wal::{self, WalRecord};
+
+use crate::proto::etcdserverpb as pb;
+use crate::raft::log_store;
+use crate::raft::snapshot::{self, SnapshotFile};
+use crate::raft::transport::Report;
+use crate::state::client::Command;
+use crate::state::envelope::{Envelope, MemberOp};
+
+use super::*;
+
+/// Runs the ready loop and the ticker until the process ends.
+pub async fn run(node: Rc<RefCell<Node>>) {
+    let wake = node.borrow().wake.clone();
+    let backend_wake = wake.clone();
+    node.borrow()
+        .state
+        .borrow_mut()
+        .set_backend_wake(Rc::new(move || backend_wake.wake()));
+    let interval = Duration::from_millis(node.borrow().options.heartbeat_interval_ms.max(1));
+    let ticker = node.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(interval).await;
+            ticker.borrow_mut().tick();
+        }
+    })
+    .detach();
+    // A member that is the only voter campaigns at once, as etcd's single-member
+    // bootstrap does: it wins the next term at once (term 2 on a fresh cluster).
+    let mut campaigned = false;
+    loop {
+        Node::handle_ready(&node);
+        if !campaigned {
+            let mut n = node.borrow_mut();
+            let cs = n.log.conf_state();
+            let caught_up = n.state.borrow_mut().raft_applied_index() >= n.log.hard_state().commit;
+            if caught_up && cs.voters == [n.id] && n.leader_id == 0 {
+                campaigned = true;
+                let _ = n.raw.campaign();
+                n.wake.wake();
+            } else if caught_up {
+                campaigned = true;
+            }
+        }
+        wake.wait().await;
+    }
+}
+
+impl Node {
+    fn drain_transport(&mut self) {
+        self.answer_forwarded_leases();
+        for m in self.transport.take_inbox() {
+            if let Err(e) = self.raw.step(m) {
+                crate::debug!("raft dropped a peer message", "error" => e.to_string());
+            }
+        }
+        for report in self.transport.take_reports() {
+            match report {
+                Report::Unreachable(id) => self.raw.report_unreachable(id),
+                Report::Snapshot { to, ok } => self.report_snapshot(to, ok),
+            }
+        }
+    }
+
+    pub fn handle_ready(node: &Rc<RefCell<Node>>) {
+        let mut n = node.borrow_mut();
+        n.state.borrow_mut().poll_backend();
+        n.drain_transport();
+        n.maybe_publish(Instant::now());
+        // Start a ReadIndex round for the reads that queued since the last one: one round
+        // serves all of them (etcd's linearizableReadLoop batches the same way).
+        if !n.reads.waiting.is_empty() {
+            n.reads.next_ctx += 1;
+            let ctx = n.reads.next_ctx;
+            let batch = std::mem::take(&mut n.reads.waiting);
+            n.reads.waiting_since = None;
+            n.reads.in_flight.insert(ctx, (batch, Instant::now()));
+            n.raw.read_index(ctx.to_be_bytes().to_vec());
+        }
+        if !n.raw.has_ready() {
+            return;
+        }
+        if n.state.borrow().backend_is_full() {
+            // The disk is behind: applying more would only grow the layers waiting for it.
+            // The running commit's end wakes this loop again.
+            return;
+        }
+        let mut ready = n.raw.ready();
+
+        // 1. Soft state.
+        if let Some(ss) = ready.ss() {
+            let (leader, role) = (ss.leader_id, ss.raft_state);
+            n.on_soft_state(leader, role);
+        }
+        // 2. Messages that may leave before persistence (leader's appends, heartbeats).
+        let messages = ready.take_messages();
+        n.send(messages);
+        let mut records = Vec::new();
+        // 3. A snapshot from the leader replaces the state machine.
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            if let Err(e) = n.install_snapshot(&snap) {
+                crate::fatal!("cannot install the leader's snapshot", "error" => e);
+            }
+            let meta = snap.get_metadata();
+            records.push(WalRecord::Snapshot(wal::SnapshotMarker {
+                raft_index: meta.index,
+                term: meta.term,
+            }));
+        }
+        // 4. Committed entries.
+        let committed = ready.take_committed_entries();
+        n.apply_entries(committed);
+        // 5. New entries and hard state: into the in-memory log now, the WAL in the background.
+        let entries = ready.take_entries();
+        n.log.append(&entries);
+        n.entries_written += entries.len() as u64;
+        records.extend(entries.iter().map(log_store::wal_record));
+        if let Some(hs) = ready.hs() {
+            n.term = hs.term;
+            n.state.borrow_mut().raft_term = hs.term;
+            n.state.borrow_mut().raft_commit_index = hs.commit;
+            n.log.set_hard_state(hs.clone());
+            records.push(log_store::wal_hard_state(hs));
+        }
+        // 6. ReadIndex rounds that completed.
+        for rs in ready.take_read_states() {
+            let ctx = <[u8; 8]>::try_from(&rs.request_ctx[..])
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if let Some((batch, _)) = n.reads.in_flight.remove(&ctx) {
+                n.reads.at_index.push_back((rs.index, batch));
+            }
+        }
+        let persisted_messages = ready.take_persisted_messages();
+        let number = ready.number();
+        n.raw.advance_append_async(ready);
+        // 7. After the WAL append (group commit): persisted state, then the messages that
+        // depend on it. An empty append is a barrier, keeping `on_persist_ready` in order.
+        let durable = n.wal.append(records);
+        let node_rc = node.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = durable.await {
+                crate::fatal!("cannot write the WAL", "error" => e.to_string());
+            }
+            let mut n = node_rc.borrow_mut();
+            n.raw.on_persist_ready(number);
+            n.advance_applied();
+            n.send(persisted_messages);
+            n.wake.wake();
+        })
+        .detach();
+        n.advance_applied();
+        n.serve_reads();
+        // Group commit of the backend: one commit for everything this ready applied; the
+        // replies held for it go out now (`StateMachine::flush`).
+        n.state.borrow_mut().flush();
+        n.maybe_snapshot();
+        n.wake.wake();
+    }
+
+    /// Tells raft how far the state machine has applied. raft-rs requires applied ≤
+    /// persisted: after installing a snapshot the state is ahead of the durable log until
+    /// the snapshot marker is in the WAL, so the rest is reported from step 7.
+    fn advance_applied(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        let applied = self
+            .state
+            .borrow_mut()
+            .raft_applied_index()
+            .min(log.persisted)
+            .min(log.committed);
+        if applied > log.applied {
+            self.raw.advance_apply_to(applied);
+        }
+    }
+
+    fn on_soft_state(&mut self, leader: u64, role: StateRole) {
+        let term = self.raw.raft.term;
+        if leader != self.leader_id {
+            if leader == 0 {
+                crate::info!(format!(
+                    "raft.node: {:x} lost leader {:x} at term {term}",
+                    self.id, self.leader_id
+                ));
+            } else if self.leader_id == 0 {
+                crate::info!(format!(
+                    "raft.node: {:x} elected leader {leader:x} at term {term}",
+                    self.id
+                ));
+            } else {
+                crate::info!(format!(
+                    "raft.node: {:x} changed leader from {:x} to {leader:x} at term {term}",
+                    self.id, self.leader_id
+                ));
+            }
+            if self.leader_id != 0 && leader != 0 {
+                crate::info!("leadership changed", "new-leader" => format!("{leader:x}"));
+            }
+        }
+        self.leader_id = leader;
+        self.state.borrow_mut().leader_id = leader;
+        if !self.leader_transfers.is_empty() {
+            self.finish_leader_transfers(Instant::now());
+        }
+        self.term = term;
+        self.state.borrow_mut().raft_term = term;
+        let _ = role;
+        self.sync_lease_role();
+        // Proposing must wait until this ready is advanced (raft-rs forbids proposals
+        // between `ready()` and `advance_append_async()`); the next pass publishes.
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = self.state.borrow_mut().raft_applied_index();
+        while let Some((raft_index, _)) = self.reads.at_index.front() {
+            if *raft_index > applied {
+                break;
+            }
+            let (_, batch) = self.reads.at_index.pop_front().expect("front exists");
+            for command in batch {
+                self.state.borrow_mut().handle_read(command);
+            }
+        }
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) {
+        let any = !entries.is_empty();
+        self.apply_entries_inner(entries);
+        if any {
+            self.refresh_members_answer();
+        }
+    }
+
+    fn apply_entries_inner(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            let raft_index = entry.index;
+            // Entries the backend already holds (a restart) are still replayed for raft's
+            // configuration and the member table, which live only in memory; their key
+            // writes are skipped (`mark_applied`, `apply_write_once`).
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => self.apply_normal(raft_index, &entry.data),
+                EntryType::EntryConfChange => self.apply_conf_change(raft_index, &entry.data),
+                EntryType::EntryConfChangeV2 => {
+                    crate::warn!("ignoring a ConfChangeV2 entry tern never proposes", "raft-index" => raft_index);
+                    self.mark_applied(raft_index);
+                }
+            }
+        }
+    }
+
+    /// Records that the entry at `raft_index` changed no key, unless the backend already
+    /// had it (replay after a restart).
+    pub(super) fn mark_applied(&mut self, raft_index: u64) {
+        let mut state = self.state.borrow_mut();
+        if raft_index > state.raft_applied_index() {
+            state.apply_other(raft_index);
+        }
+    }
+
+    fn apply_write_once(&mut self, raft_index: u64, command: Command) {
+        let mut state = self.state.borrow_mut();
+        if raft_index > state.raft_applied_index() {
+            state.apply_write(raft_index, command);
+        }
+    }
+
+    fn apply_normal(&mut self, raft_index: u64, data: &[u8]) {
+        if data.is_empty() {
+            // The empty entry a new leader appends.
+            self.mark_applied(raft_index);
+            return;
+        }
+        let env = match Envelope::decode(data) {
+            Ok(env) => env,
+            Err(e) => {
+                crate::error!("skipping an undecodable raft entry", "raft-index" => raft_index, "error" => e.to_string());
+                self.mark_applied(raft_index);
+                return;
+            }
+        };
+        let mine = env.origin_member_id == self.id;
+        let waiter = if mine {
+            self.pending.remove(&env.request_id).map(|p| p.waiter)
+        } else {
+            None
+        };
+        if !env.cluster_version.is_empty() {
+            if self.membership.cluster_version.is_none() {
+                crate::info!("set initial cluster version", "cluster-version" => "3.4");
+            }
+            self.membership.cluster_version = Some(env.cluster_version.clone());
+            self.mark_applied(raft_index);
+            return;
+        }
+        if let Some(member) = env.member.clone() {
+            let op = MemberOp::try_from(env.member_op).unwrap_or(MemberOp::None);
+            match op {
+                MemberOp::Publish => {
+                    self.membership.publish(
+                        member.id,
+                        member.name.clone(),
+                        member.client_urls.clone(),
+                    );
+                    // Only this run's publish counts (a replayed one from an earlier run
+                    // must not make a restarted member serve before it has a leader).
+                    if member.id == self.id
+                        && !self.published
+                        && matches!(waiter, Some(Waiter::Publish))
+                    {
+                        self.published = true;
+                        if let Some(serving) = self.serving.take() {
+                            let _ = serving.send(());
+                        }
+                    }
+                }
+                MemberOp::Update => {
+                    self.membership
+                        .update_peer_urls(member.id, member.peer_urls.clone());
+                    // etcd 3.4.23 rewrites the whole member on update from a record that
+                    // lacks the learner flag, so the member lists as a voter afterwards
+                    // (raft's own configuration is unchanged). tern reproduces that.
+                    if let Some(m) = self.membership.members.get_mut(&member.id) {
+                        m.is_learner = false;
+                    }
+                    self.transport.set_peer(member.id, member.peer_urls.clone());
+                    if let Some(Waiter::Member(MemberReply::Update(r))) = waiter {
+                        let _ = r.send(Ok(pb::MemberUpdateResponse {
+                            header: Some(self.header()),
+                            members: self.membership.list(),
+                        }));
+                    }
+                }
+                _ => {}
+            }
+            self.mark_applied(raft_index);
+            return;
+        }
+        let command = match waiter {
+            Some(Waiter::Write(command)) => Some(command),
+            _ => detached_command(env),
+        };
+        match command {
+            Some(command) => self.apply_write_once(raft_index, command),
+            None => self.mark_applied(raft_index),
+        }
+    }
+
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), String> {
+        let meta = snap.get_metadata();
+        crate::info!("applying snapshot", "snapshot-index" => meta.index, "snapshot-term" => meta.term);
+        let file = SnapshotFile {
+            snapshot: snap.clone(),
+        };
+        snapshot::restore(&file, &mut self.state.borrow_mut(), &mut self.membership)?;
+        snapshot::save(&self.snapshot_dir, &file)?;
+        for m in self.membership.members.values() {
+            if m.id != self.id {
+                self.transport.set_peer(m.id, m.peer_urls.clone());
+            }
+        }
+        self.log.apply_snapshot(snap.clone());
+        self.last_snapshot_index = meta.index;
+        self.refresh_members_answer();
+        Ok(())
+    }
+
+    /// etcd's `--snapshot-count`: after that many applied entries since the last
+    /// snapshot, save one and compact the log (keeping catch-up entries), then release
+    /// WAL segments below it.
+    fn maybe_snapshot(&mut self) {
+        let applied = self.state.borrow_mut().raft_applied_index();
+        if applied < self.last_snapshot_index + self.options.snapshot_count.max(1) {
+            return;
+        }
+        let Some(term) = self.log.term_of(applied) else {
+            return;
+        };
+        let data = snapshot::encode(&self.state.borrow(), &self.membership);
+        let mut snap = Snapshot::default();
+        snap.set_metadata(log_store::snapshot_metadata(
+            applied,
+            term,
+            self.raw.raft.prs().conf().to_conf_state(),
+        ));
+        snap.data = data.into();
+        let file = SnapshotFile {
+            snapshot: snap.clone(),
+        };
+        if let Err(e) = snapshot::save(&self.snapshot_dir, &file) {
+            crate::error!("cannot save a snapshot", "error" => e);
+            return;
+        }
+        crate::info!("saved snapshot", "snapshot-index" => applied);
+        self.last_snapshot_index = applied;
+        // Keep catch-up entries, but never more than one snapshot interval, so that a
+        // small --snapshot-count bounds the log's memory as the user asked.
+        let catch_up = SNAPSHOT_CATCH_UP_ENTRIES.min(self.options.snapshot_count);
+        let compact_to = applied
+            .saturating_sub(catch_up)
+            .max(self.log.first_raft_index() - 1);
+        self.log.compact(snap, compact_to);
+        let wal = self.wal.clone();
+        let dir = self.snapshot_dir.clone();
+        glommio::spawn_local(async move {
+            let marker = WalRecord::Snapshot(wal::SnapshotMarker {
+                raft_index: applied,
+                term,
+            });
+            if wal.append(vec![marker]).await.is_ok() {
+                if compact_to > 0 {
+                    let _ = wal.release_below(compact_to.min(applied)).await;
+                }
+                snapshot::purge(&dir, applied);
+            }
+        })
+        .detach();
+    }
+}
