@@ -28,7 +28,8 @@ use crate::mvcc::KvStore;
 use crate::proto::etcdserverpb as pb;
 use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{
-    claim_client_addrs, executor_listeners, into_glommio_listeners, serve_clients, stop_listening,
+    bind_lingering, claim_client_addrs, executor_listeners, into_glommio_listeners, serve_clients,
+    stop_listening,
 };
 use crate::service::watch::hub::WatchHub;
 use crate::service::{self, Limits, ServiceContext};
@@ -381,11 +382,10 @@ fn start_network_executors(
 /// Fails early, before the store and the WAL open, if another process listens on a peer
 /// address. The raft node binds the address for real (without SO_REUSEPORT) when it starts,
 /// so a port taken in between still fails there; this only makes the usual case fail fast.
+/// A port a just-killed member's listener still holds is waited for, as for client ports.
 fn check_peer_addrs_free(addrs: &[std::net::SocketAddr]) -> Result<(), String> {
     for addr in addrs {
-        if let Err(e) = std::net::TcpListener::bind(addr) {
-            return Err(format!("listen tcp {addr}: bind: {e}"));
-        }
+        bind_lingering(addr, |a| std::net::TcpListener::bind(a))?;
     }
     Ok(())
 }
