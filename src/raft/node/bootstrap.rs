@@ -214,6 +214,7 @@ pub async fn open(
         snapshot_dir,
         leader_transfers: Vec::new(),
         entries_written: 0,
+        unsynced_hard_state: None,
         removed_at: None,
         lease_forwards: VecDeque::new(),
         unsafe_local_reads: {
