@@ -327,11 +327,12 @@ pub async fn start(
         // after a crash can bind its peer port while old connections sit in TIME_WAIT.
         let std_listener = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
-        use std::os::fd::{FromRawFd as _, IntoRawFd as _};
-        // Safety: the fd comes from a bound, listening std listener whose ownership
-        // `into_raw_fd` gives up, so the glommio listener is its only owner.
-        listeners
-            .push(unsafe { glommio::net::TcpListener::from_raw_fd(std_listener.into_raw_fd()) });
+        // glommio's accept assumes a non-blocking socket (it tries a synchronous accept(2)
+        // first); a blocking one could put the executor thread to sleep in the kernel.
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("listen tcp {addr}: {e}"))?;
+        listeners.push(std_listener);
     }
     let wal_dir = wal::wal_dir(&options.data_dir);
     let mut known_members = Vec::new();
@@ -353,7 +354,7 @@ pub async fn start(
     };
     let wake = Rc::new(Wakeup::default());
     let mut transport = Transport::new(identity.member_id, identity.cluster_id, wake.clone());
-    transport.serve(listeners);
+    transport.serve(listeners)?;
     // A joining member must be able to answer the leader before its log tells it who the
     // members are.
     for m in known_members {
