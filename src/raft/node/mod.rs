@@ -117,6 +117,25 @@ struct Unproposed {
     conf_change: Option<ConfChange>,
 }
 
+/// A local raft snapshot decided at `raft_index`, waiting for the backend to hold that index
+/// durably before its file is saved (`ready.rs`, `maybe_snapshot`).
+struct LocalSnapshot {
+    snapshot: raft::eraftpb::Snapshot,
+}
+
+/// Raft snapshot work running off the executor (`ready.rs`).
+#[derive(Default)]
+struct SnapshotWork {
+    /// The local snapshot decided and not yet saved.
+    local: Option<LocalSnapshot>,
+    /// Its file is being saved on the blocking pool.
+    saving: bool,
+    /// A leader's snapshot at this raft index is being installed: the ready loop waits.
+    installing: Option<u64>,
+    /// The leader's snapshot whose database is in place (raft's ready then carries it).
+    installed_raft_index: u64,
+}
+
 #[derive(Default)]
 struct Reads {
     waiting: Vec<Command>,
@@ -152,6 +171,8 @@ pub struct Node {
     serving: Option<oneshot::Sender<()>>,
     last_snapshot_index: u64,
     snapshot_dir: PathBuf,
+    /// Snapshot work in flight off the executor (`ready.rs`).
+    snapshot_work: SnapshotWork,
     leader_transfers: Vec<LeaderTransfer>,
     unsafe_local_reads: bool,
     /// Raft entries handed to the WAL since start (for entries-per-fsync).

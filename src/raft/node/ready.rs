@@ -8,7 +8,9 @@
 //! 1. soft state: who leads, at which term (logged in etcd's words);
 //! 2. messages: sent at once — a leader may replicate before its own fsync (raft thesis
 //!    §10.2.1); a follower's messages only come as persisted messages (step 7);
-//! 3. snapshot from the leader: restore the state machine, then the log restarts after it;
+//! 3. snapshot from the leader: its database was swapped in before this ready was taken
+//!    (`install_snapshot`, off the executor, the loop paused); the membership and the log
+//!    restart from it;
 //! 4. committed entries: apply them (they are durable on a quorum and locally);
 //! 5. new entries and hard state: stored in the in-memory log now (raft-rs reads them
 //!    from `Storage` after `advance_append_async`), and queued on the WAL;
@@ -25,12 +27,14 @@ use raft::eraftpb::{Entry, EntryType, Snapshot};
 use raft::StateRole;
 use tern_storage::wal::{self, WalRecord};
 
+use crate::mvcc::{BtreeBackend, KvStore};
 use crate::proto::etcdserverpb as pb;
 use crate::raft::log_store;
-use crate::raft::snapshot::{self, SnapshotFile};
+use crate::raft::snapshot;
 use crate::raft::transport::Report;
 use crate::state::client::Command;
 use crate::state::envelope::{Envelope, MemberOp};
+use crate::state::machine::StateMachine;
 
 use super::*;
 
@@ -104,11 +108,23 @@ impl Node {
             n.raw.read_index(ctx.to_be_bytes().to_vec());
         }
         if !n.raw.has_ready() {
+            n.maybe_snapshot(node);
             return;
         }
         if n.state.borrow().backend_is_full() {
             // The disk is behind: applying more would only grow the layers waiting for it.
             // The running commit's end wakes this loop again.
+            return;
+        }
+        // A leader's snapshot is installed (its database swapped in, off the executor)
+        // before the ready that carries it is taken, so no ready is outstanding while that
+        // runs: messages are still stepped and ticks still tick meanwhile. Its end wakes
+        // this loop.
+        if n.snapshot_work.installing.is_some() {
+            return;
+        }
+        if let Some(raft_index) = n.snapshot_to_install() {
+            n.install_snapshot(node, raft_index);
             return;
         }
         let mut ready = n.raw.ready();
@@ -122,10 +138,11 @@ impl Node {
         let messages = ready.take_messages();
         n.send(messages);
         let mut records = Vec::new();
-        // 3. A snapshot from the leader replaces the state machine.
+        // 3. A snapshot from the leader: its database is already in place (above); the
+        // membership and the log restart from it, and the WAL records it.
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
-            if let Err(e) = n.install_snapshot(&snap) {
+            if let Err(e) = n.snapshot_installed(&snap) {
                 crate::fatal!("cannot install the leader's snapshot", "error" => e);
             }
             let meta = snap.get_metadata();
@@ -181,7 +198,7 @@ impl Node {
         // Group commit of the backend: one commit for everything this ready applied; the
         // replies held for it go out now (`StateMachine::flush`).
         n.state.borrow_mut().flush();
-        n.maybe_snapshot();
+        n.maybe_snapshot(node);
         n.wake.wake();
     }
 
@@ -372,14 +389,68 @@ impl Node {
         }
     }
 
-    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), String> {
+    /// The raft index of a leader's snapshot raft holds and whose database is not in place
+    /// yet.
+    fn snapshot_to_install(&self) -> Option<u64> {
+        self.raw
+            .raft
+            .raft_log
+            .unstable_snapshot()
+            .as_ref()
+            .map(|snap| snap.get_metadata().index)
+            .filter(|raft_index| *raft_index != self.snapshot_work.installed_raft_index)
+    }
+
+    /// Starts installing the leader's snapshot at `raft_index` (the transport already made
+    /// its database image durable as `<index>.snap.db`): the `.snap` file is saved, the
+    /// backend's jobs finish, the image replaces `member/snap/db`, and the store is reopened
+    /// over it and the key index and leases rebuilt, all file work on the blocking pool.
+    /// The ready loop waits meanwhile (`snapshot_work.installing`).
+    fn install_snapshot(&mut self, node: &Rc<RefCell<Node>>, raft_index: u64) {
+        let snap = self
+            .raw
+            .raft
+            .raft_log
+            .unstable_snapshot()
+            .clone()
+            .expect("snapshot_to_install saw it");
+        crate::info!("applying snapshot", "snapshot-index" => raft_index, "snapshot-term" => snap.get_metadata().term);
+        self.snapshot_work.installing = Some(raft_index);
+        // A local snapshot not yet saved is older than the leader's; it is dropped.
+        self.snapshot_work.local = None;
+        let dir = self.snapshot_dir.clone();
+        let state = self.state.clone();
+        let node = node.clone();
+        glommio::spawn_local(async move {
+            let started = Instant::now();
+            if let Err(e) = swap_in_snapshot_db(&dir, &snap, &state).await {
+                crate::fatal!("cannot install the leader's snapshot", "error" => e);
+            }
+            crate::info!(
+                "restored snapshot database",
+                "snapshot-index" => raft_index,
+                "consistent-index" => state.borrow().raft_applied_index(),
+                "took" => crate::log::format_duration(started.elapsed())
+            );
+            let mut n = node.borrow_mut();
+            n.snapshot_work.installing = None;
+            n.snapshot_work.installed_raft_index = raft_index;
+            n.wake.wake();
+        })
+        .detach();
+    }
+
+    /// The ready carrying the leader's snapshot: its database is in place; the membership
+    /// and the log restart from it.
+    fn snapshot_installed(&mut self, snap: &Snapshot) -> Result<(), String> {
         let meta = snap.get_metadata();
-        crate::info!("applying snapshot", "snapshot-index" => meta.index, "snapshot-term" => meta.term);
-        let file = SnapshotFile {
-            snapshot: snap.clone(),
-        };
-        snapshot::restore(&file, &mut self.state.borrow_mut(), &mut self.membership)?;
-        snapshot::save(&self.snapshot_dir, &file)?;
+        if meta.index != self.snapshot_work.installed_raft_index {
+            return Err(format!(
+                "raft hands on the snapshot at {} but the database installed is for {}",
+                meta.index, self.snapshot_work.installed_raft_index
+            ));
+        }
+        snapshot::restore_membership(snap, &mut self.membership)?;
         for m in self.membership.members.values() {
             if m.id != self.id {
                 self.transport.set_peer(m.id, m.peer_urls.clone());
@@ -392,54 +463,140 @@ impl Node {
     }
 
     /// etcd's `--snapshot-count`: after that many applied entries since the last
-    /// snapshot, save one and compact the log (keeping catch-up entries), then release
-    /// WAL segments below it.
-    fn maybe_snapshot(&mut self) {
-        let applied = self.state.borrow_mut().raft_applied_index();
-        if applied < self.last_snapshot_index + self.options.snapshot_count.max(1) {
+    /// snapshot, take one at the applied index, then compact the log (keeping catch-up
+    /// entries) and release WAL segments below it. The database is the snapshot's state, so
+    /// the snapshot (membership and conf state, a few KB) is saved only once the backend
+    /// holds that index durably (a commit is started for it at once); a restart then resumes
+    /// from the database and replays the WAL after the snapshot.
+    fn maybe_snapshot(&mut self, node: &Rc<RefCell<Node>>) {
+        if self.snapshot_work.saving || self.snapshot_work.installing.is_some() {
             return;
         }
-        let Some(term) = self.log.term_of(applied) else {
-            return;
-        };
-        let data = snapshot::encode(&self.state.borrow(), &self.membership);
-        let mut snap = Snapshot::default();
-        snap.set_metadata(log_store::snapshot_metadata(
-            applied,
-            term,
-            self.raw.raft.prs().conf().to_conf_state(),
-        ));
-        snap.data = data.into();
-        let file = SnapshotFile {
-            snapshot: snap.clone(),
-        };
-        if let Err(e) = snapshot::save(&self.snapshot_dir, &file) {
-            crate::error!("cannot save a snapshot", "error" => e);
+        if self.snapshot_work.local.is_none() {
+            let applied = self.state.borrow_mut().raft_applied_index();
+            if applied < self.last_snapshot_index + self.options.snapshot_count.max(1) {
+                return;
+            }
+            let Some(term) = self.log.term_of(applied) else {
+                return;
+            };
+            let mut snap = Snapshot::default();
+            snap.set_metadata(log_store::snapshot_metadata(
+                applied,
+                term,
+                self.raw.raft.prs().conf().to_conf_state(),
+            ));
+            snap.data = snapshot::encode(&self.membership).into();
+            self.snapshot_work.local = Some(LocalSnapshot { snapshot: snap });
+            self.state.borrow_mut().commit_backend();
+        }
+        let raft_index = self
+            .snapshot_work
+            .local
+            .as_ref()
+            .map_or(0, |local| local.snapshot.get_metadata().index);
+        if self.state.borrow().durable_consistent_index() < raft_index {
+            // The commit's end wakes the loop, which looks again.
             return;
         }
-        crate::info!("saved snapshot", "snapshot-index" => applied);
-        self.last_snapshot_index = applied;
+        let snap = self.snapshot_work.local.take().expect("checked").snapshot;
+        self.snapshot_work.saving = true;
+        let dir = self.snapshot_dir.clone();
+        let node = node.clone();
+        glommio::spawn_local(async move {
+            let saved = snapshot::save(&dir, &snap).await;
+            let mut n = node.borrow_mut();
+            n.snapshot_work.saving = false;
+            match saved {
+                Ok(()) => n.compact_after_snapshot(snap),
+                Err(e) => crate::error!("cannot save a snapshot", "error" => e),
+            }
+            n.wake.wake();
+        })
+        .detach();
+    }
+
+    /// A local snapshot's file is durable: the log is compacted below it (keeping catch-up
+    /// entries), then, once the WAL records it, older WAL segments and snapshot files go.
+    fn compact_after_snapshot(&mut self, snap: Snapshot) {
+        let (raft_index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+        if raft_index <= self.last_snapshot_index {
+            // A leader's snapshot, installed meanwhile, is newer.
+            return;
+        }
+        crate::info!("saved snapshot", "snapshot-index" => raft_index);
+        self.last_snapshot_index = raft_index;
         // Keep catch-up entries, but never more than one snapshot interval, so that a
         // small --snapshot-count bounds the log's memory as the user asked.
         let catch_up = SNAPSHOT_CATCH_UP_ENTRIES.min(self.options.snapshot_count);
-        let compact_to = applied
+        let compact_to = raft_index
             .saturating_sub(catch_up)
             .max(self.log.first_raft_index() - 1);
         self.log.compact(snap, compact_to);
         let wal = self.wal.clone();
         let dir = self.snapshot_dir.clone();
         glommio::spawn_local(async move {
-            let marker = WalRecord::Snapshot(wal::SnapshotMarker {
-                raft_index: applied,
-                term,
-            });
+            let marker = WalRecord::Snapshot(wal::SnapshotMarker { raft_index, term });
             if wal.append(vec![marker]).await.is_ok() {
                 if compact_to > 0 {
-                    let _ = wal.release_below(compact_to.min(applied)).await;
+                    let _ = wal.release_below(compact_to.min(raft_index)).await;
                 }
-                snapshot::purge(&dir, applied);
+                snapshot::purge(&dir, raft_index).await;
             }
         })
         .detach();
     }
 }
+
+/// Swaps the leader's database image for the snapshot `snap` in for the state machine's
+/// database (see `Node::install_snapshot`).
+async fn swap_in_snapshot_db(
+    dir: &std::path::Path,
+    snap: &Snapshot,
+    state: &Rc<RefCell<StateMachine>>,
+) -> Result<(), String> {
+    let raft_index = snap.get_metadata().index;
+    let image = snapshot::db_image_path(dir, raft_index);
+    // The .snap file first: the WAL marker the ready writes for this snapshot names it.
+    snapshot::save(dir, snap).await?;
+    let db_path = state.borrow().db_path();
+    state.borrow_mut().flush();
+    wait_backend_idle(state).await;
+    let (dir, target) = (dir.to_path_buf(), db_path.clone());
+    let store = snapshot::blocking(move || -> Result<KvStore<BtreeBackend>, String> {
+        if !image.exists() {
+            return Err(format!(
+                "the snapshot database {} is missing",
+                image.display()
+            ));
+        }
+        snapshot::install_db_image_blocking(&dir, raft_index, &target)?;
+        let backend = BtreeBackend::open(&target)
+            .map_err(|e| format!("cannot open {}: {e}", target.display()))?;
+        KvStore::open(backend).map_err(|e| format!("cannot load {}: {e}", target.display()))
+    })
+    .await?;
+    // A tick may have committed to the old backend meanwhile.
+    wait_backend_idle(state).await;
+    let old = state.borrow_mut().replace_store(store, raft_index)?;
+    // Unmapping and closing the old file is left to the blocking pool as well.
+    snapshot::blocking(move || drop(old)).await;
+    Ok(())
+}
+
+/// Until no backend writer job is in flight or wanted (the jobs run on the blocking pool).
+async fn wait_backend_idle(state: &Rc<RefCell<StateMachine>>) {
+    loop {
+        {
+            let mut state = state.borrow_mut();
+            state.poll_backend();
+            if !state.backend_is_busy() {
+                return;
+            }
+        }
+        glommio::timer::sleep(BACKEND_IDLE_POLL).await;
+    }
+}
+
+/// How often an install looks whether the backend's jobs have finished.
+const BACKEND_IDLE_POLL: Duration = Duration::from_millis(2);
