@@ -225,6 +225,7 @@ pub async fn open(
         last_snapshot_index,
         snapshot_dir,
         snapshot_work: SnapshotWork::default(),
+        handed_raft_index: applied,
         leader_transfers: Vec::new(),
         entries_written: 0,
         removed_at: None,

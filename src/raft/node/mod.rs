@@ -173,6 +173,9 @@ pub struct Node {
     snapshot_dir: PathBuf,
     /// Snapshot work in flight off the executor (`ready.rs`).
     snapshot_work: SnapshotWork,
+    /// The last raft index raft handed to apply (a committed entry or a snapshot); raft
+    /// is never told more is applied (`ready.rs`, `advance_applied`).
+    handed_raft_index: u64,
     leader_transfers: Vec<LeaderTransfer>,
     unsafe_local_reads: bool,
     /// Raft entries handed to the WAL since start (for entries-per-fsync).

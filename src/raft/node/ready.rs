@@ -146,6 +146,7 @@ impl Node {
                 crate::fatal!("cannot install the leader's snapshot", "error" => e);
             }
             let meta = snap.get_metadata();
+            n.handed_raft_index = meta.index;
             records.push(WalRecord::Snapshot(wal::SnapshotMarker {
                 raft_index: meta.index,
                 term: meta.term,
@@ -153,6 +154,9 @@ impl Node {
         }
         // 4. Committed entries.
         let committed = ready.take_committed_entries();
+        if let Some(last) = committed.last() {
+            n.handed_raft_index = last.index;
+        }
         n.apply_entries(committed);
         // 5. New entries and hard state: into the in-memory log now, the WAL in the background.
         let entries = ready.take_entries();
@@ -204,7 +208,10 @@ impl Node {
 
     /// Tells raft how far the state machine has applied. raft-rs requires applied ≤
     /// persisted: after installing a snapshot the state is ahead of the durable log until
-    /// the snapshot marker is in the WAL, so the rest is reported from step 7.
+    /// the snapshot marker is in the WAL, so the rest is reported from step 7. Never past
+    /// the last entry raft handed to apply: a snapshot's database may hold entries after
+    /// the snapshot's index, and raft must still hand those over (their conf changes and
+    /// member records live only in memory); apply skips their key writes.
     fn advance_applied(&mut self) {
         let log = &self.raw.raft.raft_log;
         let applied = self
@@ -212,7 +219,8 @@ impl Node {
             .borrow_mut()
             .raft_applied_index()
             .min(log.persisted)
-            .min(log.committed);
+            .min(log.committed)
+            .min(self.handed_raft_index);
         if applied > log.applied {
             self.raw.advance_apply_to(applied);
         }
