@@ -42,8 +42,9 @@ pub const FRAME_BYTES_MAX: usize = 64 << 20;
 /// Bytes of database image per snapshot chunk frame: also what a sender or receiver holds
 /// in memory for a snapshot at a time (one chunk being read or written, one on the wire).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-const _: () =
-    assert!(SNAPSHOT_CHUNK_BYTES % PAGE_BYTES == 0 && SNAPSHOT_CHUNK_BYTES < FRAME_BYTES_MAX);
+const _: () = assert!(
+    SNAPSHOT_CHUNK_BYTES.is_multiple_of(PAGE_BYTES) && SNAPSHOT_CHUNK_BYTES < FRAME_BYTES_MAX
+);
 /// Largest database image a member accepts (the head declares its size before any chunk).
 pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
 /// Snapshots a member receives at once; more are refused (the leader retries).
@@ -708,7 +709,7 @@ async fn receive_snapshot(
     }
     let (message, len) = head.split_at(head.len() - 8);
     let total = u64::from_be_bytes(len.try_into().expect("8 bytes"));
-    if total > SNAPSHOT_BYTES_MAX || total % PAGE_BYTES as u64 != 0 || total == 0 {
+    if total > SNAPSHOT_BYTES_MAX || !total.is_multiple_of(PAGE_BYTES as u64) || total == 0 {
         return Err(format!(
             "snapshot image of {total} bytes is not a whole number of pages up to {SNAPSHOT_BYTES_MAX}"
         ));

@@ -17,7 +17,8 @@
 //!   and --backend-batch-limit (10,000 entries): each commit also saves the consistent
 //!   index, so after a crash the WAL replays exactly the entries the backend lacks
 //!   (idempotent apply). Log compaction never releases WAL entries that only an
-//!   uncommitted backend batch holds: it first saves a snapshot file of the applied state.
+//!   uncommitted backend batch holds: a raft snapshot is saved only at an index the database
+//!   holds durably (`durable_consistent_index`), because the database is the snapshot.
 //!
 //! - Writes reach this struct only as committed raft entries (`src/raft/node/ready.rs` calls
 //!   [`StateMachine::apply_write`] with each entry's raft index); reads are answered
