@@ -2,8 +2,9 @@
 # Runs tern's whole test suite on a fresh machine.
 #
 # Installs what the end-to-end tests drive when it is missing (the real etcdctl 3.4.23 and
-# etcd 3.4.23 from Debian's etcd-client and etcd-server packages; python3 for the golden-transcript normaliser; the Python
-# etcd3 client on grpcio as the second client stack), then runs
+# etcd 3.4.23 from Debian's etcd-client and etcd-server packages; strace for the blocking-I/O
+# trace; python3 for the golden-transcript normaliser; the Python etcd3 client on grpcio as
+# the second client stack; shellcheck and iproute2 for the tuning/ scripts' tests), then runs
 # every test in the workspace and prints the test runner's summary.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -13,6 +14,11 @@ command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 # Real etcd: tern-bench's end-to-end tests run against it (TERN_REQUIRE_ETCD below).
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+# tests/tuning.rs: shellcheck over tuning/*.sh, and ip/tc for the network-namespace test.
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v tc >/dev/null 2>&1 || missing+=(iproute2)
+# strace: tests/no_blocking_io.rs traces tern's system calls per thread.
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]} with apt-get" >&2
     SUDO=""

@@ -153,3 +153,39 @@ fn defrag_shrinks_the_file_and_keeps_the_data() {
     assert_eq!(ok(&server, &["get", "keep", "--print-value-only"]), "me\n");
     assert_eq!(ok(&server, &["get", "big/", "--prefix", "--keys-only"]), "");
 }
+
+/// A commit-index-only hard state (raft's `must_sync` false) rides with the next WAL batch
+/// instead of costing an fdatasync of its own: sequential puts make one WAL fdatasync each,
+/// not two (the WAL statistics line logged at a clean stop counts them).
+#[test]
+fn sequential_puts_cost_one_wal_fdatasync_each() {
+    const PUTS: u64 = 40;
+    let mut server = TernServer::start();
+    ok(&server, &["put", "warmup", "x"]);
+    for i in 0..PUTS {
+        ok(&server, &["put", &format!("k{i}"), "v"]);
+    }
+    // Safety: kill(2) on the child we spawned, with a valid signal number.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.try_wait().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tern did not stop on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = server.log.lock().unwrap().join("\n");
+    let line = log
+        .lines()
+        .find(|l| l.contains("wal statistics"))
+        .unwrap_or_else(|| panic!("no WAL statistics in the log:\n{log}"));
+    let fdatasyncs = json_u64(line, "fdatasyncs");
+    // Startup (election, publishing this member, the cluster version) and the warm-up put
+    // sync a handful of batches; every put after that syncs exactly one.
+    let startup_allowance = 10;
+    assert!(
+        fdatasyncs <= PUTS + startup_allowance,
+        "{fdatasyncs} WAL fdatasyncs for {PUTS} sequential puts: {line}"
+    );
+}

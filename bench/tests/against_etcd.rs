@@ -1,7 +1,8 @@
 //! Runs every tern-bench subcommand briefly against a real etcd started on free loopback
 //! ports, and checks from the JSON output that each issued exactly its total without
-//! errors. Skipped (with a message) when `etcd` is not on PATH, unless
-//! TERN_REQUIRE_ETCD=1 makes that a failure.
+//! errors (and that `disturb` times a SIGSTOP'd etcd from the intended send times).
+//! Skipped (with a message) when `etcd` is not on PATH, unless TERN_REQUIRE_ETCD=1 makes
+//! that a failure.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -358,5 +359,72 @@ fn bad_flags_get_etcds_messages() {
     assert!(
         !ok && stderr.contains("cannot be set at the same time"),
         "{stderr}"
+    );
+}
+
+/// `disturb` keeps its schedule through a stall: etcd is stopped (SIGSTOP) for a second
+/// as the disturbance, and the run must still have sent every scheduled put (none
+/// skipped while the server was frozen), timed from its intended send time, so the
+/// slowest put took at least as long as the stop; the fdatasync probe must have run.
+#[test]
+fn disturb_measures_a_stall_from_the_intended_send_time() {
+    let Some(etcd) = start_etcd() else { return };
+    let pid = etcd.child.id().to_string();
+    let probe_dir = etcd.data_dir.clone();
+    let stall = format!("kill -STOP {pid}; sleep 1; kill -CONT {pid}");
+    let (ok, stdout, stderr) = bench(
+        &etcd.endpoint,
+        &[
+            "--conns",
+            "2",
+            "--clients",
+            "4",
+            "disturb",
+            "--rate",
+            "200",
+            "--warmup",
+            "500ms",
+            "--tail",
+            "500ms",
+            "--fsync-probe-dir",
+            probe_dir.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &stall,
+        ],
+    );
+    assert!(ok, "tern-bench disturb failed: {stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("json output");
+    let put = &doc["reports"][0];
+    let extra = &doc["extra"];
+    assert_eq!(put["name"], "put");
+    assert_eq!(put["errors_total"], 0, "{stdout}");
+    let sent = extra["puts_sent"].as_u64().unwrap();
+    let scheduled = extra["puts_scheduled"].as_u64().unwrap();
+    assert_eq!(put["count"].as_u64().unwrap(), sent);
+    // Each of the 4 workers may round its last slot up.
+    assert!(
+        sent.abs_diff(scheduled) <= 4,
+        "sent {sent} of {scheduled} scheduled: the load skipped its missed send times"
+    );
+    let (start, end) = (
+        extra["disturbance_start_s"].as_f64().unwrap(),
+        extra["disturbance_end_s"].as_f64().unwrap(),
+    );
+    assert!(end - start >= 1.0, "the disturbance took {start}..{end}");
+    assert!(
+        // The put meant to go out first after the stop began waited for all of it, less
+        // at most one send interval (5 ms at 200 puts/s).
+        put["slowest_s"].as_f64().unwrap() >= 0.9,
+        "a 1 s stop must show as a put of about 1 s: {stdout}"
+    );
+    assert!(extra["fsync_probe"]["count"].as_u64().unwrap() > 0);
+    assert!(
+        std::fs::read_dir(&probe_dir)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().contains("fsync-probe")),
+        "the probe file is left behind"
     );
 }

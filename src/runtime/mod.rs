@@ -9,6 +9,7 @@
 //! - No executor thread makes a blocking system call on a file (fsync, page writes): that
 //!   work goes to its blocking pool, whose threads are named `tern-blocking`.
 
+pub mod connect;
 pub mod placement;
 pub mod thread_name;
 pub mod wakeup;

@@ -256,9 +256,9 @@ fn start_state_executor(
                 let node = node.clone();
                 per_core.push(glommio::spawn_local(async move {
                     // The watch feed is attached before the core's first command.
-                    let feed = feed.connect().await;
+                    let feed = crate::runtime::connect::connect(feed.connect()).await;
                     state.borrow_mut().attach_watch_feed(core, feed);
-                    let commands = receiver.connect().await;
+                    let commands = crate::runtime::connect::connect(receiver.connect()).await;
                     while let Some(command) = commands.recv().await {
                         node.borrow_mut().submit(command);
                         let mut applied = 1;
@@ -339,7 +339,8 @@ fn start_network_executors(
                 // so the feed's receiving end must be connecting before we wait below.
                 let (context_tx, context_rx) = oneshot::channel();
                 glommio::spawn_local(watch_feed_task(feed, context_rx)).detach();
-                let state = StateClient::new(sender.connect().await);
+                let state =
+                    StateClient::new(crate::runtime::connect::connect(sender.connect()).await);
                 let _ = ready_tx.send(Ok(()));
                 let shutdown = ShutdownSignal::new();
                 let watch = Rc::new(WatchHub::new(
@@ -409,7 +410,7 @@ async fn watch_feed_task(
     feed: SharedReceiver<FeedMessage>,
     context: futures::channel::oneshot::Receiver<Rc<ServiceContext>>,
 ) {
-    let feed = feed.connect().await;
+    let feed = crate::runtime::connect::connect(feed.connect()).await;
     let Ok(context) = context.await else { return };
     let hub = context.watch.clone();
     glommio::spawn_local(hub.clone().run_sync_driver(context.clone())).detach();

@@ -1,6 +1,6 @@
 //! The subcommands, one file per family (kv: put, range, txn-put, txn-mixed; watch:
 //! watch, watch-latency, watch-get; lease: lease-keepalive; stm; mvcc: the local storage
-//! benchmark), and the closed-loop
+//! benchmark; disturb: put latency under a disturbance, open loop), and the closed-loop
 //! driver most of them share.
 //!
 //! Driver invariant: exactly `total` operations are issued across all workers; each
@@ -8,6 +8,7 @@
 //! rate limiter, times the call and records it in its own recorders (no lock on the
 //! hot path).
 
+mod disturb;
 mod kv;
 mod lease;
 mod mvcc;
@@ -48,6 +49,8 @@ pub enum Command {
     Stm(stm::StmArgs),
     /// Benchmark mvcc (tern's local storage, no server)
     Mvcc(mvcc::MvccArgs),
+    /// Put latency (open loop, from intended send time) while a disturbance happens
+    Disturb(disturb::DisturbArgs),
 }
 
 pub async fn run(command: Command, global: &Global, out: &mut Output) -> Result<(), BoxError> {
@@ -62,6 +65,7 @@ pub async fn run(command: Command, global: &Global, out: &mut Output) -> Result<
         Command::LeaseKeepalive(args) => lease::lease_keepalive(args, global, out).await,
         Command::Stm(args) => stm::stm(args, global, out).await,
         Command::Mvcc(args) => mvcc::mvcc(args, out),
+        Command::Disturb(args) => disturb::disturb(args, global, out).await,
     }
 }
 

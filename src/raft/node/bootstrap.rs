@@ -228,6 +228,7 @@ pub async fn open(
         handed_raft_index: applied,
         leader_transfers: Vec::new(),
         entries_written: 0,
+        unsynced_hard_state: None,
         removed_at: None,
         lease_forwards: VecDeque::new(),
         unsafe_local_reads: {

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use prost::Message as _;
-use raft::eraftpb::{ConfChange, Message};
+use raft::eraftpb::{ConfChange, HardState, Message};
 use raft::{RawNode, StateRole};
 use tern_storage::wal::Wal;
 
@@ -180,6 +180,12 @@ pub struct Node {
     unsafe_local_reads: bool,
     /// Raft entries handed to the WAL since start (for entries-per-fsync).
     entries_written: u64,
+    /// The newest hard state raft let us write without a sync (only its commit index
+    /// moved: `Ready::must_sync` is false). It rides along with the next WAL batch that
+    /// must sync anyway, so a commit-index update never costs a device flush of its own
+    /// (etcd's `raft.MustSync` does the same). Losing it in a crash is harmless: the
+    /// commit index is learned again from the log and the leader.
+    unsynced_hard_state: Option<HardState>,
     /// When this member applied its own removal.
     removed_at: Option<Instant>,
     /// Follower: Renew/TimeToLive waiting for a leader to forward to, with their deadline.

@@ -168,7 +168,17 @@ impl Node {
             n.state.borrow_mut().raft_term = hs.term;
             n.state.borrow_mut().raft_commit_index = hs.commit;
             n.log.set_hard_state(hs.clone());
-            records.push(log_store::wal_hard_state(hs));
+            if ready.must_sync() {
+                n.unsynced_hard_state = None;
+                records.push(log_store::wal_hard_state(hs));
+            } else {
+                n.unsynced_hard_state = Some(hs.clone());
+            }
+        }
+        if !records.is_empty() {
+            if let Some(hs) = n.unsynced_hard_state.take() {
+                records.push(log_store::wal_hard_state(&hs));
+            }
         }
         // 6. ReadIndex rounds that completed.
         for rs in ready.take_read_states() {
@@ -543,9 +553,17 @@ impl Node {
         self.log.compact(snap, compact_to);
         let wal = self.wal.clone();
         let dir = self.snapshot_dir.clone();
+        let unsynced_hard_state = self.unsynced_hard_state.take();
         glommio::spawn_local(async move {
             let marker = WalRecord::Snapshot(wal::SnapshotMarker { raft_index, term });
-            if wal.append(vec![marker]).await.is_ok() {
+            // The hard state covering the snapshot's index goes first: a restart must never
+            // find a snapshot marker past the durable commit index.
+            let mut records: Vec<WalRecord> = unsynced_hard_state
+                .iter()
+                .map(log_store::wal_hard_state)
+                .collect();
+            records.push(marker);
+            if wal.append(records).await.is_ok() {
                 if compact_to > 0 {
                     let _ = wal.release_below(compact_to.min(raft_index)).await;
                 }
