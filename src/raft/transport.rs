@@ -337,6 +337,15 @@ impl Transport {
         self.inbox.borrow_mut().drain(..).collect()
     }
 
+    /// Puts messages taken from the inbox back at its front, in order (the node defers
+    /// them to a later ready).
+    pub fn return_to_inbox(&self, messages: Vec<Message>) {
+        let mut inbox = self.inbox.borrow_mut();
+        for m in messages.into_iter().rev() {
+            inbox.push_front(m);
+        }
+    }
+
     /// Lease requests followers forwarded since the last call (the node answers them).
     pub fn take_lease_requests(&self) -> Vec<LeaseRequest> {
         std::mem::take(&mut *self.lease_requests.borrow_mut())

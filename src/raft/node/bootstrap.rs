@@ -226,6 +226,7 @@ pub async fn open(
         snapshot_dir,
         snapshot_work: SnapshotWork::default(),
         handed_raft_index: applied,
+        stepped_entry_bytes: 0,
         leader_transfers: Vec::new(),
         entries_written: 0,
         unsynced_hard_state: None,

@@ -176,6 +176,8 @@ pub struct Node {
     /// The last raft index raft handed to apply (a committed entry or a snapshot); raft
     /// is never told more is applied (`ready.rs`, `advance_applied`).
     handed_raft_index: u64,
+    /// Bytes of entries stepped into raft since the last ready (`ready.rs`).
+    stepped_entry_bytes: u64,
     leader_transfers: Vec<LeaderTransfer>,
     unsafe_local_reads: bool,
     /// Raft entries handed to the WAL since start (for entries-per-fsync).

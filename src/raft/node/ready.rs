@@ -79,11 +79,27 @@ pub async fn run(node: Rc<RefCell<Node>>) {
 impl Node {
     fn drain_transport(&mut self) {
         self.answer_forwarded_leases();
+        // Appends wait in the inbox once the next ready would carry more than
+        // READY_ENTRY_BYTES_MAX of new entries (its WAL append has a size limit, and an
+        // install pauses the loop while the leader keeps sending); other messages go on.
+        let mut deferred = Vec::new();
         for m in self.transport.take_inbox() {
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgAppend {
+                if !deferred.is_empty() || self.stepped_entry_bytes >= READY_ENTRY_BYTES_MAX {
+                    deferred.push(m);
+                    continue;
+                }
+                self.stepped_entry_bytes += m
+                    .entries
+                    .iter()
+                    .map(|e| e.data.len() as u64 + e.context.len() as u64)
+                    .sum::<u64>();
+            }
             if let Err(e) = self.raw.step(m) {
                 crate::debug!("raft dropped a peer message", "error" => e.to_string());
             }
         }
+        self.transport.return_to_inbox(deferred);
         for report in self.transport.take_reports() {
             match report {
                 Report::Unreachable(id) => self.raw.report_unreachable(id),
@@ -128,6 +144,7 @@ impl Node {
             return;
         }
         let mut ready = n.raw.ready();
+        n.stepped_entry_bytes = 0;
 
         // 1. Soft state.
         if let Some(ss) = ready.ss() {
@@ -623,6 +640,11 @@ async fn wait_backend_idle(state: &Rc<RefCell<StateMachine>>) {
         glommio::timer::sleep(BACKEND_IDLE_POLL).await;
     }
 }
+
+/// New entry bytes stepped into raft per ready, beyond which appends wait in the inbox:
+/// well below the WAL's per-append maximum (32 MiB), since one more append (at most
+/// `max_size_per_msg` plus one entry) may land after the check.
+const READY_ENTRY_BYTES_MAX: u64 = 8 << 20;
 
 /// How often an install looks whether the backend's jobs have finished.
 const BACKEND_IDLE_POLL: Duration = Duration::from_millis(2);
