@@ -227,6 +227,7 @@ pub async fn open(
         snapshot_work: SnapshotWork::default(),
         handed_raft_index: applied,
         stepped_entry_bytes: 0,
+        wal_bytes_in_flight: 0,
         leader_transfers: Vec::new(),
         entries_written: 0,
         unsynced_hard_state: None,

@@ -178,6 +178,8 @@ pub struct Node {
     handed_raft_index: u64,
     /// Bytes of entries stepped into raft since the last ready (`ready.rs`).
     stepped_entry_bytes: u64,
+    /// Bytes of WAL appends queued by the ready loop and not yet durable (`ready.rs`).
+    wal_bytes_in_flight: usize,
     leader_transfers: Vec<LeaderTransfer>,
     unsafe_local_reads: bool,
     /// Raft entries handed to the WAL since start (for entries-per-fsync).

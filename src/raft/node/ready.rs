@@ -139,6 +139,11 @@ impl Node {
         if n.snapshot_work.installing.is_some() {
             return;
         }
+        // The WAL is behind (a follower catching up fast): the next ready waits until an
+        // append is durable (that wakes this loop), so the WAL's queue never overflows.
+        if n.wal_bytes_in_flight >= WAL_IN_FLIGHT_BYTES_MAX {
+            return;
+        }
         if let Some(raft_index) = n.snapshot_to_install() {
             n.install_snapshot(node, raft_index);
             return;
@@ -211,6 +216,8 @@ impl Node {
         n.raw.advance_append_async(ready);
         // 7. After the WAL append (group commit): persisted state, then the messages that
         // depend on it. An empty append is a barrier, keeping `on_persist_ready` in order.
+        let wal_bytes = records.iter().map(WalRecord::frame_bytes).sum::<usize>();
+        n.wal_bytes_in_flight += wal_bytes;
         let durable = n.wal.append(records);
         let node_rc = node.clone();
         glommio::spawn_local(async move {
@@ -218,6 +225,7 @@ impl Node {
                 crate::fatal!("cannot write the WAL", "error" => e.to_string());
             }
             let mut n = node_rc.borrow_mut();
+            n.wal_bytes_in_flight -= wal_bytes;
             n.raw.on_persist_ready(number);
             n.advance_applied();
             n.send(persisted_messages);
@@ -645,6 +653,12 @@ async fn wait_backend_idle(state: &Rc<RefCell<StateMachine>>) {
 /// well below the WAL's per-append maximum (32 MiB), since one more append (at most
 /// `max_size_per_msg` plus one entry) may land after the check.
 const READY_ENTRY_BYTES_MAX: u64 = 8 << 20;
+
+/// Bytes of WAL appends queued and not yet durable beyond which no new ready is taken:
+/// half the WAL's queue limit (`WalOptions::queue_bytes_max`, 64 MiB), leaving room for one
+/// more ready of at most `READY_ENTRY_BYTES_MAX` and the small marker appends.
+const WAL_IN_FLIGHT_BYTES_MAX: usize = 32 << 20;
+const _: () = assert!(WAL_IN_FLIGHT_BYTES_MAX + 2 * READY_ENTRY_BYTES_MAX as usize <= 64 << 20);
 
 /// How often an install looks whether the backend's jobs have finished.
 const BACKEND_IDLE_POLL: Duration = Duration::from_millis(2);
