@@ -17,6 +17,12 @@
 //! 6. read states: ReadIndex rounds that completed;
 //! 7. once the WAL append is durable: `on_persist_ready`, then the persisted messages
 //!    (votes, append responses), which must never leave before their state is durable.
+//!
+//! A ready is not taken while a leader's snapshot is being installed (its database swap
+//! runs on the blocking pool first, `install_snapshot`), while `WAL_IN_FLIGHT_BYTES_MAX` of
+//! WAL appends wait to be durable, or while the backend is full; and at most
+//! `READY_ENTRY_BYTES_MAX` of appended entries are stepped into raft per ready. So one
+//! ready's WAL append stays within the WAL's limits however fast a follower catches up.
 
 use std::cell::RefCell;
 use std::rc::Rc;
