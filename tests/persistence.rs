@@ -1,7 +1,9 @@
 //! Checks that acknowledged writes survive a crash: drives the real tern binary with the real
 //! etcdctl (put, del, txn, compact), SIGKILLs it, restarts it on the same data dir, and
 //! compares every key, revision and HashKV with what was acknowledged before; also checks
-//! that `etcdctl defrag` works on the file-backed store and Status reports its size.
+//! that `etcdctl defrag` works on the file-backed store and Status reports its size; that
+//! sequential puts cost one WAL fdatasync each; and that a committed WAL entry that does not decode stops the member (fatal log line naming
+//! the raft index, non-zero exit) instead of being skipped.
 
 mod common;
 
@@ -152,6 +154,104 @@ fn defrag_shrinks_the_file_and_keeps_the_data() {
     server.kill_and_restart();
     assert_eq!(ok(&server, &["get", "keep", "--print-value-only"]), "me\n");
     assert_eq!(ok(&server, &["get", "big/", "--prefix", "--keys-only"]), "");
+}
+
+/// Appends one committed normal entry holding `envelope_bytes` to the data dir's WAL (with
+/// the WAL API, on a glommio executor of its own), and returns its raft index.
+fn append_committed_entry(data_dir: &std::path::Path, envelope_bytes: Vec<u8>) -> u64 {
+    use tern_storage::wal::{self, Wal, WalOptions, WalRecord};
+    let dir = wal::wal_dir(data_dir);
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let (log, recovered) = Wal::open(&dir, WalOptions::default()).await.unwrap();
+            let hs = recovered.hard_state.expect("a hard state");
+            let last = recovered.entries.last().expect("entries").raft_index;
+            let mut entry = raft::eraftpb::Entry::default();
+            entry.set_entry_type(raft::eraftpb::EntryType::EntryNormal);
+            entry.index = last + 1;
+            entry.term = hs.term;
+            entry.data = envelope_bytes.into();
+            let hard_state = WalRecord::HardState(wal::HardState {
+                commit: entry.index,
+                ..hs
+            });
+            log.append(vec![tern::raft::log_store::wal_record(&entry), hard_state])
+                .await
+                .unwrap();
+            log.close().await.unwrap();
+            entry.index
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// Starts tern with `args` and waits (up to a generous deadline) for it to exit.
+fn run_until_exit(args: &[String]) -> (std::process::ExitStatus, String) {
+    let mut child = std::process::Command::new(common::tern_binary())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tern");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tern kept running on a WAL with an undecodable committed entry");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    (status, log)
+}
+
+#[test]
+fn an_undecodable_committed_entry_stops_the_member() {
+    use prost::Message as _;
+    use tern::state::envelope::{Body, Envelope};
+    let put = |key: &str| {
+        Body::Put(tern::proto::etcdserverpb::PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: b"x".to_vec().into(),
+            ..Default::default()
+        })
+    };
+    // Bytes that are no protobuf at all, and a well-formed message with two requests in it
+    // (which prost alone would decode, keeping the last).
+    let mut two_bodies = Envelope::new(1, 1, put("a")).encode_to_vec();
+    two_bodies.extend(Envelope::new(0, 0, put("b")).encode_to_vec());
+    for (case, bytes) in [("garbage", vec![0xff; 12]), ("two bodies", two_bodies)] {
+        let mut server = TernServer::start();
+        ok(&server, &["put", "before", "1"]);
+        let args = server.kill();
+        let raft_index = append_committed_entry(&server.data_dir, bytes);
+        let (status, log) = run_until_exit(&args);
+        assert!(
+            !status.success(),
+            "{case}: tern exited with {status}; log:\n{log}"
+        );
+        let fatal = log
+            .lines()
+            .find(|l| l.contains("\"level\":\"fatal\""))
+            .unwrap_or_else(|| panic!("{case}: no fatal line; log:\n{log}"));
+        assert!(
+            fatal.contains("\"msg\":\"failed to decode a committed raft entry\"")
+                && fatal.contains(&format!("\"raft-index\":{raft_index}"))
+                && fatal.contains("\"entry-type\":\"EntryNormal\""),
+            "{case}: {fatal}"
+        );
+        assert!(
+            !log.contains("ready to serve client requests"),
+            "{case}: served clients past a corrupt entry; log:\n{log}"
+        );
+    }
 }
 
 /// A commit-index-only hard state (raft's `must_sync` false) rides with the next WAL batch

@@ -115,6 +115,10 @@ pub struct Transport {
     /// Snapshots being received now (bounded by `SNAPSHOT_RECEIVES_MAX`).
     receiving: Rc<Cell<usize>>,
     image_source: Option<ImageSource>,
+    /// The peer listening sockets `serve` accepts on, for `stop_listening`.
+    listener_fds: Vec<std::os::fd::OwnedFd>,
+    /// Set by `stop_listening`: accept errors after it end the accept loops.
+    stopped_listening: Rc<Cell<bool>>,
 }
 
 /// `http://host:port` → a socket address.
@@ -175,6 +179,8 @@ impl Transport {
             snapshot_dir: None,
             receiving: Rc::new(Cell::new(0)),
             image_source: None,
+            listener_fds: Vec::new(),
+            stopped_listening: Rc::new(Cell::new(false)),
         }
     }
 
@@ -193,8 +199,17 @@ impl Transport {
     }
 
     /// Starts accepting peer connections on `listeners`.
-    pub fn serve(&self, listeners: Vec<TcpListener>) {
+    pub fn serve(&mut self, listeners: Vec<std::net::TcpListener>) -> Result<(), String> {
+        use std::os::fd::{FromRawFd as _, IntoRawFd as _};
         for listener in listeners {
+            let kept = listener
+                .try_clone()
+                .map_err(|e| format!("cannot keep the peer listener: {e}"))?;
+            self.listener_fds.push(kept.into());
+            // Safety: the fd comes from a bound, listening std listener whose ownership
+            // `into_raw_fd` gives up, so the glommio listener is its only owner.
+            let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+            let stopped = self.stopped_listening.clone();
             let inbox = self.inbox.clone();
             let wake = self.node_wake.clone();
             let cluster_id = self.cluster_id.clone();
@@ -205,8 +220,11 @@ impl Transport {
             let receiving = self.receiving.clone();
             glommio::spawn_local(async move {
                 loop {
-                    let Ok(stream) = listener.accept().await else {
-                        continue;
+                    let stream = match listener.accept().await {
+                        Ok(stream) => stream,
+                        // `stop_listening` shut the socket down: every accept fails now.
+                        Err(_) if stopped.get() => break,
+                        Err(_) => continue,
                     };
                     let inbox = inbox.clone();
                     let wake = wake.clone();
@@ -232,6 +250,22 @@ impl Transport {
                 }
             })
             .detach();
+        }
+        Ok(())
+    }
+
+    /// Takes the peer listeners out of LISTEN now, as the process stops, so that a member
+    /// restarted at once can bind the port (SO_REUSEADDR allows that beside a socket that
+    /// no longer listens, not beside a listening one). Closing the fd is not enough: the
+    /// accept pending in io_uring holds the socket open until the ring is torn down, which
+    /// the kernel finishes only some time after the process has exited. shutdown(2) acts on
+    /// the socket itself and fails that accept.
+    pub fn stop_listening(&self) {
+        self.stopped_listening.set(true);
+        use std::os::fd::AsRawFd as _;
+        for fd in &self.listener_fds {
+            // Safety: shutdown(2) on a socket fd we own (a dup of the listener's).
+            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
         }
     }
 

@@ -28,7 +28,8 @@ use crate::mvcc::KvStore;
 use crate::proto::etcdserverpb as pb;
 use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{
-    claim_client_addrs, executor_listeners, into_glommio_listeners, serve_clients,
+    bind_lingering, claim_client_addrs, executor_listeners, into_glommio_listeners, serve_clients,
+    stop_listening,
 };
 use crate::service::watch::hub::WatchHub;
 use crate::service::{self, Limits, ServiceContext};
@@ -123,8 +124,8 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         feed_receivers,
         ready_tx,
     )?;
-    // Each network executor holds its own handle; the sockets close with the last of them.
-    drop(client_listeners);
+    // Each network executor holds its own handle; this one is kept to stop listening on
+    // the way out (`stop_listening`), whatever the executors' io_uring still holds.
 
     let mut startup_error = None;
     for _ in 0..network_executors.len() {
@@ -154,6 +155,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
                         for executor in network_executors {
                             let _ = executor.join();
                         }
+                        stop_listening(&client_listeners);
                         return Ok(());
                     }
                 }
@@ -187,6 +189,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     for executor in network_executors {
         let _ = executor.join();
     }
+    stop_listening(&client_listeners);
     let _ = state_executor.join();
     crate::info!("stopped serving client requests");
     Ok(())
@@ -294,6 +297,8 @@ fn start_state_executor(
             for task in per_core {
                 task.await;
             }
+            // Stopping: free the peer port for the next start before anything else.
+            node.borrow().transport.stop_listening();
             // A clean stop leaves everything applied in the backend file, so the next start
             // replays nothing from the WAL.
             state.borrow_mut().commit_backend();
@@ -378,11 +383,10 @@ fn start_network_executors(
 /// Fails early, before the store and the WAL open, if another process listens on a peer
 /// address. The raft node binds the address for real (without SO_REUSEPORT) when it starts,
 /// so a port taken in between still fails there; this only makes the usual case fail fast.
+/// A port a just-killed member's listener still holds is waited for, as for client ports.
 fn check_peer_addrs_free(addrs: &[std::net::SocketAddr]) -> Result<(), String> {
     for addr in addrs {
-        if let Err(e) = std::net::TcpListener::bind(addr) {
-            return Err(format!("listen tcp {addr}: bind: {e}"));
-        }
+        bind_lingering(addr, |a| std::net::TcpListener::bind(a))?;
     }
     Ok(())
 }

@@ -77,27 +77,36 @@ pub async fn serve_clients(
 /// --socket-reuse-port=false). There is no check-then-bind window in which two servers
 /// started at once could both pass a check and then share the port.
 ///
-/// A port still held by a server that was just killed is waited for, briefly: the kernel
-/// tears down a dead process's io_uring (and the accepts pending on its listener) after the
-/// process is reaped, so the old listening socket can outlive its process by a moment.
+/// A port still held by a server that was just killed is waited for (`bind_lingering`).
 pub fn claim_client_addrs(addrs: &[SocketAddr]) -> Result<Vec<OwnedFd>, String> {
     addrs
         .iter()
-        .map(|addr| {
-            let deadline = std::time::Instant::now() + LINGERING_LISTENER_WAIT;
-            loop {
-                match bind_listening(addr) {
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::AddrInUse
-                            && std::time::Instant::now() < deadline =>
-                    {
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                    }
-                    result => break result.map_err(|e| format!("listen tcp {addr}: bind: {e}")),
-                }
-            }
-        })
+        .map(|addr| bind_lingering(addr, bind_listening))
         .collect()
+}
+
+/// Binds with `bind`, waiting briefly while the address is in use. A server that stops
+/// cleanly shuts its listeners down before it exits (`stop_listening`), but one that was
+/// killed (SIGKILL) cannot: the kernel tears down its io_uring, and with it the accepts
+/// pending on its listener, only after the process is reaped, so the old listening socket
+/// can outlive its process by a moment. Seen without this wait: an immediate restart after
+/// kill -9 failed to bind its client or peer port in 3 of 12 tries.
+pub fn bind_lingering<T>(
+    addr: &SocketAddr,
+    bind: impl Fn(&SocketAddr) -> std::io::Result<T>,
+) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + LINGERING_LISTENER_WAIT;
+    loop {
+        match bind(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => break result.map_err(|e| format!("listen tcp {addr}: bind: {e}")),
+        }
+    }
 }
 
 /// How long startup waits for a port held by a listener whose process has already exited.
@@ -125,6 +134,19 @@ pub fn into_glommio_listeners(fds: Vec<OwnedFd>) -> Vec<TcpListener> {
         .collect()
 }
 
+/// Takes the claimed client sockets out of LISTEN, as the process stops, so that a server
+/// restarted at once can bind the port: SO_REUSEADDR allows a bind beside a socket that no
+/// longer listens, not beside a listening one. Closing our fds is not enough, because an
+/// accept pending in an executor's io_uring holds the socket open until the kernel has torn
+/// that ring down, which can finish after the process has exited. shutdown(2) acts on the
+/// socket itself (every dup shares it) and fails those accepts.
+pub fn stop_listening(claimed: &[OwnedFd]) {
+    for fd in claimed {
+        // Safety: shutdown(2) on a socket fd we own; it stays open until `claimed` drops.
+        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
 /// Accept backlog of the client listeners: a benchmark opens a thousand connections at once.
 const LISTEN_BACKLOG: libc::c_int = 1024;
 
@@ -138,8 +160,21 @@ fn bind_listening(addr: &SocketAddr) -> std::io::Result<OwnedFd> {
     } else {
         libc::AF_INET
     };
+    // Non-blocking from the start, and never switched back. glommio's accept first tries a
+    // synchronous accept(2) with O_NONBLOCK set on the file for the duration of the call,
+    // then restores the flags it read. Every network executor's listener is a dup of the
+    // same open file description, so those flags are shared: on a blocking socket, one
+    // executor could restore "blocking" while another was between its get and its accept,
+    // and that executor's thread then slept in accept(2) with its connections unserved
+    // until some other client connected (requests never answered, SIGTERM never handled).
     // Safety: plain socket(2) call; the fd is checked and owned below.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

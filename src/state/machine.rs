@@ -25,6 +25,7 @@
 //!   directly. The raft node keeps `raft_term`, `leader_id` and `raft_commit_index`
 //!   current and flushes once per ready.
 
+mod expensive;
 mod leases;
 
 pub use leases::{run_lease_timer, LeaseProposal};
@@ -37,6 +38,7 @@ use crate::proto::etcdserverpb as pb;
 use crate::state::change_waiters::ChangeWaiters;
 use crate::state::client::Command;
 use crate::state::client::Reply;
+use expensive::{warn_if_expensive, ExpensiveRequest};
 
 /// etcd's --backend-batch-interval and --backend-batch-limit defaults: how long and how
 /// many applied entries the backend may hold before it commits (the WAL already has them).
@@ -491,12 +493,21 @@ impl StateMachine {
 
     /// Applies one command and sends its reply. A closed reply channel (the client went
     /// away) is not an error: the write, if any, is applied all the same, as in etcd.
+    /// Requests (reads and committed writes) that take longer than etcd's limit log its
+    /// "apply request took too long" (`expensive`).
     pub fn handle(&mut self, command: Command) {
+        let started = std::time::Instant::now();
         match command {
             Command::Range(req, reply) => {
                 let res = self.store.range(&req).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
+                });
+                warn_if_expensive(started.elapsed(), || ExpensiveRequest {
+                    prefix: "read-only range ",
+                    request: expensive::range_text(&req),
+                    response: expensive::range_response(&res),
+                    error: res.as_ref().err(),
                 });
                 self.reply(reply, res);
             }
@@ -507,6 +518,12 @@ impl StateMachine {
                     r
                 });
                 self.after_write();
+                warn_if_expensive(started.elapsed(), || ExpensiveRequest {
+                    prefix: "",
+                    request: expensive::put_text(&req),
+                    response: expensive::write_response(&res),
+                    error: res.as_ref().err(),
+                });
                 self.reply(reply, res);
             }
             Command::DeleteRange(req, reply) => {
@@ -516,15 +533,34 @@ impl StateMachine {
                     r
                 });
                 self.after_write();
+                warn_if_expensive(started.elapsed(), || ExpensiveRequest {
+                    prefix: "",
+                    request: expensive::delete_range_text(&req),
+                    response: expensive::write_response(&res),
+                    error: res.as_ref().err(),
+                });
                 self.reply(reply, res);
             }
             Command::Txn(req, reply) => {
+                // Outside a raft entry a txn is one that only reads (served as a read).
+                let read_only = !self.applying_raft_entry;
                 self.advance_applied_index();
                 let res = self.store.txn(&req, &self.lessor).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
                 });
                 self.after_write();
+                warn_if_expensive(started.elapsed(), || ExpensiveRequest {
+                    // etcd 3.4 logs read-only txns with the range prefix too.
+                    prefix: if read_only { "read-only range " } else { "" },
+                    request: expensive::txn_text(&req, read_only),
+                    response: if read_only {
+                        expensive::read_only_txn_response(&res)
+                    } else {
+                        expensive::write_response(&res)
+                    },
+                    error: res.as_ref().err(),
+                });
                 self.reply(reply, res);
             }
             Command::Compact(req, reply) => {
@@ -532,6 +568,12 @@ impl StateMachine {
                 let res = self.store.compact(&req).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
+                });
+                warn_if_expensive(started.elapsed(), || ExpensiveRequest {
+                    prefix: "",
+                    request: expensive::compaction_text(&req),
+                    response: expensive::write_response(&res),
+                    error: res.as_ref().err(),
                 });
                 self.reply(reply, res);
             }
@@ -564,13 +606,17 @@ impl StateMachine {
                 // etcd answers Alarm without a response header (its JSON is `{}` when
                 // no alarm is raised).
                 let alarms = self.alarm(req);
-                self.reply(
-                    reply,
-                    Ok(pb::AlarmResponse {
-                        header: None,
-                        alarms,
-                    }),
-                );
+                let res = Ok(pb::AlarmResponse {
+                    header: None,
+                    alarms,
+                });
+                warn_if_expensive(started.elapsed(), || ExpensiveRequest {
+                    prefix: "",
+                    request: expensive::alarm_text(&req),
+                    response: expensive::write_response(&res),
+                    error: None,
+                });
+                self.reply(reply, res);
             }
             Command::MemberAdd(..)
             | Command::MemberRemove(..)
@@ -613,7 +659,21 @@ impl StateMachine {
                 };
                 self.reply(reply, res);
             }
-            Command::Lease(command) => self.handle_lease(command, std::time::Instant::now()),
+            Command::Lease(command) => {
+                // Grants and revokes are entries; their requests are kept (small `Copy`
+                // values) before the command moves. The response is answered inside
+                // `handle_lease`, so the warning leaves it empty.
+                let entry = expensive::LeaseEntry::of(&command);
+                self.handle_lease(command, started);
+                if let Some(entry) = entry {
+                    warn_if_expensive(started.elapsed(), || ExpensiveRequest {
+                        prefix: "",
+                        request: entry.text(),
+                        response: String::new(),
+                        error: None,
+                    });
+                }
+            }
             Command::WaitChange(wait) => self.waiters.register(wait, &self.store),
             Command::WatchSync(req, reply) => {
                 let header = self.header(0);

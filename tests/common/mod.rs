@@ -154,21 +154,60 @@ pub fn stderr(output: &Output) -> String {
 }
 
 impl TernServer {
+    /// Kills the server with SIGKILL and returns the arguments it was started with. The data
+    /// dir stays (until drop), for a test to inspect or change before starting it again.
+    pub fn kill(&mut self) -> Vec<String> {
+        let args = self.arguments();
+        self.child.kill().expect("SIGKILL tern");
+        self.child.wait().expect("reap tern");
+        args
+    }
+
+    /// Stops the server with SIGTERM (its clean shutdown path), waits for it to exit, and
+    /// starts the same binary again at once with the same arguments (same ports and data
+    /// dir), as an operator's restart does: nothing waits for the ports in between. Panics
+    /// with the server's log if it did not exit cleanly or does not become ready again.
+    pub fn stop_and_restart(&mut self) {
+        let args = self.arguments();
+        // Safety: kill(2) on the pid of our own child, which has not been reaped yet.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) },
+            0
+        );
+        let status = self.child.wait().expect("reap tern");
+        assert!(
+            status.success(),
+            "tern did not stop cleanly ({status}); log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
+        let (child, log, ready_rx) = spawn_logged(Command::new(tern_binary()).args(&args));
+        self.child = child;
+        self.log = log;
+        if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
+            panic!(
+                "tern did not become ready after a clean restart; log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+        }
+    }
+
+    /// The arguments the running server was started with.
+    fn arguments(&self) -> Vec<String> {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.child.id()))
+            .expect("read the server's command line");
+        let cmdline = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
+        cmdline
+            .split(|b| *b == 0)
+            .skip(1)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
     /// Kills the server with SIGKILL (no shutdown path runs), then starts the same binary
     /// again with the same arguments (so the same ports and data dir) and waits until it
     /// serves. The data dir is kept: this is how tests check what survives a crash.
     pub fn kill_and_restart(&mut self) {
-        // The exact arguments it was started with, NUL-separated.
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.child.id()))
-            .expect("read the server's command line");
-        let cmdline = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .skip(1)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        self.child.kill().expect("SIGKILL tern");
-        self.child.wait().expect("reap tern");
+        let args = self.kill();
         // The kernel releases sockets that io_uring still referenced a moment after the
         // process is gone; wait until the client port can be bound again.
         let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;

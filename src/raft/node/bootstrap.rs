@@ -46,13 +46,9 @@ fn bootstrap_entry(raft_index: u64, member: &MemberRecord) -> Entry {
         ConfChangeType::AddNode
     });
     cc.node_id = member.id;
-    cc.context = Envelope {
-        member: Some(member.clone()),
-        member_op: MemberOp::Add as i32,
-        ..Default::default()
-    }
-    .encode_to_vec()
-    .into();
+    cc.context = Envelope::member(0, 0, MemberOp::Add, member.clone())
+        .encode_to_vec()
+        .into();
     let mut e = Entry::default();
     e.set_entry_type(EntryType::EntryConfChange);
     e.term = 1;
@@ -62,6 +58,22 @@ fn bootstrap_entry(raft_index: u64, member: &MemberRecord) -> Entry {
         .expect("encoding a ConfChange cannot fail")
         .into();
     e
+}
+
+/// Whether the test asked to break linearizable reads (see `UNSAFE_LOCAL_READS_ENV`).
+#[cfg(feature = "test-hooks")]
+fn unsafe_local_reads_requested() -> bool {
+    let on = std::env::var(UNSAFE_LOCAL_READS_ENV).is_ok_and(|v| v == "1");
+    if on {
+        crate::warn!("linearizable reads are deliberately broken for a test", "env" => UNSAFE_LOCAL_READS_ENV);
+    }
+    on
+}
+
+/// A build without the `test-hooks` feature (every release build) has no such switch.
+#[cfg(not(feature = "test-hooks"))]
+fn unsafe_local_reads_requested() -> bool {
+    false
 }
 
 /// Opens (or creates) this member's WAL and snapshot, and builds its raft node.
@@ -201,6 +213,7 @@ pub async fn open(
             .map_err(|_| "the state machine is busy".to_string())?
             .export_db()
     }));
+    let heartbeat_interval = std::time::Duration::from_millis(options.heartbeat_interval_ms);
     Ok(Node {
         id: member_id,
         cluster_id,
@@ -233,13 +246,9 @@ pub async fn open(
         unsynced_hard_state: None,
         removed_at: None,
         lease_forwards: VecDeque::new(),
-        unsafe_local_reads: {
-            let on = std::env::var(UNSAFE_LOCAL_READS_ENV).is_ok_and(|v| v == "1");
-            if on {
-                crate::warn!("linearizable reads are deliberately broken for a test", "env" => UNSAFE_LOCAL_READS_ENV);
-            }
-            on
-        },
+        heartbeats: super::slow_disk::HeartbeatDetector::new(heartbeat_interval),
+        slow_fdatasync: Default::default(),
+        unsafe_local_reads: unsafe_local_reads_requested(),
     })
 }
 
@@ -281,16 +290,13 @@ async fn force_new_cluster(member_id: u64, log: &LogStore, wal: &Wal) -> Result<
         let mut cc = ConfChange::default();
         cc.set_change_type(ConfChangeType::RemoveNode);
         cc.node_id = id;
-        cc.context = Envelope {
-            member: Some(MemberRecord {
-                id,
-                ..Default::default()
-            }),
-            member_op: MemberOp::Remove as i32,
+        let removed = MemberRecord {
+            id,
             ..Default::default()
-        }
-        .encode_to_vec()
-        .into();
+        };
+        cc.context = Envelope::member(0, 0, MemberOp::Remove, removed)
+            .encode_to_vec()
+            .into();
         let mut e = Entry::default();
         e.set_entry_type(EntryType::EntryConfChange);
         e.term = term;
@@ -337,11 +343,12 @@ pub async fn start(
         // after a crash can bind its peer port while old connections sit in TIME_WAIT.
         let std_listener = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
-        use std::os::fd::{FromRawFd as _, IntoRawFd as _};
-        // Safety: the fd comes from a bound, listening std listener whose ownership
-        // `into_raw_fd` gives up, so the glommio listener is its only owner.
-        listeners
-            .push(unsafe { glommio::net::TcpListener::from_raw_fd(std_listener.into_raw_fd()) });
+        // glommio's accept assumes a non-blocking socket (it tries a synchronous accept(2)
+        // first); a blocking one could put the executor thread to sleep in the kernel.
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("listen tcp {addr}: {e}"))?;
+        listeners.push(std_listener);
     }
     let wal_dir = wal::wal_dir(&options.data_dir);
     let mut known_members = Vec::new();
@@ -364,7 +371,7 @@ pub async fn start(
     let wake = Rc::new(Wakeup::default());
     let mut transport = Transport::new(identity.member_id, identity.cluster_id, wake.clone());
     transport.set_snapshot_dir(snap_dir(&options.data_dir));
-    transport.serve(listeners);
+    transport.serve(listeners)?;
     // A joining member must be able to answer the leader before its log tells it who the
     // members are.
     for m in known_members {

@@ -14,7 +14,7 @@ use crate::error::EtcdError;
 use crate::membership::cluster::MemberRecord;
 use crate::proto::etcdserverpb as pb;
 use crate::raft::transport;
-use crate::state::envelope::{Envelope, MemberOp};
+use crate::state::envelope::{Body, Envelope, MemberOp};
 
 use super::*;
 
@@ -40,14 +40,7 @@ impl Node {
         reply: MemberReply,
     ) {
         let request_id = self.new_request_id();
-        let env = Envelope {
-            request_id,
-            origin_member_id: self.id,
-            member: Some(member.clone()),
-            member_op: op as i32,
-            ..Default::default()
-        };
-        let data = env.encode_to_vec();
+        let data = Envelope::member(request_id, self.id, op, member.clone()).encode_to_vec();
         let conf_change = match op {
             MemberOp::Add | MemberOp::Remove | MemberOp::Promote => {
                 // The member rides in the ConfChange's own context, so that it is in the
@@ -291,18 +284,17 @@ impl Node {
             self.publish_proposed_at = Some(now);
             let identity = self.state.borrow_mut().identity().clone();
             let request_id = self.new_request_id();
-            let env = Envelope {
+            let env = Envelope::member(
                 request_id,
-                origin_member_id: self.id,
-                member: Some(MemberRecord {
+                self.id,
+                MemberOp::Publish,
+                MemberRecord {
                     id: self.id,
                     name: identity.name.clone(),
                     client_urls: identity.client_urls.clone(),
                     ..Default::default()
-                }),
-                member_op: MemberOp::Publish as i32,
-                ..Default::default()
-            };
+                },
+            );
             self.propose(request_id, env.encode_to_vec(), None, Waiter::Publish);
         }
         if self.is_leader()
@@ -314,12 +306,11 @@ impl Node {
             self.version_proposed_at = Some(now);
             crate::info!("setting up initial cluster version", "cluster-version" => "3.4");
             let request_id = self.new_request_id();
-            let env = Envelope {
+            let env = Envelope::new(
                 request_id,
-                origin_member_id: self.id,
-                cluster_version: "3.4.0".to_string(),
-                ..Default::default()
-            };
+                self.id,
+                Body::ClusterVersion("3.4.0".to_string()),
+            );
             self.propose(
                 request_id,
                 env.encode_to_vec(),
@@ -330,15 +321,35 @@ impl Node {
     }
 
     pub(super) fn apply_conf_change(&mut self, raft_index: u64, data: &[u8]) {
+        // An undecodable conf change stops the member, as etcd's `MustUnmarshal` does:
+        // skipping it would leave this member with another configuration than the rest.
         let cc = match ConfChange::parse_from_bytes(data) {
             Ok(cc) => cc,
-            Err(e) => {
-                crate::error!("skipping an undecodable ConfChange", "raft-index" => raft_index, "error" => e.to_string());
-                self.mark_applied(raft_index);
-                return;
-            }
+            Err(e) => crate::fatal!(
+                "failed to decode a committed raft entry",
+                "raft-index" => raft_index,
+                "entry-type" => "EntryConfChange",
+                "error" => e.to_string()
+            ),
         };
-        let env = Envelope::decode(&cc.context[..]).unwrap_or_default();
+        let env = match Envelope::decode_entry(&cc.context[..]) {
+            Ok(env) => env,
+            Err(e) => crate::fatal!(
+                "failed to decode a committed raft entry",
+                "raft-index" => raft_index,
+                "entry-type" => "EntryConfChange",
+                "error" => format!("conf change context: {e}")
+            ),
+        };
+        let member = match env.body {
+            Some(Body::Member(member)) if member.id == cc.node_id => member,
+            _ => crate::fatal!(
+                "failed to decode a committed raft entry",
+                "raft-index" => raft_index,
+                "entry-type" => "EntryConfChange",
+                "error" => "conf change context carries no member of the changed node id"
+            ),
+        };
         let waiter = if env.origin_member_id == self.id && env.request_id != 0 {
             self.pending.remove(&env.request_id).map(|p| p.waiter)
         } else {
@@ -357,7 +368,6 @@ impl Node {
             Ok(cs) => self.log.set_conf_state(cs),
             Err(e) => crate::warn!("raft refused a ConfChange", "error" => e.to_string()),
         }
-        let member = env.member.unwrap_or_default();
         match cc.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                 let is_learner = cc.get_change_type() == ConfChangeType::AddLearnerNode;
@@ -386,6 +396,7 @@ impl Node {
             ConfChangeType::RemoveNode => {
                 self.membership.remove(cc.node_id);
                 self.transport.remove_peer(cc.node_id);
+                self.heartbeats.forget(cc.node_id);
                 crate::info!("removed member", "removed-member-id" => format!("{:x}", cc.node_id));
                 if cc.node_id == self.id {
                     crate::warn!("the member has been permanently removed from the cluster");

@@ -14,7 +14,8 @@
 //! - [`membership`]: member add/remove/update/promote, MoveLeader, publishing this
 //!   member's attributes, and applying conf changes;
 //! - [`lease_forward`]: lease work of the leader and the forwarding of keep-alives and
-//!   TimeToLive from followers to the leader.
+//!   TimeToLive from followers to the leader;
+//! - [`slow_disk`]: etcd's "slow fdatasync" and late-heartbeat warnings.
 //!
 //! Invariants:
 //! - nothing is answered before the entry carrying it is committed and applied;
@@ -27,6 +28,7 @@ mod bootstrap;
 mod lease_forward;
 mod membership;
 mod ready;
+mod slow_disk;
 
 pub use bootstrap::{open, snap_dir, start};
 pub use lease_forward::LEASE_FORWARDS_MAX;
@@ -51,8 +53,8 @@ use crate::proto::etcdserverpb as pb;
 use crate::raft::log_store::LogStore;
 use crate::raft::transport::Transport;
 use crate::runtime::Wakeup;
-use crate::state::client::Command;
-use crate::state::envelope::Envelope;
+use crate::state::client::{Command, Reply};
+use crate::state::envelope::{Body, Envelope};
 use crate::state::machine::StateMachine;
 use crate::state::LeaseCommand;
 use membership::LeaderTransfer;
@@ -98,7 +100,7 @@ pub enum MemberReply {
 }
 
 enum Waiter {
-    Write(Command),
+    Write(WriteReply),
     Member(MemberReply),
     /// This member's own attribute publish.
     Publish,
@@ -181,6 +183,7 @@ pub struct Node {
     /// Bytes of WAL appends queued by the ready loop and not yet durable (`ready.rs`).
     wal_bytes_in_flight: usize,
     leader_transfers: Vec<LeaderTransfer>,
+    /// `UNSAFE_LOCAL_READS_ENV` (always false without the `test-hooks` feature).
     unsafe_local_reads: bool,
     /// Raft entries handed to the WAL since start (for entries-per-fsync).
     entries_written: u64,
@@ -194,12 +197,19 @@ pub struct Node {
     removed_at: Option<Instant>,
     /// Follower: Renew/TimeToLive waiting for a leader to forward to, with their deadline.
     lease_forwards: VecDeque<(Command, Instant)>,
+    /// Leader: heartbeats to each follower, for etcd's late-heartbeat warning.
+    heartbeats: slow_disk::HeartbeatDetector,
+    /// The last WAL batch checked for etcd's "slow fdatasync" warning.
+    slow_fdatasync: slow_disk::SlowFdatasync,
 }
 
 /// Set to `1` in a member's environment, this deliberately breaks linearizable reads:
 /// they are served from local state without ReadIndex. It exists only so that
 /// tests/raft_cluster.rs can show that its linearizability checker catches stale reads;
-/// the server warns loudly when it is set.
+/// the server warns loudly when it is set. Only a build with the `test-hooks` cargo
+/// feature reads it (the tests' build: Cargo.toml's self dev-dependency turns it on), so
+/// a release binary ignores it.
+#[cfg(feature = "test-hooks")]
 pub const UNSAFE_LOCAL_READS_ENV: &str = "TERN_TEST_UNSAFE_LOCAL_READS";
 
 fn fail(command: Command, e: EtcdError) {
@@ -252,61 +262,92 @@ fn txn_reads(req: &pb::TxnRequest) -> (bool, bool) {
     (read_only, serializable)
 }
 
-/// The envelope of a write command (without ids).
-fn write_envelope(command: &Command) -> Envelope {
-    let mut env = Envelope::default();
+/// Who waits for a proposed write: the reply half of the client's command. The request
+/// itself goes into the entry, and every member, this one included, applies what the
+/// committed entry's bytes say (`write_command`), never this member's copy of it.
+pub(super) enum WriteReply {
+    Put(Reply<pb::PutResponse>),
+    DeleteRange(Reply<pb::DeleteRangeResponse>),
+    Txn(Reply<pb::TxnResponse>),
+    Compact(Reply<pb::CompactionResponse>),
+    Alarm(Reply<pb::AlarmResponse>),
+    LeaseGrant(Reply<pb::LeaseGrantResponse>),
+    LeaseRevoke(Reply<pb::LeaseRevokeResponse>),
+    LeaseCheckpoint(Reply<()>),
+}
+
+impl WriteReply {
+    fn fail(self, e: EtcdError) {
+        match self {
+            WriteReply::Put(r) => drop(r.send(Err(e))),
+            WriteReply::DeleteRange(r) => drop(r.send(Err(e))),
+            WriteReply::Txn(r) => drop(r.send(Err(e))),
+            WriteReply::Compact(r) => drop(r.send(Err(e))),
+            WriteReply::Alarm(r) => drop(r.send(Err(e))),
+            WriteReply::LeaseGrant(r) => drop(r.send(Err(e))),
+            WriteReply::LeaseRevoke(r) => drop(r.send(Err(e))),
+            WriteReply::LeaseCheckpoint(r) => drop(r.send(Err(e))),
+        }
+    }
+}
+
+/// Splits a write command into the body its entry carries and the reply that waits for it.
+fn split_write(command: Command) -> (Body, WriteReply) {
     match command {
-        Command::Put(req, _) => env.put = Some(req.clone()),
-        Command::DeleteRange(req, _) => env.delete_range = Some(req.clone()),
-        Command::Txn(req, _) => env.txn = Some(req.clone()),
-        Command::Compact(req, _) => env.compaction = Some(*req),
-        Command::Alarm(req, _) => env.alarm = Some(*req),
-        Command::Lease(LeaseCommand::Grant(req, _)) => env.lease_grant = Some(*req),
-        Command::Lease(LeaseCommand::Revoke(req, _)) => env.lease_revoke = Some(*req),
-        Command::Lease(LeaseCommand::Checkpoint(batch, _)) => {
-            env.lease_checkpoint = Some(batch.clone())
+        Command::Put(req, r) => (Body::Put(req), WriteReply::Put(r)),
+        Command::DeleteRange(req, r) => (Body::DeleteRange(req), WriteReply::DeleteRange(r)),
+        Command::Txn(req, r) => (Body::Txn(req), WriteReply::Txn(r)),
+        Command::Compact(req, r) => (Body::Compaction(req), WriteReply::Compact(r)),
+        Command::Alarm(req, r) => (Body::Alarm(req), WriteReply::Alarm(r)),
+        Command::Lease(LeaseCommand::Grant(req, r)) => {
+            (Body::LeaseGrant(req), WriteReply::LeaseGrant(r))
+        }
+        Command::Lease(LeaseCommand::Revoke(req, r)) => {
+            (Body::LeaseRevoke(req), WriteReply::LeaseRevoke(r))
+        }
+        Command::Lease(LeaseCommand::Checkpoint(batch, r)) => {
+            (Body::LeaseCheckpoint(batch), WriteReply::LeaseCheckpoint(r))
         }
         _ => unreachable!("only writes are proposed"),
     }
-    env
 }
 
-/// A command for a write that no local client waits for (replay, or another member's).
-fn detached_command(env: Envelope) -> Option<Command> {
-    if let Some(req) = env.put {
-        return Some(Command::Put(req, oneshot::channel().0));
+/// The command the state machine applies for a committed write `body`, answered to
+/// `reply` when this member's client waits for it. Returns the reply back if it does not
+/// fit the body (it waits for some other request), and `None` for bodies that are not
+/// key-space writes (members, cluster version).
+fn write_command(body: Body, reply: Option<WriteReply>) -> Option<(Command, Option<WriteReply>)> {
+    // Attaches the waiting reply if it is of the body's kind, else a reply nobody reads.
+    macro_rules! attach {
+        ($variant:ident, |$r:ident| $make:expr) => {
+            match reply {
+                Some(WriteReply::$variant($r)) => ($make, None),
+                other => {
+                    let $r = oneshot::channel().0;
+                    ($make, other)
+                }
+            }
+        };
     }
-    if let Some(req) = env.delete_range {
-        return Some(Command::DeleteRange(req, oneshot::channel().0));
-    }
-    if let Some(req) = env.txn {
-        return Some(Command::Txn(req, oneshot::channel().0));
-    }
-    if let Some(req) = env.compaction {
-        return Some(Command::Compact(req, oneshot::channel().0));
-    }
-    if let Some(req) = env.alarm {
-        return Some(Command::Alarm(req, oneshot::channel().0));
-    }
-    if let Some(req) = env.lease_grant {
-        return Some(Command::Lease(LeaseCommand::Grant(
-            req,
-            oneshot::channel().0,
-        )));
-    }
-    if let Some(req) = env.lease_revoke {
-        return Some(Command::Lease(LeaseCommand::Revoke(
-            req,
-            oneshot::channel().0,
-        )));
-    }
-    if let Some(batch) = env.lease_checkpoint {
-        return Some(Command::Lease(LeaseCommand::Checkpoint(
-            batch,
-            oneshot::channel().0,
-        )));
-    }
-    None
+    Some(match body {
+        Body::Put(req) => attach!(Put, |r| Command::Put(req, r)),
+        Body::DeleteRange(req) => attach!(DeleteRange, |r| Command::DeleteRange(req, r)),
+        Body::Txn(req) => attach!(Txn, |r| Command::Txn(req, r)),
+        Body::Compaction(req) => attach!(Compact, |r| Command::Compact(req, r)),
+        Body::Alarm(req) => attach!(Alarm, |r| Command::Alarm(req, r)),
+        Body::LeaseGrant(req) => {
+            attach!(LeaseGrant, |r| Command::Lease(LeaseCommand::Grant(req, r)))
+        }
+        Body::LeaseRevoke(req) => {
+            attach!(LeaseRevoke, |r| Command::Lease(LeaseCommand::Revoke(
+                req, r
+            )))
+        }
+        Body::LeaseCheckpoint(batch) => attach!(LeaseCheckpoint, |r| Command::Lease(
+            LeaseCommand::Checkpoint(batch, r)
+        )),
+        Body::Member(_) | Body::ClusterVersion(_) => return None,
+    })
 }
 
 impl Node {
@@ -415,16 +456,10 @@ impl Node {
     }
 
     fn propose_write(&mut self, command: Command) {
-        let mut env = write_envelope(&command);
+        let (body, reply) = split_write(command);
         let request_id = self.new_request_id();
-        env.request_id = request_id;
-        env.origin_member_id = self.id;
-        self.propose(
-            request_id,
-            env.encode_to_vec(),
-            None,
-            Waiter::Write(command),
-        );
+        let env = Envelope::new(request_id, self.id, body);
+        self.propose(request_id, env.encode_to_vec(), None, Waiter::Write(reply));
     }
 
     fn propose(
@@ -477,7 +512,7 @@ impl Node {
 
     fn answer_error(&mut self, waiter: Waiter, e: EtcdError) {
         match waiter {
-            Waiter::Write(command) => fail(command, e),
+            Waiter::Write(reply) => reply.fail(e),
             Waiter::Member(reply) => fail_member(reply, e),
             Waiter::Publish => self.publish_proposed_at = None,
             Waiter::ClusterVersion => self.version_proposed_at = None,
@@ -602,6 +637,7 @@ impl Node {
                 return;
             }
         }
+        self.heartbeats.warn(&messages, Instant::now());
         self.transport.send(messages);
     }
 
@@ -616,5 +652,47 @@ impl Node {
             "entries-per-fsync" => format!("{per_fsync:.2}"),
             "bytes-written" => stats.bytes_written
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Checks how a committed write's body and a waiting client's reply meet: the command
+    //! applied is built from the body alone, and a reply of another kind is handed back.
+    use super::*;
+
+    fn put(key: &str) -> pb::PutRequest {
+        pb::PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: b"v".to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_applied_request_comes_from_the_entry_and_the_reply_from_the_waiter() {
+        let (tx, mut rx) = oneshot::channel();
+        let (body, reply) = split_write(Command::Put(put("client"), tx));
+        assert!(matches!(&body, Body::Put(req) if &req.key[..] == b"client"));
+        // What the log says wins, whatever this member kept in memory.
+        let (command, unfit) = write_command(Body::Put(put("from-log")), Some(reply)).unwrap();
+        assert!(unfit.is_none());
+        let Command::Put(req, r) = command else {
+            panic!("a put")
+        };
+        assert_eq!(&req.key[..], b"from-log");
+        let _ = r.send(Ok(pb::PutResponse::default()));
+        assert!(matches!(rx.try_recv(), Ok(Some(Ok(_)))));
+    }
+
+    #[test]
+    fn a_reply_of_another_kind_is_handed_back() {
+        let (tx, _rx) = oneshot::channel();
+        let (_, reply) = split_write(Command::Compact(pb::CompactionRequest::default(), tx));
+        let (command, unfit) = write_command(Body::Put(put("k")), Some(reply)).unwrap();
+        assert!(matches!(command, Command::Put(..)));
+        assert!(matches!(unfit, Some(WriteReply::Compact(_))));
+        // Bodies that are not key-space writes make no command.
+        assert!(write_command(Body::ClusterVersion("3.4.0".into()), None).is_none());
     }
 }

@@ -28,18 +28,18 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType, Snapshot};
 use raft::StateRole;
 use tern_storage::wal::{self, WalRecord};
 
+use crate::membership::cluster::MemberRecord;
 use crate::mvcc::{BtreeBackend, KvStore};
 use crate::proto::etcdserverpb as pb;
 use crate::raft::log_store;
 use crate::raft::snapshot;
 use crate::raft::transport::Report;
 use crate::state::client::Command;
-use crate::state::envelope::{Envelope, MemberOp};
+use crate::state::envelope::{Body, Envelope, MemberOp};
 use crate::state::machine::StateMachine;
 
 use super::*;
@@ -227,11 +227,13 @@ impl Node {
         let durable = n.wal.append(records);
         let node_rc = node.clone();
         glommio::spawn_local(async move {
-            if let Err(e) = durable.await {
-                crate::fatal!("cannot write the WAL", "error" => e.to_string());
-            }
+            let durable = match durable.await {
+                Ok(durable) => durable,
+                Err(e) => crate::fatal!("cannot write the WAL", "error" => e.to_string()),
+            };
             let mut n = node_rc.borrow_mut();
             n.wal_bytes_in_flight -= wal_bytes;
+            n.slow_fdatasync.warn(&durable);
             n.raw.on_persist_ready(number);
             n.advance_applied();
             n.send(persisted_messages);
@@ -292,6 +294,8 @@ impl Node {
         }
         self.leader_id = leader;
         self.state.borrow_mut().leader_id = leader;
+        // As etcd, measure heartbeat gaps afresh after any change of leader or role.
+        self.heartbeats.reset();
         if !self.leader_transfers.is_empty() {
             self.finish_leader_transfers(Instant::now());
         }
@@ -357,84 +361,120 @@ impl Node {
         }
     }
 
+    /// Applies a committed normal entry from its bytes alone, as every member and WAL
+    /// replay do; a waiting client of this member only receives the result.
     fn apply_normal(&mut self, raft_index: u64, data: &[u8]) {
         if data.is_empty() {
             // The empty entry a new leader appends.
             self.mark_applied(raft_index);
             return;
         }
-        let env = match Envelope::decode(data) {
+        let env = match Envelope::decode_entry(data) {
             Ok(env) => env,
-            Err(e) => {
-                crate::error!("skipping an undecodable raft entry", "raft-index" => raft_index, "error" => e.to_string());
-                self.mark_applied(raft_index);
-                return;
-            }
+            // Skipping it would let this member's state diverge from the others' (etcd
+            // panics in `pbutil.MustUnmarshal` here).
+            Err(e) => crate::fatal!(
+                "failed to decode a committed raft entry",
+                "raft-index" => raft_index,
+                "entry-type" => "EntryNormal",
+                "error" => e.to_string()
+            ),
         };
-        let mine = env.origin_member_id == self.id;
-        let waiter = if mine {
-            self.pending.remove(&env.request_id).map(|p| p.waiter)
+        let pending = if env.origin_member_id == self.id {
+            self.pending.remove(&env.request_id)
         } else {
             None
         };
-        if !env.cluster_version.is_empty() {
-            if self.membership.cluster_version.is_none() {
-                crate::info!("set initial cluster version", "cluster-version" => "3.4");
+        let (waiter, deadline) = match pending {
+            Some(p) => (Some(p.waiter), Some(p.deadline)),
+            None => (None, None),
+        };
+        let op = MemberOp::try_from(env.member_op).unwrap_or(MemberOp::None);
+        let body = env
+            .body
+            .expect("decode_entry refuses an envelope without a body");
+        let unanswered = match body {
+            Body::ClusterVersion(version) => {
+                if self.membership.cluster_version.is_none() {
+                    crate::info!("set initial cluster version", "cluster-version" => "3.4");
+                }
+                self.membership.cluster_version = Some(version);
+                self.mark_applied(raft_index);
+                waiter.filter(|w| !matches!(w, Waiter::ClusterVersion))
             }
-            self.membership.cluster_version = Some(env.cluster_version.clone());
-            self.mark_applied(raft_index);
-            return;
+            Body::Member(member) => {
+                let unanswered = self.apply_member_attributes(op, member, waiter);
+                self.mark_applied(raft_index);
+                unanswered
+            }
+            write => {
+                let (reply, other) = match waiter {
+                    Some(Waiter::Write(reply)) => (Some(reply), None),
+                    other => (None, other),
+                };
+                let (command, unfit) =
+                    write_command(write, reply).expect("member and version bodies came first");
+                self.apply_write_once(raft_index, command);
+                other.or(unfit.map(Waiter::Write))
+            }
+        };
+        // A waiter of another kind than the entry waits for some other request (the ids
+        // of an earlier run's entries may repeat): it keeps waiting for its own.
+        if let (Some(waiter), Some(deadline)) = (unanswered, deadline) {
+            self.pending
+                .insert(env.request_id, Pending { waiter, deadline });
         }
-        if let Some(member) = env.member.clone() {
-            let op = MemberOp::try_from(env.member_op).unwrap_or(MemberOp::None);
-            match op {
-                MemberOp::Publish => {
-                    self.membership.publish(
-                        member.id,
-                        member.name.clone(),
-                        member.client_urls.clone(),
-                    );
-                    // Only this run's publish counts (a replayed one from an earlier run
-                    // must not make a restarted member serve before it has a leader).
-                    if member.id == self.id
-                        && !self.published
-                        && matches!(waiter, Some(Waiter::Publish))
-                    {
-                        self.published = true;
-                        if let Some(serving) = self.serving.take() {
-                            let _ = serving.send(());
-                        }
+    }
+
+    /// A published or updated member (normal entries; additions, removals and promotions
+    /// are conf changes). Returns the waiter if the entry does not answer it.
+    fn apply_member_attributes(
+        &mut self,
+        op: MemberOp,
+        member: MemberRecord,
+        waiter: Option<Waiter>,
+    ) -> Option<Waiter> {
+        match op {
+            MemberOp::Publish => {
+                self.membership
+                    .publish(member.id, member.name.clone(), member.client_urls.clone());
+                // Only this run's publish counts (a replayed one from an earlier run
+                // must not make a restarted member serve before it has a leader).
+                if member.id != self.id || !matches!(waiter, Some(Waiter::Publish)) {
+                    return waiter;
+                }
+                if !self.published {
+                    self.published = true;
+                    if let Some(serving) = self.serving.take() {
+                        let _ = serving.send(());
                     }
                 }
-                MemberOp::Update => {
-                    self.membership
-                        .update_peer_urls(member.id, member.peer_urls.clone());
-                    // etcd 3.4.23 rewrites the whole member on update from a record that
-                    // lacks the learner flag, so the member lists as a voter afterwards
-                    // (raft's own configuration is unchanged). tern reproduces that.
-                    if let Some(m) = self.membership.members.get_mut(&member.id) {
-                        m.is_learner = false;
-                    }
-                    self.transport.set_peer(member.id, member.peer_urls.clone());
-                    if let Some(Waiter::Member(MemberReply::Update(r))) = waiter {
+                None
+            }
+            MemberOp::Update => {
+                self.membership
+                    .update_peer_urls(member.id, member.peer_urls.clone());
+                // etcd 3.4.23 rewrites the whole member on update from a record that
+                // lacks the learner flag, so the member lists as a voter afterwards
+                // (raft's own configuration is unchanged). tern reproduces that.
+                if let Some(m) = self.membership.members.get_mut(&member.id) {
+                    m.is_learner = false;
+                }
+                self.transport.set_peer(member.id, member.peer_urls.clone());
+                match waiter {
+                    Some(Waiter::Member(MemberReply::Update(r))) => {
                         let _ = r.send(Ok(pb::MemberUpdateResponse {
                             header: Some(self.header()),
                             members: self.membership.list(),
                         }));
+                        None
                     }
+                    other => other,
                 }
-                _ => {}
             }
-            self.mark_applied(raft_index);
-            return;
-        }
-        let command = match waiter {
-            Some(Waiter::Write(command)) => Some(command),
-            _ => detached_command(env),
-        };
-        match command {
-            Some(command) => self.apply_write_once(raft_index, command),
-            None => self.mark_applied(raft_index),
+            // Add, Remove and Promote travel as conf changes; in a normal entry they
+            // change nothing, as before the envelope became a oneof.
+            _ => waiter,
         }
     }
 

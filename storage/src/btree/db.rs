@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::ops::{Bound, RangeBounds};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::alloc::Allocator;
@@ -70,6 +70,9 @@ pub struct DefragReport {
 
 struct Shared {
     file: File,
+    /// Length of the file, kept by the writer (commits extend it, truncation shortens it),
+    /// so that sizes can be reported without a system call on the caller's thread.
+    file_bytes: AtomicU64,
     path: PathBuf,
     options: Options,
     /// The latest committed snapshot; readers clone it (the only way to obtain one).
@@ -107,7 +110,7 @@ impl WriterState {
     }
 
     /// Truncates the file to the current page count if no live snapshot needs more.
-    fn maybe_truncate(&mut self, file: &File) -> Result<(), Error> {
+    fn maybe_truncate(&mut self, shared: &Shared) -> Result<(), Error> {
         let target_bytes = self.alloc.page_count * PAGE_BYTES as u64;
         if self.file_bytes <= target_bytes {
             return Ok(());
@@ -121,8 +124,9 @@ impl WriterState {
         {
             return Ok(());
         }
-        file.set_len(target_bytes)?;
+        shared.file.set_len(target_bytes)?;
         self.file_bytes = target_bytes;
+        shared.file_bytes.store(target_bytes, Ordering::Release);
         Ok(())
     }
 }
@@ -344,6 +348,7 @@ impl Db {
         };
         Ok(Db {
             shared: Arc::new(Shared {
+                file_bytes: AtomicU64::new(needed_bytes),
                 file,
                 path: path.to_path_buf(),
                 options,
@@ -375,7 +380,7 @@ impl Db {
         let base = lock(&self.shared.current).clone();
         let oldest = state.oldest_reader_txid(base.meta.txid);
         state.alloc.release(oldest);
-        if let Err(error) = state.maybe_truncate(&self.shared.file) {
+        if let Err(error) = state.maybe_truncate(&self.shared) {
             *lock(&self.shared.writer) = Some(state);
             return Err(error);
         }
@@ -393,7 +398,7 @@ impl Db {
     pub fn stats(&self) -> Result<Stats, Error> {
         let snap = lock(&self.shared.current).clone();
         Ok(Stats {
-            db_size_bytes: self.shared.file.metadata()?.len(),
+            db_size_bytes: self.file_bytes()?,
             db_size_in_use_bytes: (snap.meta.page_count - snap.free_pages) * PAGE_BYTES as u64,
             page_count: snap.meta.page_count,
             free_pages: snap.free_pages,
@@ -457,14 +462,14 @@ impl Db {
     /// pages past it (then a later call, or the next write transaction, does it).
     pub fn truncate_unused(&self) -> Result<(), Error> {
         let mut state = lock(&self.shared.writer).take().ok_or(Error::WriterBusy)?;
-        let truncated = state.maybe_truncate(&self.shared.file);
+        let truncated = state.maybe_truncate(&self.shared);
         *lock(&self.shared.writer) = Some(state);
         truncated
     }
 
-    /// Length of the file in bytes.
+    /// Length of the file in bytes (as the writer last left it: no system call).
     pub fn file_bytes(&self) -> Result<u64, Error> {
-        Ok(self.shared.file.metadata()?.len())
+        Ok(self.shared.file_bytes.load(Ordering::Acquire))
     }
 
     /// Most passes [`Db::defrag`] runs; callers driving the steps themselves use the same.
@@ -852,6 +857,9 @@ impl WriteTxn {
             state.alloc.pending.insert(txid, freed);
         }
         state.file_bytes = state.file_bytes.max(meta.page_count * PAGE_BYTES as u64);
+        self.shared
+            .file_bytes
+            .store(state.file_bytes, Ordering::Release);
         let needed_bytes = (meta.page_count * PAGE_BYTES as u64) as usize;
         if needed_bytes > state.mapping.len() {
             state.mapping = Arc::new(Mapping::map_file(file, needed_bytes)?);
