@@ -6,7 +6,10 @@
 //! plus proof that the checker catches a deliberately broken read path; and replicated
 //! leases (granted, attached, revoked and expired alike on every member, checked with
 //! serializable reads per member; a lease kept alive through a follower survives a leader
-//! kill). Clients are tonic
+//! kill); raft snapshots (a follower or a new member with an empty data dir catching up
+//! from the leader's database image, HashKV equal on every member afterwards; `.snap` files
+//! of a few KB; corrupt, truncated or concurrent snapshot streams refused and retried).
+//! Clients are tonic
 //! (an independent gRPC stack) speaking etcd's KV API with tern's prost messages.
 
 mod common;
@@ -483,6 +486,7 @@ async fn a_killed_follower_restarts_and_catches_up_through_a_snapshot() {
         cluster.log(follower).contains("applying snapshot"),
         "the follower caught up through a snapshot"
     );
+    same_hash_kv(&cluster, &all, Duration::from_secs(20));
 
     // Every member restarts from its own saved snapshot plus the WAL after it (one at a
     // time, so that the cluster keeps quorum).
@@ -510,6 +514,342 @@ async fn a_killed_follower_restarts_and_catches_up_through_a_snapshot() {
             "member {i} after restart"
         );
     }
+    same_hash_kv(&cluster, &all, Duration::from_secs(20));
+}
+
+/// Each member's HashKV (etcdctl endpoint hashkv) as (revision, hash).
+fn hash_kv(cluster: &Cluster, member: usize) -> Option<(u64, u64)> {
+    let out = cluster.etcdctl(&[member], &["endpoint", "hashkv", "-w", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let text = common::stdout(&out);
+    let number_after = |field: &str| -> Option<u64> {
+        let at = text.find(field)? + field.len();
+        let digits: String = text[at..]
+            .chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    Some((number_after("\"revision\"")?, number_after("\"hash\"")?))
+}
+
+/// Waits until every member in `members` reports the same HashKV at the same revision (the
+/// writes have stopped, so they converge), failing after `timeout`.
+fn same_hash_kv(cluster: &Cluster, members: &[usize], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let hashes: Vec<Option<(u64, u64)>> =
+            members.iter().map(|m| hash_kv(cluster, *m)).collect();
+        if hashes[0].is_some() && hashes.iter().all(|h| *h == hashes[0]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members disagree on HashKV: {hashes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until `member` serves `key` = `value` from its own state.
+async fn wait_local_value(cluster: &Cluster, member: usize, key: &str, value: &str) {
+    let mut c = cluster.client(member);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.get(key, true).await.ok().flatten().as_deref() != Some(value) {
+        assert!(
+            Instant::now() < deadline,
+            "member {member} did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Puts `count` keys `{prefix}{n}` through `member`, 10 clients at a time.
+async fn put_many(
+    cluster: &Cluster,
+    member: usize,
+    prefix: &str,
+    count: usize,
+    value_bytes: usize,
+) {
+    let mut tasks = Vec::new();
+    for w in 0..10 {
+        let port = cluster.members[member].client_port;
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::new(port);
+            let value = "v".repeat(value_bytes);
+            for n in (w..count).step_by(10) {
+                c.put(&format!("{prefix}{n}"), &value).await.expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+fn snap_dir_files(cluster: &Cluster, member: usize) -> Vec<(String, u64)> {
+    let dir = cluster.members[member].data_dir.join("member").join("snap");
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .map(|read| {
+            read.filter_map(|e| e.ok())
+                .map(|e| {
+                    let len = e.metadata().map_or(0, |m| m.len());
+                    (e.file_name().to_string_lossy().into_owned(), len)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_added_with_an_empty_data_dir_catches_up_purely_by_snapshot() {
+    let mut cluster = Cluster::start(3, &["--snapshot-count", "200"]);
+    let all = [0, 1, 2];
+    let leader = cluster
+        .leader(&all, Duration::from_secs(20))
+        .await
+        .expect("leader");
+    // The leader's log is compacted far past the start: a new member can only get the
+    // state as a snapshot (the database image).
+    put_many(&cluster, leader, "k", 1500, 200).await;
+    let (client_port, peer_port) = (member_port(), member_port());
+    let add = cluster.etcdctl(
+        &all,
+        &[
+            "member",
+            "add",
+            "m3",
+            &format!("--peer-urls=http://127.0.0.1:{peer_port}"),
+            "--learner",
+        ],
+    );
+    assert!(add.status.success(), "member add: {}", common::stderr(&add));
+    let mut urls: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+        .collect();
+    urls.push(format!("m3=http://127.0.0.1:{peer_port}"));
+    // A snapshot that the new member can take must list it in its conf state (raft
+    // ignores one that does not): more than --snapshot-count entries after the add.
+    put_many(&cluster, leader, "after-add", 300, 10).await;
+    cluster.members.push(Member {
+        name: "m3".into(),
+        client_port,
+        peer_port,
+        data_dir: cluster.root.join("m3"),
+        child: None,
+        joined_with: Some(urls.join(",")),
+    });
+    cluster.spawn(3);
+    wait_local_value(&cluster, 3, "after-add299", "v".repeat(10).as_str()).await;
+    wait_local_value(&cluster, 3, "k1499", &"v".repeat(200)).await;
+    assert!(
+        cluster.log(3).contains("applying snapshot"),
+        "the new member caught up through a snapshot"
+    );
+    assert!(
+        cluster.log(3).contains("restored snapshot database"),
+        "the new member took the leader's database"
+    );
+    same_hash_kv(&cluster, &[0, 1, 2, 3], Duration::from_secs(20));
+    // The image was consumed: no database image or temporary file is left behind.
+    let left: Vec<_> = snap_dir_files(&cluster, 3)
+        .into_iter()
+        .filter(|(name, _)| name.contains(".snap.db") || name.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // It restarts from that database.
+    cluster.kill9(3);
+    cluster.spawn(3);
+    wait_local_value(&cluster, 3, "k0", &"v".repeat(200)).await;
+    same_hash_kv(&cluster, &[0, 1, 2, 3], Duration::from_secs(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_files_stay_small_and_a_restart_resumes_from_the_database() {
+    let mut cluster = Cluster::start(1, &["--snapshot-count", "1000"]);
+    cluster
+        .leader(&[0], Duration::from_secs(20))
+        .await
+        .expect("leader");
+    // 4,000 puts of 1 KB: about 4 MB of values, four snapshot intervals.
+    put_many(&cluster, 0, "big", 4000, 1024).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let snaps = loop {
+        let snaps: Vec<(String, u64)> = snap_dir_files(&cluster, 0)
+            .into_iter()
+            .filter(|(name, _)| name.ends_with(".snap"))
+            .collect();
+        if snaps.iter().any(|(name, _)| {
+            // The index is the file name's second half: at least 3,000 after 4,000 puts.
+            name.trim_end_matches(".snap")
+                .split_once('-')
+                .and_then(|(_, i)| u64::from_str_radix(i, 16).ok())
+                .is_some_and(|i| i >= 3000)
+        }) {
+            break snaps;
+        }
+        assert!(Instant::now() < deadline, "no late snapshot: {snaps:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (name, len) in &snaps {
+        // Membership and conf state only: the keys live in the database.
+        assert!(*len < 16 * 1024, "{name} has {len} bytes");
+    }
+    let before = hash_kv(&cluster, 0).expect("hashkv");
+    cluster.kill9(0);
+    cluster.spawn(0);
+    wait_local_value(&cluster, 0, "big3999", &"v".repeat(1024)).await;
+    assert_eq!(
+        hash_kv(&cluster, 0),
+        Some(before),
+        "the same state after restart"
+    );
+}
+
+/// A peer connection to `member` that speaks the peer protocol's snapshot frames
+/// (docs/peer-protocol.md) with whatever bytes a test wants.
+struct FakeSnapshotSender {
+    stream: std::net::TcpStream,
+}
+
+impl FakeSnapshotSender {
+    const PAGE: usize = 4096;
+
+    /// Connects (retrying while the member starts), sends a hello and a snapshot head
+    /// declaring `image_bytes`.
+    fn connect(peer_port: u16, cluster_id: u64, to: u64, image_bytes: u64) -> FakeSnapshotSender {
+        use protobuf::Message as _;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", peer_port)) {
+                Ok(stream) => break stream,
+                Err(e) => assert!(Instant::now() < deadline, "cannot connect: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut sender = FakeSnapshotSender { stream };
+        let mut hello = Vec::new();
+        hello.extend_from_slice(&cluster_id.to_be_bytes());
+        hello.extend_from_slice(&0xfa4eu64.to_be_bytes());
+        hello.extend_from_slice(&to.to_be_bytes());
+        sender.frame(0, &hello);
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+        m.to = to;
+        m.from = 0xfa4e;
+        m.mut_snapshot().mut_metadata().index = 1 << 40;
+        m.mut_snapshot().mut_metadata().term = 1 << 20;
+        let mut head = m.write_to_bytes().unwrap();
+        head.extend_from_slice(&image_bytes.to_be_bytes());
+        sender.frame(4, &head);
+        sender
+    }
+
+    fn frame(&mut self, kind: u8, payload: &[u8]) {
+        use std::io::Write as _;
+        let mut out = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+        out.push(kind);
+        out.extend_from_slice(payload);
+        // The member may already have refused and closed: the status frame says why.
+        let _ = self.stream.write_all(&out);
+    }
+
+    /// The member's status frame: empty when it accepted the snapshot.
+    fn status(&mut self) -> String {
+        use std::io::Read as _;
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).expect("a status frame");
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut body).expect("a status frame");
+        assert_eq!(body[0], 9, "a status frame");
+        String::from_utf8_lossy(&body[1..]).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_and_truncated_snapshot_streams_are_refused_and_the_leader_retries() {
+    let mut cluster = Cluster::start(3, &["--snapshot-count", "200"]);
+    let all = [0, 1, 2];
+    let leader = cluster
+        .leader(&all, Duration::from_secs(20))
+        .await
+        .expect("leader");
+    let follower = (leader + 1) % 3;
+    let header = cluster
+        .client(follower)
+        .status()
+        .await
+        .unwrap()
+        .header
+        .unwrap();
+    let (cluster_id, follower_id) = (header.cluster_id, header.member_id);
+    let peer_port = cluster.members[follower].peer_port;
+    let pages = 64u64;
+    let image_bytes = pages * FakeSnapshotSender::PAGE as u64;
+
+    // Bad declarations and bad chunks are answered with why, and the member serves on.
+    let mut odd = FakeSnapshotSender::connect(peer_port, cluster_id, follower_id, 1000);
+    assert!(odd.status().contains("whole number of pages"));
+    let mut overshoot = FakeSnapshotSender::connect(peer_port, cluster_id, follower_id, 4096);
+    overshoot.frame(5, &vec![0u8; 8192]);
+    assert!(overshoot.status().contains("bad snapshot chunk"));
+
+    // The follower falls behind the leader's compacted log.
+    cluster.kill9(follower);
+    put_many(&cluster, leader, "r", 1000, 100).await;
+    cluster.spawn(follower);
+    // A sender that gets there first holds the follower's one receive slot: the leader's
+    // snapshot is refused while it lasts.
+    let mut first = FakeSnapshotSender::connect(peer_port, cluster_id, follower_id, image_bytes);
+    first.frame(5, &vec![1u8; FakeSnapshotSender::PAGE]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster
+        .log(follower)
+        .contains("another snapshot is being received")
+    {
+        assert!(Instant::now() < deadline, "the leader sent no snapshot");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while !cluster.log(leader).contains("cannot send snapshot") {
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not hear its snapshot was refused"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its image then fails the CRC check.
+    for _ in 1..pages {
+        first.frame(5, &vec![1u8; FakeSnapshotSender::PAGE]);
+    }
+    first.frame(8, &0u32.to_be_bytes());
+    assert!(first.status().contains("CRC mismatch"));
+    // A truncated stream: the connection ends mid-image.
+    let mut truncated =
+        FakeSnapshotSender::connect(peer_port, cluster_id, follower_id, image_bytes);
+    truncated.frame(5, &vec![1u8; FakeSnapshotSender::PAGE]);
+    drop(truncated);
+    // The leader retries, and its snapshot is taken.
+    wait_local_value(&cluster, follower, "r999", &"v".repeat(100)).await;
+    assert!(cluster.log(follower).contains("applying snapshot"));
+    same_hash_kv(&cluster, &all, Duration::from_secs(20));
+    let left: Vec<_> = snap_dir_files(&cluster, follower)
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!cluster.log(follower).contains("panicked"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

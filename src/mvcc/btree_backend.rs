@@ -257,6 +257,11 @@ impl BtreeBackend {
         self.ready_job.take()
     }
 
+    /// A consistent image of the latest commit, read later in chunks (`Db::export`).
+    pub fn export(&self) -> Result<btree::Export, BackendError> {
+        Ok(self.db.export()?)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         self.db.path()

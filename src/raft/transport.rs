@@ -26,6 +26,9 @@ use glommio::net::{TcpListener, TcpStream};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 
+use tern_storage::btree::{Export, PAGE_BYTES};
+
+use crate::raft::snapshot;
 use crate::runtime::Wakeup;
 use crate::state::envelope::{LeaseForward, LeaseForwardResponse};
 
@@ -36,10 +39,19 @@ pub const INBOX_MAX: usize = 65536;
 /// Largest frame accepted. Raft messages stay far below it (`max_size_per_msg` is 1 MiB
 /// plus one entry of at most `--max-request-bytes`); snapshots travel in chunks.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
-/// Bytes of snapshot data per chunk frame.
+/// Bytes of database image per snapshot chunk frame: also what a sender or receiver holds
+/// in memory for a snapshot at a time (one chunk being read or written, one on the wire).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-/// Largest snapshot a member accepts.
-pub const SNAPSHOT_BYTES_MAX: u64 = 8 << 30;
+const _: () = assert!(
+    SNAPSHOT_CHUNK_BYTES.is_multiple_of(PAGE_BYTES) && SNAPSHOT_CHUNK_BYTES < FRAME_BYTES_MAX
+);
+/// Largest database image a member accepts (the head declares its size before any chunk).
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
+/// Snapshots a member receives at once; more are refused (the leader retries).
+pub const SNAPSHOT_RECEIVES_MAX: usize = 1;
+/// How long either side of a snapshot stream waits for the other to make progress (one
+/// chunk, or the receiver's fsync and answer) before giving up; raft then retries.
+const SNAPSHOT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between dial attempts to an unreachable peer.
 const REDIAL_DELAY: Duration = Duration::from_millis(100);
 
@@ -51,6 +63,8 @@ const FRAME_SNAPSHOT_HEAD: u8 = 4;
 const FRAME_SNAPSHOT_CHUNK: u8 = 5;
 const FRAME_LEASE_REQUEST: u8 = 6;
 const FRAME_LEASE_RESPONSE: u8 = 7;
+const FRAME_SNAPSHOT_END: u8 = 8;
+const FRAME_SNAPSHOT_STATUS: u8 = 9;
 /// Bound on forwarded lease requests waiting for the node to take them.
 pub const LEASE_REQUESTS_MAX: usize = 16 * 1024;
 /// How long a follower waits for the leader's answer to a forwarded lease request.
@@ -59,6 +73,8 @@ const LEASE_FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// A forwarded lease request and where its answer goes.
 pub type LeaseRequest = (LeaseForward, oneshot::Sender<LeaseForwardResponse>);
 type LeaseRequests = Rc<RefCell<Vec<LeaseRequest>>>;
+/// Pins the database image a MsgSnapshot carries (`StateMachine::export_db`).
+pub type ImageSource = Rc<dyn Fn() -> Result<Export, String>>;
 const HELLO_BYTES: usize = 24;
 
 /// What happened to messages, for the node to tell raft.
@@ -94,6 +110,11 @@ pub struct Transport {
     reports: Rc<RefCell<Vec<Report>>>,
     node_wake: Rc<Wakeup>,
     lease_requests: LeaseRequests,
+    /// Where received database images go (`member/snap`); unset, snapshots are refused.
+    snapshot_dir: Option<std::path::PathBuf>,
+    /// Snapshots being received now (bounded by `SNAPSHOT_RECEIVES_MAX`).
+    receiving: Rc<Cell<usize>>,
+    image_source: Option<ImageSource>,
     /// The peer listening sockets `serve` accepts on, for `stop_listening`.
     listener_fds: Vec<std::os::fd::OwnedFd>,
     /// Set by `stop_listening`: accept errors after it end the accept loops.
@@ -155,9 +176,22 @@ impl Transport {
             reports: Rc::new(RefCell::new(Vec::new())),
             node_wake,
             lease_requests: Rc::new(RefCell::new(Vec::new())),
+            snapshot_dir: None,
+            receiving: Rc::new(Cell::new(0)),
+            image_source: None,
             listener_fds: Vec::new(),
             stopped_listening: Rc::new(Cell::new(false)),
         }
+    }
+
+    /// Where received snapshot database images are written (before `serve`).
+    pub fn set_snapshot_dir(&mut self, dir: std::path::PathBuf) {
+        self.snapshot_dir = Some(dir);
+    }
+
+    /// What a MsgSnapshot sends: a pinned image of the database.
+    pub fn set_image_source(&mut self, source: ImageSource) {
+        self.image_source = Some(source);
     }
 
     pub fn set_cluster_id(&self, cluster_id: u64) {
@@ -182,6 +216,8 @@ impl Transport {
             let me = self.member_id;
             let answer = self.members_answer.clone();
             let leases = self.lease_requests.clone();
+            let snapshot_dir = self.snapshot_dir.clone();
+            let receiving = self.receiving.clone();
             glommio::spawn_local(async move {
                 loop {
                     let stream = match listener.accept().await {
@@ -195,12 +231,16 @@ impl Transport {
                     let cluster_id = cluster_id.clone();
                     let answer = answer.clone();
                     let leases = leases.clone();
+                    let snapshot_dir = snapshot_dir.clone();
+                    let receiving = receiving.clone();
                     glommio::spawn_local(async move {
                         let shared = Inbound {
                             inbox,
                             wake,
                             answer,
                             leases,
+                            snapshot_dir,
+                            receiving,
                         };
                         if let Err(e) = inbound(stream, me, cluster_id, shared).await {
                             crate::debug!("peer connection closed", "reason" => e);
@@ -282,17 +322,26 @@ impl Transport {
                 let addr = link.urls.borrow().iter().find_map(|u| resolve(u));
                 let reports = self.reports.clone();
                 let node_wake = self.node_wake.clone();
+                // Pinned now, so the image holds at least what the local snapshot does.
+                let image = match &self.image_source {
+                    Some(source) => source(),
+                    None => Err("this member cannot export its database".to_string()),
+                };
                 glommio::spawn_local(async move {
                     let to = m.to;
-                    let ok = match addr {
-                        Some(addr) => match stream_snapshot(addr, hello, m).await {
+                    let ok = match (addr, image) {
+                        (None, _) => false,
+                        (_, Err(e)) => {
+                            crate::warn!("cannot send snapshot", "remote-peer-id" => format!("{to:x}"), "error" => e);
+                            false
+                        }
+                        (Some(addr), Ok(image)) => match stream_snapshot(addr, hello, m, image).await {
                             Ok(()) => true,
                             Err(e) => {
                                 crate::warn!("cannot send snapshot", "remote-peer-id" => format!("{to:x}"), "error" => e);
                                 false
                             }
                         },
-                        None => false,
                     };
                     reports.borrow_mut().push(Report::Snapshot { to, ok });
                     node_wake.wake();
@@ -322,6 +371,15 @@ impl Transport {
         self.inbox.borrow_mut().drain(..).collect()
     }
 
+    /// Puts messages taken from the inbox back at its front, in order (the node defers
+    /// them to a later ready).
+    pub fn return_to_inbox(&self, messages: Vec<Message>) {
+        let mut inbox = self.inbox.borrow_mut();
+        for m in messages.into_iter().rev() {
+            inbox.push_front(m);
+        }
+    }
+
     /// Lease requests followers forwarded since the last call (the node answers them).
     pub fn take_lease_requests(&self) -> Vec<LeaseRequest> {
         std::mem::take(&mut *self.lease_requests.borrow_mut())
@@ -338,6 +396,8 @@ struct Inbound {
     wake: Rc<Wakeup>,
     answer: Rc<RefCell<Vec<u8>>>,
     leases: LeaseRequests,
+    snapshot_dir: Option<std::path::PathBuf>,
+    receiving: Rc<Cell<usize>>,
 }
 
 async fn inbound(
@@ -351,6 +411,8 @@ async fn inbound(
         wake,
         answer,
         leases,
+        snapshot_dir,
+        receiving,
     } = shared;
     let _ = stream.set_nodelay(true);
     let (kind, hello) = read_frame(&mut stream).await?;
@@ -410,9 +472,32 @@ async fn inbound(
                 return Ok(());
             }
             FRAME_SNAPSHOT_HEAD => {
-                // A snapshot connection carries one snapshot; closing it tells the
-                // sender the whole snapshot arrived.
-                let m = receive_snapshot(&mut stream, &payload).await?;
+                // A snapshot connection carries one snapshot, answered by one status
+                // frame: empty once the image is durable here (then raft gets the
+                // message), else why it was refused.
+                let Some(dir) = &snapshot_dir else {
+                    return Err("this member cannot receive snapshots".into());
+                };
+                let result = if receiving.get() >= SNAPSHOT_RECEIVES_MAX {
+                    Err("another snapshot is being received".to_string())
+                } else {
+                    receiving.set(receiving.get() + 1);
+                    let result = receive_snapshot(&mut stream, &payload, dir).await;
+                    receiving.set(receiving.get() - 1);
+                    result
+                };
+                let status = match &result {
+                    Ok(_) => String::new(),
+                    Err(e) => {
+                        crate::warn!("rejected a snapshot", "error" => e.as_str());
+                        e.clone()
+                    }
+                };
+                let mut out = Vec::new();
+                frame(FRAME_SNAPSHOT_STATUS, status.as_bytes(), &mut out);
+                let _ = stream.write_all(&out).await;
+                let _ = stream.flush().await;
+                let m = result?;
                 inbox.borrow_mut().push_back(m);
                 wake.wake();
                 return Ok(());
@@ -591,55 +676,173 @@ pub async fn forward_lease(
     }
 }
 
-/// Sends one MsgSnapshot: a head frame (the message without the snapshot's data, then the
-/// data's length as u64 BE), then the data in chunk frames (docs/peer-protocol.md).
-async fn stream_snapshot(addr: SocketAddr, hello: Vec<u8>, mut m: Message) -> Result<(), String> {
-    let data = std::mem::take(&mut m.mut_snapshot().data);
+/// Sends one MsgSnapshot (docs/peer-protocol.md, "Snapshot streaming"): a head frame (the
+/// message, whose snapshot data is the small membership record, then the image's length as
+/// u64 BE), the database image in chunk frames read off the executor one at a time, an end
+/// frame with the image's CRC-32C; then waits for the receiver's status frame, so that "sent"
+/// means "durable on the follower" when raft is told.
+async fn stream_snapshot(
+    addr: SocketAddr,
+    hello: Vec<u8>,
+    m: Message,
+    image: Export,
+) -> Result<(), String> {
+    let image_bytes = image.image_bytes();
     let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(SNAPSHOT_STALL_TIMEOUT));
+    let _ = stream.set_read_timeout(Some(SNAPSHOT_STALL_TIMEOUT));
     let mut head = m.write_to_bytes().map_err(|e| e.to_string())?;
-    head.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    head.extend_from_slice(&image_bytes.to_be_bytes());
     let mut out = hello;
     frame(FRAME_SNAPSHOT_HEAD, &head, &mut out);
     stream.write_all(&out).await.map_err(|e| e.to_string())?;
-    for chunk in data.chunks(SNAPSHOT_CHUNK_BYTES) {
-        out.clear();
-        frame(FRAME_SNAPSHOT_CHUNK, chunk, &mut out);
-        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut crc = 0u32;
+    let mut sent = 0u64;
+    let mut image = Some(image);
+    loop {
+        let mut export = image.take().expect("returned by the last read");
+        let (export, chunk) = snapshot::blocking(move || {
+            let chunk = export.read_chunk((SNAPSHOT_CHUNK_BYTES / PAGE_BYTES) as u64);
+            (export, chunk)
+        })
+        .await;
+        image = Some(export);
+        let Some(chunk) = chunk.map_err(|e| format!("cannot read the database image: {e}"))? else {
+            break;
+        };
+        crc = crc32c::crc32c_append(crc, &chunk);
+        sent += chunk.len() as u64;
+        let mut header = ((chunk.len() + 1) as u32).to_be_bytes().to_vec();
+        header.push(FRAME_SNAPSHOT_CHUNK);
+        stream.write_all(&header).await.map_err(|e| e.to_string())?;
+        stream.write_all(&chunk).await.map_err(|e| e.to_string())?;
     }
+    if sent != image_bytes {
+        return Err(format!("the image had {sent} bytes, not {image_bytes}"));
+    }
+    out.clear();
+    frame(FRAME_SNAPSHOT_END, &crc.to_be_bytes(), &mut out);
+    stream.write_all(&out).await.map_err(|e| e.to_string())?;
     stream.flush().await.map_err(|e| e.to_string())?;
-    // Wait for the receiver to close after taking the whole snapshot, so "sent" means
-    // "received" when raft is told the snapshot finished.
-    let mut byte = [0u8; 1];
-    let _ = stream.read(&mut byte).await;
+    let (kind, status) = read_frame(&mut stream).await?;
+    if kind != FRAME_SNAPSHOT_STATUS {
+        return Err(format!("unexpected frame kind {kind} after a snapshot"));
+    }
+    if !status.is_empty() {
+        return Err(format!(
+            "the follower refused it: {}",
+            String::from_utf8_lossy(&status)
+        ));
+    }
     Ok(())
 }
 
-/// Reassembles a streamed snapshot after its head frame.
-async fn receive_snapshot(stream: &mut TcpStream, head: &[u8]) -> Result<Message, String> {
+/// Receives a streamed snapshot after its head frame: the database image goes to a
+/// temporary file in `dir` chunk by chunk (written on the blocking pool), is checked against
+/// the declared length and CRC, fsynced and renamed to `<index>.snap.db`; only then is the
+/// MsgSnapshot returned for raft. Anything wrong removes the temporary file.
+async fn receive_snapshot(
+    stream: &mut TcpStream,
+    head: &[u8],
+    dir: &std::path::Path,
+) -> Result<Message, String> {
     if head.len() < 8 {
         return Err("snapshot head too short".into());
     }
     let (message, len) = head.split_at(head.len() - 8);
     let total = u64::from_be_bytes(len.try_into().expect("8 bytes"));
-    if total > SNAPSHOT_BYTES_MAX {
+    if total > SNAPSHOT_BYTES_MAX || !total.is_multiple_of(PAGE_BYTES as u64) || total == 0 {
         return Err(format!(
-            "snapshot of {total} bytes exceeds {SNAPSHOT_BYTES_MAX}"
+            "snapshot image of {total} bytes is not a whole number of pages up to {SNAPSHOT_BYTES_MAX}"
         ));
     }
-    let mut m =
-        Message::parse_from_bytes(message).map_err(|e| format!("bad snapshot head: {e}"))?;
+    let m = Message::parse_from_bytes(message).map_err(|e| format!("bad snapshot head: {e}"))?;
     if m.get_msg_type() != MessageType::MsgSnapshot {
         return Err("snapshot head does not carry a MsgSnapshot".into());
     }
-    let mut data = Vec::with_capacity(total.min(SNAPSHOT_CHUNK_BYTES as u64 * 64) as usize);
-    while (data.len() as u64) < total {
-        let (kind, chunk) = read_frame(stream).await?;
-        if kind != FRAME_SNAPSHOT_CHUNK || data.len() as u64 + chunk.len() as u64 > total {
-            return Err("bad snapshot chunk".into());
+    let raft_index = m.get_snapshot().get_metadata().index;
+    let _ = stream.set_read_timeout(Some(SNAPSHOT_STALL_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(SNAPSHOT_STALL_TIMEOUT));
+    let final_path = snapshot::db_image_path(dir, raft_index);
+    let temp = final_path.with_extension(format!("db.{}.tmp", std::process::id()));
+    let file = {
+        let temp = temp.clone();
+        snapshot::blocking(move || {
+            std::fs::File::create(&temp)
+                .map_err(|e| format!("cannot create {}: {e}", temp.display()))
+        })
+        .await?
+    };
+    let result = receive_image(stream, file, total).await;
+    let result = match result {
+        Ok(file) => {
+            let (temp, final_path) = (temp.clone(), final_path.clone());
+            let dir = dir.to_path_buf();
+            snapshot::blocking(move || -> std::io::Result<()> {
+                file.sync_all()?;
+                std::fs::rename(&temp, &final_path)?;
+                std::fs::File::open(&dir)?.sync_all()
+            })
+            .await
+            .map_err(|e| format!("cannot save the snapshot image: {e}"))
         }
-        data.extend_from_slice(&chunk);
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        let temp = temp.clone();
+        snapshot::blocking(move || std::fs::remove_file(temp))
+            .await
+            .ok();
+        return Err(e);
     }
-    m.mut_snapshot().data = data.into();
     Ok(m)
+}
+
+/// Reads chunk frames until `total` bytes, then the end frame; writes each chunk to `file`
+/// before reading the next (so at most one chunk is held) and checks the CRC.
+async fn receive_image(
+    stream: &mut TcpStream,
+    file: std::fs::File,
+    total: u64,
+) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::FileExt as _;
+    let mut file = Some(file);
+    let mut received = 0u64;
+    let mut crc = 0u32;
+    while received < total {
+        let (kind, chunk) = read_frame(stream).await?;
+        if kind != FRAME_SNAPSHOT_CHUNK
+            || chunk.is_empty()
+            || chunk.len() > SNAPSHOT_CHUNK_BYTES
+            || received + chunk.len() as u64 > total
+        {
+            return Err(format!(
+                "bad snapshot chunk (kind {kind}, {} bytes at {received} of {total})",
+                chunk.len()
+            ));
+        }
+        crc = crc32c::crc32c_append(crc, &chunk);
+        let at = received;
+        received += chunk.len() as u64;
+        let f = file.take().expect("returned by the last write");
+        let (f, written) = snapshot::blocking(move || {
+            let written = f.write_all_at(&chunk, at);
+            (f, written)
+        })
+        .await;
+        written.map_err(|e| format!("cannot write the snapshot image: {e}"))?;
+        file = Some(f);
+    }
+    let (kind, end) = read_frame(stream).await?;
+    if kind != FRAME_SNAPSHOT_END || end.len() != 4 {
+        return Err(format!("expected the snapshot end frame, got kind {kind}"));
+    }
+    let declared = u32::from_be_bytes(end[..4].try_into().expect("4 bytes"));
+    if declared != crc {
+        return Err(format!(
+            "snapshot image CRC mismatch (declared {declared:08x}, received {crc:08x})"
+        ));
+    }
+    Ok(file.expect("returned by the last write"))
 }

@@ -17,7 +17,8 @@
 //!   and --backend-batch-limit (10,000 entries): each commit also saves the consistent
 //!   index, so after a crash the WAL replays exactly the entries the backend lacks
 //!   (idempotent apply). Log compaction never releases WAL entries that only an
-//!   uncommitted backend batch holds: it first saves a snapshot file of the applied state.
+//!   uncommitted backend batch holds: a raft snapshot is saved only at an index the database
+//!   holds durably (`durable_consistent_index`), because the database is the snapshot.
 //!
 //! - Writes reach this struct only as committed raft entries (`src/raft/node/ready.rs` calls
 //!   [`StateMachine::apply_write`] with each entry's raft index); reads are answered
@@ -32,7 +33,7 @@ pub use leases::{run_lease_timer, LeaseProposal};
 use crate::error::EtcdError;
 use crate::lease::{LeaseOptions, Lessor};
 use crate::mvcc::btree_backend::WriterOutcome;
-use crate::mvcc::{Backend, BackendError, BtreeBackend, Bucket, Direction, KvStore};
+use crate::mvcc::{BackendError, BtreeBackend, KvStore};
 use crate::proto::etcdserverpb as pb;
 use crate::state::change_waiters::ChangeWaiters;
 use crate::state::client::Command;
@@ -345,76 +346,55 @@ impl StateMachine {
         }
     }
 
-    /// Every bucket of the store, for a raft snapshot (format: docs/peer-protocol.md,
-    /// "Snapshot"): per entry, bucket slot (1 byte), key length and value length (u32
-    /// big-endian each), key, value; then the applied index (u64 big-endian).
-    pub fn snapshot_data(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        let backend = self.store.backend();
-        for (slot, bucket) in Bucket::ALL.iter().enumerate() {
-            let _ = backend.scan(*bucket, &[], None, Direction::Ascending, &mut |k, v| {
-                out.push(slot as u8);
-                out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                out.extend_from_slice(k);
-                out.extend_from_slice(v);
-                true
-            });
-        }
-        out.extend_from_slice(&self.raft_applied_index.to_be_bytes());
-        out
+    /// A consistent image of the backend's latest durable commit (`Db::export`), for a
+    /// raft snapshot sent to a follower: its consistent index is at least
+    /// [`Self::durable_consistent_index`] now, so it covers every local raft snapshot.
+    /// Cheap; the image is read later, off the executor.
+    pub fn export_db(&self) -> Result<tern_storage::btree::Export, String> {
+        self.store
+            .backend()
+            .export()
+            .map_err(|e| format!("cannot export the backend: {e}"))
     }
 
-    /// Replaces the whole state with a snapshot made by [`Self::snapshot_data`]: the
-    /// backend's buckets are cleared and refilled in one commit, then the in-memory index
-    /// and the leases are rebuilt from it.
-    pub fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        let corrupt = || "snapshot data is truncated or corrupt".to_string();
-        if data.len() < 8 {
-            return Err(corrupt());
+    /// The backend's file.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.store.backend().path().to_path_buf()
+    }
+
+    /// Replaces the whole state with `store`, opened over the database a leader's raft
+    /// snapshot at `snapshot_index` brought (`src/raft/node/ready.rs`, `install_snapshot`).
+    /// The backend must be idle (no writer job in flight or wanted), so no job's outcome
+    /// can reach the new backend; the old one's uncommitted layers are dropped with it.
+    /// Returns the old store, to be dropped off the executor. The applied index becomes the larger of the snapshot's and the new store's
+    /// consistent index (raft then skips the entries the database already holds).
+    pub fn replace_store(
+        &mut self,
+        mut store: KvStore<BtreeBackend>,
+        snapshot_index: u64,
+    ) -> Result<KvStore<BtreeBackend>, String> {
+        assert!(
+            !self.backend_is_busy(),
+            "the backend is idle when its store is replaced"
+        );
+        if store.consistent_index() < snapshot_index {
+            return Err(format!(
+                "the snapshot's database holds raft index {}, below the snapshot's {snapshot_index}",
+                store.consistent_index()
+            ));
         }
-        let (body, tail) = data.split_at(data.len() - 8);
-        let applied = u64::from_be_bytes(tail.try_into().map_err(|_| corrupt())?);
-        // Check the whole snapshot before touching the backend.
-        let mut records = Vec::new();
-        let mut at = 0;
-        while at < body.len() {
-            let header = body.get(at..at + 9).ok_or_else(corrupt)?;
-            let bucket = *Bucket::ALL.get(header[0] as usize).ok_or_else(corrupt)?;
-            let key_len = u32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
-            let value_len = u32::from_be_bytes(header[5..9].try_into().unwrap()) as usize;
-            at += 9;
-            let key = body.get(at..at + key_len).ok_or_else(corrupt)?;
-            at += key_len;
-            let value = body.get(at..at + value_len).ok_or_else(corrupt)?;
-            at += value_len;
-            records.push((bucket, key, value));
+        if self.writer.is_some() {
+            store.backend_mut().run_writer_in_background();
         }
         self.flush();
-        let backend = self.store.backend_mut();
-        for bucket in Bucket::ALL {
-            let mut keys = Vec::new();
-            backend
-                .scan(bucket, &[], None, Direction::Ascending, &mut |k, _| {
-                    keys.push(k.to_vec());
-                    true
-                })
-                .map_err(|e| e.to_string())?;
-            for k in keys {
-                backend.delete(bucket, &k).map_err(|e| e.to_string())?;
-            }
-        }
-        for (bucket, key, value) in records {
-            backend.put(bucket, key, value).map_err(|e| e.to_string())?;
-        }
-        backend.commit().map_err(|e| e.to_string())?;
+        let old = std::mem::replace(&mut self.store, store);
+        self.uncommitted = false;
         self.backend_batch_started = None;
         self.backend_batch_entries = 0;
-        self.store.reload().map_err(|e| e.to_string())?;
         self.changes_seen_revision = self.store.current_revision();
-        self.raft_applied_index = applied;
+        self.raft_applied_index = snapshot_index.max(self.store.consistent_index());
         self.restore_leases();
-        Ok(())
+        Ok(old)
     }
 
     /// Sends `result` now if nothing is applied in the current batch, else when the batch

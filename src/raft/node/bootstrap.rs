@@ -109,14 +109,18 @@ pub async fn open(
             let mut conf_state = ConfState::default();
             let mut applied = 0;
             if marker.raft_index > 0 {
-                let file = snapshot::load(&snapshot_dir, marker.raft_index, marker.term)?;
+                let file = snapshot::load(&snapshot_dir, marker.raft_index, marker.term).await?;
                 conf_state = file.snapshot.get_metadata().get_conf_state().clone();
-                if state.raft_applied_index() >= marker.raft_index {
-                    // The backend already holds this snapshot's state (and maybe more).
-                    snapshot::restore_membership(&file, &mut membership)?;
-                } else {
-                    snapshot::restore(&file, &mut state, &mut membership)?;
+                // The database is the snapshot's state: a snapshot is only ever taken (or
+                // installed) at an index the database already holds durably.
+                if state.raft_applied_index() < marker.raft_index {
+                    return Err(format!(
+                        "the backend holds raft index {}, below the snapshot at {}",
+                        state.raft_applied_index(),
+                        marker.raft_index
+                    ));
                 }
+                snapshot::restore_membership(&file.snapshot, &mut membership)?;
                 applied = marker.raft_index;
                 snap = Some(file.snapshot);
             }
@@ -201,6 +205,14 @@ pub async fn open(
         .map_err(|e| format!("cannot start raft: {e}"))?;
     let last_snapshot_index = log.first_raft_index() - 1;
     state.raft_term = log.hard_state().term;
+    let state = Rc::new(RefCell::new(state));
+    let image_state = state.clone();
+    transport.set_image_source(Rc::new(move || {
+        image_state
+            .try_borrow()
+            .map_err(|_| "the state machine is busy".to_string())?
+            .export_db()
+    }));
     let heartbeat_interval = std::time::Duration::from_millis(options.heartbeat_interval_ms);
     Ok(Node {
         id: member_id,
@@ -208,7 +220,7 @@ pub async fn open(
         raw,
         log,
         wal,
-        state: Rc::new(RefCell::new(state)),
+        state,
         membership,
         transport,
         wake,
@@ -225,6 +237,10 @@ pub async fn open(
         serving: Some(serving),
         last_snapshot_index,
         snapshot_dir,
+        snapshot_work: SnapshotWork::default(),
+        handed_raft_index: applied,
+        stepped_entry_bytes: 0,
+        wal_bytes_in_flight: 0,
         leader_transfers: Vec::new(),
         entries_written: 0,
         unsynced_hard_state: None,
@@ -354,6 +370,7 @@ pub async fn start(
     };
     let wake = Rc::new(Wakeup::default());
     let mut transport = Transport::new(identity.member_id, identity.cluster_id, wake.clone());
+    transport.set_snapshot_dir(snap_dir(&options.data_dir));
     transport.serve(listeners)?;
     // A joining member must be able to answer the leader before its log tells it who the
     // members are.

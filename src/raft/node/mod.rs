@@ -119,6 +119,25 @@ struct Unproposed {
     conf_change: Option<ConfChange>,
 }
 
+/// A local raft snapshot decided at `raft_index`, waiting for the backend to hold that index
+/// durably before its file is saved (`ready.rs`, `maybe_snapshot`).
+struct LocalSnapshot {
+    snapshot: raft::eraftpb::Snapshot,
+}
+
+/// Raft snapshot work running off the executor (`ready.rs`).
+#[derive(Default)]
+struct SnapshotWork {
+    /// The local snapshot decided and not yet saved.
+    local: Option<LocalSnapshot>,
+    /// Its file is being saved on the blocking pool.
+    saving: bool,
+    /// A leader's snapshot at this raft index is being installed: the ready loop waits.
+    installing: Option<u64>,
+    /// The leader's snapshot whose database is in place (raft's ready then carries it).
+    installed_raft_index: u64,
+}
+
 #[derive(Default)]
 struct Reads {
     waiting: Vec<Command>,
@@ -154,6 +173,15 @@ pub struct Node {
     serving: Option<oneshot::Sender<()>>,
     last_snapshot_index: u64,
     snapshot_dir: PathBuf,
+    /// Snapshot work in flight off the executor (`ready.rs`).
+    snapshot_work: SnapshotWork,
+    /// The last raft index raft handed to apply (a committed entry or a snapshot); raft
+    /// is never told more is applied (`ready.rs`, `advance_applied`).
+    handed_raft_index: u64,
+    /// Bytes of entries stepped into raft since the last ready (`ready.rs`).
+    stepped_entry_bytes: u64,
+    /// Bytes of WAL appends queued by the ready loop and not yet durable (`ready.rs`).
+    wal_bytes_in_flight: usize,
     leader_transfers: Vec<LeaderTransfer>,
     /// `UNSAFE_LOCAL_READS_ENV` (always false without the `test-hooks` feature).
     unsafe_local_reads: bool,

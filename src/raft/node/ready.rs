@@ -8,13 +8,21 @@
 //! 1. soft state: who leads, at which term (logged in etcd's words);
 //! 2. messages: sent at once — a leader may replicate before its own fsync (raft thesis
 //!    §10.2.1); a follower's messages only come as persisted messages (step 7);
-//! 3. snapshot from the leader: restore the state machine, then the log restarts after it;
+//! 3. snapshot from the leader: its database was swapped in before this ready was taken
+//!    (`install_snapshot`, off the executor, the loop paused); the membership and the log
+//!    restart from it;
 //! 4. committed entries: apply them (they are durable on a quorum and locally);
 //! 5. new entries and hard state: stored in the in-memory log now (raft-rs reads them
 //!    from `Storage` after `advance_append_async`), and queued on the WAL;
 //! 6. read states: ReadIndex rounds that completed;
 //! 7. once the WAL append is durable: `on_persist_ready`, then the persisted messages
 //!    (votes, append responses), which must never leave before their state is durable.
+//!
+//! A ready is not taken while a leader's snapshot is being installed (its database swap
+//! runs on the blocking pool first, `install_snapshot`), while `WAL_IN_FLIGHT_BYTES_MAX` of
+//! WAL appends wait to be durable, or while the backend is full; and at most
+//! `READY_ENTRY_BYTES_MAX` of appended entries are stepped into raft per ready. So one
+//! ready's WAL append stays within the WAL's limits however fast a follower catches up.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -25,12 +33,14 @@ use raft::StateRole;
 use tern_storage::wal::{self, WalRecord};
 
 use crate::membership::cluster::MemberRecord;
+use crate::mvcc::{BtreeBackend, KvStore};
 use crate::proto::etcdserverpb as pb;
 use crate::raft::log_store;
-use crate::raft::snapshot::{self, SnapshotFile};
+use crate::raft::snapshot;
 use crate::raft::transport::Report;
 use crate::state::client::Command;
 use crate::state::envelope::{Body, Envelope, MemberOp};
+use crate::state::machine::StateMachine;
 
 use super::*;
 
@@ -75,11 +85,27 @@ pub async fn run(node: Rc<RefCell<Node>>) {
 impl Node {
     fn drain_transport(&mut self) {
         self.answer_forwarded_leases();
+        // Appends wait in the inbox once the next ready would carry more than
+        // READY_ENTRY_BYTES_MAX of new entries (its WAL append has a size limit, and an
+        // install pauses the loop while the leader keeps sending); other messages go on.
+        let mut deferred = Vec::new();
         for m in self.transport.take_inbox() {
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgAppend {
+                if !deferred.is_empty() || self.stepped_entry_bytes >= READY_ENTRY_BYTES_MAX {
+                    deferred.push(m);
+                    continue;
+                }
+                self.stepped_entry_bytes += m
+                    .entries
+                    .iter()
+                    .map(|e| e.data.len() as u64 + e.context.len() as u64)
+                    .sum::<u64>();
+            }
             if let Err(e) = self.raw.step(m) {
                 crate::debug!("raft dropped a peer message", "error" => e.to_string());
             }
         }
+        self.transport.return_to_inbox(deferred);
         for report in self.transport.take_reports() {
             match report {
                 Report::Unreachable(id) => self.raw.report_unreachable(id),
@@ -104,6 +130,7 @@ impl Node {
             n.raw.read_index(ctx.to_be_bytes().to_vec());
         }
         if !n.raw.has_ready() {
+            n.maybe_snapshot(node);
             return;
         }
         if n.state.borrow().backend_is_full() {
@@ -111,7 +138,24 @@ impl Node {
             // The running commit's end wakes this loop again.
             return;
         }
+        // A leader's snapshot is installed (its database swapped in, off the executor)
+        // before the ready that carries it is taken, so no ready is outstanding while that
+        // runs: messages are still stepped and ticks still tick meanwhile. Its end wakes
+        // this loop.
+        if n.snapshot_work.installing.is_some() {
+            return;
+        }
+        // The WAL is behind (a follower catching up fast): the next ready waits until an
+        // append is durable (that wakes this loop), so the WAL's queue never overflows.
+        if n.wal_bytes_in_flight >= WAL_IN_FLIGHT_BYTES_MAX {
+            return;
+        }
+        if let Some(raft_index) = n.snapshot_to_install() {
+            n.install_snapshot(node, raft_index);
+            return;
+        }
         let mut ready = n.raw.ready();
+        n.stepped_entry_bytes = 0;
 
         // 1. Soft state.
         if let Some(ss) = ready.ss() {
@@ -122,13 +166,15 @@ impl Node {
         let messages = ready.take_messages();
         n.send(messages);
         let mut records = Vec::new();
-        // 3. A snapshot from the leader replaces the state machine.
+        // 3. A snapshot from the leader: its database is already in place (above); the
+        // membership and the log restart from it, and the WAL records it.
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
-            if let Err(e) = n.install_snapshot(&snap) {
+            if let Err(e) = n.snapshot_installed(&snap) {
                 crate::fatal!("cannot install the leader's snapshot", "error" => e);
             }
             let meta = snap.get_metadata();
+            n.handed_raft_index = meta.index;
             records.push(WalRecord::Snapshot(wal::SnapshotMarker {
                 raft_index: meta.index,
                 term: meta.term,
@@ -136,6 +182,9 @@ impl Node {
         }
         // 4. Committed entries.
         let committed = ready.take_committed_entries();
+        if let Some(last) = committed.last() {
+            n.handed_raft_index = last.index;
+        }
         n.apply_entries(committed);
         // 5. New entries and hard state: into the in-memory log now, the WAL in the background.
         let entries = ready.take_entries();
@@ -173,6 +222,8 @@ impl Node {
         n.raw.advance_append_async(ready);
         // 7. After the WAL append (group commit): persisted state, then the messages that
         // depend on it. An empty append is a barrier, keeping `on_persist_ready` in order.
+        let wal_bytes = records.iter().map(WalRecord::frame_bytes).sum::<usize>();
+        n.wal_bytes_in_flight += wal_bytes;
         let durable = n.wal.append(records);
         let node_rc = node.clone();
         glommio::spawn_local(async move {
@@ -181,6 +232,7 @@ impl Node {
                 Err(e) => crate::fatal!("cannot write the WAL", "error" => e.to_string()),
             };
             let mut n = node_rc.borrow_mut();
+            n.wal_bytes_in_flight -= wal_bytes;
             n.slow_fdatasync.warn(&durable);
             n.raw.on_persist_ready(number);
             n.advance_applied();
@@ -193,13 +245,16 @@ impl Node {
         // Group commit of the backend: one commit for everything this ready applied; the
         // replies held for it go out now (`StateMachine::flush`).
         n.state.borrow_mut().flush();
-        n.maybe_snapshot();
+        n.maybe_snapshot(node);
         n.wake.wake();
     }
 
     /// Tells raft how far the state machine has applied. raft-rs requires applied ≤
     /// persisted: after installing a snapshot the state is ahead of the durable log until
-    /// the snapshot marker is in the WAL, so the rest is reported from step 7.
+    /// the snapshot marker is in the WAL, so the rest is reported from step 7. Never past
+    /// the last entry raft handed to apply: a snapshot's database may hold entries after
+    /// the snapshot's index, and raft must still hand those over (their conf changes and
+    /// member records live only in memory); apply skips their key writes.
     fn advance_applied(&mut self) {
         let log = &self.raw.raft.raft_log;
         let applied = self
@@ -207,7 +262,8 @@ impl Node {
             .borrow_mut()
             .raft_applied_index()
             .min(log.persisted)
-            .min(log.committed);
+            .min(log.committed)
+            .min(self.handed_raft_index);
         if applied > log.applied {
             self.raw.advance_apply_to(applied);
         }
@@ -422,14 +478,68 @@ impl Node {
         }
     }
 
-    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), String> {
+    /// The raft index of a leader's snapshot raft holds and whose database is not in place
+    /// yet.
+    fn snapshot_to_install(&self) -> Option<u64> {
+        self.raw
+            .raft
+            .raft_log
+            .unstable_snapshot()
+            .as_ref()
+            .map(|snap| snap.get_metadata().index)
+            .filter(|raft_index| *raft_index != self.snapshot_work.installed_raft_index)
+    }
+
+    /// Starts installing the leader's snapshot at `raft_index` (the transport already made
+    /// its database image durable as `<index>.snap.db`): the `.snap` file is saved, the
+    /// backend's jobs finish, the image replaces `member/snap/db`, and the store is reopened
+    /// over it and the key index and leases rebuilt, all file work on the blocking pool.
+    /// The ready loop waits meanwhile (`snapshot_work.installing`).
+    fn install_snapshot(&mut self, node: &Rc<RefCell<Node>>, raft_index: u64) {
+        let snap = self
+            .raw
+            .raft
+            .raft_log
+            .unstable_snapshot()
+            .clone()
+            .expect("snapshot_to_install saw it");
+        crate::info!("applying snapshot", "snapshot-index" => raft_index, "snapshot-term" => snap.get_metadata().term);
+        self.snapshot_work.installing = Some(raft_index);
+        // A local snapshot not yet saved is older than the leader's; it is dropped.
+        self.snapshot_work.local = None;
+        let dir = self.snapshot_dir.clone();
+        let state = self.state.clone();
+        let node = node.clone();
+        glommio::spawn_local(async move {
+            let started = Instant::now();
+            if let Err(e) = swap_in_snapshot_db(&dir, &snap, &state).await {
+                crate::fatal!("cannot install the leader's snapshot", "error" => e);
+            }
+            crate::info!(
+                "restored snapshot database",
+                "snapshot-index" => raft_index,
+                "consistent-index" => state.borrow().raft_applied_index(),
+                "took" => crate::log::format_duration(started.elapsed())
+            );
+            let mut n = node.borrow_mut();
+            n.snapshot_work.installing = None;
+            n.snapshot_work.installed_raft_index = raft_index;
+            n.wake.wake();
+        })
+        .detach();
+    }
+
+    /// The ready carrying the leader's snapshot: its database is in place; the membership
+    /// and the log restart from it.
+    fn snapshot_installed(&mut self, snap: &Snapshot) -> Result<(), String> {
         let meta = snap.get_metadata();
-        crate::info!("applying snapshot", "snapshot-index" => meta.index, "snapshot-term" => meta.term);
-        let file = SnapshotFile {
-            snapshot: snap.clone(),
-        };
-        snapshot::restore(&file, &mut self.state.borrow_mut(), &mut self.membership)?;
-        snapshot::save(&self.snapshot_dir, &file)?;
+        if meta.index != self.snapshot_work.installed_raft_index {
+            return Err(format!(
+                "raft hands on the snapshot at {} but the database installed is for {}",
+                meta.index, self.snapshot_work.installed_raft_index
+            ));
+        }
+        snapshot::restore_membership(snap, &mut self.membership)?;
         for m in self.membership.members.values() {
             if m.id != self.id {
                 self.transport.set_peer(m.id, m.peer_urls.clone());
@@ -442,37 +552,73 @@ impl Node {
     }
 
     /// etcd's `--snapshot-count`: after that many applied entries since the last
-    /// snapshot, save one and compact the log (keeping catch-up entries), then release
-    /// WAL segments below it.
-    fn maybe_snapshot(&mut self) {
-        let applied = self.state.borrow_mut().raft_applied_index();
-        if applied < self.last_snapshot_index + self.options.snapshot_count.max(1) {
+    /// snapshot, take one at the applied index, then compact the log (keeping catch-up
+    /// entries) and release WAL segments below it. The database is the snapshot's state, so
+    /// the snapshot (membership and conf state, a few KB) is saved only once the backend
+    /// holds that index durably (a commit is started for it at once); a restart then resumes
+    /// from the database and replays the WAL after the snapshot.
+    fn maybe_snapshot(&mut self, node: &Rc<RefCell<Node>>) {
+        if self.snapshot_work.saving || self.snapshot_work.installing.is_some() {
             return;
         }
-        let Some(term) = self.log.term_of(applied) else {
-            return;
-        };
-        let data = snapshot::encode(&self.state.borrow(), &self.membership);
-        let mut snap = Snapshot::default();
-        snap.set_metadata(log_store::snapshot_metadata(
-            applied,
-            term,
-            self.raw.raft.prs().conf().to_conf_state(),
-        ));
-        snap.data = data.into();
-        let file = SnapshotFile {
-            snapshot: snap.clone(),
-        };
-        if let Err(e) = snapshot::save(&self.snapshot_dir, &file) {
-            crate::error!("cannot save a snapshot", "error" => e);
+        if self.snapshot_work.local.is_none() {
+            let applied = self.state.borrow_mut().raft_applied_index();
+            if applied < self.last_snapshot_index + self.options.snapshot_count.max(1) {
+                return;
+            }
+            let Some(term) = self.log.term_of(applied) else {
+                return;
+            };
+            let mut snap = Snapshot::default();
+            snap.set_metadata(log_store::snapshot_metadata(
+                applied,
+                term,
+                self.raw.raft.prs().conf().to_conf_state(),
+            ));
+            snap.data = snapshot::encode(&self.membership).into();
+            self.snapshot_work.local = Some(LocalSnapshot { snapshot: snap });
+            self.state.borrow_mut().commit_backend();
+        }
+        let raft_index = self
+            .snapshot_work
+            .local
+            .as_ref()
+            .map_or(0, |local| local.snapshot.get_metadata().index);
+        if self.state.borrow().durable_consistent_index() < raft_index {
+            // The commit's end wakes the loop, which looks again.
             return;
         }
-        crate::info!("saved snapshot", "snapshot-index" => applied);
-        self.last_snapshot_index = applied;
+        let snap = self.snapshot_work.local.take().expect("checked").snapshot;
+        self.snapshot_work.saving = true;
+        let dir = self.snapshot_dir.clone();
+        let node = node.clone();
+        glommio::spawn_local(async move {
+            let saved = snapshot::save(&dir, &snap).await;
+            let mut n = node.borrow_mut();
+            n.snapshot_work.saving = false;
+            match saved {
+                Ok(()) => n.compact_after_snapshot(snap),
+                Err(e) => crate::error!("cannot save a snapshot", "error" => e),
+            }
+            n.wake.wake();
+        })
+        .detach();
+    }
+
+    /// A local snapshot's file is durable: the log is compacted below it (keeping catch-up
+    /// entries), then, once the WAL records it, older WAL segments and snapshot files go.
+    fn compact_after_snapshot(&mut self, snap: Snapshot) {
+        let (raft_index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+        if raft_index <= self.last_snapshot_index {
+            // A leader's snapshot, installed meanwhile, is newer.
+            return;
+        }
+        crate::info!("saved snapshot", "snapshot-index" => raft_index);
+        self.last_snapshot_index = raft_index;
         // Keep catch-up entries, but never more than one snapshot interval, so that a
         // small --snapshot-count bounds the log's memory as the user asked.
         let catch_up = SNAPSHOT_CATCH_UP_ENTRIES.min(self.options.snapshot_count);
-        let compact_to = applied
+        let compact_to = raft_index
             .saturating_sub(catch_up)
             .max(self.log.first_raft_index() - 1);
         self.log.compact(snap, compact_to);
@@ -480,11 +626,8 @@ impl Node {
         let dir = self.snapshot_dir.clone();
         let unsynced_hard_state = self.unsynced_hard_state.take();
         glommio::spawn_local(async move {
-            let marker = WalRecord::Snapshot(wal::SnapshotMarker {
-                raft_index: applied,
-                term,
-            });
-            // The hard state covering the applied index goes first: a restart must never
+            let marker = WalRecord::Snapshot(wal::SnapshotMarker { raft_index, term });
+            // The hard state covering the snapshot's index goes first: a restart must never
             // find a snapshot marker past the durable commit index.
             let mut records: Vec<WalRecord> = unsynced_hard_state
                 .iter()
@@ -493,11 +636,75 @@ impl Node {
             records.push(marker);
             if wal.append(records).await.is_ok() {
                 if compact_to > 0 {
-                    let _ = wal.release_below(compact_to.min(applied)).await;
+                    let _ = wal.release_below(compact_to.min(raft_index)).await;
                 }
-                snapshot::purge(&dir, applied);
+                snapshot::purge(&dir, raft_index).await;
             }
         })
         .detach();
     }
 }
+
+/// Swaps the leader's database image for the snapshot `snap` in for the state machine's
+/// database (see `Node::install_snapshot`).
+async fn swap_in_snapshot_db(
+    dir: &std::path::Path,
+    snap: &Snapshot,
+    state: &Rc<RefCell<StateMachine>>,
+) -> Result<(), String> {
+    let raft_index = snap.get_metadata().index;
+    let image = snapshot::db_image_path(dir, raft_index);
+    // The .snap file first: the WAL marker the ready writes for this snapshot names it.
+    snapshot::save(dir, snap).await?;
+    let db_path = state.borrow().db_path();
+    state.borrow_mut().flush();
+    wait_backend_idle(state).await;
+    let (dir, target) = (dir.to_path_buf(), db_path.clone());
+    let store = snapshot::blocking(move || -> Result<KvStore<BtreeBackend>, String> {
+        if !image.exists() {
+            return Err(format!(
+                "the snapshot database {} is missing",
+                image.display()
+            ));
+        }
+        snapshot::install_db_image_blocking(&dir, raft_index, &target)?;
+        let backend = BtreeBackend::open(&target)
+            .map_err(|e| format!("cannot open {}: {e}", target.display()))?;
+        KvStore::open(backend).map_err(|e| format!("cannot load {}: {e}", target.display()))
+    })
+    .await?;
+    // A tick may have committed to the old backend meanwhile.
+    wait_backend_idle(state).await;
+    let old = state.borrow_mut().replace_store(store, raft_index)?;
+    // Unmapping and closing the old file is left to the blocking pool as well.
+    snapshot::blocking(move || drop(old)).await;
+    Ok(())
+}
+
+/// Until no backend writer job is in flight or wanted (the jobs run on the blocking pool).
+async fn wait_backend_idle(state: &Rc<RefCell<StateMachine>>) {
+    loop {
+        {
+            let mut state = state.borrow_mut();
+            state.poll_backend();
+            if !state.backend_is_busy() {
+                return;
+            }
+        }
+        glommio::timer::sleep(BACKEND_IDLE_POLL).await;
+    }
+}
+
+/// New entry bytes stepped into raft per ready, beyond which appends wait in the inbox:
+/// well below the WAL's per-append maximum (32 MiB), since one more append (at most
+/// `max_size_per_msg` plus one entry) may land after the check.
+const READY_ENTRY_BYTES_MAX: u64 = 8 << 20;
+
+/// Bytes of WAL appends queued and not yet durable beyond which no new ready is taken:
+/// half the WAL's queue limit (`WalOptions::queue_bytes_max`, 64 MiB), leaving room for one
+/// more ready of at most `READY_ENTRY_BYTES_MAX` and the small marker appends.
+const WAL_IN_FLIGHT_BYTES_MAX: usize = 32 << 20;
+const _: () = assert!(WAL_IN_FLIGHT_BYTES_MAX + 2 * READY_ENTRY_BYTES_MAX as usize <= 64 << 20);
+
+/// How often an install looks whether the backend's jobs have finished.
+const BACKEND_IDLE_POLL: Duration = Duration::from_millis(2);

@@ -474,6 +474,12 @@ impl Db {
 
     /// Most passes [`Db::defrag`] runs; callers driving the steps themselves use the same.
     pub const DEFRAG_PASSES_MAX: usize = DEFRAG_PASSES_MAX;
+
+    /// The latest commit, pinned (its pages are not reused while the `Arc` lives), and the
+    /// file that holds it: what `export.rs` streams.
+    pub(crate) fn pinned_snapshot(&self) -> (Arc<Snapshot>, &File) {
+        (lock(&self.shared.current).clone(), &self.shared.file)
+    }
 }
 
 /// A consistent, read-only view of the latest commit when it began. `Send + Sync`: it may

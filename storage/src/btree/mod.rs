@@ -18,6 +18,7 @@ pub mod batch;
 pub mod check;
 mod cursor;
 mod db;
+pub mod export;
 mod mmap;
 mod node;
 pub mod page;
@@ -26,6 +27,7 @@ pub use batch::{BatchConfig, BatchWriter};
 pub use check::{check_file, check_image, CheckReport};
 pub use cursor::{Entry, Range};
 pub use db::{Db, DefragReport, Options, OwnedEntry, ReadTxn, Stats, WriteTxn};
+pub use export::Export;
 pub use page::{
     MAX_BTREE_DEPTH, MAX_BUCKET_NAME_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_BYTES,
 };
