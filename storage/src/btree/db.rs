@@ -779,7 +779,18 @@ impl WriteTxn {
             .expect("open transaction holds the writer state");
         let free_pages = state.alloc.free.len() as u64 + state.alloc.pending_pages();
         let boundary = state.alloc.page_count - free_pages;
-        let below = state.alloc.free.range(..boundary).copied();
+        // Room is every free page below the end of the used part of the file, not only
+        // below the boundary: at the end of a defragmentation the pages still above the
+        // boundary exactly match the free ones below it, and their copies' ancestors need a
+        // little more, so a boundary-only budget left the last run at the end of the file
+        // for good (and with it the whole free tail). Allocation still prefers the lowest
+        // page, so copies land as low as they can and each pass moves the end down.
+        let trailing_free = (META_SLOTS..state.alloc.page_count)
+            .rev()
+            .take_while(|pgid| state.alloc.free.contains(pgid))
+            .count() as u64;
+        let used_end = state.alloc.page_count - trailing_free;
+        let below = state.alloc.free.range(..used_end).copied();
         let mut room = Room::new(page::to_runs(below));
         self.trim_tail = true;
         let (mut editor, root) = self.editor();
