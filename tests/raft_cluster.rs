@@ -655,10 +655,16 @@ async fn a_member_added_with_an_empty_data_dir_catches_up_purely_by_snapshot() {
         cluster.log(3).contains("applying snapshot"),
         "the new member caught up through a snapshot"
     );
-    assert!(
-        cluster.log(3).contains("restored snapshot database"),
-        "the new member took the leader's database"
-    );
+    // The line comes once the install task ends, which may be a moment after the swapped-in
+    // store already answers reads.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster.log(3).contains("restored snapshot database") {
+        assert!(
+            Instant::now() < deadline,
+            "the new member took the leader's database"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     same_hash_kv(&cluster, &[0, 1, 2, 3], Duration::from_secs(20));
     // The image was consumed: no database image or temporary file is left behind.
     let left: Vec<_> = snap_dir_files(&cluster, 3)
