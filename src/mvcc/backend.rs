@@ -61,7 +61,8 @@ impl Bucket {
         }
     }
 
-    const fn slot(self) -> usize {
+    /// The bucket's position in [`Bucket::ALL`], for per-bucket arrays.
+    pub(crate) const fn slot(self) -> usize {
         self as usize
     }
 }

@@ -66,7 +66,7 @@ struct Layer {
 
 impl Layer {
     fn bucket(&self, bucket: Bucket) -> &BTreeMap<Vec<u8>, Option<Vec<u8>>> {
-        &self.buckets[bucket_slot(bucket)]
+        &self.buckets[bucket.slot()]
     }
 
     fn is_empty(&self) -> bool {
@@ -74,7 +74,7 @@ impl Layer {
     }
 
     fn set(&mut self, bucket: Bucket, key: &[u8], value: Option<&[u8]>) {
-        let map = &mut self.buckets[bucket_slot(bucket)];
+        let map = &mut self.buckets[bucket.slot()];
         self.bytes += key.len() + value.map_or(0, <[u8]>::len);
         match map.get_mut(key) {
             Some(slot) => *slot = value.map(<[u8]>::to_vec),
@@ -103,13 +103,6 @@ fn commit_layers(db: &Db, layers: &[Arc<Layer>]) -> Result<(), btree::Error> {
         }
     }
     txn.commit()
-}
-
-fn bucket_slot(bucket: Bucket) -> usize {
-    Bucket::ALL
-        .iter()
-        .position(|b| *b == bucket)
-        .expect("every bucket is in Bucket::ALL")
 }
 
 /// What a writer job does.
