@@ -6,6 +6,7 @@
 //! `apply` (etcd's KV semantics) → `mvcc` state.
 
 pub mod apply;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -47,9 +47,47 @@ fn main() {
             config.election_timeout_ms,
         ),
         lease_promote_extend: std::time::Duration::from_millis(config.election_timeout_ms),
+        auth: auth_options(&config),
     };
     if let Err(e) = server::run(options) {
         tern::fatal!("cannot serve", "error" => e);
+    }
+}
+
+/// --auth-token, --bcrypt-cost and --auth-token-ttl, as etcd reads them: a bcrypt cost
+/// outside bcrypt's bounds falls back to the default with a warning; a token kind other
+/// than `simple` stops the server (etcd stops on an unknown one; JWT is not built yet,
+/// and serving without the tokens asked for would be a silently ignored flag).
+fn auth_options(config: &Config) -> server::AuthOptions {
+    use tern::service::auth::{BCRYPT_COST_DEFAULT, BCRYPT_COST_MAX, BCRYPT_COST_MIN};
+    let token = config.flag_value("auth-token").unwrap_or("simple");
+    let kind = token.split(',').next().unwrap_or_default();
+    if kind != "simple" {
+        tern::fatal!("failed to create auth store: auth: invalid auth options; tern serves only --auth-token simple", "auth-token" => token);
+    }
+    let requested = config
+        .flag_value("bcrypt-cost")
+        .and_then(|text| text.parse::<u32>().ok())
+        .unwrap_or(BCRYPT_COST_DEFAULT);
+    let bcrypt_cost = if (BCRYPT_COST_MIN..=BCRYPT_COST_MAX).contains(&requested) {
+        requested
+    } else {
+        tern::warn!(
+            "use default bcrypt cost instead of the invalid given cost",
+            "min-cost" => BCRYPT_COST_MIN,
+            "max-cost" => BCRYPT_COST_MAX,
+            "default-cost" => BCRYPT_COST_DEFAULT,
+            "given-cost" => requested
+        );
+        BCRYPT_COST_DEFAULT
+    };
+    let ttl_secs = config
+        .flag_value("auth-token-ttl")
+        .and_then(|text| text.parse::<u64>().ok())
+        .unwrap_or(300);
+    server::AuthOptions {
+        bcrypt_cost,
+        token_ttl: std::time::Duration::from_secs(ttl_secs),
     }
 }
 

@@ -184,9 +184,9 @@ pub const FLAGS: &[FlagSpec] = &[
     f("tls-min-version", Choice(&["TLS1.2", "TLS1.3"]), "TLS1.2", Security, false, "Minimum TLS version."),
     f("tls-max-version", Choice(&["", "TLS1.2", "TLS1.3"]), "", Security, false, "Maximum TLS version (empty: library default)."),
     // Auth
-    f("auth-token", Str, "simple", Auth, false, "Auth token type and options ('simple' or 'jwt,...')."),
-    f("bcrypt-cost", Uint, "10", Auth, false, "bcrypt cost for password hashing (4..31)."),
-    f("auth-token-ttl", Uint, "300", Auth, false, "Lifetime of a simple auth token, in seconds."),
+    f("auth-token", Str, "simple", Auth, true, "Auth token type: 'simple' (tern does not build 'jwt,...' yet and refuses it)."),
+    f("bcrypt-cost", Uint, "10", Auth, true, "bcrypt cost for password hashing (4..31)."),
+    f("auth-token-ttl", Uint, "300", Auth, true, "Lifetime of a simple auth token, in seconds."),
     // Profiling and monitoring
     f("enable-pprof", Bool, "false", Profiling, false, "Serve runtime profiles under /debug/pprof/."),
     f("metrics", Choice(&["basic", "extensive"]), "basic", Profiling, false, "Detail of exported metrics ('basic' or 'extensive')."),

@@ -50,6 +50,17 @@ const BLOCKING_POOL_THREADS: usize = 2;
 /// replies held back (and so the latency of the first of them).
 const GROUP_COMMIT_COMMANDS_MAX: usize = COMMAND_QUEUE_MAX;
 
+/// The Auth flags tern acts on (--auth-token is `simple`, the only kind built).
+#[derive(Clone, Copy, Debug)]
+pub struct AuthOptions {
+    pub bcrypt_cost: u32,
+    pub token_ttl: std::time::Duration,
+}
+
+/// Threads of each network executor's blocking pool: bcrypt password work
+/// (`service::auth`), which must never run on the executor.
+const NETWORK_BLOCKING_POOL_THREADS: usize = 1;
+
 /// What the server needs to know, already validated (see `config`).
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
@@ -66,6 +77,8 @@ pub struct ServerOptions {
     /// etcd's --backend-batch-interval and --backend-batch-limit (zero: etcd's defaults).
     pub backend_batch_interval: std::time::Duration,
     pub backend_batch_limit: u64,
+    /// --bcrypt-cost and --auth-token-ttl (simple tokens).
+    pub auth: AuthOptions,
 }
 
 fn placement(cpu: Option<usize>) -> Placement {
@@ -210,6 +223,7 @@ fn start_state_executor(
     let identity = options.identity.clone();
     let (lease_options, lease_extend) = (options.lease, options.lease_promote_extend);
     let backend_batch = (options.backend_batch_interval, options.backend_batch_limit);
+    let auth = options.auth;
     let raft_options = options.raft.clone();
     LocalExecutorBuilder::new(placement(plan.state_cpu))
         .name("tern-state")
@@ -222,6 +236,7 @@ fn start_state_executor(
                 Ok(state_machine) => state_machine
                     .with_lease_options(lease_options, lease_extend)
                     .with_backend_batch(backend_batch.0, backend_batch.1)
+                    .with_auth_token_ttl(auth.token_ttl)
                     .with_background_writer(),
                 Err(e) => crate::fatal!("cannot initialize the backend", "error" => e.to_string()),
             };
@@ -334,10 +349,14 @@ fn start_network_executors(
         let listener_fds = executor_listeners(client_listeners)?;
         let limits = options.limits.clone();
         let identity = options.identity.clone();
+        let bcrypt_cost = options.auth.bcrypt_cost;
         let ready_tx = ready_tx.clone();
         let executor = LocalExecutorBuilder::new(placement(*cpu))
             .name(&format!("tern-net-{i}"))
             .io_memory(NETWORK_IO_MEMORY_BYTES)
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(
+                NETWORK_BLOCKING_POOL_THREADS,
+            ))
             .spawn(move || async move {
                 let listeners = into_glommio_listeners(listener_fds);
                 // The state core connects this core's watch feed before its commands,
@@ -359,7 +378,10 @@ fn start_network_executors(
                     limits.watch_progress_notify_interval,
                     shutdown.clone(),
                 ));
-                let context = Rc::new(ServiceContext::new(state, limits.clone(), &identity, watch));
+                let context = Rc::new(
+                    ServiceContext::new(state, limits.clone(), &identity, watch)
+                        .with_bcrypt_cost(bcrypt_cost),
+                );
                 let _ = context_tx.send(context.clone());
                 let http2 = Rc::new(ServerConfig {
                     max_recv_message_bytes: limits.max_recv_message_bytes(),

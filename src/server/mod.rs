@@ -13,4 +13,4 @@
 pub mod launch;
 pub mod network;
 
-pub use launch::{run, ServerOptions};
+pub use launch::{run, AuthOptions, ServerOptions};

@@ -5,6 +5,7 @@
 //! the state core anything), forwards the work over its core's `StateClient`, and encodes
 //! the reply. Error texts and codes come from the one table in `crate::error`.
 
+pub mod auth;
 mod call;
 mod cluster;
 mod election;
@@ -55,6 +56,8 @@ pub struct ServiceContext {
     pub cluster_id: u64,
     /// This core's watchers (`watch::hub`; protocol in `crate::watch`).
     pub watch: Rc<watch::hub::WatchHub>,
+    /// --bcrypt-cost, for the passwords the Auth service hashes.
+    pub bcrypt_cost: u32,
 }
 
 impl ServiceContext {
@@ -70,7 +73,13 @@ impl ServiceContext {
             member_id: identity.member_id,
             cluster_id: identity.cluster_id,
             watch,
+            bcrypt_cost: auth::BCRYPT_COST_DEFAULT,
         }
+    }
+
+    pub fn with_bcrypt_cost(mut self, bcrypt_cost: u32) -> ServiceContext {
+        self.bcrypt_cost = bcrypt_cost;
+        self
     }
 }
 
@@ -82,6 +91,16 @@ pub fn handler(context: Rc<ServiceContext>) -> Handler {
 async fn route(context: Rc<ServiceContext>, call: Call) {
     let path = call.method.clone();
     let (service, method) = split_path(&path);
+    // Everything this call asks of the state core runs as the holder of its token.
+    let token = token_of(&call);
+    let context = Rc::new(ServiceContext {
+        state: context.state.with_token(token.as_deref()),
+        limits: context.limits.clone(),
+        member_id: context.member_id,
+        cluster_id: context.cluster_id,
+        watch: context.watch.clone(),
+        bcrypt_cost: context.bcrypt_cost,
+    });
     match service {
         "etcdserverpb.KV" => kv::serve(&context, method, call).await,
         "etcdserverpb.Maintenance" => maintenance::serve(&context, method, call).await,
@@ -90,13 +109,24 @@ async fn route(context: Rc<ServiceContext>, call: Call) {
         "v3lockpb.Lock" => lock::serve(&context, method, call).await,
         "v3electionpb.Election" => election::serve(&context, method, call).await,
         "etcdserverpb.Watch" => watch::serve(&context, method, call).await,
-        // The Auth service's issue has not landed yet.
-        "etcdserverpb.Auth" => call.responses.finish(not_yet(service, method)),
+        "etcdserverpb.Auth" => auth::serve(&context, method, call).await,
         _ => call.responses.finish(Status::new(
             Code::Unimplemented,
             format!("unknown service {service}"),
         )),
     }
+}
+
+/// The auth token a call carries: gRPC metadata `token` (etcd's `TokenFieldNameGRPC`),
+/// or `authorization` as etcd also accepts (`TokenFieldNameSwagger`). Not UTF-8: no
+/// token can match, so it is passed on as text that fails ("invalid auth token").
+fn token_of(call: &Call) -> Option<String> {
+    let value = call
+        .metadata
+        .iter()
+        .find(|(name, _)| name == "token")
+        .or_else(|| call.metadata.iter().find(|(name, _)| name == "authorization"))?;
+    Some(String::from_utf8_lossy(&value.1).into_owned())
 }
 
 /// "/etcdserverpb.KV/Range" → ("etcdserverpb.KV", "Range").

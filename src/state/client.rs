@@ -49,22 +49,84 @@ pub enum Command {
         core: usize,
         generation: u64,
     },
+    /// An Auth service op (`crate::auth`): reads are answered, changes proposed.
+    Auth(crate::auth::AuthOp, Reply<crate::auth::AuthReply>),
+    /// `command` on behalf of the client whose request carried this token (gRPC metadata
+    /// `token`). A command without one runs as a client without credentials.
+    WithToken(String, Box<Command>),
+}
+
+impl Command {
+    /// Answers the command with `e` (dropping the reply answers "server stopped" for the
+    /// few commands that never fail one by one).
+    pub fn fail(self, e: EtcdError) {
+        use crate::state::LeaseCommand;
+        match self {
+            Command::Range(_, r) => drop(r.send(Err(e))),
+            Command::Put(_, r) => drop(r.send(Err(e))),
+            Command::DeleteRange(_, r) => drop(r.send(Err(e))),
+            Command::Txn(_, r) => drop(r.send(Err(e))),
+            Command::Compact(_, r) => drop(r.send(Err(e))),
+            Command::HashKv(_, r) => drop(r.send(Err(e))),
+            Command::Hash(r) => drop(r.send(Err(e))),
+            Command::Status(r) => drop(r.send(Err(e))),
+            Command::MemberList(r) => drop(r.send(Err(e))),
+            Command::Alarm(_, r) => drop(r.send(Err(e))),
+            Command::Defragment(r) => drop(r.send(Err(e))),
+            Command::MemberAdd(_, r) => drop(r.send(Err(e))),
+            Command::MemberRemove(_, r) => drop(r.send(Err(e))),
+            Command::MemberUpdate(_, r) => drop(r.send(Err(e))),
+            Command::MemberPromote(_, r) => drop(r.send(Err(e))),
+            Command::MoveLeader(_, r) => drop(r.send(Err(e))),
+            Command::Lease(lease) => match lease {
+                LeaseCommand::Grant(_, r) => drop(r.send(Err(e))),
+                LeaseCommand::Revoke(_, r) => drop(r.send(Err(e))),
+                LeaseCommand::Renew(_, r) => drop(r.send(Err(e))),
+                LeaseCommand::TimeToLive(_, r) => drop(r.send(Err(e))),
+                LeaseCommand::Leases(r) => drop(r.send(Err(e))),
+                LeaseCommand::Checkpoint(_, r) => drop(r.send(Err(e))),
+            },
+            Command::WaitChange(wait) => drop(wait.reply.send(Err(e))),
+            Command::WatchSync(_, r) => drop(r.send(Err(e))),
+            Command::WatchUnsubscribe { .. } => {}
+            Command::Auth(_, r) => drop(r.send(Err(e))),
+            Command::WithToken(_, inner) => inner.fail(e),
+        }
+    }
 }
 
 /// A network core's connection to the state executor. Cheap to share within its core (`Rc`).
 pub struct StateClient {
-    commands: ConnectedSender<Command>,
+    commands: std::rc::Rc<ConnectedSender<Command>>,
+    /// The client's auth token: every command sent through this handle carries it.
+    token: Option<std::rc::Rc<str>>,
 }
 
 impl StateClient {
     pub fn new(commands: ConnectedSender<Command>) -> StateClient {
-        StateClient { commands }
+        StateClient {
+            commands: std::rc::Rc::new(commands),
+            token: None,
+        }
+    }
+
+    /// A handle on the same channel whose commands run as the holder of `token` (none:
+    /// as a client without credentials).
+    pub fn with_token(&self, token: Option<&str>) -> StateClient {
+        StateClient {
+            commands: self.commands.clone(),
+            token: token.map(std::rc::Rc::from),
+        }
     }
 
     /// Sends one command and waits for its reply.
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, EtcdError> {
         let (reply, response) = oneshot::channel();
-        if self.commands.send(make(reply)).await.is_err() {
+        let command = match &self.token {
+            Some(token) => Command::WithToken(token.to_string(), Box::new(make(reply))),
+            None => make(reply),
+        };
+        if self.commands.send(command).await.is_err() {
             return Err(EtcdError::Stopped);
         }
         // A dropped reply sender means the state core stopped mid-request.
@@ -120,6 +182,12 @@ impl StateClient {
         let _ = self
             .commands
             .try_send(Command::WatchUnsubscribe { core, generation });
+    }
+    pub async fn auth(
+        &self,
+        op: crate::auth::AuthOp,
+    ) -> Result<crate::auth::AuthReply, EtcdError> {
+        self.call(|r| Command::Auth(op, r)).await
     }
     pub async fn defragment(&self) -> Result<pb::DefragmentResponse, EtcdError> {
         self.call(Command::Defragment).await

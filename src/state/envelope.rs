@@ -41,8 +41,13 @@ pub struct Envelope {
     /// With a [`Body::Member`] only: what to do with the member.
     #[prost(enumeration = "MemberOp", tag = "8")]
     pub member_op: i32,
-    #[prost(oneof = "Body", tags = "3, 4, 5, 6, 7, 9, 10, 11, 12, 13")]
+    #[prost(oneof = "Body", tags = "3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14")]
     pub body: Option<Body>,
+    /// The client a proposed request runs as (etcd's `RequestHeader` username and auth
+    /// revision), checked when the entry applies. None: the server's own request (lease
+    /// expiry, checkpoints, membership), or an entry from before auth existed.
+    #[prost(message, optional, tag = "15")]
+    pub caller: Option<crate::auth::AuthInfo>,
 }
 
 /// The request an entry carries (tags are the envelope's field numbers).
@@ -74,10 +79,13 @@ pub enum Body {
     /// Alarm ACTIVATE or DEACTIVATE (GET is a read and never proposed).
     #[prost(message, tag = "13")]
     Alarm(pb::AlarmRequest),
+    /// A change of auth state (`crate::auth::request`), never one of its reads.
+    #[prost(message, tag = "14")]
+    Auth(crate::auth::AuthRequest),
 }
 
 /// The envelope's field numbers that belong to the body `oneof`.
-const BODY_TAGS: [u32; 10] = [3, 4, 5, 6, 7, 9, 10, 11, 12, 13];
+const BODY_TAGS: [u32; 11] = [3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14];
 
 /// Why entry bytes are not a valid envelope.
 #[derive(Debug, PartialEq, Eq)]
@@ -115,6 +123,7 @@ impl Envelope {
             origin_member_id,
             member_op: MemberOp::None as i32,
             body: Some(body),
+            caller: None,
         }
     }
 
@@ -273,6 +282,7 @@ mod tests {
             origin_member_id: 6,
             member_op: 0,
             body: None,
+            caller: None,
         };
         let bytes = ids_only.encode_to_vec();
         assert!(!bytes.is_empty());

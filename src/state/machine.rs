@@ -25,11 +25,13 @@
 //!   directly. The raft node keeps `raft_term`, `leader_id` and `raft_commit_index`
 //!   current and flushes once per ready.
 
+mod auth;
 mod expensive;
 mod leases;
 
 pub use leases::{run_lease_timer, LeaseProposal};
 
+use crate::auth::{AuthStore, Caller};
 use crate::error::EtcdError;
 use crate::lease::{LeaseOptions, Lessor};
 use crate::mvcc::btree_backend::WriterOutcome;
@@ -115,6 +117,11 @@ pub struct StateMachine {
     /// Set once backend commits and defragmentation run on the blocking pool.
     writer: Option<std::rc::Rc<BackendWriter>>,
     defrag_waiters: DefragWaiters,
+    /// Users, roles, permissions and tokens (`crate::auth`).
+    auth: AuthStore,
+    /// Who the command being handled runs as (`handle`, `apply_write`); between commands,
+    /// a client without credentials.
+    caller: Caller,
     /// Kept current by the raft node.
     pub raft_term: u64,
     pub leader_id: u64,
@@ -129,6 +136,7 @@ impl StateMachine {
         // A reopened store resumes from the raft index it saved with its last commit; raft
         // replays only the entries after it.
         let changes_seen_revision = store.current_revision();
+        let auth = AuthStore::load(store.backend(), crate::auth::token::SIMPLE_TOKEN_TTL_DEFAULT)?;
         let mut state = StateMachine {
             identity,
             raft_applied_index: store.consistent_index(),
@@ -150,6 +158,8 @@ impl StateMachine {
             applying_raft_entry: false,
             writer: None,
             defrag_waiters: DefragWaiters::default(),
+            auth,
+            caller: Caller::anonymous(),
             raft_term: 0,
             leader_id: 0,
             raft_commit_index: 0,
@@ -160,6 +170,36 @@ impl StateMachine {
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// --auth-token-ttl for simple tokens.
+    pub fn with_auth_token_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.auth.set_token_ttl(ttl);
+        self
+    }
+
+    /// Who a request carrying `token` runs as, for a write about to be proposed: the
+    /// entry carries it and its checks run when it applies.
+    pub fn caller_of_token(&mut self, token: Option<&str>) -> Result<crate::auth::AuthInfo, EtcdError> {
+        match token {
+            Some(token) => self.auth.info_from_token(token, std::time::Instant::now()),
+            None => Ok(crate::auth::AuthInfo::default()),
+        }
+    }
+
+    /// Whether `caller` may do what only root-role users may (membership changes, leader
+    /// moves): checked before the raft node acts, as etcd checks them at the API.
+    pub fn check_admin_of(&self, caller: &Caller) -> Result<(), EtcdError> {
+        self.auth.check_admin(caller)
+    }
+
+    /// Whether `caller` may read every key attached to lease `id` (TimeToLive with keys,
+    /// checked where the request arrives, before a follower forwards it).
+    pub fn check_lease_read_of(&mut self, caller: Caller, id: i64) -> Result<(), EtcdError> {
+        let previous = std::mem::replace(&mut self.caller, caller);
+        let res = self.check_lease_keys(id, crate::auth::Access::Read);
+        self.caller = previous;
+        res
     }
 
     /// From now on backend commits and defragmentation run on the current executor's
@@ -303,7 +343,7 @@ impl StateMachine {
     /// Applies the write `command` carried by the committed entry at `raft_index` and
     /// answers it (after the next `flush`). Idempotent: an entry at or below the store's
     /// consistent index was applied before a restart and is skipped.
-    pub fn apply_write(&mut self, raft_index: u64, command: Command) {
+    pub fn apply_write(&mut self, raft_index: u64, command: Command, caller: Caller) {
         assert!(
             raft_index > self.raft_applied_index,
             "entries apply in raft-index order"
@@ -315,7 +355,9 @@ impl StateMachine {
         // `handle` advances the applied index by one for each write.
         self.raft_applied_index = raft_index - 1;
         self.applying_raft_entry = true;
+        let previous = std::mem::replace(&mut self.caller, caller);
         self.handle(command);
+        self.caller = previous;
         self.applying_raft_entry = false;
         debug_assert_eq!(self.raft_applied_index, raft_index);
     }
@@ -394,6 +436,9 @@ impl StateMachine {
         self.changes_seen_revision = self.store.current_revision();
         self.raft_applied_index = snapshot_index.max(self.store.consistent_index());
         self.restore_leases();
+        if let Err(e) = self.auth.reload(self.store.backend()) {
+            return Err(format!("cannot restore the auth state of the snapshot: {e}"));
+        }
         Ok(old)
     }
 
@@ -498,8 +543,20 @@ impl StateMachine {
     pub fn handle(&mut self, command: Command) {
         let started = std::time::Instant::now();
         match command {
+            Command::WithToken(token, inner) => {
+                match self.auth.info_from_token(&token, started) {
+                    Ok(info) => {
+                        let previous = std::mem::replace(&mut self.caller, Caller::Client(info));
+                        self.handle(*inner);
+                        self.caller = previous;
+                    }
+                    Err(e) => inner.fail(e),
+                }
+                return;
+            }
+            Command::Auth(op, reply) => self.handle_auth(op, reply),
             Command::Range(req, reply) => {
-                let res = self.store.range(&req).map(|mut r| {
+                let res = self.check_range(&req).and_then(|()| self.store.range(&req)).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
                 });
@@ -513,7 +570,7 @@ impl StateMachine {
             }
             Command::Put(req, reply) => {
                 self.advance_applied_index();
-                let res = self.store.put(&req, &self.lessor).map(|mut r| {
+                let res = self.check_put(&req).and_then(|()| self.store.put(&req, &self.lessor)).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
                 });
@@ -528,7 +585,7 @@ impl StateMachine {
             }
             Command::DeleteRange(req, reply) => {
                 self.advance_applied_index();
-                let res = self.store.delete_range(&req).map(|mut r| {
+                let res = self.check_delete_range(&req).and_then(|()| self.store.delete_range(&req)).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
                 });
@@ -545,7 +602,7 @@ impl StateMachine {
                 // Outside a raft entry a txn is one that only reads (served as a read).
                 let read_only = !self.applying_raft_entry;
                 self.advance_applied_index();
-                let res = self.store.txn(&req, &self.lessor).map(|mut r| {
+                let res = self.check_txn(&req).and_then(|()| self.store.txn(&req, &self.lessor)).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
                 });
@@ -578,14 +635,14 @@ impl StateMachine {
                 self.reply(reply, res);
             }
             Command::HashKv(req, reply) => {
-                let res = self.store.hash_kv(&req).map(|mut r| {
+                let res = self.check_admin().and_then(|()| self.store.hash_kv(&req)).map(|mut r| {
                     self.stamp(&mut r.header);
                     r
                 });
                 self.reply(reply, res);
             }
             Command::Hash(reply) => {
-                let res = self.store.hash_by_rev(0).map(|h| pb::HashResponse {
+                let res = self.check_admin().and_then(|()| self.store.hash_by_rev(0)).map(|h| pb::HashResponse {
                     header: Some(self.header(h.current_revision)),
                     hash: h.hash,
                 });
@@ -604,12 +661,19 @@ impl StateMachine {
             }
             Command::Alarm(req, reply) => {
                 // etcd answers Alarm without a response header (its JSON is `{}` when
-                // no alarm is raised).
-                let alarms = self.alarm(req);
-                let res = Ok(pb::AlarmResponse {
-                    header: None,
-                    alarms,
-                });
+                // no alarm is raised). Raising and clearing alarms is for root-role
+                // users (etcd ≥ 3.5); listing them for anyone.
+                let changes = req.action != pb::alarm_request::AlarmAction::Get as i32;
+                let res = match self.check_admin() {
+                    Err(e) if changes => {
+                        self.advance_applied_index();
+                        Err(e)
+                    }
+                    _ => Ok(pb::AlarmResponse {
+                        header: None,
+                        alarms: self.alarm(req),
+                    }),
+                };
                 warn_if_expensive(started.elapsed(), || ExpensiveRequest {
                     prefix: "",
                     request: expensive::alarm_text(&req),
@@ -625,6 +689,10 @@ impl StateMachine {
             | Command::MoveLeader(..) => {
                 // The raft node answers these before commands reach the state machine;
                 // dropping the reply answers "server stopped" should one ever get here.
+            }
+            Command::Defragment(reply) if self.check_admin().is_err() => {
+                let res = self.check_admin().map(|()| pb::DefragmentResponse::default());
+                self.reply(reply, res);
             }
             Command::Defragment(reply) if self.writer.is_some() => {
                 // Defrag works on the committed file: end the batch and commit it first.

@@ -213,24 +213,7 @@ pub struct Node {
 pub const UNSAFE_LOCAL_READS_ENV: &str = "TERN_TEST_UNSAFE_LOCAL_READS";
 
 fn fail(command: Command, e: EtcdError) {
-    match command {
-        Command::Range(_, r) => drop(r.send(Err(e))),
-        Command::Put(_, r) => drop(r.send(Err(e))),
-        Command::DeleteRange(_, r) => drop(r.send(Err(e))),
-        Command::Txn(_, r) => drop(r.send(Err(e))),
-        Command::Compact(_, r) => drop(r.send(Err(e))),
-        Command::Alarm(_, r) => drop(r.send(Err(e))),
-        Command::Lease(lease) => match lease {
-            LeaseCommand::Grant(_, r) => drop(r.send(Err(e))),
-            LeaseCommand::Revoke(_, r) => drop(r.send(Err(e))),
-            LeaseCommand::Renew(_, r) => drop(r.send(Err(e))),
-            LeaseCommand::TimeToLive(_, r) => drop(r.send(Err(e))),
-            LeaseCommand::Leases(r) => drop(r.send(Err(e))),
-            LeaseCommand::Checkpoint(_, r) => drop(r.send(Err(e))),
-        },
-        // Other commands are never queued here; dropping the reply answers "stopped".
-        other => drop(other),
-    }
+    command.fail(e)
 }
 
 fn fail_member(reply: MemberReply, e: EtcdError) {
@@ -274,6 +257,7 @@ pub(super) enum WriteReply {
     LeaseGrant(Reply<pb::LeaseGrantResponse>),
     LeaseRevoke(Reply<pb::LeaseRevokeResponse>),
     LeaseCheckpoint(Reply<()>),
+    Auth(Reply<crate::auth::AuthReply>),
 }
 
 impl WriteReply {
@@ -287,6 +271,7 @@ impl WriteReply {
             WriteReply::LeaseGrant(r) => drop(r.send(Err(e))),
             WriteReply::LeaseRevoke(r) => drop(r.send(Err(e))),
             WriteReply::LeaseCheckpoint(r) => drop(r.send(Err(e))),
+            WriteReply::Auth(r) => drop(r.send(Err(e))),
         }
     }
 }
@@ -308,6 +293,10 @@ fn split_write(command: Command) -> (Body, WriteReply) {
         Command::Lease(LeaseCommand::Checkpoint(batch, r)) => {
             (Body::LeaseCheckpoint(batch), WriteReply::LeaseCheckpoint(r))
         }
+        Command::Auth(op, r) => (
+            Body::Auth(crate::auth::AuthRequest { op: Some(op) }),
+            WriteReply::Auth(r),
+        ),
         _ => unreachable!("only writes are proposed"),
     }
 }
@@ -346,7 +335,12 @@ fn write_command(body: Body, reply: Option<WriteReply>) -> Option<(Command, Opti
         Body::LeaseCheckpoint(batch) => attach!(LeaseCheckpoint, |r| Command::Lease(
             LeaseCommand::Checkpoint(batch, r)
         )),
-        Body::Member(_) | Body::ClusterVersion(_) => return None,
+        // An auth entry without an op (or with a read, which is never proposed) changes
+        // nothing: it applies as an entry that changes no key.
+        Body::Auth(crate::auth::AuthRequest { op: Some(op) }) if !op.is_read() => {
+            attach!(Auth, |r| Command::Auth(op, r))
+        }
+        Body::Member(_) | Body::ClusterVersion(_) | Body::Auth(_) => return None,
     })
 }
 
@@ -365,6 +359,12 @@ impl Node {
 
     /// A new command from a network core.
     pub fn submit(&mut self, command: Command) {
+        // The client's token: reads carry it to where they are served; a write's caller
+        // is resolved now and travels in its entry.
+        let (token, command) = match command {
+            Command::WithToken(token, inner) => (Some(token), *inner),
+            other => (None, other),
+        };
         if self.removed_at.is_some() {
             // A removed member serves nothing more (etcd stops it): clients move on to
             // another endpoint.
@@ -392,16 +392,56 @@ impl Node {
                 return;
             }
         }
+        let with_token = |command: Command| match &token {
+            Some(token) => Command::WithToken(token.clone(), Box::new(command)),
+            None => command,
+        };
+        let admin_only = matches!(
+            command,
+            Command::MemberAdd(..)
+                | Command::MemberRemove(..)
+                | Command::MemberUpdate(..)
+                | Command::MemberPromote(..)
+                | Command::MoveLeader(..)
+        );
+        let lease_keys_read = match &command {
+            Command::Lease(LeaseCommand::TimeToLive(req, _)) if req.keys => Some(req.id),
+            _ => None,
+        };
+        if admin_only || lease_keys_read.is_some() {
+            let mut state = self.state.borrow_mut();
+            let checked = state
+                .caller_of_token(token.as_deref())
+                .map(crate::auth::Caller::Client)
+                .and_then(|caller| match lease_keys_read {
+                    Some(id) => state.check_lease_read_of(caller, id),
+                    None => state.check_admin_of(&caller),
+                });
+            drop(state);
+            if let Err(e) = checked {
+                fail(command, e);
+                return;
+            }
+        }
         match command {
             Command::Put(..) | Command::DeleteRange(..) | Command::Compact(..) => {
-                self.propose_write(command)
+                self.propose_client_write(token.as_deref(), command)
             }
             Command::Txn(ref req, _) => match txn_reads(req) {
-                (false, _) => self.propose_write(command),
-                (true, true) => self.state.borrow_mut().handle_read(command),
-                (true, false) => self.queue_read(command),
+                (false, _) => self.propose_client_write(token.as_deref(), command),
+                (true, true) => self.state.borrow_mut().handle_read(with_token(command)),
+                (true, false) => self.queue_read(with_token(command)),
             },
-            Command::Range(ref req, _) if !req.serializable => self.queue_read(command),
+            Command::Range(ref req, _) if !req.serializable => self.queue_read(with_token(command)),
+            // Auth: changes are entries; reads of users and roles are linearizable, as
+            // etcd's (which go through raft); the status and a watch's check are local.
+            Command::Auth(ref op, _) if !op.is_read() => {
+                self.propose_client_write(token.as_deref(), command)
+            }
+            Command::Auth(crate::auth::AuthOp::Status(_) | crate::auth::AuthOp::CheckRange(_), _) => {
+                self.state.borrow_mut().handle_read(with_token(command))
+            }
+            Command::Auth(..) => self.queue_read(with_token(command)),
             Command::MemberAdd(req, reply) => self.member_add(req, reply),
             Command::MemberRemove(req, reply) => self.member_remove(req, reply),
             Command::MemberUpdate(req, reply) => self.member_update(req, reply),
@@ -419,9 +459,14 @@ impl Node {
                 if req.id == 0 {
                     req.id = self.state.borrow_mut().next_lease_id();
                 }
-                self.propose_write(Command::Lease(LeaseCommand::Grant(req, reply)))
+                self.propose_client_write(
+                    token.as_deref(),
+                    Command::Lease(LeaseCommand::Grant(req, reply)),
+                )
             }
-            Command::Lease(LeaseCommand::Revoke(..)) => self.propose_write(command),
+            Command::Lease(LeaseCommand::Revoke(..)) => {
+                self.propose_client_write(token.as_deref(), command)
+            }
             // Keep-alives and TimeToLive are the leader's to answer (only it knows the
             // deadlines): a follower forwards them over the peer transport.
             Command::Lease(LeaseCommand::Renew(..) | LeaseCommand::TimeToLive(..))
@@ -432,11 +477,11 @@ impl Node {
             Command::Alarm(ref req, _)
                 if req.action != pb::alarm_request::AlarmAction::Get as i32 =>
             {
-                self.propose_write(command)
+                self.propose_client_write(token.as_deref(), command)
             }
             // Commands raft does not order: status, hashes, alarm GET, watch, the leader's
             // keep-alives, lease lists; none may advance the applied index.
-            other => self.state.borrow_mut().handle_read(other),
+            other => self.state.borrow_mut().handle_read(with_token(other)),
         }
         self.wake.wake();
     }
@@ -455,10 +500,26 @@ impl Node {
         self.next_request_id
     }
 
+    /// Proposes the server's own write (no caller: never permission-checked).
     fn propose_write(&mut self, command: Command) {
+        self.propose_write_as(command, None)
+    }
+
+    /// Proposes a client's write; its entry names the client its `token` stands for (an
+    /// unknown token fails the request now, etcd's "invalid auth token").
+    fn propose_client_write(&mut self, token: Option<&str>, command: Command) {
+        let caller = self.state.borrow_mut().caller_of_token(token);
+        match caller {
+            Ok(caller) => self.propose_write_as(command, Some(caller)),
+            Err(e) => fail(command, e),
+        }
+    }
+
+    fn propose_write_as(&mut self, command: Command, caller: Option<crate::auth::AuthInfo>) {
         let (body, reply) = split_write(command);
         let request_id = self.new_request_id();
-        let env = Envelope::new(request_id, self.id, body);
+        let mut env = Envelope::new(request_id, self.id, body);
+        env.caller = caller;
         self.propose(request_id, env.encode_to_vec(), None, Waiter::Write(reply));
     }
 

@@ -32,6 +32,7 @@ use raft::eraftpb::{Entry, EntryType, Snapshot};
 use raft::StateRole;
 use tern_storage::wal::{self, WalRecord};
 
+use crate::auth::Caller;
 use crate::membership::cluster::MemberRecord;
 use crate::mvcc::{BtreeBackend, KvStore};
 use crate::proto::etcdserverpb as pb;
@@ -354,10 +355,10 @@ impl Node {
         }
     }
 
-    fn apply_write_once(&mut self, raft_index: u64, command: Command) {
+    fn apply_write_once(&mut self, raft_index: u64, command: Command, caller: Caller) {
         let mut state = self.state.borrow_mut();
         if raft_index > state.raft_applied_index() {
-            state.apply_write(raft_index, command);
+            state.apply_write(raft_index, command, caller);
         }
     }
 
@@ -412,10 +413,20 @@ impl Node {
                     Some(Waiter::Write(reply)) => (Some(reply), None),
                     other => (None, other),
                 };
-                let (command, unfit) =
-                    write_command(write, reply).expect("member and version bodies came first");
-                self.apply_write_once(raft_index, command);
-                other.or(unfit.map(Waiter::Write))
+                let caller = match env.caller {
+                    Some(info) => Caller::Client(info),
+                    None => Caller::Internal,
+                };
+                match write_command(write, reply) {
+                    Some((command, unfit)) => {
+                        self.apply_write_once(raft_index, command, caller);
+                        other.or(unfit.map(Waiter::Write))
+                    }
+                    None => {
+                        self.mark_applied(raft_index);
+                        other
+                    }
+                }
             }
         };
         // A waiter of another kind than the entry waits for some other request (the ids

@@ -279,6 +279,24 @@ impl WatchHub {
 
     // ----- requests of a watch stream -----
 
+    /// A create refused before it reached the hub (permission): created and canceled
+    /// with `reason`, under the invalid watch id, as etcd answers it.
+    pub fn reject_create(&self, stream: StreamId, reason: String) {
+        let mut st = self.state.borrow_mut();
+        let header = st.header_at(st.stream_revision);
+        st.push_control(
+            stream,
+            pb::WatchResponse {
+                header: Some(header),
+                watch_id: NO_WATCH_ID,
+                created: true,
+                canceled: true,
+                cancel_reason: reason,
+                ..Default::default()
+            },
+        );
+    }
+
     /// etcd's create: answers `created` (or created+canceled with the reason), then the
     /// watcher's events follow on the same stream.
     pub async fn create(&self, state: &StateClient, stream: StreamId, req: CreateRequest) {

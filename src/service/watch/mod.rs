@@ -24,7 +24,10 @@ use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::runtime::Wakeup;
+use crate::auth::request::RangeCheck;
+use crate::auth::AuthOp;
 use crate::service::{status_from_error, unknown_method, ServiceContext};
+use crate::state::StateClient;
 use hub::{CreateRequest, StreamId, WatchHub};
 
 pub mod hub;
@@ -42,9 +45,12 @@ pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
     } = call;
     let hub = context.watch.clone();
     let (stream, ready) = hub.open_stream();
+    // The hub's own state-core traffic (feed subscription, history) is the server's,
+    // not the client's: only creating a watcher is checked against the client's token.
+    let hub_state = context.state.with_token(None);
     let _close = CloseStream {
         hub: hub.clone(),
-        context,
+        state: &hub_state,
         stream,
     };
 
@@ -54,7 +60,7 @@ pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
         Shutdown,
     }
     let ended = future::or(
-        async { End::Status(receive(context, &hub, stream, requests).await) },
+        async { End::Status(receive(context, &hub_state, &hub, stream, requests).await) },
         future::or(
             async {
                 send(&hub, stream, &ready, &mut responses).await;
@@ -78,19 +84,20 @@ pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
 /// client resets the stream).
 struct CloseStream<'a> {
     hub: Rc<WatchHub>,
-    context: &'a ServiceContext,
+    state: &'a StateClient,
     stream: StreamId,
 }
 
 impl Drop for CloseStream<'_> {
     fn drop(&mut self) {
-        self.hub.close_stream(&self.context.state, self.stream);
+        self.hub.close_stream(self.state, self.stream);
     }
 }
 
 /// The receiving half; returns the status that ends the stream.
 async fn receive(
     context: &ServiceContext,
+    hub_state: &StateClient,
     hub: &WatchHub,
     stream: StreamId,
     mut requests: RequestStream,
@@ -113,6 +120,22 @@ async fn receive(
         };
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => {
+                // etcd checks read permission on the whole watched range at creation
+                // (an empty key is "\0", the smallest key); a refusal is a created and
+                // canceled response whose reason is the gRPC error's text.
+                let key = if create.key.is_empty() {
+                    bytes::Bytes::from_static(&[0])
+                } else {
+                    create.key.clone()
+                };
+                let check = AuthOp::CheckRange(RangeCheck {
+                    key,
+                    range_end: create.range_end.clone(),
+                });
+                if let Err(e) = context.state.auth(check).await {
+                    hub.reject_create(stream, status_from_error(e).to_string());
+                    continue;
+                }
                 let filters = &create.filters;
                 let has = |f: FilterType| filters.contains(&(f as i32));
                 let req = CreateRequest {
@@ -126,11 +149,9 @@ async fn receive(
                     fragment: create.fragment,
                     progress_notify: create.progress_notify,
                 };
-                hub.create(&context.state, stream, req).await;
+                hub.create(hub_state, stream, req).await;
             }
-            Some(RequestUnion::CancelRequest(cancel)) => {
-                hub.cancel(&context.state, stream, cancel.watch_id)
-            }
+            Some(RequestUnion::CancelRequest(cancel)) => hub.cancel(hub_state, stream, cancel.watch_id),
             Some(RequestUnion::ProgressRequest(_)) => hub.request_progress(stream),
             // etcd ignores a request with no known member set rather than ending the stream.
             None => {}

@@ -139,11 +139,17 @@ impl StateMachine {
                 self.reply(reply, res);
             }
             LeaseCommand::Revoke(req, reply) => {
-                let res = self
-                    .apply_lease_revoke(req.id)
-                    .map(|()| pb::LeaseRevokeResponse {
+                // Revoking deletes the attached keys: the caller must be able to write
+                // every one of them (etcd's `checkLeasePuts`).
+                let res = match self.check_lease_keys(req.id, crate::auth::Access::Write) {
+                    Err(e) => {
+                        self.advance_applied_index();
+                        Err(e)
+                    }
+                    Ok(()) => self.apply_lease_revoke(req.id).map(|()| pb::LeaseRevokeResponse {
                         header: Some(self.header(self.store.current_revision())),
-                    });
+                    }),
+                };
                 self.reply(reply, res);
             }
             LeaseCommand::Renew(req, reply) => {
