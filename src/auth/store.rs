@@ -79,8 +79,12 @@ impl AuthStore {
         let mut users = BTreeMap::new();
         let mut roles = BTreeMap::new();
         let mut failure = None;
-        backend.scan(Bucket::AuthUsers, &[], None, Direction::Ascending, &mut |k, v| {
-            match authpb::User::decode(v) {
+        backend.scan(
+            Bucket::AuthUsers,
+            &[],
+            None,
+            Direction::Ascending,
+            &mut |k, v| match authpb::User::decode(v) {
                 Ok(user) => {
                     users.insert(String::from_utf8_lossy(k).into_owned(), user);
                     true
@@ -89,10 +93,14 @@ impl AuthStore {
                     failure = Some(format!("user {:?}: {e}", String::from_utf8_lossy(k)));
                     false
                 }
-            }
-        })?;
-        backend.scan(Bucket::AuthRoles, &[], None, Direction::Ascending, &mut |k, v| {
-            match authpb::Role::decode(v) {
+            },
+        )?;
+        backend.scan(
+            Bucket::AuthRoles,
+            &[],
+            None,
+            Direction::Ascending,
+            &mut |k, v| match authpb::Role::decode(v) {
                 Ok(role) => {
                     roles.insert(String::from_utf8_lossy(k).into_owned(), role);
                     true
@@ -101,8 +109,8 @@ impl AuthStore {
                     failure = Some(format!("role {:?}: {e}", String::from_utf8_lossy(k)));
                     false
                 }
-            }
-        })?;
+            },
+        )?;
         if let Some(what) = failure {
             return Err(BackendError::Corrupted(what));
         }
@@ -231,7 +239,10 @@ impl AuthStore {
         match op {
             AuthOp::Enable(_) => {
                 if !self.enabled {
-                    let root = self.users.get(ROOT_USER).ok_or(EtcdError::RootUserNotExist)?;
+                    let root = self
+                        .users
+                        .get(ROOT_USER)
+                        .ok_or(EtcdError::RootUserNotExist)?;
                     if !has_root_role(root) {
                         return Err(EtcdError::RootRoleNotExist);
                     }
@@ -512,7 +523,12 @@ impl AuthStore {
         backend: &mut impl Backend,
         user: authpb::User,
     ) -> Result<(), EtcdError> {
-        backend_put(backend, Bucket::AuthUsers, &user.name, &user.encode_to_vec())?;
+        backend_put(
+            backend,
+            Bucket::AuthUsers,
+            &user.name,
+            &user.encode_to_vec(),
+        )?;
         let name = String::from_utf8_lossy(&user.name).into_owned();
         self.users.insert(name, user);
         self.refresh_perms();
@@ -524,7 +540,12 @@ impl AuthStore {
         backend: &mut impl Backend,
         role: authpb::Role,
     ) -> Result<(), EtcdError> {
-        backend_put(backend, Bucket::AuthRoles, &role.name, &role.encode_to_vec())?;
+        backend_put(
+            backend,
+            Bucket::AuthRoles,
+            &role.name,
+            &role.encode_to_vec(),
+        )?;
         let name = String::from_utf8_lossy(&role.name).into_owned();
         self.roles.insert(name, role);
         self.refresh_perms();
@@ -555,7 +576,9 @@ impl AuthStore {
 }
 
 fn has_root_role(user: &authpb::User) -> bool {
-    user.roles.binary_search_by(|r| r.as_str().cmp(ROOT_ROLE)).is_ok()
+    user.roles
+        .binary_search_by(|r| r.as_str().cmp(ROOT_ROLE))
+        .is_ok()
 }
 
 fn no_password(user: &authpb::User) -> bool {

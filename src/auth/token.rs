@@ -137,9 +137,15 @@ mod tests {
         let ttl = Duration::from_secs(10);
         let mut tokens = SimpleTokens::new(ttl);
         tokens.assign("a.1".into(), "alice", t0);
-        assert_eq!(tokens.user_of("a.1", t0 + Duration::from_secs(9)), Some("alice"));
+        assert_eq!(
+            tokens.user_of("a.1", t0 + Duration::from_secs(9)),
+            Some("alice")
+        );
         // Used at 9 s: now lives until 19 s.
-        assert_eq!(tokens.user_of("a.1", t0 + Duration::from_secs(18)), Some("alice"));
+        assert_eq!(
+            tokens.user_of("a.1", t0 + Duration::from_secs(18)),
+            Some("alice")
+        );
         assert_eq!(tokens.user_of("a.1", t0 + Duration::from_secs(29)), None);
         assert!(tokens.is_empty());
         assert_eq!(tokens.user_of("nosuch.1", t0), None);

@@ -146,8 +146,7 @@ pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
                 |mut req: pb::AuthUserChangePasswordRequest, _| async move {
                     if req.hashed_password.is_empty() {
                         let password = std::mem::take(&mut req.password);
-                        req.hashed_password =
-                            hash_password(password, context.bcrypt_cost).await?;
+                        req.hashed_password = hash_password(password, context.bcrypt_cost).await?;
                     }
                     req.password.clear();
                     expect!(
@@ -166,7 +165,10 @@ pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
         }
         "UserRevokeRole" => {
             unary(call, |req: pb::AuthUserRevokeRoleRequest, _| async move {
-                expect!(state.auth(AuthOp::UserRevokeRole(req)).await, UserRevokeRole)
+                expect!(
+                    state.auth(AuthOp::UserRevokeRole(req)).await,
+                    UserRevokeRole
+                )
             })
             .await
         }

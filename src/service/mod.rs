@@ -125,7 +125,11 @@ fn token_of(call: &Call) -> Option<String> {
         .metadata
         .iter()
         .find(|(name, _)| name == "token")
-        .or_else(|| call.metadata.iter().find(|(name, _)| name == "authorization"))?;
+        .or_else(|| {
+            call.metadata
+                .iter()
+                .find(|(name, _)| name == "authorization")
+        })?;
     Some(String::from_utf8_lossy(&value.1).into_owned())
 }
 

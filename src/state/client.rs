@@ -183,10 +183,7 @@ impl StateClient {
             .commands
             .try_send(Command::WatchUnsubscribe { core, generation });
     }
-    pub async fn auth(
-        &self,
-        op: crate::auth::AuthOp,
-    ) -> Result<crate::auth::AuthReply, EtcdError> {
+    pub async fn auth(&self, op: crate::auth::AuthOp) -> Result<crate::auth::AuthReply, EtcdError> {
         self.call(|r| Command::Auth(op, r)).await
     }
     pub async fn defragment(&self) -> Result<pb::DefragmentResponse, EtcdError> {

@@ -136,7 +136,10 @@ impl StateMachine {
         // A reopened store resumes from the raft index it saved with its last commit; raft
         // replays only the entries after it.
         let changes_seen_revision = store.current_revision();
-        let auth = AuthStore::load(store.backend(), crate::auth::token::SIMPLE_TOKEN_TTL_DEFAULT)?;
+        let auth = AuthStore::load(
+            store.backend(),
+            crate::auth::token::SIMPLE_TOKEN_TTL_DEFAULT,
+        )?;
         let mut state = StateMachine {
             identity,
             raft_applied_index: store.consistent_index(),
@@ -180,7 +183,10 @@ impl StateMachine {
 
     /// Who a request carrying `token` runs as, for a write about to be proposed: the
     /// entry carries it and its checks run when it applies.
-    pub fn caller_of_token(&mut self, token: Option<&str>) -> Result<crate::auth::AuthInfo, EtcdError> {
+    pub fn caller_of_token(
+        &mut self,
+        token: Option<&str>,
+    ) -> Result<crate::auth::AuthInfo, EtcdError> {
         match token {
             Some(token) => self.auth.info_from_token(token, std::time::Instant::now()),
             None => Ok(crate::auth::AuthInfo::default()),
@@ -437,7 +443,9 @@ impl StateMachine {
         self.raft_applied_index = snapshot_index.max(self.store.consistent_index());
         self.restore_leases();
         if let Err(e) = self.auth.reload(self.store.backend()) {
-            return Err(format!("cannot restore the auth state of the snapshot: {e}"));
+            return Err(format!(
+                "cannot restore the auth state of the snapshot: {e}"
+            ));
         }
         Ok(old)
     }
@@ -556,10 +564,13 @@ impl StateMachine {
             }
             Command::Auth(op, reply) => self.handle_auth(op, reply),
             Command::Range(req, reply) => {
-                let res = self.check_range(&req).and_then(|()| self.store.range(&req)).map(|mut r| {
-                    self.stamp(&mut r.header);
-                    r
-                });
+                let res = self
+                    .check_range(&req)
+                    .and_then(|()| self.store.range(&req))
+                    .map(|mut r| {
+                        self.stamp(&mut r.header);
+                        r
+                    });
                 warn_if_expensive(started.elapsed(), || ExpensiveRequest {
                     prefix: "read-only range ",
                     request: expensive::range_text(&req),
@@ -570,10 +581,13 @@ impl StateMachine {
             }
             Command::Put(req, reply) => {
                 self.advance_applied_index();
-                let res = self.check_put(&req).and_then(|()| self.store.put(&req, &self.lessor)).map(|mut r| {
-                    self.stamp(&mut r.header);
-                    r
-                });
+                let res = self
+                    .check_put(&req)
+                    .and_then(|()| self.store.put(&req, &self.lessor))
+                    .map(|mut r| {
+                        self.stamp(&mut r.header);
+                        r
+                    });
                 self.after_write();
                 warn_if_expensive(started.elapsed(), || ExpensiveRequest {
                     prefix: "",
@@ -585,10 +599,13 @@ impl StateMachine {
             }
             Command::DeleteRange(req, reply) => {
                 self.advance_applied_index();
-                let res = self.check_delete_range(&req).and_then(|()| self.store.delete_range(&req)).map(|mut r| {
-                    self.stamp(&mut r.header);
-                    r
-                });
+                let res = self
+                    .check_delete_range(&req)
+                    .and_then(|()| self.store.delete_range(&req))
+                    .map(|mut r| {
+                        self.stamp(&mut r.header);
+                        r
+                    });
                 self.after_write();
                 warn_if_expensive(started.elapsed(), || ExpensiveRequest {
                     prefix: "",
@@ -602,10 +619,13 @@ impl StateMachine {
                 // Outside a raft entry a txn is one that only reads (served as a read).
                 let read_only = !self.applying_raft_entry;
                 self.advance_applied_index();
-                let res = self.check_txn(&req).and_then(|()| self.store.txn(&req, &self.lessor)).map(|mut r| {
-                    self.stamp(&mut r.header);
-                    r
-                });
+                let res = self
+                    .check_txn(&req)
+                    .and_then(|()| self.store.txn(&req, &self.lessor))
+                    .map(|mut r| {
+                        self.stamp(&mut r.header);
+                        r
+                    });
                 self.after_write();
                 warn_if_expensive(started.elapsed(), || ExpensiveRequest {
                     // etcd 3.4 logs read-only txns with the range prefix too.
@@ -635,17 +655,23 @@ impl StateMachine {
                 self.reply(reply, res);
             }
             Command::HashKv(req, reply) => {
-                let res = self.check_admin().and_then(|()| self.store.hash_kv(&req)).map(|mut r| {
-                    self.stamp(&mut r.header);
-                    r
-                });
+                let res = self
+                    .check_admin()
+                    .and_then(|()| self.store.hash_kv(&req))
+                    .map(|mut r| {
+                        self.stamp(&mut r.header);
+                        r
+                    });
                 self.reply(reply, res);
             }
             Command::Hash(reply) => {
-                let res = self.check_admin().and_then(|()| self.store.hash_by_rev(0)).map(|h| pb::HashResponse {
-                    header: Some(self.header(h.current_revision)),
-                    hash: h.hash,
-                });
+                let res = self
+                    .check_admin()
+                    .and_then(|()| self.store.hash_by_rev(0))
+                    .map(|h| pb::HashResponse {
+                        header: Some(self.header(h.current_revision)),
+                        hash: h.hash,
+                    });
                 self.reply(reply, res);
             }
             Command::Status(reply) => {
@@ -691,7 +717,9 @@ impl StateMachine {
                 // dropping the reply answers "server stopped" should one ever get here.
             }
             Command::Defragment(reply) if self.check_admin().is_err() => {
-                let res = self.check_admin().map(|()| pb::DefragmentResponse::default());
+                let res = self
+                    .check_admin()
+                    .map(|()| pb::DefragmentResponse::default());
                 self.reply(reply, res);
             }
             Command::Defragment(reply) if self.writer.is_some() => {

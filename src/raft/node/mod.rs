@@ -438,9 +438,10 @@ impl Node {
             Command::Auth(ref op, _) if !op.is_read() => {
                 self.propose_client_write(token.as_deref(), command)
             }
-            Command::Auth(crate::auth::AuthOp::Status(_) | crate::auth::AuthOp::CheckRange(_), _) => {
-                self.state.borrow_mut().handle_read(with_token(command))
-            }
+            Command::Auth(
+                crate::auth::AuthOp::Status(_) | crate::auth::AuthOp::CheckRange(_),
+                _,
+            ) => self.state.borrow_mut().handle_read(with_token(command)),
             Command::Auth(..) => self.queue_read(with_token(command)),
             Command::MemberAdd(req, reply) => self.member_add(req, reply),
             Command::MemberRemove(req, reply) => self.member_remove(req, reply),

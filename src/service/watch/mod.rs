@@ -18,14 +18,14 @@ use prost::Message;
 use std::cell::Cell;
 use std::rc::Rc;
 
+use crate::auth::request::RangeCheck;
+use crate::auth::AuthOp;
 use crate::error::EtcdError;
 use crate::grpc::{Call, Code, RequestStream, ResponseSink, Status};
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::runtime::Wakeup;
-use crate::auth::request::RangeCheck;
-use crate::auth::AuthOp;
 use crate::service::{status_from_error, unknown_method, ServiceContext};
 use crate::state::StateClient;
 use hub::{CreateRequest, StreamId, WatchHub};
@@ -151,7 +151,9 @@ async fn receive(
                 };
                 hub.create(hub_state, stream, req).await;
             }
-            Some(RequestUnion::CancelRequest(cancel)) => hub.cancel(hub_state, stream, cancel.watch_id),
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                hub.cancel(hub_state, stream, cancel.watch_id)
+            }
             Some(RequestUnion::ProgressRequest(_)) => hub.request_progress(stream),
             // etcd ignores a request with no known member set rather than ending the stream.
             None => {}

@@ -146,9 +146,11 @@ impl StateMachine {
                         self.advance_applied_index();
                         Err(e)
                     }
-                    Ok(()) => self.apply_lease_revoke(req.id).map(|()| pb::LeaseRevokeResponse {
-                        header: Some(self.header(self.store.current_revision())),
-                    }),
+                    Ok(()) => self
+                        .apply_lease_revoke(req.id)
+                        .map(|()| pb::LeaseRevokeResponse {
+                            header: Some(self.header(self.store.current_revision())),
+                        }),
                 };
                 self.reply(reply, res);
             }
