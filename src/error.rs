@@ -116,6 +116,13 @@ etcd_errors! {
     /// Not in etcd's gRPC error map, so grpc-go sends the auth package's own text with
     /// code Unknown (etcdctl prints it as such).
     NoPasswordUser => (UNKNOWN, "auth: authentication failed, password was given for no password user"),
+    // etcd's Maintenance admin check (`authMaintenanceServer.isAuthenticated`) returns the
+    // auth package's errors unmapped: code Unknown and the `auth:` texts.
+    UnmappedUserEmpty => (UNKNOWN, "auth: user name is empty"),
+    UnmappedUserNotFound => (UNKNOWN, "auth: user not found"),
+    UnmappedPermissionDenied => (UNKNOWN, "auth: permission denied"),
+    UnmappedInvalidAuthToken => (UNKNOWN, "auth: invalid auth token"),
+    UnmappedAuthOldRevision => (UNKNOWN, "auth: revision in header is old"),
 
     // --- server / raft state ---
     NoLeader => (UNAVAILABLE, "etcdserver: no leader"),
@@ -144,6 +151,21 @@ etcd_errors! {
     // --- request lifetime (etcd ≥ 3.5 names; 3.4 sends grpc's own "context canceled") ---
     Canceled => (CANCELLED, "etcdserver: request canceled"),
     DeadlineExceeded => (DEADLINE_EXCEEDED, "etcdserver: context deadline exceeded"),
+}
+
+impl EtcdError {
+    /// The same auth error as etcd's auth package returns it where etcd does not map it
+    /// to its gRPC error (the Maintenance admin check); other errors are unchanged.
+    pub fn unmapped_auth(self) -> EtcdError {
+        match self {
+            EtcdError::UserEmpty => EtcdError::UnmappedUserEmpty,
+            EtcdError::UserNotFound => EtcdError::UnmappedUserNotFound,
+            EtcdError::PermissionDenied => EtcdError::UnmappedPermissionDenied,
+            EtcdError::InvalidAuthToken => EtcdError::UnmappedInvalidAuthToken,
+            EtcdError::AuthOldRevision => EtcdError::UnmappedAuthOldRevision,
+            other => other,
+        }
+    }
 }
 
 impl fmt::Display for EtcdError {
@@ -211,10 +233,11 @@ mod tests {
     fn messages_unique_and_prefixed() {
         let mut seen = std::collections::HashSet::new();
         for e in EtcdError::ALL {
-            // The one exception: an auth-package error etcd passes through unmapped.
-            if *e != EtcdError::NoPasswordUser {
-                assert!(e.message().starts_with("etcdserver: "), "{e:?}");
+            // The exceptions: auth-package errors etcd passes through unmapped.
+            if e.grpc_code() == grpc_code::UNKNOWN && e.message().starts_with("auth: ") {
+                continue;
             }
+            assert!(e.message().starts_with("etcdserver: "), "{e:?}");
             assert!(seen.insert(e.message()), "duplicate text {e:?}");
             assert!((1..=16).contains(&e.grpc_code()));
         }

@@ -650,8 +650,10 @@ mod tests {
         }
 
         fn role(&mut self, name: &str) {
-            self.run(AuthOp::RoleAdd(pb::AuthRoleAddRequest { name: name.into() }))
-                .unwrap();
+            self.run(AuthOp::RoleAdd(pb::AuthRoleAddRequest {
+                name: name.into(),
+            }))
+            .unwrap();
         }
 
         fn grant(&mut self, user: &str, role: &str) -> Result<AuthReply, EtcdError> {
@@ -727,7 +729,11 @@ mod tests {
         f.grant("alice", "r").unwrap();
         let revision = f.store.revision();
         f.grant("alice", "r").unwrap();
-        assert_eq!(f.store.revision(), revision, "a repeated grant changes nothing");
+        assert_eq!(
+            f.store.revision(),
+            revision,
+            "a repeated grant changes nothing"
+        );
         let revoke = AuthOp::UserRevokeRole(pb::AuthUserRevokeRoleRequest {
             name: "alice".into(),
             role: "r".into(),
@@ -764,12 +770,19 @@ mod tests {
         let delete = AuthOp::UserDelete(pb::AuthUserDeleteRequest {
             name: "root".into(),
         });
-        assert_eq!(f.run_as(&root, delete.clone()), Err(EtcdError::InvalidAuthMgmt));
+        assert_eq!(
+            f.run_as(&root, delete.clone()),
+            Err(EtcdError::InvalidAuthMgmt)
+        );
         let delete_role = AuthOp::RoleDelete(pb::AuthRoleDeleteRequest {
             role: "root".into(),
         });
-        assert_eq!(f.run_as(&root, delete_role), Err(EtcdError::InvalidAuthMgmt));
-        f.run_as(&root, AuthOp::Disable(Default::default())).unwrap();
+        assert_eq!(
+            f.run_as(&root, delete_role),
+            Err(EtcdError::InvalidAuthMgmt)
+        );
+        f.run_as(&root, AuthOp::Disable(Default::default()))
+            .unwrap();
         f.run(delete).unwrap();
     }
 
@@ -788,7 +801,10 @@ mod tests {
             Err(EtcdError::UserEmpty)
         );
         let alice = f.as_user("alice");
-        assert_eq!(f.run_as(&alice, list.clone()), Err(EtcdError::PermissionDenied));
+        assert_eq!(
+            f.run_as(&alice, list.clone()),
+            Err(EtcdError::PermissionDenied)
+        );
         let ghost = f.as_user("ghost");
         assert_eq!(f.run_as(&ghost, list.clone()), Err(EtcdError::UserNotFound));
         let root = f.as_user("root");
@@ -820,26 +836,41 @@ mod tests {
         f.grant("alice", "reader").unwrap();
         // Auth off: everyone may do everything.
         let nobody = Caller::anonymous();
-        assert!(f.store.check_keys(&nobody, b"x", b"", Access::Write).is_ok());
+        assert!(f
+            .store
+            .check_keys(&nobody, b"x", b"", Access::Write)
+            .is_ok());
         f.enable().unwrap();
         assert_eq!(
             f.store.check_keys(&nobody, b"foo", b"", Access::Read),
             Err(EtcdError::UserEmpty)
         );
         let alice = f.as_user("alice");
-        assert!(f.store.check_keys(&alice, b"foo", b"", Access::Read).is_ok());
+        assert!(f
+            .store
+            .check_keys(&alice, b"foo", b"", Access::Read)
+            .is_ok());
         assert_eq!(
             f.store.check_keys(&alice, b"foo", b"", Access::Write),
             Err(EtcdError::PermissionDenied)
         );
-        assert!(f.store.check_keys(&alice, b"pre/x", b"", Access::Write).is_ok());
+        assert!(f
+            .store
+            .check_keys(&alice, b"pre/x", b"", Access::Write)
+            .is_ok());
         assert_eq!(
             f.store.check_keys(&alice, b"pre/", b"\0", Access::Read),
             Err(EtcdError::PermissionDenied)
         );
         let root = f.as_user("root");
-        assert!(f.store.check_keys(&root, b"\0", b"\0", Access::Write).is_ok());
-        assert!(f.store.check_keys(&Caller::Internal, b"x", b"", Access::Write).is_ok());
+        assert!(f
+            .store
+            .check_keys(&root, b"\0", b"\0", Access::Write)
+            .is_ok());
+        assert!(f
+            .store
+            .check_keys(&Caller::Internal, b"x", b"", Access::Write)
+            .is_ok());
         // Any change to auth makes alice's checked identity stale.
         f.role("other");
         assert_eq!(
@@ -847,7 +878,10 @@ mod tests {
             Err(EtcdError::AuthOldRevision)
         );
         let alice = f.as_user("alice");
-        assert!(f.store.check_keys(&alice, b"foo", b"", Access::Read).is_ok());
+        assert!(f
+            .store
+            .check_keys(&alice, b"foo", b"", Access::Read)
+            .is_ok());
         // Revoking the role takes the permission away.
         f.run(AuthOp::UserRevokeRole(pb::AuthUserRevokeRoleRequest {
             name: "alice".into(),
@@ -909,7 +943,10 @@ mod tests {
             panic!("authenticate")
         };
         assert_eq!(reply.token, format!("abcdefghijklmnop.{}", f.raft_index));
-        let info = f.store.info_from_token(&reply.token, Instant::now()).unwrap();
+        let info = f
+            .store
+            .info_from_token(&reply.token, Instant::now())
+            .unwrap();
         assert_eq!(info.username, "root");
         assert_eq!(
             f.store.info_from_token("bogus.1", Instant::now()),
@@ -951,13 +988,18 @@ mod tests {
         );
         assert!(no_password(&restored.users["dave"]));
         // etcd's layout: one byte for the flag, eight for the revision.
-        assert_eq!(f.backend.get(Bucket::Auth, ENABLED_KEY).unwrap(), Some(&[1][..]));
+        assert_eq!(
+            f.backend.get(Bucket::Auth, ENABLED_KEY).unwrap(),
+            Some(&[1][..])
+        );
         assert_eq!(
             f.backend.get(Bucket::Auth, REVISION_KEY).unwrap(),
             Some(&f.store.revision().to_be_bytes()[..])
         );
         // A corrupt record is an error, never a panic.
-        f.backend.put(Bucket::AuthUsers, b"bad", &[0xff, 0xff]).unwrap();
+        f.backend
+            .put(Bucket::AuthUsers, b"bad", &[0xff, 0xff])
+            .unwrap();
         assert!(matches!(
             AuthStore::load(&f.backend, Duration::ZERO),
             Err(BackendError::Corrupted(_))
