@@ -8,7 +8,9 @@
 //! serializable reads per member; a lease kept alive through a follower survives a leader
 //! kill); raft snapshots (a follower or a new member with an empty data dir catching up
 //! from the leader's database image, HashKV equal on every member afterwards; `.snap` files
-//! of a few KB; corrupt, truncated or concurrent snapshot streams refused and retried).
+//! of a few KB; corrupt, truncated or concurrent snapshot streams refused and retried);
+//! auth (users and roles made through one member enforced on all, a follower caught up by
+//! snapshot included).
 //! Clients are tonic
 //! (an independent gRPC stack) speaking etcd's KV API with tern's prost messages.
 
@@ -1541,4 +1543,127 @@ async fn etcdctl_member_add_promote_update_move_leader_and_remove_on_three_membe
     let list = common::stdout(&cluster.etcdctl(&rest, &["member", "list"]));
     assert!(!list.contains(&id0), "{list}");
     assert_eq!(list.lines().count(), 3, "{list}");
+}
+
+// ---------------------------------------------------------------- auth on every member
+
+/// etcdctl through `member` as `user` (password `<user>pw`).
+fn ctl_as(cluster: &Cluster, member: usize, user: &str, args: &[&str]) -> std::process::Output {
+    let creds = format!("--user={user}:{user}pw");
+    let mut all = vec![creds.as_str()];
+    all.extend_from_slice(args);
+    cluster.etcdctl(&[member], &all)
+}
+
+fn error_line(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "etcdctl succeeded");
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find(|l| l.starts_with("Error: "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Users and roles are raft entries: created through one member they are enforced by
+/// every member, including a follower that was down meanwhile and caught up from the
+/// leader's snapshot (its auth state arrives in the database image, not in entries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_and_roles_made_on_one_member_are_enforced_on_all_after_snapshot_catch_up() {
+    let mut cluster = Cluster::start(3, &["--snapshot-count", "200", "--bcrypt-cost", "4"]);
+    let all = [0, 1, 2];
+    let leader = cluster
+        .leader(&all, Duration::from_secs(20))
+        .await
+        .expect("leader");
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    cluster.kill9(follower);
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "alice:alicepw"],
+        &["role", "add", "reader"],
+        &["role", "grant-permission", "reader", "read", "foo"],
+        &["user", "grant-role", "alice", "reader"],
+        &["put", "foo", "bar"],
+    ] {
+        ctl_ok(&cluster, leader, args);
+    }
+    // Far more entries than --snapshot-count, so the follower catches up by snapshot.
+    put_many(&cluster, leader, "fill/", 1000, 10).await;
+    ctl_ok(&cluster, leader, &["auth", "enable"]);
+
+    let denied = "Error: etcdserver: permission denied";
+    for member in [leader, other] {
+        assert_eq!(
+            String::from_utf8_lossy(&ctl_as(&cluster, member, "alice", &["get", "foo"]).stdout),
+            "foo\nbar\n",
+            "m{member}"
+        );
+        assert_eq!(
+            error_line(&ctl_as(&cluster, member, "alice", &["put", "foo", "x"])),
+            denied
+        );
+    }
+
+    cluster.spawn(follower);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = ctl_as(&cluster, follower, "alice", &["get", "foo"]);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "foo\nbar\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never let alice read: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        cluster.log(follower).contains("applying snapshot"),
+        "the follower caught up through a snapshot"
+    );
+    assert_eq!(
+        error_line(&ctl_as(&cluster, follower, "alice", &["put", "foo", "x"])),
+        denied
+    );
+    assert_eq!(
+        error_line(&ctl_as(&cluster, follower, "alice", &["get", "fill/1"])),
+        denied
+    );
+    assert_eq!(
+        error_line(&cluster.etcdctl(&[follower], &["get", "foo"])),
+        "Error: etcdserver: user name is empty"
+    );
+    assert_eq!(
+        ctl_ok(&cluster, follower, &["--user=root:rootpw", "user", "list"]),
+        "alice\nroot\n"
+    );
+    // A change made through the caught-up follower binds the others.
+    ctl_ok(
+        &cluster,
+        follower,
+        &[
+            "--user=root:rootpw",
+            "user",
+            "revoke-role",
+            "alice",
+            "reader",
+        ],
+    );
+    for member in all {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = ctl_as(&cluster, member, "alice", &["get", "foo"]);
+            if !out.status.success() {
+                assert_eq!(error_line(&out), denied, "m{member}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "m{member} still lets alice read");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
