@@ -499,3 +499,33 @@ async fn a_limited_user_is_refused_every_way_around_its_permissions() {
     let status = nobody.txn(buried(put_op("pre/z"), 2)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 }
+
+/// --auth-token-ttl: a token used within its TTL stays valid; one left idle longer is
+/// forgotten ("invalid auth token") and a new login works.
+#[tokio::test]
+async fn an_idle_token_expires_after_the_auth_token_ttl() {
+    let server = common::TernServer::start_with(&["--bcrypt-cost", "4", "--auth-token-ttl", "1"]);
+    let mut root = Client::connect(&server).await;
+    admin_setup(&mut root).await;
+    let mut alice = Client::connect(&server).await;
+    alice.login("alice", "alicepw").await;
+    for _ in 0..4 {
+        // Each use extends the token's life by the TTL.
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        alice
+            .range(range("foo", ""))
+            .await
+            .expect("a token in use stays valid");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let status = alice.range(range("foo", "")).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unauthenticated, "etcdserver: invalid auth token")
+    );
+    alice.login("alice", "alicepw").await;
+    alice
+        .range(range("foo", ""))
+        .await
+        .expect("after a new login");
+}

@@ -1,7 +1,7 @@
 //! Auth end to end with the real etcdctl against the spawned tern binary (started with
 //! `--bcrypt-cost 4` so logins are quick): txns, watches and leases as users with and
 //! without permission, admin-only maintenance, revoking a role and deleting a user while
-//! a client works, changing a password, and restarts (clean and SIGKILL) with auth enabled: users, roles and
+//! a client works, changing a password, leases expiring with auth on, and restarts (clean and SIGKILL) with auth enabled: users, roles and
 //! the enabled flag survive, old tokens do not, new logins work.
 
 mod common;
@@ -199,6 +199,29 @@ fn txn_watch_and_lease_as_users_with_and_without_permission() {
         "",
         "revoking deleted the key"
     );
+}
+
+/// The server's own revocation of an expired lease runs as the server, not as the user
+/// who attached the keys: keys go when their lease expires with auth on.
+#[test]
+fn leases_expire_with_auth_enabled() {
+    let server = with_users();
+    let granted = ok(as_user(&server, "bob", &["lease", "grant", "2"]));
+    let id = granted.split_whitespace().nth(1).unwrap().to_string();
+    ok(as_user(
+        &server,
+        "bob",
+        &["put", "pub/expiring", "v", &format!("--lease={id}")],
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !ok(as_user(&server, "bob", &["get", "pub/expiring"])).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never expired"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ok(as_user(&server, "bob", &["lease", "timetolive", &id])).contains("already expired"));
 }
 
 #[test]

@@ -5,14 +5,16 @@
 //! Passwords are bcrypt work: hashing (UserAdd, UserChangePassword, --bcrypt-cost) and
 //! checking (Authenticate) run on this core's blocking thread, never on an executor, and
 //! before anything is proposed, so no clear password ever reaches a raft entry or the
-//! state core. At most [`BCRYPT_JOBS_PER_CORE_MAX`] run at once per network core; past
-//! that a request is refused with etcd's "too many requests" rather than queued.
+//! state core. At most [`BCRYPT_JOBS_PER_CORE_MAX`] run at once per network core; more
+//! wait for a slot.
 //!
 //! Authenticate, as etcd's: check the password against the stored hash at auth revision
 //! R, then propose the token with R; if the auth state changed meanwhile the entry is
 //! refused and the whole check runs again (at most [`AUTHENTICATE_ATTEMPTS_MAX`] times).
 
-use std::cell::Cell;
+use std::rc::Rc;
+
+use glommio::sync::Semaphore;
 
 use crate::auth::request::InternalAuthenticate;
 use crate::auth::{AuthOp, AuthReply};
@@ -35,25 +37,20 @@ pub const BCRYPT_COST_MAX: u32 = 31;
 pub const BCRYPT_COST_DEFAULT: u32 = 10;
 
 thread_local! {
-    /// bcrypt jobs running for this network core (one executor per thread).
-    static BCRYPT_JOBS: Cell<usize> = const { Cell::new(0) };
+    /// Slots for bcrypt jobs on this network core (one executor per thread).
+    static BCRYPT_SLOTS: Rc<Semaphore> = Rc::new(Semaphore::new(BCRYPT_JOBS_PER_CORE_MAX as u64));
 }
 
-/// Runs `job` on this executor's blocking pool, counted against the per-core bound.
+/// Runs `job` on this executor's blocking pool once one of the core's bcrypt slots is
+/// free. Waiting requests are bounded by the streams a connection may open.
 async fn bcrypt_job<T: Send + 'static>(
     job: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, EtcdError> {
-    if BCRYPT_JOBS.get() >= BCRYPT_JOBS_PER_CORE_MAX {
-        return Err(EtcdError::TooManyRequests);
-    }
-    BCRYPT_JOBS.set(BCRYPT_JOBS.get() + 1);
-    struct Release;
-    impl Drop for Release {
-        fn drop(&mut self) {
-            BCRYPT_JOBS.set(BCRYPT_JOBS.get() - 1);
-        }
-    }
-    let _release = Release;
+    let slots = BCRYPT_SLOTS.with(Rc::clone);
+    let _slot = slots
+        .acquire_static_permit(1)
+        .await
+        .map_err(|_| EtcdError::Stopped)?;
     Ok(glommio::executor()
         .spawn_blocking(move || {
             crate::runtime::thread_name::name_blocking_thread();
