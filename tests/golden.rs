@@ -3,7 +3,7 @@
 //! fails on any difference in stdout, stderr or exit code.
 //!
 //! Scenarios covered here are the ones whose features have landed: kv, txn, edge, lease,
-//! watch, lock_elect, auth, and cluster (whole, and also its part before membership changes,
+//! watch, lock_elect, auth, auth_edge, and cluster (whole, and also its part before membership changes,
 //! kept as a smaller test). That part is cut from the recorded transcript at its section
 //! comment, not edited: each scenario runs
 //! its commands in order against a fresh server, so a prefix of a transcript is exactly
@@ -160,4 +160,13 @@ fn golden_cluster() {
 #[test]
 fn golden_auth() {
     compare(&["auth"]);
+}
+
+/// Permission edge cases (recorded against etcd 3.4.23 like the others): grants of the
+/// empty key, prefixes and from-key ranges and their revocation, reads and writes at the
+/// edges of a grant, prev_kv, keys-only, reading one's own user and roles, what a user
+/// without the root role may still do, a no-password user, a password change.
+#[test]
+fn golden_auth_edge() {
+    compare(&["auth_edge"]);
 }

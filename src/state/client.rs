@@ -57,6 +57,44 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command's token is resolved (an unknown one refused as "invalid auth
+    /// token") and the command checked against its user. etcd resolves tokens only for
+    /// what it checks or proposes; keep-alives, Status, MemberList, lease lists and alarm
+    /// listings ignore a stale token, so a client's keep-alive stream outlives its token.
+    pub fn needs_caller(&self) -> bool {
+        use crate::state::LeaseCommand;
+        match self {
+            Command::Range(..)
+            | Command::Put(..)
+            | Command::DeleteRange(..)
+            | Command::Txn(..)
+            | Command::Compact(..)
+            | Command::HashKv(..)
+            | Command::Hash(..)
+            | Command::Defragment(..)
+            | Command::MemberAdd(..)
+            | Command::MemberRemove(..)
+            | Command::MemberUpdate(..)
+            | Command::MemberPromote(..)
+            | Command::MoveLeader(..)
+            | Command::Auth(..) => true,
+            Command::Alarm(req, _) => {
+                req.action != crate::proto::etcdserverpb::alarm_request::AlarmAction::Get as i32
+            }
+            Command::Lease(LeaseCommand::Grant(..) | LeaseCommand::Revoke(..)) => true,
+            Command::Lease(LeaseCommand::TimeToLive(req, _)) => req.keys,
+            Command::Lease(
+                LeaseCommand::Renew(..) | LeaseCommand::Leases(..) | LeaseCommand::Checkpoint(..),
+            )
+            | Command::Status(..)
+            | Command::MemberList(..)
+            | Command::WaitChange(..)
+            | Command::WatchSync(..)
+            | Command::WatchUnsubscribe { .. } => false,
+            Command::WithToken(_, inner) => inner.needs_caller(),
+        }
+    }
+
     /// Answers the command with `e` (dropping the reply answers "server stopped" for the
     /// few commands that never fail one by one).
     pub fn fail(self, e: EtcdError) {

@@ -551,6 +551,10 @@ impl StateMachine {
     pub fn handle(&mut self, command: Command) {
         let started = std::time::Instant::now();
         match command {
+            Command::WithToken(_, inner) if !inner.needs_caller() => {
+                self.handle(*inner);
+                return;
+            }
             Command::WithToken(token, inner) => {
                 match self.auth.info_from_token(&token, started) {
                     Ok(info) => {
