@@ -123,6 +123,8 @@ etcd_errors! {
     UnmappedPermissionDenied => (UNKNOWN, "auth: permission denied"),
     UnmappedInvalidAuthToken => (UNKNOWN, "auth: invalid auth token"),
     UnmappedAuthOldRevision => (UNKNOWN, "auth: revision in header is old"),
+    /// A member given only a JWT public key cannot issue tokens.
+    VerifyOnly => (UNKNOWN, "auth: token signing attempted with verify-only key"),
 
     // --- server / raft state ---
     NoLeader => (UNAVAILABLE, "etcdserver: no leader"),

@@ -55,16 +55,22 @@ fn main() {
 }
 
 /// --auth-token, --bcrypt-cost and --auth-token-ttl, as etcd reads them: a bcrypt cost
-/// outside bcrypt's bounds falls back to the default with a warning; a token kind other
-/// than `simple` stops the server (etcd stops on an unknown one; JWT is not built yet,
-/// and serving without the tokens asked for would be a silently ignored flag).
+/// outside bcrypt's bounds falls back to the default with a warning; an unknown token
+/// kind or JWT options that do not load stop the server, as they stop etcd.
 fn auth_options(config: &Config) -> server::AuthOptions {
     use tern::service::auth::{BCRYPT_COST_DEFAULT, BCRYPT_COST_MAX, BCRYPT_COST_MIN};
     let token = config.flag_value("auth-token").unwrap_or("simple");
-    let kind = token.split(',').next().unwrap_or_default();
-    if kind != "simple" {
-        tern::fatal!("failed to create auth store: auth: invalid auth options; tern serves only --auth-token simple", "auth-token" => token);
-    }
+    let (kind, token_options) = token.split_once(',').unwrap_or((token, ""));
+    let jwt = match kind {
+        "simple" => None,
+        "jwt" => match tern::auth::jwt::JwtKeys::from_options(token_options) {
+            Ok(keys) => Some(std::sync::Arc::new(keys)),
+            Err(e) => tern::fatal!("failed to create token provider", "error" => e),
+        },
+        _ => {
+            tern::fatal!("failed to create token provider: auth: invalid auth options; tern serves --auth-token simple or jwt,...", "auth-token" => token)
+        }
+    };
     let requested = config
         .flag_value("bcrypt-cost")
         .and_then(|text| text.parse::<u32>().ok())
@@ -88,6 +94,7 @@ fn auth_options(config: &Config) -> server::AuthOptions {
     server::AuthOptions {
         bcrypt_cost,
         token_ttl: std::time::Duration::from_secs(ttl_secs),
+        jwt,
     }
 }
 

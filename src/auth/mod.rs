@@ -3,7 +3,7 @@
 //! - [`store`]: the replicated auth state with etcd 3.4's rules and error texts, kept in
 //!   memory and in the backend's `auth`, `authUsers` and `authRoles` buckets;
 //! - [`perms`]: a user's permissions merged into intervals, and the coverage check;
-//! - [`token`]: etcd's simple tokens with their TTL;
+//! - [`token`]: etcd's simple tokens with their TTL; [`jwt`]: etcd's JWT tokens;
 //! - [`request`]: the auth ops the state core answers or applies (an entry format), and
 //!   who a request runs as.
 //!
@@ -13,6 +13,7 @@
 //! - nothing here hashes a password: bcrypt runs on a blocking thread before an op is
 //!   proposed (`crate::service::auth`), so the state executor only compares and stores.
 
+pub mod jwt;
 pub mod perms;
 pub mod request;
 pub mod store;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message as _;
 
+use super::jwt::{JwtCache, JwtKeys};
 use super::perms::UserPerms;
 use super::request::{AuthInfo, AuthOp, AuthReply, Caller, StoredPassword};
 use super::token::SimpleTokens;
@@ -49,6 +50,9 @@ pub struct AuthStore {
     roles: BTreeMap<String, authpb::Role>,
     perms: HashMap<String, UserPerms>,
     tokens: SimpleTokens,
+    /// `--auth-token jwt,...`: tokens are JWTs (nothing kept but a verification cache).
+    jwt: Option<std::sync::Arc<JwtKeys>>,
+    jwt_cache: JwtCache,
 }
 
 impl AuthStore {
@@ -61,6 +65,8 @@ impl AuthStore {
             roles: BTreeMap::new(),
             perms: HashMap::new(),
             tokens: SimpleTokens::new(token_ttl),
+            jwt: None,
+            jwt_cache: JwtCache::default(),
         };
         store.reload(backend)?;
         Ok(store)
@@ -126,6 +132,11 @@ impl AuthStore {
         Ok(())
     }
 
+    /// JWT tokens instead of simple ones.
+    pub fn set_jwt(&mut self, keys: std::sync::Arc<JwtKeys>) {
+        self.jwt = Some(keys);
+    }
+
     /// --auth-token-ttl (zero: etcd's default). Tokens held so far are forgotten.
     pub fn set_token_ttl(&mut self, ttl: Duration) {
         self.tokens = SimpleTokens::new(ttl);
@@ -146,6 +157,16 @@ impl AuthStore {
     /// Who a request carrying `token` runs as (etcd's `AuthInfoFromCtx`): an unknown or
     /// expired token is refused, whether auth is on or not, as etcd does.
     pub fn info_from_token(&mut self, token: &str, now: Instant) -> Result<AuthInfo, EtcdError> {
+        if let Some(keys) = &self.jwt {
+            // A JWT names the revision it was issued at (checks then compare it).
+            return match self.jwt_cache.claims(keys, token) {
+                Some(claims) => Ok(AuthInfo {
+                    username: claims.username,
+                    auth_revision: claims.revision,
+                }),
+                None => Err(EtcdError::InvalidAuthToken),
+            };
+        }
         match self.tokens.user_of(token, now) {
             Some(user) => Ok(AuthInfo {
                 username: user.to_string(),
@@ -280,8 +301,14 @@ impl AuthStore {
                 if req.checked_auth_revision != self.revision {
                     return Err(EtcdError::AuthOldRevision);
                 }
-                let token = SimpleTokens::token_for(&req.simple_token_prefix, raft_index);
-                self.tokens.assign(token.clone(), &req.name, now);
+                // A JWT is signed by the proposer once this answers (`service::auth`).
+                let token = if self.jwt.is_some() {
+                    String::new()
+                } else {
+                    let token = SimpleTokens::token_for(&req.simple_token_prefix, raft_index);
+                    self.tokens.assign(token.clone(), &req.name, now);
+                    token
+                };
                 Ok(AuthReply::Authenticate(pb::AuthenticateResponse {
                     header: None,
                     token,

@@ -184,7 +184,7 @@ pub const FLAGS: &[FlagSpec] = &[
     f("tls-min-version", Choice(&["TLS1.2", "TLS1.3"]), "TLS1.2", Security, false, "Minimum TLS version."),
     f("tls-max-version", Choice(&["", "TLS1.2", "TLS1.3"]), "", Security, false, "Maximum TLS version (empty: library default)."),
     // Auth
-    f("auth-token", Str, "simple", Auth, true, "Auth token type: 'simple' (tern does not build 'jwt,...' yet and refuses it)."),
+    f("auth-token", Str, "simple", Auth, true, "Auth token type and options ('simple' or 'jwt,sign-method=...,pub-key=...,priv-key=...,ttl=...')."),
     f("bcrypt-cost", Uint, "10", Auth, true, "bcrypt cost for password hashing (4..31)."),
     f("auth-token-ttl", Uint, "300", Auth, true, "Lifetime of a simple auth token, in seconds."),
     // Profiling and monitoring

@@ -50,11 +50,14 @@ const BLOCKING_POOL_THREADS: usize = 2;
 /// replies held back (and so the latency of the first of them).
 const GROUP_COMMIT_COMMANDS_MAX: usize = COMMAND_QUEUE_MAX;
 
-/// The Auth flags tern acts on (--auth-token is `simple`, the only kind built).
-#[derive(Clone, Copy, Debug)]
+/// The Auth flags tern acts on.
+#[derive(Clone, Debug)]
 pub struct AuthOptions {
     pub bcrypt_cost: u32,
+    /// --auth-token-ttl, for simple tokens.
     pub token_ttl: std::time::Duration,
+    /// `--auth-token jwt,...`; None: simple tokens.
+    pub jwt: Option<std::sync::Arc<crate::auth::jwt::JwtKeys>>,
 }
 
 /// Threads of each network executor's blocking pool: bcrypt password work
@@ -223,7 +226,7 @@ fn start_state_executor(
     let identity = options.identity.clone();
     let (lease_options, lease_extend) = (options.lease, options.lease_promote_extend);
     let backend_batch = (options.backend_batch_interval, options.backend_batch_limit);
-    let auth = options.auth;
+    let auth = options.auth.clone();
     let raft_options = options.raft.clone();
     LocalExecutorBuilder::new(placement(plan.state_cpu))
         .name("tern-state")
@@ -237,6 +240,7 @@ fn start_state_executor(
                     .with_lease_options(lease_options, lease_extend)
                     .with_backend_batch(backend_batch.0, backend_batch.1)
                     .with_auth_token_ttl(auth.token_ttl)
+                    .with_jwt(auth.jwt.clone())
                     .with_background_writer(),
                 Err(e) => crate::fatal!("cannot initialize the backend", "error" => e.to_string()),
             };
@@ -350,6 +354,7 @@ fn start_network_executors(
         let limits = options.limits.clone();
         let identity = options.identity.clone();
         let bcrypt_cost = options.auth.bcrypt_cost;
+        let jwt = options.auth.jwt.clone();
         let ready_tx = ready_tx.clone();
         let executor = LocalExecutorBuilder::new(placement(*cpu))
             .name(&format!("tern-net-{i}"))
@@ -380,7 +385,8 @@ fn start_network_executors(
                 ));
                 let context = Rc::new(
                     ServiceContext::new(state, limits.clone(), &identity, watch)
-                        .with_bcrypt_cost(bcrypt_cost),
+                        .with_bcrypt_cost(bcrypt_cost)
+                        .with_jwt(jwt),
                 );
                 let _ = context_tx.send(context.clone());
                 let http2 = Rc::new(ServerConfig {

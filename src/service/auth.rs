@@ -5,7 +5,8 @@
 //! Passwords are bcrypt work: hashing (UserAdd, UserChangePassword, --bcrypt-cost) and
 //! checking (Authenticate) run on this core's blocking thread, never on an executor, and
 //! before anything is proposed, so no clear password ever reaches a raft entry or the
-//! state core. At most [`BCRYPT_JOBS_PER_CORE_MAX`] run at once per network core; more
+//! state core. With `--auth-token jwt,...` the token is signed there too, once the
+//! Authenticate entry has applied. At most [`CRYPTO_JOBS_PER_CORE_MAX`] run at once per network core; more
 //! wait for a slot.
 //!
 //! Authenticate, as etcd's: check the password against the stored hash at auth revision
@@ -26,9 +27,9 @@ use crate::service::{unknown_method, ServiceContext};
 
 const SERVICE: &str = "etcdserverpb.Auth";
 
-/// bcrypt jobs (hash or verify, each ~50-100 ms of CPU at the default cost) one network
-/// core runs at once.
-pub const BCRYPT_JOBS_PER_CORE_MAX: usize = 4;
+/// CPU-heavy auth jobs (a bcrypt hash or check, ~50-100 ms at the default cost; a JWT
+/// signature) one network core runs at once.
+pub const CRYPTO_JOBS_PER_CORE_MAX: usize = 4;
 /// Password checks one Authenticate makes while the auth state keeps changing under it.
 pub const AUTHENTICATE_ATTEMPTS_MAX: usize = 8;
 /// etcd's --bcrypt-cost bounds (`bcrypt.MinCost`, `bcrypt.MaxCost`) and default.
@@ -37,16 +38,16 @@ pub const BCRYPT_COST_MAX: u32 = 31;
 pub const BCRYPT_COST_DEFAULT: u32 = 10;
 
 thread_local! {
-    /// Slots for bcrypt jobs on this network core (one executor per thread).
-    static BCRYPT_SLOTS: Rc<Semaphore> = Rc::new(Semaphore::new(BCRYPT_JOBS_PER_CORE_MAX as u64));
+    /// Slots for crypto jobs on this network core (one executor per thread).
+    static CRYPTO_SLOTS: Rc<Semaphore> = Rc::new(Semaphore::new(CRYPTO_JOBS_PER_CORE_MAX as u64));
 }
 
 /// Runs `job` on this executor's blocking pool once one of the core's bcrypt slots is
 /// free. Waiting requests are bounded by the streams a connection may open.
-async fn bcrypt_job<T: Send + 'static>(
+async fn crypto_job<T: Send + 'static>(
     job: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, EtcdError> {
-    let slots = BCRYPT_SLOTS.with(Rc::clone);
+    let slots = CRYPTO_SLOTS.with(Rc::clone);
     let _slot = slots
         .acquire_static_permit(1)
         .await
@@ -61,7 +62,7 @@ async fn bcrypt_job<T: Send + 'static>(
 
 /// A bcrypt hash of `password` in the `$2a$` form Go's bcrypt (etcd's) writes and reads.
 async fn hash_password(password: String, cost: u32) -> Result<String, EtcdError> {
-    bcrypt_job(move || bcrypt::hash_with_result(password, cost))
+    crypto_job(move || bcrypt::hash_with_result(password, cost))
         .await?
         .map(|parts| parts.format_for_version(bcrypt::Version::TwoA))
         .map_err(|e| {
@@ -233,7 +234,7 @@ async fn authenticate(
             PasswordOf
         )?;
         let password = req.password.clone();
-        let matches = bcrypt_job(move || {
+        let matches = crypto_job(move || {
             let hash = String::from_utf8_lossy(&stored.bcrypt_hash);
             bcrypt::verify(password, &hash).unwrap_or(false)
         })
@@ -255,7 +256,23 @@ async fn authenticate(
             Err(EtcdError::AuthOldRevision) => {
                 crate::info!("revision when password checked became stale; retrying");
             }
-            reply => return expect!(reply, Authenticate),
+            reply => {
+                let mut response = expect!(reply, Authenticate)?;
+                if let Some(keys) = context.jwt.clone() {
+                    // The entry applied at the revision the password was checked at.
+                    let (name, revision) = (req.name.clone(), stored.auth_revision);
+                    if !keys.can_sign() {
+                        return Err(EtcdError::VerifyOnly);
+                    }
+                    response.token = crypto_job(move || keys.sign(&name, revision))
+                        .await?
+                        .map_err(|e| {
+                            crate::error!("failed to sign a JWT token", "error" => e);
+                            EtcdError::VerifyOnly
+                        })?;
+                }
+                return Ok(response);
+            }
         }
     }
     Err(EtcdError::AuthOldRevision)

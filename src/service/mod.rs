@@ -58,6 +58,8 @@ pub struct ServiceContext {
     pub watch: Rc<watch::hub::WatchHub>,
     /// --bcrypt-cost, for the passwords the Auth service hashes.
     pub bcrypt_cost: u32,
+    /// `--auth-token jwt,...`: the keys Authenticate signs tokens with.
+    pub jwt: Option<std::sync::Arc<crate::auth::jwt::JwtKeys>>,
 }
 
 impl ServiceContext {
@@ -74,7 +76,16 @@ impl ServiceContext {
             cluster_id: identity.cluster_id,
             watch,
             bcrypt_cost: auth::BCRYPT_COST_DEFAULT,
+            jwt: None,
         }
+    }
+
+    pub fn with_jwt(
+        mut self,
+        jwt: Option<std::sync::Arc<crate::auth::jwt::JwtKeys>>,
+    ) -> ServiceContext {
+        self.jwt = jwt;
+        self
     }
 
     pub fn with_bcrypt_cost(mut self, bcrypt_cost: u32) -> ServiceContext {
@@ -100,6 +111,7 @@ async fn route(context: Rc<ServiceContext>, call: Call) {
         cluster_id: context.cluster_id,
         watch: context.watch.clone(),
         bcrypt_cost: context.bcrypt_cost,
+        jwt: context.jwt.clone(),
     });
     match service {
         "etcdserverpb.KV" => kv::serve(&context, method, call).await,

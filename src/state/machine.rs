@@ -175,6 +175,14 @@ impl StateMachine {
         &self.identity
     }
 
+    /// `--auth-token jwt,...`: tokens are JWTs verified with these keys.
+    pub fn with_jwt(mut self, keys: Option<std::sync::Arc<crate::auth::jwt::JwtKeys>>) -> Self {
+        if let Some(keys) = keys {
+            self.auth.set_jwt(keys);
+        }
+        self
+    }
+
     /// --auth-token-ttl for simple tokens.
     pub fn with_auth_token_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.auth.set_token_ttl(ttl);

@@ -3,7 +3,8 @@
 //!
 //! - [`client`]: the cross-core command protocol (`Command`, `StateClient`, `Reply`);
 //! - [`machine`]: the state machine — apply dispatch, alarms, defragment — with its lease
-//!   part in `machine/leases.rs`;
+//!   part in `machine/leases.rs` and its auth part (permission checks, Auth ops) in
+//!   `machine/auth.rs`;
 //! - [`change_waiters`]: requests parked until a key range changes;
 //! - [`envelope`]: what a raft entry's data holds;
 //! - [`lease_command`]: what the Lease service asks of the state executor.
@@ -12,7 +13,9 @@
 //! - The MVCC store is touched only on the state executor; every other core holds a
 //!   `StateClient` and nothing else of it.
 //! - A request is acknowledged to the client only after the state executor has applied it.
-//! - This module sits below `raft` and `service` and above `lease`, `mvcc`, `apply` and
+//! - A client's command carries its token (`Command::WithToken`); it runs as that user,
+//!   a write as the user its raft entry names (checked when the entry applies);
+//! - This module sits below `raft` and `service` and above `auth`, `lease`, `mvcc`, `apply` and
 //!   watch's feed types; it imports none of the modules that depend on it.
 
 pub mod change_waiters;
