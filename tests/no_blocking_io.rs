@@ -531,9 +531,13 @@ fn executor_threads_make_no_blocking_io_calls() {
         .filter(|(_, i)| i.executor)
         .map(|(t, _)| *t)
         .collect();
+    // On one CPU the only network core runs inside the state executor (one thread).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let expected_executors = if cpus == 1 { 1 } else { 2 };
     assert!(
-        executors.len() >= 2,
-        "expected a state executor and network executors, found {} executor threads\n{summary}",
+        executors.len() >= expected_executors,
+        "expected a state executor and network executors ({cpus} CPUs), found {} executor \
+         threads\n{summary}",
         executors.len()
     );
     assert!(
