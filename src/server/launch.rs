@@ -66,6 +66,9 @@ pub struct ServerOptions {
     /// etcd's --backend-batch-interval and --backend-batch-limit (zero: etcd's defaults).
     pub backend_batch_interval: std::time::Duration,
     pub backend_batch_limit: u64,
+    /// Client-connection transport settings (`--max-concurrent-streams`,
+    /// `--grpc-keepalive-*`); `max_recv_message_bytes` is derived from `limits`.
+    pub http2: ServerConfig,
 }
 
 fn placement(cpu: Option<usize>) -> Placement {
@@ -333,6 +336,7 @@ fn start_network_executors(
         stops.push(stop_tx);
         let listener_fds = executor_listeners(client_listeners)?;
         let limits = options.limits.clone();
+        let http2 = options.http2.clone();
         let identity = options.identity.clone();
         let ready_tx = ready_tx.clone();
         let executor = LocalExecutorBuilder::new(placement(*cpu))
@@ -363,7 +367,7 @@ fn start_network_executors(
                 let _ = context_tx.send(context.clone());
                 let http2 = Rc::new(ServerConfig {
                     max_recv_message_bytes: limits.max_recv_message_bytes(),
-                    ..ServerConfig::default()
+                    ..http2.clone()
                 });
                 let trigger = shutdown.clone();
                 glommio::spawn_local(async move {
