@@ -173,3 +173,347 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
     drop(resident);
     sigterm_and_wait(server);
 }
+
+/// How much an attack may raise the server's RSS: far below what the unbounded
+/// behaviours reached (hundreds of MB to GBs), far above normal noise.
+const RSS_GROWTH_MAX_BYTES: u64 = 256 << 20;
+
+fn assert_rss_bounded(server: &TernServer, before: u64, what: &str) {
+    let now = rss_bytes(server.pid());
+    eprintln!(
+        "{what}: RSS {} MiB before, {} MiB after",
+        before >> 20,
+        now >> 20
+    );
+    assert!(
+        now < before + RSS_GROWTH_MAX_BYTES,
+        "{what}: RSS grew from {before} to {now} bytes"
+    );
+}
+
+/// A server with key foo=bar, and its RSS once that is done.
+fn server_with_foo() -> (TernServer, u64) {
+    let server = TernServer::start();
+    assert!(server.etcdctl(&["put", "foo", "bar"]).status.success());
+    let rss = rss_bytes(server.pid());
+    (server, rss)
+}
+
+/// The GOAWAY the connection ends with: (code, debug data). Panics with what it saw if the
+/// connection ends without one or stays open past the liveness bound.
+fn expect_goaway(c: &mut RawH2, what: &str) -> (u32, String) {
+    let deadline = Instant::now() + LIVENESS;
+    loop {
+        match c.read_frame(deadline.saturating_duration_since(Instant::now())) {
+            raw_h2::Read_::Frame(f) => {
+                if let Some((_, code)) = f.goaway() {
+                    let debug = String::from_utf8_lossy(&f.payload[8..]).into_owned();
+                    return (code, debug);
+                }
+            }
+            other => panic!("{what}: no GOAWAY ({other:?})"),
+        }
+    }
+}
+
+/// HEADERS (without END_STREAM, so the stream stays open and its handler waits for the
+/// request) immediately followed by RST_STREAM(CANCEL), `count` times, in one write.
+fn rapid_resets(first_stream_id: u32, count: u32) -> Vec<u8> {
+    let block = raw_h2::grpc_request_headers("/etcdserverpb.KV/Range");
+    let mut out = Vec::new();
+    for i in 0..count {
+        let id = first_stream_id + 2 * i;
+        out.extend(raw_h2::frame_bytes(
+            kind::HEADERS,
+            flag::END_HEADERS,
+            id,
+            &block,
+        ));
+        out.extend(raw_h2::frame_bytes(
+            kind::RST_STREAM,
+            0,
+            id,
+            &code::CANCEL.to_be_bytes(),
+        ));
+    }
+    out
+}
+
+/// CVE-2023-44487. Repeated, because the old blow-up happened in about 1 trial in 10.
+#[test]
+fn rapid_reset_gets_enhance_your_calm() {
+    let (server, rss_before) = server_with_foo();
+    for trial in 0..8 {
+        let mut c = RawH2::start(server.client_port, &[]);
+        c.sock
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = c.send(&rapid_resets(1, 20_000));
+        let (code, debug) = expect_goaway(&mut c, "rapid reset");
+        assert_eq!(code, code::ENHANCE_YOUR_CALM, "trial {trial}: {debug}");
+        etcdctl_get_succeeds(&server);
+    }
+    assert_rss_bounded(&server, rss_before, "rapid reset");
+}
+
+/// Resets spread out at a client's normal pace are not an attack.
+#[test]
+fn occasional_resets_are_fine() {
+    let (server, _) = server_with_foo();
+    let mut c = RawH2::start(server.client_port, &[]);
+    for wave in 0..3 {
+        let _ = c.send(&rapid_resets(1 + wave * 100, 50));
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let id = 1 + 3 * 100;
+    c.send_request(
+        id,
+        "/etcdserverpb.KV/Range",
+        &raw_h2::grpc_message(false, &raw_h2::range_request(b"foo")),
+    );
+    assert_eq!(
+        c.grpc_status(id, LIVENESS).map(|s| s.0).as_deref(),
+        Some("0")
+    );
+}
+
+/// The CONTINUATION flood family (CVE-2024-27316): a header block that never ends, in
+/// many tiny frames or in a few big ones.
+#[test]
+fn continuation_flood_gets_enhance_your_calm() {
+    let (server, rss_before) = server_with_foo();
+    for fragment_len in [1usize, 16 * 1024] {
+        let mut c = RawH2::start(server.client_port, &[]);
+        c.sock
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let block = raw_h2::grpc_request_headers("/etcdserverpb.KV/Range");
+        let mut out = raw_h2::frame_bytes(kind::HEADERS, 0, 1, &block);
+        let fragment = vec![0u8; fragment_len];
+        for _ in 0..(4 << 20) / (9 + fragment_len) {
+            out.extend(raw_h2::frame_bytes(kind::CONTINUATION, 0, 1, &fragment));
+        }
+        let _ = c.send(&out);
+        let (code, debug) = expect_goaway(&mut c, "CONTINUATION flood");
+        assert_eq!(
+            code,
+            code::ENHANCE_YOUR_CALM,
+            "{fragment_len}-byte fragments: {debug}"
+        );
+        etcdctl_get_succeeds(&server);
+    }
+    assert_rss_bounded(&server, rss_before, "CONTINUATION flood");
+}
+
+/// CVE-2019-9512: PINGs far beyond the keepalive policy, from a client that does not read.
+#[test]
+fn ping_flood_gets_too_many_pings() {
+    let (server, rss_before) = server_with_foo();
+    let mut c = RawH2::start(server.client_port, &[]);
+    c.sock
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut out = Vec::new();
+    for i in 0u64..200_000 {
+        out.extend(raw_h2::frame_bytes(kind::PING, 0, 0, &i.to_be_bytes()));
+    }
+    let _ = c.send(&out);
+    let (code, debug) = expect_goaway(&mut c, "ping flood");
+    assert_eq!(
+        (code, debug.as_str()),
+        (code::ENHANCE_YOUR_CALM, "too_many_pings")
+    );
+    etcdctl_get_succeeds(&server);
+    assert_rss_bounded(&server, rss_before, "ping flood");
+}
+
+/// CVE-2019-9515: SETTINGS (each owed an ACK) from a client that never reads. The server
+/// must stop reading once the ACKs back up, not keep them all.
+#[test]
+fn settings_flood_while_not_reading_stops_the_reader() {
+    let (server, rss_before) = server_with_foo();
+    let mut c = RawH2::start(server.client_port, &[]);
+    c.sock
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let chunk: Vec<u8> = (0..7_000)
+        .flat_map(|_| raw_h2::frame_bytes(kind::SETTINGS, 0, 0, &[]))
+        .collect();
+    let written_max: usize = 512 << 20;
+    let mut written = 0usize;
+    while written < written_max && c.send(&chunk) {
+        written += chunk.len();
+    }
+    eprintln!("the server stopped reading after {} MiB", written >> 20);
+    assert!(
+        written < written_max,
+        "the server read {written} bytes of SETTINGS without the client reading an ACK"
+    );
+    etcdctl_get_succeeds(&server);
+    assert_rss_bounded(&server, rss_before, "settings flood");
+    drop(c);
+    etcdctl_get_succeeds(&server);
+}
+
+/// etcdserverpb.RangeRequest { key, range_end }.
+fn range_request_of(key: &[u8], range_end: &[u8]) -> Vec<u8> {
+    let mut out = raw_h2::range_request(key);
+    out.push(0x12);
+    out.push(range_end.len() as u8);
+    out.extend_from_slice(range_end);
+    out
+}
+
+/// CVE-2019-9517: a client that advertises a zero stream window and keeps asking for
+/// large answers. Answers it cannot take wait, bounded; requests beyond that wait unread.
+#[test]
+fn zero_window_reader_with_large_responses_is_bounded() {
+    let (server, _) = server_with_foo();
+    let value = "v".repeat(1 << 20);
+    for i in 0..4 {
+        let key = format!("big/{i}");
+        let out = server.etcdctl_stdin(&["put", &key], &value);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let rss_before = rss_bytes(server.pid());
+    let mut c = RawH2::start(
+        server.client_port,
+        &[(raw_h2::SETTINGS_INITIAL_WINDOW_SIZE, 0)],
+    );
+    let body = raw_h2::grpc_message(false, &range_request_of(b"big/", b"big0"));
+    // Ten waves of twenty 4 MiB answers: 800 MiB if every answer were kept.
+    let mut stream_id = 1;
+    for _ in 0..10 {
+        for _ in 0..20 {
+            c.send_request(stream_id, "/etcdserverpb.KV/Range", &body);
+            stream_id += 2;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    etcdctl_get_succeeds(&server);
+    assert_rss_bounded(&server, rss_before, "zero-window reader");
+    drop(c);
+    etcdctl_get_succeeds(&server);
+}
+
+/// Slowloris and silent sockets: connections that never complete the preface are closed
+/// after the handshake deadline, costing nothing meanwhile.
+#[test]
+fn slow_and_silent_handshakes_are_closed() {
+    let (server, rss_before) = server_with_foo();
+    let silent: Vec<RawH2> = (0..500)
+        .map(|_| RawH2::connect(server.client_port))
+        .collect();
+    let mut slow = RawH2::connect(server.client_port);
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in raw_h2::PREFACE.iter().cycle() {
+        if !slow.send(&[*byte]) || slow.closed_within(Duration::from_millis(500)) {
+            closed = true;
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    assert!(closed, "a byte-every-half-second preface was never cut off");
+    etcdctl_get_succeeds(&server);
+    for mut c in silent {
+        assert!(c.closed_within(LIVENESS), "a silent connection stayed open");
+    }
+    assert_rss_bounded(&server, rss_before, "slowloris");
+}
+
+/// Garbage after a valid preface: the connection ends with a GOAWAY (whatever the first
+/// bad frame makes it) or a plain close, and the server carries on.
+#[test]
+fn random_bytes_after_the_preface() {
+    let (server, rss_before) = server_with_foo();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for trial in 0..20 {
+        eprintln!("trial {trial}: seed {seed:#x}");
+        let mut c = RawH2::start(server.client_port, &[]);
+        c.sock
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let noise: Vec<u8> = (0..64 * 1024)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = c.send(&noise);
+        let mut code = None;
+        let deadline = Instant::now() + LIVENESS;
+        loop {
+            match c.read_frame(deadline.saturating_duration_since(Instant::now())) {
+                raw_h2::Read_::Frame(f) => {
+                    if let Some((_, goaway_code)) = f.goaway() {
+                        code = Some(goaway_code);
+                    }
+                }
+                raw_h2::Read_::Eof => break,
+                raw_h2::Read_::Timeout => panic!("trial {trial}: connection left open"),
+            }
+        }
+        if let Some(code) = code {
+            assert!(
+                code <= 0xd,
+                "trial {trial}: GOAWAY code {code:#x} is not an RFC code"
+            );
+        }
+    }
+    etcdctl_get_succeeds(&server);
+    assert_rss_bounded(&server, rss_before, "random bytes");
+}
+
+/// gRPC message prefixes a client controls: a 4 GiB length is refused from the prefix,
+/// before any payload is buffered; compressed and truncated messages get etcd's codes.
+#[test]
+fn hostile_grpc_message_prefixes() {
+    let (server, rss_before) = server_with_foo();
+    let mut c = RawH2::start(server.client_port, &[]);
+    let path = "/etcdserverpb.KV/Range";
+    // 4 GiB - 1 announced, nothing sent after it.
+    let mut huge = vec![0u8];
+    huge.extend_from_slice(&u32::MAX.to_be_bytes());
+    c.send_frame(
+        kind::HEADERS,
+        flag::END_HEADERS,
+        1,
+        &raw_h2::grpc_request_headers(path),
+    );
+    c.send_frame(kind::DATA, 0, 1, &huge);
+    let (status, message) = c
+        .grpc_status(1, LIVENESS)
+        .expect("a status for the 4 GiB prefix");
+    assert_eq!(status, "8", "{message}");
+    assert_eq!(
+        message,
+        "grpc: received message larger than max (4294967295 vs. 2097152)"
+    );
+    // The compressed flag without a grpc-encoding: INTERNAL, as grpc-go (etcd) answers.
+    c.send_request(
+        3,
+        path,
+        &raw_h2::grpc_message(true, &raw_h2::range_request(b"foo")),
+    );
+    let (status, message) = c.grpc_status(3, LIVENESS).expect("a status");
+    assert_eq!(
+        (status.as_str(), message.as_str()),
+        (
+            "13",
+            "grpc: compressed flag set with identity or empty encoding"
+        )
+    );
+    // A message cut short by END_STREAM: UNKNOWN "unexpected EOF", as etcd answers.
+    let mut truncated = raw_h2::grpc_message(false, &raw_h2::range_request(b"foo"));
+    truncated.truncate(truncated.len() - 2);
+    c.send_request(5, path, &truncated);
+    let (status, message) = c.grpc_status(5, LIVENESS).expect("a status");
+    assert_eq!((status.as_str(), message.as_str()), ("2", "unexpected EOF"));
+    etcdctl_get_succeeds(&server);
+    assert_rss_bounded(&server, rss_before, "hostile prefixes");
+}

@@ -513,9 +513,18 @@ fn non_grpc_content_type_gets_http_415() {
 }
 
 #[test]
-fn compressed_message_is_unimplemented() {
+fn compressed_message_in_an_unknown_encoding_is_unimplemented() {
+    // (Without grpc-encoding the answer is INTERNAL: see tests/abuse.rs.)
     let mut c = Client::handshake(ServerConfig::default());
-    c.request(1, "/test.Echo/Unary", false);
+    let mut block = request_block("/test.Echo/Unary", "application/grpc");
+    hpack::encoder::encode_field(&mut block, b"grpc-encoding", b"gzip");
+    c.send_frame(Frame::Headers {
+        stream_id: 1,
+        end_stream: false,
+        end_headers: true,
+        priority: None,
+        fragment: Bytes::from(block),
+    });
     c.send_frame(data(1, Bytes::from_static(b"\x01\0\0\0\x01x"), true));
     let f = c.expect(
         |f| {

@@ -117,8 +117,10 @@ impl RequestStream {
                 Some(Err(StreamGone)) => self.error = Some(Status::cancelled()),
                 None if self.buffered_bytes == 0 => return None,
                 None => {
-                    // grpc-go reports a truncated message as io.ErrUnexpectedEOF.
-                    self.error = Some(Status::new(Code::Internal, "unexpected EOF"));
+                    // grpc-go's server reads a truncated message as io.ErrUnexpectedEOF,
+                    // which is no status, so the client sees it as UNKNOWN (etcd 3.4:
+                    // code 2 "unexpected EOF").
+                    self.error = Some(Status::new(Code::Unknown, "unexpected EOF"));
                 }
             }
         }
@@ -132,7 +134,16 @@ impl RequestStream {
         self.peek(&mut prefix);
         let (compressed, length) = codec::parse_prefix(&prefix);
         if compressed {
+            // grpc-go's checkRecvPayload, whose answers etcd 3.4 gives: a compressed
+            // message without an encoding is malformed (INTERNAL); one in an encoding it
+            // cannot decompress is UNIMPLEMENTED. No encoding is installed here.
             let encoding = self.encoding.as_deref().unwrap_or("");
+            if encoding.is_empty() || encoding == "identity" {
+                return Err(Status::new(
+                    Code::Internal,
+                    "grpc: compressed flag set with identity or empty encoding",
+                ));
+            }
             return Err(Status::new(
                 Code::Unimplemented,
                 format!("grpc: Decompressor is not installed for grpc-encoding {encoding:?}"),

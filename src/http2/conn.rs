@@ -133,6 +133,8 @@ pub(crate) struct Shared {
     response_frames_sent: bool,
     /// Since when no stream is open (None while one is): for the idle timeout.
     idle_since: Option<Instant>,
+    /// Response bytes queued on all streams and not yet moved into `out`.
+    send_queued_bytes_total: usize,
 }
 
 impl Shared {
@@ -151,6 +153,20 @@ impl Shared {
         self.wake_writer();
     }
 
+    /// Whether new requests may be handed to the application: not while the client
+    /// leaves more than `limits::CONNECTION_SEND_QUEUE_BYTES_MAX` of responses unread.
+    fn output_fits(&self) -> bool {
+        self.send_queued_bytes_total <= limits::CONNECTION_SEND_QUEUE_BYTES_MAX
+    }
+
+    fn wake_reader_if_output_fits(&mut self) {
+        if self.output_fits() {
+            if let Some(w) = self.reader_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
     fn control_unsent(&self) -> usize {
         self.control_queued + self.control_in_flight
     }
@@ -158,6 +174,8 @@ impl Shared {
     /// Removes a stream (it is now Closed) and wakes everyone waiting on it.
     fn close_stream(&mut self, stream_id: u32) {
         if let Some(mut s) = self.streams.remove(&stream_id) {
+            self.send_queued_bytes_total -= s.send_queued_bytes;
+            self.wake_reader_if_output_fits();
             s.state = State::Closed;
             s.wake_all();
         }
@@ -216,6 +234,11 @@ impl Shared {
     /// few full frames, not one small frame each — cheaper for both ends, and h2-based
     /// clients treat a flood of small buffered DATA frames as abuse (ENHANCE_YOUR_CALM).
     fn fill_data(&mut self) {
+        self.fill_data_frames();
+        self.wake_reader_if_output_fits();
+    }
+
+    fn fill_data_frames(&mut self) {
         let max_frame = self.peer.max_frame_size as usize;
         let mut moved = 0usize;
         let mut skipped = 0usize;
@@ -258,6 +281,7 @@ impl Shared {
                     left -= k;
                 }
                 s.send_queued_bytes -= n;
+                self.send_queued_bytes_total -= n;
                 s.send_window.consume(n);
                 self.conn_send_window.consume(n);
                 self.response_frames_sent = true;
@@ -374,7 +398,9 @@ impl StreamRef {
             return Ok(());
         }
         s.send_queued_bytes += data.len();
+        let len = data.len();
         s.send_queue.push_back(data);
+        shared.send_queued_bytes_total += len;
         shared.schedule(self.stream_id);
         Ok(())
     }
@@ -575,6 +601,7 @@ pub async fn serve_connection_with(
         server_resets: 0,
         response_frames_sent: false,
         idle_since: Some(Instant::now()),
+        send_queued_bytes_total: 0,
     }));
     {
         // Server preface: our SETTINGS, then raise the connection window (RFC 9113 §3.4).
@@ -602,6 +629,7 @@ pub async fn serve_connection_with(
         settings_seen: false,
         client_resets: ResetWindow::default(),
         pings: PingPolicy::new(config.keepalive_min_time),
+        held_requests: VecDeque::new(),
     };
     let result = reader
         .run(SocketHalf(socket.clone()), &on_request, &shutdown)
@@ -627,6 +655,8 @@ struct Reader {
     settings_seen: bool,
     client_resets: ResetWindow,
     pings: PingPolicy,
+    /// New requests not yet handed to the application (see `Shared::output_fits`).
+    held_requests: VecDeque<Request>,
 }
 
 /// Why `Reader::process` returned.
@@ -729,6 +759,13 @@ impl Reader {
                         }
                     }
                 };
+                let release = async {
+                    if self.held_requests.is_empty() {
+                        std::future::pending::<()>().await;
+                    }
+                    self.output_fits_again().await;
+                    Wake::Resume
+                };
                 let timer = async {
                     match next_timer {
                         None => std::future::pending::<Wake>().await,
@@ -740,7 +777,7 @@ impl Reader {
                     }
                 };
                 futures_lite::future::or(
-                    read,
+                    futures_lite::future::or(read, release),
                     futures_lite::future::or(shut, futures_lite::future::or(drained, timer)),
                 )
                 .await
@@ -852,6 +889,20 @@ impl Reader {
         None
     }
 
+    /// Resolves once the client has read enough for held requests to go on.
+    async fn output_fits_again(&self) {
+        poll_fn(|cx| {
+            let mut s = self.shared.borrow_mut();
+            if s.dead || s.output_fits() {
+                Poll::Ready(())
+            } else {
+                s.reader_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
     /// Resolves once fewer answers wait unsent than the limit allows, or the connection
     /// is gone.
     async fn control_drained(&self) {
@@ -886,6 +937,10 @@ impl Reader {
             }
             let _ = buf.split_to(frame::PREFACE.len());
             self.preface_done = true;
+        }
+        while !self.held_requests.is_empty() && self.shared.borrow().output_fits() {
+            let request = self.held_requests.pop_front().expect("not empty");
+            on_request(request);
         }
         let mut frames = 0usize;
         while let Some(header) = FrameHeader::parse(buf) {
@@ -1260,7 +1315,13 @@ impl Reader {
                 }
             }
         };
-        on_request(request);
+        // Requests wait (as open streams, bounded by SETTINGS_MAX_CONCURRENT_STREAMS)
+        // while the client does not read what earlier ones produced.
+        if self.held_requests.is_empty() && self.shared.borrow().output_fits() {
+            on_request(request);
+        } else {
+            self.held_requests.push_back(request);
+        }
         Ok(())
     }
 }

@@ -32,6 +32,13 @@ pub const SERVER_RESETS_MAX: usize = 1024;
 /// control buffer throttles its reader the same way.
 pub const CONTROL_FRAMES_UNSENT_MAX: usize = 100;
 
+/// Response bytes a connection may hold queued for a client that does not read them
+/// (its flow-control windows stay shut); above this, new requests wait, unhandled, until
+/// it reads. Answers CVE-2019-9517 ("internal data buffering"): without it, a client
+/// advertising a zero window and sending request after request for large answers made
+/// the server hold every answer.
+pub const CONNECTION_SEND_QUEUE_BYTES_MAX: usize = 16 << 20;
+
 /// Frames the reader handles before it yields to the other tasks of its core (handlers,
 /// writers, other connections): no flood on one connection can hold a core for long.
 pub const FRAMES_PER_TURN_MAX: usize = 64;

@@ -256,18 +256,21 @@ impl RawH2 {
                 Read_::Frame(f) => f,
                 Read_::Eof | Read_::Timeout => return None,
             };
-            if f.stream_id != stream_id {
-                continue;
-            }
-            if let Some(code) = f.rst_code() {
-                return Some((format!("RST {code}"), String::new()));
+            if f.stream_id == stream_id {
+                if let Some(code) = f.rst_code() {
+                    return Some((format!("RST {code}"), String::new()));
+                }
             }
             if f.kind != kind::HEADERS {
                 continue;
             }
-            // Header blocks from tern fit one frame (no CONTINUATION) and carry no
-            // padding or priority.
+            // Every block is decoded, whatever its stream, to keep the HPACK table in
+            // step. The servers tested send blocks in one frame (no CONTINUATION),
+            // without padding or priority.
             let list = self.decoder.decode(&f.payload).expect("server HPACK");
+            if f.stream_id != stream_id {
+                continue;
+            }
             let mut status = None;
             let mut message = String::new();
             for (name, value) in &list.fields {
