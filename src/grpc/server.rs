@@ -217,11 +217,20 @@ impl ResponseSink {
     /// Sends one message (the first call also sends the response HEADERS :status 200,
     /// content-type application/grpc). Waits while this stream's unsent queue is above
     /// its bound (peer not granting window). Err(Cancelled) once the stream or
-    /// connection is gone.
+    /// connection is gone; Err(ResourceExhausted), with the call finished, for a message
+    /// over `codec::MESSAGE_SEND_BYTES_MAX`.
     pub async fn send(&mut self, message: Bytes) -> Result<(), Status> {
+        // Too large to frame: the call ends with that status (grpc-go's SendMsg error,
+        // which etcd's handlers return as the call's status).
+        let (head, tail) = match codec::frame_message(message) {
+            Ok(pieces) => pieces,
+            Err(status) => {
+                self.call.finish(&status);
+                return Err(status);
+            }
+        };
         self.ready_to_send().await?;
         let stream = &self.call.stream;
-        let (head, tail) = codec::frame_message(message);
         stream
             .send_data(head)
             .map_err(|StreamGone| Status::cancelled())?;
