@@ -234,7 +234,8 @@ impl RawH2 {
     }
 
     /// Sends one gRPC request on `stream_id` (HEADERS, then the given DATA bytes with
-    /// END_STREAM).
+    /// END_STREAM, in frames of at most 16 KiB, the smallest SETTINGS_MAX_FRAME_SIZE).
+    /// Flow control is not followed: bodies must fit the server's initial windows.
     pub fn send_request(&mut self, stream_id: u32, path: &str, body: &[u8]) {
         self.send_frame(
             kind::HEADERS,
@@ -242,7 +243,18 @@ impl RawH2 {
             stream_id,
             &grpc_request_headers(path),
         );
-        self.send_frame(kind::DATA, flag::END_STREAM, stream_id, body);
+        let mut chunks = body.chunks(16 * 1024).peekable();
+        if chunks.peek().is_none() {
+            self.send_frame(kind::DATA, flag::END_STREAM, stream_id, &[]);
+        }
+        while let Some(chunk) = chunks.next() {
+            let flags = if chunks.peek().is_none() {
+                flag::END_STREAM
+            } else {
+                0
+            };
+            self.send_frame(kind::DATA, flags, stream_id, chunk);
+        }
     }
 
     /// Reads until `stream_id` ends and returns its grpc-status and grpc-message (from the
