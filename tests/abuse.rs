@@ -606,3 +606,44 @@ fn etcdctl_get_succeeds_for(server: &TernServer, key: &str, value: &str) {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), value);
 }
+
+/// --max-concurrent-streams is advertised in SETTINGS and enforced (REFUSED_STREAM).
+#[test]
+fn max_concurrent_streams_flag_is_honoured() {
+    let server = TernServer::start_with(&["--max-concurrent-streams", "2"]);
+    let mut c = RawH2::start(server.client_port, &[]);
+    let settings = match c.read_frame(LIVENESS) {
+        raw_h2::Read_::Frame(f) if f.kind == kind::SETTINGS => f,
+        other => panic!("expected the server's SETTINGS first, got {other:?}"),
+    };
+    let advertised: Vec<(u16, u32)> = settings
+        .payload
+        .chunks(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect();
+    // SETTINGS_MAX_CONCURRENT_STREAMS is 0x3 (RFC 9113 §6.5.2).
+    assert!(advertised.contains(&(0x3, 2)), "{advertised:?}");
+    // Watch streams stay open; the third is one too many.
+    let block = raw_h2::grpc_request_headers("/etcdserverpb.Watch/Watch");
+    for id in [1, 3, 5] {
+        c.send_frame(kind::HEADERS, flag::END_HEADERS, id, &block);
+    }
+    let deadline = Instant::now() + LIVENESS;
+    loop {
+        match c.read_frame(deadline.saturating_duration_since(Instant::now())) {
+            raw_h2::Read_::Frame(f) if f.stream_id == 5 && f.rst_code().is_some() => {
+                assert_eq!(f.rst_code(), Some(code::REFUSED_STREAM));
+                break;
+            }
+            raw_h2::Read_::Frame(f) => {
+                assert!(f.stream_id != 1 && f.stream_id != 3 || f.rst_code().is_none());
+            }
+            other => panic!("stream 5 was not refused: {other:?}"),
+        }
+    }
+}
