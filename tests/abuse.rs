@@ -647,3 +647,47 @@ fn max_concurrent_streams_flag_is_honoured() {
         }
     }
 }
+
+/// The peer port (docs/peer-protocol.md) checks each frame's length against what its kind
+/// may carry before reading the payload: a hostile frame closes that connection at once,
+/// without the server reserving the announced size, and the member serves on.
+#[test]
+fn hostile_peer_frames_close_only_their_connection() {
+    use std::io::{Read, Write};
+    let (server, rss_before) = server_with_foo();
+    let frame_head = |len: u32, kind: u8| {
+        let mut head = len.to_be_bytes().to_vec();
+        head.push(kind);
+        head
+    };
+    let mut members_request = frame_head(25, 0);
+    members_request.extend_from_slice(&[0u8; 24]); // hello of a member without a cluster
+    members_request.extend(frame_head(1 + (1 << 20), 2)); // a 1 MiB members request
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("64 MiB hello", frame_head(64 << 20, 0)),
+        ("length over the frame cap", frame_head((64 << 20) + 1, 1)),
+        ("unknown kind", frame_head(10, 200)),
+        ("1 MiB members request", members_request),
+    ];
+    // Many at once: each would have held its announced size.
+    let mut socks = Vec::new();
+    for (what, bytes) in &cases {
+        for _ in 0..20 {
+            let mut sock = TcpStream::connect(("127.0.0.1", server.peer_port)).unwrap();
+            sock.write_all(bytes).unwrap();
+            socks.push((*what, sock));
+        }
+    }
+    for (what, mut sock) in socks {
+        sock.set_read_timeout(Some(LIVENESS)).unwrap();
+        let mut buf = [0u8; 64];
+        match sock.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("{what}: connection not closed ({other:?})"),
+        }
+    }
+    assert!(server.etcdctl(&["put", "foo", "bar"]).status.success());
+    etcdctl_get_succeeds(&server);
+    assert_rss_bounded(&server, rss_before, "hostile peer frames");
+}
