@@ -30,7 +30,7 @@ use raft::eraftpb::{Message, MessageType};
 
 use tern_storage::btree::{Export, PAGE_BYTES};
 
-use crate::raft::snapshot;
+use crate::raft::{snapshot, wire_check};
 use crate::runtime::Wakeup;
 use crate::state::envelope::{LeaseForward, LeaseForwardResponse};
 
@@ -495,6 +495,8 @@ async fn inbound(
         let (kind, payload) = read_frame(&mut stream).await?;
         let m = match kind {
             FRAME_RAFT => {
+                wire_check::check(&payload, &wire_check::MESSAGE)
+                    .map_err(|e| format!("bad raft message: {e}"))?;
                 Message::parse_from_bytes(&payload).map_err(|e| format!("bad raft message: {e}"))?
             }
             FRAME_LEASE_REQUEST => {
@@ -805,6 +807,8 @@ async fn receive_snapshot(
             "snapshot image of {total} bytes is not a whole number of pages up to {SNAPSHOT_BYTES_MAX}"
         ));
     }
+    wire_check::check(message, &wire_check::MESSAGE)
+        .map_err(|e| format!("bad snapshot head: {e}"))?;
     let m = Message::parse_from_bytes(message).map_err(|e| format!("bad snapshot head: {e}"))?;
     if m.get_msg_type() != MessageType::MsgSnapshot {
         return Err("snapshot head does not carry a MsgSnapshot".into());
