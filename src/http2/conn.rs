@@ -505,7 +505,9 @@ impl AsyncWrite for SocketHalf {
 
 async fn writer_task(socket: Rc<RefCell<TcpStream>>, shared: Rc<RefCell<Shared>>) {
     let mut sock = SocketHalf(socket);
-    let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // Output buffers start empty and grow with what is sent; the writer keeps the two it
+    // swaps, so a busy connection allocates rarely and an idle one holds little.
+    let mut spare: Vec<u8> = Vec::new();
     loop {
         let batch = poll_fn(|cx| {
             let mut s = shared.borrow_mut();
@@ -564,6 +566,8 @@ struct Keepalive {
 
 /// Our keepalive PING's opaque data (RFC 9113 §6.7); any value would do.
 const KEEPALIVE_PING_PAYLOAD: [u8; 8] = *b"tern-ka\0";
+/// The first output buffer of a connection: room for our preface and a few small frames.
+const OUTPUT_BUFFER_BYTES_INITIAL: usize = 1024;
 /// The first read buffer of a connection; see `Reader::run`.
 const READ_BUFFER_BYTES_INITIAL: usize = 4 * 1024;
 
@@ -577,7 +581,7 @@ pub async fn serve_connection_with(
     let _ = stream.set_nodelay(true);
     let socket = Rc::new(RefCell::new(stream));
     let shared = Rc::new(RefCell::new(Shared {
-        out: Vec::with_capacity(64 * 1024),
+        out: Vec::with_capacity(OUTPUT_BUFFER_BYTES_INITIAL),
         writer_waker: None,
         closing: false,
         dead: false,

@@ -36,8 +36,10 @@ pub const CONTROL_FRAMES_UNSENT_MAX: usize = 100;
 /// (its flow-control windows stay shut); above this, new requests wait, unhandled, until
 /// it reads. Answers CVE-2019-9517 ("internal data buffering"): without it, a client
 /// advertising a zero window and sending request after request for large answers made
-/// the server hold every answer.
-pub const CONNECTION_SEND_QUEUE_BYTES_MAX: usize = 16 << 20;
+/// the server hold every answer. Generous, because one client connection multiplexes
+/// everything (a watch stream whose consumer lags holds up to
+/// `ServerConfig::send_queue_bytes_max` here, and its other calls must not wait for it).
+pub const CONNECTION_SEND_QUEUE_BYTES_MAX: usize = 64 << 20;
 
 /// Frames the reader handles before it yields to the other tasks of its core (handlers,
 /// writers, other connections): no flood on one connection can hold a core for long.
