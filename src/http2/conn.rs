@@ -709,6 +709,7 @@ impl Reader {
             let paused = matches!(turn, Turn::Paused);
             // Read more (unless paused), or let shutdown, drain or a timer intervene.
             let start = buf.len();
+            let mut offered = 0;
             if !paused {
                 if buf.capacity() - start < room_wanted {
                     buf.reserve(room_wanted.max(read_size / 4).min(read_size));
@@ -716,8 +717,8 @@ impl Reader {
                 // The read target must be initialised memory, so each read zeroes what it
                 // offers the kernel: offer at most READ_CHUNK_BYTES, not the whole spare
                 // capacity, or small requests pay for zeroing a quarter megabyte each.
-                let room = (buf.capacity() - start).min(READ_CHUNK_BYTES);
-                buf.resize(start + room, 0);
+                offered = (buf.capacity() - start).min(READ_CHUNK_BYTES);
+                buf.resize(start + offered, 0);
             }
             let next_timer = self.next_timer(accepted_at, &keepalive);
             let wake = {
@@ -790,7 +791,7 @@ impl Reader {
                 if let Wake::Read(Ok(n)) = wake {
                     buf.truncate(start + n);
                     // Grow the next read while reads fill what they are offered.
-                    room_wanted = if n == READ_CHUNK_BYTES.min(buf.capacity()) {
+                    room_wanted = if n == offered {
                         READ_CHUNK_BYTES
                     } else {
                         READ_BUFFER_BYTES_INITIAL
