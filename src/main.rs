@@ -47,6 +47,7 @@ fn main() {
             config.election_timeout_ms,
         ),
         lease_promote_extend: std::time::Duration::from_millis(config.election_timeout_ms),
+        http2: http2_options(&config),
     };
     if let Err(e) = server::run(options) {
         tern::fatal!("cannot serve", "error" => e);
@@ -119,5 +120,30 @@ fn raft_options(config: &Config) -> tern::raft::RaftOptions {
             flag("force-new-cluster").as_str(),
             "true" | "1" | "t" | "T" | "TRUE" | "True"
         ),
+    }
+}
+
+/// The client transport's settings from etcd's gRPC flags (validated by `config`).
+fn http2_options(config: &Config) -> tern::http2::ServerConfig {
+    let duration = |name: &str| {
+        config
+            .flag_value(name)
+            .and_then(|text| tern::config::go::parse_duration(text).ok())
+    };
+    let defaults = tern::http2::ServerConfig::default();
+    let nonzero = |d: Option<std::time::Duration>| d.filter(|d| !d.is_zero());
+    let keepalive_timeout = nonzero(duration("grpc-keepalive-timeout"));
+    tern::http2::ServerConfig {
+        max_concurrent_streams: config
+            .flag_value("max-concurrent-streams")
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(defaults.max_concurrent_streams),
+        keepalive_min_time: duration("grpc-keepalive-min-time")
+            .unwrap_or(defaults.keepalive_min_time),
+        // Either flag at 0 turns server pings off, as etcd documents.
+        keepalive_interval: nonzero(duration("grpc-keepalive-interval"))
+            .filter(|_| keepalive_timeout.is_some()),
+        keepalive_timeout: keepalive_timeout.unwrap_or(defaults.keepalive_timeout),
+        ..defaults
     }
 }

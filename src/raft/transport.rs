@@ -9,8 +9,10 @@
 //! - every queue is bounded: `PEER_QUEUE_MAX` messages per peer outbound, `INBOX_MAX`
 //!   inbound; beyond them messages are dropped, which raft tolerates (it resends), and the
 //!   peer is reported unreachable so raft probes it instead of streaming (backpressure);
-//! - a frame larger than `FRAME_BYTES_MAX`, an unknown frame kind, or a message that does
-//!   not decode closes the connection: corrupt bytes never panic;
+//! - a frame larger than `FRAME_BYTES_MAX` or than its kind allows
+//!   (`frame_payload_bytes_max`, checked on the frame's head), an unknown frame kind, or a
+//!   message that does not decode closes that connection only: corrupt bytes never panic,
+//!   and a frame's buffer grows with the bytes received, not with the length announced;
 //! - a connection first carries a hello naming the cluster; a peer of another cluster is
 //!   refused (etcd checks `X-Etcd-Cluster-ID` the same way).
 
@@ -28,7 +30,7 @@ use raft::eraftpb::{Message, MessageType};
 
 use tern_storage::btree::{Export, PAGE_BYTES};
 
-use crate::raft::snapshot;
+use crate::raft::{snapshot, wire_check};
 use crate::runtime::Wakeup;
 use crate::state::envelope::{LeaseForward, LeaseForwardResponse};
 
@@ -145,23 +147,69 @@ fn frame(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// Payload bytes a frame of `kind` may carry (docs/peer-protocol.md); None for an unknown
+/// kind. The cap is checked on the frame's head, before any of its payload is read, so
+/// a peer that announces a frame larger than its kind ever needs is cut off at once.
+fn frame_payload_bytes_max(kind: u8) -> Option<usize> {
+    Some(match kind {
+        FRAME_HELLO => HELLO_BYTES,
+        FRAME_RAFT => FRAME_BYTES_MAX - 1,
+        FRAME_SNAPSHOT_CHUNK => SNAPSHOT_CHUNK_BYTES,
+        FRAME_MEMBERS_RESPONSE | FRAME_SNAPSHOT_HEAD => SMALL_FRAME_BYTES_MAX,
+        FRAME_MEMBERS_REQUEST
+        | FRAME_LEASE_REQUEST
+        | FRAME_LEASE_RESPONSE
+        | FRAME_SNAPSHOT_END
+        | FRAME_SNAPSHOT_STATUS => CONTROL_FRAME_BYTES_MAX,
+        _ => return None,
+    })
+}
+
+/// Member tables and snapshot heads (a MsgSnapshot whose data is the small membership
+/// record, and the image length): far below this even for large clusters.
+const SMALL_FRAME_BYTES_MAX: usize = 1 << 20;
+/// Members requests, lease requests and responses, snapshot end and status: one small
+/// prost message or a few integers.
+const CONTROL_FRAME_BYTES_MAX: usize = 64 << 10;
+/// A frame's payload is read in steps of at most this, its buffer growing as bytes
+/// arrive: memory follows what the peer has actually sent, not what it announced.
+const FRAME_READ_STEP_BYTES: usize = 256 << 10;
+
 async fn read_frame(stream: &mut TcpStream) -> Result<(u8, Vec<u8>), String> {
-    let mut len = [0u8; 4];
+    let mut head = [0u8; 5];
     stream
-        .read_exact(&mut len)
+        .read_exact(&mut head[..4])
         .await
         .map_err(|e| e.to_string())?;
-    let len = u32::from_be_bytes(len) as usize;
+    let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
     if len == 0 || len > FRAME_BYTES_MAX {
         return Err(format!("frame length {len} out of range"));
     }
-    let mut body = vec![0u8; len];
     stream
-        .read_exact(&mut body)
+        .read_exact(&mut head[4..])
         .await
         .map_err(|e| e.to_string())?;
-    let kind = body[0];
-    body.remove(0);
+    let kind = head[4];
+    let payload_len = len - 1;
+    match frame_payload_bytes_max(kind) {
+        None => return Err(format!("unknown frame kind {kind}")),
+        Some(max) if payload_len > max => {
+            return Err(format!(
+                "frame of kind {kind} carries {payload_len} bytes, more than its {max}"
+            ))
+        }
+        Some(_) => {}
+    }
+    let mut body = Vec::with_capacity(payload_len.min(FRAME_READ_STEP_BYTES));
+    while body.len() < payload_len {
+        let filled = body.len();
+        let step = (payload_len - filled).min(FRAME_READ_STEP_BYTES);
+        body.resize(filled + step, 0);
+        stream
+            .read_exact(&mut body[filled..])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     Ok((kind, body))
 }
 
@@ -447,6 +495,8 @@ async fn inbound(
         let (kind, payload) = read_frame(&mut stream).await?;
         let m = match kind {
             FRAME_RAFT => {
+                wire_check::check(&payload, &wire_check::MESSAGE)
+                    .map_err(|e| format!("bad raft message: {e}"))?;
                 Message::parse_from_bytes(&payload).map_err(|e| format!("bad raft message: {e}"))?
             }
             FRAME_LEASE_REQUEST => {
@@ -757,6 +807,8 @@ async fn receive_snapshot(
             "snapshot image of {total} bytes is not a whole number of pages up to {SNAPSHOT_BYTES_MAX}"
         ));
     }
+    wire_check::check(message, &wire_check::MESSAGE)
+        .map_err(|e| format!("bad snapshot head: {e}"))?;
     let m = Message::parse_from_bytes(message).map_err(|e| format!("bad snapshot head: {e}"))?;
     if m.get_msg_type() != MessageType::MsgSnapshot {
         return Err("snapshot head does not carry a MsgSnapshot".into());

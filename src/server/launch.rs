@@ -72,6 +72,9 @@ pub struct ServerOptions {
     /// etcd's --backend-batch-interval and --backend-batch-limit (zero: etcd's defaults).
     pub backend_batch_interval: std::time::Duration,
     pub backend_batch_limit: u64,
+    /// Client-connection transport settings (`--max-concurrent-streams`,
+    /// `--grpc-keepalive-*`); `max_recv_message_bytes` is derived from `limits`.
+    pub http2: ServerConfig,
 }
 
 fn placement(cpu: Option<usize>) -> Placement {
@@ -360,6 +363,7 @@ fn network_cores(
             feed,
             limits: options.limits.clone(),
             identity: options.identity.clone(),
+            http2: options.http2.clone(),
             ready_tx: ready_tx.clone(),
             stop_rx,
         };
@@ -394,6 +398,8 @@ struct NetworkCore {
     feed: SharedReceiver<FeedMessage>,
     limits: Limits,
     identity: Identity,
+    /// The HTTP/2 limits from the command line (`--max-concurrent-streams`, keepalive).
+    http2: ServerConfig,
     ready_tx: std::sync::mpsc::Sender<Result<(), String>>,
     stop_rx: oneshot::Receiver<()>,
 }
@@ -428,7 +434,7 @@ async fn serve_network_core(core: NetworkCore) {
     let _ = context_tx.send(context.clone());
     let http2 = Rc::new(ServerConfig {
         max_recv_message_bytes: core.limits.max_recv_message_bytes(),
-        ..ServerConfig::default()
+        ..core.http2.clone()
     });
     let trigger = shutdown.clone();
     glommio::spawn_local(async move {
