@@ -932,7 +932,7 @@ async fn a_five_member_cluster_tolerates_two_failures() {
 /// seen as a 5 s `etcdctl get` stall on 4 restarts in 10 of a single member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_sent_while_no_leader_is_known_is_answered_once_one_is_elected() {
-    let mut cluster = Cluster::start(3, &[]);
+    let cluster = Cluster::start(3, &[]);
     let all = [0, 1, 2];
     let leader = cluster
         .leader(&all, Duration::from_secs(20))
