@@ -1,8 +1,10 @@
 //! The `tern` binary: parse etcd's flags, derive this member's identity, serve.
 
+use tern::config::url::Scheme;
 use tern::config::{ClusterState, Config};
 use tern::membership::cluster::MemberRecord;
 use tern::membership::id;
+use tern::net::tls::{self, TlsInfo, TlsVersion};
 use tern::server::{self, ServerOptions};
 use tern::service::Limits;
 use tern::state::Identity;
@@ -20,10 +22,20 @@ fn main() {
     );
     let identity = identity(&config);
     let raft = raft_options(&config);
+    if let Err(e) = check_peer_urls(&config) {
+        tern::fatal!("cannot serve", "error" => e);
+    }
+    let client = match client_transport(&config) {
+        Ok(client) => client,
+        Err(e) => tern::fatal!("cannot serve", "error" => e),
+    };
     let options = ServerOptions {
         identity,
         data_dir: config.data_dir.clone(),
-        listen_client_addrs: config.client_listen_addrs(),
+        listen_client_addrs: client.addrs,
+        listen_client_tls: client.addrs_tls,
+        listen_client_unix: client.unix,
+        client_tls: client.tls,
         cores: (config.cores > 0).then_some(config.cores),
         limits: Limits {
             max_request_bytes: config.max_request_bytes as usize,
@@ -51,6 +63,134 @@ fn main() {
     if let Err(e) = server::run(options) {
         tern::fatal!("cannot serve", "error" => e);
     }
+}
+
+/// The client listeners and their TLS settings, from `--listen-client-urls` and etcd's
+/// client security flags.
+struct ClientTransport {
+    addrs: Vec<std::net::SocketAddr>,
+    addrs_tls: Vec<bool>,
+    unix: Vec<(std::path::PathBuf, bool)>,
+    tls: Option<TlsInfo>,
+}
+
+/// Reads etcd's client security flags as etcd's `embed` does: `--auto-tls` generates a
+/// certificate unless one is given, an https:// or unixs:// URL without a certificate is an
+/// error, and certificates given for http:// URLs only are ignored with a warning.
+fn client_transport(config: &Config) -> Result<ClientTransport, String> {
+    let flag = |name: &str| config.flag_value(name).unwrap_or_default().to_string();
+    let is_true = |name: &str| tern::config::go::parse_bool(&flag(name)) == Ok(true);
+    let path = |name: &str| Some(flag(name)).filter(|p| !p.is_empty()).map(Into::into);
+    let urls = &config.listen_client_urls;
+    let mut info = TlsInfo {
+        cert_file: flag("cert-file").into(),
+        key_file: flag("key-file").into(),
+        trusted_ca_file: path("trusted-ca-file"),
+        client_cert_auth: is_true("client-cert-auth"),
+        crl_file: path("client-crl-file"),
+        allowed_hostname: Some(flag("client-cert-allowed-hostname")).filter(|h| !h.is_empty()),
+        cipher_suites: flag("cipher-suites")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        min_version: TlsVersion::parse(&flag("tls-min-version"))?,
+        max_version: TlsVersion::parse(&flag("tls-max-version"))?,
+    };
+    let certs_given =
+        !info.cert_file.as_os_str().is_empty() || !info.key_file.as_os_str().is_empty();
+    if is_true("auto-tls") {
+        if certs_given {
+            tern::warn!("ignoring client auto TLS since certs given");
+        } else {
+            let validity_years: u64 = flag("self-signed-cert-validity").parse().unwrap_or(0);
+            if validity_years == 0 {
+                return Err(
+                    "--self-signed-cert-validity is invalid, it should be greater than 0".into(),
+                );
+            }
+            let hosts: Vec<String> = urls.iter().map(|u| u.host.clone()).collect();
+            let dir = config.data_dir.join("fixtures").join("client");
+            let (cert_file, key_file) = tls::self_cert(&dir, &hosts, validity_years)?;
+            // etcd replaces the client TLS settings with the generated pair: no CA, so no
+            // client certificate checks.
+            if info.client_cert_auth || info.trusted_ca_file.is_some() {
+                tern::warn!(
+                    "ignoring --client-cert-auth and --trusted-ca-file with --auto-tls (the generated certificate replaces the client TLS settings, as in etcd)"
+                );
+            }
+            info = TlsInfo {
+                cert_file,
+                key_file,
+                trusted_ca_file: None,
+                client_cert_auth: false,
+                crl_file: None,
+                allowed_hostname: None,
+                ..info
+            };
+        }
+    }
+    let tls_ready = !info.cert_file.as_os_str().is_empty() || !info.key_file.as_os_str().is_empty();
+    let mut transport = ClientTransport {
+        addrs: Vec::new(),
+        addrs_tls: Vec::new(),
+        unix: Vec::new(),
+        tls: None,
+    };
+    for url in urls {
+        if url.is_tls() && !tls_ready {
+            return Err(format!(
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url {} with HTTPS scheme",
+                url.url
+            ));
+        }
+        if !url.is_tls() && tls_ready {
+            tern::warn!(
+                "scheme is HTTP while key and cert files are present; ignoring key and cert files",
+                "client-url" => url.url.as_str()
+            );
+        }
+        match url.scheme {
+            Scheme::Http | Scheme::Https => {
+                let Some(addr) = url.socket_addr else {
+                    return Err(format!("expected IP in URL for binding ({})", url.url));
+                };
+                transport.addrs.push(addr);
+                transport.addrs_tls.push(url.is_tls());
+            }
+            // etcd listens on the URL's host:port taken as a path.
+            Scheme::Unix | Scheme::Unixs => transport
+                .unix
+                .push((format!("{}:{}", url.host, url.port).into(), url.is_tls())),
+        }
+    }
+    if urls.iter().any(|u| u.is_tls()) {
+        transport.tls = Some(info);
+    }
+    Ok(transport)
+}
+
+/// The peer transport speaks cleartext TCP only: a peer URL asking for more is refused
+/// rather than served in the clear or dropped.
+fn check_peer_urls(config: &Config) -> Result<(), String> {
+    for url in &config.listen_peer_urls {
+        match url.scheme {
+            Scheme::Http => {}
+            Scheme::Https | Scheme::Unixs => {
+                return Err(format!(
+                    "--listen-peer-urls {}: peer TLS is not implemented in tern yet; use http:// peer URLs",
+                    url.url
+                ))
+            }
+            Scheme::Unix => {
+                return Err(format!(
+                    "--listen-peer-urls {}: unix peer sockets are not implemented in tern",
+                    url.url
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// This member's and its cluster's ids, derived from --initial-cluster and

@@ -21,10 +21,11 @@ use glommio::net::TcpListener;
 use crate::grpc::serve_connection;
 use crate::grpc::Handler;
 use crate::http2::{ServerConfig, ShutdownSignal};
+use crate::net::ClientListener;
 
 /// Accepts on every address until `shutdown` fires, then drains live connections.
 pub async fn serve_clients(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<ClientListener>,
     config: Rc<ServerConfig>,
     handler: Handler,
     shutdown: ShutdownSignal,
@@ -40,19 +41,20 @@ pub async fn serve_clients(
                     conn = listener.accept().fuse() => conn,
                     _ = shutdown.wait().fuse() => break,
                 };
-                let stream = match accepted {
-                    Ok(stream) => stream,
+                let pending = match accepted {
+                    Ok(pending) => pending,
                     // EMFILE and friends: keep serving the connections we have.
                     Err(_) => continue,
                 };
-                // Small gRPC frames must not wait for Nagle's delayed-ACK dance.
-                let _ = stream.set_nodelay(true);
                 live.set(live.get() + 1);
                 let (config, handler, shutdown) =
                     (config.clone(), handler.clone(), shutdown.clone());
                 let live = live.clone();
                 glommio::spawn_local(async move {
-                    let _ = serve_connection(stream, config, handler, shutdown).await;
+                    // The TLS handshake, if any, runs here: never in the accept loop.
+                    if let Some(stream) = pending.establish(&shutdown).await {
+                        let _ = serve_connection(stream, config, handler, shutdown).await;
+                    }
                     live.set(live.get() - 1);
                 })
                 .detach();
