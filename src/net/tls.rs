@@ -548,7 +548,19 @@ pub fn handshake_error_text(error: &std::io::Error) -> String {
             format!("{verify} certificate has expired or is not yet valid")
         }
         E::InvalidCertificate(C::Revoked) => "transport: certificate revoked".to_owned(),
-        E::AlertReceived(alert) => format!("remote error: tls: {alert:?}"),
+        E::AlertReceived(alert) => format!("remote error: tls: {}", go_alert_name(alert)),
         other => other.to_string(),
     }
+}
+
+/// Go's spelling of a TLS alert ("bad certificate" for rustls's `BadCertificate`).
+fn go_alert_name(alert: &rustls::AlertDescription) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{alert:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push(' ');
+        }
+        name.push(c.to_ascii_lowercase());
+    }
+    name
 }
