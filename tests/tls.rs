@@ -3,8 +3,10 @@
 //! certificate or with one from another CA; a CRL revokes a client certificate; http and
 //! https listeners mix in one flag; unix:// and unixs:// sockets serve; auto-TLS serves a
 //! generated certificate; certificates rotate while a client stays connected; Python grpcio
-//! connects with a client certificate; flags that cannot be honoured stop startup. Every
-//! certificate is generated here with rcgen, into a fresh temp dir.
+//! connects with a client certificate; flags that cannot be honoured stop startup; three
+//! members replicate over peer TLS and refuse a peer from another CA or outside
+//! --peer-cert-allowed-cn. Every certificate is generated here with rcgen, into a fresh
+//! temp dir.
 
 mod common;
 
@@ -701,7 +703,7 @@ fn flags_that_cannot_be_honoured_stop_startup() {
             "--initial-cluster",
             &format!("default={peer}"),
         ],
-        "peer TLS is not implemented in tern yet",
+        "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url https://",
     );
 }
 
@@ -766,4 +768,243 @@ fn tls13_only_refuses_tls12() {
     let server = start_https(&args);
     assert!(openssl_handshakes(server.client_port, &f, &["-tls1_3"]));
     assert!(!openssl_handshakes(server.client_port, &f, &["-tls1_2"]));
+}
+
+// ------------------------------------------------------------------------- peer TLS
+
+/// A cluster of tern processes whose peer URLs are https://, each member with its own
+/// certificate pair; logs go to `<pki>/<name>.log`.
+struct TlsCluster {
+    children: Vec<std::process::Child>,
+    client_ports: Vec<u16>,
+    logs: Vec<PathBuf>,
+    data_dirs: Vec<PathBuf>,
+}
+
+impl TlsCluster {
+    /// `certs[i]` is member i's (cert, key, CA file); `extra` goes to every member.
+    fn start(pki: &Pki, certs: &[(String, String, String)], extra: &[&str]) -> TlsCluster {
+        let n = certs.len();
+        let peer_ports: Vec<u16> = (0..n).map(|_| common::free_port()).collect();
+        let client_ports: Vec<u16> = (0..n).map(|_| common::free_port()).collect();
+        let initial = (0..n)
+            .map(|i| format!("p{i}=https://127.0.0.1:{}", peer_ports[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = TlsCluster {
+            children: Vec::new(),
+            client_ports: client_ports.clone(),
+            logs: Vec::new(),
+            data_dirs: Vec::new(),
+        };
+        for (i, (cert, key, ca)) in certs.iter().enumerate() {
+            let client = format!("http://127.0.0.1:{}", client_ports[i]);
+            let peer = format!("https://127.0.0.1:{}", peer_ports[i]);
+            let log = pki.dir.join(format!("p{i}.log"));
+            let data_dir = pki.dir.join(format!("p{i}.data"));
+            let child = Command::new(tern_binary())
+                .args(["--name", &format!("p{i}"), "--data-dir"])
+                .arg(&data_dir)
+                .args([
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
+                .args(["--initial-cluster", &initial])
+                .args(["--peer-cert-file", cert, "--peer-key-file", key])
+                .args(["--peer-trusted-ca-file", ca, "--peer-client-cert-auth"])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            cluster.children.push(child);
+            cluster.logs.push(log);
+            cluster.data_dirs.push(data_dir);
+        }
+        cluster
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.logs[i]).unwrap_or_default()
+    }
+
+    fn wait_for_log(&self, i: usize, parts: &[&str]) {
+        let deadline = Instant::now() + WAIT;
+        while !self
+            .log(i)
+            .lines()
+            .any(|l| parts.iter().all(|p| l.contains(p)))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "member {i} never logged {parts:?}; log:\n{}",
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.client_ports[i])
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn three_members_replicate_over_peer_tls() {
+    let pki = Pki::new("peer");
+    let ca = Ca::new(&pki, "peer-ca");
+    // One shared CN for --peer-cert-allowed-cn; each pair copied out before the next
+    // issue of the same name overwrites it.
+    let ca_file = pki.path("peer-ca.pem");
+    let certs: Vec<_> = (0..3)
+        .map(|i| {
+            let (cert, key) = ca.issue(&pki, "etcd-peer", SERVER_SANS, 30 + i as u8, VALID);
+            let cert_i = pki.write(
+                &format!("peer{i}.pem"),
+                &std::fs::read_to_string(cert).unwrap(),
+            );
+            let key_i = pki.write(
+                &format!("peer{i}.key"),
+                &std::fs::read_to_string(key).unwrap(),
+            );
+            (cert_i, key_i, ca_file.clone())
+        })
+        .collect();
+    let cluster = TlsCluster::start(&pki, &certs, &["--peer-cert-allowed-cn", "etcd-peer"]);
+    for i in 0..3 {
+        cluster.wait_for_log(i, &["ready to serve client requests"]);
+    }
+    assert_ok(
+        &etcdctl(&cluster.endpoint(0), &["put", "replicated", "yes"], None),
+        "OK\n",
+    );
+    for i in 1..3 {
+        assert_ok(
+            &etcdctl(
+                &cluster.endpoint(i),
+                &["get", "replicated", "--print-value-only"],
+                None,
+            ),
+            "yes\n",
+        );
+    }
+    for i in 0..3 {
+        assert!(
+            !cluster.log(i).contains("rejected connection"),
+            "{}",
+            cluster.log(i)
+        );
+    }
+}
+
+#[test]
+fn a_peer_with_a_certificate_from_another_ca_is_refused() {
+    let pki = Pki::new("peer-foreign");
+    let ca = Ca::new(&pki, "peer-ca");
+    let other = Ca::new(&pki, "rogue-ca");
+    let ca_file = pki.path("peer-ca.pem");
+    let good: Vec<_> = (0..2)
+        .map(|i| {
+            let (cert, key) = ca.issue(&pki, &format!("good{i}"), SERVER_SANS, 40 + i, VALID);
+            (cert, key, ca_file.clone())
+        })
+        .collect();
+    // The third member trusts the cluster's CA but presents a certificate of another one.
+    let (rogue_cert, rogue_key) = other.issue(&pki, "rogue", SERVER_SANS, 50, VALID);
+    let mut certs = good.clone();
+    certs.push((rogue_cert, rogue_key, ca_file.clone()));
+    let cluster = TlsCluster::start(&pki, &certs, &[]);
+    // The two good members have quorum and serve; both refuse the rogue's connections.
+    cluster.wait_for_log(0, &["ready to serve client requests"]);
+    cluster.wait_for_log(1, &["ready to serve client requests"]);
+    assert_ok(
+        &etcdctl(&cluster.endpoint(0), &["put", "k", "v"], None),
+        "OK\n",
+    );
+    let refused = |i: usize| {
+        cluster.log(i).lines().any(|l| {
+            l.contains("rejected connection")
+                && l.contains("certificate signed by unknown authority")
+        })
+    };
+    let deadline = Instant::now() + WAIT;
+    while !(refused(0) || refused(1)) {
+        assert!(
+            Instant::now() < deadline,
+            "no member refused the rogue peer"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing reached the rogue: its store never saw the write.
+    let out = etcdctl(
+        &cluster.endpoint(2),
+        &[
+            "--dial-timeout=1s",
+            "--command-timeout=2s",
+            "get",
+            "k",
+            "--consistency=s",
+            "--print-value-only",
+        ],
+        None,
+    );
+    assert_ne!(stdout(&out), "v\n");
+}
+
+#[test]
+fn a_peer_outside_peer_cert_allowed_cn_is_refused() {
+    let pki = Pki::new("peer-cn");
+    let ca = Ca::new(&pki, "peer-ca");
+    let ca_file = pki.path("peer-ca.pem");
+    let mut certs = Vec::new();
+    for i in 0..2u8 {
+        let (cert, key) = ca.issue(&pki, "etcd-peer", SERVER_SANS, 60 + i, VALID);
+        let cert = pki.write(
+            &format!("ok{i}.pem"),
+            &std::fs::read_to_string(cert).unwrap(),
+        );
+        let key = pki.write(
+            &format!("ok{i}.key"),
+            &std::fs::read_to_string(key).unwrap(),
+        );
+        certs.push((cert, key, ca_file.clone()));
+    }
+    // Same CA, another CN.
+    let (cert, key) = ca.issue(&pki, "intruder", SERVER_SANS, 70, VALID);
+    certs.push((cert, key, ca_file.clone()));
+    let cluster = TlsCluster::start(&pki, &certs, &["--peer-cert-allowed-cn", "etcd-peer"]);
+    cluster.wait_for_log(0, &["ready to serve client requests"]);
+    let refused = |i: usize| {
+        cluster.log(i).lines().any(|l| {
+            l.contains("rejected connection")
+                && l.contains("client certificate authentication failed")
+        })
+    };
+    let deadline = Instant::now() + WAIT;
+    while !(refused(0) || refused(1)) {
+        assert!(
+            Instant::now() < deadline,
+            "no member refused the peer with the wrong CN"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

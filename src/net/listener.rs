@@ -98,7 +98,9 @@ enum HandshakeEnd<S> {
     Shutdown,
 }
 
-async fn handshake<S>(
+/// The server side of a TLS handshake on `stream`, bounded by `TLS_HANDSHAKE_TIMEOUT` and
+/// `shutdown`; a failure is logged as etcd logs it and gives `None`.
+pub async fn handshake<S>(
     stream: S,
     tls: &ReloadingServerConfig,
     remote: &str,

@@ -28,40 +28,63 @@ impl ClientStream {
     }
 }
 
-/// Calls `$method` on whichever stream `$self` holds.
-macro_rules! each_stream {
-    ($self:expr, $s:ident => $call:expr) => {
-        match $self.get_mut() {
-            ClientStream::Tcp($s) => $call,
-            ClientStream::Unix($s) => $call,
-            ClientStream::TcpTls($s) => $call,
-            ClientStream::UnixTls($s) => $call,
+/// A peer transport connection: plain TCP, or TLS as the accepting or the dialling side.
+pub enum PeerStream {
+    Tcp(TcpStream),
+    Accepted(Box<TlsStream<TcpStream>>),
+    Dialled(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl PeerStream {
+    /// The TCP socket under any TLS layer (for socket options such as timeouts).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            PeerStream::Tcp(s) => s,
+            PeerStream::Accepted(s) => s.get_ref().0,
+            PeerStream::Dialled(s) => s.get_ref().0,
+        }
+    }
+}
+
+/// Implements `AsyncRead`/`AsyncWrite` for an enum of streams by forwarding each call to
+/// whichever stream it holds.
+macro_rules! forward_io {
+    ($ty:ident: $($variant:ident),+) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut [u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_read(cx, buf),)+
+                }
+            }
+        }
+
+        impl AsyncWrite for $ty {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_write(cx, buf),)+
+                }
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_flush(cx),)+
+                }
+            }
+            fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_close(cx),)+
+                }
+            }
         }
     };
 }
 
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        each_stream!(self, s => Pin::new(s).poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        each_stream!(self, s => Pin::new(s).poll_write(cx, buf))
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        each_stream!(self, s => Pin::new(s).poll_flush(cx))
-    }
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        each_stream!(self, s => Pin::new(s).poll_close(cx))
-    }
-}
+forward_io!(ClientStream: Tcp, Unix, TcpTls, UnixTls);
+forward_io!(PeerStream: Tcp, Accepted, Dialled);

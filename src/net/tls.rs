@@ -63,6 +63,8 @@ pub struct TlsInfo {
     pub cipher_suites: Vec<String>,
     pub min_version: Option<TlsVersion>,
     pub max_version: Option<TlsVersion>,
+    /// `--peer-cert-allowed-cn`: the verified client certificate's subject CN must be this.
+    pub allowed_cn: Option<String>,
 }
 
 /// Which flags this side's settings came from, for error messages.
@@ -259,14 +261,25 @@ fn client_verifier(
     let verifier = builder
         .build()
         .map_err(|e| format!("{}: {e}", ca_file.display()))?;
-    Ok(match &info.allowed_hostname {
-        None => verifier,
-        Some(hostname) => Arc::new(AllowedHostname {
-            inner: verifier,
-            hostname: ServerName::try_from(hostname.clone())
+    if info.allowed_cn.is_some() && info.allowed_hostname.is_some() {
+        return Err(format!(
+            "AllowedCN and AllowedHostname are mutually exclusive (cn={:?}, hostname={:?})",
+            info.allowed_cn.as_deref().unwrap_or(""),
+            info.allowed_hostname.as_deref().unwrap_or("")
+        ));
+    }
+    let allowed = match (&info.allowed_hostname, &info.allowed_cn) {
+        (Some(hostname), _) => Allowed::Hostname(
+            ServerName::try_from(hostname.clone())
                 .map_err(|e| format!("allowed hostname {hostname:?}: {e}"))?,
-        }),
-    })
+        ),
+        (None, Some(cn)) => Allowed::CommonName(cn.clone()),
+        (None, None) => return Ok(verifier),
+    };
+    Ok(Arc::new(AllowedClient {
+        inner: verifier,
+        allowed,
+    }))
 }
 
 /// Builds the server config for `info` from its files. ALPN offers `h2`.
@@ -298,15 +311,21 @@ pub fn server_config(info: &TlsInfo, names: &FlagNames) -> Result<rustls::Server
     Ok(config)
 }
 
-/// A verified client certificate must also be valid for one hostname (etcd's
-/// `AllowedHostname`, Go's `VerifyHostname`).
+/// What else a verified client certificate must satisfy (etcd's `AllowedHostname`, checked
+/// as Go's `VerifyHostname`, or `AllowedCN`, an exact match of the subject common name).
 #[derive(Debug)]
-struct AllowedHostname {
-    inner: Arc<dyn ClientCertVerifier>,
-    hostname: ServerName<'static>,
+enum Allowed {
+    Hostname(ServerName<'static>),
+    CommonName(String),
 }
 
-impl ClientCertVerifier for AllowedHostname {
+#[derive(Debug)]
+struct AllowedClient {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed: Allowed,
+}
+
+impl ClientCertVerifier for AllowedClient {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
     }
@@ -325,13 +344,21 @@ impl ClientCertVerifier for AllowedHostname {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
-        })?;
-        cert.verify_is_valid_for_subject_name(&self.hostname)
-            .map_err(|_| {
-                rustls::Error::General("client certificate authentication failed".into())
-            })?;
+        let refused = || rustls::Error::General("client certificate authentication failed".into());
+        match &self.allowed {
+            Allowed::Hostname(hostname) => {
+                let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+                })?;
+                cert.verify_is_valid_for_subject_name(hostname)
+                    .map_err(|_| refused())?;
+            }
+            Allowed::CommonName(cn) => {
+                if subject_common_name(end_entity).as_deref() != Some(cn.as_str()) {
+                    return Err(refused());
+                }
+            }
+        }
         Ok(verified)
     }
     fn verify_tls12_signature(
@@ -563,4 +590,151 @@ fn go_alert_name(alert: &rustls::AlertDescription) -> String {
         name.push(c.to_ascii_lowercase());
     }
     name
+}
+
+/// One DER element: (tag, contents, rest). `None` for malformed input (never panics).
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let octets = (first & 0x7f) as usize;
+        if octets == 0 || octets > 4 || rest.len() < octets {
+            return None;
+        }
+        let len = rest[..octets]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        (len, &rest[octets..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The subject's common name (OID 2.5.4.3) of a DER certificate, if it has one: walks
+/// Certificate → TBSCertificate → subject (after the optional version, serial, signature
+/// algorithm, issuer and validity, RFC 5280 §4.1).
+fn subject_common_name(cert: &[u8]) -> Option<String> {
+    const SEQUENCE: u8 = 0x30;
+    const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
+    let (_, certificate, _) = der_element(cert).filter(|e| e.0 == SEQUENCE)?;
+    let (_, mut tbs, _) = der_element(certificate).filter(|e| e.0 == SEQUENCE)?;
+    let (tag, _, rest) = der_element(tbs)?;
+    if tag == 0xa0 {
+        tbs = rest; // explicit [0] version
+    }
+    for _ in 0..4 {
+        tbs = der_element(tbs)?.2; // serial, signature, issuer, validity
+    }
+    let (_, mut subject, _) = der_element(tbs).filter(|e| e.0 == SEQUENCE)?;
+    while !subject.is_empty() {
+        let (_, set, rest) = der_element(subject)?;
+        subject = rest;
+        let (_, attribute, _) = der_element(set)?;
+        let (_, oid, value) = der_element(attribute)?;
+        if oid == CN_OID {
+            let (_, text, _) = der_element(value)?;
+            return String::from_utf8(text.to_vec()).ok();
+        }
+    }
+    None
+}
+
+/// Peer TLS: the server side for accepted peer connections, the client side (trusting the
+/// peer CA, presenting this member's certificate) for dialled ones.
+pub struct PeerTls {
+    pub server: Arc<ReloadingServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerTls")
+    }
+}
+
+/// The dialling side's config for `info` with `client_cert`/`client_key` as this member's
+/// certificate. `skip_verify` (etcd's self-signed peer certificates, `--peer-auto-tls`)
+/// accepts any server certificate, as etcd does with InsecureSkipVerify.
+pub fn client_config(
+    info: &TlsInfo,
+    client_cert: &Path,
+    client_key: &Path,
+    skip_verify: bool,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = provider_for(info)?;
+    let versions = versions_for(info)?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = if skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)))
+    } else {
+        let Some(ca_file) = info.trusted_ca_file.as_deref() else {
+            return Err(
+                "peer TLS needs --peer-trusted-ca-file (tern does not read the system's roots) or --peer-auto-tls"
+                    .into(),
+            );
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in load_certs(ca_file)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        }
+        builder.with_root_certificates(roots)
+    };
+    builder
+        .with_client_auth_cert(load_certs(client_cert)?, load_key(client_key)?)
+        .map_err(|e| format!("{} / {}: {e}", client_cert.display(), client_key.display()))
+}
+
+/// Accepts any server certificate whose handshake signature is valid: only for
+/// `--peer-auto-tls`, where every member's certificate is self-signed (etcd sets
+/// InsecureSkipVerify for the same case).
+#[derive(Debug)]
+struct AnyServerCertificate(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
