@@ -469,7 +469,11 @@ async fn writer_task<S: AsyncWrite + Unpin>(socket: Rc<RefCell<S>>, shared: Rc<R
         })
         .await;
         let Some(mut batch) = batch else { break };
-        if sock.write_all(&batch).await.is_err() {
+        // The flush matters for TLS: a write can return once the stream has taken every
+        // plaintext byte while ciphertext still waits in its buffer for a full socket to
+        // drain; flushing sends it now instead of with the next batch, which may never
+        // come. For plain sockets it is a no-op.
+        if sock.write_all(&batch).await.is_err() || sock.flush().await.is_err() {
             shared.borrow_mut().fail_all();
             break;
         }

@@ -696,6 +696,8 @@ pub async fn fetch_members(
             frame(FRAME_HELLO, &[0u8; HELLO_BYTES], &mut out);
             frame(FRAME_MEMBERS_REQUEST, &[], &mut out);
             stream.write_all(&out).await.map_err(|e| e.to_string())?;
+            // A TLS stream may hold ciphertext until flushed.
+            stream.flush().await.map_err(|e| e.to_string())?;
             let (kind, payload) = read_frame(&mut stream).await?;
             if kind != FRAME_MEMBERS_RESPONSE {
                 return Err(format!("unexpected frame kind {kind}"));
