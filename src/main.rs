@@ -155,6 +155,12 @@ fn client_transport(config: &Config) -> Result<ClientTransport, String> {
                 "client-url" => url.url.as_str()
             );
         }
+        if !url.is_tls() && info.client_cert_auth {
+            tern::warn!(
+                "scheme is HTTP while --client-cert-auth is enabled; ignoring client cert auth for this URL",
+                "client-url" => url.url.as_str()
+            );
+        }
         match url.scheme {
             Scheme::Http | Scheme::Https => {
                 let Some(addr) = url.socket_addr else {
