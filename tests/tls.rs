@@ -4,8 +4,8 @@
 //! https listeners mix in one flag; unix:// and unixs:// sockets serve; auto-TLS serves a
 //! generated certificate; certificates rotate while a client stays connected; Python grpcio
 //! connects with a client certificate; flags that cannot be honoured stop startup; three
-//! members replicate over peer TLS and refuse a peer from another CA or outside
-//! --peer-cert-allowed-cn. Every certificate is generated here with rcgen, into a fresh
+//! members replicate over peer TLS, a fourth joins and catches up by snapshot over it, and
+//! a peer from another CA or outside --peer-cert-allowed-cn is refused. Every certificate is generated here with rcgen, into a fresh
 //! temp dir.
 
 mod common;
@@ -793,45 +793,75 @@ impl TlsCluster {
             .join(",");
         let mut cluster = TlsCluster {
             children: Vec::new(),
-            client_ports: client_ports.clone(),
+            client_ports: Vec::new(),
             logs: Vec::new(),
             data_dirs: Vec::new(),
         };
-        for (i, (cert, key, ca)) in certs.iter().enumerate() {
-            let client = format!("http://127.0.0.1:{}", client_ports[i]);
-            let peer = format!("https://127.0.0.1:{}", peer_ports[i]);
-            let log = pki.dir.join(format!("p{i}.log"));
-            let data_dir = pki.dir.join(format!("p{i}.data"));
-            let child = Command::new(tern_binary())
-                .args(["--name", &format!("p{i}"), "--data-dir"])
-                .arg(&data_dir)
-                .args([
-                    "--listen-client-urls",
-                    &client,
-                    "--advertise-client-urls",
-                    &client,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &peer,
-                    "--initial-advertise-peer-urls",
-                    &peer,
-                ])
-                .args(["--initial-cluster", &initial])
-                .args(["--peer-cert-file", cert, "--peer-key-file", key])
-                .args(["--peer-trusted-ca-file", ca, "--peer-client-cert-auth"])
-                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap();
-            cluster.children.push(child);
-            cluster.logs.push(log);
-            cluster.data_dirs.push(data_dir);
+        for (i, cert) in certs.iter().enumerate() {
+            cluster.spawn(
+                pki,
+                i,
+                (client_ports[i], peer_ports[i]),
+                cert,
+                &initial,
+                false,
+                extra,
+            );
         }
         cluster
+    }
+
+    /// Starts member `i` on (client port, peer port) with `initial` as its
+    /// --initial-cluster (`existing`: joining a running cluster).
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        &mut self,
+        pki: &Pki,
+        i: usize,
+        (client_port, peer_port): (u16, u16),
+        (cert, key, ca): &(String, String, String),
+        initial: &str,
+        existing: bool,
+        extra: &[&str],
+    ) {
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("https://127.0.0.1:{peer_port}");
+        let log = pki.dir.join(format!("p{i}.log"));
+        let data_dir = pki.dir.join(format!("p{i}.data"));
+        let child = Command::new(tern_binary())
+            .args(["--name", &format!("p{i}"), "--data-dir"])
+            .arg(&data_dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", initial])
+            .args(if existing {
+                &["--initial-cluster-state", "existing"][..]
+            } else {
+                &[][..]
+            })
+            .args(["--peer-cert-file", cert, "--peer-key-file", key])
+            .args(["--peer-trusted-ca-file", ca, "--peer-client-cert-auth"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        self.client_ports.push(client_port);
+        self.logs.push(log);
+        self.data_dirs.push(data_dir);
     }
 
     fn log(&self, i: usize) -> String {
@@ -1006,5 +1036,88 @@ fn a_peer_outside_peer_cert_allowed_cn_is_refused() {
             "no member refused the peer with the wrong CN"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Puts `count` keys `<prefix><n>` through the Python etcd3 client on `port` (one process,
+/// not one etcdctl per key).
+fn put_many(port: u16, prefix: &str, count: usize) {
+    let script = format!(
+        "import etcd3\nc = etcd3.client(port={port}, timeout=30)\nfor i in range({count}):\n    c.put('{prefix}%d' % i, 'v')\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .env("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_member_added_over_peer_tls_catches_up_by_snapshot() {
+    let pki = Pki::new("peer-add");
+    let ca = Ca::new(&pki, "peer-ca");
+    let ca_file = pki.path("peer-ca.pem");
+    let certs: Vec<_> = (0..4u8)
+        .map(|i| {
+            let (cert, key) = ca.issue(&pki, &format!("member{i}"), SERVER_SANS, 80 + i, VALID);
+            (cert, key, ca_file.clone())
+        })
+        .collect();
+    let extra = ["--snapshot-count", "200"];
+    let mut cluster = TlsCluster::start(&pki, &certs[..3], &extra);
+    for i in 0..3 {
+        cluster.wait_for_log(i, &["ready to serve client requests"]);
+    }
+    // Far past --snapshot-count: the leader's log no longer starts at the beginning.
+    put_many(cluster.client_ports[0], "k", 1000);
+    let (client_port, peer_port) = (common::free_port(), common::free_port());
+    let add = etcdctl(
+        &cluster.endpoint(0),
+        &[
+            "member",
+            "add",
+            "p3",
+            &format!("--peer-urls=https://127.0.0.1:{peer_port}"),
+        ],
+        None,
+    );
+    assert!(add.status.success(), "member add: {}", stderr(&add));
+    let initial = stdout(&add)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("ETCD_INITIAL_CLUSTER=\"")
+                .map(|v| v.trim_end_matches('"').to_owned())
+        })
+        .expect("member add prints ETCD_INITIAL_CLUSTER");
+    // A snapshot the new member can take must list it: more entries after the add.
+    put_many(cluster.client_ports[0], "after", 300);
+    cluster.spawn(
+        &pki,
+        3,
+        (client_port, peer_port),
+        &certs[3],
+        &initial,
+        true,
+        &extra,
+    );
+    cluster.wait_for_log(3, &["ready to serve client requests"]);
+    cluster.wait_for_log(3, &["restored snapshot database"]);
+    let out = etcdctl(
+        &cluster.endpoint(3),
+        &["get", "k999", "--consistency=s", "--print-value-only"],
+        None,
+    );
+    assert_ok(&out, "v\n");
+    for i in 0..4 {
+        assert!(
+            !cluster.log(i).contains("rejected connection"),
+            "{}",
+            cluster.log(i)
+        );
     }
 }
