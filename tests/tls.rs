@@ -5,8 +5,8 @@
 //! generated certificate; certificates rotate while a client stays connected; Python grpcio
 //! connects with a client certificate; flags that cannot be honoured stop startup; three
 //! members replicate over peer TLS, a fourth joins and catches up by snapshot over it, and
-//! a peer from another CA or outside --peer-cert-allowed-cn is refused. Every certificate is generated here with rcgen, into a fresh
-//! temp dir.
+//! a peer from another CA or outside --peer-cert-allowed-cn is refused. Every certificate
+//! is generated here with rcgen, into a fresh temp dir.
 
 mod common;
 
