@@ -7,7 +7,7 @@ use tern::config::{ClusterState, Config};
 use tern::membership::cluster::MemberRecord;
 use tern::membership::id;
 
-use tern::net::tls::{self, PeerTls, ReloadingServerConfig, TlsInfo, TlsVersion};
+use tern::net::tls::{self, PeerTls, Reloading, ReloadingServerConfig, TlsInfo, TlsVersion};
 use tern::server::{self, ServerOptions};
 use tern::service::Limits;
 use tern::state::Identity;
@@ -278,12 +278,9 @@ fn peer_transport(config: &Config) -> Result<Option<Arc<PeerTls>>, String> {
             (Some(cert), Some(key)) if !self_signed => (cert, key),
             _ => (info.cert_file.clone(), info.key_file.clone()),
         };
-    let client = tls::client_config(&info, &client_cert, &client_key, self_signed)?;
+    let client = Reloading::start_client(info.clone(), client_cert, client_key, self_signed)?;
     let server = ReloadingServerConfig::start(info, tls::PEER_FLAGS, "peer")?;
-    Ok(Some(Arc::new(PeerTls {
-        server,
-        client: Arc::new(client),
-    })))
+    Ok(Some(Arc::new(PeerTls { server, client })))
 }
 
 /// This member's and its cluster's ids, derived from --initial-cluster and

@@ -9,8 +9,8 @@
 //! - Files are read on the main thread at startup and later only by the reload thread
 //!   (`tern-tls-reload`), never on an executor (no blocking file I/O there). The reload
 //!   thread re-reads them when their size, mtime or inode changes and swaps in a new
-//!   `rustls::ServerConfig`; each new handshake takes the current one, connections already
-//!   established keep theirs. A set of files that fails to load keeps the previous config
+//!   rustls config (the accepting side's, and the peer dialling side's); each new
+//!   handshake takes the current one, connections already established keep theirs. A set of files that fails to load keeps the previous config
 //!   and is logged, as etcd logs a failed reload.
 
 use std::path::{Path, PathBuf};
@@ -408,26 +408,27 @@ fn files_of(info: &TlsInfo) -> Vec<PathBuf> {
     files
 }
 
-/// The current server config of one side (client or peer), kept fresh by a reload
-/// thread. Shared by every executor: each handshake clones the `Arc` under a mutex held
-/// for that clone only.
-pub struct ReloadingServerConfig {
-    current: Mutex<Arc<rustls::ServerConfig>>,
+/// A TLS config (server or client side) kept fresh by a reload thread. Shared by every
+/// executor: each handshake clones the `Arc` under a mutex held for that clone only.
+pub struct Reloading<T> {
+    current: Mutex<Arc<T>>,
 }
 
-impl ReloadingServerConfig {
-    /// Loads `info` (an error here fails startup) and starts the reload thread, which runs
-    /// for the life of the process. `side` names it in logs ("client" or "peer").
-    pub fn start(
-        info: TlsInfo,
-        names: FlagNames,
+/// The server config of one side (client listeners or peer listeners).
+pub type ReloadingServerConfig = Reloading<rustls::ServerConfig>;
+
+impl<T: Send + Sync + 'static> Reloading<T> {
+    /// Builds the config once with `build` (an error here fails startup) and starts the
+    /// reload thread, which rebuilds it whenever one of `files` changes and runs for the
+    /// life of the process. `side` names it in logs ("client", "peer", "peer dialling").
+    fn watch(
+        files: Vec<PathBuf>,
+        build: impl Fn() -> Result<T, String> + Send + 'static,
         side: &'static str,
-    ) -> Result<Arc<ReloadingServerConfig>, String> {
-        let files = files_of(&info);
+    ) -> Result<Arc<Reloading<T>>, String> {
         let stamps: Vec<_> = files.iter().map(|f| stamp(f)).collect();
-        let config = server_config(&info, &names)?;
-        let shared = Arc::new(ReloadingServerConfig {
-            current: Mutex::new(Arc::new(config)),
+        let shared = Arc::new(Reloading {
+            current: Mutex::new(Arc::new(build()?)),
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
@@ -441,26 +442,23 @@ impl ReloadingServerConfig {
                     if now == stamps {
                         continue;
                     }
-                    match server_config(&info, &names) {
+                    // Files mid-rotation (a cert written before its key) may fail to load;
+                    // the next change is looked at again.
+                    stamps = now;
+                    match build() {
                         Ok(config) => {
                             *shared.current.lock().unwrap() = Arc::new(config);
-                            stamps = now;
                             crate::info!(
                                 "reloaded TLS certificates",
                                 "side" => side,
-                                "cert-file" => info.cert_file.as_path()
+                                "cert-file" => files[0].as_path()
                             );
                         }
-                        Err(e) => {
-                            // Files mid-rotation (a cert written before its key) fail
-                            // here; the next change is looked at again.
-                            stamps = now;
-                            crate::warn!(
-                                "failed to reload TLS certificates; keeping the previous ones",
-                                "side" => side,
-                                "error" => e
-                            );
-                        }
+                        Err(e) => crate::warn!(
+                            "failed to reload TLS certificates; keeping the previous ones",
+                            "side" => side,
+                            "error" => e
+                        ),
                     }
                 }
             })
@@ -469,8 +467,37 @@ impl ReloadingServerConfig {
     }
 
     /// The config new handshakes use.
-    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+    pub fn current(&self) -> Arc<T> {
         self.current.lock().unwrap().clone()
+    }
+}
+
+impl Reloading<rustls::ServerConfig> {
+    /// The accepting side's config for `info`, reloaded when its files change.
+    pub fn start(
+        info: TlsInfo,
+        names: FlagNames,
+        side: &'static str,
+    ) -> Result<Arc<ReloadingServerConfig>, String> {
+        Reloading::watch(files_of(&info), move || server_config(&info, &names), side)
+    }
+}
+
+impl Reloading<rustls::ClientConfig> {
+    /// The dialling side's config (see [`client_config`]), reloaded when its files change.
+    pub fn start_client(
+        info: TlsInfo,
+        client_cert: PathBuf,
+        client_key: PathBuf,
+        skip_verify: bool,
+    ) -> Result<Arc<Reloading<rustls::ClientConfig>>, String> {
+        let mut files = vec![client_cert.clone(), client_key.clone()];
+        files.extend(info.trusted_ca_file.clone());
+        Reloading::watch(
+            files,
+            move || client_config(&info, &client_cert, &client_key, skip_verify),
+            "peer dialling",
+        )
     }
 }
 
@@ -644,7 +671,7 @@ fn subject_common_name(cert: &[u8]) -> Option<String> {
 /// peer CA, presenting this member's certificate) for dialled ones.
 pub struct PeerTls {
     pub server: Arc<ReloadingServerConfig>,
-    pub client: Arc<rustls::ClientConfig>,
+    pub client: Arc<Reloading<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for PeerTls {

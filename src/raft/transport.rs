@@ -181,7 +181,8 @@ async fn dial(
     let tls = tls.ok_or_else(|| format!("{url}: https:// peer URL without peer TLS configured"))?;
     let name = rustls::pki_types::ServerName::try_from(url_host(url).to_owned())
         .map_err(|e| format!("{url}: {e}"))?;
-    futures_rustls::TlsConnector::from(tls.client.clone())
+    // The current config: rotated certificates apply from the next dial on.
+    futures_rustls::TlsConnector::from(tls.client.current())
         .connect(name, stream)
         .await
         .map(|s| PeerStream::Dialled(Box::new(s)))
