@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncRead, AsyncWrite};
 
 use super::codec::{self, MESSAGE_PREFIX_LEN};
 use super::status::{Code, Status};
@@ -25,11 +26,12 @@ use crate::http2::{serve_connection_with, ConnError, ServerConfig, ShutdownSigna
 /// The service layer's entry point: called once per call, on the connection's executor.
 pub type Handler = Rc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = ()>>>>;
 
-/// Serves one h2c connection, dispatching every request to the gRPC `handler`.
-/// Returns when the peer closes, after a graceful shutdown, or with the connection error
-/// we answered with GOAWAY.
-pub async fn serve_connection(
-    stream: glommio::net::TcpStream,
+/// Serves one HTTP/2 connection over `stream` (plain TCP, TLS or a unix socket; see
+/// [`serve_connection_with`] for what the stream must guarantee), dispatching every request
+/// to the gRPC `handler`. Returns when the peer closes, after a graceful shutdown, or with
+/// the connection error we answered with GOAWAY.
+pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    stream: S,
     config: Rc<ServerConfig>,
     handler: Handler,
     shutdown: ShutdownSignal,

@@ -33,7 +33,6 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use super::config::{ServerConfig, ShutdownSignal};
 use super::flow::{RecvWindow, SendWindow};
@@ -473,11 +472,12 @@ impl StreamRef {
 }
 
 /// Lets the reader and the writer task poll the one socket without a lock: each poll
-/// borrows it only for the duration of the (synchronous) poll call. glommio keeps
-/// separate read and write sources per socket, so the two directions do not interfere.
-struct SocketHalf(Rc<RefCell<TcpStream>>);
+/// borrows it only for the duration of the (synchronous) poll call. The byte stream must
+/// keep separate wakers for its two directions (see [`serve_connection_with`]), so that
+/// the two tasks' polls do not interfere.
+struct SocketHalf<S>(Rc<RefCell<S>>);
 
-impl AsyncRead for SocketHalf {
+impl<S: AsyncRead + Unpin> AsyncRead for SocketHalf<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -487,7 +487,7 @@ impl AsyncRead for SocketHalf {
     }
 }
 
-impl AsyncWrite for SocketHalf {
+impl<S: AsyncWrite + Unpin> AsyncWrite for SocketHalf<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -503,7 +503,7 @@ impl AsyncWrite for SocketHalf {
     }
 }
 
-async fn writer_task(socket: Rc<RefCell<TcpStream>>, shared: Rc<RefCell<Shared>>) {
+async fn writer_task<S: AsyncWrite + Unpin>(socket: Rc<RefCell<S>>, shared: Rc<RefCell<Shared>>) {
     let mut sock = SocketHalf(socket);
     // Output buffers start empty and grow with what is sent; the writer keeps the two it
     // swaps, so a busy connection allocates rarely and an idle one holds little.
@@ -527,7 +527,11 @@ async fn writer_task(socket: Rc<RefCell<TcpStream>>, shared: Rc<RefCell<Shared>>
         })
         .await;
         let Some(mut batch) = batch else { break };
-        if sock.write_all(&batch).await.is_err() {
+        // The flush matters for TLS: a write can return once the stream has taken every
+        // plaintext byte while ciphertext still waits in its buffer for a full socket to
+        // drain; flushing sends it now instead of with the next batch, which may never
+        // come. For plain sockets it is a no-op.
+        if sock.write_all(&batch).await.is_err() || sock.flush().await.is_err() {
             shared.borrow_mut().fail_all();
             break;
         }
@@ -571,14 +575,20 @@ const OUTPUT_BUFFER_BYTES_INITIAL: usize = 1024;
 /// The first read buffer of a connection; see `Reader::run`.
 const READ_BUFFER_BYTES_INITIAL: usize = 4 * 1024;
 
-/// Serves one HTTP/2 connection, handing each new request to `on_request`.
-pub async fn serve_connection_with(
-    stream: TcpStream,
+/// Serves one HTTP/2 connection over `stream`, handing each new request to `on_request`.
+///
+/// `stream` is any byte stream (plain TCP, TLS, a unix socket). The reader and the writer
+/// task poll it concurrently, each direction from its own task, so a pending read must not
+/// lose the waker of a pending write or the other way round: glommio's sockets keep one
+/// waker per direction, and a TLS stream over one must only read in `poll_read` and only
+/// write in `poll_write`/`poll_flush`/`poll_close` (futures-rustls does, once the handshake
+/// is done; a read that fails may also write its alert, which ends the connection anyway).
+pub async fn serve_connection_with<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    stream: S,
     config: Rc<ServerConfig>,
     on_request: impl Fn(Request),
     shutdown: ShutdownSignal,
 ) -> Result<(), ConnError> {
-    let _ = stream.set_nodelay(true);
     let socket = Rc::new(RefCell::new(stream));
     let shared = Rc::new(RefCell::new(Shared {
         out: Vec::with_capacity(OUTPUT_BUFFER_BYTES_INITIAL),
@@ -643,10 +653,9 @@ pub async fn serve_connection_with(
         s.fail_all();
     }
     writer.await;
-    // Both tasks are done with the socket; close it (dropping it would close it too).
-    if let Ok(socket) = Rc::try_unwrap(socket) {
-        let _ = socket.into_inner().shutdown(std::net::Shutdown::Both).await;
-    }
+    // Both tasks are done with the socket; close it (for TLS this sends close_notify;
+    // dropping it closes the file descriptor).
+    let _ = SocketHalf(socket).close().await;
     result
 }
 
@@ -677,9 +686,9 @@ enum Turn {
 const READ_CHUNK_BYTES: usize = 32 * 1024;
 
 impl Reader {
-    async fn run(
+    async fn run<S: AsyncRead + Unpin>(
         &mut self,
-        mut sock: SocketHalf,
+        mut sock: SocketHalf<S>,
         on_request: &dyn Fn(Request),
         shutdown: &ShutdownSignal,
     ) -> Result<(), ConnError> {

@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use futures::channel::oneshot;
 use futures::FutureExt;
@@ -31,6 +32,9 @@ use crate::http2::{ServerConfig, ShutdownSignal};
 use crate::lease::LeaseOptions;
 use crate::mvcc::btree_backend::{self, BtreeBackend};
 use crate::mvcc::KvStore;
+use crate::net::listener::bind_unix;
+use crate::net::tls::ReloadingServerConfig;
+use crate::net::{ClientListener, ListenSocket};
 use crate::proto::etcdserverpb as pb;
 use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{
@@ -62,7 +66,14 @@ pub struct ServerOptions {
     pub identity: Identity,
     /// etcd's --data-dir; the backend lives in `member/snap/db` under it.
     pub data_dir: PathBuf,
+    /// Addresses of the http:// and https:// client URLs (`--listen-client-urls`).
     pub listen_client_addrs: Vec<SocketAddr>,
+    /// One per `listen_client_addrs` entry: whether it is an https:// URL.
+    pub listen_client_tls: Vec<bool>,
+    /// Paths of the unix:// and unixs:// client URLs, with whether each is unixs://.
+    pub listen_client_unix: Vec<(PathBuf, bool)>,
+    /// The client TLS settings; `Some` whenever any client URL is https:// or unixs://.
+    pub client_tls: Option<crate::net::tls::TlsInfo>,
     pub cores: Option<usize>,
     pub limits: Limits,
     pub lease: LeaseOptions,
@@ -101,6 +112,15 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     // Claimed before anything slow starts, so a port in use fails fast with etcd's error.
     let client_listeners = claim_client_addrs(&options.listen_client_addrs)?;
     check_peer_addrs_free(&options.raft.listen_peer_addrs)?;
+    // Certificates load here, so a bad file fails startup before anything serves.
+    let client_tls = match &options.client_tls {
+        Some(info) => Some(ReloadingServerConfig::start(
+            info.clone(),
+            crate::net::tls::CLIENT_FLAGS,
+            "client",
+        )?),
+        None => None,
+    };
 
     // signal-hook's handler only writes to a self-pipe that the main thread reads, so the
     // executors never run signal-handling code of their own.
@@ -125,6 +145,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         &options,
         &plan,
         &client_listeners,
+        client_tls,
         command_senders,
         feed_receivers,
         ready_tx,
@@ -173,6 +194,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
                             let _ = executor.join();
                         }
                         stop_listening(&client_listeners);
+                        remove_unix_sockets(&options);
                         return Ok(());
                     }
                 }
@@ -211,6 +233,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     // at once.
     let _ = state_executor.join();
     stop_listening(&client_listeners);
+    remove_unix_sockets(&options);
     crate::info!("stopped serving client requests");
     Ok(())
 }
@@ -346,6 +369,7 @@ fn network_cores(
     options: &ServerOptions,
     plan: &Plan,
     client_listeners: &[OwnedFd],
+    client_tls: Option<Arc<ReloadingServerConfig>>,
     command_senders: Vec<SharedSender<Command>>,
     feed_receivers: Vec<SharedReceiver<FeedMessage>>,
     ready_tx: std::sync::mpsc::Sender<Result<(), String>>,
@@ -364,6 +388,14 @@ fn network_cores(
             limits: options.limits.clone(),
             identity: options.identity.clone(),
             http2: options.http2.clone(),
+            tcp_tls: options.listen_client_tls.clone(),
+            // A unix socket path can be bound only once: the first network core serves it.
+            unix: if i == 0 {
+                options.listen_client_unix.clone()
+            } else {
+                Vec::new()
+            },
+            client_tls: client_tls.clone(),
             ready_tx: ready_tx.clone(),
             stop_rx,
         };
@@ -400,13 +432,39 @@ struct NetworkCore {
     identity: Identity,
     /// The HTTP/2 limits from the command line (`--max-concurrent-streams`, keepalive).
     http2: ServerConfig,
+    /// One per claimed TCP listener: whether it is https://.
+    tcp_tls: Vec<bool>,
+    /// The unix:// and unixs:// paths this core binds and serves (core 0 only).
+    unix: Vec<(PathBuf, bool)>,
+    client_tls: Option<Arc<ReloadingServerConfig>>,
     ready_tx: std::sync::mpsc::Sender<Result<(), String>>,
     stop_rx: oneshot::Receiver<()>,
 }
 
 /// Serves one network core on the calling executor until it is told to stop.
 async fn serve_network_core(core: NetworkCore) {
-    let listeners = into_glommio_listeners(core.listener_fds);
+    let client_tls = core.client_tls.clone();
+    let tls_of = |is_tls: bool| if is_tls { client_tls.clone() } else { None };
+    let mut listeners: Vec<ClientListener> = into_glommio_listeners(core.listener_fds)
+        .into_iter()
+        .zip(core.tcp_tls)
+        .map(|(listener, is_tls)| ClientListener {
+            socket: ListenSocket::Tcp(listener),
+            tls: tls_of(is_tls),
+        })
+        .collect();
+    for (path, is_tls) in core.unix {
+        match bind_unix(&path) {
+            Ok(listener) => listeners.push(ClientListener {
+                socket: ListenSocket::Unix(listener),
+                tls: tls_of(is_tls),
+            }),
+            Err(e) => {
+                let _ = core.ready_tx.send(Err(e));
+                return;
+            }
+        }
+    }
     // The state core connects this core's watch feed before its commands,
     // so the feed's receiving end must be connecting before we wait below.
     let (context_tx, context_rx) = oneshot::channel();
@@ -513,10 +571,40 @@ fn announce_ready(options: &ServerOptions, plan: &Plan) {
     );
     crate::info!("enabled capabilities for version 3.4", "cluster-version" => "3.4");
     crate::info!("ready to serve client requests");
-    for addr in &options.listen_client_addrs {
-        crate::info!(
-            format!("serving insecure client requests on {addr}, this is strongly discouraged!"),
-            "address" => *addr
-        );
+    for (addr, is_tls) in options
+        .listen_client_addrs
+        .iter()
+        .zip(&options.listen_client_tls)
+    {
+        if *is_tls {
+            crate::info!(format!("serving client requests on {addr}"), "address" => *addr);
+        } else {
+            crate::info!(
+                format!(
+                    "serving insecure client requests on {addr}, this is strongly discouraged!"
+                ),
+                "address" => *addr
+            );
+        }
+    }
+    for (path, is_tls) in &options.listen_client_unix {
+        let addr = path.display();
+        if *is_tls {
+            crate::info!(format!("serving client requests on {addr}"), "address" => path.as_path());
+        } else {
+            crate::info!(
+                format!(
+                    "serving insecure client requests on {addr}, this is strongly discouraged!"
+                ),
+                "address" => path.as_path()
+            );
+        }
+    }
+}
+
+/// Removes the unix socket files this server bound (Go's listeners unlink theirs on close).
+fn remove_unix_sockets(options: &ServerOptions) {
+    for (path, _) in &options.listen_client_unix {
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -24,10 +24,11 @@ use glommio::net::TcpListener;
 use crate::grpc::serve_connection;
 use crate::grpc::Handler;
 use crate::http2::{ServerConfig, ShutdownSignal};
+use crate::net::{ClientListener, ListenSocket};
 
 /// Accepts on every address until `shutdown` fires, then drains live connections.
 pub async fn serve_clients(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<ClientListener>,
     config: Rc<ServerConfig>,
     handler: Handler,
     shutdown: ShutdownSignal,
@@ -44,30 +45,31 @@ pub async fn serve_clients(
                     conn = listener.accept().fuse() => conn,
                     _ = shutdown.wait().fuse() => break,
                 };
-                let stream = match accepted {
-                    Ok(stream) => {
+                let pending = match accepted {
+                    Ok(pending) => {
                         backoff.succeeded();
-                        stream
+                        pending
                     }
                     Err(e) => {
                         // EMFILE and friends: keep serving the connections we have, and
                         // sleep before asking again (the sleep also lets every other task
                         // on this core, the shutdown signal's among them, run).
-                        let delay = backoff.failed(&listener, &std::io::Error::from(e));
+                        let delay = backoff.failed(&listener.socket, &e);
                         futures::select! {
                             _ = glommio::timer::sleep(delay).fuse() => continue,
                             _ = shutdown.wait().fuse() => break,
                         }
                     }
                 };
-                // Small gRPC frames must not wait for Nagle's delayed-ACK dance.
-                let _ = stream.set_nodelay(true);
                 live.set(live.get() + 1);
                 let (config, handler, shutdown) =
                     (config.clone(), handler.clone(), shutdown.clone());
                 let live = live.clone();
                 glommio::spawn_local(async move {
-                    let _ = serve_connection(stream, config, handler, shutdown).await;
+                    // The TLS handshake, if any, runs here: never in the accept loop.
+                    if let Some(stream) = pending.establish(&shutdown).await {
+                        let _ = serve_connection(stream, config, handler, shutdown).await;
+                    }
                     live.set(live.get() - 1);
                 })
                 .detach();
@@ -112,7 +114,7 @@ impl AcceptBackoff {
 
     /// Records a failed accept and returns how long to wait before the next one. Logs the
     /// first failure of a run of them, in Go net/http's words (rate-limited).
-    fn failed(&mut self, listener: &TcpListener, error: &std::io::Error) -> Duration {
+    fn failed(&mut self, listener: &ListenSocket, error: &std::io::Error) -> Duration {
         let delay = match self.delay {
             None => ACCEPT_RETRY_DELAY_FIRST,
             Some(d) => (d * 2).min(ACCEPT_RETRY_DELAY_MAX),
@@ -125,9 +127,16 @@ impl AcceptBackoff {
             .is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_LOG_INTERVAL);
         if first_of_run && may_log {
             self.last_logged = Some(now);
-            let address = listener
-                .local_addr()
-                .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            let address = match listener {
+                ListenSocket::Tcp(l) => l
+                    .local_addr()
+                    .map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+                ListenSocket::Unix(l) => l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                    .unwrap_or_else(|| "?".to_owned()),
+            };
             crate::warn!(
                 format!(
                     "http: Accept error: accept tcp {address}: accept4: {}; retrying in {}",

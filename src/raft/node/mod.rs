@@ -88,6 +88,8 @@ pub struct RaftOptions {
     pub force_new_cluster: bool,
     /// `--initial-cluster-token` (mixed into the IDs of members added at runtime).
     pub cluster_token: String,
+    /// Peer TLS (`--peer-cert-file` and friends): set when the peer URLs are https://.
+    pub peer_tls: Option<std::sync::Arc<crate::net::tls::PeerTls>>,
 }
 
 impl RaftOptions {
