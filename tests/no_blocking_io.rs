@@ -163,7 +163,13 @@ fn start_traced() -> Traced {
 }
 
 fn ok(endpoint: &str, args: &[&str]) {
-    let out = etcdctl(endpoint, args, None);
+    // Under strace -f every system call of tern's threads stops for the tracer, so a dial
+    // and its HTTP/2 handshake can outlast etcdctl's 2 s default dial timeout on a busy
+    // machine (seen: "all SubConns are in TransientFailure" at load average 10+). The
+    // bounds are generous, not a retry: one attempt, which must succeed.
+    let mut with_timeouts = vec!["--dial-timeout=20s", "--command-timeout=30s"];
+    with_timeouts.extend_from_slice(args);
+    let out = etcdctl(endpoint, &with_timeouts, None);
     assert!(
         out.status.success(),
         "etcdctl {args:?} failed: {}",
