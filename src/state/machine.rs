@@ -357,6 +357,26 @@ impl StateMachine {
             .map_err(|e| format!("cannot export the backend: {e}"))
     }
 
+    /// A fixed view of everything applied so far, for `Maintenance.Snapshot`: ends the
+    /// apply batch and seals it for commit (as etcd commits before a snapshot), so the
+    /// view is the last commit's read snapshot plus the layers still waiting for the disk,
+    /// shared rather than copied. Cheap; the view is read later, off the executor.
+    pub fn snapshot_source(
+        &mut self,
+        membership: &crate::membership::cluster::Membership,
+    ) -> Result<crate::state::db_snapshot::SnapshotSource, EtcdError> {
+        self.flush();
+        self.commit_backend();
+        Ok(crate::state::db_snapshot::SnapshotSource {
+            backend: self.store.backend().read_snapshot(),
+            members: membership.members.values().cloned().collect(),
+            removed: membership.removed.iter().copied().collect(),
+            cluster_version: membership.cluster_version.clone(),
+            alarms: self.alarms.clone(),
+            header: self.header(self.store.current_revision()),
+        })
+    }
+
     /// The backend's file.
     pub fn db_path(&self) -> std::path::PathBuf {
         self.store.backend().path().to_path_buf()
@@ -616,6 +636,12 @@ impl StateMachine {
                     response: expensive::write_response(&res),
                     error: None,
                 });
+                self.reply(reply, res);
+            }
+            Command::Snapshot(reply) => {
+                // Outside a raft node (tests of the machine alone) there is no member table.
+                let membership = crate::membership::cluster::Membership::default();
+                let res = self.snapshot_source(&membership);
                 self.reply(reply, res);
             }
             Command::MemberAdd(..)

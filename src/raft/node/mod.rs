@@ -407,6 +407,10 @@ impl Node {
             Command::MemberUpdate(req, reply) => self.member_update(req, reply),
             Command::MemberPromote(req, reply) => self.member_promote(req, reply),
             Command::MoveLeader(req, reply) => self.move_leader(req, reply),
+            Command::Snapshot(reply) => {
+                let source = self.state.borrow_mut().snapshot_source(&self.membership);
+                let _ = reply.send(source);
+            }
             Command::MemberList(reply) => {
                 let _ = reply.send(Ok(pb::MemberListResponse {
                     header: Some(self.header()),

@@ -190,8 +190,7 @@ impl Meta {
             txid: u64_at(bytes, 48)?,
         };
         let page_bytes = meta.page_bytes as usize;
-        if !(PAGE_BYTES_MIN..=PAGE_BYTES_MAX).contains(&page_bytes)
-            || !page_bytes.is_power_of_two()
+        if !(PAGE_BYTES_MIN..=PAGE_BYTES_MAX).contains(&page_bytes) || !page_bytes.is_power_of_two()
         {
             return Err(Error::Corrupted(format!("meta page size {page_bytes}")));
         }

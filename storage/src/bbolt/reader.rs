@@ -15,7 +15,7 @@ use std::path::Path;
 
 use super::page::{
     u32_at, u64_at, Meta, PageHeader, BRANCH_ELEMENT_BYTES, BUCKET_HEADER_BYTES, ELEMENT_BUCKET,
-    FLAG_BRANCH, FLAG_LEAF, FREELIST_COUNT_OVERFLOW, FLAG_FREELIST, LEAF_ELEMENT_BYTES,
+    FLAG_BRANCH, FLAG_FREELIST, FLAG_LEAF, FREELIST_COUNT_OVERFLOW, LEAF_ELEMENT_BYTES,
     NO_FREELIST, PAGE_BYTES_MIN, PAGE_HEADER_BYTES,
 };
 use super::Error;
@@ -27,6 +27,9 @@ pub const DEPTH_MAX: usize = 64;
 /// of reach of any etcd file (etcd's request limit is 1.5 MiB by default); 256 MiB bounds a
 /// corrupt overflow count's allocation.
 pub const PAGE_SPAN_BYTES_MAX: usize = 256 << 20;
+
+/// A caller's visitor of key/value pairs; an error stops the walk.
+pub type Visit<'v, E> = dyn FnMut(&[u8], &[u8]) -> Result<(), E> + 'v;
 
 /// Where a bucket's tree lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,8 +167,13 @@ impl Reader {
             .checked_mul(8)
             .and_then(|bytes| bytes.checked_add(first))
             .filter(|&end| end <= page.len())
-            .ok_or_else(|| Error::Corrupted(format!("freelist count {count} overflows its page")))?;
-        (first..end).step_by(8).map(|at| u64_at(&page, at)).collect()
+            .ok_or_else(|| {
+                Error::Corrupted(format!("freelist count {count} overflows its page"))
+            })?;
+        (first..end)
+            .step_by(8)
+            .map(|at| u64_at(&page, at))
+            .collect()
     }
 
     /// The top-level buckets, by name, ascending.
@@ -187,7 +195,7 @@ impl Reader {
     pub fn for_each<E: From<Error>>(
         &self,
         root: &BucketRoot,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), E>,
+        visit: &mut Visit<'_, E>,
     ) -> Result<(), E> {
         self.walk(root, false, visit)
     }
@@ -196,7 +204,7 @@ impl Reader {
         &self,
         root: &BucketRoot,
         buckets: bool,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), E>,
+        visit: &mut Visit<'_, E>,
     ) -> Result<(), E> {
         match root {
             BucketRoot::Inline(page) => visit_leaf(page, "inline bucket", buckets, visit),
@@ -209,10 +217,12 @@ impl Reader {
         pgid: u64,
         depth: usize,
         buckets: bool,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), E>,
+        visit: &mut Visit<'_, E>,
     ) -> Result<(), E> {
         if depth >= DEPTH_MAX {
-            return Err(Error::Corrupted(format!("tree deeper than {DEPTH_MAX} at page {pgid}")).into());
+            return Err(
+                Error::Corrupted(format!("tree deeper than {DEPTH_MAX} at page {pgid}")).into(),
+            );
         }
         let page = self.page(pgid)?;
         let header = PageHeader::decode(&page)?;
@@ -226,10 +236,9 @@ impl Reader {
                 }
                 Ok(())
             }
-            flags => Err(Error::Corrupted(format!(
-                "page {pgid} in a tree has flags {flags:#x}"
-            ))
-            .into()),
+            flags => {
+                Err(Error::Corrupted(format!("page {pgid} in a tree has flags {flags:#x}")).into())
+            }
         }
     }
 }
@@ -239,11 +248,13 @@ fn visit_leaf<E: From<Error>>(
     page: &[u8],
     what: &str,
     buckets: bool,
-    visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), E>,
+    visit: &mut Visit<'_, E>,
 ) -> Result<(), E> {
     let header = PageHeader::decode(page)?;
     if header.flags != FLAG_LEAF {
-        return Err(Error::Corrupted(format!("{what}: leaf expected, flags {:#x}", header.flags)).into());
+        return Err(
+            Error::Corrupted(format!("{what}: leaf expected, flags {:#x}", header.flags)).into(),
+        );
     }
     for i in 0..usize::from(header.count) {
         let at = PAGE_HEADER_BYTES + i * LEAF_ELEMENT_BYTES;

@@ -11,15 +11,18 @@ type Model = BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>;
 
 fn write_model(model: &Model) -> (Vec<u8>, Summary) {
     let mut out = Vec::new();
-    let summary = write(&mut out, |w| -> Result<(), Error> {
-        for (name, entries) in model {
-            w.bucket(name)?;
-            for (k, v) in entries {
-                w.put(k, v)?;
+    let summary = write(
+        |_| Ok::<_, Error>(&mut out),
+        |w| -> Result<(), Error> {
+            for (name, entries) in model {
+                w.bucket(name)?;
+                for (k, v) in entries {
+                    w.put(k, v)?;
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .unwrap();
     (out, summary)
 }
@@ -70,7 +73,11 @@ fn written_files_read_back_as_the_model() {
     for round in 0..12 {
         let model = random_model(&mut rng);
         let (bytes, summary) = write_model(&model);
-        assert_eq!(bytes.len() as u64, summary.layout.file_bytes(), "round {round}");
+        assert_eq!(
+            bytes.len() as u64,
+            summary.layout.file_bytes(),
+            "round {round}"
+        );
         assert_eq!(summary.buckets, model.len() as u64);
         let path = dir.path().join(format!("db{round}"));
         std::fs::write(&path, &bytes).unwrap();
@@ -119,28 +126,40 @@ fn an_empty_database_is_valid() {
 #[test]
 fn out_of_order_input_is_refused() {
     let mut out = Vec::new();
-    let unsorted_keys = write(&mut out, |w| -> Result<(), Error> {
-        w.bucket(b"a")?;
-        w.put(b"2", b"")?;
-        w.put(b"1", b"")
-    });
+    let unsorted_keys = write(
+        |_| Ok(&mut out),
+        |w| -> Result<(), Error> {
+            w.bucket(b"a")?;
+            w.put(b"2", b"")?;
+            w.put(b"1", b"")
+        },
+    );
     assert!(matches!(unsorted_keys, Err(Error::Unsorted(_))));
-    let unsorted_buckets = write(&mut out, |w| -> Result<(), Error> {
-        w.bucket(b"b")?;
-        w.bucket(b"a")
-    });
+    let unsorted_buckets = write(
+        |_| Ok(&mut out),
+        |w| -> Result<(), Error> {
+            w.bucket(b"b")?;
+            w.bucket(b"a")
+        },
+    );
     assert!(matches!(unsorted_buckets, Err(Error::Unsorted(_))));
-    let no_bucket = write(&mut out, |w| -> Result<(), Error> { w.put(b"k", b"v") });
+    let no_bucket = write(
+        |_| Ok(&mut out),
+        |w| -> Result<(), Error> { w.put(b"k", b"v") },
+    );
     assert!(matches!(no_bucket, Err(Error::Unsorted(_))));
     let mut pass = 0;
-    let changing = write(&mut out, |w| -> Result<(), Error> {
-        pass += 1;
-        w.bucket(b"a")?;
-        for i in 0..pass * 1000u32 {
-            w.put(&i.to_be_bytes(), &[0u8; 20])?;
-        }
-        Ok(())
-    });
+    let changing = write(
+        |_| Ok(&mut out),
+        |w| -> Result<(), Error> {
+            pass += 1;
+            w.bucket(b"a")?;
+            for i in 0..pass * 1000u32 {
+                w.put(&i.to_be_bytes(), &[0u8; 20])?;
+            }
+            Ok(())
+        },
+    );
     assert!(matches!(changing, Err(Error::Changed(_))));
 }
 

@@ -64,10 +64,11 @@ pub struct Summary {
     pub entries: u64,
 }
 
-/// Writes the database that `produce` describes to `sink`, running `produce` twice (see
-/// the module doc). `produce` calls [`Writer::bucket`] and [`Writer::put`].
+/// Writes the database that `produce` describes, running `produce` twice (see the module
+/// doc): the second time into the sink that `make_sink` returns once the layout (and so
+/// the file's size) is known. `produce` calls [`Writer::bucket`] and [`Writer::put`].
 pub fn write<W, E>(
-    sink: W,
+    make_sink: impl FnOnce(&Layout) -> Result<W, E>,
     mut produce: impl FnMut(&mut Writer<'_>) -> Result<(), E>,
 ) -> Result<Summary, E>
 where
@@ -84,15 +85,12 @@ where
     )?;
     produce(&mut planning)?;
     let planned = planning.finish()?;
-    let mut sink = sink;
+    let mut sink = make_sink(&planned.layout)?;
     let mut writer = Writer::new(&mut sink, planned.layout)?;
     produce(&mut writer)?;
     let written = writer.finish()?;
     if written != planned {
-        return Err(Error::Changed(format!(
-            "planned {planned:?}, wrote {written:?}"
-        ))
-        .into());
+        return Err(Error::Changed(format!("planned {planned:?}, wrote {written:?}")).into());
     }
     sink.flush().map_err(Error::Io)?;
     Ok(written)
@@ -216,7 +214,13 @@ impl PageSink<'_> {
 }
 
 impl TreeBuilder {
-    fn add(&mut self, out: &mut PageSink<'_>, flags: u32, key: &[u8], value: &[u8]) -> Result<(), Error> {
+    fn add(
+        &mut self,
+        out: &mut PageSink<'_>,
+        flags: u32,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), Error> {
         let element = LEAF_ELEMENT_BYTES + key.len() + value.len();
         if self.leaf.count > 0 && self.leaf.bytes() + element > PAGE_BYTES {
             self.flush_leaf(out)?;
@@ -235,7 +239,13 @@ impl TreeBuilder {
         Ok(())
     }
 
-    fn add_branch(&mut self, out: &mut PageSink<'_>, level: usize, key: &[u8], pgid: u64) -> Result<(), Error> {
+    fn add_branch(
+        &mut self,
+        out: &mut PageSink<'_>,
+        level: usize,
+        key: &[u8],
+        pgid: u64,
+    ) -> Result<(), Error> {
         if self.branches.len() == level {
             self.branches.push(PageBuilder::default());
         }
@@ -335,7 +345,10 @@ impl<'w> Writer<'w> {
     pub fn bucket(&mut self, name: &[u8]) -> Result<(), Error> {
         self.end_bucket()?;
         if name.is_empty() || name.len() > KEY_BYTES_MAX {
-            return Err(Error::TooLarge(format!("bucket name of {} bytes", name.len())));
+            return Err(Error::TooLarge(format!(
+                "bucket name of {} bytes",
+                name.len()
+            )));
         }
         if self.last_bucket.as_deref().is_some_and(|last| last >= name) {
             return Err(Error::Unsorted(format!(
@@ -379,7 +392,8 @@ impl<'w> Writer<'w> {
     fn end_bucket(&mut self) -> Result<(), Error> {
         if let Some((name, tree)) = self.bucket.take() {
             let value = tree.finish(&mut self.out, true)?;
-            self.root.add(&mut self.out, ELEMENT_BUCKET, &name, &value)?;
+            self.root
+                .add(&mut self.out, ELEMENT_BUCKET, &name, &value)?;
             self.buckets += 1;
         }
         Ok(())
