@@ -3,7 +3,11 @@
 //! restore` (which checks the appended SHA-256) turns it into an etcd data dir, and a real
 //! etcd 3.4 started there serves the same keys, revisions, versions, leases, compaction and
 //! HashKV as tern; a snapshot taken while writes keep coming is exactly tern's state at the
-//! revision it reports; a damaged snapshot is refused by the hash check.
+//! revision it reports; a damaged snapshot is refused by the hash check. The reverse: a
+//! snapshot of real etcd, checked by `ternutl snapshot status` (output identical to
+//! etcdctl's) and restored by `ternutl snapshot restore`, starts a tern (one member, and a
+//! 3-member cluster) serving what etcd served, across a restart; and ternutl refuses bad
+//! hashes, missing hashes and existing data dirs with etcd's texts.
 
 mod common;
 
@@ -48,42 +52,96 @@ impl Drop for Scratch {
     }
 }
 
-/// A real etcd 3.4 serving the data dir `snapshot restore` made, killed on drop.
+/// A real etcd 3.4 (or a tern started by hand on a restored dir), killed on drop.
 struct Etcd {
     child: Child,
     endpoint: String,
 }
 
 impl Etcd {
+    /// Real etcd on `data_dir` as the only member `name`.
     fn start(name: &str, data_dir: &Path, peer_url: &str) -> Etcd {
-        let client_url = format!("http://127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
-        let child = Command::new("etcd")
+        let initial_cluster = format!("{name}={peer_url}");
+        Etcd::spawn(
+            "etcd",
+            name,
+            data_dir,
+            peer_url,
+            &initial_cluster,
+            free_port(),
+        )
+    }
+
+    /// `program` (etcd or tern) as member `name` of `initial_cluster`, serving clients on
+    /// `client_port`.
+    fn spawn(
+        program: &str,
+        name: &str,
+        data_dir: &Path,
+        peer_url: &str,
+        initial_cluster: &str,
+        client_port: u16,
+    ) -> Etcd {
+        let etcd = Etcd::spawn_only(
+            program,
+            name,
+            data_dir,
+            peer_url,
+            initial_cluster,
+            client_port,
+        );
+        etcd.wait_serving(data_dir);
+        etcd
+    }
+
+    fn spawn_only(
+        program: &str,
+        name: &str,
+        data_dir: &Path,
+        peer_url: &str,
+        initial_cluster: &str,
+        client_port: u16,
+    ) -> Etcd {
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        let child = Command::new(program)
             .args(["--name", name, "--data-dir"])
             .arg(data_dir)
             .args(["--listen-client-urls", &client_url])
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", peer_url])
             .args(["--initial-advertise-peer-urls", peer_url])
-            .args(["--initial-cluster", &format!("{name}={peer_url}")])
+            .args(["--initial-cluster", initial_cluster])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("etcd not found: the test command (./test.sh) installs it with apt-get");
-        let etcd = Etcd {
+            .unwrap_or_else(|e| {
+                panic!("{program} not found ({e}): the test command (./test.sh) installs etcd")
+            });
+        Etcd {
             child,
             endpoint: client_url.trim_start_matches("http://").to_string(),
-        };
+        }
+    }
+
+    fn wait_serving(&self, data_dir: &Path) {
         let deadline = Instant::now() + ETCD_STARTUP_TIMEOUT;
-        while !etcdctl(&etcd.endpoint, &["get", "probe"], None).status.success() {
+        while !etcdctl(&self.endpoint, &["get", "probe"], None)
+            .status
+            .success()
+        {
             assert!(
                 Instant::now() < deadline,
-                "etcd did not serve the restored data dir; log:\n{}",
+                "the server did not serve {}; log:\n{}",
+                data_dir.display(),
                 std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        etcd
     }
 }
 
@@ -102,7 +160,10 @@ fn save(endpoint: &str, path: &Path) {
 
 /// `snapshot status -w json`: (revision, total keys, total size).
 fn status(path: &Path) -> (u64, u64, u64) {
-    let out = ok("127.0.0.1:1", &["snapshot", "status", path.to_str().unwrap(), "-w", "json"]);
+    let out = ok(
+        "127.0.0.1:1",
+        &["snapshot", "status", path.to_str().unwrap(), "-w", "json"],
+    );
     let field = |name: &str| -> u64 {
         let at = out.find(&format!("\"{name}\":")).unwrap() + name.len() + 3;
         out[at..]
@@ -148,10 +209,16 @@ fn observe(endpoint: &str, rev: u64) -> Vec<String> {
     let mut ids: Vec<&str> = leases.lines().skip(1).collect();
     ids.sort();
     for id in ids {
-        let ttl = ok(endpoint, &["lease", "timetolive", id, "--keys", "-w", "json"]);
+        let ttl = ok(
+            endpoint,
+            &["lease", "timetolive", id, "--keys", "-w", "json"],
+        );
         let granted = &ttl[ttl.find("\"granted-ttl\"").unwrap()..];
         let keys = ttl.find("\"keys\"").map_or("", |at| &ttl[at..]);
-        seen.push(format!("lease {id} {} {keys}", &granted[..granted.find(',').unwrap()]));
+        seen.push(format!(
+            "lease {id} {} {keys}",
+            &granted[..granted.find(',').unwrap()]
+        ));
     }
     seen
 }
@@ -187,7 +254,10 @@ fn tern_snapshot_restores_into_real_etcd() {
     save(&ep, &snap);
     let (revision, total_keys, total_size) = status(&snap);
     let header = ok(&ep, &["get", "last", "-w", "json"]);
-    assert!(header.contains(&format!("\"revision\":{revision},")), "{header}");
+    assert!(
+        header.contains(&format!("\"revision\":{revision},")),
+        "{header}"
+    );
     assert!(total_keys > 400, "{total_keys}");
     // The file is the database plus etcd's 32-byte SHA-256.
     assert_eq!(std::fs::metadata(&snap).unwrap().len(), total_size + 32);
@@ -207,10 +277,16 @@ fn tern_snapshot_restores_into_real_etcd() {
     );
     // The restored member is the one the restore named, and it takes writes.
     let members = ok(&etcd.endpoint, &["member", "list"]);
-    assert!(members.contains(&format!("restored, {peer_url}")), "{members}");
+    assert!(
+        members.contains(&format!("restored, {peer_url}")),
+        "{members}"
+    );
     ok(&etcd.endpoint, &["put", "after", "restore"]);
     ok(&etcd.endpoint, &["defrag"]);
-    assert_eq!(ok(&etcd.endpoint, &["get", "a", "--print-value-only"]), "3\n");
+    assert_eq!(
+        ok(&etcd.endpoint, &["get", "a", "--print-value-only"]),
+        "3\n"
+    );
     // tern serves on unchanged.
     assert_eq!(observe(&ep, 0), before);
 }
@@ -284,9 +360,291 @@ fn a_damaged_snapshot_fails_the_hash_check() {
     let peer_url = format!("http://127.0.0.1:{}", free_port());
     let out = restore(&snap, "restored", &scratch.0.join("etcd.data"), &peer_url);
     assert!(!out.status.success());
+    assert!(stderr(&out).contains("expected sha256"), "{}", stderr(&out));
+}
+
+/// The `ternutl` binary of this workspace, built if needed (it lives in the tools crate,
+/// whose binaries this package's tests do not get built by themselves).
+fn ternutl() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "-p", "tern-tools", "--bin", "ternutl"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cannot build ternutl");
+            common::tern_binary().with_file_name("ternutl")
+        })
+        .clone()
+}
+
+fn ternutl_run(args: &[&str]) -> std::process::Output {
+    Command::new(ternutl()).args(args).output().unwrap()
+}
+
+/// `ternutl snapshot restore` of `snapshot` as `name` of `initial_cluster`.
+fn ternutl_restore(
+    snapshot: &Path,
+    name: &str,
+    data_dir: &Path,
+    peer_url: &str,
+    initial_cluster: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "snapshot",
+        "restore",
+        snapshot.to_str().unwrap(),
+        "--name",
+        name,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--initial-cluster",
+        initial_cluster,
+        "--initial-advertise-peer-urls",
+        peer_url,
+    ];
+    args.extend_from_slice(extra);
+    ternutl_run(&args)
+}
+
+/// A real etcd with keys, overwrites, a deletion, a lease with a key, a compaction and
+/// enough data for multi-page trees; returns it and its snapshot file.
+fn etcd_with_data(scratch: &Scratch) -> (Etcd, PathBuf) {
+    let data_dir = scratch.0.join("source.etcd");
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let etcd = Etcd::start("source", &data_dir, &peer_url);
+    let ep = etcd.endpoint.clone();
+    ok(&ep, &["put", "a", "1"]);
+    ok(&ep, &["put", "b", "2"]);
+    ok(&ep, &["put", "a", "3"]);
+    ok(&ep, &["del", "b"]);
+    let lease = ok(&ep, &["lease", "grant", "900"]);
+    let lease = lease.split_whitespace().nth(1).unwrap().to_string();
+    ok(&ep, &["put", "leased", "v", &format!("--lease={lease}")]);
+    ok(&ep, &["compaction", "3", "--physical"]);
+    ok(&ep, &["put", "big", &"y".repeat(100_000)]);
+    let mut txn = String::new();
+    for i in 0..100 {
+        txn.push_str(&format!("put k{i:04} {}\n", "v".repeat(700)));
+    }
+    for _ in 0..3 {
+        let out = common::etcdctl(&ep, &["txn"], Some(&format!("\n{txn}\n\n")));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let snap = scratch.0.join("etcd.snap");
+    save(&ep, &snap);
+    (etcd, snap)
+}
+
+#[test]
+fn etcd_snapshot_restores_into_tern() {
+    let scratch = Scratch::new("from-etcd");
+    let (etcd, snap) = etcd_with_data(&scratch);
+    let expected = observe(&etcd.endpoint, 0);
+    for format in ["simple", "table", "json", "fields"] {
+        let theirs = ok(
+            "127.0.0.1:1",
+            &["snapshot", "status", snap.to_str().unwrap(), "-w", format],
+        );
+        let ours = ternutl_run(&["snapshot", "status", snap.to_str().unwrap(), "-w", format]);
+        assert!(ours.status.success(), "{}", stderr(&ours));
+        assert_eq!(stdout(&ours), theirs, "-w {format}");
+    }
+
+    let data_dir = scratch.0.join("tern.data");
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let initial_cluster = format!("restored={peer_url}");
+    let out = ternutl_restore(
+        &snap,
+        "restored",
+        &data_dir,
+        &peer_url,
+        &initial_cluster,
+        &[],
+    );
+    assert!(out.status.success(), "restore failed: {}", stderr(&out));
     assert!(
-        stderr(&out).contains("expected sha256"),
+        stderr(&out).contains("\"msg\":\"restored snapshot\""),
         "{}",
         stderr(&out)
+    );
+    let tern_binary = common::tern_binary();
+    let tern_binary = tern_binary.to_str().unwrap();
+    let client_port = free_port();
+    let tern = Etcd::spawn(
+        tern_binary,
+        "restored",
+        &data_dir,
+        &peer_url,
+        &initial_cluster,
+        client_port,
+    );
+    assert_eq!(observe(&tern.endpoint, 0), expected);
+    let old = etcdctl(&tern.endpoint, &["get", "a", "--rev=2"], None);
+    assert!(
+        stderr(&old).contains("required revision has been compacted"),
+        "{}",
+        stderr(&old)
+    );
+    let members = ok(&tern.endpoint, &["member", "list"]);
+    assert!(
+        members.contains(&format!("restored, {peer_url}")),
+        "{members}"
+    );
+    ok(&tern.endpoint, &["put", "after", "restore"]);
+    let after = observe(&tern.endpoint, 0);
+    // Restarted on its data dir, the restored member keeps all of it.
+    drop(tern);
+    let tern = Etcd::spawn(
+        tern_binary,
+        "restored",
+        &data_dir,
+        &peer_url,
+        &initial_cluster,
+        client_port,
+    );
+    assert_eq!(observe(&tern.endpoint, 0), after);
+}
+
+#[test]
+fn etcd_snapshot_restores_a_three_member_tern_cluster() {
+    let scratch = Scratch::new("three");
+    let (etcd, snap) = etcd_with_data(&scratch);
+    let expected = observe(&etcd.endpoint, 0);
+    drop(etcd);
+    let names = ["m1", "m2", "m3"];
+    let peers: Vec<String> = names
+        .iter()
+        .map(|_| format!("http://127.0.0.1:{}", free_port()))
+        .collect();
+    let initial_cluster: Vec<String> = names
+        .iter()
+        .zip(&peers)
+        .map(|(n, p)| format!("{n}={p}"))
+        .collect();
+    let initial_cluster = initial_cluster.join(",");
+    let tern_binary = common::tern_binary();
+    let mut members = Vec::new();
+    for (name, peer) in names.iter().zip(&peers) {
+        let data_dir = scratch.0.join(format!("{name}.data"));
+        let out = ternutl_restore(&snap, name, &data_dir, peer, &initial_cluster, &[]);
+        assert!(out.status.success(), "restore failed: {}", stderr(&out));
+        members.push((
+            Etcd::spawn_only(
+                tern_binary.to_str().unwrap(),
+                name,
+                &data_dir,
+                peer,
+                &initial_cluster,
+                free_port(),
+            ),
+            data_dir,
+        ));
+    }
+    for (member, data_dir) in &members {
+        member.wait_serving(data_dir);
+    }
+    let list = ok(&members[0].0.endpoint, &["member", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    for (member, _) in &members {
+        assert_eq!(
+            observe(&member.endpoint, 0),
+            expected,
+            "{}",
+            member.endpoint
+        );
+    }
+    ok(&members[1].0.endpoint, &["put", "cluster", "write"]);
+    for (member, _) in &members {
+        // Linearizable reads: every member sees the write once it is acknowledged.
+        assert_eq!(
+            ok(&member.endpoint, &["get", "cluster", "--print-value-only"]),
+            "write\n"
+        );
+    }
+}
+
+#[test]
+fn ternutl_refuses_what_etcd_refuses() {
+    let scratch = Scratch::new("refuse");
+    let (etcd, snap) = etcd_with_data(&scratch);
+    drop(etcd);
+    let peer_url = "http://127.0.0.1:2380";
+    let cluster = format!("x={peer_url}");
+    // A damaged byte in the database: the hash check fails as etcd's does.
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let at = bytes.len() - 32 - 100;
+    bytes[at] ^= 0xff;
+    let damaged = scratch.0.join("damaged.snap");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let target = scratch.0.join("target");
+    let ours = ternutl_restore(&damaged, "x", &target, peer_url, &cluster, &[]);
+    // Nothing is left behind (etcd's own restore leaves a partial dir).
+    assert!(!ours.status.success() && !target.exists());
+    let theirs = restore(&damaged, "x", &scratch.0.join("etcd-target"), peer_url);
+    let last_line =
+        |out: &std::process::Output| stderr(out).lines().last().unwrap_or_default().to_string();
+    assert!(
+        last_line(&ours).starts_with("Error: expected sha256 ["),
+        "{}",
+        stderr(&ours)
+    );
+    assert_eq!(last_line(&ours), last_line(&theirs));
+    let _ = std::fs::remove_dir_all(&target);
+    // A database without its hash (as copied from a data dir) needs --skip-hash-check.
+    let bare = scratch.0.join("bare.db");
+    std::fs::write(&bare, &std::fs::read(&snap).unwrap()[..bytes.len() - 32]).unwrap();
+    let ours = ternutl_restore(&bare, "x", &target, peer_url, &cluster, &[]);
+    assert_eq!(
+        last_line(&ours),
+        "Error: snapshot missing hash but --skip-hash-check=false"
+    );
+    let ours = ternutl_restore(
+        &bare,
+        "x",
+        &target,
+        peer_url,
+        &cluster,
+        &["--skip-hash-check"],
+    );
+    assert!(ours.status.success(), "{}", stderr(&ours));
+    // The data dir now exists: a second restore into it is refused.
+    let ours = ternutl_restore(&snap, "x", &target, peer_url, &cluster, &[]);
+    assert_eq!(
+        last_line(&ours),
+        format!("Error: data-dir {:?} exists", target.display().to_string())
+    );
+    // A name missing from --initial-cluster.
+    let ours = ternutl_restore(
+        &snap,
+        "y",
+        &scratch.0.join("other"),
+        peer_url,
+        &cluster,
+        &[],
+    );
+    assert_eq!(
+        last_line(&ours),
+        "Error: couldn't find local name \"y\" in the initial cluster configuration"
+    );
+    // Arguments, as etcdctl words them.
+    let ours = ternutl_run(&["snapshot", "status"]);
+    assert_eq!(ours.status.code(), Some(128));
+    assert_eq!(
+        stderr(&ours),
+        "Error: snapshot status requires exactly one argument\n"
+    );
+    let missing = scratch.0.join("missing.db");
+    let ours = ternutl_run(&["snapshot", "status", missing.to_str().unwrap()]);
+    assert_eq!(ours.status.code(), Some(1));
+    assert_eq!(
+        stderr(&ours),
+        format!(
+            "Error: stat {}: no such file or directory\n",
+            missing.display()
+        )
     );
 }
