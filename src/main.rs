@@ -119,5 +119,8 @@ fn raft_options(config: &Config) -> tern::raft::RaftOptions {
             flag("force-new-cluster").as_str(),
             "true" | "1" | "t" | "T" | "TRUE" | "True"
         ),
+        quota_backend_bytes: tern::state::machine::quota_backend_bytes(
+            flag("quota-backend-bytes").parse().unwrap_or(0),
+        ),
     }
 }

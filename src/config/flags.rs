@@ -125,7 +125,7 @@ pub const FLAGS: &[FlagSpec] = &[
     f("listen-client-http-urls", Urls, "", Member, false, "URLs to listen on for HTTP-only client traffic."),
     f("max-snapshots", Uint, "5", Member, false, "Snapshot files to retain (0 is unlimited)."),
     f("max-wals", Uint, "5", Member, false, "WAL files to retain (0 is unlimited)."),
-    f("quota-backend-bytes", Int, "0", Member, false, "Backend size that raises the NOSPACE alarm (0 means the 2 GiB default)."),
+    f("quota-backend-bytes", Int, "0", Member, true, "Backend size that raises the NOSPACE alarm (0 means the 2 GiB default, negative disables the quota)."),
     f("backend-bbolt-freelist-type", Str, "map", Member, false, "Freelist type of the backend (array or map)."),
     f("backend-batch-interval", Duration, "0", Member, true, "Longest time before a backend transaction commits (0: 100ms)."),
     f("backend-batch-limit", Int, "0", Member, true, "Most applied entries before a backend transaction commits (0: 10000)."),

@@ -343,13 +343,13 @@ fn no_effect_flags_listed_once_each() {
             "--max-txn-ops=3",
             "--max-snapshots=6",
         ],
-        &[("ETCD_QUOTA_BACKEND_BYTES", "1024")],
+        &[("ETCD_MAX_WALS", "3")],
     );
     assert_eq!(
         c.no_effect_flags,
         vec![
             "max-snapshots",
-            "quota-backend-bytes",
+            "max-wals",
             "pre-vote",
             "auto-compaction-retention"
         ]

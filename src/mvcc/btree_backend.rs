@@ -278,6 +278,12 @@ impl BtreeBackend {
         self.db.path()
     }
 
+    /// Bytes the last finished commit spans (bbolt's `Tx.Size`, etcd's `Backend.Size`, which
+    /// its space quota compares). No I/O: cheap enough to check on every write.
+    pub fn db_bytes(&self) -> u64 {
+        self.read.db_bytes()
+    }
+
     /// File size and in-use size as of the last commit (etcd's dbSize and dbSizeInUse).
     pub fn stats(&self) -> Result<Stats, BackendError> {
         Ok(self.db.stats()?)

@@ -82,6 +82,9 @@ pub struct RaftOptions {
     pub force_new_cluster: bool,
     /// `--initial-cluster-token` (mixed into the IDs of members added at runtime).
     pub cluster_token: String,
+    /// `--quota-backend-bytes` as etcd reads it (`state::machine::quota_backend_bytes`):
+    /// None disables the quota.
+    pub quota_backend_bytes: Option<u64>,
 }
 
 impl RaftOptions {
@@ -392,6 +395,17 @@ impl Node {
                 return;
             }
         }
+        // etcd's quota check at the API edge (`v3rpc/quota.go`): a write that would take
+        // the backend past the quota raises NOSPACE (through raft, so every member arms it)
+        // and fails with etcd's "database space exceeded".
+        if let Some(quota) = self.options.quota_backend_bytes {
+            if self.state.borrow().exceeds_quota(&command, quota) {
+                self.raise_no_space();
+                fail(command, EtcdError::NoSpace);
+                self.wake.wake();
+                return;
+            }
+        }
         match command {
             Command::Put(..) | Command::DeleteRange(..) | Command::Compact(..) => {
                 self.propose_write(command)
@@ -443,6 +457,21 @@ impl Node {
             other => self.state.borrow_mut().handle_read(other),
         }
         self.wake.wake();
+    }
+
+    /// Proposes this member's NOSPACE alarm unless it is armed already (etcd proposes it
+    /// on every refused write; the entry would change nothing).
+    fn raise_no_space(&mut self) {
+        if self.state.borrow().no_space_armed() {
+            return;
+        }
+        let (reply, _) = oneshot::channel();
+        let req = pb::AlarmRequest {
+            action: pb::alarm_request::AlarmAction::Activate as i32,
+            member_id: self.id,
+            alarm: pb::AlarmType::Nospace as i32,
+        };
+        self.propose_write(Command::Alarm(req, reply));
     }
 
     pub fn header(&self) -> pb::ResponseHeader {
