@@ -122,5 +122,10 @@ fn raft_options(config: &Config) -> tern::raft::RaftOptions {
         quota_backend_bytes: tern::state::machine::quota_backend_bytes(
             flag("quota-backend-bytes").parse().unwrap_or(0),
         ),
+        auto_compaction: tern::raft::node::auto_compaction::parse(
+            &flag("auto-compaction-mode"),
+            &flag("auto-compaction-retention"),
+        )
+        .unwrap_or_else(|e| tern::fatal!("cannot serve", "error" => e)),
     }
 }

@@ -338,7 +338,7 @@ fn no_effect_flags_listed_once_each() {
     let c = serve(
         &[
             "--max-snapshots=5",
-            "--auto-compaction-retention=1h",
+            "--enable-v2=true",
             "--pre-vote",
             "--max-txn-ops=3",
             "--max-snapshots=6",
@@ -347,12 +347,7 @@ fn no_effect_flags_listed_once_each() {
     );
     assert_eq!(
         c.no_effect_flags,
-        vec![
-            "max-snapshots",
-            "max-wals",
-            "pre-vote",
-            "auto-compaction-retention"
-        ]
+        vec!["max-snapshots", "max-wals", "pre-vote", "enable-v2"]
     );
     // etcd's long-ignored flags warn in etcd's words rather than being listed.
     let c = serve(&["-v"], &[]);

@@ -409,6 +409,11 @@ impl StateMachine {
         self.identity = identity;
     }
 
+    /// The store's current revision (what etcd's compactor samples).
+    pub fn current_revision(&self) -> i64 {
+        self.store.current_revision()
+    }
+
     pub fn raft_applied_index(&self) -> u64 {
         self.raft_applied_index
     }

@@ -24,6 +24,7 @@
 //! - apply is idempotent (`StateMachine::apply_write` skips entries at or below the
 //!   store's consistent index).
 
+pub mod auto_compaction;
 mod bootstrap;
 mod lease_forward;
 mod membership;
@@ -85,6 +86,8 @@ pub struct RaftOptions {
     /// `--quota-backend-bytes` as etcd reads it (`state::machine::quota_backend_bytes`):
     /// None disables the quota.
     pub quota_backend_bytes: Option<u64>,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention` (None: off).
+    pub auto_compaction: Option<auto_compaction::AutoCompaction>,
 }
 
 impl RaftOptions {
