@@ -7,7 +7,9 @@
 //! snapshot of real etcd, checked by `ternutl snapshot status` (output identical to
 //! etcdctl's) and restored by `ternutl snapshot restore`, starts a tern (one member, and a
 //! 3-member cluster) serving what etcd served, across a restart; and ternutl refuses bad
-//! hashes, missing hashes and existing data dirs with etcd's texts.
+//! hashes, missing hashes and existing data dirs with etcd's texts. A stopped etcd's own
+//! data dir database converts the same way (`--skip-hash-check`). A client that goes away
+//! mid-snapshot frees its snapshot slot: later snapshots all work.
 
 mod common;
 
@@ -142,6 +144,17 @@ impl Etcd {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl Etcd {
+    /// Stops the server with SIGTERM (etcd commits its backend on the way out) and waits.
+    fn stop(mut self) {
+        // Safety: kill(2) on the pid of our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
     }
 }
 
@@ -647,4 +660,86 @@ fn ternutl_refuses_what_etcd_refuses() {
             missing.display()
         )
     );
+}
+
+#[test]
+fn a_stopped_etcds_data_dir_converts_into_tern() {
+    let scratch = Scratch::new("convert");
+    let (etcd, _) = etcd_with_data(&scratch);
+    let expected = observe(&etcd.endpoint, 0);
+    etcd.stop();
+    let db = scratch.0.join("source.etcd/member/snap/db");
+    let data_dir = scratch.0.join("tern.data");
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let initial_cluster = format!("converted={peer_url}");
+    let out = ternutl_restore(
+        &db,
+        "converted",
+        &data_dir,
+        &peer_url,
+        &initial_cluster,
+        &[],
+    );
+    assert!(!out.status.success(), "a data dir db has no hash");
+    let out = ternutl_restore(
+        &db,
+        "converted",
+        &data_dir,
+        &peer_url,
+        &initial_cluster,
+        &["--skip-hash-check"],
+    );
+    assert!(out.status.success(), "convert failed: {}", stderr(&out));
+    let tern_binary = common::tern_binary();
+    let tern = Etcd::spawn(
+        tern_binary.to_str().unwrap(),
+        "converted",
+        &data_dir,
+        &peer_url,
+        &initial_cluster,
+        free_port(),
+    );
+    assert_eq!(observe(&tern.endpoint, 0), expected);
+}
+
+#[test]
+fn a_client_gone_mid_snapshot_frees_its_slot() {
+    let tern = TernServer::start();
+    let ep = tern.endpoint();
+    let mut txn = String::new();
+    for i in 0..50 {
+        txn.push_str(&format!("put k{i:04} {}\n", "v".repeat(20_000)));
+    }
+    for _ in 0..20 {
+        let out = common::etcdctl(&ep, &["txn"], Some(&format!("\n{txn}\n\n")));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let scratch = Scratch::new("cancel");
+    // More clients than SNAPSHOTS_IN_FLIGHT_MAX go away mid-stream, one after another.
+    for n in 0..6 {
+        let part = scratch.0.join(format!("gone{n}.db.part"));
+        let mut child = Command::new(common::etcdctl_binary())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={ep}"))
+            .args(["snapshot", "save"])
+            .arg(scratch.0.join(format!("gone{n}.db")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(&part).map_or(0, |m| m.len()) == 0 {
+            assert!(Instant::now() < deadline, "the snapshot never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // Every slot came back: snapshots still work, and the server still serves.
+    for n in 0..5 {
+        let snap = scratch.0.join(format!("after{n}.db"));
+        save(&ep, &snap);
+        assert!(status(&snap).1 > 50);
+    }
+    ok(&ep, &["put", "still", "serving"]);
 }
