@@ -351,6 +351,14 @@ fn raft_options(config: &Config, peer_tls: Option<Arc<PeerTls>>) -> tern::raft::
             "true" | "1" | "t" | "T" | "TRUE" | "True"
         ),
         peer_tls,
+        quota_backend_bytes: tern::state::machine::quota_backend_bytes(
+            flag("quota-backend-bytes").parse().unwrap_or(0),
+        ),
+        auto_compaction: tern::raft::node::auto_compaction::parse(
+            &flag("auto-compaction-mode"),
+            &flag("auto-compaction-retention"),
+        )
+        .unwrap_or_else(|e| tern::fatal!("cannot serve", "error" => e)),
     }
 }
 

@@ -338,21 +338,16 @@ fn no_effect_flags_listed_once_each() {
     let c = serve(
         &[
             "--max-snapshots=5",
-            "--auto-compaction-retention=1h",
+            "--enable-v2=true",
             "--pre-vote",
             "--max-txn-ops=3",
             "--max-snapshots=6",
         ],
-        &[("ETCD_QUOTA_BACKEND_BYTES", "1024")],
+        &[("ETCD_MAX_WALS", "3")],
     );
     assert_eq!(
         c.no_effect_flags,
-        vec![
-            "max-snapshots",
-            "quota-backend-bytes",
-            "pre-vote",
-            "auto-compaction-retention"
-        ]
+        vec!["max-snapshots", "max-wals", "pre-vote", "enable-v2"]
     );
     // etcd's long-ignored flags warn in etcd's words rather than being listed.
     let c = serve(&["-v"], &[]);

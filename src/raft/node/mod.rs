@@ -24,6 +24,7 @@
 //! - apply is idempotent (`StateMachine::apply_write` skips entries at or below the
 //!   store's consistent index).
 
+pub mod auto_compaction;
 mod bootstrap;
 mod lease_forward;
 mod membership;
@@ -90,6 +91,11 @@ pub struct RaftOptions {
     pub cluster_token: String,
     /// Peer TLS (`--peer-cert-file` and friends): set when the peer URLs are https://.
     pub peer_tls: Option<std::sync::Arc<crate::net::tls::PeerTls>>,
+    /// `--quota-backend-bytes` as etcd reads it (`state::machine::quota_backend_bytes`):
+    /// None disables the quota.
+    pub quota_backend_bytes: Option<u64>,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention` (None: off).
+    pub auto_compaction: Option<auto_compaction::AutoCompaction>,
 }
 
 impl RaftOptions {
@@ -408,6 +414,17 @@ impl Node {
                 return;
             }
         }
+        // etcd's quota check at the API edge (`v3rpc/quota.go`): a write that would take
+        // the backend past the quota raises NOSPACE (through raft, so every member arms it)
+        // and fails with etcd's "database space exceeded".
+        if let Some(quota) = self.options.quota_backend_bytes {
+            if self.state.borrow().exceeds_quota(&command, quota) {
+                self.raise_no_space();
+                fail(command, EtcdError::NoSpace);
+                self.wake.wake();
+                return;
+            }
+        }
         match command {
             Command::Put(..) | Command::DeleteRange(..) | Command::Compact(..) => {
                 self.propose_write(command)
@@ -423,6 +440,10 @@ impl Node {
             Command::MemberUpdate(req, reply) => self.member_update(req, reply),
             Command::MemberPromote(req, reply) => self.member_promote(req, reply),
             Command::MoveLeader(req, reply) => self.move_leader(req, reply),
+            Command::Snapshot(reply) => {
+                let source = self.state.borrow_mut().snapshot_source(&self.membership);
+                let _ = reply.send(source);
+            }
             Command::MemberList(reply) => {
                 let _ = reply.send(Ok(pb::MemberListResponse {
                     header: Some(self.header()),
@@ -455,6 +476,21 @@ impl Node {
             other => self.state.borrow_mut().handle_read(other),
         }
         self.wake.wake();
+    }
+
+    /// Proposes this member's NOSPACE alarm unless it is armed already (etcd proposes it
+    /// on every refused write; the entry would change nothing).
+    fn raise_no_space(&mut self) {
+        if self.state.borrow().no_space_armed() {
+            return;
+        }
+        let (reply, _) = oneshot::channel();
+        let req = pb::AlarmRequest {
+            action: pb::alarm_request::AlarmAction::Activate as i32,
+            member_id: self.id,
+            alarm: pb::AlarmType::Nospace as i32,
+        };
+        self.propose_write(Command::Alarm(req, reply));
     }
 
     pub fn header(&self) -> pb::ResponseHeader {

@@ -52,6 +52,10 @@ pub async fn run(node: Rc<RefCell<Node>>) {
         .state
         .borrow_mut()
         .set_backend_wake(Rc::new(move || backend_wake.wake()));
+    let auto_compaction = node.borrow().options.auto_compaction;
+    if let Some(policy) = auto_compaction {
+        glommio::spawn_local(super::auto_compaction::run(node.clone(), policy)).detach();
+    }
     let interval = Duration::from_millis(node.borrow().options.heartbeat_interval_ms.max(1));
     let ticker = node.clone();
     glommio::spawn_local(async move {
