@@ -19,7 +19,8 @@ command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v tc >/dev/null 2>&1 || missing+=(iproute2)
 # strace: tests/no_blocking_io.rs traces tern's system calls per thread.
 command -v strace >/dev/null 2>&1 || missing+=(strace)
-# openssl: tests/auth_jwt.rs makes the RSA key pair tern and etcd share.
+# openssl: tests/tls.rs checks the negotiated TLS versions and suites with s_client;
+# tests/auth_jwt.rs makes the RSA key pair tern and etcd share with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]} with apt-get" >&2

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod log;
 pub mod membership;
 pub mod mvcc;
+pub mod net;
 pub mod proto;
 pub mod raft;
 pub mod runtime;

@@ -1,8 +1,13 @@
 //! The `tern` binary: parse etcd's flags, derive this member's identity, serve.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use tern::config::url::Scheme;
 use tern::config::{ClusterState, Config};
 use tern::membership::cluster::MemberRecord;
 use tern::membership::id;
+
+use tern::net::tls::{self, PeerTls, Reloading, ReloadingServerConfig, TlsInfo, TlsVersion};
 use tern::server::{self, ServerOptions};
 use tern::service::Limits;
 use tern::state::Identity;
@@ -19,11 +24,22 @@ fn main() {
         "max-txn-ops" => config.max_txn_ops
     );
     let identity = identity(&config);
-    let raft = raft_options(&config);
+    let peer_tls = match peer_transport(&config) {
+        Ok(peer_tls) => peer_tls,
+        Err(e) => tern::fatal!("cannot serve", "error" => e),
+    };
+    let raft = raft_options(&config, peer_tls);
+    let client = match client_transport(&config) {
+        Ok(client) => client,
+        Err(e) => tern::fatal!("cannot serve", "error" => e),
+    };
     let options = ServerOptions {
         identity,
         data_dir: config.data_dir.clone(),
-        listen_client_addrs: config.client_listen_addrs(),
+        listen_client_addrs: client.addrs,
+        listen_client_tls: client.addrs_tls,
+        listen_client_unix: client.unix,
+        client_tls: client.tls,
         cores: (config.cores > 0).then_some(config.cores),
         limits: Limits {
             max_request_bytes: config.max_request_bytes as usize,
@@ -48,6 +64,7 @@ fn main() {
         ),
         lease_promote_extend: std::time::Duration::from_millis(config.election_timeout_ms),
         auth: auth_options(&config),
+        http2: http2_options(&config),
     };
     if let Err(e) = server::run(options) {
         tern::fatal!("cannot serve", "error" => e);
@@ -98,6 +115,220 @@ fn auth_options(config: &Config) -> server::AuthOptions {
     }
 }
 
+/// The client listeners and their TLS settings, from `--listen-client-urls` and etcd's
+/// client security flags.
+struct ClientTransport {
+    addrs: Vec<std::net::SocketAddr>,
+    addrs_tls: Vec<bool>,
+    unix: Vec<(std::path::PathBuf, bool)>,
+    tls: Option<TlsInfo>,
+}
+
+/// Reads etcd's client security flags as etcd's `embed` does: `--auto-tls` generates a
+/// certificate unless one is given, an https:// or unixs:// URL without a certificate is an
+/// error, and certificates given for http:// URLs only are ignored with a warning.
+fn client_transport(config: &Config) -> Result<ClientTransport, String> {
+    let flag = |name: &str| config.flag_value(name).unwrap_or_default().to_string();
+    let is_true = |name: &str| tern::config::go::parse_bool(&flag(name)) == Ok(true);
+    let path = |name: &str| Some(flag(name)).filter(|p| !p.is_empty()).map(Into::into);
+    let urls = &config.listen_client_urls;
+    let mut info = TlsInfo {
+        cert_file: flag("cert-file").into(),
+        key_file: flag("key-file").into(),
+        trusted_ca_file: path("trusted-ca-file"),
+        client_cert_auth: is_true("client-cert-auth"),
+        crl_file: path("client-crl-file"),
+        allowed_hostname: Some(flag("client-cert-allowed-hostname")).filter(|h| !h.is_empty()),
+        cipher_suites: flag("cipher-suites")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        min_version: TlsVersion::parse(&flag("tls-min-version"))?,
+        max_version: TlsVersion::parse(&flag("tls-max-version"))?,
+        allowed_cn: None,
+    };
+    let certs_given =
+        !info.cert_file.as_os_str().is_empty() || !info.key_file.as_os_str().is_empty();
+    if is_true("auto-tls") {
+        if certs_given {
+            tern::warn!("ignoring client auto TLS since certs given");
+        } else {
+            let validity_years: u64 = flag("self-signed-cert-validity").parse().unwrap_or(0);
+            if validity_years == 0 {
+                return Err(
+                    "--self-signed-cert-validity is invalid, it should be greater than 0".into(),
+                );
+            }
+            let hosts: Vec<String> = urls.iter().map(|u| u.host.clone()).collect();
+            let dir = config.data_dir.join("fixtures").join("client");
+            let (cert_file, key_file) = tls::self_cert(&dir, &hosts, validity_years)?;
+            // etcd replaces the client TLS settings with the generated pair: no CA, so no
+            // client certificate checks.
+            if info.client_cert_auth || info.trusted_ca_file.is_some() {
+                tern::warn!(
+                    "ignoring --client-cert-auth and --trusted-ca-file with --auto-tls (the generated certificate replaces the client TLS settings, as in etcd)"
+                );
+            }
+            info = TlsInfo {
+                cert_file,
+                key_file,
+                trusted_ca_file: None,
+                client_cert_auth: false,
+                crl_file: None,
+                allowed_hostname: None,
+                ..info
+            };
+        }
+    }
+    let tls_ready = !info.cert_file.as_os_str().is_empty() || !info.key_file.as_os_str().is_empty();
+    let mut transport = ClientTransport {
+        addrs: Vec::new(),
+        addrs_tls: Vec::new(),
+        unix: Vec::new(),
+        tls: None,
+    };
+    for url in urls {
+        if url.is_tls() && !tls_ready {
+            return Err(format!(
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url {} with HTTPS scheme",
+                url.url
+            ));
+        }
+        if !url.is_tls() && tls_ready {
+            tern::warn!(
+                "scheme is HTTP while key and cert files are present; ignoring key and cert files",
+                "client-url" => url.url.as_str()
+            );
+        }
+        if !url.is_tls() && info.client_cert_auth {
+            tern::warn!(
+                "scheme is HTTP while --client-cert-auth is enabled; ignoring client cert auth for this URL",
+                "client-url" => url.url.as_str()
+            );
+        }
+        match url.scheme {
+            Scheme::Http | Scheme::Https => {
+                let Some(addr) = url.socket_addr else {
+                    return Err(format!("expected IP in URL for binding ({})", url.url));
+                };
+                transport.addrs.push(addr);
+                transport.addrs_tls.push(url.is_tls());
+            }
+            // etcd listens on the URL's host:port taken as a path.
+            Scheme::Unix | Scheme::Unixs => transport
+                .unix
+                .push((format!("{}:{}", url.host, url.port).into(), url.is_tls())),
+        }
+    }
+    if urls.iter().any(|u| u.is_tls()) {
+        transport.tls = Some(info);
+    }
+    Ok(transport)
+}
+
+/// Peer TLS from etcd's `--peer-*` flags, as etcd's `embed` reads them: https:// peer
+/// listen URLs need a certificate (given, or generated by `--peer-auto-tls`); peer TLS
+/// applies to every peer listener, so http:// and https:// peer listen URLs are not mixed;
+/// unix peer URLs are refused.
+fn peer_transport(config: &Config) -> Result<Option<Arc<PeerTls>>, String> {
+    let flag = |name: &str| config.flag_value(name).unwrap_or_default().to_string();
+    let is_true = |name: &str| tern::config::go::parse_bool(&flag(name)) == Ok(true);
+    let path = |name: &str| {
+        Some(flag(name))
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    };
+    let urls = &config.listen_peer_urls;
+    if let Some(url) = urls
+        .iter()
+        .find(|u| matches!(u.scheme, Scheme::Unix | Scheme::Unixs))
+    {
+        return Err(format!(
+            "--listen-peer-urls {}: unix peer sockets are not implemented in tern",
+            url.url
+        ));
+    }
+    let tls_urls = urls.iter().filter(|u| u.is_tls()).count();
+    let mut info = TlsInfo {
+        cert_file: flag("peer-cert-file").into(),
+        key_file: flag("peer-key-file").into(),
+        trusted_ca_file: path("peer-trusted-ca-file"),
+        client_cert_auth: is_true("peer-client-cert-auth"),
+        crl_file: path("peer-crl-file"),
+        allowed_hostname: Some(flag("peer-cert-allowed-hostname")).filter(|h| !h.is_empty()),
+        allowed_cn: Some(flag("peer-cert-allowed-cn")).filter(|h| !h.is_empty()),
+        cipher_suites: flag("cipher-suites")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        min_version: TlsVersion::parse(&flag("tls-min-version"))?,
+        max_version: TlsVersion::parse(&flag("tls-max-version"))?,
+    };
+    let certs_given =
+        !info.cert_file.as_os_str().is_empty() || !info.key_file.as_os_str().is_empty();
+    let mut self_signed = false;
+    if is_true("peer-auto-tls") {
+        if certs_given {
+            tern::warn!("ignoring peer auto TLS since certs given");
+        } else {
+            let validity_years: u64 = flag("self-signed-cert-validity").parse().unwrap_or(0);
+            if validity_years == 0 {
+                return Err(
+                    "--self-signed-cert-validity is invalid, it should be greater than 0".into(),
+                );
+            }
+            let hosts: Vec<String> = urls.iter().map(|u| u.host.clone()).collect();
+            let dir = config.data_dir.join("fixtures").join("peer");
+            let (cert_file, key_file) = tls::self_cert(&dir, &hosts, validity_years)?;
+            info = TlsInfo {
+                cert_file,
+                key_file,
+                trusted_ca_file: None,
+                client_cert_auth: false,
+                crl_file: None,
+                allowed_hostname: None,
+                allowed_cn: None,
+                ..info
+            };
+            self_signed = true;
+        }
+    }
+    let tls_ready = !info.cert_file.as_os_str().is_empty() || !info.key_file.as_os_str().is_empty();
+    if tls_urls == 0 {
+        if tls_ready {
+            for url in urls {
+                tern::warn!(
+                    "scheme is HTTP while key and cert files are present; ignoring key and cert files",
+                    "peer-url" => url.url.as_str()
+                );
+            }
+        }
+        return Ok(None);
+    }
+    if let Some(url) = urls.iter().find(|u| u.is_tls() && !tls_ready) {
+        return Err(format!(
+            "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {} with HTTPS scheme",
+            url.url
+        ));
+    }
+    if tls_urls != urls.len() {
+        return Err(
+            "--listen-peer-urls mixes http:// and https://: tern applies peer TLS to every peer listener"
+                .into(),
+        );
+    }
+    let (client_cert, client_key) =
+        match (path("peer-client-cert-file"), path("peer-client-key-file")) {
+            (Some(cert), Some(key)) if !self_signed => (cert, key),
+            _ => (info.cert_file.clone(), info.key_file.clone()),
+        };
+    let client = Reloading::start_client(info.clone(), client_cert, client_key, self_signed)?;
+    let server = ReloadingServerConfig::start(info, tls::PEER_FLAGS, "peer")?;
+    Ok(Some(Arc::new(PeerTls { server, client })))
+}
+
 /// This member's and its cluster's ids, derived from --initial-cluster and
 /// --initial-cluster-token exactly as etcd derives them for a static bootstrap.
 fn identity(config: &Config) -> Identity {
@@ -135,7 +366,7 @@ fn identity(config: &Config) -> Identity {
 
 /// Raft settings from etcd's flags (`--snapshot-count`, `--force-new-cluster` are read
 /// from their validated text).
-fn raft_options(config: &Config) -> tern::raft::RaftOptions {
+fn raft_options(config: &Config, peer_tls: Option<Arc<PeerTls>>) -> tern::raft::RaftOptions {
     let initial_members = config
         .initial_cluster
         .iter()
@@ -164,5 +395,39 @@ fn raft_options(config: &Config) -> tern::raft::RaftOptions {
             flag("force-new-cluster").as_str(),
             "true" | "1" | "t" | "T" | "TRUE" | "True"
         ),
+        peer_tls,
+        quota_backend_bytes: tern::state::machine::quota_backend_bytes(
+            flag("quota-backend-bytes").parse().unwrap_or(0),
+        ),
+        auto_compaction: tern::raft::node::auto_compaction::parse(
+            &flag("auto-compaction-mode"),
+            &flag("auto-compaction-retention"),
+        )
+        .unwrap_or_else(|e| tern::fatal!("cannot serve", "error" => e)),
+    }
+}
+
+/// The client transport's settings from etcd's gRPC flags (validated by `config`).
+fn http2_options(config: &Config) -> tern::http2::ServerConfig {
+    let duration = |name: &str| {
+        config
+            .flag_value(name)
+            .and_then(|text| tern::config::go::parse_duration(text).ok())
+    };
+    let defaults = tern::http2::ServerConfig::default();
+    let nonzero = |d: Option<std::time::Duration>| d.filter(|d| !d.is_zero());
+    let keepalive_timeout = nonzero(duration("grpc-keepalive-timeout"));
+    tern::http2::ServerConfig {
+        max_concurrent_streams: config
+            .flag_value("max-concurrent-streams")
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(defaults.max_concurrent_streams),
+        keepalive_min_time: duration("grpc-keepalive-min-time")
+            .unwrap_or(defaults.keepalive_min_time),
+        // Either flag at 0 turns server pings off, as etcd documents.
+        keepalive_interval: nonzero(duration("grpc-keepalive-interval"))
+            .filter(|_| keepalive_timeout.is_some()),
+        keepalive_timeout: keepalive_timeout.unwrap_or(defaults.keepalive_timeout),
+        ..defaults
     }
 }

@@ -3,7 +3,7 @@
 //! fails on any difference in stdout, stderr or exit code.
 //!
 //! Scenarios covered here are the ones whose features have landed: kv, txn, edge, lease,
-//! watch, lock_elect, auth, auth_edge, and cluster (whole, and also its part before membership changes,
+//! watch, lock_elect, snapshot, auth, auth_edge, and cluster (whole, and also its part before membership changes,
 //! kept as a smaller test). That part is cut from the recorded transcript at its section
 //! comment, not edited: each scenario runs
 //! its commands in order against a fresh server, so a prefix of a transcript is exactly
@@ -169,4 +169,11 @@ fn golden_auth() {
 #[test]
 fn golden_auth_edge() {
     compare(&["auth_edge"]);
+}
+
+/// `snapshot save` (tern streams etcd's bbolt database) and `snapshot status` on it:
+/// revision and total keys as etcd's, before and after a physical compaction.
+#[test]
+fn golden_snapshot() {
+    compare(&["snapshot"]);
 }

@@ -513,9 +513,18 @@ fn non_grpc_content_type_gets_http_415() {
 }
 
 #[test]
-fn compressed_message_is_unimplemented() {
+fn compressed_message_in_an_unknown_encoding_is_unimplemented() {
+    // (Without grpc-encoding the answer is INTERNAL: see tests/abuse.rs.)
     let mut c = Client::handshake(ServerConfig::default());
-    c.request(1, "/test.Echo/Unary", false);
+    let mut block = request_block("/test.Echo/Unary", "application/grpc");
+    hpack::encoder::encode_field(&mut block, b"grpc-encoding", b"gzip");
+    c.send_frame(Frame::Headers {
+        stream_id: 1,
+        end_stream: false,
+        end_headers: true,
+        priority: None,
+        fragment: Bytes::from(block),
+    });
     c.send_frame(data(1, Bytes::from_static(b"\x01\0\0\0\x01x"), true));
     let f = c.expect(
         |f| {
@@ -676,4 +685,126 @@ fn curl_non_grpc_requests_get_an_http_answer() {
         run(&["-X", "POST", "-H", "content-type: text/plain", "-d", "hi"]),
         "415"
     );
+}
+
+// ----- limits (src/http2/limits.rs) with small settings -----
+
+#[test]
+fn idle_connection_gets_graceful_goaway() {
+    let config = ServerConfig {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..ServerConfig::default()
+    };
+    let mut c = Client::handshake(config);
+    c.expect_goaway(ErrorCode::NO_ERROR);
+}
+
+#[test]
+fn a_connection_with_an_open_stream_is_not_idle() {
+    let config = ServerConfig {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..ServerConfig::default()
+    };
+    let mut c = Client::handshake(config);
+    c.request(1, "/test.Echo/Hang", false);
+    std::thread::sleep(Duration::from_millis(900));
+    c.send_frame(Frame::Ping {
+        ack: false,
+        payload: *b"stillup!",
+    });
+    c.expect(|f| matches!(f, Frame::Ping { ack: true, .. }), "PING ACK");
+    assert!(!c.seen.iter().any(|f| matches!(f, Frame::GoAway { .. })));
+}
+
+#[test]
+fn slow_handshake_is_closed() {
+    let config = ServerConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let mut c = Client::connect(config);
+    c.send(&frame::PREFACE[..10]);
+    c.expect_eof();
+}
+
+#[test]
+fn keepalive_pings_and_closes_a_silent_client() {
+    let config = ServerConfig {
+        keepalive_interval: Some(Duration::from_millis(200)),
+        keepalive_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let mut c = Client::handshake(config);
+    // Answering keeps the connection: any frame from the client counts.
+    let ping = c.expect(
+        |f| matches!(f, Frame::Ping { ack: false, .. }),
+        "keepalive PING",
+    );
+    let Frame::Ping { payload, .. } = ping else {
+        unreachable!()
+    };
+    c.send_frame(Frame::Ping { ack: true, payload });
+    c.seen.clear();
+    c.expect(
+        |f| matches!(f, Frame::Ping { ack: false, .. }),
+        "second PING",
+    );
+    // Silence after a ping ends it, without GOAWAY (as grpc-go does).
+    c.expect_eof();
+    assert!(!c.seen.iter().any(|f| matches!(f, Frame::GoAway { .. })));
+}
+
+#[test]
+fn pings_beyond_the_keepalive_policy_get_too_many_pings() {
+    let mut c = Client::handshake(ServerConfig::default());
+    c.request(1, "/test.Echo/Hang", false);
+    // grpc-go's policy: two strikes allowed, the third ping too soon ends the connection.
+    for i in 0..4u8 {
+        c.send_frame(Frame::Ping {
+            ack: false,
+            payload: [i; 8],
+        });
+    }
+    let f = c.expect(|f| matches!(f, Frame::GoAway { .. }), "GOAWAY");
+    let Frame::GoAway {
+        error_code,
+        debug_data,
+        ..
+    } = f
+    else {
+        unreachable!()
+    };
+    assert_eq!(error_code, ErrorCode::ENHANCE_YOUR_CALM);
+    assert_eq!(&debug_data[..], b"too_many_pings");
+    let acks = c
+        .seen
+        .iter()
+        .filter(|f| matches!(f, Frame::Ping { ack: true, .. }))
+        .count();
+    assert_eq!(acks, 3, "the pings within the policy are answered");
+}
+
+#[test]
+fn provoking_too_many_resets_gets_enhance_your_calm() {
+    let config = ServerConfig {
+        max_concurrent_streams: 1,
+        ..ServerConfig::default()
+    };
+    let mut c = Client::handshake(config);
+    c.request(1, "/test.Echo/Hang", false);
+    // Each further stream is refused: an RST_STREAM we write for the client's excess.
+    for i in 1..=1100u32 {
+        c.request(1 + 2 * i, "/test.Echo/Hang", false);
+    }
+    let f = c.expect(|f| matches!(f, Frame::GoAway { .. }), "GOAWAY");
+    let Frame::GoAway { error_code, .. } = f else {
+        unreachable!()
+    };
+    assert_eq!(error_code, ErrorCode::ENHANCE_YOUR_CALM);
+    let refused = c
+        .seen
+        .iter()
+        .filter(|f| matches!(f, Frame::RstStream { .. }))
+        .count();
+    assert_eq!(refused, 1025, "refusals before the GOAWAY");
 }

@@ -163,7 +163,13 @@ fn start_traced() -> Traced {
 }
 
 fn ok(endpoint: &str, args: &[&str]) {
-    let out = etcdctl(endpoint, args, None);
+    // Under strace -f every system call of tern's threads stops for the tracer, so a dial
+    // and its HTTP/2 handshake can outlast etcdctl's 2 s default dial timeout on a busy
+    // machine (seen: "all SubConns are in TransientFailure" at load average 10+). The
+    // bounds are generous, not a retry: one attempt, which must succeed.
+    let mut with_timeouts = vec!["--dial-timeout=20s", "--command-timeout=30s"];
+    with_timeouts.extend_from_slice(args);
+    let out = etcdctl(endpoint, &with_timeouts, None);
     assert!(
         out.status.success(),
         "etcdctl {args:?} failed: {}",
@@ -531,9 +537,13 @@ fn executor_threads_make_no_blocking_io_calls() {
         .filter(|(_, i)| i.executor)
         .map(|(t, _)| *t)
         .collect();
+    // On one CPU the only network core runs inside the state executor (one thread).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let expected_executors = if cpus == 1 { 1 } else { 2 };
     assert!(
-        executors.len() >= 2,
-        "expected a state executor and network executors, found {} executor threads\n{summary}",
+        executors.len() >= expected_executors,
+        "expected a state executor and network executors ({cpus} CPUs), found {} executor \
+         threads\n{summary}",
         executors.len()
     );
     assert!(

@@ -8,10 +8,34 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::status::Status;
+use super::status::{Code, Status};
 use crate::http2::hpack::encoder::encode_field;
 
 pub const MESSAGE_PREFIX_LEN: usize = 5;
+
+/// Largest message we send: etcd serves with `grpc.MaxSendMsgSize(math.MaxInt32)`. The
+/// prefix could say up to 4 GiB - 1; a larger answer is refused as etcd refuses it.
+pub const MESSAGE_SEND_BYTES_MAX: usize = i32::MAX as usize;
+
+/// grpc-go's status for a message above [`MESSAGE_SEND_BYTES_MAX`].
+pub fn message_too_large(len: usize) -> Status {
+    Status::new(
+        Code::ResourceExhausted,
+        format!(
+            "grpc: trying to send message larger than max ({len} vs. {MESSAGE_SEND_BYTES_MAX})"
+        ),
+    )
+}
+
+/// The 5-byte prefix of an uncompressed message of `len` bytes; Err(RESOURCE_EXHAUSTED)
+/// above [`MESSAGE_SEND_BYTES_MAX`].
+pub fn message_prefix(len: usize) -> Result<[u8; MESSAGE_PREFIX_LEN], Status> {
+    if len > MESSAGE_SEND_BYTES_MAX {
+        return Err(message_too_large(len));
+    }
+    let [a, b, c, d] = (len as u32).to_be_bytes();
+    Ok([0, a, b, c, d])
+}
 
 /// Messages up to this size are copied behind their prefix into one buffer (one DATA
 /// frame); larger ones are queued as prefix + the caller's `Bytes` (no copy).
@@ -23,21 +47,18 @@ pub fn parse_prefix(prefix: &[u8; MESSAGE_PREFIX_LEN]) -> (bool, usize) {
     (prefix[0] != 0, length as usize)
 }
 
-/// Frames one uncompressed message as the `Bytes` pieces to queue, in order.
-pub fn frame_message(message: Bytes) -> (Bytes, Option<Bytes>) {
-    let length = u32::try_from(message.len()).expect("gRPC message over 4 GiB");
-    if message.len() <= COALESCE_BYTES_MAX {
+/// Frames one uncompressed message as the `Bytes` pieces to queue, in order; Err for a
+/// message above [`MESSAGE_SEND_BYTES_MAX`].
+pub fn frame_message(message: Bytes) -> Result<(Bytes, Option<Bytes>), Status> {
+    let prefix = message_prefix(message.len())?;
+    Ok(if message.len() <= COALESCE_BYTES_MAX {
         let mut buf = BytesMut::with_capacity(MESSAGE_PREFIX_LEN + message.len());
-        buf.put_u8(0);
-        buf.put_u32(length);
+        buf.put_slice(&prefix);
         buf.extend_from_slice(&message);
         (buf.freeze(), None)
     } else {
-        let mut prefix = BytesMut::with_capacity(MESSAGE_PREFIX_LEN);
-        prefix.put_u8(0);
-        prefix.put_u32(length);
-        (prefix.freeze(), Some(message))
-    }
+        (Bytes::copy_from_slice(&prefix), Some(message))
+    })
 }
 
 /// Parses `grpc-timeout`: 1 to 8 ASCII digits and a unit among H M S m u n.
@@ -166,16 +187,27 @@ mod tests {
 
     #[test]
     fn message_framing() {
-        let (head, tail) = frame_message(Bytes::from_static(b"abc"));
+        let (head, tail) = frame_message(Bytes::from_static(b"abc")).unwrap();
         assert_eq!(&head[..], b"\0\0\0\0\x03abc");
         assert!(tail.is_none());
         let big = Bytes::from(vec![7u8; COALESCE_BYTES_MAX + 1]);
-        let (head, tail) = frame_message(big.clone());
+        let (head, tail) = frame_message(big.clone()).unwrap();
         assert_eq!(
             parse_prefix(head[..].try_into().unwrap()),
             (false, big.len())
         );
         assert_eq!(tail.unwrap(), big);
         assert_eq!(parse_prefix(b"\x01\0\0\x01\0"), (true, 256));
+        // Sizes a client or the database can make large get a status, not a panic.
+        assert_eq!(
+            message_prefix(MESSAGE_SEND_BYTES_MAX).unwrap(),
+            [0, 0x7f, 0xff, 0xff, 0xff]
+        );
+        let status = message_prefix(5 << 30).unwrap_err();
+        assert_eq!(status.code, Code::ResourceExhausted);
+        assert_eq!(
+            status.message,
+            "grpc: trying to send message larger than max (5368709120 vs. 2147483647)"
+        );
     }
 }

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncRead, AsyncWrite};
 
 use super::codec::{self, MESSAGE_PREFIX_LEN};
 use super::status::{Code, Status};
@@ -25,11 +26,12 @@ use crate::http2::{serve_connection_with, ConnError, ServerConfig, ShutdownSigna
 /// The service layer's entry point: called once per call, on the connection's executor.
 pub type Handler = Rc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = ()>>>>;
 
-/// Serves one h2c connection, dispatching every request to the gRPC `handler`.
-/// Returns when the peer closes, after a graceful shutdown, or with the connection error
-/// we answered with GOAWAY.
-pub async fn serve_connection(
-    stream: glommio::net::TcpStream,
+/// Serves one HTTP/2 connection over `stream` (plain TCP, TLS or a unix socket; see
+/// [`serve_connection_with`] for what the stream must guarantee), dispatching every request
+/// to the gRPC `handler`. Returns when the peer closes, after a graceful shutdown, or with
+/// the connection error we answered with GOAWAY.
+pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    stream: S,
     config: Rc<ServerConfig>,
     handler: Handler,
     shutdown: ShutdownSignal,
@@ -117,8 +119,10 @@ impl RequestStream {
                 Some(Err(StreamGone)) => self.error = Some(Status::cancelled()),
                 None if self.buffered_bytes == 0 => return None,
                 None => {
-                    // grpc-go reports a truncated message as io.ErrUnexpectedEOF.
-                    self.error = Some(Status::new(Code::Internal, "unexpected EOF"));
+                    // grpc-go's server reads a truncated message as io.ErrUnexpectedEOF,
+                    // which is no status, so the client sees it as UNKNOWN (etcd 3.4:
+                    // code 2 "unexpected EOF").
+                    self.error = Some(Status::new(Code::Unknown, "unexpected EOF"));
                 }
             }
         }
@@ -132,7 +136,16 @@ impl RequestStream {
         self.peek(&mut prefix);
         let (compressed, length) = codec::parse_prefix(&prefix);
         if compressed {
+            // grpc-go's checkRecvPayload, whose answers etcd 3.4 gives: a compressed
+            // message without an encoding is malformed (INTERNAL); one in an encoding it
+            // cannot decompress is UNIMPLEMENTED. No encoding is installed here.
             let encoding = self.encoding.as_deref().unwrap_or("");
+            if encoding.is_empty() || encoding == "identity" {
+                return Err(Status::new(
+                    Code::Internal,
+                    "grpc: compressed flag set with identity or empty encoding",
+                ));
+            }
             return Err(Status::new(
                 Code::Unimplemented,
                 format!("grpc: Decompressor is not installed for grpc-encoding {encoding:?}"),
@@ -206,11 +219,20 @@ impl ResponseSink {
     /// Sends one message (the first call also sends the response HEADERS :status 200,
     /// content-type application/grpc). Waits while this stream's unsent queue is above
     /// its bound (peer not granting window). Err(Cancelled) once the stream or
-    /// connection is gone.
+    /// connection is gone; Err(ResourceExhausted), with the call finished, for a message
+    /// over `codec::MESSAGE_SEND_BYTES_MAX`.
     pub async fn send(&mut self, message: Bytes) -> Result<(), Status> {
+        // Too large to frame: the call ends with that status (grpc-go's SendMsg error,
+        // which etcd's handlers return as the call's status).
+        let (head, tail) = match codec::frame_message(message) {
+            Ok(pieces) => pieces,
+            Err(status) => {
+                self.call.finish(&status);
+                return Err(status);
+            }
+        };
         self.ready_to_send().await?;
         let stream = &self.call.stream;
-        let (head, tail) = codec::frame_message(message);
         stream
             .send_data(head)
             .map_err(|StreamGone| Status::cancelled())?;

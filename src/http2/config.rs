@@ -30,6 +30,21 @@ pub struct ServerConfig {
     pub send_queue_bytes_max: usize,
     /// Read buffer size; one read may carry many frames.
     pub read_buffer_bytes: usize,
+    /// `--grpc-keepalive-min-time`: a client pinging more often gets GOAWAY
+    /// ENHANCE_YOUR_CALM "too_many_pings" (see `limits::PingPolicy`).
+    pub keepalive_min_time: Duration,
+    /// `--grpc-keepalive-interval`: after this long without reading anything we ping the
+    /// client (None: never; etcd's `0`).
+    pub keepalive_interval: Option<Duration>,
+    /// `--grpc-keepalive-timeout`: how long a client may leave our keepalive ping
+    /// unanswered (it counts any frame as an answer) before we close the connection.
+    pub keepalive_timeout: Duration,
+    /// How long a new connection may take to send the preface and its SETTINGS; a client
+    /// that is slower (slowloris) is closed.
+    pub handshake_timeout: Duration,
+    /// How long a connection may have no open stream before a graceful GOAWAY closes it
+    /// (grpc-go's MaxConnectionIdle); None keeps idle connections forever.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +61,16 @@ impl Default for ServerConfig {
             graceful_shutdown: Duration::from_secs(5),
             send_queue_bytes_max: 1 << 20,
             read_buffer_bytes: 256 * 1024,
+            // etcd's defaults for its --grpc-keepalive-* flags.
+            keepalive_min_time: Duration::from_secs(5),
+            keepalive_interval: Some(Duration::from_secs(2 * 3600)),
+            keepalive_timeout: Duration::from_secs(20),
+            // Go's HTTP/2 server waits 10 s for the preface by default (its
+            // prefaceTimeout).
+            handshake_timeout: Duration::from_secs(10),
+            // Clients reconnect transparently after a graceful GOAWAY, so an idle
+            // connection's descriptor and buffers are not held for ever.
+            idle_timeout: Some(Duration::from_secs(5 * 60)),
         }
     }
 }

@@ -16,6 +16,11 @@
 //!   stream (their handlers see the connection as gone), flushes and closes.
 //! - Errors are classified as RFC 9113 §5.4 says: stream errors reset one stream (the
 //!   HPACK state is kept in sync by decoding every header block), connection errors end all.
+//! - Everything the peer can make us do is bounded (`super::limits`): the reader handles at
+//!   most `FRAMES_PER_TURN_MAX` frames before it yields to the rest of the core, stops
+//!   reading while `CONTROL_FRAMES_UNSENT_MAX` answers wait unsent, and ends the
+//!   connection with GOAWAY ENHANCE_YOUR_CALM on rapid resets, too many provoked resets,
+//!   oversized or endless header blocks, and pings beyond the keepalive policy.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -28,17 +33,14 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use super::config::{ServerConfig, ShutdownSignal};
 use super::flow::{RecvWindow, SendWindow};
 use super::frame::{self, ErrorCode, Frame, FrameError, FrameHeader, Settings, FRAME_HEADER_LEN};
 use super::hpack::{self, HeaderList};
+use super::limits::{self, PingPolicy, ResetWindow};
 use super::stream::{State, Stream};
 
-/// Most bytes of one header block (HEADERS + CONTINUATIONs) we buffer before decoding:
-/// bounds memory against a CONTINUATION flood.
-const HEADER_BLOCK_BYTES_MAX_FACTOR: usize = 2;
 /// Most response bytes moved from stream queues into the output buffer per writer batch,
 /// so one huge message cannot starve control frames of other streams for long.
 const WRITE_BATCH_DATA_BYTES_MAX: usize = 512 * 1024;
@@ -95,6 +97,8 @@ struct PendingHeaders {
     stream_id: u32,
     end_stream: bool,
     block: Vec<u8>,
+    /// CONTINUATION frames received for this block so far.
+    continuations: usize,
 }
 
 /// State shared by the reader, the writer and every stream handle.
@@ -116,6 +120,20 @@ pub(crate) struct Shared {
     /// Set once we sent a graceful GOAWAY: later streams are refused.
     goaway_sent: bool,
     drain_waker: Option<Waker>,
+    /// Peer-provoked answers (PING/SETTINGS acks, RST_STREAM) in `out`, and in the batch
+    /// the writer is writing: together bounded by `limits::CONTROL_FRAMES_UNSENT_MAX`.
+    control_queued: usize,
+    control_in_flight: usize,
+    /// The reader, while it waits for those answers to go out.
+    reader_waker: Option<Waker>,
+    /// Streams we reset for the client's errors (`limits::SERVER_RESETS_MAX`).
+    server_resets: usize,
+    /// Set when HEADERS or DATA went out: forgives the client's ping strikes.
+    response_frames_sent: bool,
+    /// Since when no stream is open (None while one is): for the idle timeout.
+    idle_since: Option<Instant>,
+    /// Response bytes queued on all streams and not yet moved into `out`.
+    send_queued_bytes_total: usize,
 }
 
 impl Shared {
@@ -127,16 +145,41 @@ impl Shared {
 
     fn send_rst(&mut self, stream_id: u32, code: ErrorCode) {
         frame::encode_rst_stream(&mut self.out, stream_id, code);
+        self.control_queued += 1;
+        if code != ErrorCode::NO_ERROR && code != ErrorCode::CANCEL {
+            self.server_resets += 1;
+        }
         self.wake_writer();
+    }
+
+    /// Whether new requests may be handed to the application: not while the client
+    /// leaves more than `limits::CONNECTION_SEND_QUEUE_BYTES_MAX` of responses unread.
+    fn output_fits(&self) -> bool {
+        self.send_queued_bytes_total <= limits::CONNECTION_SEND_QUEUE_BYTES_MAX
+    }
+
+    fn wake_reader_if_output_fits(&mut self) {
+        if self.output_fits() {
+            if let Some(w) = self.reader_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn control_unsent(&self) -> usize {
+        self.control_queued + self.control_in_flight
     }
 
     /// Removes a stream (it is now Closed) and wakes everyone waiting on it.
     fn close_stream(&mut self, stream_id: u32) {
         if let Some(mut s) = self.streams.remove(&stream_id) {
+            self.send_queued_bytes_total -= s.send_queued_bytes;
+            self.wake_reader_if_output_fits();
             s.state = State::Closed;
             s.wake_all();
         }
         if self.streams.is_empty() {
+            self.idle_since.get_or_insert_with(Instant::now);
             if let Some(w) = self.drain_waker.take() {
                 w.wake();
             }
@@ -169,6 +212,7 @@ impl Shared {
             // The response is complete while the client is still sending: tell it to stop
             // (RFC 9113 §8.1) rather than keep buffering a request nobody reads.
             frame::encode_rst_stream(&mut self.out, stream_id, ErrorCode::NO_ERROR);
+            self.control_queued += 1;
         }
         self.close_stream(stream_id);
     }
@@ -189,6 +233,11 @@ impl Shared {
     /// few full frames, not one small frame each — cheaper for both ends, and h2-based
     /// clients treat a flood of small buffered DATA frames as abuse (ENHANCE_YOUR_CALM).
     fn fill_data(&mut self) {
+        self.fill_data_frames();
+        self.wake_reader_if_output_fits();
+    }
+
+    fn fill_data_frames(&mut self) {
         let max_frame = self.peer.max_frame_size as usize;
         let mut moved = 0usize;
         let mut skipped = 0usize;
@@ -231,8 +280,10 @@ impl Shared {
                     left -= k;
                 }
                 s.send_queued_bytes -= n;
+                self.send_queued_bytes_total -= n;
                 s.send_window.consume(n);
                 self.conn_send_window.consume(n);
+                self.response_frames_sent = true;
                 moved += n;
                 skipped = 0;
                 if let Some(w) = s.send_waker.take() {
@@ -316,6 +367,7 @@ impl StreamRef {
         };
         debug_assert!(!s.headers_sent, "response headers sent twice");
         s.headers_sent = true;
+        shared.response_frames_sent = true;
         let max_frame = shared.peer.max_frame_size as usize;
         frame::encode_header_block(
             &mut shared.out,
@@ -345,7 +397,9 @@ impl StreamRef {
             return Ok(());
         }
         s.send_queued_bytes += data.len();
+        let len = data.len();
         s.send_queue.push_back(data);
+        shared.send_queued_bytes_total += len;
         shared.schedule(self.stream_id);
         Ok(())
     }
@@ -418,11 +472,12 @@ impl StreamRef {
 }
 
 /// Lets the reader and the writer task poll the one socket without a lock: each poll
-/// borrows it only for the duration of the (synchronous) poll call. glommio keeps
-/// separate read and write sources per socket, so the two directions do not interfere.
-struct SocketHalf(Rc<RefCell<TcpStream>>);
+/// borrows it only for the duration of the (synchronous) poll call. The byte stream must
+/// keep separate wakers for its two directions (see [`serve_connection_with`]), so that
+/// the two tasks' polls do not interfere.
+struct SocketHalf<S>(Rc<RefCell<S>>);
 
-impl AsyncRead for SocketHalf {
+impl<S: AsyncRead + Unpin> AsyncRead for SocketHalf<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -432,7 +487,7 @@ impl AsyncRead for SocketHalf {
     }
 }
 
-impl AsyncWrite for SocketHalf {
+impl<S: AsyncWrite + Unpin> AsyncWrite for SocketHalf<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -448,9 +503,11 @@ impl AsyncWrite for SocketHalf {
     }
 }
 
-async fn writer_task(socket: Rc<RefCell<TcpStream>>, shared: Rc<RefCell<Shared>>) {
+async fn writer_task<S: AsyncWrite + Unpin>(socket: Rc<RefCell<S>>, shared: Rc<RefCell<Shared>>) {
     let mut sock = SocketHalf(socket);
-    let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // Output buffers start empty and grow with what is sent; the writer keeps the two it
+    // swaps, so a busy connection allocates rarely and an idle one holds little.
+    let mut spare: Vec<u8> = Vec::new();
     loop {
         let batch = poll_fn(|cx| {
             let mut s = shared.borrow_mut();
@@ -459,6 +516,7 @@ async fn writer_task(socket: Rc<RefCell<TcpStream>>, shared: Rc<RefCell<Shared>>
             }
             if !s.out.is_empty() {
                 let fresh = std::mem::take(&mut spare);
+                s.control_in_flight = std::mem::take(&mut s.control_queued);
                 return Poll::Ready(Some(std::mem::replace(&mut s.out, fresh)));
             }
             if s.closing {
@@ -469,9 +527,21 @@ async fn writer_task(socket: Rc<RefCell<TcpStream>>, shared: Rc<RefCell<Shared>>
         })
         .await;
         let Some(mut batch) = batch else { break };
-        if sock.write_all(&batch).await.is_err() {
+        // The flush matters for TLS: a write can return once the stream has taken every
+        // plaintext byte while ciphertext still waits in its buffer for a full socket to
+        // drain; flushing sends it now instead of with the next batch, which may never
+        // come. For plain sockets it is a no-op.
+        if sock.write_all(&batch).await.is_err() || sock.flush().await.is_err() {
             shared.borrow_mut().fail_all();
             break;
+        }
+        {
+            // The peer has taken these answers: a reader paused on them may go on.
+            let mut s = shared.borrow_mut();
+            s.control_in_flight = 0;
+            if let Some(w) = s.reader_waker.take() {
+                w.wake();
+            }
         }
         batch.clear();
         spare = batch;
@@ -481,22 +551,47 @@ async fn writer_task(socket: Rc<RefCell<TcpStream>>, shared: Rc<RefCell<Shared>>
 
 enum Wake {
     Read(io::Result<usize>),
+    /// The answers the reader paused on have gone out.
+    Resume,
     Shutdown,
     Drained,
     GraceExpired,
+    /// One of `Reader::next_timer`'s deadlines.
+    Timer,
 }
 
-/// Serves one HTTP/2 connection, handing each new request to `on_request`.
-pub async fn serve_connection_with(
-    stream: TcpStream,
+/// Server-side keepalive (`--grpc-keepalive-interval`/`--grpc-keepalive-timeout`): after
+/// `interval` without reading anything we ping, and a connection that then stays silent
+/// for `timeout` is closed (grpc-go's `keepalive.ServerParameters`).
+struct Keepalive {
+    last_read_at: Instant,
+    ping_sent_at: Option<Instant>,
+}
+
+/// Our keepalive PING's opaque data (RFC 9113 §6.7); any value would do.
+const KEEPALIVE_PING_PAYLOAD: [u8; 8] = *b"tern-ka\0";
+/// The first output buffer of a connection: room for our preface and a few small frames.
+const OUTPUT_BUFFER_BYTES_INITIAL: usize = 1024;
+/// The first read buffer of a connection; see `Reader::run`.
+const READ_BUFFER_BYTES_INITIAL: usize = 4 * 1024;
+
+/// Serves one HTTP/2 connection over `stream`, handing each new request to `on_request`.
+///
+/// `stream` is any byte stream (plain TCP, TLS, a unix socket). The reader and the writer
+/// task poll it concurrently, each direction from its own task, so a pending read must not
+/// lose the waker of a pending write or the other way round: glommio's sockets keep one
+/// waker per direction, and a TLS stream over one must only read in `poll_read` and only
+/// write in `poll_write`/`poll_flush`/`poll_close` (futures-rustls does, once the handshake
+/// is done; a read that fails may also write its alert, which ends the connection anyway).
+pub async fn serve_connection_with<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    stream: S,
     config: Rc<ServerConfig>,
     on_request: impl Fn(Request),
     shutdown: ShutdownSignal,
 ) -> Result<(), ConnError> {
-    let _ = stream.set_nodelay(true);
     let socket = Rc::new(RefCell::new(stream));
     let shared = Rc::new(RefCell::new(Shared {
-        out: Vec::with_capacity(64 * 1024),
+        out: Vec::with_capacity(OUTPUT_BUFFER_BYTES_INITIAL),
         writer_waker: None,
         closing: false,
         dead: false,
@@ -514,6 +609,13 @@ pub async fn serve_connection_with(
         max_seen_stream_id: 0,
         goaway_sent: false,
         drain_waker: None,
+        control_queued: 0,
+        control_in_flight: 0,
+        reader_waker: None,
+        server_resets: 0,
+        response_frames_sent: false,
+        idle_since: Some(Instant::now()),
+        send_queued_bytes_total: 0,
     }));
     {
         // Server preface: our SETTINGS, then raise the connection window (RFC 9113 §3.4).
@@ -539,6 +641,9 @@ pub async fn serve_connection_with(
         pending_headers: None,
         preface_done: false,
         settings_seen: false,
+        client_resets: ResetWindow::default(),
+        pings: PingPolicy::new(config.keepalive_min_time),
+        held_requests: VecDeque::new(),
     };
     let result = reader
         .run(SocketHalf(socket.clone()), &on_request, &shutdown)
@@ -548,10 +653,9 @@ pub async fn serve_connection_with(
         s.fail_all();
     }
     writer.await;
-    // Both tasks are done with the socket; close it (dropping it would close it too).
-    if let Ok(socket) = Rc::try_unwrap(socket) {
-        let _ = socket.into_inner().shutdown(std::net::Shutdown::Both).await;
-    }
+    // Both tasks are done with the socket; close it (for TLS this sends close_notify;
+    // dropping it closes the file descriptor).
+    let _ = SocketHalf(socket).close().await;
     result
 }
 
@@ -562,40 +666,79 @@ struct Reader {
     pending_headers: Option<PendingHeaders>,
     preface_done: bool,
     settings_seen: bool,
+    client_resets: ResetWindow,
+    pings: PingPolicy,
+    /// New requests not yet handed to the application (see `Shared::output_fits`).
+    held_requests: VecDeque<Request>,
+}
+
+/// Why `Reader::process` returned.
+enum Turn {
+    /// Every complete frame is handled; read more.
+    NeedBytes,
+    /// It handled `FRAMES_PER_TURN_MAX` frames: let the core's other tasks run first.
+    Yield,
+    /// Too many answers wait unsent: read nothing until the writer has sent them.
+    Paused,
 }
 
 /// Most bytes one socket read asks for (see the comment at its use).
 const READ_CHUNK_BYTES: usize = 32 * 1024;
 
 impl Reader {
-    async fn run(
+    async fn run<S: AsyncRead + Unpin>(
         &mut self,
-        mut sock: SocketHalf,
+        mut sock: SocketHalf<S>,
         on_request: &dyn Fn(Request),
         shutdown: &ShutdownSignal,
     ) -> Result<(), ConnError> {
         let read_size = self.config.read_buffer_bytes.max(FRAME_HEADER_LEN + 1024);
-        let mut buf = BytesMut::with_capacity(read_size);
+        // Start small: an idle connection holds only this much; the buffer grows to
+        // `read_size` while reads fill it.
+        let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES_INITIAL.min(read_size));
+        let mut room_wanted = READ_BUFFER_BYTES_INITIAL;
         let mut grace_deadline: Option<Instant> = None;
+        let accepted_at = Instant::now();
+        let mut keepalive = Keepalive {
+            last_read_at: accepted_at,
+            ping_sent_at: None,
+        };
         loop {
-            if let Err(e) = self.process(&mut buf, on_request) {
-                return Err(self.shared.borrow_mut().connection_error_from(e));
-            }
+            let turn = match self.process(&mut buf, on_request) {
+                Ok(turn) => turn,
+                Err(e) => return Err(self.shared.borrow_mut().connection_error_from(e)),
+            };
             if self.shared.borrow().dead {
                 return Ok(());
             }
-            // Read more, unless shutdown or drain intervenes.
-            let start = buf.len();
-            if buf.capacity() - start < read_size / 4 {
-                buf.reserve(read_size);
+            if let Turn::Yield = turn {
+                futures_lite::future::yield_now().await;
+                continue;
             }
-            // The read target must be initialised memory, so each read zeroes what it
-            // offers the kernel: offer at most READ_CHUNK_BYTES, not the whole spare
-            // capacity, or small requests pay for zeroing a quarter megabyte each.
-            let room = (buf.capacity() - start).min(READ_CHUNK_BYTES);
-            buf.resize(start + room, 0);
+            let paused = matches!(turn, Turn::Paused);
+            // Read more (unless paused), or let shutdown, drain or a timer intervene.
+            let start = buf.len();
+            let mut offered = 0;
+            if !paused {
+                if buf.capacity() - start < room_wanted {
+                    buf.reserve(room_wanted.max(read_size / 4).min(read_size));
+                }
+                // The read target must be initialised memory, so each read zeroes what it
+                // offers the kernel: offer at most READ_CHUNK_BYTES, not the whole spare
+                // capacity, or small requests pay for zeroing a quarter megabyte each.
+                offered = (buf.capacity() - start).min(READ_CHUNK_BYTES);
+                buf.resize(start + offered, 0);
+            }
+            let next_timer = self.next_timer(accepted_at, &keepalive);
             let wake = {
-                let read = async { Wake::Read(sock.read(&mut buf[start..]).await) };
+                let read = async {
+                    if paused {
+                        self.control_drained().await;
+                        Wake::Resume
+                    } else {
+                        Wake::Read(sock.read(&mut buf[start..]).await)
+                    }
+                };
                 let shut = async {
                     if grace_deadline.is_some() {
                         std::future::pending::<()>().await;
@@ -630,20 +773,51 @@ impl Reader {
                         }
                     }
                 };
-                futures_lite::future::or(read, futures_lite::future::or(shut, drained)).await
+                let release = async {
+                    if self.held_requests.is_empty() {
+                        std::future::pending::<()>().await;
+                    }
+                    self.output_fits_again().await;
+                    Wake::Resume
+                };
+                let timer = async {
+                    match next_timer {
+                        None => std::future::pending::<Wake>().await,
+                        Some(at) => {
+                            glommio::timer::sleep(at.saturating_duration_since(Instant::now()))
+                                .await;
+                            Wake::Timer
+                        }
+                    }
+                };
+                futures_lite::future::or(
+                    futures_lite::future::or(read, release),
+                    futures_lite::future::or(shut, futures_lite::future::or(drained, timer)),
+                )
+                .await
             };
+            if !paused {
+                if let Wake::Read(Ok(n)) = wake {
+                    buf.truncate(start + n);
+                    // Grow the next read while reads fill what they are offered.
+                    room_wanted = if n == offered {
+                        READ_CHUNK_BYTES
+                    } else {
+                        READ_BUFFER_BYTES_INITIAL
+                    };
+                } else {
+                    buf.truncate(start);
+                }
+            }
             match wake {
-                Wake::Read(Ok(0)) => {
-                    buf.truncate(start);
-                    return Ok(());
+                Wake::Read(Ok(0)) => return Ok(()),
+                Wake::Read(Ok(_)) => {
+                    keepalive.last_read_at = Instant::now();
+                    keepalive.ping_sent_at = None;
                 }
-                Wake::Read(Ok(n)) => buf.truncate(start + n),
-                Wake::Read(Err(e)) => {
-                    buf.truncate(start);
-                    return Err(ConnError::Io(e));
-                }
+                Wake::Read(Err(e)) => return Err(ConnError::Io(e)),
+                Wake::Resume => {}
                 Wake::Shutdown => {
-                    buf.truncate(start);
                     // Graceful GOAWAY: finish streams up to the last id we saw, refuse others.
                     let mut s = self.shared.borrow_mut();
                     let last = s.max_seen_stream_id;
@@ -652,12 +826,110 @@ impl Reader {
                     s.wake_writer();
                     grace_deadline = Some(Instant::now() + self.config.graceful_shutdown);
                 }
-                Wake::Drained | Wake::GraceExpired => {
-                    buf.truncate(start);
-                    return Ok(());
+                Wake::Drained | Wake::GraceExpired => return Ok(()),
+                Wake::Timer => {
+                    if let Some(end) = self.on_timer(accepted_at, &mut keepalive) {
+                        return end;
+                    }
                 }
             }
         }
+    }
+
+    /// The earliest of the deadlines that apply now: the preface deadline, the idle
+    /// timeout, and the keepalive ping or its timeout.
+    fn next_timer(&self, accepted_at: Instant, keepalive: &Keepalive) -> Option<Instant> {
+        let config = &self.config;
+        let mut next: Option<Instant> = None;
+        let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        if !self.settings_seen {
+            consider(accepted_at + config.handshake_timeout);
+        }
+        if let (Some(since), Some(idle)) = (self.shared.borrow().idle_since, config.idle_timeout) {
+            consider(since + idle);
+        }
+        if let Some(interval) = config.keepalive_interval {
+            match keepalive.ping_sent_at {
+                None => consider(keepalive.last_read_at + interval),
+                Some(sent) => consider(sent + config.keepalive_timeout),
+            }
+        }
+        next
+    }
+
+    /// Acts on whichever deadline has passed; Some(result) ends the connection.
+    fn on_timer(
+        &mut self,
+        accepted_at: Instant,
+        keepalive: &mut Keepalive,
+    ) -> Option<Result<(), ConnError>> {
+        let now = Instant::now();
+        let config = self.config.clone();
+        if !self.settings_seen && now >= accepted_at + config.handshake_timeout {
+            // As Go's HTTP/2 server does on its preface timeout: close, say nothing.
+            return Some(Err(ConnError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no client preface in time",
+            ))));
+        }
+        let mut s = self.shared.borrow_mut();
+        if let (Some(since), Some(idle)) = (s.idle_since, config.idle_timeout) {
+            if now >= since + idle {
+                // grpc-go's MaxConnectionIdle: a graceful GOAWAY, then close.
+                let last = s.max_seen_stream_id;
+                frame::encode_goaway(&mut s.out, last, ErrorCode::NO_ERROR, b"idle");
+                s.wake_writer();
+                return Some(Ok(()));
+            }
+        }
+        if let Some(interval) = config.keepalive_interval {
+            match keepalive.ping_sent_at {
+                None if now >= keepalive.last_read_at + interval => {
+                    frame::encode_ping(&mut s.out, false, &KEEPALIVE_PING_PAYLOAD);
+                    s.wake_writer();
+                    keepalive.ping_sent_at = Some(now);
+                }
+                Some(sent) if now >= sent + config.keepalive_timeout => {
+                    // grpc-go closes a connection that stays silent after its keepalive
+                    // ping, without GOAWAY.
+                    return Some(Err(ConnError::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "keepalive ping not answered",
+                    ))));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Resolves once the client has read enough for held requests to go on.
+    async fn output_fits_again(&self) {
+        poll_fn(|cx| {
+            let mut s = self.shared.borrow_mut();
+            if s.dead || s.output_fits() {
+                Poll::Ready(())
+            } else {
+                s.reader_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Resolves once fewer answers wait unsent than the limit allows, or the connection
+    /// is gone.
+    async fn control_drained(&self) {
+        poll_fn(|cx| {
+            let mut s = self.shared.borrow_mut();
+            if s.dead || s.control_unsent() < limits::CONTROL_FRAMES_UNSENT_MAX {
+                Poll::Ready(())
+            } else {
+                s.reader_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Consumes the preface and every complete frame in `buf`.
@@ -665,7 +937,7 @@ impl Reader {
         &mut self,
         buf: &mut BytesMut,
         on_request: &dyn Fn(Request),
-    ) -> Result<(), FrameError> {
+    ) -> Result<Turn, FrameError> {
         if !self.preface_done {
             let n = buf.len().min(frame::PREFACE.len());
             if buf[..n] != frame::PREFACE[..n] {
@@ -675,12 +947,33 @@ impl Reader {
                 ));
             }
             if n < frame::PREFACE.len() {
-                return Ok(());
+                return Ok(Turn::NeedBytes);
             }
             let _ = buf.split_to(frame::PREFACE.len());
             self.preface_done = true;
         }
+        while !self.held_requests.is_empty() && self.shared.borrow().output_fits() {
+            let request = self.held_requests.pop_front().expect("not empty");
+            on_request(request);
+        }
+        let mut frames = 0usize;
         while let Some(header) = FrameHeader::parse(buf) {
+            {
+                let s = self.shared.borrow();
+                if s.server_resets > limits::SERVER_RESETS_MAX {
+                    return Err(FrameError::Connection(
+                        ErrorCode::ENHANCE_YOUR_CALM,
+                        "too many streams reset for errors",
+                    ));
+                }
+                if s.control_unsent() >= limits::CONTROL_FRAMES_UNSENT_MAX {
+                    return Ok(Turn::Paused);
+                }
+            }
+            if frames == limits::FRAMES_PER_TURN_MAX {
+                return Ok(Turn::Yield);
+            }
+            frames += 1;
             if header.length > self.config.max_frame_bytes {
                 return Err(FrameError::Connection(
                     ErrorCode::FRAME_SIZE_ERROR,
@@ -720,12 +1013,13 @@ impl Reader {
                 break;
             }
         }
-        Ok(())
+        Ok(Turn::NeedBytes)
     }
 
     fn handle(&mut self, f: Frame, on_request: &dyn Fn(Request)) -> Result<(), FrameError> {
         use ErrorCode as E;
         let conn_err = |code, why| Err(FrameError::Connection(code, why));
+        let header_block_bytes_max = self.header_block_bytes_max();
         // RFC 9113 §4.3: a header block is a contiguous sequence of frames.
         if let Some(p) = &mut self.pending_headers {
             let Frame::Continuation {
@@ -739,8 +1033,12 @@ impl Reader {
             if stream_id != p.stream_id {
                 return conn_err(E::PROTOCOL_ERROR, "CONTINUATION for another stream");
             }
-            let limit = self.config.max_header_list_bytes as usize * HEADER_BLOCK_BYTES_MAX_FACTOR;
-            if p.block.len() + fragment.len() > limit {
+            p.continuations += 1;
+            if p.continuations > limits::continuation_frames_max(self.config.max_header_list_bytes)
+            {
+                return conn_err(E::ENHANCE_YOUR_CALM, "too many CONTINUATION frames");
+            }
+            if p.block.len() + fragment.len() > header_block_bytes_max {
                 return conn_err(E::ENHANCE_YOUR_CALM, "header block too large");
             }
             p.block.extend_from_slice(&fragment);
@@ -764,6 +1062,12 @@ impl Reader {
                 fragment,
                 ..
             } => {
+                // SETTINGS_MAX_HEADER_LIST_SIZE is enforced before decoding (RFC 9113
+                // §6.5.2): a block too big to decode to an acceptable list is refused as
+                // it arrives, never buffered or decoded.
+                if fragment.len() > header_block_bytes_max {
+                    return conn_err(E::ENHANCE_YOUR_CALM, "header block too large");
+                }
                 if end_headers {
                     self.on_header_block(stream_id, end_stream, &fragment, on_request)
                 } else {
@@ -771,6 +1075,7 @@ impl Reader {
                         stream_id,
                         end_stream,
                         block: fragment.to_vec(),
+                        continuations: 0,
                     });
                     Ok(())
                 }
@@ -784,6 +1089,12 @@ impl Reader {
                 if stream_id > s.max_seen_stream_id {
                     return conn_err(E::PROTOCOL_ERROR, "RST_STREAM on an idle stream");
                 }
+                // Only streams still being served count: resetting one we already
+                // finished cost us nothing.
+                if s.streams.contains_key(&stream_id) && !self.client_resets.record(Instant::now())
+                {
+                    return conn_err(E::ENHANCE_YOUR_CALM, "too many streams reset by the client");
+                }
                 s.close_stream(stream_id);
                 Ok(())
             }
@@ -796,7 +1107,14 @@ impl Reader {
             Frame::Ping { ack, payload } => {
                 if !ack {
                     let mut s = self.shared.borrow_mut();
+                    let forgiven = std::mem::take(&mut s.response_frames_sent);
+                    let streams_open = !s.streams.is_empty();
+                    if !self.pings.on_ping(Instant::now(), streams_open, forgiven) {
+                        // grpc-go's words: clients look for this debug data.
+                        return conn_err(E::ENHANCE_YOUR_CALM, limits::TOO_MANY_PINGS);
+                    }
                     frame::encode_ping(&mut s.out, true, &payload);
+                    s.control_queued += 1;
                     s.wake_writer();
                 }
                 Ok(())
@@ -831,6 +1149,11 @@ impl Reader {
         }
     }
 
+    /// Most encoded bytes of one header block (see `limits::HEADER_BLOCK_SLACK_BYTES`).
+    fn header_block_bytes_max(&self) -> usize {
+        self.config.max_header_list_bytes as usize + limits::HEADER_BLOCK_SLACK_BYTES
+    }
+
     fn on_settings(&mut self, settings: Settings) -> Result<(), FrameError> {
         let mut guard = self.shared.borrow_mut();
         let s = &mut *guard;
@@ -857,6 +1180,7 @@ impl Reader {
         }
         // HEADER_TABLE_SIZE needs nothing: our encoder never uses the dynamic table.
         frame::encode_settings_ack(&mut s.out);
+        s.control_queued += 1;
         s.wake_writer();
         Ok(())
     }
@@ -984,6 +1308,7 @@ impl Reader {
                 self.config.initial_stream_window_bytes,
             );
             s.streams.insert(stream_id, stream);
+            s.idle_since = None;
             let stream_ref = StreamRef {
                 shared: self.shared.clone(),
                 stream_id,
@@ -1004,7 +1329,13 @@ impl Reader {
                 }
             }
         };
-        on_request(request);
+        // Requests wait (as open streams, bounded by SETTINGS_MAX_CONCURRENT_STREAMS)
+        // while the client does not read what earlier ones produced.
+        if self.held_requests.is_empty() && self.shared.borrow().output_fits() {
+            on_request(request);
+        } else {
+            self.held_requests.push_back(request);
+        }
         Ok(())
     }
 }

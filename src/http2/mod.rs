@@ -3,6 +3,8 @@
 //! - [`frame`]: pure parse/encode of frames, no I/O;
 //! - [`hpack`]: header compression;
 //! - [`flow`]: flow-control window accounting;
+//! - [`limits`]: the bounds on what a peer can make a connection do, with the attacks
+//!   they answer;
 //! - [`stream`]: the per-stream state machine (RFC 9113 §5.1);
 //! - [`conn`]: the connection driver: reader loop, writer task, settings, streams.
 //!
@@ -15,6 +17,7 @@ pub mod conn;
 pub mod flow;
 pub mod frame;
 pub mod hpack;
+pub mod limits;
 pub mod stream;
 
 pub use config::{ServerConfig, ShutdownSignal};

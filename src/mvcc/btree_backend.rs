@@ -58,7 +58,7 @@ impl From<btree::Error> for BackendError {
 }
 
 /// Writes not yet in the B+tree, per bucket: key → value, or `None` for a deletion.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Layer {
     buckets: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; Bucket::ALL.len()],
     bytes: usize,
@@ -255,9 +255,33 @@ impl BtreeBackend {
         Ok(self.db.export()?)
     }
 
+    /// A consistent view of every write so far, committed or not, that stays fixed while
+    /// the backend moves on: the last commit's read snapshot (pinned, so its pages are not
+    /// reused) and the layers above it (shared, immutable; the open layer is copied, so
+    /// call [`Backend::commit`] first to make that copy empty). `Send`: it is read on
+    /// another thread (`Maintenance.Snapshot`).
+    pub fn read_snapshot(&self) -> BackendSnapshot {
+        let mut layers: Vec<Arc<Layer>> = Vec::new();
+        if !self.open.is_empty() {
+            layers.push(Arc::new(self.open.clone()));
+        }
+        layers.extend(self.sealed.iter().rev().cloned());
+        layers.extend(self.committing.iter().rev().cloned());
+        BackendSnapshot {
+            read: self.read.clone(),
+            layers,
+        }
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         self.db.path()
+    }
+
+    /// Bytes the last finished commit spans (bbolt's `Tx.Size`, etcd's `Backend.Size`, which
+    /// its space quota compares). No I/O: cheap enough to check on every write.
+    pub fn db_bytes(&self) -> u64 {
+        self.read.db_bytes()
     }
 
     /// File size and in-use size as of the last commit (etcd's dbSize and dbSizeInUse).
@@ -451,6 +475,37 @@ impl BtreeBackend {
     }
 }
 
+/// See [`BtreeBackend::read_snapshot`]. Holds its layers' memory and the commit's pages for
+/// as long as it lives.
+pub struct BackendSnapshot {
+    read: ReadTxn,
+    /// Newest first.
+    layers: Vec<Arc<Layer>>,
+}
+
+impl BackendSnapshot {
+    /// Visits `bucket`'s entries with `start <= key < end`, ascending, until `visit`
+    /// returns false (as [`Backend::scan`]).
+    pub fn scan(
+        &self,
+        bucket: Bucket,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), BackendError> {
+        let layers = self.layers.iter().map(|layer| &**layer);
+        scan_layered(
+            &self.read,
+            layers,
+            bucket,
+            start,
+            end,
+            Direction::Ascending,
+            visit,
+        )
+    }
+}
+
 /// Creates `dir` and its missing parents with mode 0700, as etcd does for its data dir.
 fn create_private_dirs(dir: &Path) -> Result<(), BackendError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -516,6 +571,73 @@ impl<'a> Iterator for MergeLayers<'a> {
     }
 }
 
+/// A scan of `bucket` through `layers` (newest first) over the committed `read` snapshot:
+/// a layer entry replaces (or, as a deletion, hides) the committed entry with its key.
+fn scan_layered<'a>(
+    read: &ReadTxn,
+    layers: impl Iterator<Item = &'a Layer>,
+    bucket: Bucket,
+    start: &[u8],
+    end: Option<&[u8]>,
+    direction: Direction,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<(), BackendError> {
+    if matches!(end, Some(end) if end <= start) {
+        return Ok(());
+    }
+    let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+    let lower = Bound::Included(start);
+    let mut layers = MergeLayers {
+        sources: layers
+            .map(|layer| layer_range(layer.bucket(bucket), lower, upper, direction).peekable())
+            .collect(),
+        direction,
+    }
+    .peekable();
+    let base = match direction {
+        Direction::Ascending => read.range(bucket.name(), lower, upper)?,
+        Direction::Descending => read.range_rev(bucket.name(), lower, upper)?,
+    };
+    // Merge the committed entries with the layers above them: a layer entry replaces
+    // (or, as a deletion, hides) the committed entry with its key.
+    for entry in base {
+        let (key, value) = entry?;
+        while let Some(&(layer_key, layer_value)) = layers.peek() {
+            if !before(layer_key, key, direction) {
+                break;
+            }
+            layers.next();
+            if let Some(layer_value) = layer_value {
+                if !visit(layer_key, layer_value) {
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(&(layer_key, layer_value)) = layers.peek() {
+            if layer_key == key {
+                layers.next();
+                if let Some(layer_value) = layer_value {
+                    if !visit(layer_key, layer_value) {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+        }
+        if !visit(key, value) {
+            return Ok(());
+        }
+    }
+    for (layer_key, layer_value) in layers {
+        if let Some(layer_value) = layer_value {
+            if !visit(layer_key, layer_value) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Backend for BtreeBackend {
     fn get(&self, bucket: Bucket, key: &[u8]) -> Result<Option<&[u8]>, BackendError> {
         match self.layered(bucket, key) {
@@ -549,61 +671,15 @@ impl Backend for BtreeBackend {
         direction: Direction,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), BackendError> {
-        if matches!(end, Some(end) if end <= start) {
-            return Ok(());
-        }
-        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        let lower = Bound::Included(start);
-        let mut layers = MergeLayers {
-            sources: self
-                .layers()
-                .map(|layer| layer_range(layer.bucket(bucket), lower, upper, direction).peekable())
-                .collect(),
+        scan_layered(
+            &self.read,
+            self.layers(),
+            bucket,
+            start,
+            end,
             direction,
-        }
-        .peekable();
-        let base = match direction {
-            Direction::Ascending => self.read.range(bucket.name(), lower, upper)?,
-            Direction::Descending => self.read.range_rev(bucket.name(), lower, upper)?,
-        };
-        // Merge the committed entries with the layers above them: a layer entry replaces
-        // (or, as a deletion, hides) the committed entry with its key.
-        for entry in base {
-            let (key, value) = entry?;
-            while let Some(&(layer_key, layer_value)) = layers.peek() {
-                if !before(layer_key, key, direction) {
-                    break;
-                }
-                layers.next();
-                if let Some(layer_value) = layer_value {
-                    if !visit(layer_key, layer_value) {
-                        return Ok(());
-                    }
-                }
-            }
-            if let Some(&(layer_key, layer_value)) = layers.peek() {
-                if layer_key == key {
-                    layers.next();
-                    if let Some(layer_value) = layer_value {
-                        if !visit(layer_key, layer_value) {
-                            return Ok(());
-                        }
-                    }
-                    continue;
-                }
-            }
-            if !visit(key, value) {
-                return Ok(());
-            }
-        }
-        for (layer_key, layer_value) in layers {
-            if let Some(layer_value) = layer_value {
-                if !visit(layer_key, layer_value) {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
+            visit,
+        )
     }
 
     fn commit(&mut self) -> Result<(), BackendError> {

@@ -9,5 +9,6 @@ pub mod node;
 pub mod slog_bridge;
 pub mod snapshot;
 pub mod transport;
+pub mod wire_check;
 
 pub use node::{Node, RaftOptions};

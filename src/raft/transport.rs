@@ -9,8 +9,10 @@
 //! - every queue is bounded: `PEER_QUEUE_MAX` messages per peer outbound, `INBOX_MAX`
 //!   inbound; beyond them messages are dropped, which raft tolerates (it resends), and the
 //!   peer is reported unreachable so raft probes it instead of streaming (backpressure);
-//! - a frame larger than `FRAME_BYTES_MAX`, an unknown frame kind, or a message that does
-//!   not decode closes the connection: corrupt bytes never panic;
+//! - a frame larger than `FRAME_BYTES_MAX` or than its kind allows
+//!   (`frame_payload_bytes_max`, checked on the frame's head), an unknown frame kind, or a
+//!   message that does not decode closes that connection only: corrupt bytes never panic,
+//!   and a frame's buffer grows with the bytes received, not with the length announced;
 //! - a connection first carries a hello naming the cluster; a peer of another cluster is
 //!   refused (etcd checks `X-Etcd-Cluster-ID` the same way).
 
@@ -23,12 +25,16 @@ use std::time::Duration;
 use futures::channel::oneshot;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+
+use crate::net::stream::PeerStream;
+use crate::net::tls::PeerTls;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 
 use tern_storage::btree::{Export, PAGE_BYTES};
 
-use crate::raft::snapshot;
+use crate::raft::{snapshot, wire_check};
 use crate::runtime::Wakeup;
 use crate::state::envelope::{LeaseForward, LeaseForwardResponse};
 
@@ -119,6 +125,9 @@ pub struct Transport {
     listener_fds: Vec<std::os::fd::OwnedFd>,
     /// Set by `stop_listening`: accept errors after it end the accept loops.
     stopped_listening: Rc<Cell<bool>>,
+    /// Peer TLS: every accepted connection handshakes; https:// peer URLs are dialled
+    /// with it.
+    tls: Option<Arc<PeerTls>>,
 }
 
 /// `http://host:port` → a socket address.
@@ -145,28 +154,118 @@ fn frame(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
-async fn read_frame(stream: &mut TcpStream) -> Result<(u8, Vec<u8>), String> {
-    let mut len = [0u8; 4];
+/// Payload bytes a frame of `kind` may carry (docs/peer-protocol.md); None for an unknown
+/// kind. The cap is checked on the frame's head, before any of its payload is read, so
+/// a peer that announces a frame larger than its kind ever needs is cut off at once.
+fn frame_payload_bytes_max(kind: u8) -> Option<usize> {
+    Some(match kind {
+        FRAME_HELLO => HELLO_BYTES,
+        FRAME_RAFT => FRAME_BYTES_MAX - 1,
+        FRAME_SNAPSHOT_CHUNK => SNAPSHOT_CHUNK_BYTES,
+        FRAME_MEMBERS_RESPONSE | FRAME_SNAPSHOT_HEAD => SMALL_FRAME_BYTES_MAX,
+        FRAME_MEMBERS_REQUEST
+        | FRAME_LEASE_REQUEST
+        | FRAME_LEASE_RESPONSE
+        | FRAME_SNAPSHOT_END
+        | FRAME_SNAPSHOT_STATUS => CONTROL_FRAME_BYTES_MAX,
+        _ => return None,
+    })
+}
+
+/// Member tables and snapshot heads (a MsgSnapshot whose data is the small membership
+/// record, and the image length): far below this even for large clusters.
+const SMALL_FRAME_BYTES_MAX: usize = 1 << 20;
+/// Members requests, lease requests and responses, snapshot end and status: one small
+/// prost message or a few integers.
+const CONTROL_FRAME_BYTES_MAX: usize = 64 << 10;
+/// A frame's payload is read in steps of at most this, its buffer growing as bytes
+/// arrive: memory follows what the peer has actually sent, not what it announced.
+const FRAME_READ_STEP_BYTES: usize = 256 << 10;
+
+/// The host of a peer URL (`https://host:port` → `host`), for TLS server-name checks.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Connects to the first resolvable URL of `urls`: plain TCP for http://, TLS with the
+/// peer client config for https:// (refused when peer TLS is not configured, never sent in
+/// the clear). `tune` runs on the TCP socket before any handshake.
+async fn dial(
+    urls: &[String],
+    tls: Option<&PeerTls>,
+    tune: impl FnOnce(&TcpStream),
+) -> Result<PeerStream, String> {
+    let (url, addr) = urls
+        .iter()
+        .find_map(|u| resolve(u).map(|a| (u, a)))
+        .ok_or("no resolvable peer URL")?;
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    tune(&stream);
+    if !url.starts_with("https://") {
+        return Ok(PeerStream::Tcp(stream));
+    }
+    let tls = tls.ok_or_else(|| format!("{url}: https:// peer URL without peer TLS configured"))?;
+    let name = rustls::pki_types::ServerName::try_from(url_host(url).to_owned())
+        .map_err(|e| format!("{url}: {e}"))?;
+    // The current config: rotated certificates apply from the next dial on.
+    futures_rustls::TlsConnector::from(tls.client.current())
+        .connect(name, stream)
+        .await
+        .map(|s| PeerStream::Dialled(Box::new(s)))
+        .map_err(|e| format!("{url}: tls: {e}"))
+}
+
+async fn read_frame<S: futures_lite::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(u8, Vec<u8>), String> {
+    let mut head = [0u8; 5];
     stream
-        .read_exact(&mut len)
+        .read_exact(&mut head[..4])
         .await
         .map_err(|e| e.to_string())?;
-    let len = u32::from_be_bytes(len) as usize;
+    let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
     if len == 0 || len > FRAME_BYTES_MAX {
         return Err(format!("frame length {len} out of range"));
     }
-    let mut body = vec![0u8; len];
     stream
-        .read_exact(&mut body)
+        .read_exact(&mut head[4..])
         .await
         .map_err(|e| e.to_string())?;
-    let kind = body[0];
-    body.remove(0);
+    let kind = head[4];
+    let payload_len = len - 1;
+    match frame_payload_bytes_max(kind) {
+        None => return Err(format!("unknown frame kind {kind}")),
+        Some(max) if payload_len > max => {
+            return Err(format!(
+                "frame of kind {kind} carries {payload_len} bytes, more than its {max}"
+            ))
+        }
+        Some(_) => {}
+    }
+    let mut body = Vec::with_capacity(payload_len.min(FRAME_READ_STEP_BYTES));
+    while body.len() < payload_len {
+        let filled = body.len();
+        let step = (payload_len - filled).min(FRAME_READ_STEP_BYTES);
+        body.resize(filled + step, 0);
+        stream
+            .read_exact(&mut body[filled..])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     Ok((kind, body))
 }
 
 impl Transport {
-    pub fn new(member_id: u64, cluster_id: u64, node_wake: Rc<Wakeup>) -> Transport {
+    pub fn new(
+        member_id: u64,
+        cluster_id: u64,
+        node_wake: Rc<Wakeup>,
+        tls: Option<Arc<PeerTls>>,
+    ) -> Transport {
         Transport {
             members_answer: Rc::new(RefCell::new(Vec::new())),
             member_id,
@@ -181,6 +280,7 @@ impl Transport {
             image_source: None,
             listener_fds: Vec::new(),
             stopped_listening: Rc::new(Cell::new(false)),
+            tls,
         }
     }
 
@@ -218,7 +318,10 @@ impl Transport {
             let leases = self.lease_requests.clone();
             let snapshot_dir = self.snapshot_dir.clone();
             let receiving = self.receiving.clone();
+            let tls = self.tls.clone();
             glommio::spawn_local(async move {
+                // Peer connections end with the process; handshakes end by their timeout.
+                let never = crate::http2::ShutdownSignal::new();
                 loop {
                     let stream = match listener.accept().await {
                         Ok(stream) => stream,
@@ -233,7 +336,29 @@ impl Transport {
                     let leases = leases.clone();
                     let snapshot_dir = snapshot_dir.clone();
                     let receiving = receiving.clone();
+                    let tls = tls.clone();
+                    let never = never.clone();
                     glommio::spawn_local(async move {
+                        let _ = stream.set_nodelay(true);
+                        let stream = match tls {
+                            None => PeerStream::Tcp(stream),
+                            Some(tls) => {
+                                let remote = stream
+                                    .peer_addr()
+                                    .map(|a| a.to_string())
+                                    .unwrap_or_default();
+                                let handshake = crate::net::listener::handshake(
+                                    stream,
+                                    &tls.server,
+                                    &remote,
+                                    &never,
+                                );
+                                match handshake.await {
+                                    Some(stream) => PeerStream::Accepted(stream),
+                                    None => return,
+                                }
+                            }
+                        };
                         let shared = Inbound {
                             inbox,
                             wake,
@@ -289,7 +414,7 @@ impl Transport {
         let hello = self.hello(id);
         let reports = self.reports.clone();
         let node_wake = self.node_wake.clone();
-        glommio::spawn_local(outbound(link, hello, reports, node_wake)).detach();
+        glommio::spawn_local(outbound(link, hello, reports, node_wake, self.tls.clone())).detach();
     }
 
     pub fn remove_peer(&mut self, id: u64) {
@@ -319,7 +444,8 @@ impl Transport {
                 // A snapshot streams on a connection of its own, in chunks, so that the
                 // peer's message stream (heartbeats, appends) is not stuck behind it.
                 let hello = self.hello(m.to);
-                let addr = link.urls.borrow().iter().find_map(|u| resolve(u));
+                let urls = link.urls.borrow().clone();
+                let tls = self.tls.clone();
                 let reports = self.reports.clone();
                 let node_wake = self.node_wake.clone();
                 // Pinned now, so the image holds at least what the local snapshot does.
@@ -329,13 +455,12 @@ impl Transport {
                 };
                 glommio::spawn_local(async move {
                     let to = m.to;
-                    let ok = match (addr, image) {
-                        (None, _) => false,
-                        (_, Err(e)) => {
+                    let ok = match image {
+                        Err(e) => {
                             crate::warn!("cannot send snapshot", "remote-peer-id" => format!("{to:x}"), "error" => e);
                             false
                         }
-                        (Some(addr), Ok(image)) => match stream_snapshot(addr, hello, m, image).await {
+                        Ok(image) => match stream_snapshot(urls, tls, hello, m, image).await {
                             Ok(()) => true,
                             Err(e) => {
                                 crate::warn!("cannot send snapshot", "remote-peer-id" => format!("{to:x}"), "error" => e);
@@ -401,7 +526,7 @@ struct Inbound {
 }
 
 async fn inbound(
-    mut stream: TcpStream,
+    mut stream: PeerStream,
     me: u64,
     cluster_id: Rc<Cell<u64>>,
     shared: Inbound,
@@ -414,7 +539,6 @@ async fn inbound(
         snapshot_dir,
         receiving,
     } = shared;
-    let _ = stream.set_nodelay(true);
     let (kind, hello) = read_frame(&mut stream).await?;
     if kind != FRAME_HELLO || hello.len() != HELLO_BYTES {
         return Err("connection does not start with a hello".into());
@@ -447,6 +571,8 @@ async fn inbound(
         let (kind, payload) = read_frame(&mut stream).await?;
         let m = match kind {
             FRAME_RAFT => {
+                wire_check::check(&payload, &wire_check::MESSAGE)
+                    .map_err(|e| format!("bad raft message: {e}"))?;
                 Message::parse_from_bytes(&payload).map_err(|e| format!("bad raft message: {e}"))?
             }
             FRAME_LEASE_REQUEST => {
@@ -518,19 +644,24 @@ async fn outbound(
     hello: Vec<u8>,
     reports: Rc<RefCell<Vec<Report>>>,
     node_wake: Rc<Wakeup>,
+    tls: Option<Arc<PeerTls>>,
 ) {
     let mut failures = 0u32;
     while !link.closed.get() {
-        let addr = link.urls.borrow().iter().find_map(|u| resolve(u));
-        let stream = match addr {
-            Some(addr) => glommio::timer::timeout(Duration::from_secs(1), async {
-                TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| glommio::GlommioError::from(std::io::Error::other(e.to_string())))
-            })
-            .await
-            .ok(),
-            None => None,
+        let urls = link.urls.borrow().clone();
+        let dialled = glommio::timer::timeout(Duration::from_secs(1), async {
+            Ok(dial(&urls, tls.as_deref(), |_| {}).await)
+        })
+        .await;
+        let stream = match dialled {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                if failures == 0 {
+                    crate::debug!("cannot dial peer", "remote-peer-id" => format!("{:x}", link.id), "error" => e);
+                }
+                None
+            }
+            Err(_) => None,
         };
         let Some(mut stream) = stream else {
             // Raft learns the peer is down (it stops pipelining to it); queued messages
@@ -557,7 +688,6 @@ async fn outbound(
             continue;
         };
         failures = 0;
-        let _ = stream.set_nodelay(true);
         if stream.write_all(&hello).await.is_err() {
             continue;
         }
@@ -601,17 +731,24 @@ async fn outbound(
 
 /// `--initial-cluster-state existing`: asks the members at `peer_urls` who is in the
 /// cluster (etcd's `GetClusterFromRemotePeers`). The first member that answers wins.
-pub async fn fetch_members(peer_urls: &[String]) -> Result<MembersResponse, String> {
+pub async fn fetch_members(
+    peer_urls: &[String],
+    tls: Option<&PeerTls>,
+) -> Result<MembersResponse, String> {
     use prost::Message as _;
     let mut errors = Vec::new();
     for url in peer_urls {
-        let Some(addr) = resolve(url) else { continue };
+        if resolve(url).is_none() {
+            continue;
+        }
         let attempt = async {
-            let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let mut stream = dial(std::slice::from_ref(url), tls, |_| {}).await?;
             let mut out = Vec::new();
             frame(FRAME_HELLO, &[0u8; HELLO_BYTES], &mut out);
             frame(FRAME_MEMBERS_REQUEST, &[], &mut out);
             stream.write_all(&out).await.map_err(|e| e.to_string())?;
+            // A TLS stream may hold ciphertext until flushed.
+            stream.flush().await.map_err(|e| e.to_string())?;
             let (kind, payload) = read_frame(&mut stream).await?;
             if kind != FRAME_MEMBERS_RESPONSE {
                 return Err(format!("unexpected frame kind {kind}"));
@@ -641,12 +778,12 @@ pub async fn forward_lease(
     urls: &[String],
     hello: (u64, u64, u64),
     request: &LeaseForward,
+    tls: Option<&PeerTls>,
 ) -> Result<LeaseForwardResponse, String> {
     use prost::Message as _;
-    let addr = urls
-        .iter()
-        .find_map(|u| resolve(u))
-        .ok_or("the leader has no resolvable peer URL")?;
+    if !urls.iter().any(|u| resolve(u).is_some()) {
+        return Err("the leader has no resolvable peer URL".into());
+    }
     let mut out = Vec::new();
     let mut payload = Vec::with_capacity(HELLO_BYTES);
     payload.extend_from_slice(&hello.0.to_be_bytes());
@@ -655,8 +792,7 @@ pub async fn forward_lease(
     frame(FRAME_HELLO, &payload, &mut out);
     frame(FRAME_LEASE_REQUEST, &request.encode_to_vec(), &mut out);
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
+        let mut stream = dial(urls, tls, |_| {}).await?;
         stream.write_all(&out).await.map_err(|e| e.to_string())?;
         stream.flush().await.map_err(|e| e.to_string())?;
         let (kind, payload) = read_frame(&mut stream).await?;
@@ -682,16 +818,18 @@ pub async fn forward_lease(
 /// frame with the image's CRC-32C; then waits for the receiver's status frame, so that "sent"
 /// means "durable on the follower" when raft is told.
 async fn stream_snapshot(
-    addr: SocketAddr,
+    urls: Vec<String>,
+    tls: Option<Arc<PeerTls>>,
     hello: Vec<u8>,
     m: Message,
     image: Export,
 ) -> Result<(), String> {
     let image_bytes = image.image_bytes();
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(SNAPSHOT_STALL_TIMEOUT));
-    let _ = stream.set_read_timeout(Some(SNAPSHOT_STALL_TIMEOUT));
+    let mut stream = dial(&urls, tls.as_deref(), |tcp| {
+        let _ = tcp.set_write_timeout(Some(SNAPSHOT_STALL_TIMEOUT));
+        let _ = tcp.set_read_timeout(Some(SNAPSHOT_STALL_TIMEOUT));
+    })
+    .await?;
     let mut head = m.write_to_bytes().map_err(|e| e.to_string())?;
     head.extend_from_slice(&image_bytes.to_be_bytes());
     let mut out = hello;
@@ -743,7 +881,7 @@ async fn stream_snapshot(
 /// the declared length and CRC, fsynced and renamed to `<index>.snap.db`; only then is the
 /// MsgSnapshot returned for raft. Anything wrong removes the temporary file.
 async fn receive_snapshot(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     head: &[u8],
     dir: &std::path::Path,
 ) -> Result<Message, String> {
@@ -757,13 +895,15 @@ async fn receive_snapshot(
             "snapshot image of {total} bytes is not a whole number of pages up to {SNAPSHOT_BYTES_MAX}"
         ));
     }
+    wire_check::check(message, &wire_check::MESSAGE)
+        .map_err(|e| format!("bad snapshot head: {e}"))?;
     let m = Message::parse_from_bytes(message).map_err(|e| format!("bad snapshot head: {e}"))?;
     if m.get_msg_type() != MessageType::MsgSnapshot {
         return Err("snapshot head does not carry a MsgSnapshot".into());
     }
     let raft_index = m.get_snapshot().get_metadata().index;
-    let _ = stream.set_read_timeout(Some(SNAPSHOT_STALL_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(SNAPSHOT_STALL_TIMEOUT));
+    let _ = stream.tcp().set_read_timeout(Some(SNAPSHOT_STALL_TIMEOUT));
+    let _ = stream.tcp().set_write_timeout(Some(SNAPSHOT_STALL_TIMEOUT));
     let final_path = snapshot::db_image_path(dir, raft_index);
     let temp = final_path.with_extension(format!("db.{}.tmp", std::process::id()));
     let file = {
@@ -802,7 +942,7 @@ async fn receive_snapshot(
 /// Reads chunk frames until `total` bytes, then the end frame; writes each chunk to `file`
 /// before reading the next (so at most one chunk is held) and checks the CRC.
 async fn receive_image(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     file: std::fs::File,
     total: u64,
 ) -> Result<std::fs::File, String> {

@@ -6,6 +6,12 @@
 //! On SIGTERM/SIGINT the network executors stop first (GOAWAY, drain), which drops their
 //! command senders, which ends the state executor once it has answered everything queued.
 //!
+//! On one core (`--cores 1`, a one-CPU affinity mask or machine) the only network core is
+//! served by the state executor itself (COLOCATED): with two threads on one CPU, every
+//! request crossed threads twice, each crossing an eventfd wake and a context switch.
+//! Nothing else changes: the network core still reaches the state machine through its
+//! command channel and reply oneshots, now without leaving the thread.
+//!
 //! The state executor applies commands in batches: each per-core receiver task applies what
 //! its channel already holds (up to `GROUP_COMMIT_COMMANDS_MAX`), yields so the other cores'
 //! tasks can do the same, then flushes: one backend commit for everything applied, then the
@@ -15,6 +21,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use futures::channel::oneshot;
 use futures::FutureExt;
@@ -25,6 +32,9 @@ use crate::http2::{ServerConfig, ShutdownSignal};
 use crate::lease::LeaseOptions;
 use crate::mvcc::btree_backend::{self, BtreeBackend};
 use crate::mvcc::KvStore;
+use crate::net::listener::bind_unix;
+use crate::net::tls::ReloadingServerConfig;
+use crate::net::{ClientListener, ListenSocket};
 use crate::proto::etcdserverpb as pb;
 use crate::runtime::{check_memlock, Plan};
 use crate::server::network::{
@@ -70,7 +80,14 @@ pub struct ServerOptions {
     pub identity: Identity,
     /// etcd's --data-dir; the backend lives in `member/snap/db` under it.
     pub data_dir: PathBuf,
+    /// Addresses of the http:// and https:// client URLs (`--listen-client-urls`).
     pub listen_client_addrs: Vec<SocketAddr>,
+    /// One per `listen_client_addrs` entry: whether it is an https:// URL.
+    pub listen_client_tls: Vec<bool>,
+    /// Paths of the unix:// and unixs:// client URLs, with whether each is unixs://.
+    pub listen_client_unix: Vec<(PathBuf, bool)>,
+    /// The client TLS settings; `Some` whenever any client URL is https:// or unixs://.
+    pub client_tls: Option<crate::net::tls::TlsInfo>,
     pub cores: Option<usize>,
     pub limits: Limits,
     pub lease: LeaseOptions,
@@ -82,6 +99,9 @@ pub struct ServerOptions {
     pub backend_batch_limit: u64,
     /// --bcrypt-cost and --auth-token-ttl (simple tokens).
     pub auth: AuthOptions,
+    /// Client-connection transport settings (`--max-concurrent-streams`,
+    /// `--grpc-keepalive-*`); `max_recv_message_bytes` is derived from `limits`.
+    pub http2: ServerConfig,
 }
 
 fn placement(cpu: Option<usize>) -> Placement {
@@ -108,6 +128,15 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     // Claimed before anything slow starts, so a port in use fails fast with etcd's error.
     let client_listeners = claim_client_addrs(&options.listen_client_addrs)?;
     check_peer_addrs_free(&options.raft.listen_peer_addrs)?;
+    // Certificates load here, so a bad file fails startup before anything serves.
+    let client_tls = match &options.client_tls {
+        Some(info) => Some(ReloadingServerConfig::start(
+            info.clone(),
+            crate::net::tls::CLIENT_FLAGS,
+            "client",
+        )?),
+        None => None,
+    };
 
     // signal-hook's handler only writes to a self-pipe that the main thread reads, so the
     // executors never run signal-handling code of their own.
@@ -127,24 +156,33 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         feed_receivers.push(receiver);
     }
 
-    let (serving_tx, serving_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let state_executor =
-        start_state_executor(&options, &plan, command_receivers, feed_senders, serving_tx)?;
-
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let (stops, network_executors) = start_network_executors(
+    let (stops, mut cores) = network_cores(
         &options,
         &plan,
         &client_listeners,
+        client_tls,
         command_senders,
         feed_receivers,
         ready_tx,
     )?;
-    // Each network executor holds its own handle; this one is kept to stop listening on
-    // the way out (`stop_listening`), whatever the executors' io_uring still holds.
+    // Each network core holds its own handles on the listeners; these are kept to stop
+    // listening on the way out (`stop_listening`), whatever the executors' io_uring holds.
+    // On one core, the only network core runs inside the state executor (`COLOCATED`).
+    let colocated = (cores.len() == 1).then(|| cores.remove(0).1);
+    let (serving_tx, serving_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let state_executor = start_state_executor(
+        &options,
+        &plan,
+        command_receivers,
+        feed_senders,
+        serving_tx,
+        colocated,
+    )?;
+    let network_executors = start_network_executors(cores)?;
 
     let mut startup_error = None;
-    for _ in 0..network_executors.len() {
+    for _ in 0..plan.cores_in_use() {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => startup_error = Some(e),
@@ -172,6 +210,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
                             let _ = executor.join();
                         }
                         stop_listening(&client_listeners);
+                        remove_unix_sockets(&options);
                         return Ok(());
                     }
                 }
@@ -205,8 +244,12 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     for executor in network_executors {
         let _ = executor.join();
     }
-    stop_listening(&client_listeners);
+    // After the state executor too: a colocated network core accepts there until it has
+    // seen the stop, and a listener shut down under a live accept loop fails every accept
+    // at once.
     let _ = state_executor.join();
+    stop_listening(&client_listeners);
+    remove_unix_sockets(&options);
     crate::info!("stopped serving client requests");
     Ok(())
 }
@@ -221,6 +264,7 @@ fn start_state_executor(
     command_receivers: Vec<SharedReceiver<Command>>,
     feed_senders: Vec<SharedSender<FeedMessage>>,
     serving_tx: std::sync::mpsc::Sender<Result<(), String>>,
+    colocated: Option<NetworkCore>,
 ) -> Result<ExecutorJoinHandle<()>, String> {
     let store = open_store(&options.data_dir)?;
     let identity = options.identity.clone();
@@ -235,6 +279,11 @@ fn start_state_executor(
         // scheduler may put on any CPU, never on the executor's own.
         .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(BLOCKING_POOL_THREADS))
         .spawn(move || async move {
+            // A network core served here connects its channels like any other; it ends
+            // (and drops its command sender, which ends this executor) when told to stop.
+            if let Some(core) = colocated {
+                glommio::spawn_local(serve_network_core(core)).detach();
+            }
             let state_machine = match StateMachine::new(identity.clone(), store) {
                 Ok(state_machine) => state_machine
                     .with_lease_options(lease_options, lease_extend)
@@ -331,80 +380,158 @@ fn start_state_executor(
         .map_err(|e| format!("cannot start the state executor: {e}"))
 }
 
-/// Starts one network executor per network CPU of `plan`, each serving the client
-/// listeners and reaching the state core over its command channel. Each sends on
-/// `ready_tx` once its command channel is connected. Returns the senders that stop them
-/// and their handles.
-#[allow(clippy::type_complexity)] // (stop senders, executor handles), used once by `run`
-fn start_network_executors(
+/// One `NetworkCore` per network CPU of `plan`, each with its own handles on the client
+/// listeners and its command channel to the state core; each sends on `ready_tx` once its
+/// command channel is connected. Returns the senders that stop them, beside them.
+#[allow(clippy::type_complexity)] // (stop senders, (CPU, core)), used once by `run`
+fn network_cores(
     options: &ServerOptions,
     plan: &Plan,
     client_listeners: &[OwnedFd],
+    client_tls: Option<Arc<ReloadingServerConfig>>,
     command_senders: Vec<SharedSender<Command>>,
     feed_receivers: Vec<SharedReceiver<FeedMessage>>,
     ready_tx: std::sync::mpsc::Sender<Result<(), String>>,
-) -> Result<(Vec<oneshot::Sender<()>>, Vec<ExecutorJoinHandle<()>>), String> {
+) -> Result<(Vec<oneshot::Sender<()>>, Vec<(Option<usize>, NetworkCore)>), String> {
     let mut stops = Vec::new();
-    let mut network_executors = Vec::new();
+    let mut cores = Vec::new();
     let network_channels = command_senders.into_iter().zip(feed_receivers);
-    for (i, (cpu, (sender, feed))) in plan.network_cpus.iter().zip(network_channels).enumerate() {
+    for (i, (cpu, (commands, feed))) in plan.network_cpus.iter().zip(network_channels).enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
-        let listener_fds = executor_listeners(client_listeners)?;
-        let limits = options.limits.clone();
-        let identity = options.identity.clone();
-        let bcrypt_cost = options.auth.bcrypt_cost;
-        let jwt = options.auth.jwt.clone();
-        let ready_tx = ready_tx.clone();
-        let executor = LocalExecutorBuilder::new(placement(*cpu))
-            .name(&format!("tern-net-{i}"))
-            .io_memory(NETWORK_IO_MEMORY_BYTES)
-            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(
-                NETWORK_BLOCKING_POOL_THREADS,
-            ))
-            .spawn(move || async move {
-                let listeners = into_glommio_listeners(listener_fds);
-                // The state core connects this core's watch feed before its commands,
-                // so the feed's receiving end must be connecting before we wait below.
-                let (context_tx, context_rx) = oneshot::channel();
-                glommio::spawn_local(watch_feed_task(feed, context_rx)).detach();
-                let state =
-                    StateClient::new(crate::runtime::connect::connect(sender.connect()).await);
-                let _ = ready_tx.send(Ok(()));
-                let shutdown = ShutdownSignal::new();
-                let watch = Rc::new(WatchHub::new(
-                    i,
-                    pb::ResponseHeader {
-                        cluster_id: identity.cluster_id,
-                        member_id: identity.member_id,
-                        ..Default::default()
-                    },
-                    limits.max_request_bytes,
-                    limits.watch_progress_notify_interval,
-                    shutdown.clone(),
-                ));
-                let context = Rc::new(
-                    ServiceContext::new(state, limits.clone(), &identity, watch)
-                        .with_bcrypt_cost(bcrypt_cost)
-                        .with_jwt(jwt),
-                );
-                let _ = context_tx.send(context.clone());
-                let http2 = Rc::new(ServerConfig {
-                    max_recv_message_bytes: limits.max_recv_message_bytes(),
-                    ..ServerConfig::default()
-                });
-                let trigger = shutdown.clone();
-                glommio::spawn_local(async move {
-                    let _ = stop_rx.await;
-                    trigger.trigger();
-                })
-                .detach();
-                serve_clients(listeners, http2, service::handler(context), shutdown).await;
-            })
-            .map_err(|e| format!("cannot start network executor {i}: {e}"))?;
-        network_executors.push(executor);
+        let core = NetworkCore {
+            index: i,
+            listener_fds: executor_listeners(client_listeners)?,
+            commands,
+            feed,
+            limits: options.limits.clone(),
+            identity: options.identity.clone(),
+            http2: options.http2.clone(),
+            tcp_tls: options.listen_client_tls.clone(),
+            // A unix socket path can be bound only once: the first network core serves it.
+            unix: if i == 0 {
+                options.listen_client_unix.clone()
+            } else {
+                Vec::new()
+            },
+            client_tls: client_tls.clone(),
+            bcrypt_cost: options.auth.bcrypt_cost,
+            jwt: options.auth.jwt.clone(),
+            ready_tx: ready_tx.clone(),
+            stop_rx,
+        };
+        cores.push((*cpu, core));
     }
-    Ok((stops, network_executors))
+    Ok((stops, cores))
+}
+
+/// Starts one network executor (its own pinned thread) for each of `cores`.
+fn start_network_executors(
+    cores: Vec<(Option<usize>, NetworkCore)>,
+) -> Result<Vec<ExecutorJoinHandle<()>>, String> {
+    cores
+        .into_iter()
+        .map(|(cpu, core)| {
+            let i = core.index;
+            LocalExecutorBuilder::new(placement(cpu))
+                .name(&format!("tern-net-{i}"))
+                .io_memory(NETWORK_IO_MEMORY_BYTES)
+                .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(
+                    NETWORK_BLOCKING_POOL_THREADS,
+                ))
+                .spawn(move || serve_network_core(core))
+                .map_err(|e| format!("cannot start network executor {i}: {e}"))
+        })
+        .collect()
+}
+
+/// What one network core needs to serve: its handles on the client listeners, its channels
+/// to the state executor, and the signals that say it is ready and tell it to stop.
+struct NetworkCore {
+    index: usize,
+    listener_fds: Vec<OwnedFd>,
+    commands: SharedSender<Command>,
+    feed: SharedReceiver<FeedMessage>,
+    limits: Limits,
+    identity: Identity,
+    /// The HTTP/2 limits from the command line (`--max-concurrent-streams`, keepalive).
+    http2: ServerConfig,
+    /// One per claimed TCP listener: whether it is https://.
+    tcp_tls: Vec<bool>,
+    /// The unix:// and unixs:// paths this core binds and serves (core 0 only).
+    unix: Vec<(PathBuf, bool)>,
+    client_tls: Option<Arc<ReloadingServerConfig>>,
+    /// --bcrypt-cost and the JWT keys (`--auth-token jwt,...`) for the Auth service.
+    bcrypt_cost: u32,
+    jwt: Option<Arc<crate::auth::jwt::JwtKeys>>,
+    ready_tx: std::sync::mpsc::Sender<Result<(), String>>,
+    stop_rx: oneshot::Receiver<()>,
+}
+
+/// Serves one network core on the calling executor until it is told to stop.
+async fn serve_network_core(core: NetworkCore) {
+    let client_tls = core.client_tls.clone();
+    let tls_of = |is_tls: bool| if is_tls { client_tls.clone() } else { None };
+    let mut listeners: Vec<ClientListener> = into_glommio_listeners(core.listener_fds)
+        .into_iter()
+        .zip(core.tcp_tls)
+        .map(|(listener, is_tls)| ClientListener {
+            socket: ListenSocket::Tcp(listener),
+            tls: tls_of(is_tls),
+        })
+        .collect();
+    for (path, is_tls) in core.unix {
+        match bind_unix(&path) {
+            Ok(listener) => listeners.push(ClientListener {
+                socket: ListenSocket::Unix(listener),
+                tls: tls_of(is_tls),
+            }),
+            Err(e) => {
+                let _ = core.ready_tx.send(Err(e));
+                return;
+            }
+        }
+    }
+    // The state core connects this core's watch feed before its commands,
+    // so the feed's receiving end must be connecting before we wait below.
+    let (context_tx, context_rx) = oneshot::channel();
+    let feed_task = glommio::spawn_local(watch_feed_task(core.feed, context_rx));
+    let state = StateClient::new(crate::runtime::connect::connect(core.commands.connect()).await);
+    let _ = core.ready_tx.send(Ok(()));
+    let shutdown = ShutdownSignal::new();
+    let watch = Rc::new(WatchHub::new(
+        core.index,
+        pb::ResponseHeader {
+            cluster_id: core.identity.cluster_id,
+            member_id: core.identity.member_id,
+            ..Default::default()
+        },
+        core.limits.max_request_bytes,
+        core.limits.watch_progress_notify_interval,
+        shutdown.clone(),
+    ));
+    let context = Rc::new(
+        ServiceContext::new(state, core.limits.clone(), &core.identity, watch)
+            .with_bcrypt_cost(core.bcrypt_cost)
+            .with_jwt(core.jwt.clone()),
+    );
+    let _ = context_tx.send(context.clone());
+    let http2 = Rc::new(ServerConfig {
+        max_recv_message_bytes: core.limits.max_recv_message_bytes(),
+        ..core.http2.clone()
+    });
+    let trigger = shutdown.clone();
+    glommio::spawn_local(async move {
+        let _ = core.stop_rx.await;
+        trigger.trigger();
+    })
+    .detach();
+    serve_clients(listeners, http2, service::handler(context), shutdown).await;
+    // The feed task holds the service context, and with it this core's command sender, for
+    // as long as the state core feeds it; the state core ends only when every sender is
+    // gone. A network executor of its own drops the task on exit, but a colocated core's
+    // executor lives on, so the task is cancelled here.
+    drop(feed_task);
 }
 
 /// Opens the backend at etcd's path under `data_dir` and rebuilds the MVCC index from it.
@@ -445,7 +572,8 @@ async fn watch_feed_task(
     let feed = crate::runtime::connect::connect(feed.connect()).await;
     let Ok(context) = context.await else { return };
     let hub = context.watch.clone();
-    glommio::spawn_local(hub.clone().run_sync_driver(context.clone())).detach();
+    // Held, not detached: cancelling this task cancels the driver with it.
+    let _sync_driver = glommio::spawn_local(hub.clone().run_sync_driver(context.clone()));
     hub.run_feed(context, feed).await;
 }
 
@@ -469,10 +597,40 @@ fn announce_ready(options: &ServerOptions, plan: &Plan) {
     );
     crate::info!("enabled capabilities for version 3.4", "cluster-version" => "3.4");
     crate::info!("ready to serve client requests");
-    for addr in &options.listen_client_addrs {
-        crate::info!(
-            format!("serving insecure client requests on {addr}, this is strongly discouraged!"),
-            "address" => *addr
-        );
+    for (addr, is_tls) in options
+        .listen_client_addrs
+        .iter()
+        .zip(&options.listen_client_tls)
+    {
+        if *is_tls {
+            crate::info!(format!("serving client requests on {addr}"), "address" => *addr);
+        } else {
+            crate::info!(
+                format!(
+                    "serving insecure client requests on {addr}, this is strongly discouraged!"
+                ),
+                "address" => *addr
+            );
+        }
+    }
+    for (path, is_tls) in &options.listen_client_unix {
+        let addr = path.display();
+        if *is_tls {
+            crate::info!(format!("serving client requests on {addr}"), "address" => path.as_path());
+        } else {
+            crate::info!(
+                format!(
+                    "serving insecure client requests on {addr}, this is strongly discouraged!"
+                ),
+                "address" => path.as_path()
+            );
+        }
+    }
+}
+
+/// Removes the unix socket files this server bound (Go's listeners unlink theirs on close).
+fn remove_unix_sockets(options: &ServerOptions) {
+    for (path, _) in &options.listen_client_unix {
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -7,6 +7,8 @@
 //!   other process can bind next to them (no SO_REUSEPORT).
 //! - A connection is accepted, served and closed on the same executor (glommio sockets are
 //!   bound to their executor); nothing about it is visible to other cores.
+//! - A failed accept is retried after a backoff (5 ms doubling to 1 s, as Go's net/http),
+//!   never at once: the accept loop cannot spin, and the core keeps serving.
 //! - Shutdown: stop accepting, send GOAWAY on every live connection (via the shared
 //!   `ShutdownSignal`), and return once every connection task has finished.
 
@@ -14,6 +16,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::rc::Rc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use glommio::net::TcpListener;
@@ -21,10 +24,11 @@ use glommio::net::TcpListener;
 use crate::grpc::serve_connection;
 use crate::grpc::Handler;
 use crate::http2::{ServerConfig, ShutdownSignal};
+use crate::net::{ClientListener, ListenSocket};
 
 /// Accepts on every address until `shutdown` fires, then drains live connections.
 pub async fn serve_clients(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<ClientListener>,
     config: Rc<ServerConfig>,
     handler: Handler,
     shutdown: ShutdownSignal,
@@ -35,24 +39,37 @@ pub async fn serve_clients(
         let (config, handler, shutdown) = (config.clone(), handler.clone(), shutdown.clone());
         let live = live_connections.clone();
         acceptors.push(glommio::spawn_local(async move {
+            let mut backoff = AcceptBackoff::default();
             loop {
                 let accepted = futures::select! {
                     conn = listener.accept().fuse() => conn,
                     _ = shutdown.wait().fuse() => break,
                 };
-                let stream = match accepted {
-                    Ok(stream) => stream,
-                    // EMFILE and friends: keep serving the connections we have.
-                    Err(_) => continue,
+                let pending = match accepted {
+                    Ok(pending) => {
+                        backoff.succeeded();
+                        pending
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: keep serving the connections we have, and
+                        // sleep before asking again (the sleep also lets every other task
+                        // on this core, the shutdown signal's among them, run).
+                        let delay = backoff.failed(&listener.socket, &e);
+                        futures::select! {
+                            _ = glommio::timer::sleep(delay).fuse() => continue,
+                            _ = shutdown.wait().fuse() => break,
+                        }
+                    }
                 };
-                // Small gRPC frames must not wait for Nagle's delayed-ACK dance.
-                let _ = stream.set_nodelay(true);
                 live.set(live.get() + 1);
                 let (config, handler, shutdown) =
                     (config.clone(), handler.clone(), shutdown.clone());
                 let live = live.clone();
                 glommio::spawn_local(async move {
-                    let _ = serve_connection(stream, config, handler, shutdown).await;
+                    // The TLS handshake, if any, runs here: never in the accept loop.
+                    if let Some(stream) = pending.establish(&shutdown).await {
+                        let _ = serve_connection(stream, config, handler, shutdown).await;
+                    }
                     live.set(live.get() - 1);
                 })
                 .detach();
@@ -66,6 +83,82 @@ pub async fn serve_clients(
     // Shutdown is not a hot path: polling beats a re-armable notifier here.
     while live_connections.get() > 0 {
         glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// First wait after a failed accept; each further failure in a row doubles it.
+/// Go's net/http and grpc-go (which etcd serves clients with) use the same 5 ms.
+const ACCEPT_RETRY_DELAY_FIRST: Duration = Duration::from_millis(5);
+/// Longest wait between accept attempts (Go's net/http: 1 s): descriptors freed by closing
+/// connections are used again within a second.
+const ACCEPT_RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
+/// At most one "Accept error" line per listener and core per this interval: a process
+/// that sits at its descriptor limit must not fill the log.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Backoff of one accept loop. An accept that fails at once (EMFILE, ENFILE, ENOBUFS,
+/// ENOMEM: the pending connection stays in the kernel's queue) would otherwise be retried
+/// at once, forever, without yielding: the core would spin at 100%, starve its
+/// connections and never see the shutdown signal.
+#[derive(Default)]
+struct AcceptBackoff {
+    /// The current wait; None after a successful accept.
+    delay: Option<Duration>,
+    last_logged: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    fn succeeded(&mut self) {
+        self.delay = None;
+    }
+
+    /// Records a failed accept and returns how long to wait before the next one. Logs the
+    /// first failure of a run of them, in Go net/http's words (rate-limited).
+    fn failed(&mut self, listener: &ListenSocket, error: &std::io::Error) -> Duration {
+        let delay = match self.delay {
+            None => ACCEPT_RETRY_DELAY_FIRST,
+            Some(d) => (d * 2).min(ACCEPT_RETRY_DELAY_MAX),
+        };
+        let first_of_run = self.delay.is_none();
+        self.delay = Some(delay);
+        let now = std::time::Instant::now();
+        let may_log = self
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_LOG_INTERVAL);
+        if first_of_run && may_log {
+            self.last_logged = Some(now);
+            let address = match listener {
+                ListenSocket::Tcp(l) => l
+                    .local_addr()
+                    .map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+                ListenSocket::Unix(l) => l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                    .unwrap_or_else(|| "?".to_owned()),
+            };
+            crate::warn!(
+                format!(
+                    "http: Accept error: accept tcp {address}: accept4: {}; retrying in {}",
+                    go_errno_text(error),
+                    crate::log::format_duration(delay)
+                ),
+                "address" => address
+            );
+        }
+        delay
+    }
+}
+
+/// Go's text for the errors accept(2) can fail with when resources run out (Go prints
+/// `syscall.Errno` strings, lowercase, without Rust's "(os error N)" suffix).
+fn go_errno_text(error: &std::io::Error) -> String {
+    match error.raw_os_error() {
+        Some(libc::EMFILE) => "too many open files".to_owned(),
+        Some(libc::ENFILE) => "too many open files in system".to_owned(),
+        Some(libc::ENOBUFS) => "no buffer space available".to_owned(),
+        Some(libc::ENOMEM) => "cannot allocate memory".to_owned(),
+        _ => error.to_string(),
     }
 }
 

@@ -41,6 +41,21 @@ where
     F: FnOnce(Req, usize) -> Fut,
     Fut: Future<Output = Result<Resp, EtcdError>>,
 {
+    unary_prechecked(call, |_| Ok(()), handle).await
+}
+
+/// [`unary`], with `precheck` run on the encoded request before it is decoded: its error
+/// is the call's answer (used to bound recursion before a recursive decode).
+pub async fn unary_prechecked<Req, Resp, F, Fut>(
+    call: Call,
+    precheck: impl FnOnce(&[u8]) -> Result<(), EtcdError>,
+    handle: F,
+) where
+    Req: Message + Default,
+    Resp: Message,
+    F: FnOnce(Req, usize) -> Fut,
+    Fut: Future<Output = Result<Resp, EtcdError>>,
+{
     let Call {
         mut requests,
         mut responses,
@@ -58,6 +73,9 @@ where
         }
     };
     let encoded_bytes = message.len();
+    if let Err(error) = precheck(&message) {
+        return responses.finish(status_from_error(error));
+    }
     let request = match Req::decode(message) {
         Ok(request) => request,
         Err(e) => {

@@ -8,7 +8,7 @@
 use crate::error::EtcdError;
 use crate::grpc::Call;
 use crate::proto::etcdserverpb as pb;
-use crate::service::call::unary;
+use crate::service::call::{unary, unary_prechecked};
 use crate::service::validate;
 use crate::service::{unknown_method, ServiceContext};
 
@@ -38,7 +38,9 @@ pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
             .await
         }
         "Txn" => {
-            unary(call, |req: pb::TxnRequest, bytes| async move {
+            let max_txn_ops = context.limits.max_txn_ops;
+            let precheck = move |bytes: &[u8]| validate::check_txn_depth(bytes, max_txn_ops);
+            unary_prechecked(call, precheck, |req: pb::TxnRequest, bytes| async move {
                 validate::check_txn(&req, context.limits.max_txn_ops)?;
                 check_proposal_size(context, bytes)?;
                 context.state.txn(req).await

@@ -56,12 +56,30 @@ pub fn check_delete_range(req: &DeleteRangeRequest) -> Result<(), EtcdError> {
 ///
 /// `max_txn_ops` bounds each of `compare`, `success` and `failure` separately. Nested
 /// txns are checked against what is left of the bound after the outer level, as etcd does.
-/// Nesting depth is bounded by the protobuf decoder's recursion limit.
+/// Nesting depth is bounded before decoding, by [`check_txn_depth`].
 pub fn check_txn(req: &TxnRequest, max_txn_ops: usize) -> Result<(), EtcdError> {
     check_txn_request(req, i64::try_from(max_txn_ops).unwrap_or(i64::MAX))?;
     check_intervals(&req.success)?;
     check_intervals(&req.failure)?;
     Ok(())
+}
+
+/// etcd's answer to a txn nested deeper than its op budget could ever allow, given on the
+/// encoded request before it is decoded: each level spends at least one op of
+/// `max_txn_ops` on the level below it, and the innermost may have none, so more than
+/// `max_txn_ops + 1` levels always end in etcd's "too many operations". Also refuses, with
+/// the same error, nesting beyond `TXN_NESTING_MAX` (tern's stack bound; etcd has none).
+/// Deviation: for a txn that deep etcd would report an error met earlier in its
+/// depth-first check (an empty compare key above, say) first; this check answers
+/// TooManyOps for it.
+pub fn check_txn_depth(encoded: &[u8], max_txn_ops: usize) -> Result<(), EtcdError> {
+    use crate::proto::txn_depth::{txn_nesting_depth, TXN_NESTING_MAX};
+    let allowed = max_txn_ops.saturating_add(1).min(TXN_NESTING_MAX);
+    match txn_nesting_depth(encoded, allowed) {
+        Some(depth) if depth > allowed => Err(EtcdError::TooManyOps),
+        // Malformed bytes: prost's decode gives etcd's unmarshalling error.
+        _ => Ok(()),
+    }
 }
 
 fn check_txn_request(req: &TxnRequest, max_txn_ops: i64) -> Result<(), EtcdError> {

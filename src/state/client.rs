@@ -34,6 +34,9 @@ pub enum Command {
     MemberList(Reply<pb::MemberListResponse>),
     Alarm(pb::AlarmRequest, Reply<pb::AlarmResponse>),
     Defragment(Reply<pb::DefragmentResponse>),
+    /// A fixed view of the whole state for `Maintenance.Snapshot` (the raft node adds the
+    /// member table).
+    Snapshot(Reply<crate::state::db_snapshot::SnapshotSource>),
     // Answered by the raft node (src/raft/node/), never by the state machine.
     MemberAdd(pb::MemberAddRequest, Reply<pb::MemberAddResponse>),
     MemberRemove(pb::MemberRemoveRequest, Reply<pb::MemberRemoveResponse>),
@@ -77,6 +80,7 @@ impl Command {
             | Command::MemberUpdate(..)
             | Command::MemberPromote(..)
             | Command::MoveLeader(..)
+            | Command::Snapshot(..)
             | Command::Auth(..) => true,
             Command::Alarm(req, _) => {
                 req.action != crate::proto::etcdserverpb::alarm_request::AlarmAction::Get as i32
@@ -116,6 +120,7 @@ impl Command {
             Command::MemberUpdate(_, r) => drop(r.send(Err(e))),
             Command::MemberPromote(_, r) => drop(r.send(Err(e))),
             Command::MoveLeader(_, r) => drop(r.send(Err(e))),
+            Command::Snapshot(r) => drop(r.send(Err(e))),
             Command::Lease(lease) => match lease {
                 LeaseCommand::Grant(_, r) => drop(r.send(Err(e))),
                 LeaseCommand::Revoke(_, r) => drop(r.send(Err(e))),
@@ -226,6 +231,9 @@ impl StateClient {
     }
     pub async fn defragment(&self) -> Result<pb::DefragmentResponse, EtcdError> {
         self.call(Command::Defragment).await
+    }
+    pub async fn snapshot(&self) -> Result<crate::state::db_snapshot::SnapshotSource, EtcdError> {
+        self.call(Command::Snapshot).await
     }
     pub async fn member_add(
         &self,

@@ -147,6 +147,15 @@ impl Envelope {
         if bodies > 1 {
             return Err(CorruptEnvelope::SeveralBodies);
         }
+        // prost decodes without a recursion limit: bound the one recursive body first.
+        if let Some(txn) = body_bytes(data, TXN_BODY_TAG) {
+            let max = crate::proto::txn_depth::TXN_NESTING_MAX;
+            if crate::proto::txn_depth::txn_nesting_depth(txn, max).is_some_and(|d| d > max) {
+                return Err(CorruptEnvelope::Undecodable(format!(
+                    "txn nested deeper than {max} levels"
+                )));
+            }
+        }
         let env = <Envelope as prost::Message>::decode(data)
             .map_err(|e| CorruptEnvelope::Undecodable(e.to_string()))?;
         let op = MemberOp::try_from(env.member_op);
@@ -162,6 +171,34 @@ impl Envelope {
 
 /// How many top-level fields of `data` are body fields, walking the protobuf wire format
 /// (key varint, then a payload whose size the wire type gives).
+/// The envelope field number of [`Body::Txn`].
+const TXN_BODY_TAG: u64 = 5;
+
+/// The bytes of the first length-delimited field `tag`, if the envelope is well formed up
+/// to it.
+fn body_bytes(data: &[u8], tag: u64) -> Option<&[u8]> {
+    let mut at = 0;
+    while at < data.len() {
+        let key = read_varint(data, &mut at).ok()?;
+        let len = match key & 7 {
+            0 => {
+                read_varint(data, &mut at).ok()?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(read_varint(data, &mut at).ok()?).ok()?,
+            5 => 4,
+            _ => return None,
+        };
+        let end = at.checked_add(len).filter(|end| *end <= data.len())?;
+        if key >> 3 == tag && key & 7 == 2 {
+            return Some(&data[at..end]);
+        }
+        at = end;
+    }
+    None
+}
+
 fn count_body_fields(data: &[u8]) -> Result<usize, String> {
     let mut at = 0;
     let mut bodies = 0;

@@ -35,7 +35,7 @@ use crate::auth::{AuthStore, Caller};
 use crate::error::EtcdError;
 use crate::lease::{LeaseOptions, Lessor};
 use crate::mvcc::btree_backend::WriterOutcome;
-use crate::mvcc::{BackendError, BtreeBackend, KvStore};
+use crate::mvcc::{Backend as _, BackendError, BtreeBackend, Bucket, Direction, KvStore};
 use crate::proto::etcdserverpb as pb;
 use crate::state::change_waiters::ChangeWaiters;
 use crate::state::client::Command;
@@ -47,6 +47,42 @@ use expensive::{warn_if_expensive, ExpensiveRequest};
 pub const BACKEND_BATCH_INTERVAL_DEFAULT: std::time::Duration =
     std::time::Duration::from_millis(100);
 pub const BACKEND_BATCH_LIMIT_DEFAULT: u64 = 10_000;
+
+/// etcd's default space quota (`DefaultQuotaBytes`, 2 GiB), used when
+/// --quota-backend-bytes is 0.
+pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 << 30;
+/// etcd's estimates of what a write adds to the backend, for the quota check
+/// (`etcdserver/quota.go`: kvOverhead, leaseOverhead).
+const QUOTA_KV_OVERHEAD_BYTES: u64 = 256;
+const QUOTA_LEASE_OVERHEAD_BYTES: u64 = 64;
+
+/// --quota-backend-bytes as etcd reads it: 0 is the 2 GiB default, a negative value
+/// disables the quota (None).
+pub fn quota_backend_bytes(flag: i64) -> Option<u64> {
+    match flag {
+        0 => Some(QUOTA_BACKEND_BYTES_DEFAULT),
+        bytes if bytes < 0 => None,
+        bytes => Some(bytes as u64),
+    }
+}
+
+/// etcd's `costPut`.
+fn quota_cost_put(req: &pb::PutRequest) -> u64 {
+    QUOTA_KV_OVERHEAD_BYTES + (req.key.len() + req.value.len()) as u64
+}
+
+/// etcd's `costTxn`: the larger branch's puts (nested txns are not counted, as in etcd).
+fn quota_cost_txn(req: &pb::TxnRequest) -> u64 {
+    let branch = |ops: &[pb::RequestOp]| -> u64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(pb::request_op::Request::RequestPut(put)) => quota_cost_put(put),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&req.success).max(branch(&req.failure))
+}
 
 /// The etcd server version tern reports in Status, so that clients that gate features on
 /// the server's version treat tern as the etcd release whose API it implements.
@@ -168,7 +204,84 @@ impl StateMachine {
             raft_commit_index: 0,
         };
         state.restore_leases();
+        state.restore_alarms()?;
         Ok(state)
+    }
+
+    /// Reloads the raised alarms from the `alarm` bucket (etcd's `alarm.NewAlarmStore`):
+    /// an alarm stays armed across restarts until it is disarmed.
+    fn restore_alarms(&mut self) -> Result<(), BackendError> {
+        use prost::Message as _;
+        let mut alarms = Vec::new();
+        let mut failure = None;
+        self.store.backend().scan(
+            Bucket::Alarm,
+            &[],
+            None,
+            Direction::Ascending,
+            &mut |k, _| match pb::AlarmMember::decode(k) {
+                Ok(alarm) => {
+                    alarms.push(alarm);
+                    true
+                }
+                Err(e) => {
+                    failure = Some(format!("alarm bucket: {e}"));
+                    false
+                }
+            },
+        )?;
+        if let Some(failure) = failure {
+            return Err(BackendError::Corrupted(failure));
+        }
+        self.alarms = alarms;
+        Ok(())
+    }
+
+    /// Whether NOSPACE is raised (by any member): writes that add data are refused
+    /// (etcd's `applierV3Capped`).
+    pub fn no_space_armed(&self) -> bool {
+        self.alarms
+            .iter()
+            .any(|a| a.alarm == pb::AlarmType::Nospace as i32)
+    }
+
+    /// etcd's quota check (`backendQuota.Available`): whether `command` would take the
+    /// backend past `quota` bytes. Only puts, txns and lease grants are checked, as in
+    /// etcd; the size is the last commit's (what bbolt's `Size` reports).
+    pub fn exceeds_quota(&self, command: &Command, quota: u64) -> bool {
+        let cost = match command {
+            Command::Put(req, _) => quota_cost_put(req),
+            Command::Txn(req, _) => quota_cost_txn(req),
+            Command::Lease(crate::state::LeaseCommand::Grant(..)) => QUOTA_LEASE_OVERHEAD_BYTES,
+            _ => return false,
+        };
+        self.store.backend().db_bytes() + cost > quota
+    }
+
+    /// Answers a committed write that NOSPACE refuses (etcd's capped applier: puts, txns
+    /// that write, lease grants) and returns None; passes any other command through.
+    fn capped(&mut self, command: Command) -> Option<Command> {
+        if !self.no_space_armed() || !self.applying_raft_entry {
+            return Some(command);
+        }
+        match command {
+            Command::Put(_, reply) => {
+                self.advance_applied_index();
+                self.reply(reply, Err(EtcdError::NoSpace));
+                None
+            }
+            Command::Txn(_, reply) => {
+                self.advance_applied_index();
+                self.reply(reply, Err(EtcdError::NoSpace));
+                None
+            }
+            Command::Lease(crate::state::LeaseCommand::Grant(_, reply)) => {
+                self.advance_applied_index();
+                self.reply(reply, Err(EtcdError::NoSpace));
+                None
+            }
+            other => Some(other),
+        }
     }
 
     pub fn identity(&self) -> &Identity {
@@ -350,6 +463,11 @@ impl StateMachine {
         self.identity = identity;
     }
 
+    /// The store's current revision (what etcd's compactor samples).
+    pub fn current_revision(&self) -> i64 {
+        self.store.current_revision()
+    }
+
     pub fn raft_applied_index(&self) -> u64 {
         self.raft_applied_index
     }
@@ -411,6 +529,26 @@ impl StateMachine {
             .backend()
             .export()
             .map_err(|e| format!("cannot export the backend: {e}"))
+    }
+
+    /// A fixed view of everything applied so far, for `Maintenance.Snapshot`: ends the
+    /// apply batch and seals it for commit (as etcd commits before a snapshot), so the
+    /// view is the last commit's read snapshot plus the layers still waiting for the disk,
+    /// shared rather than copied. Cheap; the view is read later, off the executor.
+    pub fn snapshot_source(
+        &mut self,
+        membership: &crate::membership::cluster::Membership,
+    ) -> Result<crate::state::db_snapshot::SnapshotSource, EtcdError> {
+        self.flush();
+        self.commit_backend();
+        Ok(crate::state::db_snapshot::SnapshotSource {
+            backend: self.store.backend().read_snapshot(),
+            members: membership.members.values().cloned().collect(),
+            removed: membership.removed.iter().copied().collect(),
+            cluster_version: membership.cluster_version.clone(),
+            alarms: self.alarms.clone(),
+            header: self.header(self.store.current_revision()),
+        })
     }
 
     /// The backend's file.
@@ -558,6 +696,9 @@ impl StateMachine {
     /// "apply request took too long" (`expensive`).
     pub fn handle(&mut self, command: Command) {
         let started = std::time::Instant::now();
+        let Some(command) = self.capped(command) else {
+            return;
+        };
         match command {
             Command::WithToken(_, inner) if !inner.needs_caller() => {
                 self.handle(*inner);
@@ -720,6 +861,12 @@ impl StateMachine {
                 });
                 self.reply(reply, res);
             }
+            Command::Snapshot(reply) => {
+                // Outside a raft node (tests of the machine alone) there is no member table.
+                let membership = crate::membership::cluster::Membership::default();
+                let res = self.snapshot_source(&membership);
+                self.reply(reply, res);
+            }
             Command::MemberAdd(..)
             | Command::MemberRemove(..)
             | Command::MemberUpdate(..)
@@ -810,8 +957,8 @@ impl StateMachine {
     /// etcd's alarm semantics (ACTIVATE and DEACTIVATE arrive as committed raft entries,
     /// so every member holds the same alarms): GET lists every raised alarm (NONE matches all types);
     /// ACTIVATE raises one and answers with it; DEACTIVATE clears one and answers with what
-    /// it cleared. Nothing raises alarms on its own yet: the quota check (NOSPACE) and the
-    /// corruption check (CORRUPT) arrive with the persistent backend.
+    /// it cleared. The quota check raises NOSPACE (`raft/node`, `exceeds_quota`); alarms are
+    /// kept in the `alarm` bucket and reloaded on restart. Nothing raises CORRUPT yet.
     fn alarm(&mut self, req: pb::AlarmRequest) -> Vec<pb::AlarmMember> {
         use pb::alarm_request::AlarmAction;
         let wanted = pb::AlarmMember {
@@ -831,7 +978,16 @@ impl StateMachine {
                     return Vec::new();
                 }
                 if !self.alarms.contains(&wanted) {
+                    let first_of_its_type = !self.alarms.iter().any(|a| a.alarm == wanted.alarm);
                     self.alarms.push(wanted);
+                    self.persist_alarm(&wanted, true);
+                    if first_of_its_type {
+                        crate::warn!(
+                            "alarm raised",
+                            "alarm" => alarm_name(wanted.alarm),
+                            "from" => format!("{:x}", wanted.member_id)
+                        );
+                    }
                 }
                 vec![wanted]
             }
@@ -840,11 +996,35 @@ impl StateMachine {
                 let before = self.alarms.len();
                 self.alarms.retain(|a| *a != wanted);
                 if self.alarms.len() < before {
+                    self.persist_alarm(&wanted, false);
+                    if !self.alarms.iter().any(|a| a.alarm == wanted.alarm) {
+                        crate::warn!(
+                            "alarm disarmed",
+                            "alarm" => alarm_name(wanted.alarm),
+                            "from" => format!("{:x}", wanted.member_id)
+                        );
+                    }
                     vec![wanted]
                 } else {
                     Vec::new()
                 }
             }
+        }
+    }
+
+    /// Saves (or removes) `alarm` in the `alarm` bucket, as etcd's alarm store does: key the
+    /// marshaled `AlarmMember`, value empty. Committed with the entry that changed it.
+    fn persist_alarm(&mut self, alarm: &pb::AlarmMember, raised: bool) {
+        use prost::Message as _;
+        let key = alarm.encode_to_vec();
+        let backend = self.store.backend_mut();
+        let result = if raised {
+            backend.put(Bucket::Alarm, &key, &[])
+        } else {
+            backend.delete(Bucket::Alarm, &key).map(|_| ())
+        };
+        if let Err(e) = result {
+            crate::fatal!("failed to save an alarm in the backend", "error" => e.to_string());
         }
     }
 
@@ -892,5 +1072,14 @@ impl StateMachine {
             db_size_in_use: stats.db_size_in_use_bytes as i64,
             is_learner: false,
         })
+    }
+}
+
+/// An alarm's name as etcd logs it (`AlarmType.String()`).
+fn alarm_name(alarm: i32) -> &'static str {
+    match pb::AlarmType::try_from(alarm) {
+        Ok(pb::AlarmType::Nospace) => "NOSPACE",
+        Ok(pb::AlarmType::Corrupt) => "CORRUPT",
+        _ => "NONE",
     }
 }

@@ -7,7 +7,8 @@
 //!   `machine/auth.rs`;
 //! - [`change_waiters`]: requests parked until a key range changes;
 //! - [`envelope`]: what a raft entry's data holds;
-//! - [`lease_command`]: what the Lease service asks of the state executor.
+//! - [`lease_command`]: what the Lease service asks of the state executor;
+//! - [`db_snapshot`]: the bbolt database `Maintenance.Snapshot` streams.
 //!
 //! Invariants:
 //! - The MVCC store is touched only on the state executor; every other core holds a
@@ -20,6 +21,7 @@
 
 pub mod change_waiters;
 pub mod client;
+pub mod db_snapshot;
 pub mod envelope;
 pub mod lease_command;
 pub mod machine;

@@ -21,7 +21,8 @@ use bytes::{BufMut, BytesMut};
 use prost::Message;
 
 use super::feed::RevisionEvents;
-use crate::grpc::codec::MESSAGE_PREFIX_LEN;
+use crate::grpc::codec::{message_prefix, MESSAGE_PREFIX_LEN};
+use crate::grpc::Status;
 use crate::proto::mvccpb::Event;
 
 // Protobuf keys (field number << 3 | wire type; 0 = varint, 2 = length-delimited), each
@@ -122,19 +123,19 @@ impl<'a> RevisionWire<'a> {
     }
 
     /// Appends the gRPC-framed `WatchResponse` of `watch_id` carrying the events at
-    /// `event_indexes` to `out`; returns the bytes appended.
+    /// `event_indexes` to `out`; returns the bytes appended, or (appending nothing) the
+    /// status of a response too large for gRPC.
     pub fn append_response(
         &mut self,
         out: &mut BytesMut,
         watch_id: i64,
         event_indexes: &[usize],
         prev_kv: bool,
-    ) -> usize {
+    ) -> Result<usize, Status> {
         let body_len = self.response_len(watch_id, event_indexes, prev_kv);
-        let length = u32::try_from(body_len).expect("watch response over 4 GiB");
+        let prefix = message_prefix(body_len)?;
         out.reserve(MESSAGE_PREFIX_LEN + body_len);
-        out.put_u8(0);
-        out.put_u32(length);
+        out.put_slice(&prefix);
         let header = self.header();
         out.extend_from_slice(&self.scratch.parts[header]);
         if watch_id != 0 {
@@ -145,7 +146,7 @@ impl<'a> RevisionWire<'a> {
             let record = self.record(i, prev_kv);
             out.extend_from_slice(&self.scratch.parts[record]);
         }
-        MESSAGE_PREFIX_LEN + body_len
+        Ok(MESSAGE_PREFIX_LEN + body_len)
     }
 }
 
@@ -290,7 +291,9 @@ mod tests {
         ];
         for &(watch_id, indexes, prev_kv) in cases {
             out.clear();
-            let n = wire.append_response(&mut out, watch_id, indexes, prev_kv);
+            let n = wire
+                .append_response(&mut out, watch_id, indexes, prev_kv)
+                .unwrap();
             let want = expected(&batch, watch_id, indexes, prev_kv);
             assert_eq!(n, want.len(), "{watch_id} {indexes:?} {prev_kv}");
             assert_eq!(&out[..], &want[..], "{watch_id} {indexes:?} {prev_kv}");
@@ -321,8 +324,8 @@ mod tests {
         let mut scratch = WireScratch::default();
         let mut wire = RevisionWire::new(&batch, &mut scratch);
         let mut out = BytesMut::new();
-        wire.append_response(&mut out, 5, &[0], true);
-        wire.append_response(&mut out, 6, &[1, 2], false);
+        wire.append_response(&mut out, 5, &[0], true).unwrap();
+        wire.append_response(&mut out, 6, &[1, 2], false).unwrap();
         let mut want = expected(&batch, 5, &[0], true);
         want.extend(expected(&batch, 6, &[1, 2], false));
         assert_eq!(&out[..], &want[..]);

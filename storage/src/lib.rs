@@ -2,8 +2,11 @@
 //!
 //! - `wal/`: the write-ahead log for raft (issue 4), documented in `docs/wal.md`.
 //! - `btree/`: the mmap copy-on-write B+tree backend (issue 5), documented in `docs/btree.md`.
+//! - `bbolt/`: bbolt's file format (etcd's backend), written and read for snapshots and
+//!   migration (issue 15), documented in `docs/bbolt.md`.
 //!
 //! Both are filled by their own issues; this crate holds only what is real.
 
+pub mod bbolt;
 pub mod btree;
 pub mod wal;

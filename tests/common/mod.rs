@@ -43,13 +43,27 @@ impl TernServer {
     }
 
     pub fn start_with(extra_args: &[&str]) -> TernServer {
+        TernServer::start_listening(&|port| format!("http://127.0.0.1:{port}"), extra_args, None)
+    }
+
+    /// Starts tern with `client_urls(port)` as its listen and advertise client URLs (`port`
+    /// is a free port, also `client_port`), in `cwd` if given (unix socket URLs name paths
+    /// relative to it).
+    pub fn start_listening(
+        client_urls: &dyn Fn(u16) -> String,
+        extra_args: &[&str],
+        cwd: Option<&std::path::Path>,
+    ) -> TernServer {
         let client_port = free_port();
         let peer_port = free_port();
         let data_dir =
             std::env::temp_dir().join(format!("tern-test-{}-{client_port}", std::process::id()));
-        let client_url = format!("http://127.0.0.1:{client_port}");
+        let client_url = client_urls(client_port);
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut command = Command::new(tern_binary());
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
         command
             .args(["--name", "e2e", "--data-dir"])
             .arg(&data_dir)

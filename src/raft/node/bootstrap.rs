@@ -369,7 +369,12 @@ pub async fn start(
         Err(e) => return Err(format!("cannot open the WAL: {e}")),
     };
     let wake = Rc::new(Wakeup::default());
-    let mut transport = Transport::new(identity.member_id, identity.cluster_id, wake.clone());
+    let mut transport = Transport::new(
+        identity.member_id,
+        identity.cluster_id,
+        wake.clone(),
+        options.peer_tls.clone(),
+    );
     transport.set_snapshot_dir(snap_dir(&options.data_dir));
     transport.serve(listeners)?;
     // A joining member must be able to answer the leader before its log tells it who the
@@ -412,7 +417,7 @@ async fn join_existing(
         })
         .flat_map(|m| m.peer_urls.clone())
         .collect();
-    let answer = transport::fetch_members(&others).await?;
+    let answer = transport::fetch_members(&others, options.peer_tls.as_deref()).await?;
     let me = answer.members.iter().find(|m| {
         let mut urls = m.peer_urls.clone();
         urls.sort();

@@ -49,7 +49,12 @@ type ForwardReply = Box<dyn FnOnce(Result<LeaseForwardResponse, EtcdError>)>;
 
 /// Sends one forwarded lease request to the leader and answers the client with the
 /// leader's response, or with an etcd error (the client's keep-alive retries).
-async fn forward_to_leader(urls: Vec<String>, hello: (u64, u64, u64), command: Command) {
+async fn forward_to_leader(
+    urls: Vec<String>,
+    hello: (u64, u64, u64),
+    command: Command,
+    tls: Option<std::sync::Arc<crate::net::tls::PeerTls>>,
+) {
     let Command::Lease(lease) = command else {
         unreachable!("only lease requests are forwarded")
     };
@@ -75,7 +80,7 @@ async fn forward_to_leader(urls: Vec<String>, hello: (u64, u64, u64), command: C
         ),
         other => return fail(Command::Lease(other), EtcdError::NotLeader),
     };
-    let answer = transport::forward_lease(&urls, hello, &request).await;
+    let answer = transport::forward_lease(&urls, hello, &request, tls.as_deref()).await;
     reply(match answer {
         Ok(resp) if resp.error.is_empty() => Ok(resp),
         Ok(resp) => Err(EtcdError::ALL
@@ -161,7 +166,8 @@ impl Node {
         let hello = (self.cluster_id, self.id, self.leader_id);
         for (command, _) in self.lease_forwards.drain(..) {
             let urls = urls.clone();
-            glommio::spawn_local(forward_to_leader(urls, hello, command)).detach();
+            let tls = self.options.peer_tls.clone();
+            glommio::spawn_local(forward_to_leader(urls, hello, command, tls)).detach();
         }
     }
 

@@ -323,7 +323,9 @@ impl Node {
     pub(super) fn apply_conf_change(&mut self, raft_index: u64, data: &[u8]) {
         // An undecodable conf change stops the member, as etcd's `MustUnmarshal` does:
         // skipping it would leave this member with another configuration than the rest.
-        let cc = match ConfChange::parse_from_bytes(data) {
+        let parsed = crate::raft::wire_check::check(data, &crate::raft::wire_check::CONF_CHANGE)
+            .and_then(|()| ConfChange::parse_from_bytes(data).map_err(|e| e.to_string()));
+        let cc = match parsed {
             Ok(cc) => cc,
             Err(e) => crate::fatal!(
                 "failed to decode a committed raft entry",

@@ -24,6 +24,7 @@
 //! - apply is idempotent (`StateMachine::apply_write` skips entries at or below the
 //!   store's consistent index).
 
+pub mod auto_compaction;
 mod bootstrap;
 mod lease_forward;
 mod membership;
@@ -63,6 +64,12 @@ use membership::LeaderTransfer;
 pub const UNPROPOSED_MAX: usize = 16 * 1024;
 /// Bound on linearizable reads waiting for the next ReadIndex round.
 pub const READS_WAITING_MAX: usize = 64 * 1024;
+/// A ReadIndex round not answered within this long is sent again (etcd's
+/// `readIndexRetryTime`). raft drops a round silently when it cannot serve it: a follower
+/// that knows no leader, a leader that has not yet committed an entry of its own term, or a
+/// message lost on the way. Without the resend, reads sent in such a moment (a client that
+/// connects while the server starts) wait for the request timeout.
+pub const READ_INDEX_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// Entries kept in the log below a snapshot, so that a follower slightly behind catches
 /// up from the log rather than by a snapshot (etcd: `SnapshotCatchUpEntries`).
 pub const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5000;
@@ -82,6 +89,13 @@ pub struct RaftOptions {
     pub force_new_cluster: bool,
     /// `--initial-cluster-token` (mixed into the IDs of members added at runtime).
     pub cluster_token: String,
+    /// Peer TLS (`--peer-cert-file` and friends): set when the peer URLs are https://.
+    pub peer_tls: Option<std::sync::Arc<crate::net::tls::PeerTls>>,
+    /// `--quota-backend-bytes` as etcd reads it (`state::machine::quota_backend_bytes`):
+    /// None disables the quota.
+    pub quota_backend_bytes: Option<u64>,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention` (None: off).
+    pub auto_compaction: Option<auto_compaction::AutoCompaction>,
 }
 
 impl RaftOptions {
@@ -143,10 +157,18 @@ struct Reads {
     waiting: Vec<Command>,
     waiting_since: Option<Instant>,
     /// ReadIndex rounds sent, by request context.
-    in_flight: HashMap<u64, (Vec<Command>, Instant)>,
+    in_flight: HashMap<u64, ReadRound>,
     /// Rounds that know their read index, waiting for apply to reach it.
     at_index: VecDeque<(u64, Vec<Command>)>,
     next_ctx: u64,
+}
+
+/// One ReadIndex round: the reads it serves, when it began (for the request timeout) and
+/// when it was last sent to raft (for `READ_INDEX_RETRY_INTERVAL`).
+struct ReadRound {
+    commands: Vec<Command>,
+    started: Instant,
+    last_sent: Instant,
 }
 
 pub struct Node {
@@ -403,6 +425,7 @@ impl Node {
                 | Command::MemberUpdate(..)
                 | Command::MemberPromote(..)
                 | Command::MoveLeader(..)
+                | Command::Snapshot(..)
         );
         let lease_keys_read = match &command {
             Command::Lease(LeaseCommand::TimeToLive(req, _)) if req.keys => Some(req.id),
@@ -420,6 +443,17 @@ impl Node {
             drop(state);
             if let Err(e) = checked {
                 fail(command, e);
+                return;
+            }
+        }
+        // etcd's quota check at the API edge (`v3rpc/quota.go`): a write that would take
+        // the backend past the quota raises NOSPACE (through raft, so every member arms it)
+        // and fails with etcd's "database space exceeded".
+        if let Some(quota) = self.options.quota_backend_bytes {
+            if self.state.borrow().exceeds_quota(&command, quota) {
+                self.raise_no_space();
+                fail(command, EtcdError::NoSpace);
+                self.wake.wake();
                 return;
             }
         }
@@ -448,6 +482,10 @@ impl Node {
             Command::MemberUpdate(req, reply) => self.member_update(req, reply),
             Command::MemberPromote(req, reply) => self.member_promote(req, reply),
             Command::MoveLeader(req, reply) => self.move_leader(req, reply),
+            Command::Snapshot(reply) => {
+                let source = self.state.borrow_mut().snapshot_source(&self.membership);
+                let _ = reply.send(source);
+            }
             Command::MemberList(reply) => {
                 let _ = reply.send(Ok(pb::MemberListResponse {
                     header: Some(self.header()),
@@ -485,6 +523,21 @@ impl Node {
             other => self.state.borrow_mut().handle_read(with_token(other)),
         }
         self.wake.wake();
+    }
+
+    /// Proposes this member's NOSPACE alarm unless it is armed already (etcd proposes it
+    /// on every refused write; the entry would change nothing).
+    fn raise_no_space(&mut self) {
+        if self.state.borrow().no_space_armed() {
+            return;
+        }
+        let (reply, _) = oneshot::channel();
+        let req = pb::AlarmRequest {
+            action: pb::alarm_request::AlarmAction::Activate as i32,
+            member_id: self.id,
+            alarm: pb::AlarmType::Nospace as i32,
+        };
+        self.propose_write(Command::Alarm(req, reply));
     }
 
     pub fn header(&self) -> pb::ResponseHeader {
@@ -597,6 +650,56 @@ impl Node {
         self.reads.waiting.push(command);
     }
 
+    /// Whether raft would act on a ReadIndex request now rather than drop it: a leader is
+    /// known and, on the leader itself, an entry of its term is committed (raft-rs drops
+    /// the request before that, where etcd's raft queues it).
+    fn read_index_is_heard(&self) -> bool {
+        let raft = &self.raw.raft;
+        raft.leader_id != raft::INVALID_ID
+            && (raft.state != raft::StateRole::Leader || raft.commit_to_current_term())
+    }
+
+    /// Starts one ReadIndex round for every read queued since the last one (one round
+    /// serves all of them; etcd's linearizableReadLoop batches the same way). Reads keep
+    /// waiting while raft would drop the round.
+    fn start_read_round(&mut self) {
+        if self.reads.waiting.is_empty() || !self.read_index_is_heard() {
+            return;
+        }
+        self.reads.next_ctx += 1;
+        let ctx = self.reads.next_ctx;
+        let commands = std::mem::take(&mut self.reads.waiting);
+        let started = self.reads.waiting_since.take().unwrap_or_else(Instant::now);
+        let now = Instant::now();
+        self.reads.in_flight.insert(
+            ctx,
+            ReadRound {
+                commands,
+                started,
+                last_sent: now,
+            },
+        );
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+    }
+
+    /// Sends again the rounds raft may have dropped (`READ_INDEX_RETRY_INTERVAL`). A late
+    /// answer to an earlier send finds its round gone and is ignored.
+    fn resend_unanswered_reads(&mut self, now: Instant) {
+        if !self.read_index_is_heard() {
+            return;
+        }
+        let mut resend = Vec::new();
+        for (ctx, round) in &mut self.reads.in_flight {
+            if now.duration_since(round.last_sent) >= READ_INDEX_RETRY_INTERVAL {
+                round.last_sent = now;
+                resend.push(*ctx);
+            }
+        }
+        for ctx in resend {
+            self.raw.read_index(ctx.to_be_bytes().to_vec());
+        }
+    }
+
     pub fn last_raft_index(&self) -> u64 {
         self.log.last_raft_index()
     }
@@ -664,16 +767,17 @@ impl Node {
             .reads
             .in_flight
             .iter()
-            .filter(|(_, (_, at))| now.duration_since(*at) >= timeout)
+            .filter(|(_, round)| now.duration_since(round.started) >= timeout)
             .map(|(ctx, _)| *ctx)
             .collect();
         for ctx in stale {
-            if let Some((commands, _)) = self.reads.in_flight.remove(&ctx) {
-                for c in commands {
+            if let Some(round) = self.reads.in_flight.remove(&ctx) {
+                for c in round.commands {
                     fail(c, EtcdError::Timeout);
                 }
             }
         }
+        self.resend_unanswered_reads(now);
         if let Some(since) = self.reads.waiting_since {
             if now.duration_since(since) >= timeout {
                 for c in self.reads.waiting.drain(..) {

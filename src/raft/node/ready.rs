@@ -53,6 +53,10 @@ pub async fn run(node: Rc<RefCell<Node>>) {
         .state
         .borrow_mut()
         .set_backend_wake(Rc::new(move || backend_wake.wake()));
+    let auto_compaction = node.borrow().options.auto_compaction;
+    if let Some(policy) = auto_compaction {
+        glommio::spawn_local(super::auto_compaction::run(node.clone(), policy)).detach();
+    }
     let interval = Duration::from_millis(node.borrow().options.heartbeat_interval_ms.max(1));
     let ticker = node.clone();
     glommio::spawn_local(async move {
@@ -120,16 +124,7 @@ impl Node {
         n.state.borrow_mut().poll_backend();
         n.drain_transport();
         n.maybe_publish(Instant::now());
-        // Start a ReadIndex round for the reads that queued since the last one: one round
-        // serves all of them (etcd's linearizableReadLoop batches the same way).
-        if !n.reads.waiting.is_empty() {
-            n.reads.next_ctx += 1;
-            let ctx = n.reads.next_ctx;
-            let batch = std::mem::take(&mut n.reads.waiting);
-            n.reads.waiting_since = None;
-            n.reads.in_flight.insert(ctx, (batch, Instant::now()));
-            n.raw.read_index(ctx.to_be_bytes().to_vec());
-        }
+        n.start_read_round();
         if !n.raw.has_ready() {
             n.maybe_snapshot(node);
             return;
@@ -214,8 +209,8 @@ impl Node {
             let ctx = <[u8; 8]>::try_from(&rs.request_ctx[..])
                 .map(u64::from_be_bytes)
                 .unwrap_or(0);
-            if let Some((batch, _)) = n.reads.in_flight.remove(&ctx) {
-                n.reads.at_index.push_back((rs.index, batch));
+            if let Some(round) = n.reads.in_flight.remove(&ctx) {
+                n.reads.at_index.push_back((rs.index, round.commands));
             }
         }
         let persisted_messages = ready.take_persisted_messages();

@@ -133,6 +133,9 @@ struct StreamState {
     next_watch_id: i64,
     /// A progress request waits for every watcher of the stream to be synced.
     progress_pending: bool,
+    /// Set when a response could not be sent (too large for gRPC): the stream ends with
+    /// it, as etcd's does when its Send fails.
+    failed: Option<crate::grpc::Status>,
 }
 
 struct HubState {
@@ -247,6 +250,7 @@ impl WatchHub {
                 ready: ready.clone(),
                 next_watch_id: 0,
                 progress_pending: false,
+                failed: None,
             },
         );
         (id, ready)
@@ -262,6 +266,12 @@ impl WatchHub {
         }
         drop(st);
         self.maybe_unsubscribe(state);
+    }
+
+    /// Why `stream` must end, once a response could not be framed.
+    pub fn failure(&self, stream: StreamId) -> Option<crate::grpc::Status> {
+        let st = self.state.borrow();
+        st.streams.get(&stream)?.failed.clone()
     }
 
     /// The next chunk of `stream`'s queued responses (whole gRPC-framed messages, for
@@ -1083,12 +1093,19 @@ impl HubState {
 impl StreamState {
     /// Appends framed responses with `write`, which returns how many bytes it appended,
     /// and wakes the stream's sender.
-    fn append(&mut self, write: impl FnOnce(&mut BytesMut) -> usize) {
+    fn append(&mut self, write: impl FnOnce(&mut BytesMut) -> Result<usize, crate::grpc::Status>) {
         // No reservation ahead of need: `write` reserves what it appends, and `BytesMut`
         // grows by doubling and reuses the buffer of chunks already sent once nothing
         // refers to them, so a quiet stream holds little and a busy one allocates rarely.
         let before = self.open.len();
-        let appended = write(&mut self.open);
+        let appended = match write(&mut self.open) {
+            Ok(appended) => appended,
+            Err(status) => {
+                self.failed.get_or_insert(status);
+                self.ready.wake();
+                return;
+            }
+        };
         debug_assert_eq!(self.open.len(), before + appended);
         self.queued_bytes += appended;
         if self.open.len() >= STREAM_CHUNK_BYTES_MAX {
@@ -1100,15 +1117,14 @@ impl StreamState {
     /// Appends one response encoded by prost, gRPC-framed.
     fn push_message(&mut self, response: &pb::WatchResponse) {
         let len = response.encoded_len();
-        let length = u32::try_from(len).expect("watch response over 4 GiB");
         self.append(|out| {
+            let prefix = crate::grpc::codec::message_prefix(len)?;
             out.reserve(MESSAGE_PREFIX_LEN + len);
-            out.put_u8(0);
-            out.put_u32(length);
+            out.put_slice(&prefix);
             response
                 .encode(out)
                 .expect("BytesMut grows to fit any message");
-            MESSAGE_PREFIX_LEN + len
+            Ok(MESSAGE_PREFIX_LEN + len)
         });
     }
 

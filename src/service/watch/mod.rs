@@ -63,8 +63,10 @@ pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
         async { End::Status(receive(context, &hub_state, &hub, stream, requests).await) },
         future::or(
             async {
-                send(&hub, stream, &ready, &mut responses).await;
-                End::Gone
+                match send(&hub, stream, &ready, &mut responses).await {
+                    Some(status) => End::Status(status),
+                    None => End::Gone,
+                }
             },
             async {
                 hub.shutdown.wait().await;
@@ -161,8 +163,14 @@ async fn receive(
     }
 }
 
-/// The sending half; returns when the client has gone.
-async fn send(hub: &WatchHub, stream: StreamId, ready: &Rc<Wakeup>, responses: &mut ResponseSink) {
+/// The sending half; returns when the client has gone (None), or with the status that
+/// ends the stream when a response could not be sent.
+async fn send(
+    hub: &WatchHub,
+    stream: StreamId,
+    ready: &Rc<Wakeup>,
+    responses: &mut ResponseSink,
+) -> Option<Status> {
     // The progress timer runs in a task of its own that raises `ticked` and wakes the
     // sender: the sender wakes once per batch of events, and polling a glommio timer on
     // each of those wake-ups would re-register it with the reactor each time. Dropping the
@@ -183,8 +191,11 @@ async fn send(hub: &WatchHub, stream: StreamId, ready: &Rc<Wakeup>, responses: &
         // The hub hands out whole gRPC-framed responses, many per chunk.
         while let Some(chunk) = hub.pop(stream) {
             if responses.send_framed(chunk).await.is_err() {
-                return;
+                return None;
             }
+        }
+        if let Some(status) = hub.failure(stream) {
+            return Some(status);
         }
         ready.wait().await;
         if ticked.replace(false) {

@@ -516,6 +516,12 @@ impl ReadTxn {
         self.snap.meta.entry_count
     }
 
+    /// Bytes of the pages this commit spans (its high-water mark; the file may be longer):
+    /// bbolt's `Tx.Size`, what etcd's quota compares. No I/O.
+    pub fn db_bytes(&self) -> u64 {
+        self.snap.meta.page_count * PAGE_BYTES as u64
+    }
+
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<&[u8]>, Error> {
         // The point-read hot path: the prefixed key is built on the stack.
         let mut buffer = [0u8; SHORT_KEY_BYTES];

@@ -823,26 +823,24 @@ async fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads a whole segment in chunks of `READ_CHUNK_BYTES`.
-async fn read_whole(file: &DmaFile, path: &Path) -> Result<Vec<u8>> {
-    const READ_CHUNK_BYTES: u64 = 4 << 20;
+/// Reads a whole segment.
+async fn read_whole(file: &DmaFile, path: &Path) -> Result<glommio::io::ReadResult> {
+    // One read into one DMA buffer, scanned in place: copying a 64 MiB segment into a Vec
+    // cost a fifth of a restart's time.
     let size = file
         .file_size()
         .await
         .map_err(|e| WalError::from_glommio(format!("stat {}", path.display()), e))?;
-    let mut bytes = Vec::with_capacity(size as usize);
-    let mut pos = 0;
-    while pos < size {
-        let want = READ_CHUNK_BYTES.min(size - pos);
-        let chunk = file
-            .read_at(pos, want as usize)
-            .await
-            .map_err(|e| WalError::from_glommio(format!("read {}", path.display()), e))?;
-        if chunk.is_empty() {
-            break;
-        }
-        bytes.extend_from_slice(&chunk);
-        pos += chunk.len() as u64;
+    let bytes = file
+        .read_at(0, size as usize)
+        .await
+        .map_err(|e| WalError::from_glommio(format!("read {}", path.display()), e))?;
+    if bytes.len() as u64 != size {
+        return Err(WalError::Corrupt {
+            segment: path.to_path_buf(),
+            offset: bytes.len() as u64,
+            reason: format!("short read: {} of {size} bytes", bytes.len()),
+        });
     }
     Ok(bytes)
 }
