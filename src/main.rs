@@ -24,6 +24,13 @@ fn main() {
         identity,
         data_dir: config.data_dir.clone(),
         listen_client_addrs: config.client_listen_addrs(),
+        listen_metrics_addrs: tern::config::url::parse_urls(
+            config.flag_value("listen-metrics-urls").unwrap_or_default(),
+        )
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|u| u.socket_addr)
+        .collect(),
         cores: (config.cores > 0).then_some(config.cores),
         limits: Limits {
             max_request_bytes: config.max_request_bytes as usize,

@@ -57,6 +57,8 @@ pub struct ServerOptions {
     /// etcd's --data-dir; the backend lives in `member/snap/db` under it.
     pub data_dir: PathBuf,
     pub listen_client_addrs: Vec<SocketAddr>,
+    /// etcd's --listen-metrics-urls: HTTP listeners serving only /metrics and health.
+    pub listen_metrics_addrs: Vec<SocketAddr>,
     pub cores: Option<usize>,
     pub limits: Limits,
     pub lease: LeaseOptions,
@@ -91,6 +93,11 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     )?;
     // Claimed before anything slow starts, so a port in use fails fast with etcd's error.
     let client_listeners = claim_client_addrs(&options.listen_client_addrs)?;
+    let metrics_listeners = claim_client_addrs(&options.listen_metrics_addrs)?;
+    crate::metrics::STATE.member_id.store(
+        options.identity.member_id,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     check_peer_addrs_free(&options.raft.listen_peer_addrs)?;
 
     // signal-hook's handler only writes to a self-pipe that the main thread reads, so the
@@ -120,6 +127,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         &options,
         &plan,
         &client_listeners,
+        &metrics_listeners,
         command_senders,
         feed_receivers,
         ready_tx,
@@ -156,6 +164,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
                             let _ = executor.join();
                         }
                         stop_listening(&client_listeners);
+                        stop_listening(&metrics_listeners);
                         return Ok(());
                     }
                 }
@@ -190,6 +199,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
         let _ = executor.join();
     }
     stop_listening(&client_listeners);
+    stop_listening(&metrics_listeners);
     let _ = state_executor.join();
     crate::info!("stopped serving client requests");
     Ok(())
@@ -321,6 +331,7 @@ fn start_network_executors(
     options: &ServerOptions,
     plan: &Plan,
     client_listeners: &[OwnedFd],
+    metrics_listeners: &[OwnedFd],
     command_senders: Vec<SharedSender<Command>>,
     feed_receivers: Vec<SharedReceiver<FeedMessage>>,
     ready_tx: std::sync::mpsc::Sender<Result<(), String>>,
@@ -332,6 +343,7 @@ fn start_network_executors(
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
         let listener_fds = executor_listeners(client_listeners)?;
+        let metrics_fds = executor_listeners(metrics_listeners)?;
         let limits = options.limits.clone();
         let identity = options.identity.clone();
         let ready_tx = ready_tx.clone();
@@ -339,6 +351,7 @@ fn start_network_executors(
             .name(&format!("tern-net-{i}"))
             .io_memory(NETWORK_IO_MEMORY_BYTES)
             .spawn(move || async move {
+                crate::metrics::bind_network_core(i);
                 let listeners = into_glommio_listeners(listener_fds);
                 // The state core connects this core's watch feed before its commands,
                 // so the feed's receiving end must be connecting before we wait below.
@@ -371,7 +384,22 @@ fn start_network_executors(
                     trigger.trigger();
                 })
                 .detach();
-                serve_clients(listeners, http2, service::handler(context), shutdown).await;
+                let http1_config = Rc::new(crate::http1::Http1Config {
+                    body_bytes_max: limits.max_recv_message_bytes(),
+                    ..Default::default()
+                });
+                let http1_for = |listener| crate::http1::Http1Service {
+                    config: http1_config.clone(),
+                    handler: service::http::handler(context.clone(), listener),
+                };
+                let metrics = glommio::spawn_local(crate::server::metrics_listen::serve_metrics(
+                    into_glommio_listeners(metrics_fds),
+                    http1_for(service::http::Listener::Metrics),
+                    shutdown.clone(),
+                ));
+                let http1 = http1_for(service::http::Listener::Client);
+                serve_clients(listeners, http2, service::handler(context), shutdown, http1).await;
+                metrics.await;
             })
             .map_err(|e| format!("cannot start network executor {i}: {e}"))?;
         network_executors.push(executor);
@@ -446,5 +474,8 @@ fn announce_ready(options: &ServerOptions, plan: &Plan) {
             format!("serving insecure client requests on {addr}, this is strongly discouraged!"),
             "address" => *addr
         );
+    }
+    for addr in &options.listen_metrics_addrs {
+        crate::info!("serving metrics", "address" => format!("http://{addr}"));
     }
 }
