@@ -187,6 +187,38 @@ pub struct PeerCells {
     pub received_bytes: Counter,
     pub sent_failures: Counter,
     pub round_trip: HistogramCells,
+    /// When the last heartbeat to the peer left (nanoseconds since `EPOCH`, 0: none
+    /// outstanding): its answer closes one round trip.
+    heartbeat_sent_ns: AtomicU64,
+}
+
+impl PeerCells {
+    /// A heartbeat left for this peer; the first one outstanding starts the clock.
+    pub fn heartbeat_sent(&self) {
+        let _ = self
+            .heartbeat_sent_ns
+            .compare_exchange(0, now_ns().max(1), Relaxed, Relaxed);
+    }
+
+    /// The peer answered a heartbeat: one round trip over the peer connection (leader to
+    /// follower's raft and back), etcd's `peer_round_trip_time_seconds`.
+    pub fn heartbeat_answered(&self) {
+        let sent = self.heartbeat_sent_ns.swap(0, Relaxed);
+        if sent != 0 {
+            let seconds = now_ns().saturating_sub(sent) as f64 / 1e9;
+            self.round_trip
+                .observe(&super::PEER_RTT_SECONDS_BUCKETS, seconds);
+        }
+    }
+}
+
+static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn now_ns() -> u64 {
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -197,6 +229,7 @@ impl PeerCells {
         received_bytes: Counter::ZERO,
         sent_failures: Counter::ZERO,
         round_trip: HistogramCells::EMPTY,
+        heartbeat_sent_ns: AtomicU64::new(0),
     };
 }
 
@@ -215,7 +248,6 @@ pub struct StateCells {
     pub slow_apply: Counter,
     pub slow_read_indexes: Counter,
     pub read_indexes_failed: Counter,
-    pub quota_backend_bytes: Gauge,
     pub snapshot_apply_in_progress: Gauge,
     pub learner_promote_successes: Counter,
 
@@ -261,7 +293,6 @@ pub static STATE: StateCells = StateCells {
     slow_apply: Counter::ZERO,
     slow_read_indexes: Counter::ZERO,
     read_indexes_failed: Counter::ZERO,
-    quota_backend_bytes: Gauge::ZERO,
     snapshot_apply_in_progress: Gauge::ZERO,
     learner_promote_successes: Counter::ZERO,
     mvcc_put: Counter::ZERO,

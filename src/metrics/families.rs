@@ -235,11 +235,6 @@ fn server_families(f: &mut Families) {
         s.read_indexes_failed.get(),
     );
     f.gauge(
-        "etcd_server_quota_backend_bytes",
-        "Current backend storage quota size in bytes.",
-        s.quota_backend_bytes.get() as f64,
-    );
-    f.gauge(
         "etcd_server_snapshot_apply_in_progress_total",
         "1 if the server is applying the incoming snapshot. 0 if none.",
         s.snapshot_apply_in_progress.get() as f64,

@@ -90,13 +90,12 @@ pub fn health_checked(healthy: bool) {
     }
 }
 
-/// Watch streams, watchers and unsynced ("slow") watchers on this core changed by the
-/// deltas given.
-pub fn watch_changed(streams: i64, watchers: i64, slow_watchers: i64) {
-    let (cells, exclusive) = cells::network();
-    cells.watch_streams.add(streams, exclusive);
-    cells.watchers.add(watchers, exclusive);
-    cells.slow_watchers.add(slow_watchers, exclusive);
+/// This core's watch streams, watchers and unsynced ("slow") watchers now.
+pub fn watch_set(streams: i64, watchers: i64, slow_watchers: i64) {
+    let (cells, _) = cells::network();
+    cells.watch_streams.set(streams);
+    cells.watchers.set(watchers);
+    cells.slow_watchers.set(slow_watchers);
 }
 
 /// Records a duration into one of the state core's histograms.
