@@ -389,6 +389,22 @@ pub async fn run_lease_timer(state: Rc<RefCell<StateMachine>>) {
     }
 }
 
+/// Keeps `etcd_debugging_mvcc_keys_total` (live keys: a key's first put adds one, its
+/// delete takes one) and the store's revisions current for `/metrics`.
+fn publish_key_changes(changes: &[crate::mvcc::Change], revision: i64, compact_revision: i64) {
+    let s = &crate::metrics::STATE;
+    let delta: i64 = changes
+        .iter()
+        .map(|c| match c.kind {
+            crate::mvcc::ChangeKind::Put => i64::from(c.kv.version == 1),
+            crate::mvcc::ChangeKind::Delete => -1,
+        })
+        .sum();
+    s.mvcc_keys.add(delta, false);
+    s.mvcc_current_revision.set(revision);
+    s.mvcc_compact_revision.set(compact_revision);
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
@@ -547,20 +563,4 @@ mod tests {
         .unwrap();
         assert_eq!(kept.ttl, 0);
     }
-}
-
-/// Keeps `etcd_debugging_mvcc_keys_total` (live keys: a key's first put adds one, its
-/// delete takes one) and the store's revisions current for `/metrics`.
-fn publish_key_changes(changes: &[crate::mvcc::Change], revision: i64, compact_revision: i64) {
-    let s = &crate::metrics::STATE;
-    let delta: i64 = changes
-        .iter()
-        .map(|c| match c.kind {
-            crate::mvcc::ChangeKind::Put => i64::from(c.kv.version == 1),
-            crate::mvcc::ChangeKind::Delete => -1,
-        })
-        .sum();
-    s.mvcc_keys.add(delta, false);
-    s.mvcc_current_revision.set(revision);
-    s.mvcc_compact_revision.set(compact_revision);
 }
