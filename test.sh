@@ -19,6 +19,9 @@ command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v tc >/dev/null 2>&1 || missing+=(iproute2)
 # strace: tests/no_blocking_io.rs traces tern's system calls per thread.
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+# tests/metrics_prometheus.rs: a real Prometheus scrapes tern; curl for the HTTP tests.
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]} with apt-get" >&2
     SUDO=""
