@@ -499,6 +499,36 @@ fn health_flips_without_a_leader() {
     for member in 0..3 {
         assert_eq!(get(cluster.client_ports[member], "/health").status, 200);
     }
+    // Peer traffic is counted per peer on every member, and the leader's heartbeats give
+    // round trips.
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    for member in 0..3 {
+        loop {
+            let metrics = get(cluster.client_ports[member], "/metrics").body;
+            let peers_with = |prefix: &str| {
+                metrics
+                    .lines()
+                    .filter(|l| l.starts_with(prefix) && !l.ends_with(" 0"))
+                    .count()
+            };
+            // The leader talks to both peers and times its heartbeats' round trips; a
+            // follower talks to the leader.
+            let peers = if metrics.contains("\netcd_server_is_leader 1\n") {
+                2
+            } else {
+                1
+            };
+            let counted = peers_with("etcd_network_peer_sent_bytes_total{To=\"") >= peers
+                && peers_with("etcd_network_peer_received_bytes_total{From=\"") >= peers
+                && (peers == 1
+                    || peers_with("etcd_network_peer_round_trip_time_seconds_count{To=\"") == 2);
+            if counted {
+                break;
+            }
+            assert!(Instant::now() < deadline, "member {member}: {metrics}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     cluster.kill(1);
     cluster.kill(2);
     let port = cluster.client_ports[0];

@@ -10,7 +10,8 @@
 //! - Every wait for the peer has a deadline: the idle wait before a request
 //!   (`keepalive_idle_timeout`), the head once its first byte arrived
 //!   (`header_read_timeout`, the slowloris defence: a client trickling a header a byte at
-//!   a time is cut off), and the body (`body_read_timeout`). On any, the connection closes.
+//!   a time is cut off), the body (`body_read_timeout`), and each response's write
+//!   (`write_timeout`). On any, the connection closes.
 //! - Malformed input gets Go's net/http answer (400 "Bad Request" and the like, then
 //!   close); nothing a peer sends ends the task with anything but a closed connection.
 //! - On shutdown an idle connection closes at once; a busy one finishes its request and
@@ -46,6 +47,9 @@ pub struct Http1Config {
     pub body_read_timeout: Duration,
     /// How long a connection may sit between requests (and before its first).
     pub keepalive_idle_timeout: Duration,
+    /// How long a response may take to be taken by the peer (a client that sends but
+    /// never reads would otherwise hold its task forever).
+    pub write_timeout: Duration,
 }
 
 impl Default for Http1Config {
@@ -56,6 +60,7 @@ impl Default for Http1Config {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
             keepalive_idle_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -111,7 +116,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let head = match read_head(&mut io, &mut buffer, &config, &shutdown).await? {
             Ok(head) => head,
-            Err(Some(response)) => return write_final(&mut io, &response).await,
+            Err(Some(response)) => return write_final(&mut io, &response, &config).await,
             Err(None) => return Ok(()),
         };
         let framing = match body::framing(
@@ -120,29 +125,29 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         ) {
             Ok(framing) => framing,
             Err((status, text)) => {
-                return write_final(&mut io, &plain_error(status, text)).await;
+                return write_final(&mut io, &plain_error(status, text), &config).await;
             }
         };
         if let Framing::Length(n) = framing {
             if n > config.body_bytes_max as u64 {
-                return write_final(&mut io, &too_large()).await;
+                return write_final(&mut io, &too_large(), &config).await;
             }
         }
         let expect = head.values("expect");
         if let Some(value) = expect.first() {
             if !value.trim_ascii().eq_ignore_ascii_case(b"100-continue") || expect.len() > 1 {
-                return write_final(&mut io, &plain_error(417, "Expectation Failed")).await;
+                let refused = plain_error(417, "Expectation Failed");
+                return write_final(&mut io, &refused, &config).await;
             }
             // The client waits for this before it sends the body (RFC 9110 §10.1.1); an
             // HTTP/1.0 client does not know it.
             if framing != Framing::None && buffer.is_empty() && head.minor_version >= 1 {
-                io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-                io.flush().await?;
+                write_all(&mut io, b"HTTP/1.1 100 Continue\r\n\r\n", &config).await?;
             }
         }
         let body = match read_body(&mut io, &mut buffer, &framing, &config).await? {
             Ok(body) => body,
-            Err(Some(response)) => return write_final(&mut io, &response).await,
+            Err(Some(response)) => return write_final(&mut io, &response, &config).await,
             Err(None) => return Ok(()),
         };
         let keep_alive = head.keep_alive();
@@ -160,8 +165,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         if !is_head && super::message::has_body(response.status) {
             out.extend_from_slice(&response.body);
         }
-        io.write_all(&out).await?;
-        io.flush().await?;
+        write_all(&mut io, &out, &config).await?;
         if close {
             return Ok(());
         }
@@ -328,12 +332,35 @@ async fn read_more<S: AsyncRead + Unpin>(
 }
 
 /// Writes a response that ends the connection.
-async fn write_final<S: AsyncWrite + Unpin>(io: &mut S, response: &Response) -> io::Result<()> {
+async fn write_final<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    response: &Response,
+    config: &Http1Config,
+) -> io::Result<()> {
     let mut out = Vec::with_capacity(256 + response.body.len());
     response.encode_head(&mut out, SystemTime::now(), true);
     out.extend_from_slice(&response.body);
-    io.write_all(&out).await?;
-    io.flush().await
+    write_all(io, &out, config).await
+}
+
+/// Writes and flushes `bytes`, or fails with `TimedOut` after `write_timeout`.
+async fn write_all<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    bytes: &[u8],
+    config: &Http1Config,
+) -> io::Result<()> {
+    let write = async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    };
+    let expired = async {
+        glommio::timer::sleep(config.write_timeout).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "peer did not take the response",
+        ))
+    };
+    futures_lite::future::or(write, expired).await
 }
 
 /// Go's net/http answer to a request it cannot read: "<code> <text>" as plain text.

@@ -201,7 +201,9 @@ impl PeerCells {
     }
 
     /// The peer answered a heartbeat: one round trip over the peer connection (leader to
-    /// follower's raft and back), etcd's `peer_round_trip_time_seconds`.
+    /// follower's raft and back), etcd's `peer_round_trip_time_seconds`. Only a leader
+    /// sends heartbeats, so only a leader observes round trips (etcd's members probe every
+    /// peer over a separate prober connection instead).
     pub fn heartbeat_answered(&self) {
         let sent = self.heartbeat_sent_ns.swap(0, Relaxed);
         if sent != 0 {
@@ -346,4 +348,51 @@ pub fn sum_network(read: impl Fn(&NetworkCells) -> i64) -> i64 {
         .chain(std::iter::once(&UNBOUND))
         .map(read)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_inf_last() {
+        let cells = HistogramCells::EMPTY;
+        let bounds = [0.001, 0.002, 0.004];
+        for value in [0.0005, 0.001, 0.003, 10.0] {
+            cells.observe(&bounds, value);
+        }
+        let (cumulative, count, sum) = cells.read(&bounds);
+        assert_eq!(cumulative, vec![2, 2, 3]);
+        assert_eq!(count, 4);
+        assert!((sum - 10.0045).abs() < 1e-9);
+    }
+
+    #[test]
+    fn network_blocks_are_summed_and_unbound_threads_share_one() {
+        let before = sum_network(|c| c.health_success.get() as i64);
+        std::thread::spawn(|| {
+            bind_network_core(3);
+            let (cells, exclusive) = network();
+            assert!(exclusive);
+            cells.health_success.add(2, exclusive);
+        })
+        .join()
+        .unwrap();
+        std::thread::spawn(|| {
+            let (cells, exclusive) = network();
+            assert!(!exclusive);
+            cells.health_success.add(1, exclusive);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(sum_network(|c| c.health_success.get() as i64), before + 3);
+    }
+
+    #[test]
+    fn peers_get_one_slot_each() {
+        let a = peer(0xa1) as *const PeerCells;
+        let b = peer(0xb2) as *const PeerCells;
+        assert_ne!(a, b);
+        assert_eq!(a, peer(0xa1) as *const PeerCells);
+    }
 }
