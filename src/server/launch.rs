@@ -344,6 +344,7 @@ fn start_network_executors(
         stops.push(stop_tx);
         let listener_fds = executor_listeners(client_listeners)?;
         let metrics_fds = executor_listeners(metrics_listeners)?;
+        let grpc_addr = loopback_addr(options.listen_client_addrs.first());
         let limits = options.limits.clone();
         let identity = options.identity.clone();
         let ready_tx = ready_tx.clone();
@@ -390,7 +391,7 @@ fn start_network_executors(
                 });
                 let http1_for = |listener| crate::http1::Http1Service {
                     config: http1_config.clone(),
-                    handler: service::http::handler(context.clone(), listener),
+                    handler: service::http::handler(context.clone(), listener, grpc_addr),
                 };
                 let metrics = glommio::spawn_local(crate::server::metrics_listen::serve_metrics(
                     into_glommio_listeners(metrics_fds),
@@ -405,6 +406,22 @@ fn start_network_executors(
         network_executors.push(executor);
     }
     Ok((stops, network_executors))
+}
+
+/// Where this process's own gRPC port answers, for the JSON gateway's loopback calls: the
+/// first client address, with a wildcard address dialled as loopback.
+fn loopback_addr(client: Option<&SocketAddr>) -> SocketAddr {
+    let mut addr = client
+        .copied()
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 2379)));
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        });
+    }
+    addr
 }
 
 /// Opens the backend at etcd's path under `data_dir` and rebuilds the MVCC index from it.

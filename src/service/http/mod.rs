@@ -3,10 +3,12 @@
 //!
 //! Client port (etcd's `embed/serve.go`): CORS headers on every response (etcd's default
 //! `--cors` allows every origin), `OPTIONS` answered 200 with no body, then `/health`,
-//! `/livez`, `/readyz` (`health`), `/version`, `/metrics` (`metrics`). Metrics listeners:
+//! `/livez`, `/readyz` (`health`), `/version`, `/metrics` (`metrics`), and the `/v3` JSON
+//! gateway (`gateway`). Metrics listeners:
 //! only `/metrics` and the health endpoints, without CORS. Everything else gets Go's
 //! ServeMux "404 page not found".
 
+mod gateway;
 mod health;
 pub mod metrics;
 
@@ -22,17 +24,29 @@ pub enum Listener {
     Metrics,
 }
 
-/// The handler the HTTP/1.1 layer calls for every request.
-pub fn handler(context: Rc<ServiceContext>, listener: Listener) -> http1::Handler {
-    Rc::new(move |request: Request| Box::pin(route(context.clone(), listener, request)))
+/// The handler the HTTP/1.1 layer calls for every request. `grpc_addr` is where this
+/// member serves gRPC, for the gateway's loopback calls.
+pub fn handler(
+    context: Rc<ServiceContext>,
+    listener: Listener,
+    grpc_addr: std::net::SocketAddr,
+) -> http1::Handler {
+    Rc::new(move |request: Request| Box::pin(route(context.clone(), listener, grpc_addr, request)))
 }
 
-async fn route(context: Rc<ServiceContext>, listener: Listener, request: Request) -> Response {
+async fn route(
+    context: Rc<ServiceContext>,
+    listener: Listener,
+    grpc_addr: std::net::SocketAddr,
+    request: Request,
+) -> Response {
     if listener == Listener::Metrics {
         return endpoint(&context, listener, &request).await;
     }
     let mut response = if request.method == "OPTIONS" {
         Response::new(200, "text/plain; charset=utf-8", "")
+    } else if gateway::is_gateway_path(request.path()) {
+        gateway::serve(grpc_addr, &request).await
     } else {
         endpoint(&context, listener, &request).await
     };
