@@ -644,7 +644,6 @@ impl Node {
         self.transport.send(messages);
     }
 
-    /// Logs how well group commit batched: raft entries per WAL fdatasync since start.
     /// Keeps the raft gauges of `/metrics` current (etcd sets them in its ready loop).
     pub fn publish_metrics(&self) {
         let s = &crate::metrics::STATE;
@@ -656,6 +655,7 @@ impl Node {
         s.wal_write_bytes.set(self.wal.stats().bytes_written as i64);
     }
 
+    /// Logs how well group commit batched: raft entries per WAL fdatasync since start.
     pub fn log_wal_stats(&self) {
         let stats = self.wal.stats();
         let per_fsync = self.entries_written as f64 / stats.fdatasyncs.max(1) as f64;
