@@ -1,8 +1,9 @@
 //! The `/v3` JSON gateway side by side with real etcd 3.4: spawns a fresh tern and a fresh
 //! etcd on free loopback ports, sends both the same curl requests (etcd's documented
 //! gateway examples: put, range, prefix range, txn, delete, lease grant/time-to-live/
-//! revoke, status, malformed and invalid requests), and compares status codes and JSON
-//! bodies with the member-specific ids (cluster, member, leader) blanked out.
+//! revoke, status, malformed and invalid requests, and the streamed watch and lease
+//! keep-alive), and compares status codes and JSON bodies (line by line for streams) with
+//! the member-specific ids (cluster, member, leader) blanked out.
 
 mod common;
 mod http_support;
@@ -163,4 +164,89 @@ fn malformed_json_and_wrong_methods_get_grpc_gateway_errors() {
             .stdout
     };
     assert_eq!(get(tern.client_port), get(etcd.client_port));
+}
+
+/// Every JSON line of a streamed answer, normalized.
+fn lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap_or(Value::String(l.to_string()));
+            normalize(&mut v);
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn streamed_watch_and_lease_keepalive_answer_as_etcd_3_4_does() {
+    let tern = TernServer::start();
+    let etcd = http_support::Etcd::start();
+    for port in [tern.client_port, etcd.client_port] {
+        assert_eq!(
+            post(port, "/v3/lease/grant", r#"{"TTL": 60, "ID": 4242}"#).0,
+            200
+        );
+    }
+    // Keep-alive: one answer per request object in the body, then the stream ends.
+    for body in [
+        r#"{"ID": 4242}"#,
+        r#"{"ID": 4242}{"ID": 4242}"#,
+        r#"{"ID": 1}"#,
+    ] {
+        let (our_code, ours) = post(tern.client_port, "/v3/lease/keepalive", body);
+        let (their_code, theirs) = post(etcd.client_port, "/v3/lease/keepalive", body);
+        assert_eq!(our_code, their_code, "{body}");
+        assert_eq!(lines(&ours), lines(&theirs), "{body}");
+    }
+    // Watch: the created answer, then each event, until the client hangs up.
+    let watch = |port: u16| {
+        std::process::Command::new("curl")
+            .args(["-sN", "--max-time", "30", "-X", "POST", "--data-binary"])
+            .arg(r#"{"create_request": {"key": "d2F0Y2hlZA==", "prev_kv": true}}"#)
+            .arg(format!("http://127.0.0.1:{port}/v3/watch"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    use std::io::BufRead as _;
+    let mut watchers = [watch(tern.client_port), watch(etcd.client_port)];
+    // Each watch is created (its first line read) before the writes it must see.
+    let mut readers: Vec<_> = watchers
+        .iter_mut()
+        .map(|child| std::io::BufReader::new(child.stdout.take().unwrap()))
+        .collect();
+    let mut created = Vec::new();
+    for reader in &mut readers {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        created.push(line);
+    }
+    for port in [tern.client_port, etcd.client_port] {
+        post(
+            port,
+            "/v3/kv/put",
+            r#"{"key": "d2F0Y2hlZA==", "value": "MQ=="}"#,
+        );
+        post(
+            port,
+            "/v3/kv/put",
+            r#"{"key": "d2F0Y2hlZA==", "value": "Mg=="}"#,
+        );
+        post(port, "/v3/kv/deleterange", r#"{"key": "d2F0Y2hlZA=="}"#);
+    }
+    let mut outputs = Vec::new();
+    for ((mut reader, mut child), mut text) in readers.into_iter().zip(watchers).zip(created) {
+        // The three events, then hang up (curl's --max-time bounds a missing one).
+        for _ in 0..3 {
+            reader.read_line(&mut text).unwrap();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        outputs.push(text);
+    }
+    let (ours, theirs) = (outputs[0].clone(), outputs[1].clone());
+    let (ours, theirs) = (lines(&ours), lines(&theirs));
+    assert_eq!(ours.len(), 4, "{ours:#?}");
+    assert_eq!(ours, theirs);
 }

@@ -158,7 +158,16 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             headers: head.headers,
             body,
         };
-        let response = handler(request).await;
+        let mut response = handler(request).await;
+        if response.stream.is_some() {
+            // A streamed response ends with the connection (the client's close is how a
+            // watch ends), so nothing after it on this connection is served.
+            let mut out = Vec::with_capacity(256);
+            response.encode_head(&mut out, SystemTime::now(), true);
+            write_all(&mut io, &out, &config).await?;
+            let stream = response.stream.take().expect("checked above");
+            return stream_body(&mut io, stream, &config, &shutdown).await;
+        }
         let close = !keep_alive || shutdown.is_triggered();
         let mut out = Vec::with_capacity(256 + response.body.len());
         response.encode_head(&mut out, SystemTime::now(), close);
@@ -329,6 +338,51 @@ async fn read_more<S: AsyncRead + Unpin>(
     } else {
         Ok(())
     })
+}
+
+/// Sends `stream`'s pieces as chunks until it ends (then the last chunk), the client
+/// closes or fails, a write times out, or shutdown.
+async fn stream_body<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    mut stream: super::message::BodyStream,
+    config: &Http1Config,
+    shutdown: &ShutdownSignal,
+) -> io::Result<()> {
+    use futures::StreamExt as _;
+    enum Next {
+        Piece(Option<bytes::Bytes>),
+        PeerDone,
+    }
+    let mut scratch = [0u8; 512];
+    loop {
+        let next = async { Next::Piece(stream.next().await) };
+        // The client sends nothing more on a streamed request: a read that returns is its
+        // close (or bytes we will not serve), and ends the response.
+        let peer = async {
+            let _ = io.read(&mut scratch).await;
+            Next::PeerDone
+        };
+        let stop = async {
+            shutdown.wait().await;
+            Next::PeerDone
+        };
+        let piece = match futures_lite::future::or(next, futures_lite::future::or(peer, stop)).await
+        {
+            Next::Piece(piece) => piece,
+            Next::PeerDone => return Ok(()),
+        };
+        let Some(piece) = piece else {
+            return write_all(io, b"0\r\n\r\n", config).await;
+        };
+        if piece.is_empty() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(piece.len() + 16);
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(&piece);
+        out.extend_from_slice(b"\r\n");
+        write_all(io, &out, config).await?;
+    }
 }
 
 /// Writes a response that ends the connection.

@@ -1,8 +1,8 @@
 //! What a handler sees of an HTTP/1.1 exchange, and the encoding of a response head.
 //!
 //! Invariants:
-//! - A response always carries its length (`Content-Length`), so a keep-alive connection
-//!   can find the next response: there is no close-delimited body.
+//! - A response always carries its length (`Content-Length`) or is chunked, so a
+//!   keep-alive connection can find the next response: there is no close-delimited body.
 //! - Header names a handler sets are written in ascending order (as Go's net/http writes
 //!   them, so that responses compare line for line with etcd's), then `Date` and
 //!   `Content-Length`, which only the connection writes.
@@ -102,12 +102,27 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A whole response.
-#[derive(Debug, Clone)]
+/// Pieces of a response body produced while it is sent (a watch); the response ends when
+/// the stream does, or when the client goes away (the stream is then dropped).
+pub type BodyStream = std::pin::Pin<Box<dyn futures::Stream<Item = Bytes>>>;
+
+/// A response: a whole body, or (`stream`) one sent with chunked transfer coding.
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    pub stream: Option<BodyStream>,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &self.body)
+            .field("streams", &self.stream.is_some())
+            .finish()
+    }
 }
 
 impl Response {
@@ -116,7 +131,15 @@ impl Response {
             status,
             headers: vec![("Content-Type".into(), content_type.into())],
             body: body.into(),
+            stream: None,
         }
+    }
+
+    /// A 200 response whose body `stream` produces, sent chunked (RFC 9112 §7.1).
+    pub fn streaming(content_type: &str, stream: BodyStream) -> Response {
+        let mut response = Response::new(200, content_type, Bytes::new());
+        response.stream = Some(stream);
+        response
     }
 
     /// What Go's `http.Error` writes: the text and a newline, as plain text that browsers
@@ -149,7 +172,9 @@ impl Response {
             out.extend_from_slice(b"Connection: close\r\n");
         }
         out.extend_from_slice(format!("Date: {}\r\n", http_date(now)).as_bytes());
-        if has_body(self.status) {
+        if self.stream.is_some() {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        } else if has_body(self.status) {
             out.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes());
         }
         out.extend_from_slice(b"\r\n");

@@ -1,5 +1,5 @@
 //! etcd's `/v3` JSON gateway (grpc-gateway v1 semantics, as etcd 3.4 serves it at `/v3/`
-//! and `/v3beta/`) for the unary methods: `POST /v3/<path>` with the request message in
+//! and `/v3beta/`): `POST /v3/<path>` with the request message in
 //! proto3 JSON, answered with the response message in proto3 JSON, or with
 //! grpc-gateway's error object `{"error":…,"message":…,"code":…}` and the HTTP status
 //! grpc-gateway maps the gRPC code to.
@@ -13,7 +13,8 @@
 //! default value left out, unknown input fields ignored. An empty body is the empty
 //! message. The `Authorization` header is passed on as the `authorization` metadata.
 //!
-//! Not yet: the streaming methods (Watch, LeaseKeepAlive, Snapshot, Observe) answer 501.
+//! Streaming methods (Watch, LeaseKeepAlive, Observe; Snapshot once tern has it) answer
+//! one JSON line per message, as grpc-gateway streams them.
 
 mod loopback;
 
@@ -232,18 +233,15 @@ pub async fn serve(grpc_addr: SocketAddr, request: &Request) -> Response {
     if request.method != "POST" {
         return Response::error(405, "Method Not Allowed");
     }
-    if streams {
-        return error_response(
-            12,
-            &format!("tern: the /v3 gateway does not serve the streaming {service}/{method} yet"),
-        );
-    }
     let Some(descriptor) = method_descriptor(service, method) else {
         return error_response(
             12,
             &format!("unknown method {method} for service {service}"),
         );
     };
+    if streams {
+        return serve_stream(grpc_addr, service, method, descriptor, request).await;
+    }
     let body: &[u8] = if request.body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -258,13 +256,7 @@ pub async fn serve(grpc_addr: SocketAddr, request: &Request) -> Response {
             Ok(message) => message,
             Err(e) => return error_response(3, &e.to_string()),
         };
-    let mut metadata = Vec::new();
-    if let Some(token) = request.header("authorization") {
-        metadata.push((
-            "authorization".to_string(),
-            String::from_utf8_lossy(token).into_owned(),
-        ));
-    }
+    let metadata = metadata_of(request);
     let grpc_path = format!("/{service}/{method}");
     let encoded = prost::Message::encode_to_vec(&message);
     let deadline = Instant::now() + CALL_TIMEOUT;
@@ -287,7 +279,107 @@ pub async fn serve(grpc_addr: SocketAddr, request: &Request) -> Response {
     if let Err(e) = response.serialize_with_options(&mut out, &options) {
         return error_response(13, &format!("cannot encode the response: {e}"));
     }
-    Response::new(200, "application/json", out.into_inner())
+    let mut answer = Response::new(200, "application/json", out.into_inner());
+    answer.set_header("Grpc-Metadata-Content-Type", "application/grpc");
+    answer
+}
+
+fn metadata_of(request: &Request) -> Vec<(String, String)> {
+    let mut metadata = Vec::new();
+    if let Some(token) = request.header("authorization") {
+        metadata.push((
+            "authorization".to_string(),
+            String::from_utf8_lossy(token).into_owned(),
+        ));
+    }
+    metadata
+}
+
+/// A streaming method: every JSON object of the body is one request message (then the
+/// request side closes, as grpc-gateway's CloseSend), and every response message is
+/// one line `{"result":…}` of a chunked body; a failed call ends with grpc-gateway's
+/// stream error line `{"error":{…}}`. The call lasts until it ends or the HTTP client
+/// goes away (which drops the loopback connection, and so the call).
+async fn serve_stream(
+    grpc_addr: SocketAddr,
+    service: &str,
+    method: &str,
+    descriptor: MethodDescriptor,
+    request: &Request,
+) -> Response {
+    let options = DeserializeOptions::new().deny_unknown_fields(false);
+    let mut messages = Vec::new();
+    for value in
+        serde_json::Deserializer::from_slice(&request.body).into_iter::<serde_json::Value>()
+    {
+        let parsed = value.map_err(|e| e.to_string()).and_then(|value| {
+            DynamicMessage::deserialize_with_options(descriptor.input(), value, &options)
+                .map_err(|e| e.to_string())
+        });
+        match parsed {
+            Ok(message) => messages.push(prost::Message::encode_to_vec(&message)),
+            Err(e) => return error_response(3, &e),
+        }
+    }
+    let grpc_path = format!("/{service}/{method}");
+    let mut call = match loopback::Call::open(grpc_addr, &grpc_path, &metadata_of(request)).await {
+        Ok(call) => call,
+        Err(e) => return error_response(14, &e),
+    };
+    for message in &messages {
+        call.queue_message(message);
+    }
+    call.close_send();
+    let output = descriptor.output();
+    let lines = futures::stream::unfold(Some(call), move |state| {
+        let output = output.clone();
+        async move {
+            let mut call = state?;
+            let line = match call.next().await {
+                Ok(loopback::Event::Message(bytes)) => match result_line(&output, bytes) {
+                    Ok(line) => return Some((line, Some(call))),
+                    Err(e) => stream_error_line(13, &e),
+                },
+                Ok(loopback::Event::End { code: 0, .. }) => return None,
+                Ok(loopback::Event::End { code, message }) => stream_error_line(code, &message),
+                Err(e) => stream_error_line(14, &e),
+            };
+            Some((line, None))
+        }
+    });
+    let mut answer = Response::streaming("application/json", Box::pin(lines));
+    answer.set_header("Grpc-Metadata-Content-Type", "application/grpc");
+    answer
+}
+
+/// `{"result":<message>}` and a newline.
+fn result_line(
+    output: &prost_reflect::MessageDescriptor,
+    bytes: bytes::Bytes,
+) -> Result<bytes::Bytes, String> {
+    let message = DynamicMessage::decode(output.clone(), bytes).map_err(|e| e.to_string())?;
+    let mut out = serde_json::Serializer::new(b"{\"result\":".to_vec());
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(true);
+    message
+        .serialize_with_options(&mut out, &options)
+        .map_err(|e| e.to_string())?;
+    let mut line = out.into_inner();
+    line.extend_from_slice(b"}\n");
+    Ok(line.into())
+}
+
+/// grpc-gateway v1's in-stream error object, and a newline.
+fn stream_error_line(code: u8, message: &str) -> bytes::Bytes {
+    let text = serde_json::to_string(message).unwrap_or_else(|_| "\"\"".into());
+    let status = http_status(code);
+    let status_text = serde_json::to_string(crate::http1::message::reason(status))
+        .unwrap_or_else(|_| "\"\"".into());
+    format!(
+        "{{\"error\":{{\"grpc_code\":{code},\"http_code\":{status},\"message\":{text},\"http_status\":{status_text}}}}}\n"
+    )
+    .into()
 }
 
 fn method_descriptor(service: &str, method: &str) -> Option<MethodDescriptor> {
