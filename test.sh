@@ -30,6 +30,12 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The JSON-gateway client for tests/python_gateway.rs: Python etcd3gw on requests.
+if ! python3 -c "import etcd3gw" >/dev/null 2>&1; then
+    echo "test.sh: installing the Python etcd3gw client with pip" >&2
+    python3 -m pip install -q "etcd3gw==2.7.0" 2>&1 | grep -v "^WARNING: Running pip as" >&2 || true
+fi
+
 # The second client stack for end-to-end tests: Python etcd3 on grpcio.
 if ! PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python python3 -c "import etcd3, grpc" >/dev/null 2>&1; then
     echo "test.sh: installing the Python etcd3 client with pip" >&2
