@@ -19,8 +19,9 @@ use super::*;
 /// The Content-Type of a scrape answer.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// etcd's server version, for `etcd_server_version`.
-const SERVER_VERSION: &str = "3.4.23";
+/// etcd's server version, for `etcd_server_version` (this module imports nothing of the
+/// server; a test in `service::http` checks it against `state::machine`'s).
+pub const SERVER_VERSION: &str = "3.4.23";
 /// The cluster version label of `etcd_cluster_version` (major.minor, as etcd writes it).
 const CLUSTER_VERSION: &str = "3.4";
 

@@ -99,3 +99,14 @@ fn version(request: &Request) -> Response {
     );
     Response::new(200, "application/json", body)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metrics_report_the_version_status_reports() {
+        assert_eq!(
+            crate::metrics::families::SERVER_VERSION,
+            crate::state::machine::ETCD_SERVER_VERSION
+        );
+    }
+}
