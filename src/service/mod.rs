@@ -8,6 +8,7 @@
 mod call;
 mod cluster;
 mod election;
+pub mod http;
 mod kv;
 mod lease;
 mod lock;
