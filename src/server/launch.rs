@@ -151,9 +151,11 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     let (stops, mut cores) = network_cores(
         &options,
         &plan,
-        &client_listeners,
-        client_tls,
-        &metrics_listeners,
+        ClaimedListeners {
+            client: &client_listeners,
+            client_tls,
+            metrics: &metrics_listeners,
+        },
         command_senders,
         feed_receivers,
         ready_tx,
@@ -371,6 +373,13 @@ fn start_state_executor(
         .map_err(|e| format!("cannot start the state executor: {e}"))
 }
 
+/// The sockets the main thread claimed, and the TLS settings of the client ones.
+struct ClaimedListeners<'a> {
+    client: &'a [OwnedFd],
+    client_tls: Option<Arc<ReloadingServerConfig>>,
+    metrics: &'a [OwnedFd],
+}
+
 /// One `NetworkCore` per network CPU of `plan`, each with its own handles on the client
 /// listeners and its command channel to the state core; each sends on `ready_tx` once its
 /// command channel is connected. Returns the senders that stop them, beside them.
@@ -378,9 +387,7 @@ fn start_state_executor(
 fn network_cores(
     options: &ServerOptions,
     plan: &Plan,
-    client_listeners: &[OwnedFd],
-    client_tls: Option<Arc<ReloadingServerConfig>>,
-    metrics_listeners: &[OwnedFd],
+    listeners: ClaimedListeners,
     command_senders: Vec<SharedSender<Command>>,
     feed_receivers: Vec<SharedReceiver<FeedMessage>>,
     ready_tx: std::sync::mpsc::Sender<Result<(), String>>,
@@ -393,7 +400,7 @@ fn network_cores(
         stops.push(stop_tx);
         let core = NetworkCore {
             index: i,
-            listener_fds: executor_listeners(client_listeners)?,
+            listener_fds: executor_listeners(listeners.client)?,
             commands,
             feed,
             limits: options.limits.clone(),
@@ -406,8 +413,8 @@ fn network_cores(
             } else {
                 Vec::new()
             },
-            client_tls: client_tls.clone(),
-            metrics_fds: executor_listeners(metrics_listeners)?,
+            client_tls: listeners.client_tls.clone(),
+            metrics_fds: executor_listeners(listeners.metrics)?,
             grpc_addr: loopback_addr(options.listen_client_addrs.first()),
             ready_tx: ready_tx.clone(),
             stop_rx,
