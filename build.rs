@@ -13,6 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
+    // The descriptor set also goes to OUT_DIR for the /v3 JSON gateway's proto3 JSON
+    // mapping (prost-reflect).
+    let descriptor_path =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("file_descriptor_set.bin");
+    std::fs::write(descriptor_path, prost::Message::encode_to_vec(&descriptors))?;
     prost_build::Config::new()
         .bytes(["."])
         .compile_fds(descriptors)?;

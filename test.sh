@@ -22,12 +22,21 @@ command -v strace >/dev/null 2>&1 || missing+=(strace)
 # openssl: tests/tls.rs checks the negotiated TLS versions and suites with s_client;
 # tests/auth_jwt.rs makes the RSA key pair tern and etcd share with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# tests/metrics_prometheus.rs: a real Prometheus scrapes tern; curl for the HTTP tests.
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]} with apt-get" >&2
     SUDO=""
     [[ $(id -u) -eq 0 ]] || SUDO="sudo"
     $SUDO apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The JSON-gateway client for tests/python_gateway.rs: Python etcd3gw on requests.
+if ! python3 -c "import etcd3gw" >/dev/null 2>&1; then
+    echo "test.sh: installing the Python etcd3gw client with pip" >&2
+    python3 -m pip install -q "etcd3gw==2.7.0" 2>&1 | grep -v "^WARNING: Running pip as" >&2 || true
 fi
 
 # The second client stack for end-to-end tests: Python etcd3 on grpcio.

@@ -12,6 +12,24 @@ use tern::server::{self, ServerOptions};
 use tern::service::Limits;
 use tern::state::Identity;
 
+/// `--listen-metrics-urls` addresses. Only http:// is served: an https:// one is refused
+/// rather than served in the clear.
+fn metrics_urls(config: &Config) -> Vec<std::net::SocketAddr> {
+    let urls =
+        tern::config::url::parse_urls(config.flag_value("listen-metrics-urls").unwrap_or_default())
+            .unwrap_or_default();
+    if let Some(url) = urls
+        .iter()
+        .find(|u| u.scheme != tern::config::url::Scheme::Http)
+    {
+        tern::fatal!(
+            "cannot serve",
+            "error" => format!("--listen-metrics-urls {}: only http:// metrics URLs are served", url.url)
+        );
+    }
+    urls.iter().filter_map(|u| u.socket_addr).collect()
+}
+
 fn main() {
     let config = Config::from_args();
     config.log_no_effect_flags();
@@ -40,6 +58,7 @@ fn main() {
         listen_client_tls: client.addrs_tls,
         listen_client_unix: client.unix,
         client_tls: client.tls,
+        listen_metrics_addrs: metrics_urls(&config),
         cores: (config.cores > 0).then_some(config.cores),
         limits: Limits {
             max_request_bytes: config.max_request_bytes as usize,

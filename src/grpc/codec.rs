@@ -47,6 +47,23 @@ pub fn parse_prefix(prefix: &[u8; MESSAGE_PREFIX_LEN]) -> (bool, usize) {
     (prefix[0] != 0, length as usize)
 }
 
+/// How many whole messages a buffer of back-to-back framed messages holds (a truncated
+/// last one is not counted).
+pub fn count_framed(mut framed: &[u8]) -> u64 {
+    let mut messages = 0;
+    while framed.len() >= MESSAGE_PREFIX_LEN {
+        let prefix: &[u8; MESSAGE_PREFIX_LEN] =
+            framed[..MESSAGE_PREFIX_LEN].try_into().expect("5 bytes");
+        let (_, length) = parse_prefix(prefix);
+        let Some(rest) = framed.get(MESSAGE_PREFIX_LEN + length..) else {
+            break;
+        };
+        messages += 1;
+        framed = rest;
+    }
+    messages
+}
+
 /// Frames one uncompressed message as the `Bytes` pieces to queue, in order; Err for a
 /// message above [`MESSAGE_SEND_BYTES_MAX`].
 pub fn frame_message(message: Bytes) -> Result<(Bytes, Option<Bytes>), Status> {

@@ -63,6 +63,8 @@ struct CallShared {
     stream: StreamRef,
     /// Set once a status went out (or can never go out).
     finished: Cell<bool>,
+    /// The method's row in `crate::metrics` (None: a method etcd does not have).
+    metric: Option<usize>,
 }
 
 impl CallShared {
@@ -70,6 +72,9 @@ impl CallShared {
     fn finish(&self, status: &Status) {
         if self.finished.replace(true) {
             return;
+        }
+        if let Some(row) = self.metric {
+            crate::metrics::grpc_handled(row, status.code as u8);
         }
         if self.stream.headers_sent() {
             let _ = self.stream.send_trailers(codec::trailers(status));
@@ -104,7 +109,10 @@ impl RequestStream {
                 return Some(Err(status.clone()));
             }
             match self.try_message() {
-                Ok(Some(message)) => return Some(Ok(message)),
+                Ok(Some(message)) => {
+                    crate::metrics::grpc_message_received(self.call.metric, message.len());
+                    return Some(Ok(message));
+                }
                 Ok(None) => {}
                 Err(status) => {
                     self.error = Some(status.clone());
@@ -224,6 +232,7 @@ impl ResponseSink {
     pub async fn send(&mut self, message: Bytes) -> Result<(), Status> {
         // Too large to frame: the call ends with that status (grpc-go's SendMsg error,
         // which etcd's handlers return as the call's status).
+        let message_bytes = message.len();
         let (head, tail) = match codec::frame_message(message) {
             Ok(pieces) => pieces,
             Err(status) => {
@@ -233,6 +242,7 @@ impl ResponseSink {
         };
         self.ready_to_send().await?;
         let stream = &self.call.stream;
+        crate::metrics::grpc_messages_sent(self.call.metric, 1, message_bytes);
         stream
             .send_data(head)
             .map_err(|StreamGone| Status::cancelled())?;
@@ -250,6 +260,12 @@ impl ResponseSink {
     /// message. Waits and fails as [`ResponseSink::send`] does.
     pub async fn send_framed(&mut self, messages: Bytes) -> Result<(), Status> {
         self.ready_to_send().await?;
+        let count = codec::count_framed(&messages);
+        crate::metrics::grpc_messages_sent(
+            self.call.metric,
+            count,
+            messages.len() - count as usize * codec::MESSAGE_PREFIX_LEN,
+        );
         self.call
             .stream
             .send_data(messages)
@@ -356,12 +372,14 @@ pub fn dispatch(request: Request, handler: &Handler, config: &ServerConfig) {
             return early_abort(&stream, b"200", status);
         }
     };
+    let method = String::from_utf8_lossy(&path).into_owned();
     let shared = Rc::new(CallShared {
         stream,
         finished: Cell::new(false),
+        metric: crate::metrics::grpc_started(&method),
     });
     let call = Call {
-        method: String::from_utf8_lossy(&path).into_owned(),
+        method,
         deadline,
         metadata,
         requests: RequestStream {
@@ -405,8 +423,12 @@ async fn run_call(
     // with it the sink, whose Drop would otherwise report INTERNAL) as soon as it yields.
     let gone = async {
         poll_fn(|cx| call.stream.poll_closed(cx)).await;
-        // Nothing can be sent any more.
-        call.finished.set(true);
+        // Nothing can be sent any more; go-grpc-prometheus counts such a call Canceled.
+        if !call.finished.replace(true) {
+            if let Some(row) = call.metric {
+                crate::metrics::grpc_handled(row, Code::Cancelled as u8);
+            }
+        }
         Outcome::Gone
     };
     let expired = async {

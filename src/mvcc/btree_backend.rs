@@ -157,7 +157,13 @@ impl WriterJob {
         WriterOutcome((|| -> Result<JobOutcome, BackendError> {
             Ok(match self.job {
                 Job::Commit(layers) => {
+                    let started = std::time::Instant::now();
                     commit_layers(&db, &layers)?;
+                    crate::metrics::observe_seconds(
+                        &crate::metrics::STATE.backend_commit,
+                        &crate::metrics::DISK_SECONDS_BUCKETS,
+                        started.elapsed(),
+                    );
                     JobOutcome::Committed
                 }
                 Job::DefragPass => JobOutcome::DefragPassed {

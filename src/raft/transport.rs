@@ -148,6 +148,9 @@ pub fn resolve_checked(url: &str) -> Option<SocketAddr> {
     resolve(url)
 }
 
+/// Bytes before a frame's payload: its length (u32 BE) and kind.
+const FRAME_HEAD_BYTES: u64 = 5;
+
 fn frame(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
     out.push(kind);
@@ -455,13 +458,21 @@ impl Transport {
                 };
                 glommio::spawn_local(async move {
                     let to = m.to;
+                    let started = std::time::Instant::now();
                     let ok = match image {
                         Err(e) => {
                             crate::warn!("cannot send snapshot", "remote-peer-id" => format!("{to:x}"), "error" => e);
                             false
                         }
                         Ok(image) => match stream_snapshot(urls, tls, hello, m, image).await {
-                            Ok(()) => true,
+                            Ok(()) => {
+                                crate::metrics::observe_seconds(
+                                    &crate::metrics::STATE.backend_snapshot,
+                                    &crate::metrics::SNAPSHOT_SECONDS_BUCKETS,
+                                    started.elapsed(),
+                                );
+                                true
+                            }
                             Err(e) => {
                                 crate::warn!("cannot send snapshot", "remote-peer-id" => format!("{to:x}"), "error" => e);
                                 false
@@ -557,6 +568,7 @@ async fn inbound(
         stream.flush().await.map_err(|e| e.to_string())?;
         return Ok(());
     }
+    let from = u64::from_be_bytes(hello[8..16].try_into().expect("8 bytes"));
     let to = u64::from_be_bytes(hello[16..24].try_into().expect("8 bytes"));
     if their_cluster != cluster_id.get() && cluster_id.get() != 0 {
         return Err(format!(
@@ -569,11 +581,19 @@ async fn inbound(
     }
     loop {
         let (kind, payload) = read_frame(&mut stream).await?;
+        crate::metrics::peer(from)
+            .received_bytes
+            .add(payload.len() as u64 + FRAME_HEAD_BYTES, false);
         let m = match kind {
             FRAME_RAFT => {
                 wire_check::check(&payload, &wire_check::MESSAGE)
                     .map_err(|e| format!("bad raft message: {e}"))?;
-                Message::parse_from_bytes(&payload).map_err(|e| format!("bad raft message: {e}"))?
+                let m = Message::parse_from_bytes(&payload)
+                    .map_err(|e| format!("bad raft message: {e}"))?;
+                if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
+                    crate::metrics::peer(from).heartbeat_answered();
+                }
+                m
             }
             FRAME_LEASE_REQUEST => {
                 // A follower's forwarded Renew/TimeToLive: one request, one response, per
@@ -714,6 +734,18 @@ async fn outbound(
                 }
             }
             let ok = stream.write_all(&buf).await.is_ok() && stream.flush().await.is_ok();
+            let counted = crate::metrics::peer(link.id);
+            if ok {
+                counted.sent_bytes.add(buf.len() as u64, false);
+                if batch
+                    .iter()
+                    .any(|m| m.get_msg_type() == MessageType::MsgHeartbeat)
+                {
+                    counted.heartbeat_sent();
+                }
+            } else {
+                counted.sent_failures.add(1, false);
+            }
             if snapshots > 0 {
                 let mut r = reports.borrow_mut();
                 for _ in 0..snapshots {

@@ -88,6 +88,8 @@ pub struct ServerOptions {
     pub listen_client_unix: Vec<(PathBuf, bool)>,
     /// The client TLS settings; `Some` whenever any client URL is https:// or unixs://.
     pub client_tls: Option<crate::net::tls::TlsInfo>,
+    /// etcd's --listen-metrics-urls: HTTP listeners serving only /metrics and health.
+    pub listen_metrics_addrs: Vec<SocketAddr>,
     pub cores: Option<usize>,
     pub limits: Limits,
     pub lease: LeaseOptions,
@@ -127,6 +129,11 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     )?;
     // Claimed before anything slow starts, so a port in use fails fast with etcd's error.
     let client_listeners = claim_client_addrs(&options.listen_client_addrs)?;
+    let metrics_listeners = claim_client_addrs(&options.listen_metrics_addrs)?;
+    crate::metrics::STATE.member_id.store(
+        options.identity.member_id,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     check_peer_addrs_free(&options.raft.listen_peer_addrs)?;
     // Certificates load here, so a bad file fails startup before anything serves.
     let client_tls = match &options.client_tls {
@@ -160,8 +167,11 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     let (stops, mut cores) = network_cores(
         &options,
         &plan,
-        &client_listeners,
-        client_tls,
+        ClaimedListeners {
+            client: &client_listeners,
+            client_tls,
+            metrics: &metrics_listeners,
+        },
         command_senders,
         feed_receivers,
         ready_tx,
@@ -211,6 +221,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
                         }
                         stop_listening(&client_listeners);
                         remove_unix_sockets(&options);
+                        stop_listening(&metrics_listeners);
                         return Ok(());
                     }
                 }
@@ -249,6 +260,7 @@ pub fn run(options: ServerOptions) -> Result<(), String> {
     // at once.
     let _ = state_executor.join();
     stop_listening(&client_listeners);
+    stop_listening(&metrics_listeners);
     remove_unix_sockets(&options);
     crate::info!("stopped serving client requests");
     Ok(())
@@ -380,6 +392,13 @@ fn start_state_executor(
         .map_err(|e| format!("cannot start the state executor: {e}"))
 }
 
+/// The sockets the main thread claimed, and the TLS settings of the client ones.
+struct ClaimedListeners<'a> {
+    client: &'a [OwnedFd],
+    client_tls: Option<Arc<ReloadingServerConfig>>,
+    metrics: &'a [OwnedFd],
+}
+
 /// One `NetworkCore` per network CPU of `plan`, each with its own handles on the client
 /// listeners and its command channel to the state core; each sends on `ready_tx` once its
 /// command channel is connected. Returns the senders that stop them, beside them.
@@ -387,8 +406,7 @@ fn start_state_executor(
 fn network_cores(
     options: &ServerOptions,
     plan: &Plan,
-    client_listeners: &[OwnedFd],
-    client_tls: Option<Arc<ReloadingServerConfig>>,
+    listeners: ClaimedListeners,
     command_senders: Vec<SharedSender<Command>>,
     feed_receivers: Vec<SharedReceiver<FeedMessage>>,
     ready_tx: std::sync::mpsc::Sender<Result<(), String>>,
@@ -401,7 +419,7 @@ fn network_cores(
         stops.push(stop_tx);
         let core = NetworkCore {
             index: i,
-            listener_fds: executor_listeners(client_listeners)?,
+            listener_fds: executor_listeners(listeners.client)?,
             commands,
             feed,
             limits: options.limits.clone(),
@@ -414,9 +432,11 @@ fn network_cores(
             } else {
                 Vec::new()
             },
-            client_tls: client_tls.clone(),
+            client_tls: listeners.client_tls.clone(),
             bcrypt_cost: options.auth.bcrypt_cost,
             jwt: options.auth.jwt.clone(),
+            metrics_fds: executor_listeners(listeners.metrics)?,
+            grpc_addr: loopback_addr(options.listen_client_addrs.first()),
             ready_tx: ready_tx.clone(),
             stop_rx,
         };
@@ -464,12 +484,17 @@ struct NetworkCore {
     /// --bcrypt-cost and the JWT keys (`--auth-token jwt,...`) for the Auth service.
     bcrypt_cost: u32,
     jwt: Option<Arc<crate::auth::jwt::JwtKeys>>,
+    /// Handles on the `--listen-metrics-urls` listeners.
+    metrics_fds: Vec<OwnedFd>,
+    /// Where the /v3 JSON gateway sends its calls (this member's own gRPC port).
+    grpc_addr: SocketAddr,
     ready_tx: std::sync::mpsc::Sender<Result<(), String>>,
     stop_rx: oneshot::Receiver<()>,
 }
 
 /// Serves one network core on the calling executor until it is told to stop.
 async fn serve_network_core(core: NetworkCore) {
+    crate::metrics::bind_network_core(core.index);
     let client_tls = core.client_tls.clone();
     let tls_of = |is_tls: bool| if is_tls { client_tls.clone() } else { None };
     let mut listeners: Vec<ClientListener> = into_glommio_listeners(core.listener_fds)
@@ -526,12 +551,44 @@ async fn serve_network_core(core: NetworkCore) {
         trigger.trigger();
     })
     .detach();
-    serve_clients(listeners, http2, service::handler(context), shutdown).await;
+    let http1_config = Rc::new(crate::http1::Http1Config {
+        body_bytes_max: core.limits.max_recv_message_bytes(),
+        ..Default::default()
+    });
+    let grpc_addr = core.grpc_addr;
+    let http1_for = |listener| crate::http1::Http1Service {
+        config: http1_config.clone(),
+        handler: service::http::handler(context.clone(), listener, grpc_addr),
+    };
+    let metrics = glommio::spawn_local(crate::server::metrics_listen::serve_metrics(
+        into_glommio_listeners(core.metrics_fds),
+        http1_for(service::http::Listener::Metrics),
+        shutdown.clone(),
+    ));
+    let http1 = http1_for(service::http::Listener::Client);
+    serve_clients(listeners, http2, service::handler(context), shutdown, http1).await;
+    metrics.await;
     // The feed task holds the service context, and with it this core's command sender, for
     // as long as the state core feeds it; the state core ends only when every sender is
     // gone. A network executor of its own drops the task on exit, but a colocated core's
     // executor lives on, so the task is cancelled here.
     drop(feed_task);
+}
+
+/// Where this process's own gRPC port answers, for the JSON gateway's loopback calls: the
+/// first client address, with a wildcard address dialled as loopback.
+fn loopback_addr(client: Option<&SocketAddr>) -> SocketAddr {
+    let mut addr = client
+        .copied()
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 2379)));
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        });
+    }
+    addr
 }
 
 /// Opens the backend at etcd's path under `data_dir` and rebuilds the MVCC index from it.
@@ -632,5 +689,8 @@ fn announce_ready(options: &ServerOptions, plan: &Plan) {
 fn remove_unix_sockets(options: &ServerOptions) {
     for (path, _) in &options.listen_client_unix {
         let _ = std::fs::remove_file(path);
+    }
+    for addr in &options.listen_metrics_addrs {
+        crate::info!("serving metrics", "address" => format!("http://{addr}"));
     }
 }

@@ -11,6 +11,7 @@
 //! `crate::state`.
 
 pub mod launch;
+pub mod metrics_listen;
 pub mod network;
 
 pub use launch::{run, AuthOptions, ServerOptions};

@@ -32,11 +32,13 @@ pub async fn serve_clients(
     config: Rc<ServerConfig>,
     handler: Handler,
     shutdown: ShutdownSignal,
+    http1: crate::http1::Http1Service,
 ) {
     let live_connections = Rc::new(Cell::new(0usize));
     let mut acceptors = Vec::new();
     for listener in listeners {
         let (config, handler, shutdown) = (config.clone(), handler.clone(), shutdown.clone());
+        let http1 = http1.clone();
         let live = live_connections.clone();
         acceptors.push(glommio::spawn_local(async move {
             let mut backoff = AcceptBackoff::default();
@@ -65,10 +67,16 @@ pub async fn serve_clients(
                 let (config, handler, shutdown) =
                     (config.clone(), handler.clone(), shutdown.clone());
                 let live = live.clone();
+                let http1 = http1.clone();
                 glommio::spawn_local(async move {
                     // The TLS handshake, if any, runs here: never in the accept loop.
                     if let Some(stream) = pending.establish(&shutdown).await {
-                        let _ = serve_connection(stream, config, handler, shutdown).await;
+                        // One port, two protocols: gRPC clients go to HTTP/2, the rest to
+                        // HTTP/1.1.
+                        crate::http1::serve_sniffed(stream, &http1, shutdown.clone(), |stream| {
+                            serve_connection(stream, config, handler, shutdown)
+                        })
+                        .await;
                     }
                     live.set(live.get() - 1);
                 })

@@ -9,6 +9,7 @@ pub mod auth;
 mod call;
 mod cluster;
 mod election;
+pub mod http;
 mod kv;
 mod lease;
 mod lock;

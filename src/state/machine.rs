@@ -176,6 +176,7 @@ impl StateMachine {
             store.backend(),
             crate::auth::token::SIMPLE_TOKEN_TTL_DEFAULT,
         )?;
+        publish_key_count(&store);
         let mut state = StateMachine {
             identity,
             raft_applied_index: store.consistent_index(),
@@ -417,6 +418,12 @@ impl StateMachine {
             .take()
             .map(|started| started.elapsed())
             .unwrap_or_default();
+        crate::metrics::STATE.defrag_inflight.set(0);
+        crate::metrics::observe_seconds(
+            &crate::metrics::STATE.backend_defrag,
+            &crate::metrics::DEFRAG_SECONDS_BUCKETS,
+            took,
+        );
         let res = match result {
             Ok(report) => {
                 crate::info!(
@@ -449,6 +456,7 @@ impl StateMachine {
         self.commit_backend();
         crate::info!("defragmenting", "path" => self.store.backend().path());
         self.defrag_waiters.started = Some(std::time::Instant::now());
+        crate::metrics::STATE.defrag_inflight.set(1);
         match self.store.backend_mut().start_defragment() {
             Ok(started) => {
                 debug_assert!(started, "one defragmentation at a time");
@@ -581,6 +589,7 @@ impl StateMachine {
             store.backend_mut().run_writer_in_background();
         }
         self.flush();
+        publish_key_count(&store);
         let old = std::mem::replace(&mut self.store, store);
         self.uncommitted = false;
         self.backend_batch_started = None;
@@ -717,6 +726,7 @@ impl StateMachine {
             }
             Command::Auth(op, reply) => self.handle_auth(op, reply),
             Command::Range(req, reply) => {
+                crate::metrics::STATE.mvcc_range.add(1, false);
                 let res = self
                     .check_range(&req)
                     .and_then(|()| self.store.range(&req))
@@ -734,6 +744,7 @@ impl StateMachine {
             }
             Command::Put(req, reply) => {
                 self.advance_applied_index();
+                crate::metrics::STATE.mvcc_put.add(1, false);
                 let res = self
                     .check_put(&req)
                     .and_then(|()| self.store.put(&req, &self.lessor))
@@ -752,6 +763,7 @@ impl StateMachine {
             }
             Command::DeleteRange(req, reply) => {
                 self.advance_applied_index();
+                crate::metrics::STATE.mvcc_delete.add(1, false);
                 let res = self
                     .check_delete_range(&req)
                     .and_then(|()| self.store.delete_range(&req))
@@ -776,6 +788,7 @@ impl StateMachine {
                     .check_txn(&req)
                     .and_then(|()| self.store.txn(&req, &self.lessor))
                     .map(|mut r| {
+                        count_txn_ops(&req, &r);
                         self.stamp(&mut r.header);
                         r
                     });
@@ -815,6 +828,10 @@ impl StateMachine {
                         self.stamp(&mut r.header);
                         r
                     });
+                crate::metrics::STATE.hash_rev_duration.observe(
+                    &crate::metrics::HASH_SECONDS_BUCKETS,
+                    started.elapsed().as_secs_f64(),
+                );
                 self.reply(reply, res);
             }
             Command::Hash(reply) => {
@@ -825,6 +842,10 @@ impl StateMachine {
                         header: Some(self.header(h.current_revision)),
                         hash: h.hash,
                     });
+                crate::metrics::STATE.hash_duration.observe(
+                    &crate::metrics::HASH_SECONDS_BUCKETS,
+                    started.elapsed().as_secs_f64(),
+                );
                 self.reply(reply, res);
             }
             Command::Status(reply) => {
@@ -1081,5 +1102,52 @@ fn alarm_name(alarm: i32) -> &'static str {
         Ok(pb::AlarmType::Nospace) => "NOSPACE",
         Ok(pb::AlarmType::Corrupt) => "CORRUPT",
         _ => "NONE",
+    }
+}
+
+/// Sets `etcd_debugging_mvcc_keys_total` from a whole store (at open and after a snapshot
+/// install; writes then keep it current, see `leases::publish_key_changes`).
+fn publish_key_count(store: &KvStore<BtreeBackend>) {
+    let all = pb::RangeRequest {
+        key: bytes::Bytes::from_static(b"\0"),
+        range_end: bytes::Bytes::from_static(b"\0"),
+        count_only: true,
+        ..Default::default()
+    };
+    if let Ok(response) = store.range(&all) {
+        crate::metrics::STATE.mvcc_keys.set(response.count);
+        crate::metrics::STATE
+            .mvcc_current_revision
+            .set(store.current_revision());
+        crate::metrics::STATE
+            .mvcc_compact_revision
+            .set(store.compact_revision());
+    }
+}
+
+/// etcd's mvcc counters for one txn: its compares and executed ranges count as ranges,
+/// its puts and deletes as such (nested txns included), and the whole as one txn when it
+/// did more than one thing (etcd's `metricsTxnWrite.End`).
+fn count_txn_ops(request: &pb::TxnRequest, response: &pb::TxnResponse) {
+    fn executed(response: &pb::TxnResponse, counts: &mut [u64; 3]) {
+        use pb::response_op::Response as Op;
+        for op in &response.responses {
+            match &op.response {
+                Some(Op::ResponseRange(_)) => counts[0] += 1,
+                Some(Op::ResponsePut(_)) => counts[1] += 1,
+                Some(Op::ResponseDeleteRange(_)) => counts[2] += 1,
+                Some(Op::ResponseTxn(inner)) => executed(inner, counts),
+                None => {}
+            }
+        }
+    }
+    let mut counts = [request.compare.len() as u64, 0, 0];
+    executed(response, &mut counts);
+    let s = &crate::metrics::STATE;
+    s.mvcc_range.add(counts[0], false);
+    s.mvcc_put.add(counts[1], false);
+    s.mvcc_delete.add(counts[2], false);
+    if counts.iter().sum::<u64>() > 1 {
+        s.mvcc_txn.add(1, false);
     }
 }

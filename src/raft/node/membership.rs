@@ -434,6 +434,9 @@ impl Node {
                     drop(r.send(Ok(pb::MemberRemoveResponse { header, members })))
                 }
                 MemberReply::Promote(r) => {
+                    crate::metrics::STATE
+                        .learner_promote_successes
+                        .add(1, false);
                     drop(r.send(Ok(pb::MemberPromoteResponse { header, members })))
                 }
                 MemberReply::Update(r) => {

@@ -627,7 +627,10 @@ impl Node {
 
     fn answer_error(&mut self, waiter: Waiter, e: EtcdError) {
         match waiter {
-            Waiter::Write(reply) => reply.fail(e),
+            Waiter::Write(reply) => {
+                crate::metrics::STATE.proposals_failed.add(1, false);
+                reply.fail(e)
+            }
             Waiter::Member(reply) => fail_member(reply, e),
             Waiter::Publish => self.publish_proposed_at = None,
             Waiter::ClusterVersion => self.version_proposed_at = None,
@@ -805,6 +808,17 @@ impl Node {
         }
         self.heartbeats.warn(&messages, Instant::now());
         self.transport.send(messages);
+    }
+
+    /// Keeps the raft gauges of `/metrics` current (etcd sets them in its ready loop).
+    pub fn publish_metrics(&self) {
+        let s = &crate::metrics::STATE;
+        let hard_state = self.log.hard_state();
+        s.proposals_committed.set(hard_state.commit as i64);
+        s.proposals_applied
+            .set(self.state.borrow().raft_applied_index() as i64);
+        s.proposals_pending.set(self.pending.len() as i64);
+        s.wal_write_bytes.set(self.wal.stats().bytes_written as i64);
     }
 
     /// Logs how well group commit batched: raft entries per WAL fdatasync since start.

@@ -71,6 +71,7 @@ pub async fn run(node: Rc<RefCell<Node>>) {
     let mut campaigned = false;
     loop {
         Node::handle_ready(&node);
+        node.borrow().publish_metrics();
         if !campaigned {
             let mut n = node.borrow_mut();
             let cs = n.log.conf_state();
@@ -288,6 +289,13 @@ impl Node {
                 crate::info!("leadership changed", "new-leader" => format!("{leader:x}"));
             }
         }
+        if leader != 0 && leader != self.leader_id {
+            crate::metrics::STATE.leader_changes_seen.add(1, false);
+        }
+        crate::metrics::STATE.has_leader.set(i64::from(leader != 0));
+        crate::metrics::STATE
+            .is_leader
+            .set(i64::from(leader != 0 && leader == self.id));
         self.leader_id = leader;
         self.state.borrow_mut().leader_id = leader;
         // As etcd, measure heartbeat gaps afresh after any change of leader or role.

@@ -30,6 +30,14 @@ impl SlowFdatasync {
             return None;
         }
         self.last_batch_seq = durable.batch_seq;
+        // A barrier that wrote nothing synced nothing: not an fsync to count.
+        if !durable.fdatasync_took.is_zero() {
+            crate::metrics::observe_seconds(
+                &crate::metrics::STATE.wal_fsync,
+                &crate::metrics::DISK_SECONDS_BUCKETS,
+                durable.fdatasync_took,
+            );
+        }
         (durable.fdatasync_took > WARN_SYNC_DURATION).then_some(durable.fdatasync_took)
     }
 
@@ -91,6 +99,7 @@ impl HeartbeatDetector {
                 continue;
             }
             if let Some(exceeded) = self.observe(m.to, now) {
+                crate::metrics::STATE.heartbeat_send_failures.add(1, false);
                 crate::warn!(
                     "leader failed to send out heartbeat on time; took too long, leader is overloaded likely from slow disk",
                     "to" => format!("{:x}", m.to),

@@ -253,6 +253,7 @@ impl WatchHub {
                 failed: None,
             },
         );
+        st.publish_metrics();
         (id, ready)
     }
 
@@ -264,6 +265,7 @@ impl WatchHub {
                 st.remove_watcher((stream, watch_id));
             }
         }
+        st.publish_metrics();
         drop(st);
         self.maybe_unsubscribe(state);
     }
@@ -577,6 +579,8 @@ impl WatchHub {
             })
         };
         while let Some(message) = next().await {
+            // Dispatching turns slow watchers unsynced: the gauges follow each message.
+            self.state.borrow().publish_metrics();
             match message {
                 FeedMessage::Revisions {
                     generation,
@@ -652,6 +656,7 @@ impl WatchHub {
             if !woke {
                 return;
             }
+            self.state.borrow().publish_metrics();
             while let Some(plan) = self.plan_fetch() {
                 self.fetches.set(self.fetches.get() + 1);
                 let reply = context
@@ -769,6 +774,17 @@ impl HubState {
             s.watch_ids.insert(key.1);
         }
         self.watchers.insert(key, watcher);
+        self.publish_metrics();
+    }
+
+    /// This core's watch gauges for `/metrics` (etcd's `watch_stream_total`,
+    /// `watcher_total`, `slow_watcher_total`: unsynced watchers).
+    fn publish_metrics(&self) {
+        crate::metrics::watch_set(
+            self.streams.len() as i64,
+            self.watchers.len() as i64,
+            self.unsynced.len() as i64,
+        );
     }
 
     fn remove_watcher(&mut self, key: WatcherKey) -> bool {
@@ -789,6 +805,7 @@ impl HubState {
         if let Some(s) = self.streams.get_mut(&key.0) {
             s.watch_ids.remove(&key.1);
         }
+        self.publish_metrics();
         true
     }
 
@@ -810,6 +827,7 @@ impl HubState {
             }
         }
         self.stream_revision = revision;
+        self.publish_metrics();
     }
 
     /// Hands one revision to the watchers it matches; returns whether some watcher fell

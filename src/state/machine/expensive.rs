@@ -51,6 +51,7 @@ pub fn warn_if_expensive<'a>(took: Duration, what: impl FnOnce() -> ExpensiveReq
     if took <= WARN_APPLY_DURATION {
         return false;
     }
+    crate::metrics::STATE.slow_apply.add(1, false);
     crate::log::log(
         Level::Warn,
         concat!(file!(), ":", line!()),

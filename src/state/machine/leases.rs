@@ -128,6 +128,7 @@ impl StateMachine {
         }
         self.changes_seen_revision = revision;
         let changes = self.store.last_changes();
+        publish_key_changes(changes, revision, self.store.compact_revision());
         self.lessor.on_changes(changes);
         self.waiters.notify(changes);
         // Every write path (client requests and lease expiry alike) ends here, so this is
@@ -208,6 +209,10 @@ impl StateMachine {
         let granted = self
             .lessor
             .grant(self.store.backend_mut(), id, req.ttl, now)?;
+        crate::metrics::STATE.lease_granted.add(1, false);
+        crate::metrics::STATE
+            .lease_ttl
+            .observe(&crate::metrics::LEASE_TTL_BUCKETS, granted.ttl_secs as f64);
         Ok(pb::LeaseGrantResponse {
             header: Some(self.header(self.store.current_revision())),
             id: granted.id,
@@ -221,6 +226,7 @@ impl StateMachine {
     pub(super) fn apply_lease_revoke(&mut self, id: i64) -> Result<(), EtcdError> {
         self.advance_applied_index();
         let keys = self.lessor.revoke(self.store.backend_mut(), id)?;
+        crate::metrics::STATE.lease_revoked.add(1, false);
         let mut deleted: Result<(), EtcdError> = Ok(());
         {
             let mut txn = self.store.write();
@@ -260,6 +266,7 @@ impl StateMachine {
         // the primary's to propose (etcd's Renew waits for it, then answers the same).
         let ttl = match self.lessor.renew(id, now) {
             Ok((ttl, clear_checkpoint)) => {
+                crate::metrics::STATE.lease_renewed.add(1, false);
                 if clear_checkpoint {
                     // Through raft, like etcd's Renew: a failover must not resume from
                     // the stale remainder.
@@ -323,6 +330,7 @@ impl StateMachine {
             }
             crate::debug!("proposing revocation of expired lease", "lease" => format!("{id:016x}"));
             self.revoke_proposed_at.insert(id, now);
+            crate::metrics::STATE.lease_expired.add(1, false);
             self.queue_lease_proposal(LeaseProposal::Revoke(id));
         }
     }
@@ -391,6 +399,22 @@ pub async fn run_lease_timer(state: Rc<RefCell<StateMachine>>) {
         };
         glommio::timer::sleep(next.saturating_duration_since(Instant::now())).await;
     }
+}
+
+/// Keeps `etcd_debugging_mvcc_keys_total` (live keys: a key's first put adds one, its
+/// delete takes one) and the store's revisions current for `/metrics`.
+fn publish_key_changes(changes: &[crate::mvcc::Change], revision: i64, compact_revision: i64) {
+    let s = &crate::metrics::STATE;
+    let delta: i64 = changes
+        .iter()
+        .map(|c| match c.kind {
+            crate::mvcc::ChangeKind::Put => i64::from(c.kv.version == 1),
+            crate::mvcc::ChangeKind::Delete => -1,
+        })
+        .sum();
+    s.mvcc_keys.add(delta, false);
+    s.mvcc_current_revision.set(revision);
+    s.mvcc_compact_revision.set(compact_revision);
 }
 
 #[cfg(test)]

@@ -1,0 +1,435 @@
+//! The HTTP/1.1 connection driver: reads requests, hands each to the handler, writes the
+//! responses in order.
+//!
+//! Invariants:
+//! - One request at a time: pipelined requests wait, unparsed, in the read buffer until the
+//!   response before them is written, so responses leave in request order (RFC 9112 §9.3.2)
+//!   and a pipelining client costs at most `header_bytes_max` of buffer beyond one request.
+//! - Every buffer has a named bound: the request head (`header_bytes_max`, answered 431),
+//!   its field count (`HEADER_FIELDS_MAX`, 431), the body (`body_bytes_max`, 413).
+//! - Every wait for the peer has a deadline: the idle wait before a request
+//!   (`keepalive_idle_timeout`), the head once its first byte arrived
+//!   (`header_read_timeout`, the slowloris defence: a client trickling a header a byte at
+//!   a time is cut off), the body (`body_read_timeout`), and each response's write
+//!   (`write_timeout`). On any, the connection closes.
+//! - Malformed input gets Go's net/http answer (400 "Bad Request" and the like, then
+//!   close); nothing a peer sends ends the task with anything but a closed connection.
+//! - On shutdown an idle connection closes at once; a busy one finishes its request and
+//!   answers it with `Connection: close`.
+
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_lite::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use super::body::{self, BodyError, ChunkedDecoder, Framing};
+use super::message::{Handler, Request, Response};
+use crate::http2::ShutdownSignal;
+
+/// Most header fields one request may carry (more: 431).
+pub const HEADER_FIELDS_MAX: usize = 100;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// The limits and deadlines of one connection.
+#[derive(Debug, Clone)]
+pub struct Http1Config {
+    /// Longest request head (request line and fields); Go's `http.DefaultMaxHeaderBytes`.
+    pub header_bytes_max: usize,
+    /// Longest request body, after chunked decoding.
+    pub body_bytes_max: usize,
+    /// How long a request head may take from its first byte to its blank line.
+    pub header_read_timeout: Duration,
+    /// How long a request body may take to arrive once its head is read.
+    pub body_read_timeout: Duration,
+    /// How long a connection may sit between requests (and before its first).
+    pub keepalive_idle_timeout: Duration,
+    /// How long a response may take to be taken by the peer (a client that sends but
+    /// never reads would otherwise hold its task forever).
+    pub write_timeout: Duration,
+}
+
+impl Default for Http1Config {
+    fn default() -> Self {
+        Http1Config {
+            header_bytes_max: 1 << 20,
+            body_bytes_max: 2 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            keepalive_idle_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a read for more of a request stopped.
+enum ReadStop {
+    Closed,
+    TimedOut,
+    Shutdown,
+}
+
+/// The head of a request, owned (the parse borrows the read buffer).
+struct Head {
+    method: String,
+    target: String,
+    minor_version: u8,
+    headers: Vec<(String, Bytes)>,
+}
+
+impl Head {
+    fn values(&self, name: &str) -> Vec<&[u8]> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| &v[..])
+            .collect()
+    }
+
+    /// Whether the connection stays open after this request (RFC 9112 §9.3).
+    fn keep_alive(&self) -> bool {
+        let tokens: Vec<String> = self
+            .values("connection")
+            .iter()
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(|t| String::from_utf8_lossy(t).trim().to_ascii_lowercase())
+            .collect();
+        if tokens.iter().any(|t| t == "close") {
+            return false;
+        }
+        self.minor_version >= 1 || tokens.iter().any(|t| t == "keep-alive")
+    }
+}
+
+/// Serves one HTTP/1.1 connection until the peer closes, a deadline passes, a protocol
+/// error closes it, or `shutdown` fires.
+pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    config: Rc<Http1Config>,
+    handler: Handler,
+    shutdown: ShutdownSignal,
+) -> io::Result<()> {
+    let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        let head = match read_head(&mut io, &mut buffer, &config, &shutdown).await? {
+            Ok(head) => head,
+            Err(Some(response)) => return write_final(&mut io, &response, &config).await,
+            Err(None) => return Ok(()),
+        };
+        let framing = match body::framing(
+            &head.values("content-length"),
+            &head.values("transfer-encoding"),
+        ) {
+            Ok(framing) => framing,
+            Err((status, text)) => {
+                return write_final(&mut io, &plain_error(status, text), &config).await;
+            }
+        };
+        if let Framing::Length(n) = framing {
+            if n > config.body_bytes_max as u64 {
+                return write_final(&mut io, &too_large(), &config).await;
+            }
+        }
+        let expect = head.values("expect");
+        if let Some(value) = expect.first() {
+            if !value.trim_ascii().eq_ignore_ascii_case(b"100-continue") || expect.len() > 1 {
+                let refused = plain_error(417, "Expectation Failed");
+                return write_final(&mut io, &refused, &config).await;
+            }
+            // The client waits for this before it sends the body (RFC 9110 §10.1.1); an
+            // HTTP/1.0 client does not know it.
+            if framing != Framing::None && buffer.is_empty() && head.minor_version >= 1 {
+                write_all(&mut io, b"HTTP/1.1 100 Continue\r\n\r\n", &config).await?;
+            }
+        }
+        let body = match read_body(&mut io, &mut buffer, &framing, &config).await? {
+            Ok(body) => body,
+            Err(Some(response)) => return write_final(&mut io, &response, &config).await,
+            Err(None) => return Ok(()),
+        };
+        let keep_alive = head.keep_alive();
+        let is_head = head.method == "HEAD";
+        let request = Request {
+            method: head.method,
+            target: head.target,
+            headers: head.headers,
+            body,
+        };
+        let mut response = handler(request).await;
+        if response.stream.is_some() {
+            // A streamed response ends with the connection (the client's close is how a
+            // watch ends), so nothing after it on this connection is served.
+            let mut out = Vec::with_capacity(256);
+            response.encode_head(&mut out, SystemTime::now(), true);
+            write_all(&mut io, &out, &config).await?;
+            let stream = response.stream.take().expect("checked above");
+            return stream_body(&mut io, stream, &config, &shutdown).await;
+        }
+        let close = !keep_alive || shutdown.is_triggered();
+        let mut out = Vec::with_capacity(256 + response.body.len());
+        response.encode_head(&mut out, SystemTime::now(), close);
+        if !is_head && super::message::has_body(response.status) {
+            out.extend_from_slice(&response.body);
+        }
+        write_all(&mut io, &out, &config).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads and parses the next request head. Ok(Err(Some(response))): answer and close;
+/// Ok(Err(None)): close without a word (peer gone, deadline, shutdown while idle).
+async fn read_head<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buffer: &mut Vec<u8>,
+    config: &Http1Config,
+    shutdown: &ShutdownSignal,
+) -> io::Result<Result<Head, Option<Response>>> {
+    let mut deadline = Instant::now()
+        + if buffer.is_empty() {
+            config.keepalive_idle_timeout
+        } else {
+            config.header_read_timeout
+        };
+    loop {
+        if !buffer.is_empty() {
+            let mut fields = [httparse::EMPTY_HEADER; HEADER_FIELDS_MAX];
+            let mut parsed = httparse::Request::new(&mut fields);
+            match parsed.parse(buffer) {
+                Ok(httparse::Status::Complete(head_len)) => {
+                    if head_len > config.header_bytes_max {
+                        return Ok(Err(Some(header_too_large())));
+                    }
+                    let head = Head {
+                        method: parsed.method.unwrap_or("").to_string(),
+                        target: parsed.path.unwrap_or("").to_string(),
+                        minor_version: parsed.version.unwrap_or(1),
+                        headers: parsed
+                            .headers
+                            .iter()
+                            .map(|h| (h.name.to_ascii_lowercase(), Bytes::copy_from_slice(h.value)))
+                            .collect(),
+                    };
+                    buffer.drain(..head_len);
+                    return Ok(Ok(head));
+                }
+                Ok(httparse::Status::Partial) => {
+                    if buffer.len() > config.header_bytes_max {
+                        return Ok(Err(Some(header_too_large())));
+                    }
+                }
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Ok(Err(Some(header_too_large())));
+                }
+                Err(httparse::Error::Version) => {
+                    return Ok(Err(Some(plain_error(505, "HTTP Version Not Supported"))));
+                }
+                Err(_) => return Ok(Err(Some(plain_error(400, "Bad Request")))),
+            }
+        }
+        let was_idle = buffer.is_empty();
+        match read_more(io, buffer, deadline, was_idle.then_some(shutdown)).await? {
+            Ok(()) => {
+                if was_idle {
+                    // The head's clock starts at its first byte.
+                    deadline = Instant::now() + config.header_read_timeout;
+                }
+            }
+            Err(ReadStop::Closed | ReadStop::TimedOut | ReadStop::Shutdown) => {
+                return Ok(Err(None))
+            }
+        }
+    }
+}
+
+/// Reads the body the framing announces. Errors as for `read_head`.
+async fn read_body<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buffer: &mut Vec<u8>,
+    framing: &Framing,
+    config: &Http1Config,
+) -> io::Result<Result<Bytes, Option<Response>>> {
+    let deadline = Instant::now() + config.body_read_timeout;
+    match framing {
+        Framing::None => Ok(Ok(Bytes::new())),
+        Framing::Length(n) => {
+            let n = *n as usize;
+            while buffer.len() < n {
+                if read_more(io, buffer, deadline, None).await?.is_err() {
+                    return Ok(Err(None));
+                }
+            }
+            let body = Bytes::copy_from_slice(&buffer[..n]);
+            buffer.drain(..n);
+            Ok(Ok(body))
+        }
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::new(config.body_bytes_max);
+            loop {
+                match decoder.decode(buffer) {
+                    Ok(consumed) => {
+                        buffer.drain(..consumed);
+                    }
+                    Err(BodyError::TooLarge) => return Ok(Err(Some(too_large()))),
+                    Err(BodyError::Malformed) => {
+                        return Ok(Err(Some(plain_error(400, "Bad Request"))))
+                    }
+                }
+                if decoder.is_done() {
+                    return Ok(Ok(Bytes::from(decoder.into_body())));
+                }
+                if read_more(io, buffer, deadline, None).await?.is_err() {
+                    return Ok(Err(None));
+                }
+            }
+        }
+    }
+}
+
+/// Appends one read's worth of bytes to `buffer`, or says why none came: end of stream,
+/// `deadline`, or (when `shutdown` is given, i.e. between requests) shutdown.
+async fn read_more<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buffer: &mut Vec<u8>,
+    deadline: Instant,
+    shutdown: Option<&ShutdownSignal>,
+) -> io::Result<Result<(), ReadStop>> {
+    if shutdown.is_some_and(ShutdownSignal::is_triggered) {
+        return Ok(Err(ReadStop::Shutdown));
+    }
+    let filled = buffer.len();
+    buffer.resize(filled + READ_CHUNK_BYTES, 0);
+    let read = async { Some(io.read(&mut buffer[filled..]).await) };
+    let timer = async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        None
+    };
+    let stop = async {
+        match shutdown {
+            Some(signal) => signal.wait().await,
+            None => std::future::pending().await,
+        }
+        None
+    };
+    let outcome = futures_lite::future::or(read, futures_lite::future::or(timer, stop)).await;
+    let got = match outcome {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            buffer.truncate(filled);
+            return Err(e);
+        }
+        None => {
+            buffer.truncate(filled);
+            let stop = if shutdown.is_some_and(ShutdownSignal::is_triggered) {
+                ReadStop::Shutdown
+            } else {
+                ReadStop::TimedOut
+            };
+            return Ok(Err(stop));
+        }
+    };
+    buffer.truncate(filled + got);
+    Ok(if got == 0 {
+        Err(ReadStop::Closed)
+    } else {
+        Ok(())
+    })
+}
+
+/// Sends `stream`'s pieces as chunks until it ends (then the last chunk), the client
+/// closes or fails, a write times out, or shutdown.
+async fn stream_body<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    mut stream: super::message::BodyStream,
+    config: &Http1Config,
+    shutdown: &ShutdownSignal,
+) -> io::Result<()> {
+    use futures::StreamExt as _;
+    enum Next {
+        Piece(Option<bytes::Bytes>),
+        PeerDone,
+    }
+    let mut scratch = [0u8; 512];
+    loop {
+        let next = async { Next::Piece(stream.next().await) };
+        // The client sends nothing more on a streamed request: a read that returns is its
+        // close (or bytes we will not serve), and ends the response.
+        let peer = async {
+            let _ = io.read(&mut scratch).await;
+            Next::PeerDone
+        };
+        let stop = async {
+            shutdown.wait().await;
+            Next::PeerDone
+        };
+        let piece = match futures_lite::future::or(next, futures_lite::future::or(peer, stop)).await
+        {
+            Next::Piece(piece) => piece,
+            Next::PeerDone => return Ok(()),
+        };
+        let Some(piece) = piece else {
+            return write_all(io, b"0\r\n\r\n", config).await;
+        };
+        if piece.is_empty() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(piece.len() + 16);
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(&piece);
+        out.extend_from_slice(b"\r\n");
+        write_all(io, &out, config).await?;
+    }
+}
+
+/// Writes a response that ends the connection.
+async fn write_final<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    response: &Response,
+    config: &Http1Config,
+) -> io::Result<()> {
+    let mut out = Vec::with_capacity(256 + response.body.len());
+    response.encode_head(&mut out, SystemTime::now(), true);
+    out.extend_from_slice(&response.body);
+    write_all(io, &out, config).await
+}
+
+/// Writes and flushes `bytes`, or fails with `TimedOut` after `write_timeout`.
+async fn write_all<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    bytes: &[u8],
+    config: &Http1Config,
+) -> io::Result<()> {
+    let write = async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    };
+    let expired = async {
+        glommio::timer::sleep(config.write_timeout).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "peer did not take the response",
+        ))
+    };
+    futures_lite::future::or(write, expired).await
+}
+
+/// Go's net/http answer to a request it cannot read: "<code> <text>" as plain text.
+fn plain_error(status: u16, text: &str) -> Response {
+    Response::new(
+        status,
+        "text/plain; charset=utf-8",
+        format!("{status} {text}"),
+    )
+}
+
+fn header_too_large() -> Response {
+    plain_error(431, "Request Header Fields Too Large")
+}
+
+fn too_large() -> Response {
+    plain_error(413, "Request Entity Too Large")
+}

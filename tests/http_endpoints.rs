@@ -1,0 +1,561 @@
+//! HTTP/1.1 on the client port: spawns tern (and, side by side, a real etcd 3.4) on free
+//! loopback ports and checks, over raw sockets and with curl, that plain HTTP and gRPC
+//! share one port; that keep-alive, pipelining, chunked bodies and `Expect: 100-continue`
+//! work; that malformed or slow requests get 400/413/431 or a closed connection while
+//! etcdctl keeps working on the same port; that `/health`, `/version` and unknown paths
+//! answer exactly as etcd's do; that `/livez` and `/readyz` answer as etcd 3.4.29's; that
+//! `--listen-metrics-urls` serves only metrics and health; and that the health endpoints
+//! flip as etcd's do with no leader (a 3-member cluster with 2 killed) and with an alarm.
+
+mod common;
+mod http_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{free_port, TernServer};
+
+/// How long a test waits for any one answer before failing.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One parsed response.
+#[derive(Debug, Clone, PartialEq)]
+struct Answer {
+    status: u16,
+    /// Lowercased names, in the order sent, `date` left out (it changes).
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Headers as a sorted set, for comparing with etcd (Go orders some of them by when
+    /// the handler set them).
+    fn header_set(&self) -> Vec<(String, String)> {
+        let mut set = self.headers.clone();
+        set.sort();
+        set
+    }
+}
+
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
+    stream
+}
+
+/// Reads one response (Content-Length or chunked body) from `stream`, keeping what follows
+/// it in `pending`.
+fn read_answer(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Answer> {
+    let head_end = loop {
+        if let Some(at) = find(pending, b"\r\n\r\n") {
+            break at;
+        }
+        if !fill(stream, pending) {
+            return None;
+        }
+    };
+    let head = String::from_utf8(pending[..head_end].to_vec()).unwrap();
+    pending.drain(..head_end + 4);
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_ascii_lowercase(), v.trim().to_string())
+        })
+        .filter(|(n, _)| n != "date")
+        .collect();
+    let answer = |body: Vec<u8>| Answer {
+        status,
+        headers: headers.clone(),
+        body: String::from_utf8(body).unwrap(),
+    };
+    if let Some((_, len)) = headers.iter().find(|(n, _)| n == "content-length") {
+        let len: usize = len.parse().unwrap();
+        while pending.len() < len {
+            assert!(fill(stream, pending), "body cut short");
+        }
+        let body = pending.drain(..len).collect();
+        return Some(answer(body));
+    }
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v == "chunked")
+    {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(at) = find(pending, b"\r\n") {
+                    break at;
+                }
+                assert!(fill(stream, pending), "chunk cut short");
+            };
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&pending[..line_end]).unwrap().trim(),
+                16,
+            )
+            .unwrap();
+            pending.drain(..line_end + 2);
+            while pending.len() < size + 2 {
+                assert!(fill(stream, pending), "chunk cut short");
+            }
+            body.extend(pending.drain(..size));
+            pending.drain(..2);
+            if size == 0 {
+                return Some(answer(body));
+            }
+        }
+    }
+    // 1xx and friends: no body.
+    Some(answer(Vec::new()))
+}
+
+fn fill(stream: &mut TcpStream, pending: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 16384];
+    match stream.read(&mut chunk) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            pending.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sends `raw` on a fresh connection and reads one answer.
+fn exchange(port: u16, raw: &[u8]) -> Option<Answer> {
+    let mut stream = connect(port);
+    stream.write_all(raw).unwrap();
+    read_answer(&mut stream, &mut Vec::new())
+}
+
+fn get(port: u16, target: &str) -> Answer {
+    exchange(
+        port,
+        format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: test\r\n\r\n").as_bytes(),
+    )
+    .expect("no answer")
+}
+
+/// Whether the server closes `stream` (without a response) within the answer timeout.
+fn closed_without_answer(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(stream.read(&mut buf), Ok(0))
+}
+
+fn etcdctl_put_get(server: &TernServer, key: &str) {
+    let put = server.etcdctl(&["put", key, "v"]);
+    assert!(put.status.success(), "{}", common::stderr(&put));
+    let got = server.etcdctl(&["get", key, "--print-value-only"]);
+    assert_eq!(common::stdout(&got).trim(), "v");
+}
+
+#[test]
+fn one_port_serves_grpc_and_http1_with_keepalive_pipelining_chunked_and_continue() {
+    let server = TernServer::start();
+    let port = server.client_port;
+    etcdctl_put_get(&server, "before");
+
+    // Keep-alive: two requests, one connection.
+    let mut stream = connect(port);
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let answer = read_answer(&mut stream, &mut pending).unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.body,
+            r#"{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}"#
+        );
+    }
+
+    // Pipelining: three requests in one write, answers in order.
+    stream
+        .write_all(
+            b"GET /version HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .unwrap();
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| read_answer(&mut stream, &mut pending).unwrap().status)
+        .collect();
+    assert_eq!(statuses, vec![200, 404, 200]);
+
+    // A chunked body is read whole (split across writes), then the request is answered.
+    stream
+        .write_all(
+            b"PUT /version HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    stream.write_all(b"lo\r\n0\r\n\r\n").unwrap();
+    let answer = read_answer(&mut stream, &mut pending).unwrap();
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.header("allow"), Some("GET"));
+    assert_eq!(answer.body, "Method Not Allowed\n");
+
+    // Expect: 100-continue: the interim answer comes before the body is sent.
+    stream
+        .write_all(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let interim = read_answer(&mut stream, &mut pending).unwrap();
+    assert_eq!(interim.status, 100);
+    stream.write_all(b"body").unwrap();
+    assert_eq!(read_answer(&mut stream, &mut pending).unwrap().status, 405);
+
+    // Connection: close is honoured.
+    stream
+        .write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let last = read_answer(&mut stream, &mut pending).unwrap();
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(closed_without_answer(&mut stream));
+
+    // curl, keep-alive across two URLs, and HTTP/1.0.
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body"])
+        .arg(format!("http://127.0.0.1:{port}/health"))
+        .arg(format!("http://127.0.0.1:{port}/version"))
+        .output()
+        .unwrap();
+    assert!(curl.status.success(), "{curl:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        r#"{"health":"true"}{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}"#
+    );
+    let old = exchange(port, b"GET /version HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(old.status, 200);
+    assert_eq!(old.header("connection"), Some("close"));
+
+    etcdctl_put_get(&server, "after");
+}
+
+#[test]
+fn malformed_and_slow_http1_is_refused_without_touching_grpc() {
+    let server = TernServer::start();
+    let port = server.client_port;
+
+    let bad = exchange(port, b"GET / HTTP/1.1\r\nHost x\r\n\r\n").unwrap();
+    assert_eq!((bad.status, bad.body.as_str()), (400, "400 Bad Request"));
+
+    let huge_header = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let answer = exchange(port, huge_header.as_bytes()).unwrap();
+    assert_eq!(answer.status, 431);
+    assert_eq!(answer.body, "431 Request Header Fields Too Large");
+
+    let many: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
+    let answer = exchange(
+        port,
+        format!("GET /health HTTP/1.1\r\n{many}\r\n").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(answer.status, 431);
+
+    let answer = exchange(
+        port,
+        b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    )
+    .unwrap();
+    assert_eq!(answer.status, 400);
+
+    let answer = exchange(
+        port,
+        b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (413, "413 Request Entity Too Large")
+    );
+
+    let answer = exchange(
+        port,
+        b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(answer.status, 400);
+
+    let answer = exchange(
+        port,
+        b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(answer.status, 501);
+
+    // Slowloris: a head trickled in and never finished is cut off at the header deadline,
+    // and a gRPC client on the same port is served meanwhile.
+    let mut slow = connect(port);
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    etcdctl_put_get(&server, "while-slow");
+    let mut trickle_failed = false;
+    while started.elapsed() < ANSWER_TIMEOUT {
+        if slow.write_all(b"X-Slow: 1\r\n").is_err() {
+            trickle_failed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        slow.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 16];
+        let read = slow.read(&mut buf);
+        slow.set_nonblocking(false).unwrap();
+        if matches!(read, Ok(0)) {
+            trickle_failed = true;
+            break;
+        }
+    }
+    assert!(trickle_failed, "a trickled header was never cut off");
+
+    // A client that says nothing at all is also dropped (the sniff deadline).
+    let mut silent = connect(port);
+    assert!(closed_without_answer(&mut silent));
+
+    etcdctl_put_get(&server, "after");
+}
+
+#[test]
+fn health_version_and_unknown_paths_answer_as_etcd_3_4_does() {
+    let tern = TernServer::start();
+    let etcd = http_support::Etcd::start();
+    for target in [
+        "/health",
+        "/health?serializable=true",
+        "/health?exclude=NOSPACE",
+        "/version",
+        "/nope",
+        "/v2/nothing",
+    ] {
+        let ours = get(tern.client_port, target);
+        let theirs = get(etcd.client_port, target);
+        assert_eq!(ours.status, theirs.status, "{target}");
+        assert_eq!(ours.body, theirs.body, "{target}");
+        assert_eq!(ours.header_set(), theirs.header_set(), "{target}");
+    }
+    for (method, target) in [("POST", "/health"), ("DELETE", "/version")] {
+        let raw = format!("{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+        let ours = exchange(tern.client_port, raw.as_bytes()).unwrap();
+        let theirs = exchange(etcd.client_port, raw.as_bytes()).unwrap();
+        assert_eq!(
+            (ours.status, &ours.body, ours.header_set()),
+            (theirs.status, &theirs.body, theirs.header_set()),
+            "{method} {target}"
+        );
+    }
+    let ours = exchange(
+        tern.client_port,
+        b"OPTIONS /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let theirs = exchange(
+        etcd.client_port,
+        b"OPTIONS /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!((ours.status, &ours.body), (theirs.status, &theirs.body));
+    let ours = get(tern.client_port, "/metrics");
+    let theirs = get(etcd.client_port, "/metrics");
+    assert_eq!(ours.status, 200);
+    assert_eq!(ours.header("content-type"), theirs.header("content-type"));
+}
+
+#[test]
+fn livez_and_readyz_answer_as_etcd_3_4_29_does() {
+    let server = TernServer::start();
+    let port = server.client_port;
+    let answer = get(port, "/livez");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "ok\n"));
+    assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        get(port, "/livez?verbose").body,
+        "[+]serializable_read ok\nok\n"
+    );
+    assert_eq!(
+        get(port, "/readyz?verbose").body,
+        "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\nok\n"
+    );
+    assert_eq!(
+        get(
+            port,
+            "/readyz?verbose&exclude=serializable_read&exclude=nonexistent"
+        )
+        .body,
+        "[+]data_corruption ok\n[+]linearizable_read ok\nok\n"
+    );
+    assert_eq!(
+        get(port, "/readyz/linearizable_read?verbose").body,
+        "[+]linearizable_read ok\nok\n"
+    );
+    assert_eq!(get(port, "/livez/linearizable_read").status, 404);
+    let post = exchange(port, b"POST /readyz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(post.status, 405);
+}
+
+#[test]
+fn metrics_listener_serves_only_metrics_and_health() {
+    let metrics_port = free_port();
+    let url = format!("http://127.0.0.1:{metrics_port}");
+    let server = TernServer::start_with(&["--listen-metrics-urls", &url]);
+    assert_eq!(get(metrics_port, "/health").body, r#"{"health":"true"}"#);
+    let metrics = get(metrics_port, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body.contains("etcd_server_has_leader"));
+    assert!(metrics.header("access-control-allow-origin").is_none());
+    assert_eq!(get(metrics_port, "/version").status, 404);
+    // Only HTTP/1.1: etcdctl (gRPC) is not served there.
+    let grpc = common::etcdctl(
+        &format!("127.0.0.1:{metrics_port}"),
+        &["--dial-timeout=2s", "--command-timeout=3s", "get", "x"],
+        None,
+    );
+    assert!(!grpc.status.success());
+    etcdctl_put_get(&server, "k");
+}
+
+/// Raises an alarm through the Alarm RPC (etcdctl can only list and disarm them).
+fn raise_alarm(port: u16, alarm: tern::proto::etcdserverpb::AlarmType) {
+    use prost::Message as _;
+    use tern::proto::etcdserverpb as pb;
+    let request = pb::AlarmRequest {
+        action: pb::alarm_request::AlarmAction::Activate as i32,
+        member_id: 0,
+        alarm: alarm as i32,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        grpc.unary(
+            tonic::Request::new(bytes::Bytes::from(request.encode_to_vec())),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Maintenance/Alarm"),
+            common::raw_grpc::RawCodec,
+        )
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn health_flips_with_an_active_alarm() {
+    let server = TernServer::start();
+    let port = server.client_port;
+    raise_alarm(port, tern::proto::etcdserverpb::AlarmType::Nospace);
+    let health = get(port, "/health");
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (503, "{\"health\":\"false\"}\n")
+    );
+    assert_eq!(get(port, "/health?exclude=NOSPACE").status, 200);
+    // NOSPACE is not one of readyz's checks (etcd 3.4.29); CORRUPT is.
+    assert_eq!(get(port, "/readyz").status, 200);
+    raise_alarm(port, tern::proto::etcdserverpb::AlarmType::Corrupt);
+    let ready = get(port, "/readyz");
+    assert_eq!(ready.status, 503);
+    assert_eq!(
+        ready.body,
+        "[-]data_corruption failed: alarm activated: CORRUPT\n[+]serializable_read ok\n[+]linearizable_read ok\n\n"
+    );
+    assert_eq!(get(port, "/livez").status, 200);
+    let metrics = get(port, "/metrics").body;
+    assert!(
+        metrics.contains("etcd_server_health_failures 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn health_flips_without_a_leader() {
+    let mut cluster = http_support::TernCluster::start(3);
+    for member in 0..3 {
+        assert_eq!(get(cluster.client_ports[member], "/health").status, 200);
+    }
+    // Peer traffic is counted per peer on every member, and the leader's heartbeats give
+    // round trips.
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    for member in 0..3 {
+        loop {
+            let metrics = get(cluster.client_ports[member], "/metrics").body;
+            let peers_with = |prefix: &str| {
+                metrics
+                    .lines()
+                    .filter(|l| l.starts_with(prefix) && !l.ends_with(" 0"))
+                    .count()
+            };
+            // The leader talks to both peers and times its heartbeats' round trips; a
+            // follower talks to the leader.
+            let peers = if metrics.contains("\netcd_server_is_leader 1\n") {
+                2
+            } else {
+                1
+            };
+            let counted = peers_with("etcd_network_peer_sent_bytes_total{To=\"") >= peers
+                && peers_with("etcd_network_peer_received_bytes_total{From=\"") >= peers
+                && (peers == 1
+                    || peers_with("etcd_network_peer_round_trip_time_seconds_count{To=\"") == 2);
+            if counted {
+                break;
+            }
+            assert!(Instant::now() < deadline, "member {member}: {metrics}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    cluster.kill(1);
+    cluster.kill(2);
+    let port = cluster.client_ports[0];
+    // The survivor loses its leader within an election timeout or two.
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    let mut health = get(port, "/health");
+    while health.status == 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        health = get(port, "/health");
+    }
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (503, "{\"health\":\"false\"}\n")
+    );
+    // Local reads still work: the serializable health and liveness stay up.
+    assert_eq!(get(port, "/health?serializable=true").status, 200);
+    assert_eq!(get(port, "/livez").status, 200);
+    let ready = get(port, "/readyz");
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body.starts_with("[+]data_corruption ok\n[+]serializable_read ok\n[-]linearizable_read failed: etcdserver: "),
+        "{}",
+        ready.body
+    );
+    let metrics = get(port, "/metrics").body;
+    assert!(
+        metrics.contains("\netcd_server_has_leader 0\n"),
+        "{metrics}"
+    );
+}
