@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Streams the client may reset while their handlers still run, within
+/// Streams the client may reset while their handlers still run, unanswered, within
 /// [`CLIENT_RESET_WINDOW`]. Each such stream cost us a dispatched handler for nothing:
 /// the HTTP/2 Rapid Reset attack (CVE-2023-44487) opens and cancels hundreds of
 /// thousands a second on one connection. h2 allows 20 pending and remembers 50 resets per
