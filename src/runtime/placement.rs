@@ -6,7 +6,8 @@
 //!   once by the main thread), so connections spread across cores and a connection never
 //!   migrates;
 //! - the state executor (MVCC today; raft and storage once they exist) pinned to the first
-//!   core. With N = 1 it shares that core with the only network executor; with N ≥ 2 it still
+//!   core. With N = 1 the only network core runs inside it, on its thread (see
+//!   `server::launch`, COLOCATED); with N ≥ 2 it still
 //!   shares core 0, because the apply path is far cheaper than protocol work and a dedicated
 //!   core would idle while the network cores saturate.
 //!
