@@ -415,9 +415,15 @@ fn raft_options(config: &Config, peer_tls: Option<Arc<PeerTls>>) -> tern::raft::
             "true" | "1" | "t" | "T" | "TRUE" | "True"
         ),
         peer_tls,
-        quota_backend_bytes: tern::state::machine::quota_backend_bytes(
-            flag("quota-backend-bytes").parse().unwrap_or(0),
-        ),
+        quota_backend_bytes: {
+            let flag_bytes: i64 = flag("quota-backend-bytes").parse().unwrap_or(0);
+            let quota = tern::state::machine::quota_backend_bytes(flag_bytes);
+            // etcd's gauge: the quota in force, or the raw negative flag when it is off.
+            tern::metrics::STATE
+                .quota_backend_bytes
+                .set(quota.map_or(flag_bytes, |q| q as i64));
+            quota
+        },
         auto_compaction: tern::raft::node::auto_compaction::parse(
             &flag("auto-compaction-mode"),
             &flag("auto-compaction-retention"),

@@ -41,10 +41,6 @@ const NOT_EXPOSED: &[(&str, &str)] = &[
         "names the Go toolchain etcd was built with; tern has none",
     ),
     (
-        "etcd_server_quota_backend_bytes",
-        "tern enforces no backend quota yet (--quota-backend-bytes has no effect)",
-    ),
-    (
         "etcd_mvcc_db_open_read_transactions",
         "tern's reads open no backend read transaction",
     ),

@@ -241,6 +241,9 @@ pub struct StateCells {
     pub has_leader: Gauge,
     pub is_leader: Gauge,
     pub is_learner: Gauge,
+    /// `--quota-backend-bytes` as etcd reports it: the default when 0, the raw negative
+    /// value when the quota is off.
+    pub quota_backend_bytes: Gauge,
     pub leader_changes_seen: Counter,
     pub proposals_committed: Gauge,
     pub proposals_applied: Gauge,
@@ -286,6 +289,7 @@ pub static STATE: StateCells = StateCells {
     has_leader: Gauge::ZERO,
     is_leader: Gauge::ZERO,
     is_learner: Gauge::ZERO,
+    quota_backend_bytes: Gauge::ZERO,
     leader_changes_seen: Counter::ZERO,
     proposals_committed: Gauge::ZERO,
     proposals_applied: Gauge::ZERO,

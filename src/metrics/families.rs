@@ -190,6 +190,11 @@ fn server_families(f: &mut Families) {
         "Whether or not this member is a learner. 1 if is, 0 otherwise.",
         s.is_learner.get() as f64,
     );
+    f.gauge(
+        "etcd_server_quota_backend_bytes",
+        "Current backend storage quota size in bytes.",
+        s.quota_backend_bytes.get() as f64,
+    );
     f.counter(
         "etcd_server_leader_changes_seen_total",
         "The number of leader changes seen.",
