@@ -143,21 +143,35 @@ struct ClientTransport {
     tls: Option<TlsInfo>,
 }
 
-/// Reads etcd's client security flags as etcd's `embed` does: `--auto-tls` generates a
-/// certificate unless one is given, an https:// or unixs:// URL without a certificate is an
-/// error, and certificates given for http:// URLs only are ignored with a warning.
-fn client_transport(config: &Config) -> Result<ClientTransport, String> {
+/// Which of etcd's two sets of security flags: the client's (`--cert-file`, ...) or the
+/// peer's (`--peer-cert-file`, ...).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Peer,
+}
+
+/// The TLS settings one side's flags give, before certificates are generated or checked.
+/// The cipher suites and TLS versions are shared by both sides, as in etcd.
+fn tls_info(config: &Config, side: Side) -> Result<TlsInfo, String> {
     let flag = |name: &str| config.flag_value(name).unwrap_or_default().to_string();
-    let is_true = |name: &str| tern::config::go::parse_bool(&flag(name)) == Ok(true);
-    let path = |name: &str| Some(flag(name)).filter(|p| !p.is_empty()).map(Into::into);
-    let urls = &config.listen_client_urls;
-    let mut info = TlsInfo {
-        cert_file: flag("cert-file").into(),
-        key_file: flag("key-file").into(),
-        trusted_ca_file: path("trusted-ca-file"),
-        client_cert_auth: is_true("client-cert-auth"),
-        crl_file: path("client-crl-file"),
-        allowed_hostname: Some(flag("client-cert-allowed-hostname")).filter(|h| !h.is_empty()),
+    let (prefix, crl, hostname) = match side {
+        Side::Client => ("", "client-crl-file", "client-cert-allowed-hostname"),
+        Side::Peer => ("peer-", "peer-crl-file", "peer-cert-allowed-hostname"),
+    };
+    let named = |name: &str| Some(flag(name)).filter(|v| !v.is_empty());
+    let sided = |name: &str| format!("{prefix}{name}");
+    Ok(TlsInfo {
+        cert_file: flag(&sided("cert-file")).into(),
+        key_file: flag(&sided("key-file")).into(),
+        trusted_ca_file: named(&sided("trusted-ca-file")).map(PathBuf::from),
+        client_cert_auth: tern::config::go::parse_bool(&flag(&sided("client-cert-auth")))
+            == Ok(true),
+        crl_file: named(crl).map(PathBuf::from),
+        allowed_hostname: named(hostname),
+        allowed_cn: (side == Side::Peer)
+            .then(|| named("peer-cert-allowed-cn"))
+            .flatten(),
         cipher_suites: flag("cipher-suites")
             .split(',')
             .filter(|s| !s.is_empty())
@@ -165,8 +179,17 @@ fn client_transport(config: &Config) -> Result<ClientTransport, String> {
             .collect(),
         min_version: TlsVersion::parse(&flag("tls-min-version"))?,
         max_version: TlsVersion::parse(&flag("tls-max-version"))?,
-        allowed_cn: None,
-    };
+    })
+}
+
+/// Reads etcd's client security flags as etcd's `embed` does: `--auto-tls` generates a
+/// certificate unless one is given, an https:// or unixs:// URL without a certificate is an
+/// error, and certificates given for http:// URLs only are ignored with a warning.
+fn client_transport(config: &Config) -> Result<ClientTransport, String> {
+    let flag = |name: &str| config.flag_value(name).unwrap_or_default().to_string();
+    let is_true = |name: &str| tern::config::go::parse_bool(&flag(name)) == Ok(true);
+    let urls = &config.listen_client_urls;
+    let mut info = tls_info(config, Side::Client)?;
     let certs_given =
         !info.cert_file.as_os_str().is_empty() || !info.key_file.as_os_str().is_empty();
     if is_true("auto-tls") {
@@ -269,22 +292,7 @@ fn peer_transport(config: &Config) -> Result<Option<Arc<PeerTls>>, String> {
         ));
     }
     let tls_urls = urls.iter().filter(|u| u.is_tls()).count();
-    let mut info = TlsInfo {
-        cert_file: flag("peer-cert-file").into(),
-        key_file: flag("peer-key-file").into(),
-        trusted_ca_file: path("peer-trusted-ca-file"),
-        client_cert_auth: is_true("peer-client-cert-auth"),
-        crl_file: path("peer-crl-file"),
-        allowed_hostname: Some(flag("peer-cert-allowed-hostname")).filter(|h| !h.is_empty()),
-        allowed_cn: Some(flag("peer-cert-allowed-cn")).filter(|h| !h.is_empty()),
-        cipher_suites: flag("cipher-suites")
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        min_version: TlsVersion::parse(&flag("tls-min-version"))?,
-        max_version: TlsVersion::parse(&flag("tls-max-version"))?,
-    };
+    let mut info = tls_info(config, Side::Peer)?;
     let certs_given =
         !info.cert_file.as_os_str().is_empty() || !info.key_file.as_os_str().is_empty();
     let mut self_signed = false;
