@@ -7,8 +7,10 @@
 //!
 //! Invariants:
 //! - Open loop without coordinated omission: worker `i` of `C` owns the send times
-//!   `t0 + (k * C + i) / rate`. A worker whose previous put is still waiting does not skip
-//!   its missed times; it sends them as soon as it can, and every latency is measured from
+//!   `t0 + (k * C + i) / rate`, and sends each put at its time whether or not its earlier
+//!   puts have been answered, as a pipelining client (kube-apiserver, any gRPC client with
+//!   concurrent calls) does, up to `--in-flight-per-client` unanswered puts. A worker at
+//!   that bound sends its missed times as soon as it can. Every latency is measured from
 //!   the put's intended send time, so a stall of S seconds shows as latencies up to S, not
 //!   as one slow put among fewer sent.
 //! - A put that takes longer than `PUT_TIMEOUT` counts as an error ("timeout"), and puts
@@ -31,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
+use tokio::task::JoinSet;
 
 use crate::client::{create_clients, status_text, BoxError};
 use crate::proto::etcdserverpb::PutRequest;
@@ -86,9 +89,48 @@ pub struct DisturbArgs {
     /// Time between two probe fdatasyncs (Go duration)
     #[arg(long, value_parser = parse_go_duration, default_value = "20ms")]
     fsync_probe_interval: Duration,
+    /// Most puts one client has sent and not yet seen answered. At 1 a client is
+    /// sequential, and one slow fdatasync becomes a backlog that drains one put per round
+    /// trip, which then measures the client's queue more than the server.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    in_flight_per_client: u64,
     /// The disturbance: a command run after the warmup; the run waits for it to exit
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// One finished put: when it was meant to be sent, how long after that it was answered.
+struct PutOutcome {
+    intended_ns: u64,
+    latency: Duration,
+    result: Result<(), String>,
+}
+
+/// What one worker has measured so far.
+#[derive(Default)]
+struct WorkerTally {
+    recorder: Recorder,
+    slowest: Slowest,
+    slowest_by_second: Vec<Duration>,
+}
+
+impl WorkerTally {
+    fn record(&mut self, put: PutOutcome) {
+        if put.result.is_ok() {
+            if put.latency > self.slowest.latency {
+                self.slowest = Slowest {
+                    latency: put.latency,
+                    intended_after_start: Duration::from_nanos(put.intended_ns),
+                };
+            }
+            let second = (put.intended_ns / 1_000_000_000) as usize;
+            if self.slowest_by_second.len() <= second {
+                self.slowest_by_second.resize(second + 1, Duration::ZERO);
+            }
+            self.slowest_by_second[second] = self.slowest_by_second[second].max(put.latency);
+        }
+        self.recorder.record_result(&put.result, put.latency);
+    }
 }
 
 /// The slowest put seen by one worker, and when it was meant to be sent.
@@ -138,12 +180,12 @@ pub async fn disturb(args: DisturbArgs, global: &Global, out: &mut Output) -> Re
         let prefix_len = args.prefix.len();
         let key_space_size = args.key_space_size;
         let offset_ns = i as u64 * worker_interval_ns / workers;
+        let in_flight_max = args.in_flight_per_client as usize;
         tasks.push(tokio::spawn(async move {
-            let mut kv = client.kv();
+            let kv = client.kv();
             let mut rng: rand::rngs::SmallRng = rand::SeedableRng::from_os_rng();
-            let mut recorder = Recorder::default();
-            let mut slowest = Slowest::default();
-            let mut slowest_by_second: Vec<Duration> = Vec::new();
+            let mut tally = WorkerTally::default();
+            let mut in_flight: JoinSet<PutOutcome> = JoinSet::new();
             let mut k = 0u64;
             loop {
                 let intended_ns = offset_ns + k * worker_interval_ns;
@@ -151,7 +193,24 @@ pub async fn disturb(args: DisturbArgs, global: &Global, out: &mut Output) -> Re
                     break;
                 }
                 let intended = start + Duration::from_nanos(intended_ns);
-                tokio::time::sleep_until(intended).await;
+                // Wait for the send time, tallying the puts that finish meanwhile.
+                let sleep = tokio::time::sleep_until(intended);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        biased;
+                        Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                            tally.record(done.expect("a put task never panics"));
+                        }
+                        _ = &mut sleep => break,
+                    }
+                }
+                // At the in-flight bound the next put waits for an earlier one; its latency
+                // still counts from its intended send time.
+                while in_flight.len() >= in_flight_max {
+                    let done = in_flight.join_next().await.expect("the set is not empty");
+                    tally.record(done.expect("a put task never panics"));
+                }
                 // The stop time may have been set while we slept.
                 if intended_ns >= stop_at_ns.load(Ordering::Acquire) {
                     break;
@@ -159,7 +218,7 @@ pub async fn disturb(args: DisturbArgs, global: &Global, out: &mut Output) -> Re
                 k += 1;
                 let key_number = rng.random_range(0..key_space_size);
                 if let Err(e) = put_varint(&mut key[prefix_len..], key_number) {
-                    recorder.record_error(e);
+                    tally.recorder.record_error(e);
                     continue;
                 }
                 let request = client.request(PutRequest {
@@ -173,31 +232,32 @@ pub async fn disturb(args: DisturbArgs, global: &Global, out: &mut Output) -> Re
                         .saturating_sub(start.elapsed().as_nanos() as u64),
                 );
                 if drain_left.is_zero() {
-                    recorder.record_error("not sent: the server had not answered the earlier puts by the drain deadline".to_string());
+                    tally.recorder.record_error("not sent: the server had not answered the earlier puts by the drain deadline".to_string());
                     continue;
                 }
                 let timeout = PUT_TIMEOUT.min(drain_left);
-                let result = match tokio::time::timeout(timeout, kv.put(request)).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(status)) => Err(status_text(&status)),
-                    Err(_) => Err("timeout".to_string()),
-                };
-                let latency = intended.elapsed();
-                if result.is_ok() {
-                    if latency > slowest.latency {
-                        slowest = Slowest {
-                            latency,
-                            intended_after_start: Duration::from_nanos(intended_ns),
-                        };
+                let mut kv = kv.clone();
+                in_flight.spawn(async move {
+                    let result = match tokio::time::timeout(timeout, kv.put(request)).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(status)) => Err(status_text(&status)),
+                        Err(_) => Err("timeout".to_string()),
+                    };
+                    PutOutcome {
+                        intended_ns,
+                        latency: intended.elapsed(),
+                        result,
                     }
-                    let second = (intended_ns / 1_000_000_000) as usize;
-                    if slowest_by_second.len() <= second {
-                        slowest_by_second.resize(second + 1, Duration::ZERO);
-                    }
-                    slowest_by_second[second] = slowest_by_second[second].max(latency);
-                }
-                recorder.record_result(&result, latency);
+                });
             }
+            while let Some(done) = in_flight.join_next().await {
+                tally.record(done.expect("a put task never panics"));
+            }
+            let WorkerTally {
+                recorder,
+                slowest,
+                slowest_by_second,
+            } = tally;
             (recorder, slowest, slowest_by_second)
         }));
     }

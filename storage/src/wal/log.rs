@@ -36,6 +36,7 @@ use super::record::{
 };
 use super::scan::{scan_segment, SegmentEnd};
 use super::segment::{find_seq_gap, list_segments, SegmentName};
+use super::zero_ahead::{zero_ahead, ZeroAhead};
 
 /// Tunables. Every queue and batch has a named bound.
 #[derive(Clone, Debug)]
@@ -152,6 +153,8 @@ pub struct WalStats {
     pub bytes_written: u64,
     pub segments_created: u64,
     pub segments_released: u64,
+    /// Chunks of preallocated segment space zeroed ahead of the writer (`zero_ahead`).
+    pub chunks_zeroed: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -161,10 +164,10 @@ struct EntryLoc {
     frame_bytes: u32,
 }
 
-struct Segment {
+pub(super) struct Segment {
     name: SegmentName,
     path: PathBuf,
-    file: Rc<DmaFile>,
+    pub(super) file: Rc<DmaFile>,
 }
 
 /// One append waiting for its batch.
@@ -180,28 +183,33 @@ struct Completion {
     waker: Option<Waker>,
 }
 
-struct Shared {
+pub(super) struct Shared {
     dir: PathBuf,
-    opts: WalOptions,
+    pub(super) opts: WalOptions,
     queue: VecDeque<Pending>,
     queue_bytes: usize,
     flusher_waker: Option<Waker>,
-    closing: bool,
+    pub(super) closing: bool,
     flusher_done: bool,
-    close_waker: Option<Waker>,
-    poisoned: Option<String>,
+    pub(super) close_waker: Option<Waker>,
+    pub(super) poisoned: Option<String>,
     /// The log as submitted (validated appends, durable or not): used to check new appends.
     submitted: Submitted,
     /// The log as durable on disk.
     durable: LogState<EntryLoc>,
-    segments: BTreeMap<u64, Segment>,
-    write_offset: u64,
+    pub(super) segments: BTreeMap<u64, Segment>,
+    /// End of the durable bytes of the current segment: the next batch is written here.
+    pub(super) write_offset: u64,
+    /// End of the batch being written and synced now, or 0: nothing may be zeroed below it.
+    pub(super) write_in_flight_end: u64,
+    /// Zeroing ahead of the writer (see `zero_ahead`).
+    pub(super) zero_ahead: ZeroAhead,
     /// Highest raft index ever written (names the next segment: every entry in a segment is
     /// below the next segment's name index, which is what `release_below` relies on).
     written_max_index: u64,
     batch_seq: u64,
     last_batch_appends: usize,
-    stats: WalStats,
+    pub(super) stats: WalStats,
 }
 
 /// The log's bounds as of the last accepted append, durable or not. Mirrors `LogState`'s rules
@@ -292,7 +300,7 @@ impl Wal {
             let path = dir.join(name.file_name());
             s.segments.insert(0, Segment { name, path, file });
         }
-        glommio::spawn_local(flusher(wal.shared.clone())).detach();
+        spawn_writers(&wal.shared);
         Ok(wal)
     }
 
@@ -480,7 +488,7 @@ impl Wal {
             write_offset,
             written_max_index,
         );
-        glommio::spawn_local(flusher(wal.shared.clone())).detach();
+        spawn_writers(&wal.shared);
         Ok((wal, recovered))
     }
 
@@ -511,6 +519,8 @@ impl Wal {
                 durable,
                 segments,
                 write_offset,
+                write_in_flight_end: 0,
+                zero_ahead: ZeroAhead::default(),
                 written_max_index,
                 batch_seq: 0,
                 last_batch_appends: 0,
@@ -760,10 +770,11 @@ impl Wal {
             if let Some(waker) = s.flusher_waker.take() {
                 waker.wake();
             }
+            s.zero_ahead.wake_task();
         }
         std::future::poll_fn(|cx| {
             let mut s = self.shared.borrow_mut();
-            if s.flusher_done {
+            if s.flusher_done && s.zero_ahead.done {
                 Poll::Ready(())
             } else {
                 s.close_waker = Some(cx.waker().clone());
@@ -950,6 +961,12 @@ async fn start_segment(
     Ok(Rc::new(file))
 }
 
+/// Starts the WAL's two tasks: the flusher and the zeroing ahead of it.
+fn spawn_writers(shared: &Rc<RefCell<Shared>>) {
+    glommio::spawn_local(flusher(shared.clone())).detach();
+    glommio::spawn_local(zero_ahead(shared.clone())).detach();
+}
+
 /// The one writer: takes batches off the queue, writes and syncs them, wakes their appenders.
 async fn flusher(shared: Rc<RefCell<Shared>>) {
     loop {
@@ -993,6 +1010,7 @@ async fn flusher(shared: Rc<RefCell<Shared>>) {
                 let rest: Vec<Pending> = {
                     let mut s = shared.borrow_mut();
                     s.poisoned = Some(why.clone());
+                    s.zero_ahead.wake_task();
                     s.queue_bytes = 0;
                     s.queue.drain(..).collect()
                 };
@@ -1072,10 +1090,27 @@ async fn flush_batch(shared: &Rc<RefCell<Shared>>, batch: &[Pending]) -> Result<
         // A barrier with nothing to write: everything before it is already durable.
         (Vec::new(), 0, std::time::Duration::ZERO)
     } else {
-        write_batch(&file, &path, seq, offset, align, &records).await?
+        let end = offset + batch_bytes_for(records_bytes, align) as u64;
+        // Claim the batch's blocks first, so no new zero write starts below `end`; then let
+        // a zero write already in flight over them finish: data lands after the zeros.
+        shared.borrow_mut().write_in_flight_end = end;
+        std::future::poll_fn(|cx| {
+            let mut s = shared.borrow_mut();
+            if s.zero_ahead.overlaps_in_flight(offset, end) {
+                s.zero_ahead.wait_for_in_flight(cx.waker());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        let written = write_batch(&file, &path, seq, offset, align, &records).await;
+        shared.borrow_mut().write_in_flight_end = 0;
+        written?
     };
     let mut s = shared.borrow_mut();
     s.write_offset += batch_bytes;
+    s.zero_ahead.wake_task();
     for (record, frame_offset) in records.iter().zip(&frame_offsets) {
         let loc = EntryLoc {
             segment_seq: seq,

@@ -14,7 +14,8 @@
 //!
 //! Module map: `record` (frame encode/decode, pure), `scan` (recovery scan of a segment, pure),
 //! `segment` (file naming), `log_state` (replay rules shared by recovery and the live log),
-//! `log` (the `Wal`: I/O, group commit, rotation, release, lookups), `repair` (offline verify
+//! `log` (the `Wal`: I/O, group commit, rotation, release, lookups), `zero_ahead` (converts
+//! preallocated extents ahead of the writer, so commits need no metadata write), `repair` (offline verify
 //! and repair with std I/O, used by `tern-wal`), `executor` (io_uring memory checks).
 
 pub mod error;
@@ -25,6 +26,7 @@ pub mod record;
 pub mod repair;
 pub mod scan;
 pub mod segment;
+mod zero_ahead;
 
 pub use error::{Result, WalError};
 pub use log::{entry_frame_bytes, Durable, Entry, Recovered, TornTail, Wal, WalOptions, WalStats};
