@@ -39,7 +39,7 @@ pub(super) const ZERO_CHUNK_BYTES: u64 = 256 << 10;
 /// write rate (about 20 MB/s) this is 0.2 s of headroom, far more than one chunk takes.
 pub(super) const ZERO_AHEAD_BYTES: u64 = 4 << 20;
 const _: () = assert!(ZERO_AHEAD_BYTES >= 2 * ZERO_CHUNK_BYTES);
-const _: () = assert!(ZERO_CHUNK_BYTES % 4096 == 0);
+const _: () = assert!(ZERO_CHUNK_BYTES.is_multiple_of(4096));
 
 /// The zeroing state of the current segment.
 #[derive(Default)]
