@@ -34,20 +34,64 @@ pub(super) struct TokenWaits {
     len: usize,
 }
 
-impl Node {
-    /// Sets `command` (credential included) aside until `raft_index` is applied.
-    pub(super) fn wait_for_token(&mut self, raft_index: u64, command: Command) {
-        if self.token_waits.len >= TOKEN_WAITS_MAX {
-            fail(command, EtcdError::TooManyRequests);
-            return;
+impl TokenWaits {
+    /// Holds `command` until `raft_index` is applied or `deadline` passes; gives it back
+    /// when [`TOKEN_WAITS_MAX`] wait already.
+    fn push(
+        &mut self,
+        raft_index: u64,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<(), Command> {
+        if self.len >= TOKEN_WAITS_MAX {
+            return Err(command);
         }
-        let deadline = Instant::now() + self.request_timeout();
-        self.token_waits
-            .by_index
+        self.by_index
             .entry(raft_index)
             .or_default()
             .push_back((command, deadline));
-        self.token_waits.len += 1;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// The commands whose index is at or below `applied`, lowest index first, each
+    /// index's in arrival order.
+    fn take_applied(&mut self, applied: u64) -> Vec<Command> {
+        let later = match applied.checked_add(1) {
+            Some(next) => self.by_index.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        let ready = std::mem::replace(&mut self.by_index, later);
+        let commands: Vec<Command> = ready.into_values().flatten().map(|(c, _)| c).collect();
+        self.len -= commands.len();
+        commands
+    }
+
+    /// The commands whose deadline is at or before `now`.
+    fn take_expired(&mut self, now: Instant) -> Vec<Command> {
+        let mut expired = Vec::new();
+        for commands in self.by_index.values_mut() {
+            // Deadlines grow in arrival order within an index.
+            while commands
+                .front()
+                .is_some_and(|(_, deadline)| *deadline <= now)
+            {
+                expired.push(commands.pop_front().expect("front exists").0);
+            }
+        }
+        self.by_index.retain(|_, commands| !commands.is_empty());
+        self.len -= expired.len();
+        expired
+    }
+}
+
+impl Node {
+    /// Sets `command` (credential included) aside until `raft_index` is applied.
+    pub(super) fn wait_for_token(&mut self, raft_index: u64, command: Command) {
+        let deadline = Instant::now() + self.request_timeout();
+        if let Err(command) = self.token_waits.push(raft_index, command, deadline) {
+            fail(command, EtcdError::TooManyRequests);
+        }
     }
 
     /// Submits again the commands whose token's entry is applied now, and fails those
@@ -57,25 +101,70 @@ impl Node {
             return;
         }
         let applied = self.state.borrow().raft_applied_index();
-        let later = self.token_waits.by_index.split_off(&(applied + 1));
-        let ready = std::mem::replace(&mut self.token_waits.by_index, later);
-        for (_, commands) in ready {
-            for (command, _) in commands {
-                self.token_waits.len -= 1;
-                self.submit(command);
-            }
+        for command in self.token_waits.take_applied(applied) {
+            self.submit(command);
         }
-        let waits = &mut self.token_waits;
-        for commands in waits.by_index.values_mut() {
-            while commands
-                .front()
-                .is_some_and(|(_, deadline)| *deadline <= now)
-            {
-                let (command, _) = commands.pop_front().expect("front exists");
-                waits.len -= 1;
-                fail(command, EtcdError::InvalidAuthToken);
-            }
+        for command in self.token_waits.take_expired(now) {
+            fail(command, EtcdError::InvalidAuthToken);
         }
-        waits.by_index.retain(|_, commands| !commands.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Checks the waiting room alone: release by applied index in order, expiry by
+    //! deadline, and the bound.
+    use std::time::Duration;
+
+    use super::*;
+    use crate::proto::etcdserverpb as pb;
+
+    /// A command told apart by `tag` (its revision field).
+    fn command(tag: i64) -> Command {
+        let (reply, _) = futures::channel::oneshot::channel();
+        Command::HashKv(pb::HashKvRequest { revision: tag }, reply)
+    }
+
+    fn tags(commands: Vec<Command>) -> Vec<i64> {
+        commands
+            .into_iter()
+            .map(|c| match c {
+                Command::HashKv(req, _) => req.revision,
+                _ => unreachable!("only HashKv is pushed"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn released_by_index_in_order_and_expired_by_deadline() {
+        let now = Instant::now();
+        let mut waits = TokenWaits::default();
+        for (tag, index, secs) in [(1, 7, 10), (2, 5, 10), (3, 7, 20), (4, 9, 1)] {
+            assert!(waits
+                .push(index, command(tag), now + Duration::from_secs(secs))
+                .is_ok());
+        }
+        assert!(waits.take_applied(4).is_empty());
+        assert_eq!(tags(waits.take_applied(5)), vec![2]);
+        assert_eq!(tags(waits.take_applied(8)), vec![1, 3]);
+        assert!(tags(waits.take_expired(now)).is_empty());
+        assert_eq!(
+            tags(waits.take_expired(now + Duration::from_secs(1))),
+            vec![4]
+        );
+        assert_eq!(waits.len, 0);
+        assert!(waits.by_index.is_empty());
+    }
+
+    #[test]
+    fn at_most_token_waits_max_wait() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut waits = TokenWaits::default();
+        for _ in 0..TOKEN_WAITS_MAX {
+            assert!(waits.push(u64::MAX, command(0), deadline).is_ok());
+        }
+        assert!(waits.push(1, command(0), deadline).is_err());
+        assert_eq!(waits.take_applied(u64::MAX).len(), TOKEN_WAITS_MAX);
+        assert!(waits.push(1, command(0), deadline).is_ok());
     }
 }
