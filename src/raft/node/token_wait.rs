@@ -36,22 +36,17 @@ pub(super) struct TokenWaits {
 
 impl TokenWaits {
     /// Holds `command` until `raft_index` is applied or `deadline` passes; gives it back
-    /// when [`TOKEN_WAITS_MAX`] wait already.
-    fn push(
-        &mut self,
-        raft_index: u64,
-        command: Command,
-        deadline: Instant,
-    ) -> Result<(), Command> {
+    /// (refused) when [`TOKEN_WAITS_MAX`] wait already.
+    fn push(&mut self, raft_index: u64, command: Command, deadline: Instant) -> Option<Command> {
         if self.len >= TOKEN_WAITS_MAX {
-            return Err(command);
+            return Some(command);
         }
         self.by_index
             .entry(raft_index)
             .or_default()
             .push_back((command, deadline));
         self.len += 1;
-        Ok(())
+        None
     }
 
     /// The commands whose index is at or below `applied`, lowest index first, each
@@ -89,7 +84,7 @@ impl Node {
     /// Sets `command` (credential included) aside until `raft_index` is applied.
     pub(super) fn wait_for_token(&mut self, raft_index: u64, command: Command) {
         let deadline = Instant::now() + self.request_timeout();
-        if let Err(command) = self.token_waits.push(raft_index, command, deadline) {
+        if let Some(command) = self.token_waits.push(raft_index, command, deadline) {
             fail(command, EtcdError::TooManyRequests);
         }
     }
@@ -142,7 +137,7 @@ mod tests {
         for (tag, index, secs) in [(1, 7, 10), (2, 5, 10), (3, 7, 20), (4, 9, 1)] {
             assert!(waits
                 .push(index, command(tag), now + Duration::from_secs(secs))
-                .is_ok());
+                .is_none());
         }
         assert!(waits.take_applied(4).is_empty());
         assert_eq!(tags(waits.take_applied(5)), vec![2]);
@@ -161,10 +156,10 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut waits = TokenWaits::default();
         for _ in 0..TOKEN_WAITS_MAX {
-            assert!(waits.push(u64::MAX, command(0), deadline).is_ok());
+            assert!(waits.push(u64::MAX, command(0), deadline).is_none());
         }
-        assert!(waits.push(1, command(0), deadline).is_err());
+        assert!(waits.push(1, command(0), deadline).is_some());
         assert_eq!(waits.take_applied(u64::MAX).len(), TOKEN_WAITS_MAX);
-        assert!(waits.push(1, command(0), deadline).is_ok());
+        assert!(waits.push(1, command(0), deadline).is_none());
     }
 }
