@@ -26,14 +26,15 @@ pub struct AuthInfo {
 /// What a client request presents as its identity, resolved on the state core
 /// (`AuthStore::info_from`). A request with neither runs as a client without credentials.
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// Shared text: every command of a call carries its credential (a clone is a count).
 pub enum Credential {
     /// The `token` (or `authorization`) metadata: a simple token or a JWT. It wins over a
     /// client certificate, as in etcd.
-    Token(String),
+    Token(std::sync::Arc<str>),
     /// With `--client-cert-auth`, no token, over TLS: the subject common name of the
     /// verified client certificate (etcd's `AuthInfoFromTLS`); empty for a certificate
     /// without one, which etcd also takes as the (nonexistent) user "".
-    CommonName(String),
+    CommonName(std::sync::Arc<str>),
 }
 
 /// Who a request runs as.

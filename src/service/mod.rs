@@ -151,15 +151,13 @@ async fn route(context: Rc<ServiceContext>, call: Call) {
 fn credential_of(call: &Call, client_cert_auth: bool) -> Option<Credential> {
     let metadata = |wanted: &str| call.metadata.iter().find(|(name, _)| name == wanted);
     if let Some((_, token)) = metadata("token").or_else(|| metadata("authorization")) {
-        return Some(Credential::Token(
-            String::from_utf8_lossy(token).into_owned(),
-        ));
+        return Some(Credential::Token(String::from_utf8_lossy(token).into()));
     }
     if !client_cert_auth || metadata("grpcgateway-accept").is_some() {
         return None;
     }
     let name = call.tls_common_name.as_deref()?;
-    Some(Credential::CommonName(name.to_owned()))
+    Some(Credential::CommonName(name.into()))
 }
 
 /// "/etcdserverpb.KV/Range" → ("etcdserverpb.KV", "Range").

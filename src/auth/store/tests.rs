@@ -401,3 +401,66 @@ fn the_backend_restores_the_same_state() {
         Err(BackendError::Corrupted(_))
     ));
 }
+
+#[test]
+fn a_certificate_name_is_the_user_and_unapplied_tokens_are_told_apart() {
+    use crate::auth::Credential;
+    let mut f = Fixture::new();
+    f.user("root");
+    f.grant("root", "root").unwrap();
+    f.user("alice");
+    f.role("reader");
+    f.permit("reader", Type::Read, "foo", "");
+    f.grant("alice", "reader").unwrap();
+    f.enable().unwrap();
+    let now = Instant::now();
+    let as_cn = |f: &mut Fixture, name: &str| {
+        let info = f
+            .store
+            .info_from(Some(&Credential::CommonName(name.into())), now)
+            .unwrap();
+        Caller::Client(info)
+    };
+    let alice = as_cn(&mut f, "alice");
+    assert!(f
+        .store
+        .check_keys(&alice, b"foo", b"", Access::Read)
+        .is_ok());
+    assert_eq!(
+        f.store.check_keys(&alice, b"bar", b"", Access::Read),
+        Err(EtcdError::PermissionDenied)
+    );
+    // A certificate without a CN names the user "": no such user, as in etcd.
+    let nameless = as_cn(&mut f, "");
+    assert_eq!(
+        f.store.check_keys(&nameless, b"foo", b"", Access::Read),
+        Err(EtcdError::PermissionDenied)
+    );
+    assert_eq!(f.store.check_admin(&nameless), Err(EtcdError::UserEmpty));
+    let root = as_cn(&mut f, "root");
+    assert!(f.store.check_admin(&root).is_ok());
+
+    let token = |t: &str| Credential::Token(t.into());
+    assert_eq!(
+        f.store.unapplied_token_index(&token("abc.90"), 80),
+        Some(90)
+    );
+    assert_eq!(f.store.unapplied_token_index(&token("abc.90"), 90), None);
+    assert_eq!(f.store.unapplied_token_index(&token("no-index"), 0), None);
+    assert_eq!(
+        f.store
+            .unapplied_token_index(&Credential::CommonName("abc.90".into()), 0),
+        None
+    );
+    let Ok(AuthReply::Authenticate(login)) = f.run(AuthOp::Authenticate(
+        crate::auth::request::InternalAuthenticate {
+            name: "alice".into(),
+            simple_token_prefix: "abcdefghijklmnop".into(),
+            checked_auth_revision: f.store.revision(),
+        },
+    )) else {
+        panic!("authenticate")
+    };
+    // A token this member issued is known, whatever index it names.
+    assert_eq!(f.store.unapplied_token_index(&token(&login.token), 0), None);
+}
