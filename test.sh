@@ -4,7 +4,7 @@
 # Installs what the end-to-end tests drive when it is missing (the real etcdctl 3.4.23 and
 # etcd 3.4.23 from Debian's etcd-client and etcd-server packages; strace for the blocking-I/O
 # trace; python3 for the golden-transcript normaliser; the Python etcd3 client on grpcio as
-# the second client stack; shellcheck and iproute2 for the tuning/ scripts' tests), then runs
+# the second client stack; Node and its etcd3 client on @grpc/grpc-js as the third; shellcheck and iproute2 for the tuning/ scripts' tests), then runs
 # every test in the workspace and prints the test runner's summary.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -25,6 +25,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # tests/metrics_prometheus.rs: a real Prometheus scrapes tern; curl for the HTTP tests.
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# tests/node_client.rs: the Node etcd3 client on @grpc/grpc-js, the third client stack.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]} with apt-get" >&2
     SUDO=""
@@ -43,6 +46,13 @@ fi
 if ! PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python python3 -c "import etcd3, grpc" >/dev/null 2>&1; then
     echo "test.sh: installing the Python etcd3 client with pip" >&2
     python3 -m pip install -q "etcd3==0.12.0" "grpcio>=1.60" "protobuf<8" 2>&1 | grep -v "^WARNING: Running pip as" >&2 || true
+fi
+
+# The Node client, pinned by tests/clients/node/package-lock.json, into its git-ignored
+# node_modules.
+if [[ ! -d tests/clients/node/node_modules/etcd3 ]]; then
+    echo "test.sh: installing the Node etcd3 client with npm" >&2
+    npm ci --prefix tests/clients/node --no-audit --no-fund --loglevel=error >&2
 fi
 
 export TERN_REQUIRE_ETCD=1

@@ -11,7 +11,9 @@
 //! of a few KB; corrupt, truncated or concurrent snapshot streams refused and retried); a
 //! linearizable read sent while no leader is known, answered once one is elected;
 //! auth (users and roles made through one member enforced on all, a follower caught up by
-//! snapshot included).
+//! snapshot included; a simple token used on a follower that has not yet applied the
+//! entry issuing it waits for that entry, where the follower's lag is made certain by a
+//! proxy holding everything sent to its peer port).
 //! Clients are tonic
 //! (an independent gRPC stack) speaking etcd's KV API with tern's prost messages.
 
@@ -63,18 +65,29 @@ impl Client {
         path: &'static str,
         req: Req,
     ) -> Result<Res, Status> {
+        self.call_as(None, path, req).await
+    }
+
+    /// A call carrying auth `token` (gRPC metadata `token`, as etcd's clients send it).
+    async fn call_as<Req: Message, Res: Message + Default>(
+        &mut self,
+        token: Option<&str>,
+        path: &'static str,
+        req: Req,
+    ) -> Result<Res, Status> {
         self.grpc
             .ready()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let body = Bytes::from(req.encode_to_vec());
+        let mut request = tonic::Request::new(Bytes::from(req.encode_to_vec()));
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("token", token.parse().expect("ASCII token"));
+        }
         let res = self
             .grpc
-            .unary(
-                tonic::Request::new(body),
-                PathAndQuery::from_static(path),
-                RawCodec,
-            )
+            .unary(request, PathAndQuery::from_static(path), RawCodec)
             .await?;
         Res::decode(res.into_inner()).map_err(|e| Status::internal(e.to_string()))
     }
@@ -166,6 +179,8 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Where the others reach its peer port, when not `peer_port` (a test's proxy).
+    advertised_peer_port: Option<u16>,
     data_dir: PathBuf,
     child: Option<Child>,
     /// For a member added at runtime: its --initial-cluster and --initial-cluster-state.
@@ -186,6 +201,17 @@ impl Cluster {
     }
 
     fn start_with_env(size: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_reaching(size, extra, env, None)
+    }
+
+    /// A cluster whose member `proxied.0` advertises peer port `proxied.1` (where a
+    /// test's proxy forwards to its real one), so every message to it passes the proxy.
+    fn start_reaching(
+        size: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        proxied: Option<(usize, u16)>,
+    ) -> Cluster {
         let root = std::env::temp_dir().join(format!(
             "tern-raft-{}-{}",
             std::process::id(),
@@ -196,6 +222,7 @@ impl Cluster {
                 name: format!("m{i}"),
                 client_port: member_port(),
                 peer_port: member_port(),
+                advertised_peer_port: proxied.filter(|p| p.0 == i).map(|p| p.1),
                 data_dir: root.join(format!("m{i}")),
                 child: None,
                 joined_with: None,
@@ -203,7 +230,10 @@ impl Cluster {
             .collect();
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| {
+                let port = m.advertised_peer_port.unwrap_or(m.peer_port);
+                format!("{}=http://127.0.0.1:{port}", m.name)
+            })
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = Cluster {
@@ -236,6 +266,10 @@ impl Cluster {
         }
         let client_url = format!("http://127.0.0.1:{}", m.client_port);
         let peer_url = format!("http://127.0.0.1:{}", m.peer_port);
+        let advertised_peer_url = format!(
+            "http://127.0.0.1:{}",
+            m.advertised_peer_port.unwrap_or(m.peer_port)
+        );
         std::fs::create_dir_all(&self.root).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -255,7 +289,7 @@ impl Cluster {
                 "--listen-peer-urls",
                 &peer_url,
                 "--initial-advertise-peer-urls",
-                &peer_url,
+                &advertised_peer_url,
             ])
             .args([
                 "--initial-cluster",
@@ -656,6 +690,7 @@ async fn a_member_added_with_an_empty_data_dir_catches_up_purely_by_snapshot() {
         name: "m3".into(),
         client_port,
         peer_port,
+        advertised_peer_port: None,
         data_dir: cluster.root.join("m3"),
         child: None,
         joined_with: Some(urls.join(",")),
@@ -1514,6 +1549,7 @@ async fn etcdctl_member_add_promote_update_move_leader_and_remove_on_three_membe
         name: new_name.to_string(),
         client_port: pending_ports.0,
         peer_port: pending_ports.1,
+        advertised_peer_port: None,
         data_dir: cluster.root.join(new_name),
         child: None,
         joined_with: None,
@@ -1738,3 +1774,244 @@ async fn users_and_roles_made_on_one_member_are_enforced_on_all_after_snapshot_c
         }
     }
 }
+
+/// A TCP proxy in front of one member's peer port. While held, what the others send to
+/// that member waits in the proxy (nothing is dropped): the member lags behind the log
+/// for certain, and catches up once the hold ends.
+struct PeerProxy {
+    listener: Option<std::net::TcpListener>,
+    port: u16,
+    held: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl PeerProxy {
+    fn bind(held: bool) -> PeerProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        PeerProxy {
+            port: listener.local_addr().unwrap().port(),
+            listener: Some(listener),
+            held: Arc::new((Mutex::new(held), std::sync::Condvar::new())),
+        }
+    }
+
+    /// Forwards every connection to `target` (threads that end with the test process).
+    fn run(&mut self, target: u16) {
+        let listener = self.listener.take().expect("run once");
+        let held = self.held.clone();
+        std::thread::spawn(move || {
+            for inbound in listener.incoming().map_while(Result::ok) {
+                let Ok(outbound) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (to_member, from_member) = (outbound.try_clone().unwrap(), outbound);
+                let (from_peer, to_peer) = (inbound.try_clone().unwrap(), inbound);
+                let held = held.clone();
+                std::thread::spawn(move || PeerProxy::pump(from_peer, to_member, Some(held)));
+                std::thread::spawn(move || PeerProxy::pump(from_member, to_peer, None));
+            }
+        });
+    }
+
+    fn pump(
+        mut from: std::net::TcpStream,
+        mut to: std::net::TcpStream,
+        held: Option<Arc<(Mutex<bool>, std::sync::Condvar)>>,
+    ) {
+        use std::io::{Read, Write};
+        let wait_released = || {
+            if let Some(held) = &held {
+                let (flag, changed) = &**held;
+                let _released = changed
+                    .wait_while(flag.lock().unwrap(), |held| *held)
+                    .unwrap();
+            }
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            wait_released();
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            // Bytes read just before a hold began wait for its end as well.
+            wait_released();
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    }
+
+    fn hold(&self, held: bool) {
+        let (flag, changed) = &*self.held;
+        *flag.lock().unwrap() = held;
+        changed.notify_all();
+    }
+}
+
+async fn applied_index(cluster: &Cluster, member: usize) -> u64 {
+    cluster
+        .client(member)
+        .status()
+        .await
+        .expect("status")
+        .raft_applied_index
+}
+
+/// The member's count of started KV calls of `method`, from its /metrics.
+fn kv_calls_started(cluster: &Cluster, member: usize, method: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut conn =
+        std::net::TcpStream::connect(("127.0.0.1", cluster.members[member].client_port)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let method = format!("grpc_method=\"{method}\"");
+    text.lines()
+        .find(|l| {
+            l.starts_with("grpc_server_started_total{")
+                && l.contains(&method)
+                && l.contains("grpc_service=\"etcdserverpb.KV\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Logs in as alice through `leader` while `lagging` is held behind the proxy, sends
+/// `request` (a KV `method`) with the token to `lagging`, and ends the hold once the
+/// lagging member has the request: its answer.
+async fn call_lagging_with_a_fresh_token<Req, Res>(
+    cluster: &Cluster,
+    proxy: &PeerProxy,
+    (leader, lagging): (usize, usize),
+    method: &'static str,
+    request: Req,
+) -> Result<Res, Status>
+where
+    Req: Message + Send + 'static,
+    Res: Message + Default + Send + 'static,
+{
+    proxy.hold(true);
+    let login: pb::AuthenticateResponse = cluster
+        .client(leader)
+        .call(
+            "/etcdserverpb.Auth/Authenticate",
+            pb::AuthenticateRequest {
+                name: "alice".into(),
+                password: "alicepw".into(),
+            },
+        )
+        .await
+        .expect("authenticate on the leader");
+    let token_index: u64 = login.token.rsplit('.').next().unwrap().parse().unwrap();
+    let lagging_applied = applied_index(cluster, lagging).await;
+    assert!(
+        lagging_applied < token_index,
+        "m{lagging} applied {lagging_applied}, the token's entry is {token_index}"
+    );
+    let started = kv_calls_started(cluster, lagging, method);
+    let mut client = Client::with_timeout(cluster.members[lagging].client_port, WAIT_FOR_TOKEN);
+    let path: &'static str = match method {
+        "Put" => "/etcdserverpb.KV/Put",
+        _ => "/etcdserverpb.KV/Range",
+    };
+    let call = tokio::spawn(async move {
+        client
+            .call_as::<_, Res>(Some(&login.token), path, request)
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kv_calls_started(cluster, lagging, method) == started && !call.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the call never reached m{lagging}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The call was dispatched on the lagging member while the entry is still held (the
+    // Status below shows it): without the wait it fails now, at once, with "invalid auth
+    // token"; with it, it is still waiting when the hold ends.
+    assert!(applied_index(cluster, lagging).await < token_index);
+    proxy.hold(false);
+    let answer = call.await.unwrap();
+    if answer.is_ok() {
+        // Answered only once the member had applied the token's entry.
+        assert!(applied_index(cluster, lagging).await >= token_index);
+    }
+    answer
+}
+
+/// A simple token names the raft index of the Authenticate entry that issued it. Used on
+/// a member that has not applied that entry yet, a write (whose caller is resolved
+/// before proposing) and a serializable read (served locally at once) wait until it has,
+/// as etcd's `isValidSimpleToken` does, instead of failing with "invalid auth token".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_simple_token_used_on_a_lagging_member_waits_for_the_entry_that_issued_it() {
+    let lagging = 2;
+    // Held from the start: the lagging member cannot win an election, so it follows.
+    let mut proxy = PeerProxy::bind(true);
+    // Calmer raft timing than the other tests' (the last flag wins): on a loaded machine
+    // a lost election would move the leader away from where the test logs in.
+    let calm = [
+        "--bcrypt-cost",
+        "4",
+        "--heartbeat-interval",
+        "200",
+        "--election-timeout",
+        "4000",
+    ];
+    let cluster = Cluster::start_reaching(3, &calm, &[], Some((lagging, proxy.port)));
+    proxy.run(cluster.members[lagging].peer_port);
+    let leader = cluster
+        .leader(&[0, 1], Duration::from_secs(20))
+        .await
+        .expect("leader");
+    assert_ne!(leader, lagging);
+    proxy.hold(false);
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "alice:alicepw"],
+        &["role", "add", "writer"],
+        &["role", "grant-permission", "writer", "readwrite", "foo"],
+        &["user", "grant-role", "alice", "writer"],
+        &["put", "foo", "bar"],
+        &["auth", "enable"],
+    ] {
+        ctl_ok(&cluster, leader, args);
+    }
+    let caught_up = applied_index(&cluster, leader).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while applied_index(&cluster, lagging).await < caught_up {
+        assert!(Instant::now() < deadline, "m{lagging} never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let members = (leader, lagging);
+    let put = pb::PutRequest {
+        key: Bytes::from_static(b"foo"),
+        value: Bytes::from_static(b"by-alice"),
+        ..Default::default()
+    };
+    let _: pb::PutResponse = call_lagging_with_a_fresh_token(&cluster, &proxy, members, "Put", put)
+        .await
+        .expect("the put waits for the token's entry");
+    let get = pb::RangeRequest {
+        key: Bytes::from_static(b"foo"),
+        serializable: true,
+        ..Default::default()
+    };
+    let got: pb::RangeResponse =
+        call_lagging_with_a_fresh_token(&cluster, &proxy, members, "Range", get)
+            .await
+            .expect("the serializable get waits for the token's entry");
+    let values: Vec<&[u8]> = got.kvs.iter().map(|kv| kv.value.as_ref()).collect();
+    assert_eq!(values, vec![&b"by-alice"[..]]);
+}
+
+/// Longer than the member's request timeout (5 s + 2 elections), so the client's own
+/// deadline is never what ends the wait.
+const WAIT_FOR_TOKEN: Duration = Duration::from_secs(20);

@@ -8,7 +8,8 @@
 //! all (the password was checked before proposing, as etcd does).
 //!
 //! [`AuthInfo`] is who a request runs as (etcd's `AuthInfo` and the username/auth
-//! revision of its `RequestHeader`); [`Caller`] adds the server's own requests.
+//! revision of its `RequestHeader`); [`Caller`] adds the server's own requests;
+//! [`Credential`] is what a request shows to be resolved into an [`AuthInfo`].
 
 use crate::proto::etcdserverpb as pb;
 
@@ -20,6 +21,20 @@ pub struct AuthInfo {
     pub username: String,
     #[prost(uint64, tag = "2")]
     pub auth_revision: u64,
+}
+
+/// What a client request presents as its identity, resolved on the state core
+/// (`AuthStore::info_from`). A request with neither runs as a client without credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+/// Shared text: every command of a call carries its credential (a clone is a count).
+pub enum Credential {
+    /// The `token` (or `authorization`) metadata: a simple token or a JWT. It wins over a
+    /// client certificate, as in etcd.
+    Token(std::sync::Arc<str>),
+    /// With `--client-cert-auth`, no token, over TLS: the subject common name of the
+    /// verified client certificate (etcd's `AuthInfoFromTLS`); empty for a certificate
+    /// without one, which etcd also takes as the (nonexistent) user "".
+    CommonName(std::sync::Arc<str>),
 }
 
 /// Who a request runs as.

@@ -63,6 +63,21 @@ impl SimpleTokens {
         format!("{prefix}.{raft_index}")
     }
 
+    /// The raft index a token names (etcd's `isValidSimpleToken` split: exactly one
+    /// dot, a decimal index after it); None for anything else.
+    pub fn index_of(token: &str) -> Option<u64> {
+        let (prefix, index) = token.split_once('.')?;
+        if prefix.contains('.') || index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        index.parse().ok()
+    }
+
+    /// Whether this member assigned `token` (live or not yet found expired).
+    pub fn holds(&self, token: &str) -> bool {
+        self.tokens.contains_key(token)
+    }
+
     pub fn assign(&mut self, token: String, user: &str, now: Instant) {
         if self.tokens.len() >= SIMPLE_TOKENS_MAX && !self.tokens.contains_key(&token) {
             self.tokens.retain(|_, held| held.expires_at > now);
@@ -129,6 +144,17 @@ mod tests {
         assert!(p.bytes().all(|b| b.is_ascii_alphabetic()));
         assert_ne!(p, new_prefix().unwrap());
         assert_eq!(SimpleTokens::token_for("abc", 42), "abc.42");
+        assert_eq!(SimpleTokens::index_of("abc.42"), Some(42));
+        for bad in [
+            "abc",
+            "abc.",
+            "a.b.42",
+            "abc.-1",
+            "abc.4x",
+            "abc.99999999999999999999",
+        ] {
+            assert_eq!(SimpleTokens::index_of(bad), None, "{bad}");
+        }
     }
 
     #[test]

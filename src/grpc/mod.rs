@@ -6,5 +6,7 @@ pub mod codec;
 pub mod server;
 pub mod status;
 
-pub use server::{serve_connection, Call, Handler, RequestStream, ResponseSink};
+pub use server::{
+    serve_connection, with_tls_common_name, Call, Handler, RequestStream, ResponseSink,
+};
 pub use status::{Code, Status};

@@ -46,6 +46,19 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     .await
 }
 
+/// `handler` for the calls of one connection whose verified client certificate names
+/// `common_name`: each call carries it.
+pub fn with_tls_common_name(handler: Handler, common_name: Option<String>) -> Handler {
+    let Some(name) = common_name else {
+        return handler;
+    };
+    let name: Rc<str> = Rc::from(name);
+    Rc::new(move |mut call: Call| {
+        call.tls_common_name = Some(name.clone());
+        handler(call)
+    })
+}
+
 /// One incoming RPC.
 pub struct Call {
     /// The `:path`, e.g. "/etcdserverpb.KV/Range".
@@ -54,6 +67,10 @@ pub struct Call {
     pub deadline: Option<Instant>,
     /// Other request headers, lowercase names (e.g. "token", "authorization").
     pub metadata: Vec<(String, Bytes)>,
+    /// The subject common name of the client certificate its TLS connection verified
+    /// ("" for a certificate without one); None without TLS or without a certificate.
+    /// Set by the connection's handler wrapper ([`with_tls_common_name`]).
+    pub tls_common_name: Option<Rc<str>>,
     pub requests: RequestStream,
     pub responses: ResponseSink,
 }
@@ -382,6 +399,7 @@ pub fn dispatch(request: Request, handler: &Handler, config: &ServerConfig) {
         method,
         deadline,
         metadata,
+        tls_common_name: None,
         requests: RequestStream {
             call: shared.clone(),
             max_message_bytes: config.max_recv_message_bytes,

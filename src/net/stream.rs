@@ -26,6 +26,19 @@ impl ClientStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::TcpTls(_) | ClientStream::UnixTls(_))
     }
+
+    /// The subject common name of the client certificate the handshake verified ("" when
+    /// it has none); None without TLS or when the client sent no certificate. (rustls
+    /// hands out only certificates its client verifier accepted.)
+    pub fn peer_common_name(&self) -> Option<String> {
+        let certificates = match self {
+            ClientStream::TcpTls(s) => s.get_ref().1.peer_certificates(),
+            ClientStream::UnixTls(s) => s.get_ref().1.peer_certificates(),
+            ClientStream::Tcp(_) | ClientStream::Unix(_) => None,
+        }?;
+        let leaf = certificates.first()?;
+        Some(super::tls::subject_common_name(leaf).unwrap_or_default())
+    }
 }
 
 /// A peer transport connection: plain TCP, or TLS as the accepting or the dialling side.

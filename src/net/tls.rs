@@ -641,7 +641,7 @@ fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 /// The subject's common name (OID 2.5.4.3) of a DER certificate, if it has one: walks
 /// Certificate → TBSCertificate → subject (after the optional version, serial, signature
 /// algorithm, issuer and validity, RFC 5280 §4.1).
-fn subject_common_name(cert: &[u8]) -> Option<String> {
+pub fn subject_common_name(cert: &[u8]) -> Option<String> {
     const SEQUENCE: u8 = 0x30;
     const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
     let (_, certificate, _) = der_element(cert).filter(|e| e.0 == SEQUENCE)?;

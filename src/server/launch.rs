@@ -433,6 +433,10 @@ fn network_cores(
                 Vec::new()
             },
             client_tls: listeners.client_tls.clone(),
+            client_cert_auth: options
+                .client_tls
+                .as_ref()
+                .is_some_and(|tls| tls.client_cert_auth),
             bcrypt_cost: options.auth.bcrypt_cost,
             jwt: options.auth.jwt.clone(),
             metrics_fds: executor_listeners(listeners.metrics)?,
@@ -481,6 +485,8 @@ struct NetworkCore {
     /// The unix:// and unixs:// paths this core binds and serves (core 0 only).
     unix: Vec<(PathBuf, bool)>,
     client_tls: Option<Arc<ReloadingServerConfig>>,
+    /// --client-cert-auth: token-less calls run as their client certificate's CN.
+    client_cert_auth: bool,
     /// --bcrypt-cost and the JWT keys (`--auth-token jwt,...`) for the Auth service.
     bcrypt_cost: u32,
     jwt: Option<Arc<crate::auth::jwt::JwtKeys>>,
@@ -538,6 +544,7 @@ async fn serve_network_core(core: NetworkCore) {
     let context = Rc::new(
         ServiceContext::new(state, core.limits.clone(), &core.identity, watch)
             .with_bcrypt_cost(core.bcrypt_cost)
+            .with_client_cert_auth(core.client_cert_auth)
             .with_jwt(core.jwt.clone()),
     );
     let _ = context_tx.send(context.clone());

@@ -22,7 +22,7 @@ use futures::FutureExt;
 use glommio::net::TcpListener;
 
 use crate::grpc::serve_connection;
-use crate::grpc::Handler;
+use crate::grpc::{with_tls_common_name, Handler};
 use crate::http2::{ServerConfig, ShutdownSignal};
 use crate::net::{ClientListener, ListenSocket};
 
@@ -71,6 +71,9 @@ pub async fn serve_clients(
                 glommio::spawn_local(async move {
                     // The TLS handshake, if any, runs here: never in the accept loop.
                     if let Some(stream) = pending.establish(&shutdown).await {
+                        // Calls on a connection with a verified client certificate carry
+                        // its name (the user, with --client-cert-auth).
+                        let handler = with_tls_common_name(handler, stream.peer_common_name());
                         // One port, two protocols: gRPC clients go to HTTP/2, the rest to
                         // HTTP/1.1.
                         crate::http1::serve_sniffed(stream, &http1, shutdown.clone(), |stream| {

@@ -227,7 +227,7 @@ async fn authenticate(
     req: pb::AuthenticateRequest,
 ) -> Result<pb::AuthenticateResponse, EtcdError> {
     // A token the client still sends from an earlier session must not fail its login.
-    let state = context.state.with_token(None);
+    let state = context.state.with_credential(None);
     for _ in 0..AUTHENTICATE_ATTEMPTS_MAX {
         let stored = expect!(
             state.auth(AuthOp::PasswordOf(req.name.clone())).await,

@@ -20,6 +20,7 @@ pub mod watch;
 
 use std::rc::Rc;
 
+use crate::auth::Credential;
 use crate::grpc::{Call, Code, Handler, Status};
 use crate::state::{Identity, StateClient};
 
@@ -61,6 +62,8 @@ pub struct ServiceContext {
     pub bcrypt_cost: u32,
     /// `--auth-token jwt,...`: the keys Authenticate signs tokens with.
     pub jwt: Option<std::sync::Arc<crate::auth::jwt::JwtKeys>>,
+    /// `--client-cert-auth`: a call without a token runs as its client certificate's CN.
+    pub client_cert_auth: bool,
 }
 
 impl ServiceContext {
@@ -78,6 +81,7 @@ impl ServiceContext {
             watch,
             bcrypt_cost: auth::BCRYPT_COST_DEFAULT,
             jwt: None,
+            client_cert_auth: false,
         }
     }
 
@@ -86,6 +90,11 @@ impl ServiceContext {
         jwt: Option<std::sync::Arc<crate::auth::jwt::JwtKeys>>,
     ) -> ServiceContext {
         self.jwt = jwt;
+        self
+    }
+
+    pub fn with_client_cert_auth(mut self, client_cert_auth: bool) -> ServiceContext {
+        self.client_cert_auth = client_cert_auth;
         self
     }
 
@@ -103,16 +112,17 @@ pub fn handler(context: Rc<ServiceContext>) -> Handler {
 async fn route(context: Rc<ServiceContext>, call: Call) {
     let path = call.method.clone();
     let (service, method) = split_path(&path);
-    // Everything this call asks of the state core runs as the holder of its token.
-    let token = token_of(&call);
+    // Everything this call asks of the state core runs as whoever its credential names.
+    let credential = credential_of(&call, context.client_cert_auth);
     let context = Rc::new(ServiceContext {
-        state: context.state.with_token(token.as_deref()),
+        state: context.state.with_credential(credential),
         limits: context.limits.clone(),
         member_id: context.member_id,
         cluster_id: context.cluster_id,
         watch: context.watch.clone(),
         bcrypt_cost: context.bcrypt_cost,
         jwt: context.jwt.clone(),
+        client_cert_auth: context.client_cert_auth,
     });
     match service {
         "etcdserverpb.KV" => kv::serve(&context, method, call).await,
@@ -130,20 +140,24 @@ async fn route(context: Rc<ServiceContext>, call: Call) {
     }
 }
 
-/// The auth token a call carries: gRPC metadata `token` (etcd's `TokenFieldNameGRPC`),
-/// or `authorization` as etcd also accepts (`TokenFieldNameSwagger`). Not UTF-8: no
-/// token can match, so it is passed on as text that fails ("invalid auth token").
-fn token_of(call: &Call) -> Option<String> {
-    let value = call
-        .metadata
-        .iter()
-        .find(|(name, _)| name == "token")
-        .or_else(|| {
-            call.metadata
-                .iter()
-                .find(|(name, _)| name == "authorization")
-        })?;
-    Some(String::from_utf8_lossy(&value.1).into_owned())
+/// Who a call says it is (etcd's `AuthInfoFromCtx`, then `AuthInfoFromTLS`):
+/// - its auth token: gRPC metadata `token` (etcd's `TokenFieldNameGRPC`), or
+///   `authorization` as etcd also accepts (`TokenFieldNameSwagger`). Not UTF-8: no token
+///   can match, so it is passed on as text that fails ("invalid auth token");
+/// - else, with `--client-cert-auth`, the common name of the verified client certificate
+///   of its TLS connection, unless the call came through a gRPC gateway
+///   (`grpcgateway-accept` metadata): etcd never takes the gateway's own certificate
+///   for its client's identity.
+fn credential_of(call: &Call, client_cert_auth: bool) -> Option<Credential> {
+    let metadata = |wanted: &str| call.metadata.iter().find(|(name, _)| name == wanted);
+    if let Some((_, token)) = metadata("token").or_else(|| metadata("authorization")) {
+        return Some(Credential::Token(String::from_utf8_lossy(token).into()));
+    }
+    if !client_cert_auth || metadata("grpcgateway-accept").is_some() {
+        return None;
+    }
+    let name = call.tls_common_name.as_deref()?;
+    Some(Credential::CommonName(name.into()))
 }
 
 /// "/etcdserverpb.KV/Range" → ("etcdserverpb.KV", "Range").

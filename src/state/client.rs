@@ -54,13 +54,14 @@ pub enum Command {
     },
     /// An Auth service op (`crate::auth`): reads are answered, changes proposed.
     Auth(crate::auth::AuthOp, Reply<crate::auth::AuthReply>),
-    /// `command` on behalf of the client whose request carried this token (gRPC metadata
-    /// `token`). A command without one runs as a client without credentials.
-    WithToken(String, Box<Command>),
+    /// `command` on behalf of the client whose request presented this credential (gRPC
+    /// metadata `token`, or a client certificate). A command without one runs as a
+    /// client without credentials.
+    As(crate::auth::Credential, Box<Command>),
 }
 
 impl Command {
-    /// Whether the command's token is resolved (an unknown one refused as "invalid auth
+    /// Whether the command's credential is resolved (an unknown one refused as "invalid auth
     /// token") and the command checked against its user. etcd resolves tokens only for
     /// what it checks or proposes; keep-alives, Status, MemberList, lease lists and alarm
     /// listings ignore a stale token, so a client's keep-alive stream outlives its token.
@@ -95,7 +96,7 @@ impl Command {
             | Command::WaitChange(..)
             | Command::WatchSync(..)
             | Command::WatchUnsubscribe { .. } => false,
-            Command::WithToken(_, inner) => inner.needs_caller(),
+            Command::As(_, inner) => inner.needs_caller(),
         }
     }
 
@@ -133,7 +134,7 @@ impl Command {
             Command::WatchSync(_, r) => drop(r.send(Err(e))),
             Command::WatchUnsubscribe { .. } => {}
             Command::Auth(_, r) => drop(r.send(Err(e))),
-            Command::WithToken(_, inner) => inner.fail(e),
+            Command::As(_, inner) => inner.fail(e),
         }
     }
 }
@@ -141,32 +142,32 @@ impl Command {
 /// A network core's connection to the state executor. Cheap to share within its core (`Rc`).
 pub struct StateClient {
     commands: std::rc::Rc<ConnectedSender<Command>>,
-    /// The client's auth token: every command sent through this handle carries it.
-    token: Option<std::rc::Rc<str>>,
+    /// The client's credential: every command sent through this handle carries it.
+    credential: Option<crate::auth::Credential>,
 }
 
 impl StateClient {
     pub fn new(commands: ConnectedSender<Command>) -> StateClient {
         StateClient {
             commands: std::rc::Rc::new(commands),
-            token: None,
+            credential: None,
         }
     }
 
-    /// A handle on the same channel whose commands run as the holder of `token` (none:
+    /// A handle on the same channel whose commands present `credential` (none: they run
     /// as a client without credentials).
-    pub fn with_token(&self, token: Option<&str>) -> StateClient {
+    pub fn with_credential(&self, credential: Option<crate::auth::Credential>) -> StateClient {
         StateClient {
             commands: self.commands.clone(),
-            token: token.map(std::rc::Rc::from),
+            credential,
         }
     }
 
     /// Sends one command and waits for its reply.
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, EtcdError> {
         let (reply, response) = oneshot::channel();
-        let command = match &self.token {
-            Some(token) => Command::WithToken(token.to_string(), Box::new(make(reply))),
+        let command = match &self.credential {
+            Some(credential) => Command::As(credential.clone(), Box::new(make(reply))),
             None => make(reply),
         };
         if self.commands.send(command).await.is_err() {

@@ -303,16 +303,20 @@ impl StateMachine {
         self
     }
 
-    /// Who a request carrying `token` runs as, for a write about to be proposed: the
-    /// entry carries it and its checks run when it applies.
-    pub fn caller_of_token(
+    /// Who a request presenting `credential` runs as, for a write about to be proposed:
+    /// the entry carries it and its checks run when it applies.
+    pub fn caller_of(
         &mut self,
-        token: Option<&str>,
+        credential: Option<&crate::auth::Credential>,
     ) -> Result<crate::auth::AuthInfo, EtcdError> {
-        match token {
-            Some(token) => self.auth.info_from_token(token, std::time::Instant::now()),
-            None => Ok(crate::auth::AuthInfo::default()),
-        }
+        self.auth.info_from(credential, std::time::Instant::now())
+    }
+
+    /// The raft index of the Authenticate entry that issued `credential`'s simple token,
+    /// if this member has not applied it yet (the token cannot be known before).
+    pub fn unapplied_token_index(&self, credential: &crate::auth::Credential) -> Option<u64> {
+        self.auth
+            .unapplied_token_index(credential, self.raft_applied_index)
     }
 
     /// Whether `caller` may do what only root-role users may (membership changes, leader
@@ -709,12 +713,12 @@ impl StateMachine {
             return;
         };
         match command {
-            Command::WithToken(_, inner) if !inner.needs_caller() => {
+            Command::As(_, inner) if !inner.needs_caller() => {
                 self.handle(*inner);
                 return;
             }
-            Command::WithToken(token, inner) => {
-                match self.auth.info_from_token(&token, started) {
+            Command::As(credential, inner) => {
+                match self.auth.info_from(Some(&credential), started) {
                     Ok(info) => {
                         let previous = std::mem::replace(&mut self.caller, Caller::Client(info));
                         self.handle(*inner);

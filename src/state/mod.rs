@@ -14,8 +14,9 @@
 //! - The MVCC store is touched only on the state executor; every other core holds a
 //!   `StateClient` and nothing else of it.
 //! - A request is acknowledged to the client only after the state executor has applied it.
-//! - A client's command carries its token (`Command::WithToken`); it runs as that user,
-//!   a write as the user its raft entry names (checked when the entry applies);
+//! - A client's command carries its credential, a token or a client certificate's name
+//!   (`Command::As`); it runs as that user, a write as the user its raft entry names
+//!   (checked when the entry applies);
 //! - This module sits below `raft` and `service` and above `auth`, `lease`, `mvcc`, `apply` and
 //!   watch's feed types; it imports none of the modules that depend on it.
 

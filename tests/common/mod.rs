@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod raw_grpc;
 
 use std::io::{BufRead, BufReader};
@@ -54,13 +55,31 @@ impl TernServer {
         extra_args: &[&str],
         cwd: Option<&std::path::Path>,
     ) -> TernServer {
+        TernServer::start_program(&tern_binary(), client_urls, extra_args, cwd)
+    }
+
+    /// The real etcd 3.4 in the same harness (it takes the same flags and logs the same
+    /// readiness line), for tests that run one scenario against both servers.
+    pub fn start_etcd_listening(
+        client_urls: &dyn Fn(u16) -> String,
+        extra_args: &[&str],
+    ) -> TernServer {
+        TernServer::start_program(std::path::Path::new("etcd"), client_urls, extra_args, None)
+    }
+
+    fn start_program(
+        binary: &std::path::Path,
+        client_urls: &dyn Fn(u16) -> String,
+        extra_args: &[&str],
+        cwd: Option<&std::path::Path>,
+    ) -> TernServer {
         let client_port = free_port();
         let peer_port = free_port();
         let data_dir =
             std::env::temp_dir().join(format!("tern-test-{}-{client_port}", std::process::id()));
         let client_url = client_urls(client_port);
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut command = Command::new(tern_binary());
+        let mut command = Command::new(binary);
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }
@@ -91,7 +110,8 @@ impl TernServer {
         };
         if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
             panic!(
-                "tern did not become ready; log:\n{}",
+                "{} did not become ready; log:\n{}",
+                binary.display(),
                 server.log.lock().unwrap().join("\n")
             );
         }

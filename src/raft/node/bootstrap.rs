@@ -248,6 +248,7 @@ pub async fn open(
         lease_forwards: VecDeque::new(),
         heartbeats: super::slow_disk::HeartbeatDetector::new(heartbeat_interval),
         slow_fdatasync: Default::default(),
+        token_waits: Default::default(),
         unsafe_local_reads: unsafe_local_reads_requested(),
     })
 }

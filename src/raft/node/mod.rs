@@ -15,7 +15,8 @@
 //!   member's attributes, and applying conf changes;
 //! - [`lease_forward`]: lease work of the leader and the forwarding of keep-alives and
 //!   TimeToLive from followers to the leader;
-//! - [`slow_disk`]: etcd's "slow fdatasync" and late-heartbeat warnings.
+//! - [`slow_disk`]: etcd's "slow fdatasync" and late-heartbeat warnings;
+//! - [`token_wait`]: commands whose simple token comes from an entry not applied yet.
 //!
 //! Invariants:
 //! - nothing is answered before the entry carrying it is committed and applied;
@@ -30,6 +31,7 @@ mod lease_forward;
 mod membership;
 mod ready;
 mod slow_disk;
+mod token_wait;
 
 pub use bootstrap::{open, snap_dir, start};
 pub use lease_forward::LEASE_FORWARDS_MAX;
@@ -223,6 +225,8 @@ pub struct Node {
     heartbeats: slow_disk::HeartbeatDetector,
     /// The last WAL batch checked for etcd's "slow fdatasync" warning.
     slow_fdatasync: slow_disk::SlowFdatasync,
+    /// Commands waiting for the entry that issued their simple token (`token_wait`).
+    token_waits: token_wait::TokenWaits,
 }
 
 /// Set to `1` in a member's environment, this deliberately breaks linearizable reads:
@@ -381,10 +385,10 @@ impl Node {
 
     /// A new command from a network core.
     pub fn submit(&mut self, command: Command) {
-        // The client's token: reads carry it to where they are served; a write's caller
-        // is resolved now and travels in its entry.
-        let (token, command) = match command {
-            Command::WithToken(token, inner) => (Some(token), *inner),
+        // The client's credential: reads carry it to where they are served; a write's
+        // caller is resolved now and travels in its entry.
+        let (credential, command) = match command {
+            Command::As(credential, inner) => (Some(credential), *inner),
             other => (None, other),
         };
         if self.removed_at.is_some() {
@@ -392,6 +396,15 @@ impl Node {
             // another endpoint.
             fail(command, EtcdError::Stopped);
             return;
+        }
+        // A simple token issued by an entry this member has not applied yet: the command
+        // waits for that entry (`token_wait`), as etcd's does.
+        if let Some(credential) = &credential {
+            let index = self.state.borrow().unapplied_token_index(credential);
+            if let Some(index) = index.filter(|_| command.needs_caller()) {
+                self.wait_for_token(index, Command::As(credential.clone(), Box::new(command)));
+                return;
+            }
         }
         // A learner answers only what needs no vote (etcd's learner guard in v3rpc):
         // serializable reads, Status, MemberList and membership calls (forwarded).
@@ -414,8 +427,8 @@ impl Node {
                 return;
             }
         }
-        let with_token = |command: Command| match &token {
-            Some(token) => Command::WithToken(token.clone(), Box::new(command)),
+        let with_credential = |command: Command| match &credential {
+            Some(credential) => Command::As(credential.clone(), Box::new(command)),
             None => command,
         };
         let admin_only = matches!(
@@ -434,7 +447,7 @@ impl Node {
         if admin_only || lease_keys_read.is_some() {
             let mut state = self.state.borrow_mut();
             let checked = state
-                .caller_of_token(token.as_deref())
+                .caller_of(credential.as_ref())
                 .map(crate::auth::Caller::Client)
                 .and_then(|caller| match lease_keys_read {
                     Some(id) => state.check_lease_read_of(caller, id),
@@ -459,24 +472,32 @@ impl Node {
         }
         match command {
             Command::Put(..) | Command::DeleteRange(..) | Command::Compact(..) => {
-                self.propose_client_write(token.as_deref(), command)
+                self.propose_client_write(credential.as_ref(), command)
             }
             Command::Txn(ref req, _) => match txn_reads(req) {
-                (false, _) => self.propose_client_write(token.as_deref(), command),
-                (true, true) => self.state.borrow_mut().handle_read(with_token(command)),
-                (true, false) => self.queue_read(with_token(command)),
+                (false, _) => self.propose_client_write(credential.as_ref(), command),
+                (true, true) => self
+                    .state
+                    .borrow_mut()
+                    .handle_read(with_credential(command)),
+                (true, false) => self.queue_read(with_credential(command)),
             },
-            Command::Range(ref req, _) if !req.serializable => self.queue_read(with_token(command)),
+            Command::Range(ref req, _) if !req.serializable => {
+                self.queue_read(with_credential(command))
+            }
             // Auth: changes are entries; reads of users and roles are linearizable, as
             // etcd's (which go through raft); the status and a watch's check are local.
             Command::Auth(ref op, _) if !op.is_read() => {
-                self.propose_client_write(token.as_deref(), command)
+                self.propose_client_write(credential.as_ref(), command)
             }
             Command::Auth(
                 crate::auth::AuthOp::Status(_) | crate::auth::AuthOp::CheckRange(_),
                 _,
-            ) => self.state.borrow_mut().handle_read(with_token(command)),
-            Command::Auth(..) => self.queue_read(with_token(command)),
+            ) => self
+                .state
+                .borrow_mut()
+                .handle_read(with_credential(command)),
+            Command::Auth(..) => self.queue_read(with_credential(command)),
             Command::MemberAdd(req, reply) => self.member_add(req, reply),
             Command::MemberRemove(req, reply) => self.member_remove(req, reply),
             Command::MemberUpdate(req, reply) => self.member_update(req, reply),
@@ -499,12 +520,12 @@ impl Node {
                     req.id = self.state.borrow_mut().next_lease_id();
                 }
                 self.propose_client_write(
-                    token.as_deref(),
+                    credential.as_ref(),
                     Command::Lease(LeaseCommand::Grant(req, reply)),
                 )
             }
             Command::Lease(LeaseCommand::Revoke(..)) => {
-                self.propose_client_write(token.as_deref(), command)
+                self.propose_client_write(credential.as_ref(), command)
             }
             // Keep-alives and TimeToLive are the leader's to answer (only it knows the
             // deadlines): a follower forwards them over the peer transport.
@@ -516,11 +537,11 @@ impl Node {
             Command::Alarm(ref req, _)
                 if req.action != pb::alarm_request::AlarmAction::Get as i32 =>
             {
-                self.propose_client_write(token.as_deref(), command)
+                self.propose_client_write(credential.as_ref(), command)
             }
             // Commands raft does not order: status, hashes, alarm GET, watch, the leader's
             // keep-alives, lease lists; none may advance the applied index.
-            other => self.state.borrow_mut().handle_read(with_token(other)),
+            other => self.state.borrow_mut().handle_read(with_credential(other)),
         }
         self.wake.wake();
     }
@@ -559,10 +580,14 @@ impl Node {
         self.propose_write_as(command, None)
     }
 
-    /// Proposes a client's write; its entry names the client its `token` stands for (an
-    /// unknown token fails the request now, etcd's "invalid auth token").
-    fn propose_client_write(&mut self, token: Option<&str>, command: Command) {
-        let caller = self.state.borrow_mut().caller_of_token(token);
+    /// Proposes a client's write; its entry names the client its `credential` stands for
+    /// (an unknown token fails the request now, etcd's "invalid auth token").
+    fn propose_client_write(
+        &mut self,
+        credential: Option<&crate::auth::Credential>,
+        command: Command,
+    ) {
+        let caller = self.state.borrow_mut().caller_of(credential);
         match caller {
             Ok(caller) => self.propose_write_as(command, Some(caller)),
             Err(e) => fail(command, e),
@@ -791,6 +816,7 @@ impl Node {
         }
         self.maybe_publish(now);
         self.finish_leader_transfers(now);
+        self.release_token_waits(now);
         self.wake.wake();
     }
 

@@ -239,6 +239,7 @@ impl Node {
         .detach();
         n.advance_applied();
         n.serve_reads();
+        n.release_token_waits(Instant::now());
         // Group commit of the backend: one commit for everything this ready applied; the
         // replies held for it go out now (`StateMachine::flush`).
         n.state.borrow_mut().flush();

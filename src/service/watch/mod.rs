@@ -47,7 +47,7 @@ pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
     let (stream, ready) = hub.open_stream();
     // The hub's own state-core traffic (feed subscription, history) is the server's,
     // not the client's: only creating a watcher is checked against the client's token.
-    let hub_state = context.state.with_token(None);
+    let hub_state = context.state.with_credential(None);
     let _close = CloseStream {
         hub: hub.clone(),
         state: &hub_state,
