@@ -110,13 +110,17 @@ where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
     let server_name = std::cell::RefCell::new(String::new());
+    let offered_alpn = std::cell::RefCell::new(None::<Vec<Vec<u8>>>);
     let run = async {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-        if let Some(name) = start.client_hello().server_name() {
+        let hello = start.client_hello();
+        if let Some(name) = hello.server_name() {
             *server_name.borrow_mut() = name.to_owned();
         }
-        // The current config, so rotated certificates apply from the next handshake on.
-        start.into_stream(tls.current()).await.map(Box::new)
+        *offered_alpn.borrow_mut() = hello.alpn().map(|list| list.map(<[u8]>::to_vec).collect());
+        // The current configs, so rotated certificates apply from the next handshake on.
+        let config = tls.current().for_client(offered_alpn.borrow().as_deref());
+        start.into_stream(config).await.map(Box::new)
     };
     let run = async { HandshakeEnd::Done(run.await) };
     let timeout = async {
@@ -130,7 +134,7 @@ where
     let end = futures_lite::future::or(run, futures_lite::future::or(timeout, stop)).await;
     let error = match end {
         HandshakeEnd::Done(Ok(stream)) => return Some(stream),
-        HandshakeEnd::Done(Err(e)) => handshake_error_text(&e),
+        HandshakeEnd::Done(Err(e)) => handshake_error_text(&e, offered_alpn.borrow().as_deref()),
         HandshakeEnd::TimedOut => "tls: handshake timed out".to_owned(),
         HandshakeEnd::Shutdown => return None,
     };

@@ -26,6 +26,15 @@ impl ClientStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::TcpTls(_) | ClientStream::UnixTls(_))
     }
+
+    /// The protocol ALPN agreed on a TLS connection (None: plain, or none agreed).
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match self {
+            ClientStream::TcpTls(s) => s.get_ref().1.alpn_protocol(),
+            ClientStream::UnixTls(s) => s.get_ref().1.alpn_protocol(),
+            ClientStream::Tcp(_) | ClientStream::Unix(_) => None,
+        }
+    }
 }
 
 /// A peer transport connection: plain TCP, or TLS as the accepting or the dialling side.
