@@ -8,6 +8,7 @@
 //!   a failed one is logged as etcd logs it ("rejected connection") and closes only that
 //!   connection.
 //! - A TLS listener never serves a connection without a completed handshake.
+//! - On the peer port, a handshake is followed by etcd's SAN check ([`san_allows`]).
 
 use std::io;
 use std::sync::Arc;
@@ -157,4 +158,34 @@ pub fn bind_unix(path: &std::path::Path) -> Result<UnixListener, String> {
         }
     }
     UnixListener::bind(path).map_err(|e| format!("listen unix {}: bind: {e}", path.display()))
+}
+
+/// etcd's SAN check of an accepted peer connection (`net::san`): whether its verified
+/// certificate names `remote`; a refusal is logged as etcd logs it ("rejected connection",
+/// with the certificate's SANs). A connection without a client certificate passes, as in
+/// etcd (`--peer-client-cert-auth` is what requires one).
+pub async fn san_allows<S>(
+    stream: &futures_rustls::server::TlsStream<S>,
+    remote: Option<std::net::SocketAddr>,
+) -> bool {
+    let connection = stream.get_ref().1;
+    let Some(cert) = connection.peer_certificates().and_then(|c| c.first()) else {
+        return true;
+    };
+    let Some(remote) = remote else {
+        return false;
+    };
+    let Err(error) = super::san::check_cert_san(cert, remote).await else {
+        return true;
+    };
+    let (ips, dns_names) = super::san::log_fields(cert);
+    crate::warn!(
+        "rejected connection",
+        "remote-addr" => remote.to_string(),
+        "server-name" => connection.server_name().unwrap_or(""),
+        "ip-addresses" => ips,
+        "dns-names" => dns_names,
+        "error" => error
+    );
+    false
 }

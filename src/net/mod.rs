@@ -9,6 +9,7 @@
 
 pub mod listener;
 pub mod pipe;
+pub mod san;
 pub mod stream;
 pub mod tls;
 pub mod x509;

@@ -383,18 +383,19 @@ impl ClientCertVerifier for AllowedClient {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let refused = || rustls::Error::General("client certificate authentication failed".into());
+        // etcd's texts (its VerifyPeerCertificate hooks), one per flag.
+        let refused = |text: &str| rustls::Error::General(text.into());
         match &self.allowed {
             Allowed::Hostname(hostname) => {
                 let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
                     rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
                 })?;
                 cert.verify_is_valid_for_subject_name(hostname)
-                    .map_err(|_| refused())?;
+                    .map_err(|_| refused("client certificate authentication failed"))?;
             }
             Allowed::CommonName(cn) => {
                 if super::x509::subject_common_name(end_entity).as_deref() != Some(cn.as_str()) {
-                    return Err(refused());
+                    return Err(refused("CommonName authentication failed"));
                 }
             }
         }
@@ -647,6 +648,8 @@ pub fn handshake_error_text(error: &std::io::Error, offered_alpn: Option<&[Vec<u
         }
         E::InvalidCertificate(C::Revoked) => "transport: certificate revoked".to_owned(),
         E::AlertReceived(alert) => format!("remote error: tls: {}", go_alert_name(alert)),
+        // tern's own refusals (allowed CN and hostname) carry etcd's text already.
+        E::General(text) => text.clone(),
         E::NoApplicationProtocol => format!(
             "tls: client requested unsupported application protocols ([{}])",
             offered_alpn
@@ -677,6 +680,9 @@ fn go_alert_name(alert: &rustls::AlertDescription) -> String {
 pub struct PeerTls {
     pub server: Arc<ReloadingServerConfig>,
     pub client: Arc<Reloading<rustls::ClientConfig>>,
+    /// `--experimental-peer-skip-client-san-verification`: accepted peer connections skip
+    /// etcd's check of the certificate's SANs against the remote address (`net::san`).
+    pub skip_client_san_verify: bool,
 }
 
 impl std::fmt::Debug for PeerTls {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod raw_grpc;
 
 use std::io::{BufRead, BufReader};
@@ -272,4 +273,15 @@ fn spawn_logged(
         }
     });
     (child, log, ready_rx)
+}
+
+/// Asserts that an etcdctl run succeeded and printed exactly `expected_stdout`.
+pub fn assert_ok(output: &std::process::Output, expected_stdout: &str) {
+    assert!(
+        output.status.success(),
+        "etcdctl failed: {}{}",
+        stdout(output),
+        stderr(output)
+    );
+    assert_eq!(stdout(output), expected_stdout);
 }

@@ -333,25 +333,41 @@ async fn serve_stream(
     }
     call.close_send();
     let output = descriptor.output();
-    let lines = futures::stream::unfold(Some(call), move |state| {
+    // The response head waits for the first message, as grpc-gateway's does (it reads the
+    // gRPC stream's headers, which come with the first message, before writing its own):
+    // a client that sees the head knows its watch is created, so its writes from then on
+    // are seen by it.
+    let first = next_line(&mut call, &output).await;
+    let rest = futures::stream::unfold(first.1.then_some(call), move |state| {
         let output = output.clone();
         async move {
             let mut call = state?;
-            let line = match call.next().await {
-                Ok(loopback::Event::Message(bytes)) => match result_line(&output, bytes) {
-                    Ok(line) => return Some((line, Some(call))),
-                    Err(e) => stream_error_line(13, &e),
-                },
-                Ok(loopback::Event::End { code: 0, .. }) => return None,
-                Ok(loopback::Event::End { code, message }) => stream_error_line(code, &message),
-                Err(e) => stream_error_line(14, &e),
-            };
-            Some((line, None))
+            let (line, more) = next_line(&mut call, &output).await;
+            Some((line?, more.then_some(call)))
         }
     });
+    let lines = futures::StreamExt::chain(futures::stream::iter(first.0), rest);
     let mut answer = Response::streaming("application/json", Box::pin(lines));
     answer.set_header("Grpc-Metadata-Content-Type", "application/grpc");
     answer
+}
+
+/// The next line of a streamed answer (None: the call ended cleanly) and whether more may
+/// follow.
+async fn next_line(
+    call: &mut loopback::Call,
+    output: &prost_reflect::MessageDescriptor,
+) -> (Option<bytes::Bytes>, bool) {
+    let line = match call.next().await {
+        Ok(loopback::Event::Message(bytes)) => match result_line(output, bytes) {
+            Ok(line) => return (Some(line), true),
+            Err(e) => stream_error_line(13, &e),
+        },
+        Ok(loopback::Event::End { code: 0, .. }) => return (None, false),
+        Ok(loopback::Event::End { code, message }) => stream_error_line(code, &message),
+        Err(e) => stream_error_line(14, &e),
+    };
+    (Some(line), false)
 }
 
 /// `{"result":<message>}` and a newline.
