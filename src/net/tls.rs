@@ -665,6 +665,12 @@ pub fn handshake_error_text(error: &std::io::Error, offered_alpn: Option<&[Vec<u
 
 /// Go's spelling of a TLS alert ("bad certificate" for rustls's `BadCertificate`).
 fn go_alert_name(alert: &rustls::AlertDescription) -> String {
+    // The names whose acronyms Go spells out or keeps whole.
+    match alert {
+        rustls::AlertDescription::UnknownCA => return "unknown certificate authority".into(),
+        rustls::AlertDescription::UnknownPSKIdentity => return "unknown PSK identity".into(),
+        _ => {}
+    }
     let mut name = String::new();
     for (i, c) in format!("{alert:?}").chars().enumerate() {
         if c.is_ascii_uppercase() && i > 0 {
