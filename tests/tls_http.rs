@@ -1,6 +1,7 @@
-//! Checks HTTP/1.1 over TLS on the client port (issues 14 and 16): a tern and a real etcd
-//! 3.4, both https-only with --client-cert-auth and the same certificates, get the same
-//! curl requests with `--http1.1` (ALPN offers http/1.1 only) and `--no-alpn`: /health,
+//! Checks HTTP over TLS on the client port (issues 14 and 16): a tern and a real etcd 3.4,
+//! both https-only with --client-cert-auth and the same certificates, get the same curl
+//! requests with `--http1.1` (ALPN offers http/1.1 only), `--no-alpn`, and curl's default
+//! (ALPN h2: plain HTTP over HTTP/2, which etcd's TLS port serves beside gRPC): /health,
 //! /version, /metrics and the /v3 JSON gateway (put, range, a streamed watch), compared
 //! by status and body with member ids blanked; /livez and /readyz answer on tern; openssl
 //! s_client sees the same ALPN choices from both (h2; none for http/1.1 only; a refusal
@@ -139,22 +140,30 @@ fn start_tern(f: &Fixture) -> TernServer {
     TernServer::start_listening(&|port| format!("https://127.0.0.1:{port}"), &args, None)
 }
 
+/// curl's ways to reach an https:// URL, and the HTTP version each gets from etcd: ALPN
+/// offering http/1.1 only, no ALPN, and curl's default (h2 and http/1.1 offered: HTTP/2,
+/// where etcd's TLS port serves plain HTTP beside gRPC).
+const MODES: &[(&[&str], &str)] = &[(&["--http1.1"], "1.1"), (&["--no-alpn"], "1.1"), (&[], "2")];
+
 #[test]
-fn http1_over_tls_answers_as_etcd_does() {
+fn http_over_tls_answers_as_etcd_does() {
     let f = fixture("tls-http");
     let etcd = TlsEtcd::start(&f);
     let tern = start_tern(&f);
     let (e, t) = (etcd.port, tern.client_port);
-    for mode in [&["--http1.1"][..], &["--no-alpn"][..]] {
+    for (mode, version) in MODES {
         for path in ["/health", "/version", "/nothing"] {
             let from_etcd = get(&f, mode, e, path);
             assert_eq!(from_etcd.0 / 100, if path == "/nothing" { 4 } else { 2 });
-            assert_eq!(from_etcd.2, "1.1", "{mode:?} {path}: etcd spoke HTTP/1.1");
+            assert_eq!(
+                from_etcd.2, *version,
+                "{mode:?} {path}: etcd's HTTP version"
+            );
             assert_eq!(get(&f, mode, t, path), from_etcd, "{mode:?} {path}");
         }
         for path in ["/livez", "/readyz", "/readyz?verbose"] {
-            let (code, body, version) = get(&f, mode, t, path);
-            assert_eq!((code, version.as_str()), (200, "1.1"), "{path}: {body}");
+            let (code, body, got) = get(&f, mode, t, path);
+            assert_eq!((code, got.as_str()), (200, *version), "{path}: {body}");
             assert!(
                 body.starts_with("ok") || body.contains("ok"),
                 "{path}: {body}"
@@ -177,12 +186,12 @@ fn http1_over_tls_answers_as_etcd_does() {
         ("/v3/kv/range", r#"{"key": "Zm9v", "range_end": "Zm9w"}"#),
         ("/v3/kv/range", r#"{"key": "Zm9v", "revision": 99}"#),
     ];
-    for mode in [&["--http1.1"][..], &["--no-alpn"][..]] {
+    for (mode, version) in MODES {
         for (path, body) in requests {
             let from_etcd = post(&f, mode, e, path, body);
             let from_tern = post(&f, mode, t, path, body);
             assert_eq!(from_tern.0, from_etcd.0, "{path} {body}: {}", from_tern.1);
-            assert_eq!(from_tern.2, "1.1");
+            assert_eq!(from_tern.2, *version);
             assert_eq!(
                 json_lines(&from_tern.1),
                 json_lines(&from_etcd.1),
@@ -193,23 +202,21 @@ fn http1_over_tls_answers_as_etcd_does() {
     // A streamed watch over TLS: history from revision 1 arrives at once; curl's time
     // limit ends the stream (status 200 was sent with the first line).
     let watch = r#"{"create_request": {"key": "Zm9v", "start_revision": 1}}"#;
-    let stream = |port| {
-        let (code, body, _) = post(
-            &f,
-            &["--http1.1", "-N", "--max-time", "3"],
-            port,
-            "/v3/watch",
-            watch,
+    for (mode, _) in MODES {
+        let stream = |port| {
+            let mut args = mode.to_vec();
+            args.extend(["-N", "--max-time", "3"]);
+            let (code, body, _) = post(&f, &args, port, "/v3/watch", watch);
+            (code, json_lines(&body))
+        };
+        let (from_etcd, from_tern) = (stream(e), stream(t));
+        assert_eq!(
+            from_etcd.1.len(),
+            2,
+            "created, then the history: {from_etcd:?}"
         );
-        (code, json_lines(&body))
-    };
-    let (from_etcd, from_tern) = (stream(e), stream(t));
-    assert_eq!(
-        from_etcd.1.len(),
-        2,
-        "created, then the history: {from_etcd:?}"
-    );
-    assert_eq!(from_tern, from_etcd);
+        assert_eq!(from_tern, from_etcd, "{mode:?}");
+    }
 }
 
 /// What openssl s_client reports of ALPN when offering `offer` to `port`.
