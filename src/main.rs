@@ -353,7 +353,11 @@ fn peer_transport(config: &Config) -> Result<Option<Arc<PeerTls>>, String> {
         };
     let client = Reloading::start_client(info.clone(), client_cert, client_key, self_signed)?;
     let server = ReloadingServerConfig::start(info, tls::PEER_FLAGS, "peer")?;
-    Ok(Some(Arc::new(PeerTls { server, client })))
+    Ok(Some(Arc::new(PeerTls {
+        server,
+        client,
+        skip_client_san_verify: is_true("experimental-peer-skip-client-san-verification"),
+    })))
 }
 
 /// This member's and its cluster's ids, derived from --initial-cluster and

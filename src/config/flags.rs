@@ -222,7 +222,7 @@ pub const FLAGS: &[FlagSpec] = &[
     f("experimental-enable-lease-checkpoint-persist", Bool, "false", Experimental, false, "Persist checkpointed lease TTLs."),
     f("experimental-compaction-batch-limit", Int, "1000", Experimental, false, "Revisions deleted per compaction batch."),
     f("experimental-compaction-sleep-interval", Duration, "10ms", Experimental, false, "Pause between compaction batches."),
-    f("experimental-peer-skip-client-san-verification", Bool, "false", Experimental, false, "Skip SAN checks of peer client certificates."),
+    f("experimental-peer-skip-client-san-verification", Bool, "false", Experimental, true, "Skip the check of a peer certificate's SANs against its remote address."),
     f("experimental-watch-progress-notify-interval", Duration, "10m", Experimental, true, "Interval of watch progress notifications."),
     f("experimental-warning-apply-duration", Duration, "100ms", Experimental, false, "Warn when applying a request takes longer."),
     f("experimental-downgrade-check-time", Duration, "5s", Experimental, false, "Interval between downgrade status checks."),

@@ -36,11 +36,28 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     handler: Handler,
     shutdown: ShutdownSignal,
 ) -> Result<(), ConnError> {
+    serve_connection_and_http(stream, config, handler, None, shutdown).await
+}
+
+/// As [`serve_connection`], and with `http` set, requests that are not gRPC go to those
+/// HTTP handlers (`super::plain_http`: etcd's TLS port does this, its h2c port does not).
+pub async fn serve_connection_and_http<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    stream: S,
+    config: Rc<ServerConfig>,
+    handler: Handler,
+    http: Option<crate::http1::Http1Service>,
+    shutdown: ShutdownSignal,
+) -> Result<(), ConnError> {
     let dispatch_config = config.clone();
     serve_connection_with(
         stream,
         config,
-        move |request| dispatch(request, &handler, &dispatch_config),
+        move |request| match &http {
+            Some(http) if !super::plain_http::is_grpc(&request) => {
+                super::plain_http::serve(request, http.clone())
+            }
+            _ => dispatch(request, &handler, &dispatch_config),
+        },
         shutdown,
     )
     .await

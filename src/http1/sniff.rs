@@ -5,7 +5,8 @@
 //! (RFC 9113 §3.4); no HTTP/1.1 request does (the preface is built to look like a request
 //! for method "PRI", which no HTTP/1.1 server serves). The bytes are only peeked
 //! (MSG_PEEK), never consumed, so whichever server gets the connection reads it from its
-//! first byte and neither needs to know this module exists.
+//! first byte and neither needs to know this module exists. On TLS connections ALPN
+//! decides instead (the bytes under TLS cannot be peeked; see [`serve_sniffed`]).
 //!
 //! Invariants:
 //! - The decision waits for no more bytes than it needs: the first byte that differs from
@@ -13,10 +14,12 @@
 //! - A client that sent a strict prefix of the preface and stalls is waited for no longer
 //!   than the deadline, then dropped (a half-open connection cannot pin a task forever).
 
-use crate::net::ClientStream;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpStream;
+use glommio::net::{TcpStream, UnixStream};
+
+use crate::net::ClientStream;
 
 /// RFC 9113 §3.4.
 pub const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -32,9 +35,35 @@ pub enum ClientProtocol {
     Http1,
 }
 
+/// A socket whose first bytes can be looked at without consuming them (MSG_PEEK).
+pub trait Peek {
+    fn peek<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = glommio::Result<usize, ()>> + 'a;
+}
+
+impl Peek for TcpStream {
+    fn peek<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = glommio::Result<usize, ()>> + 'a {
+        TcpStream::peek(self, buf)
+    }
+}
+
+impl Peek for UnixStream {
+    fn peek<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = glommio::Result<usize, ()>> + 'a {
+        UnixStream::peek(self, buf)
+    }
+}
+
 /// Which protocol the client speaks, by its first bytes. None if it closed, failed, or sent
 /// nothing decisive before `deadline`.
-pub async fn sniff(stream: &TcpStream, deadline: Instant) -> Option<ClientProtocol> {
+pub async fn sniff(stream: &impl Peek, deadline: Instant) -> Option<ClientProtocol> {
     let mut first = [0u8; HTTP2_PREFACE.len()];
     loop {
         let peeked =
@@ -96,9 +125,13 @@ pub struct Http1Service {
 }
 
 /// Serves one new client connection: HTTP/2 clients with `http2` (handed the untouched
-/// stream), everything else with the HTTP/1.1 server. A client that sends nothing
-/// decisive within the header deadline is dropped. Only plain TCP is sniffed (MSG_PEEK on
-/// the socket); TLS and unix connections go to HTTP/2 (TLS offers ALPN `h2` only).
+/// stream), everything else with the HTTP/1.1 server, as etcd's client port does.
+/// - Plain TCP and unix sockets are sniffed by their first bytes (MSG_PEEK); a client that
+///   sends nothing decisive within the header deadline is dropped.
+/// - TLS connections are told apart by ALPN, as Go's `http.Server` does for etcd: `h2`
+///   goes to HTTP/2, no protocol (a client without ALPN, or one offering only
+///   `http/1.1`) to HTTP/1.1. Nothing is sniffed under TLS: an HTTP/2 preface sent without
+///   ALPN is an HTTP/1.1 request line there, answered 400 as etcd answers it.
 pub async fn serve_sniffed<F, Fut>(
     stream: ClientStream,
     http1: &Http1Service,
@@ -106,23 +139,27 @@ pub async fn serve_sniffed<F, Fut>(
     http2: F,
 ) where
     F: FnOnce(ClientStream) -> Fut,
-    Fut: std::future::Future,
+    Fut: Future,
 {
-    let tcp = match stream {
-        ClientStream::Tcp(tcp) => tcp,
-        other => {
-            http2(other).await;
-            return;
-        }
-    };
     let deadline = Instant::now() + http1.config.header_read_timeout;
-    match sniff(&tcp, deadline).await {
+    let protocol = match &stream {
+        ClientStream::Tcp(tcp) => sniff(tcp, deadline).await,
+        ClientStream::Unix(unix) => sniff(unix, deadline).await,
+        ClientStream::TcpTls(_) | ClientStream::UnixTls(_) => Some(
+            if stream.alpn_protocol() == Some(crate::net::tls::ALPN_H2) {
+                ClientProtocol::Http2
+            } else {
+                ClientProtocol::Http1
+            },
+        ),
+    };
+    match protocol {
         Some(ClientProtocol::Http2) => {
-            http2(ClientStream::Tcp(tcp)).await;
+            http2(stream).await;
         }
         Some(ClientProtocol::Http1) => {
             let _ = super::serve_connection(
-                ClientStream::Tcp(tcp),
+                stream,
                 http1.config.clone(),
                 http1.handler.clone(),
                 shutdown,

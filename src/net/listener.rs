@@ -8,6 +8,7 @@
 //!   a failed one is logged as etcd logs it ("rejected connection") and closes only that
 //!   connection.
 //! - A TLS listener never serves a connection without a completed handshake.
+//! - On the peer port, a handshake is followed by etcd's SAN check ([`san_allows`]).
 
 use std::io;
 use std::sync::Arc;
@@ -110,13 +111,17 @@ where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
     let server_name = std::cell::RefCell::new(String::new());
+    let offered_alpn = std::cell::RefCell::new(None::<Vec<Vec<u8>>>);
     let run = async {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-        if let Some(name) = start.client_hello().server_name() {
+        let hello = start.client_hello();
+        if let Some(name) = hello.server_name() {
             *server_name.borrow_mut() = name.to_owned();
         }
-        // The current config, so rotated certificates apply from the next handshake on.
-        start.into_stream(tls.current()).await.map(Box::new)
+        *offered_alpn.borrow_mut() = hello.alpn().map(|list| list.map(<[u8]>::to_vec).collect());
+        // The current configs, so rotated certificates apply from the next handshake on.
+        let config = tls.current().for_client(offered_alpn.borrow().as_deref());
+        start.into_stream(config).await.map(Box::new)
     };
     let run = async { HandshakeEnd::Done(run.await) };
     let timeout = async {
@@ -130,7 +135,7 @@ where
     let end = futures_lite::future::or(run, futures_lite::future::or(timeout, stop)).await;
     let error = match end {
         HandshakeEnd::Done(Ok(stream)) => return Some(stream),
-        HandshakeEnd::Done(Err(e)) => handshake_error_text(&e),
+        HandshakeEnd::Done(Err(e)) => handshake_error_text(&e, offered_alpn.borrow().as_deref()),
         HandshakeEnd::TimedOut => "tls: handshake timed out".to_owned(),
         HandshakeEnd::Shutdown => return None,
     };
@@ -153,4 +158,34 @@ pub fn bind_unix(path: &std::path::Path) -> Result<UnixListener, String> {
         }
     }
     UnixListener::bind(path).map_err(|e| format!("listen unix {}: bind: {e}", path.display()))
+}
+
+/// etcd's SAN check of an accepted peer connection (`net::san`): whether its verified
+/// certificate names `remote`; a refusal is logged as etcd logs it ("rejected connection",
+/// with the certificate's SANs). A connection without a client certificate passes, as in
+/// etcd (`--peer-client-cert-auth` is what requires one).
+pub async fn san_allows<S>(
+    stream: &futures_rustls::server::TlsStream<S>,
+    remote: Option<std::net::SocketAddr>,
+) -> bool {
+    let connection = stream.get_ref().1;
+    let Some(cert) = connection.peer_certificates().and_then(|c| c.first()) else {
+        return true;
+    };
+    let Some(remote) = remote else {
+        return false;
+    };
+    let Err(error) = super::san::check_cert_san(cert, remote).await else {
+        return true;
+    };
+    let (ips, dns_names) = super::san::log_fields(cert);
+    crate::warn!(
+        "rejected connection",
+        "remote-addr" => remote.to_string(),
+        "server-name" => connection.server_name().unwrap_or(""),
+        "ip-addresses" => ips,
+        "dns-names" => dns_names,
+        "error" => error
+    );
+    false
 }

@@ -37,7 +37,16 @@ impl ClientStream {
             ClientStream::Tcp(_) | ClientStream::Unix(_) => None,
         }?;
         let leaf = certificates.first()?;
-        Some(super::tls::subject_common_name(leaf).unwrap_or_default())
+        Some(super::x509::subject_common_name(leaf).unwrap_or_default())
+    }
+
+    /// The protocol ALPN agreed on a TLS connection (None: plain, or none agreed).
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match self {
+            ClientStream::TcpTls(s) => s.get_ref().1.alpn_protocol(),
+            ClientStream::UnixTls(s) => s.get_ref().1.alpn_protocol(),
+            ClientStream::Tcp(_) | ClientStream::Unix(_) => None,
+        }
     }
 }
 

@@ -282,6 +282,45 @@ fn client_verifier(
     }))
 }
 
+/// The accepting side's two rustls configs, built from the same files: one offering ALPN
+/// `h2` (as etcd's `TLSInfo.ServerConfig` sets `NextProtos`), and its copy offering none,
+/// for the clients Go's crypto/tls serves without ALPN (see [`ServerConfigs::for_client`]).
+pub struct ServerConfigs {
+    offers_h2: Arc<rustls::ServerConfig>,
+    offers_none: Arc<rustls::ServerConfig>,
+}
+
+/// ALPN protocol ids (RFC 7301).
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+impl ServerConfigs {
+    fn new(offers_h2: rustls::ServerConfig) -> ServerConfigs {
+        let mut offers_none = offers_h2.clone();
+        offers_none.alpn_protocols.clear();
+        ServerConfigs {
+            offers_h2: Arc::new(offers_h2),
+            offers_none: Arc::new(offers_none),
+        }
+    }
+
+    /// The config for a client offering `offered` (None: no ALPN extension), chosen as
+    /// Go's `negotiateALPN` chooses for etcd's `NextProtos = ["h2"]`: `h2` if offered;
+    /// no protocol for a client without ALPN, or whose list has `http/1.1` but not `h2`
+    /// (Go's "http/1.1 clients connect to h2 servers as if they didn't support ALPN"); any
+    /// other list gets the `h2` config, which rustls refuses with the
+    /// `no_application_protocol` alert, as Go does.
+    pub fn for_client(&self, offered: Option<&[Vec<u8>]>) -> Arc<rustls::ServerConfig> {
+        match offered {
+            Some(list) if list.iter().any(|p| p == ALPN_H2) => self.offers_h2.clone(),
+            Some(list) if !list.is_empty() && !list.iter().any(|p| p == ALPN_HTTP1) => {
+                self.offers_h2.clone()
+            }
+            _ => self.offers_none.clone(),
+        }
+    }
+}
+
 /// Builds the server config for `info` from its files. ALPN offers `h2`.
 pub fn server_config(info: &TlsInfo, names: &FlagNames) -> Result<rustls::ServerConfig, String> {
     if info.cert_file.as_os_str().is_empty() || info.key_file.as_os_str().is_empty() {
@@ -307,7 +346,7 @@ pub fn server_config(info: &TlsInfo, names: &FlagNames) -> Result<rustls::Server
                 info.key_file.display()
             )
         })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
 }
 
@@ -344,18 +383,19 @@ impl ClientCertVerifier for AllowedClient {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let refused = || rustls::Error::General("client certificate authentication failed".into());
+        // etcd's texts (its VerifyPeerCertificate hooks), one per flag.
+        let refused = |text: &str| rustls::Error::General(text.into());
         match &self.allowed {
             Allowed::Hostname(hostname) => {
                 let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
                     rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
                 })?;
                 cert.verify_is_valid_for_subject_name(hostname)
-                    .map_err(|_| refused())?;
+                    .map_err(|_| refused("client certificate authentication failed"))?;
             }
             Allowed::CommonName(cn) => {
-                if subject_common_name(end_entity).as_deref() != Some(cn.as_str()) {
-                    return Err(refused());
+                if super::x509::subject_common_name(end_entity).as_deref() != Some(cn.as_str()) {
+                    return Err(refused("CommonName authentication failed"));
                 }
             }
         }
@@ -414,8 +454,8 @@ pub struct Reloading<T> {
     current: Mutex<Arc<T>>,
 }
 
-/// The server config of one side (client listeners or peer listeners).
-pub type ReloadingServerConfig = Reloading<rustls::ServerConfig>;
+/// The server configs of one side (client listeners or peer listeners).
+pub type ReloadingServerConfig = Reloading<ServerConfigs>;
 
 impl<T: Send + Sync + 'static> Reloading<T> {
     /// Builds the config once with `build` (an error here fails startup) and starts the
@@ -472,14 +512,18 @@ impl<T: Send + Sync + 'static> Reloading<T> {
     }
 }
 
-impl Reloading<rustls::ServerConfig> {
-    /// The accepting side's config for `info`, reloaded when its files change.
+impl Reloading<ServerConfigs> {
+    /// The accepting side's configs for `info`, reloaded when its files change.
     pub fn start(
         info: TlsInfo,
         names: FlagNames,
         side: &'static str,
     ) -> Result<Arc<ReloadingServerConfig>, String> {
-        Reloading::watch(files_of(&info), move || server_config(&info, &names), side)
+        Reloading::watch(
+            files_of(&info),
+            move || server_config(&info, &names).map(ServerConfigs::new),
+            side,
+        )
     }
 }
 
@@ -577,7 +621,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 /// etcd's wording of a failed handshake (Go's crypto/tls error texts) for the
 /// "rejected connection" log line, where rustls's error has a Go counterpart.
-pub fn handshake_error_text(error: &std::io::Error) -> String {
+/// `offered_alpn` is the client's ALPN list, which Go's text for a refused one quotes.
+pub fn handshake_error_text(error: &std::io::Error, offered_alpn: Option<&[Vec<u8>]>) -> String {
     let Some(tls) = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -603,12 +648,29 @@ pub fn handshake_error_text(error: &std::io::Error) -> String {
         }
         E::InvalidCertificate(C::Revoked) => "transport: certificate revoked".to_owned(),
         E::AlertReceived(alert) => format!("remote error: tls: {}", go_alert_name(alert)),
+        // tern's own refusals (allowed CN and hostname) carry etcd's text already.
+        E::General(text) => text.clone(),
+        E::NoApplicationProtocol => format!(
+            "tls: client requested unsupported application protocols ([{}])",
+            offered_alpn
+                .unwrap_or_default()
+                .iter()
+                .map(|p| String::from_utf8_lossy(p))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
         other => other.to_string(),
     }
 }
 
 /// Go's spelling of a TLS alert ("bad certificate" for rustls's `BadCertificate`).
 fn go_alert_name(alert: &rustls::AlertDescription) -> String {
+    // The names whose acronyms Go spells out or keeps whole.
+    match alert {
+        rustls::AlertDescription::UnknownCA => return "unknown certificate authority".into(),
+        rustls::AlertDescription::UnknownPSKIdentity => return "unknown PSK identity".into(),
+        _ => {}
+    }
     let mut name = String::new();
     for (i, c) in format!("{alert:?}").chars().enumerate() {
         if c.is_ascii_uppercase() && i > 0 {
@@ -619,59 +681,14 @@ fn go_alert_name(alert: &rustls::AlertDescription) -> String {
     name
 }
 
-/// One DER element: (tag, contents, rest). `None` for malformed input (never panics).
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let octets = (first & 0x7f) as usize;
-        if octets == 0 || octets > 4 || rest.len() < octets {
-            return None;
-        }
-        let len = rest[..octets]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-        (len, &rest[octets..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
-/// The subject's common name (OID 2.5.4.3) of a DER certificate, if it has one: walks
-/// Certificate → TBSCertificate → subject (after the optional version, serial, signature
-/// algorithm, issuer and validity, RFC 5280 §4.1).
-pub fn subject_common_name(cert: &[u8]) -> Option<String> {
-    const SEQUENCE: u8 = 0x30;
-    const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
-    let (_, certificate, _) = der_element(cert).filter(|e| e.0 == SEQUENCE)?;
-    let (_, mut tbs, _) = der_element(certificate).filter(|e| e.0 == SEQUENCE)?;
-    let (tag, _, rest) = der_element(tbs)?;
-    if tag == 0xa0 {
-        tbs = rest; // explicit [0] version
-    }
-    for _ in 0..4 {
-        tbs = der_element(tbs)?.2; // serial, signature, issuer, validity
-    }
-    let (_, mut subject, _) = der_element(tbs).filter(|e| e.0 == SEQUENCE)?;
-    while !subject.is_empty() {
-        let (_, set, rest) = der_element(subject)?;
-        subject = rest;
-        let (_, attribute, _) = der_element(set)?;
-        let (_, oid, value) = der_element(attribute)?;
-        if oid == CN_OID {
-            let (_, text, _) = der_element(value)?;
-            return String::from_utf8(text.to_vec()).ok();
-        }
-    }
-    None
-}
-
 /// Peer TLS: the server side for accepted peer connections, the client side (trusting the
 /// peer CA, presenting this member's certificate) for dialled ones.
 pub struct PeerTls {
     pub server: Arc<ReloadingServerConfig>,
     pub client: Arc<Reloading<rustls::ClientConfig>>,
+    /// `--experimental-peer-skip-client-san-verification`: accepted peer connections skip
+    /// etcd's check of the certificate's SANs against the remote address (`net::san`).
+    pub skip_client_san_verify: bool,
 }
 
 impl std::fmt::Debug for PeerTls {

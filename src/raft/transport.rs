@@ -346,20 +346,23 @@ impl Transport {
                         let stream = match tls {
                             None => PeerStream::Tcp(stream),
                             Some(tls) => {
-                                let remote = stream
-                                    .peer_addr()
-                                    .map(|a| a.to_string())
-                                    .unwrap_or_default();
+                                let remote_addr = stream.peer_addr().ok();
+                                let remote = remote_addr.map(|a| a.to_string()).unwrap_or_default();
                                 let handshake = crate::net::listener::handshake(
                                     stream,
                                     &tls.server,
                                     &remote,
                                     &never,
                                 );
-                                match handshake.await {
-                                    Some(stream) => PeerStream::Accepted(stream),
-                                    None => return,
+                                let Some(stream) = handshake.await else {
+                                    return;
+                                };
+                                if !tls.skip_client_san_verify
+                                    && !crate::net::listener::san_allows(&stream, remote_addr).await
+                                {
+                                    return;
                                 }
+                                PeerStream::Accepted(stream)
                             }
                         };
                         let shared = Inbound {

@@ -440,7 +440,6 @@ fn network_cores(
             bcrypt_cost: options.auth.bcrypt_cost,
             jwt: options.auth.jwt.clone(),
             metrics_fds: executor_listeners(listeners.metrics)?,
-            grpc_addr: loopback_addr(options.listen_client_addrs.first()),
             ready_tx: ready_tx.clone(),
             stop_rx,
         };
@@ -492,8 +491,6 @@ struct NetworkCore {
     jwt: Option<Arc<crate::auth::jwt::JwtKeys>>,
     /// Handles on the `--listen-metrics-urls` listeners.
     metrics_fds: Vec<OwnedFd>,
-    /// Where the /v3 JSON gateway sends its calls (this member's own gRPC port).
-    grpc_addr: SocketAddr,
     ready_tx: std::sync::mpsc::Sender<Result<(), String>>,
     stop_rx: oneshot::Receiver<()>,
 }
@@ -562,10 +559,15 @@ async fn serve_network_core(core: NetworkCore) {
         body_bytes_max: core.limits.max_recv_message_bytes(),
         ..Default::default()
     });
-    let grpc_addr = core.grpc_addr;
+    // The JSON gateway calls this core's gRPC server in-process, as the listeners serve it.
+    let grpc = service::http::LocalGrpc {
+        config: http2.clone(),
+        handler: service::handler(context.clone()),
+        shutdown: shutdown.clone(),
+    };
     let http1_for = |listener| crate::http1::Http1Service {
         config: http1_config.clone(),
-        handler: service::http::handler(context.clone(), listener, grpc_addr),
+        handler: service::http::handler(context.clone(), listener, grpc.clone()),
     };
     let metrics = glommio::spawn_local(crate::server::metrics_listen::serve_metrics(
         into_glommio_listeners(core.metrics_fds),
@@ -580,22 +582,6 @@ async fn serve_network_core(core: NetworkCore) {
     // gone. A network executor of its own drops the task on exit, but a colocated core's
     // executor lives on, so the task is cancelled here.
     drop(feed_task);
-}
-
-/// Where this process's own gRPC port answers, for the JSON gateway's loopback calls: the
-/// first client address, with a wildcard address dialled as loopback.
-fn loopback_addr(client: Option<&SocketAddr>) -> SocketAddr {
-    let mut addr = client
-        .copied()
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 2379)));
-    if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv6() {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        });
-    }
-    addr
 }
 
 /// Opens the backend at etcd's path under `data_dir` and rebuilds the MVCC index from it.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use glommio::net::TcpListener;
 
-use crate::grpc::serve_connection;
+use crate::grpc::serve_connection_and_http;
 use crate::grpc::{with_tls_common_name, Handler};
 use crate::http2::{ServerConfig, ShutdownSignal};
 use crate::net::{ClientListener, ListenSocket};
@@ -76,8 +76,10 @@ pub async fn serve_clients(
                         let handler = with_tls_common_name(handler, stream.peer_common_name());
                         // One port, two protocols: gRPC clients go to HTTP/2, the rest to
                         // HTTP/1.1.
+                        // On TLS, HTTP/2 also carries plain HTTP requests (etcd's TLS port).
+                        let http = stream.is_tls().then(|| http1.clone());
                         crate::http1::serve_sniffed(stream, &http1, shutdown.clone(), |stream| {
-                            serve_connection(stream, config, handler, shutdown)
+                            serve_connection_and_http(stream, config, handler, http, shutdown)
                         })
                         .await;
                     }

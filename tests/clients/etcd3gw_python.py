@@ -1,6 +1,7 @@
 """A JSON-gateway client in another language: OpenStack's etcd3gw (Python, HTTP/JSON over
 etcd's /v3 grpc-gateway, on requests) runs a KV, lease, watch and lock flow against the
-server at argv[1]:argv[2]. Prints OK at the end; any mismatch raises."""
+server at argv[1]:argv[2], over https with a client certificate when argv[3:6] give the
+CA, certificate and key files. Prints OK at the end; any mismatch raises."""
 
 import sys
 import threading
@@ -8,8 +9,12 @@ import threading
 from etcd3gw.client import Etcd3Client
 
 
-def main(host, port):
-    client = Etcd3Client(host=host, port=int(port), timeout=20)
+def main(host, port, ca=None, cert=None, key=None):
+    if ca:
+        client = Etcd3Client(host=host, port=int(port), timeout=20, protocol="https",
+                             ca_cert=ca, cert_cert=cert, cert_key=key)
+    else:
+        client = Etcd3Client(host=host, port=int(port), timeout=20)
     assert client.api_path == "/v3/", client.api_path
 
     # KV
@@ -71,4 +76,4 @@ def main(host, port):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

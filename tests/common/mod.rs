@@ -293,3 +293,14 @@ fn spawn_logged(
     });
     (child, log, ready_rx)
 }
+
+/// Asserts that an etcdctl run succeeded and printed exactly `expected_stdout`.
+pub fn assert_ok(output: &std::process::Output, expected_stdout: &str) {
+    assert!(
+        output.status.success(),
+        "etcdctl failed: {}{}",
+        stdout(output),
+        stderr(output)
+    );
+    assert_eq!(stdout(output), expected_stdout);
+}

@@ -133,3 +133,55 @@ impl Ca {
 
 pub const SERVER_SANS: &[&str] = &["127.0.0.1", "localhost"];
 pub const VALID: std::ops::Range<i64> = -1..2;
+
+/// The usual fixture: CA "ca", server cert, client "root", a client from "other-ca".
+pub struct Fixture {
+    pub pki: Pki,
+    pub ca: Ca,
+    pub server: (String, String),
+    pub client: (String, String),
+    pub other_client: (String, String),
+}
+
+pub fn fixture(name: &str) -> Fixture {
+    let pki = Pki::new(name);
+    let ca = Ca::new(&pki, "ca");
+    let other = Ca::new(&pki, "other-ca");
+    let server = ca.issue(&pki, "server", SERVER_SANS, 1, VALID);
+    let client = ca.issue(&pki, "root", &[], 2, VALID);
+    let other_client = other.issue(&pki, "intruder", &[], 3, VALID);
+    Fixture {
+        pki,
+        ca,
+        server,
+        client,
+        other_client,
+    }
+}
+
+impl Fixture {
+    pub fn ca_file(&self) -> String {
+        self.pki.path("ca.pem")
+    }
+
+    pub fn server_args(&self) -> Vec<String> {
+        vec![
+            "--cert-file".into(),
+            self.server.0.clone(),
+            "--key-file".into(),
+            self.server.1.clone(),
+            "--trusted-ca-file".into(),
+            self.ca_file(),
+            "--client-cert-auth".into(),
+        ]
+    }
+
+    /// etcdctl's TLS flags for a client certificate pair.
+    pub fn client_flags(&self, pair: &(String, String)) -> Vec<String> {
+        vec![
+            format!("--cacert={}", self.ca_file()),
+            format!("--cert={}", pair.0),
+            format!("--key={}", pair.1),
+        ]
+    }
+}

@@ -9,6 +9,7 @@
 //! ServeMux "404 page not found".
 
 mod gateway;
+pub use gateway::LocalGrpc;
 mod health;
 pub mod metrics;
 
@@ -24,20 +25,19 @@ pub enum Listener {
     Metrics,
 }
 
-/// The handler the HTTP/1.1 layer calls for every request. `grpc_addr` is where this
-/// member serves gRPC, for the gateway's loopback calls.
-pub fn handler(
-    context: Rc<ServiceContext>,
-    listener: Listener,
-    grpc_addr: std::net::SocketAddr,
-) -> http1::Handler {
-    Rc::new(move |request: Request| Box::pin(route(context.clone(), listener, grpc_addr, request)))
+/// The handler the HTTP/1.1 layer calls for every request. `grpc` is this core's gRPC
+/// server, which the gateway's calls go to.
+pub fn handler(context: Rc<ServiceContext>, listener: Listener, grpc: LocalGrpc) -> http1::Handler {
+    let grpc = Rc::new(grpc);
+    Rc::new(move |request: Request| {
+        Box::pin(route(context.clone(), listener, grpc.clone(), request))
+    })
 }
 
 async fn route(
     context: Rc<ServiceContext>,
     listener: Listener,
-    grpc_addr: std::net::SocketAddr,
+    grpc: Rc<LocalGrpc>,
     request: Request,
 ) -> Response {
     if listener == Listener::Metrics {
@@ -46,7 +46,7 @@ async fn route(
     let mut response = if request.method == "OPTIONS" {
         Response::new(200, "text/plain; charset=utf-8", "")
     } else if gateway::is_gateway_path(request.path()) {
-        gateway::serve(grpc_addr, &request).await
+        gateway::serve(&grpc, &request).await
     } else {
         endpoint(&context, listener, &request).await
     };

@@ -1,24 +1,59 @@
-//! A minimal h2c client for one gRPC call (unary or streaming) to this member's own client port, as
-//! etcd's grpc-gateway dials its own gRPC server: a gateway request then passes through
-//! every check a gRPC client's does (validation, limits, auth), with nothing duplicated.
+//! A minimal HTTP/2 client for one gRPC call (unary or streaming) into this core's own
+//! gRPC server, over an in-memory pipe (`net::pipe`) rather than a socket. etcd's
+//! grpc-gateway dials its own client port instead (in cleartext, or with TLS and its own
+//! server certificate as the client's); the pipe reaches the same server code with none of
+//! the ways that dial can fail: an https-only or unix-only member, a server certificate
+//! without the clientAuth usage under `--client-cert-auth`, a wildcard listen address, and
+//! without a TCP connection and a TLS handshake per gateway call. A gateway request still
+//! passes through every check a gRPC client's does (HTTP/2 limits, message limits,
+//! validation, auth), with nothing duplicated, because the server end of the pipe is served
+//! by `grpc::serve_connection` with the client listeners' own config and handler.
 //!
 //! Invariants:
 //! - One connection per call, one stream (id 1) on it; the connection is dropped with
-//!   the `Call`, so no state outlives the call (for a stream: the HTTP client's).
+//!   the `Call`, so no state outlives the call (for a stream: the HTTP client's). The
+//!   server side's task sees the pipe close and ends.
 //! - Flow control is honoured both ways: the request is sent as the server's windows
 //!   allow, and every DATA byte received is granted back at once.
 //! - Buffered response bytes are bounded (`RESPONSE_BYTES_MAX`); more fail the call. A
 //!   unary call has a deadline; a stream lasts as long as its HTTP client.
 
-use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures_lite::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use glommio::net::TcpStream;
 
 use crate::http2::frame::{self, Frame, FrameHeader, Settings, FRAME_HEADER_LEN};
-use crate::http2::hpack;
+use crate::http2::{hpack, ServerConfig, ShutdownSignal};
+use crate::net::pipe::{pipe, PipeEnd};
+
+/// This core's gRPC server, as the client listeners serve it: what a gateway call is
+/// served by.
+#[derive(Clone)]
+pub struct LocalGrpc {
+    pub config: Rc<ServerConfig>,
+    pub handler: crate::grpc::Handler,
+    pub shutdown: ShutdownSignal,
+}
+
+impl LocalGrpc {
+    /// A new connection to the server: the client end of a pipe whose server end is
+    /// served on this executor until either end closes (or shutdown).
+    fn connect(&self) -> PipeEnd {
+        let (client, server) = pipe();
+        let (config, handler, shutdown) = (
+            self.config.clone(),
+            self.handler.clone(),
+            self.shutdown.clone(),
+        );
+        glommio::spawn_local(async move {
+            let _ = crate::grpc::serve_connection(server, config, handler, shutdown).await;
+        })
+        .detach();
+        client
+    }
+}
 
 /// Most response bytes (gRPC frames) one call may bring back.
 pub const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -35,14 +70,14 @@ pub struct UnaryReply {
 
 /// Calls `path` with `request` (a protobuf message) and `metadata` (lowercase names).
 pub async fn unary(
-    addr: SocketAddr,
+    grpc: &LocalGrpc,
     path: &str,
     metadata: &[(String, String)],
     request: &[u8],
     deadline: Instant,
 ) -> Result<UnaryReply, String> {
     let call = async {
-        let mut call = Call::open(addr, path, metadata).await?;
+        let mut call = Call::open(grpc, path, metadata).await?;
         call.queue_message(request);
         call.close_send();
         let mut response = None;
@@ -80,7 +115,7 @@ pub enum Event {
 /// One gRPC call (stream 1) on its own connection. Dropping it closes the connection,
 /// which the server takes as the client going away.
 pub struct Call {
-    stream: TcpStream,
+    stream: PipeEnd,
     reader: FrameReader,
     decoder: hpack::decoder::Decoder,
     /// Framed request messages not yet sent, and how much of them is.
@@ -101,12 +136,11 @@ pub struct Call {
 
 impl Call {
     pub async fn open(
-        addr: SocketAddr,
+        grpc: &LocalGrpc,
         path: &str,
         metadata: &[(String, String)],
     ) -> Result<Call, String> {
-        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
+        let mut stream = grpc.connect();
         let mut out = Vec::with_capacity(1024);
         out.extend_from_slice(frame::PREFACE);
         frame::encode_settings(
@@ -123,12 +157,13 @@ impl Call {
             frame::MAX_WINDOW_SIZE - frame::DEFAULT_WINDOW_SIZE,
         );
         let mut block = Vec::with_capacity(256);
-        let authority = addr.to_string();
+        // What a client dialling the member over loopback would name.
+        let authority = "localhost";
         for (name, value) in [
             (":method", "POST"),
             (":scheme", "http"),
             (":path", path),
-            (":authority", authority.as_str()),
+            (":authority", authority),
             ("content-type", "application/grpc"),
             ("te", "trailers"),
         ] {
@@ -393,7 +428,7 @@ struct FrameReader {
 }
 
 impl FrameReader {
-    async fn next(&mut self, stream: &mut TcpStream) -> Result<(FrameHeader, Bytes), String> {
+    async fn next(&mut self, stream: &mut PipeEnd) -> Result<(FrameHeader, Bytes), String> {
         loop {
             if let Some(header) = FrameHeader::parse(&self.buffer) {
                 let total = FRAME_HEADER_LEN + header.length as usize;

@@ -5,8 +5,10 @@
 //! grpc-gateway maps the gRPC code to.
 //!
 //! How: the JSON is mapped to protobuf with prost-reflect over tern's own descriptors, and
-//! the call goes to this member's gRPC port over loopback (`loopback`), as etcd's gateway
-//! dials its own gRPC server: every check a gRPC client meets applies unchanged.
+//! the call goes to this core's own gRPC server over an in-memory HTTP/2 connection
+//! (`loopback`, which says why not over a socket as etcd's gateway dials): every check a
+//! gRPC client meets applies unchanged, and the gateway works whatever the member's client
+//! URLs are (https-only, with client-cert auth, unix sockets).
 //!
 //! The mapping is etcd's: field names as in the .proto (`create_revision`, `TTL`,
 //! `dbSize`), 64-bit integers as strings, bytes as base64, enums by name, fields at their
@@ -18,7 +20,7 @@
 
 mod loopback;
 
-use std::net::SocketAddr;
+pub use loopback::LocalGrpc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -220,8 +222,8 @@ pub fn is_gateway_path(path: &str) -> bool {
     path.starts_with("/v3/") || path.starts_with("/v3beta/")
 }
 
-/// Serves one gateway request; `grpc_addr` is this member's own gRPC address.
-pub async fn serve(grpc_addr: SocketAddr, request: &Request) -> Response {
+/// Serves one gateway request with `grpc`, this core's own gRPC server.
+pub async fn serve(grpc: &LocalGrpc, request: &Request) -> Response {
     let path = request.path();
     let rest = path
         .strip_prefix("/v3/")
@@ -240,7 +242,7 @@ pub async fn serve(grpc_addr: SocketAddr, request: &Request) -> Response {
         );
     };
     if streams {
-        return serve_stream(grpc_addr, service, method, descriptor, request).await;
+        return serve_stream(grpc, service, method, descriptor, request).await;
     }
     let body: &[u8] = if request.body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
@@ -260,7 +262,7 @@ pub async fn serve(grpc_addr: SocketAddr, request: &Request) -> Response {
     let grpc_path = format!("/{service}/{method}");
     let encoded = prost::Message::encode_to_vec(&message);
     let deadline = Instant::now() + CALL_TIMEOUT;
-    let reply = match loopback::unary(grpc_addr, &grpc_path, &metadata, &encoded, deadline).await {
+    let reply = match loopback::unary(grpc, &grpc_path, &metadata, &encoded, deadline).await {
         Ok(reply) => reply,
         Err(e) => return error_response(14, &e),
     };
@@ -301,7 +303,7 @@ fn metadata_of(request: &Request) -> Vec<(String, String)> {
 /// stream error line `{"error":{…}}`. The call lasts until it ends or the HTTP client
 /// goes away (which drops the loopback connection, and so the call).
 async fn serve_stream(
-    grpc_addr: SocketAddr,
+    grpc: &LocalGrpc,
     service: &str,
     method: &str,
     descriptor: MethodDescriptor,
@@ -322,7 +324,7 @@ async fn serve_stream(
         }
     }
     let grpc_path = format!("/{service}/{method}");
-    let mut call = match loopback::Call::open(grpc_addr, &grpc_path, &metadata_of(request)).await {
+    let mut call = match loopback::Call::open(grpc, &grpc_path, &metadata_of(request)).await {
         Ok(call) => call,
         Err(e) => return error_response(14, &e),
     };
@@ -331,25 +333,41 @@ async fn serve_stream(
     }
     call.close_send();
     let output = descriptor.output();
-    let lines = futures::stream::unfold(Some(call), move |state| {
+    // The response head waits for the first message, as grpc-gateway's does (it reads the
+    // gRPC stream's headers, which come with the first message, before writing its own):
+    // a client that sees the head knows its watch is created, so its writes from then on
+    // are seen by it.
+    let first = next_line(&mut call, &output).await;
+    let rest = futures::stream::unfold(first.1.then_some(call), move |state| {
         let output = output.clone();
         async move {
             let mut call = state?;
-            let line = match call.next().await {
-                Ok(loopback::Event::Message(bytes)) => match result_line(&output, bytes) {
-                    Ok(line) => return Some((line, Some(call))),
-                    Err(e) => stream_error_line(13, &e),
-                },
-                Ok(loopback::Event::End { code: 0, .. }) => return None,
-                Ok(loopback::Event::End { code, message }) => stream_error_line(code, &message),
-                Err(e) => stream_error_line(14, &e),
-            };
-            Some((line, None))
+            let (line, more) = next_line(&mut call, &output).await;
+            Some((line?, more.then_some(call)))
         }
     });
+    let lines = futures::StreamExt::chain(futures::stream::iter(first.0), rest);
     let mut answer = Response::streaming("application/json", Box::pin(lines));
     answer.set_header("Grpc-Metadata-Content-Type", "application/grpc");
     answer
+}
+
+/// The next line of a streamed answer (None: the call ended cleanly) and whether more may
+/// follow.
+async fn next_line(
+    call: &mut loopback::Call,
+    output: &prost_reflect::MessageDescriptor,
+) -> (Option<bytes::Bytes>, bool) {
+    let line = match call.next().await {
+        Ok(loopback::Event::Message(bytes)) => match result_line(output, bytes) {
+            Ok(line) => return (Some(line), true),
+            Err(e) => stream_error_line(13, &e),
+        },
+        Ok(loopback::Event::End { code: 0, .. }) => return (None, false),
+        Ok(loopback::Event::End { code, message }) => stream_error_line(code, &message),
+        Err(e) => stream_error_line(14, &e),
+    };
+    (Some(line), false)
 }
 
 /// `{"result":<message>}` and a newline.
