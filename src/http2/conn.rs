@@ -132,8 +132,11 @@ pub(crate) struct Shared {
     response_frames_sent: bool,
     /// Since when no stream is open (None while one is): for the idle timeout.
     idle_since: Option<Instant>,
-    /// Response bytes queued on all streams and not yet moved into `out`.
+    /// Response bytes queued on all streams and not yet moved into `out`, plus those
+    /// reserved by the application for answers it is still assembling.
     send_queued_bytes_total: usize,
+    /// Handlers waiting for room under the cap to reserve answer bytes.
+    room_wakers: Vec<Waker>,
 }
 
 impl Shared {
@@ -163,6 +166,9 @@ impl Shared {
             if let Some(w) = self.reader_waker.take() {
                 w.wake();
             }
+            for w in self.room_wakers.drain(..) {
+                w.wake();
+            }
         }
     }
 
@@ -173,7 +179,7 @@ impl Shared {
     /// Removes a stream (it is now Closed) and wakes everyone waiting on it.
     fn close_stream(&mut self, stream_id: u32) {
         if let Some(mut s) = self.streams.remove(&stream_id) {
-            self.send_queued_bytes_total -= s.send_queued_bytes;
+            self.send_queued_bytes_total -= s.send_queued_bytes + s.reserved_bytes;
             self.wake_reader_if_output_fits();
             s.state = State::Closed;
             s.wake_all();
@@ -447,6 +453,45 @@ impl StreamRef {
         Poll::Pending
     }
 
+    /// Ready once the connection's queued and reserved answer bytes leave room for `bytes`
+    /// more under `limits::CONNECTION_SEND_QUEUE_BYTES_MAX` (at once when nothing is
+    /// queued, so any answer makes progress), and then reserves them for this stream:
+    /// an application assembling a large answer counts what it holds against the same
+    /// cap as what is queued, so the connection's answers in memory stay bounded however
+    /// many requests its client sends. `Err` once the stream is gone (its reservation
+    /// goes with it).
+    pub fn poll_reserve(&self, cx: &mut Context<'_>, bytes: usize) -> Poll<Result<(), StreamGone>> {
+        let mut guard = self.shared.borrow_mut();
+        let shared = &mut *guard;
+        if shared.dead {
+            return Poll::Ready(Err(StreamGone));
+        }
+        let total = shared.send_queued_bytes_total;
+        let Some(s) = shared.streams.get_mut(&self.stream_id) else {
+            return Poll::Ready(Err(StreamGone));
+        };
+        if total > 0 && total + bytes > limits::CONNECTION_SEND_QUEUE_BYTES_MAX {
+            shared.room_wakers.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        s.reserved_bytes += bytes;
+        shared.send_queued_bytes_total += bytes;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Changes this stream's reservation to `bytes` without waiting (a chunk came out
+    /// larger or smaller than reserved, or part of it was queued).
+    pub fn set_reserved(&self, bytes: usize) {
+        let mut guard = self.shared.borrow_mut();
+        let shared = &mut *guard;
+        if let Some(s) = shared.streams.get_mut(&self.stream_id) {
+            shared.send_queued_bytes_total =
+                shared.send_queued_bytes_total - s.reserved_bytes + bytes;
+            s.reserved_bytes = bytes;
+            shared.wake_reader_if_output_fits();
+        }
+    }
+
     /// Ready once the stream is gone (reset, finished, or connection closed).
     pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut shared = self.shared.borrow_mut();
@@ -616,6 +661,7 @@ pub async fn serve_connection_with<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         response_frames_sent: false,
         idle_since: Some(Instant::now()),
         send_queued_bytes_total: 0,
+        room_wakers: Vec::new(),
     }));
     {
         // Server preface: our SETTINGS, then raise the connection window (RFC 9113 §3.4).

@@ -403,6 +403,7 @@ impl Node {
         {
             let allowed = match &command {
                 Command::Range(req, _) => req.serializable,
+                Command::RangeChunk(req, _) => req.range.serializable,
                 Command::Txn(req, _) => txn_reads(req) == (true, true),
                 Command::Put(..) | Command::DeleteRange(..) | Command::Compact(..) => false,
                 // etcd's learners serve no lease operations.
@@ -467,6 +468,9 @@ impl Node {
                 (true, false) => self.queue_read(with_token(command)),
             },
             Command::Range(ref req, _) if !req.serializable => self.queue_read(with_token(command)),
+            Command::RangeChunk(ref req, _) if !req.range.serializable => {
+                self.queue_read(with_token(command))
+            }
             // Auth: changes are entries; reads of users and roles are linearizable, as
             // etcd's (which go through raft); the status and a watch's check are local.
             Command::Auth(ref op, _) if !op.is_read() => {
