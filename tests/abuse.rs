@@ -6,6 +6,8 @@
 //! time are generous liveness bounds only.
 
 mod common;
+#[path = "abuse/fairness.rs"]
+mod fairness;
 #[path = "abuse/raw_h2.rs"]
 mod raw_h2;
 
