@@ -10,6 +10,8 @@ mod common;
 mod fairness;
 #[path = "abuse/raw_h2.rs"]
 mod raw_h2;
+#[path = "abuse/small_frames.rs"]
+mod small_frames;
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

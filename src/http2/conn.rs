@@ -20,7 +20,8 @@
 //!   most `FRAMES_PER_TURN_MAX` frames before it yields to the rest of the core, stops
 //!   reading while `CONTROL_FRAMES_UNSENT_MAX` answers wait unsent, and ends the
 //!   connection with GOAWAY ENHANCE_YOUR_CALM on rapid resets, too many provoked resets,
-//!   oversized or endless header blocks, and pings beyond the keepalive policy.
+//!   oversized or endless header blocks, small-frame floods beyond the overhead budget,
+//!   and pings beyond the keepalive policy.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -38,7 +39,7 @@ use super::config::{ServerConfig, ShutdownSignal};
 use super::flow::{RecvWindow, SendWindow};
 use super::frame::{self, ErrorCode, Frame, FrameError, FrameHeader, Settings, FRAME_HEADER_LEN};
 use super::hpack::{self, HeaderList};
-use super::limits::{self, PingPolicy, ResetWindow};
+use super::limits::{self, OverheadBudget, PingPolicy, ResetWindow};
 use super::stream::{State, Stream};
 
 /// Most response bytes moved from stream queues into the output buffer per writer batch,
@@ -137,6 +138,10 @@ pub(crate) struct Shared {
     send_queued_bytes_total: usize,
     /// Handlers waiting for room under the cap to reserve answer bytes.
     room_wakers: Vec<Waker>,
+    /// HEADERS and DATA frames sent, and streams the client opened: what it has earned
+    /// of `limits::OverheadBudget`.
+    frames_sent: u64,
+    streams_opened: u64,
 }
 
 impl Shared {
@@ -290,6 +295,7 @@ impl Shared {
                 s.send_window.consume(n);
                 self.conn_send_window.consume(n);
                 self.response_frames_sent = true;
+                self.frames_sent += 1;
                 moved += n;
                 skipped = 0;
                 if let Some(w) = s.send_waker.take() {
@@ -300,6 +306,7 @@ impl Shared {
                 s.in_send_list = false;
                 if let Some(block) = s.pending_trailers.take() {
                     frame::encode_header_block(&mut self.out, stream_id, &block, true, max_frame);
+                    self.frames_sent += 1;
                     self.local_end_stream(stream_id);
                 }
             } else {
@@ -374,6 +381,7 @@ impl StreamRef {
         debug_assert!(!s.headers_sent, "response headers sent twice");
         s.headers_sent = true;
         shared.response_frames_sent = true;
+        shared.frames_sent += 1;
         let max_frame = shared.peer.max_frame_size as usize;
         frame::encode_header_block(
             &mut shared.out,
@@ -662,6 +670,8 @@ pub async fn serve_connection_with<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         idle_since: Some(Instant::now()),
         send_queued_bytes_total: 0,
         room_wakers: Vec::new(),
+        frames_sent: 0,
+        streams_opened: 0,
     }));
     {
         // Server preface: our SETTINGS, then raise the connection window (RFC 9113 §3.4).
@@ -688,6 +698,7 @@ pub async fn serve_connection_with<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         preface_done: false,
         settings_seen: false,
         client_resets: ResetWindow::default(),
+        overhead: OverheadBudget::default(),
         pings: PingPolicy::new(config.keepalive_min_time),
         held_requests: VecDeque::new(),
     };
@@ -713,6 +724,7 @@ struct Reader {
     preface_done: bool,
     settings_seen: bool,
     client_resets: ResetWindow,
+    overhead: OverheadBudget,
     pings: PingPolicy,
     /// New requests not yet handed to the application (see `Shared::output_fits`).
     held_requests: VecDeque<Request>,
@@ -1043,7 +1055,18 @@ impl Reader {
                 self.settings_seen = true;
             }
             match Frame::parse(header, payload) {
-                Ok(f) => self.handle(f, on_request)?,
+                Ok(f) => {
+                    if limits::is_overhead(&f) {
+                        let s = self.shared.borrow();
+                        if !self.overhead.spend(s.frames_sent, s.streams_opened) {
+                            return Err(FrameError::Connection(
+                                ErrorCode::ENHANCE_YOUR_CALM,
+                                "too many frames that ask for nothing",
+                            ));
+                        }
+                    }
+                    self.handle(f, on_request)?
+                }
                 Err(FrameError::Stream(stream_id, code, _)) => {
                     if self.pending_headers.is_some() {
                         return Err(FrameError::Connection(
@@ -1356,6 +1379,7 @@ impl Reader {
                 self.config.initial_stream_window_bytes,
             );
             s.streams.insert(stream_id, stream);
+            s.streams_opened += 1;
             s.idle_since = None;
             let stream_ref = StreamRef {
                 shared: self.shared.clone(),
