@@ -8,6 +8,8 @@
 mod common;
 #[path = "abuse/fairness.rs"]
 mod fairness;
+#[path = "abuse/peer_members.rs"]
+mod peer_members;
 #[path = "abuse/raw_h2.rs"]
 mod raw_h2;
 #[path = "abuse/small_frames.rs"]
