@@ -6,8 +6,14 @@
 //! time are generous liveness bounds only.
 
 mod common;
+#[path = "abuse/fairness.rs"]
+mod fairness;
+#[path = "abuse/peer_members.rs"]
+mod peer_members;
 #[path = "abuse/raw_h2.rs"]
 mod raw_h2;
+#[path = "abuse/small_frames.rs"]
+mod small_frames;
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

@@ -777,9 +777,15 @@ struct FakeSnapshotSender {
 impl FakeSnapshotSender {
     const PAGE: usize = 4096;
 
-    /// Connects (retrying while the member starts), sends a hello and a snapshot head
-    /// declaring `image_bytes`.
-    fn connect(peer_port: u16, cluster_id: u64, to: u64, image_bytes: u64) -> FakeSnapshotSender {
+    /// Connects (retrying while the member starts), sends a hello as member `from` (the
+    /// peer port serves only members) and a snapshot head declaring `image_bytes`.
+    fn connect(
+        peer_port: u16,
+        cluster_id: u64,
+        from: u64,
+        to: u64,
+        image_bytes: u64,
+    ) -> FakeSnapshotSender {
         use protobuf::Message as _;
         let deadline = Instant::now() + Duration::from_secs(20);
         let stream = loop {
@@ -795,13 +801,13 @@ impl FakeSnapshotSender {
         let mut sender = FakeSnapshotSender { stream };
         let mut hello = Vec::new();
         hello.extend_from_slice(&cluster_id.to_be_bytes());
-        hello.extend_from_slice(&0xfa4eu64.to_be_bytes());
+        hello.extend_from_slice(&from.to_be_bytes());
         hello.extend_from_slice(&to.to_be_bytes());
         sender.frame(0, &hello);
         let mut m = raft::eraftpb::Message::default();
         m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
         m.to = to;
-        m.from = 0xfa4e;
+        m.from = from;
         m.mut_snapshot().mut_metadata().index = 1 << 40;
         m.mut_snapshot().mut_metadata().term = 1 << 20;
         let mut head = m.write_to_bytes().unwrap();
@@ -848,14 +854,23 @@ async fn corrupt_and_truncated_snapshot_streams_are_refused_and_the_leader_retri
         .header
         .unwrap();
     let (cluster_id, follower_id) = (header.cluster_id, header.member_id);
+    let leader_id = cluster
+        .client(leader)
+        .status()
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .member_id;
     let peer_port = cluster.members[follower].peer_port;
     let pages = 64u64;
     let image_bytes = pages * FakeSnapshotSender::PAGE as u64;
 
     // Bad declarations and bad chunks are answered with why, and the member serves on.
-    let mut odd = FakeSnapshotSender::connect(peer_port, cluster_id, follower_id, 1000);
+    let mut odd = FakeSnapshotSender::connect(peer_port, cluster_id, leader_id, follower_id, 1000);
     assert!(odd.status().contains("whole number of pages"));
-    let mut overshoot = FakeSnapshotSender::connect(peer_port, cluster_id, follower_id, 4096);
+    let mut overshoot =
+        FakeSnapshotSender::connect(peer_port, cluster_id, leader_id, follower_id, 4096);
     overshoot.frame(5, &vec![0u8; 8192]);
     assert!(overshoot.status().contains("bad snapshot chunk"));
 
@@ -865,7 +880,8 @@ async fn corrupt_and_truncated_snapshot_streams_are_refused_and_the_leader_retri
     cluster.spawn(follower);
     // A sender that gets there first holds the follower's one receive slot: the leader's
     // snapshot is refused while it lasts.
-    let mut first = FakeSnapshotSender::connect(peer_port, cluster_id, follower_id, image_bytes);
+    let mut first =
+        FakeSnapshotSender::connect(peer_port, cluster_id, leader_id, follower_id, image_bytes);
     first.frame(5, &vec![1u8; FakeSnapshotSender::PAGE]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cluster
@@ -890,7 +906,7 @@ async fn corrupt_and_truncated_snapshot_streams_are_refused_and_the_leader_retri
     assert!(first.status().contains("CRC mismatch"));
     // A truncated stream: the connection ends mid-image.
     let mut truncated =
-        FakeSnapshotSender::connect(peer_port, cluster_id, follower_id, image_bytes);
+        FakeSnapshotSender::connect(peer_port, cluster_id, leader_id, follower_id, image_bytes);
     truncated.frame(5, &vec![1u8; FakeSnapshotSender::PAGE]);
     drop(truncated);
     // The leader retries, and its snapshot is taken.

@@ -306,6 +306,54 @@ impl ResponseSink {
             .map_err(|StreamGone| Status::cancelled())
     }
 
+    /// Starts one message of `len` bytes whose body follows in pieces
+    /// ([`ResponseSink::send_piece`]), so that a large answer never has to be held whole:
+    /// the caller must then send exactly `len` bytes before any other message or the
+    /// status. Err(ResourceExhausted), with the call finished, above
+    /// `codec::MESSAGE_SEND_BYTES_MAX`; otherwise waits and fails as
+    /// [`ResponseSink::send`] does.
+    pub async fn begin_message(&mut self, len: usize) -> Result<(), Status> {
+        let prefix = match codec::message_prefix(len) {
+            Ok(prefix) => prefix,
+            Err(status) => {
+                self.call.finish(&status);
+                return Err(status);
+            }
+        };
+        self.ready_to_send().await?;
+        crate::metrics::grpc_messages_sent(self.call.metric, 1, len);
+        self.call
+            .stream
+            .send_data(Bytes::copy_from_slice(&prefix))
+            .map_err(|StreamGone| Status::cancelled())
+    }
+
+    /// Sends the next piece of the message [`ResponseSink::begin_message`] started,
+    /// waiting while this stream's unsent queue is above its bound (so a client that does
+    /// not read stops the producer, which holds no more than that bound).
+    pub async fn send_piece(&mut self, piece: Bytes) -> Result<(), Status> {
+        self.ready_to_send().await?;
+        self.call
+            .stream
+            .send_data(piece)
+            .map_err(|StreamGone| Status::cancelled())
+    }
+
+    /// Waits until the connection has room under its cap for `bytes` more of an answer
+    /// this call is assembling, and reserves them (`StreamRef::poll_reserve`): what a
+    /// handler holds before sending counts against the connection's cap as what it
+    /// queued does. Err(Cancelled) once the stream is gone.
+    pub async fn reserve(&mut self, bytes: usize) -> Result<(), Status> {
+        poll_fn(|cx| self.call.stream.poll_reserve(cx, bytes))
+            .await
+            .map_err(|StreamGone| Status::cancelled())
+    }
+
+    /// Sets what this call holds reserved to `bytes`, without waiting.
+    pub fn set_reserved(&mut self, bytes: usize) {
+        self.call.stream.set_reserved(bytes);
+    }
+
     /// Waits until this stream's unsent queue is below its bound, then makes sure the
     /// response HEADERS went first. Err(Cancelled) once the call or stream is gone.
     async fn ready_to_send(&mut self) -> Result<(), Status> {

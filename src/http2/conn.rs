@@ -20,7 +20,8 @@
 //!   most `FRAMES_PER_TURN_MAX` frames before it yields to the rest of the core, stops
 //!   reading while `CONTROL_FRAMES_UNSENT_MAX` answers wait unsent, and ends the
 //!   connection with GOAWAY ENHANCE_YOUR_CALM on rapid resets, too many provoked resets,
-//!   oversized or endless header blocks, and pings beyond the keepalive policy.
+//!   oversized or endless header blocks, small-frame floods beyond the overhead budget,
+//!   and pings beyond the keepalive policy.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -38,7 +39,7 @@ use super::config::{ServerConfig, ShutdownSignal};
 use super::flow::{RecvWindow, SendWindow};
 use super::frame::{self, ErrorCode, Frame, FrameError, FrameHeader, Settings, FRAME_HEADER_LEN};
 use super::hpack::{self, HeaderList};
-use super::limits::{self, PingPolicy, ResetWindow};
+use super::limits::{self, OverheadBudget, PingPolicy, ResetWindow};
 use super::stream::{State, Stream};
 
 /// Most response bytes moved from stream queues into the output buffer per writer batch,
@@ -132,8 +133,15 @@ pub(crate) struct Shared {
     response_frames_sent: bool,
     /// Since when no stream is open (None while one is): for the idle timeout.
     idle_since: Option<Instant>,
-    /// Response bytes queued on all streams and not yet moved into `out`.
+    /// Response bytes queued on all streams and not yet moved into `out`, plus those
+    /// reserved by the application for answers it is still assembling.
     send_queued_bytes_total: usize,
+    /// Handlers waiting for room under the cap to reserve answer bytes.
+    room_wakers: Vec<Waker>,
+    /// HEADERS and DATA frames sent, and streams the client opened: what it has earned
+    /// of `limits::OverheadBudget`.
+    frames_sent: u64,
+    streams_opened: u64,
 }
 
 impl Shared {
@@ -163,6 +171,9 @@ impl Shared {
             if let Some(w) = self.reader_waker.take() {
                 w.wake();
             }
+            for w in self.room_wakers.drain(..) {
+                w.wake();
+            }
         }
     }
 
@@ -173,7 +184,7 @@ impl Shared {
     /// Removes a stream (it is now Closed) and wakes everyone waiting on it.
     fn close_stream(&mut self, stream_id: u32) {
         if let Some(mut s) = self.streams.remove(&stream_id) {
-            self.send_queued_bytes_total -= s.send_queued_bytes;
+            self.send_queued_bytes_total -= s.send_queued_bytes + s.reserved_bytes;
             self.wake_reader_if_output_fits();
             s.state = State::Closed;
             s.wake_all();
@@ -284,6 +295,7 @@ impl Shared {
                 s.send_window.consume(n);
                 self.conn_send_window.consume(n);
                 self.response_frames_sent = true;
+                self.frames_sent += 1;
                 moved += n;
                 skipped = 0;
                 if let Some(w) = s.send_waker.take() {
@@ -294,6 +306,7 @@ impl Shared {
                 s.in_send_list = false;
                 if let Some(block) = s.pending_trailers.take() {
                     frame::encode_header_block(&mut self.out, stream_id, &block, true, max_frame);
+                    self.frames_sent += 1;
                     self.local_end_stream(stream_id);
                 }
             } else {
@@ -368,6 +381,7 @@ impl StreamRef {
         debug_assert!(!s.headers_sent, "response headers sent twice");
         s.headers_sent = true;
         shared.response_frames_sent = true;
+        shared.frames_sent += 1;
         let max_frame = shared.peer.max_frame_size as usize;
         frame::encode_header_block(
             &mut shared.out,
@@ -445,6 +459,45 @@ impl StreamRef {
         }
         s.send_waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+
+    /// Ready once the connection's queued and reserved answer bytes leave room for `bytes`
+    /// more under `limits::CONNECTION_SEND_QUEUE_BYTES_MAX` (at once when nothing is
+    /// queued, so any answer makes progress), and then reserves them for this stream:
+    /// an application assembling a large answer counts what it holds against the same
+    /// cap as what is queued, so the connection's answers in memory stay bounded however
+    /// many requests its client sends. `Err` once the stream is gone (its reservation
+    /// goes with it).
+    pub fn poll_reserve(&self, cx: &mut Context<'_>, bytes: usize) -> Poll<Result<(), StreamGone>> {
+        let mut guard = self.shared.borrow_mut();
+        let shared = &mut *guard;
+        if shared.dead {
+            return Poll::Ready(Err(StreamGone));
+        }
+        let total = shared.send_queued_bytes_total;
+        let Some(s) = shared.streams.get_mut(&self.stream_id) else {
+            return Poll::Ready(Err(StreamGone));
+        };
+        if total > 0 && total + bytes > limits::CONNECTION_SEND_QUEUE_BYTES_MAX {
+            shared.room_wakers.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        s.reserved_bytes += bytes;
+        shared.send_queued_bytes_total += bytes;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Changes this stream's reservation to `bytes` without waiting (a chunk came out
+    /// larger or smaller than reserved, or part of it was queued).
+    pub fn set_reserved(&self, bytes: usize) {
+        let mut guard = self.shared.borrow_mut();
+        let shared = &mut *guard;
+        if let Some(s) = shared.streams.get_mut(&self.stream_id) {
+            shared.send_queued_bytes_total =
+                shared.send_queued_bytes_total - s.reserved_bytes + bytes;
+            s.reserved_bytes = bytes;
+            shared.wake_reader_if_output_fits();
+        }
     }
 
     /// Ready once the stream is gone (reset, finished, or connection closed).
@@ -616,6 +669,9 @@ pub async fn serve_connection_with<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         response_frames_sent: false,
         idle_since: Some(Instant::now()),
         send_queued_bytes_total: 0,
+        room_wakers: Vec::new(),
+        frames_sent: 0,
+        streams_opened: 0,
     }));
     {
         // Server preface: our SETTINGS, then raise the connection window (RFC 9113 §3.4).
@@ -642,6 +698,7 @@ pub async fn serve_connection_with<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         preface_done: false,
         settings_seen: false,
         client_resets: ResetWindow::default(),
+        overhead: OverheadBudget::default(),
         pings: PingPolicy::new(config.keepalive_min_time),
         held_requests: VecDeque::new(),
     };
@@ -667,6 +724,7 @@ struct Reader {
     preface_done: bool,
     settings_seen: bool,
     client_resets: ResetWindow,
+    overhead: OverheadBudget,
     pings: PingPolicy,
     /// New requests not yet handed to the application (see `Shared::output_fits`).
     held_requests: VecDeque<Request>,
@@ -997,7 +1055,18 @@ impl Reader {
                 self.settings_seen = true;
             }
             match Frame::parse(header, payload) {
-                Ok(f) => self.handle(f, on_request)?,
+                Ok(f) => {
+                    if limits::is_overhead(&f) {
+                        let s = self.shared.borrow();
+                        if !self.overhead.spend(s.frames_sent, s.streams_opened) {
+                            return Err(FrameError::Connection(
+                                ErrorCode::ENHANCE_YOUR_CALM,
+                                "too many frames that ask for nothing",
+                            ));
+                        }
+                    }
+                    self.handle(f, on_request)?
+                }
                 Err(FrameError::Stream(stream_id, code, _)) => {
                     if self.pending_headers.is_some() {
                         return Err(FrameError::Connection(
@@ -1310,6 +1379,7 @@ impl Reader {
                 self.config.initial_stream_window_bytes,
             );
             s.streams.insert(stream_id, stream);
+            s.streams_opened += 1;
             s.idle_since = None;
             let stream_ref = StreamRef {
                 shared: self.shared.clone(),

@@ -9,6 +9,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::frame::Frame;
+
 /// Streams the client may reset while their handlers still run, unanswered, within
 /// [`CLIENT_RESET_WINDOW`]. Each such stream cost us a dispatched handler for nothing:
 /// the HTTP/2 Rapid Reset attack (CVE-2023-44487) opens and cancels hundreds of
@@ -69,6 +71,60 @@ pub const PING_STRIKES_MAX: u32 = 2;
 pub const PING_INTERVAL_WITHOUT_STREAMS_MIN: Duration = Duration::from_secs(2 * 3600);
 /// The GOAWAY debug data grpc-go clients look for to double their keepalive time.
 pub const TOO_MANY_PINGS: &str = "too_many_pings";
+
+/// Frames a client may send that make us work without asking for anything, before the
+/// ones it earns: small-frame floods (CVE-2019-9518, "empty frames flood": endless empty
+/// DATA, and floods of tiny DATA, WINDOW_UPDATE, PRIORITY, unknown-type frames, empty
+/// CONTINUATION, unsolicited SETTINGS or PING acks) cost a read and a parse each and
+/// nothing else stops them. Such frames are free up to this many over a connection's
+/// life, plus what the client earns (see [`OverheadBudget`]); past that, GOAWAY
+/// ENHANCE_YOUR_CALM. Generous: an honest client spends a few per request it makes.
+pub const OVERHEAD_FRAMES_FREE: u64 = 10_000;
+/// DATA frames with less payload than this (and without END_STREAM) are overhead.
+pub const SMALL_DATA_FRAME_BYTES: u32 = 256;
+/// What each frame we send earns the client: it may answer each DATA frame with a
+/// WINDOW_UPDATE for the stream and one for the connection.
+pub const OVERHEAD_FRAMES_EARNED_PER_FRAME_SENT: u64 = 2;
+/// What each stream the client opens earns it: its own small frames (an END_STREAM with
+/// no data, a RST_STREAM, a small gRPC message).
+pub const OVERHEAD_FRAMES_EARNED_PER_STREAM: u64 = 4;
+
+/// Whether a frame the client sent is overhead (see [`OVERHEAD_FRAMES_FREE`]). PINGs are
+/// the keepalive policy's ([`PingPolicy`]), RST_STREAMs the reset window's.
+pub fn is_overhead(f: &Frame) -> bool {
+    match f {
+        Frame::Data {
+            end_stream,
+            flow_len,
+            ..
+        } => !end_stream && *flow_len < SMALL_DATA_FRAME_BYTES,
+        Frame::WindowUpdate { .. }
+        | Frame::Priority { .. }
+        | Frame::Unknown { .. }
+        | Frame::Settings { .. }
+        | Frame::GoAway { .. } => true,
+        Frame::Ping { ack, .. } => *ack,
+        Frame::Continuation { fragment, .. } => fragment.is_empty(),
+        Frame::Headers { .. } | Frame::RstStream { .. } | Frame::PushPromise { .. } => false,
+    }
+}
+
+/// The overhead frames a client has sent against what it may send: [`OVERHEAD_FRAMES_FREE`]
+/// plus what it earned by the frames we sent it and the streams it opened.
+#[derive(Default)]
+pub struct OverheadBudget {
+    spent: u64,
+}
+
+impl OverheadBudget {
+    /// Records one overhead frame; false once the client is over budget.
+    pub fn spend(&mut self, frames_sent: u64, streams_opened: u64) -> bool {
+        self.spent += 1;
+        let earned = frames_sent.saturating_mul(OVERHEAD_FRAMES_EARNED_PER_FRAME_SENT)
+            + streams_opened.saturating_mul(OVERHEAD_FRAMES_EARNED_PER_STREAM);
+        self.spent <= OVERHEAD_FRAMES_FREE.saturating_add(earned)
+    }
+}
 
 /// Client resets in a sliding window (see [`CLIENT_RESETS_PER_WINDOW_MAX`]). Holds at most
 /// that many instants plus one.
@@ -168,6 +224,32 @@ mod tests {
             assert!(p.on_ping(at(i * 60_000), false, false));
         }
         assert!(!p.on_ping(at(3 * 60_000), false, false));
+    }
+
+    #[test]
+    fn overhead_budget_grows_with_what_the_client_earns() {
+        let mut b = OverheadBudget::default();
+        for _ in 0..OVERHEAD_FRAMES_FREE {
+            assert!(b.spend(0, 0));
+        }
+        assert!(!b.spend(0, 0));
+        // One frame sent to it earns it two more.
+        assert!(b.spend(1, 0));
+        assert!(!b.spend(1, 0));
+        let empty_data = Frame::Data {
+            stream_id: 1,
+            end_stream: false,
+            data: bytes::Bytes::new(),
+            flow_len: 0,
+        };
+        assert!(is_overhead(&empty_data));
+        let last = Frame::Data {
+            stream_id: 1,
+            end_stream: true,
+            data: bytes::Bytes::new(),
+            flow_len: 0,
+        };
+        assert!(!is_overhead(&last));
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! The gRPC layer (`crate::grpc`) sits on top, serves connections through
 //! [`serve_connection_with`] and sees streams only through [`conn::StreamRef`]; this
 //! module knows nothing of gRPC.
+//!
+//! What the tests cover of RFC 9113 and RFC 7541, and the deliberate deviations:
+//! `docs/http2-conformance.md`.
 
 pub mod config;
 pub mod conn;

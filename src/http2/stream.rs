@@ -90,6 +90,9 @@ pub struct Stream {
     /// Response DATA not yet written (whole gRPC messages, prefix included).
     pub send_queue: VecDeque<Bytes>,
     pub send_queued_bytes: usize,
+    /// Answer bytes the application holds for this stream, not yet queued, reserved
+    /// against the connection's cap (`StreamRef::poll_reserve`).
+    pub reserved_bytes: usize,
     /// Encoded trailer block to send once `send_queue` drains.
     pub pending_trailers: Option<Vec<u8>>,
     /// Whether the response HEADERS went out.
@@ -110,6 +113,7 @@ impl Stream {
             recv_chunks: VecDeque::new(),
             send_queue: VecDeque::new(),
             send_queued_bytes: 0,
+            reserved_bytes: 0,
             pending_trailers: None,
             headers_sent: false,
             in_send_list: false,

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod btree_backend;
 pub mod key_index;
+pub mod range_chunk;
 pub mod revision;
 pub mod store;
 

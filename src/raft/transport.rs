@@ -18,7 +18,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -128,6 +128,35 @@ pub struct Transport {
     /// Peer TLS: every accepted connection handshakes; https:// peer URLs are dialled
     /// with it.
     tls: Option<Arc<PeerTls>>,
+    /// The members whose connections are accepted, with the addresses their peer URLs
+    /// name (see [`Admitted`]).
+    admitted: Rc<RefCell<HashMap<u64, Admitted>>>,
+}
+
+/// Where a member's peer connections may come from, when peer TLS is off (with TLS the
+/// certificate says who dials): the IP addresses its advertised peer URLs name, or None
+/// when one of them names a host (not resolved here: the member id is still checked).
+type Admitted = Option<Vec<IpAddr>>;
+
+/// The addresses `urls` name, without resolving anything (see [`Admitted`]).
+fn admitted_addresses(urls: &[String]) -> Admitted {
+    let mut ips = Vec::new();
+    for url in urls {
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let host_port = rest.split('/').next().unwrap_or("");
+        if let Ok(addr) = host_port.parse::<SocketAddr>() {
+            ips.push(addr.ip());
+            continue;
+        }
+        let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+        if host.eq_ignore_ascii_case("localhost") {
+            ips.push(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            ips.push(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST));
+            continue;
+        }
+        return None;
+    }
+    Some(ips)
 }
 
 /// `http://host:port` → a socket address.
@@ -284,6 +313,7 @@ impl Transport {
             listener_fds: Vec::new(),
             stopped_listening: Rc::new(Cell::new(false)),
             tls,
+            admitted: Rc::new(RefCell::new(HashMap::new())),
         }
     }
 
@@ -322,6 +352,7 @@ impl Transport {
             let snapshot_dir = self.snapshot_dir.clone();
             let receiving = self.receiving.clone();
             let tls = self.tls.clone();
+            let admitted = self.admitted.clone();
             glommio::spawn_local(async move {
                 // Peer connections end with the process; handshakes end by their timeout.
                 let never = crate::http2::ShutdownSignal::new();
@@ -341,8 +372,11 @@ impl Transport {
                     let receiving = receiving.clone();
                     let tls = tls.clone();
                     let never = never.clone();
+                    // Without TLS, only members are served (see `Admitted`).
+                    let admitted = tls.is_none().then(|| admitted.clone());
                     glommio::spawn_local(async move {
                         let _ = stream.set_nodelay(true);
+                        let remote = stream.peer_addr().ok().map(|a| a.ip());
                         let stream = match tls {
                             None => PeerStream::Tcp(stream),
                             Some(tls) => {
@@ -372,6 +406,8 @@ impl Transport {
                             leases,
                             snapshot_dir,
                             receiving,
+                            admitted,
+                            remote,
                         };
                         if let Err(e) = inbound(stream, me, cluster_id, shared).await {
                             crate::debug!("peer connection closed", "reason" => e);
@@ -405,6 +441,9 @@ impl Transport {
         if id == self.member_id {
             return;
         }
+        self.admitted
+            .borrow_mut()
+            .insert(id, admitted_addresses(&urls));
         if let Some(link) = self.peers.get(&id) {
             *link.urls.borrow_mut() = urls;
             return;
@@ -424,6 +463,7 @@ impl Transport {
     }
 
     pub fn remove_peer(&mut self, id: u64) {
+        self.admitted.borrow_mut().remove(&id);
         if let Some(link) = self.peers.remove(&id) {
             link.closed.set(true);
             link.wake.wake();
@@ -537,6 +577,9 @@ struct Inbound {
     leases: LeaseRequests,
     snapshot_dir: Option<std::path::PathBuf>,
     receiving: Rc<Cell<usize>>,
+    /// The members admitted (None with peer TLS), and where this connection comes from.
+    admitted: Option<Rc<RefCell<HashMap<u64, Admitted>>>>,
+    remote: Option<IpAddr>,
 }
 
 async fn inbound(
@@ -552,6 +595,8 @@ async fn inbound(
         leases,
         snapshot_dir,
         receiving,
+        admitted,
+        remote,
     } = shared;
     let (kind, hello) = read_frame(&mut stream).await?;
     if kind != FRAME_HELLO || hello.len() != HELLO_BYTES {
@@ -581,6 +626,17 @@ async fn inbound(
     }
     if to != me {
         return Err(format!("peer dialled member {to:x}, this is {me:x}"));
+    }
+    if let Some(admitted) = admitted {
+        match admitted.borrow().get(&from) {
+            None => return Err(format!("{from:x} is not a member of this cluster")),
+            Some(Some(ips)) if !remote.is_some_and(|ip| ips.contains(&ip)) => {
+                return Err(format!(
+                    "member {from:x} connected from {remote:?}, not from its peer URLs"
+                ))
+            }
+            Some(_) => {}
+        }
     }
     loop {
         let (kind, payload) = read_frame(&mut stream).await?;

@@ -6,7 +6,7 @@ use std::future::Future;
 use prost::Message;
 
 use crate::error::EtcdError;
-use crate::grpc::{Call, Code, Status};
+use crate::grpc::{Call, Code, RequestStream, Status};
 
 /// Maps an etcd error to the gRPC status etcd sends for it (code and exact text).
 pub fn status_from_error(error: EtcdError) -> Status {
@@ -61,29 +61,9 @@ pub async fn unary_prechecked<Req, Resp, F, Fut>(
         mut responses,
         ..
     } = call;
-    let message = match requests.next().await {
-        Some(Ok(message)) => message,
-        Some(Err(status)) => return responses.finish(status),
-        // grpc-go's wording when a unary call's client half-closes without a message.
-        None => {
-            return responses.finish(Status::new(
-                Code::Internal,
-                "grpc: client streaming protocol violation: get <nil>, want <EOF>".to_string(),
-            ))
-        }
-    };
-    let encoded_bytes = message.len();
-    if let Err(error) = precheck(&message) {
-        return responses.finish(status_from_error(error));
-    }
-    let request = match Req::decode(message) {
-        Ok(request) => request,
-        Err(e) => {
-            return responses.finish(Status::new(
-                Code::Internal,
-                format!("grpc: error unmarshalling request: {e}"),
-            ))
-        }
+    let (request, encoded_bytes) = match read_request(&mut requests, precheck).await {
+        Ok(read) => read,
+        Err(status) => return responses.finish(status),
     };
     match handle(request, encoded_bytes).await {
         Ok(reply) => {
@@ -92,5 +72,36 @@ pub async fn unary_prechecked<Req, Resp, F, Fut>(
             }
         }
         Err(error) => responses.finish(status_from_error(error)),
+    }
+}
+
+/// Reads and decodes the one request message of a unary or server-streaming call, after
+/// `precheck` on its encoding; returns it with its encoded size, or the status the call
+/// must end with.
+pub async fn read_request<Req: Message + Default>(
+    requests: &mut RequestStream,
+    precheck: impl FnOnce(&[u8]) -> Result<(), EtcdError>,
+) -> Result<(Req, usize), Status> {
+    let message = match requests.next().await {
+        Some(Ok(message)) => message,
+        Some(Err(status)) => return Err(status),
+        // grpc-go's wording when a unary call's client half-closes without a message.
+        None => {
+            return Err(Status::new(
+                Code::Internal,
+                "grpc: client streaming protocol violation: get <nil>, want <EOF>".to_string(),
+            ))
+        }
+    };
+    let encoded_bytes = message.len();
+    if let Err(error) = precheck(&message) {
+        return Err(status_from_error(error));
+    }
+    match Req::decode(message) {
+        Ok(request) => Ok((request, encoded_bytes)),
+        Err(e) => Err(Status::new(
+            Code::Internal,
+            format!("grpc: error unmarshalling request: {e}"),
+        )),
     }
 }

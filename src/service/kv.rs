@@ -1,4 +1,5 @@
-//! etcdserverpb.KV: Range, Put, DeleteRange, Txn, Compact.
+//! etcdserverpb.KV: Range, RangeStream (etcd 3.7; both in `kv_range`), Put, DeleteRange,
+//! Txn, Compact.
 //!
 //! Order of checks, as etcd's v3rpc/key.go and etcdserver do it: gRPC's own size limit
 //! (transport), then field validation (key not provided, duplicate keys, too many ops),
@@ -9,18 +10,13 @@ use crate::error::EtcdError;
 use crate::grpc::Call;
 use crate::proto::etcdserverpb as pb;
 use crate::service::call::{unary, unary_prechecked};
-use crate::service::validate;
+use crate::service::{kv_range, validate};
 use crate::service::{unknown_method, ServiceContext};
 
 pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
     match method {
-        "Range" => {
-            unary(call, |req: pb::RangeRequest, _| async move {
-                validate::check_range(&req)?;
-                context.state.range(req).await
-            })
-            .await
-        }
+        "Range" => kv_range::serve_range(context, call).await,
+        "RangeStream" => kv_range::serve_range_stream(context, call).await,
         "Put" => {
             unary(call, |req: pb::PutRequest, bytes| async move {
                 validate::check_put(&req)?;

@@ -11,6 +11,7 @@ mod cluster;
 mod election;
 pub mod http;
 mod kv;
+mod kv_range;
 mod lease;
 mod lock;
 mod maintenance;

@@ -21,9 +21,27 @@ pub const COMMAND_QUEUE_MAX: usize = 4096;
 
 pub type Reply<T> = oneshot::Sender<Result<T, EtcdError>>;
 
+/// A request for one chunk of a range: `range` says where the chunk starts (`key` is the
+/// cursor), where the range ends, the revision (pinned by the caller after the first
+/// chunk), `serializable` (the first chunk of a linearizable range waits for a ReadIndex
+/// round, later ones read the pinned revision locally) and `keys_only`; its other fields
+/// are ignored. The permission check is a Range's over `[key, range_end)`.
+pub struct RangeChunkRequest {
+    pub range: pb::RangeRequest,
+    pub options: crate::mvcc::range_chunk::ChunkOptions,
+}
+
+/// A chunk and the header of the member that read it.
+pub struct RangeChunk {
+    pub header: pb::ResponseHeader,
+    pub chunk: crate::mvcc::range_chunk::Chunk,
+}
+
 /// Everything a network core can ask of the state core.
 pub enum Command {
     Range(pb::RangeRequest, Reply<pb::RangeResponse>),
+    /// One bounded piece of a range (`crate::mvcc::range_chunk`).
+    RangeChunk(RangeChunkRequest, Reply<RangeChunk>),
     Put(pb::PutRequest, Reply<pb::PutResponse>),
     DeleteRange(pb::DeleteRangeRequest, Reply<pb::DeleteRangeResponse>),
     Txn(pb::TxnRequest, Reply<pb::TxnResponse>),
@@ -69,6 +87,7 @@ impl Command {
         use crate::state::LeaseCommand;
         match self {
             Command::Range(..)
+            | Command::RangeChunk(..)
             | Command::Put(..)
             | Command::DeleteRange(..)
             | Command::Txn(..)
@@ -106,6 +125,7 @@ impl Command {
         use crate::state::LeaseCommand;
         match self {
             Command::Range(_, r) => drop(r.send(Err(e))),
+            Command::RangeChunk(_, r) => drop(r.send(Err(e))),
             Command::Put(_, r) => drop(r.send(Err(e))),
             Command::DeleteRange(_, r) => drop(r.send(Err(e))),
             Command::Txn(_, r) => drop(r.send(Err(e))),
@@ -179,6 +199,9 @@ impl StateClient {
 
     pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
         self.call(|r| Command::Range(req, r)).await
+    }
+    pub async fn range_chunk(&self, req: RangeChunkRequest) -> Result<RangeChunk, EtcdError> {
+        self.call(|r| Command::RangeChunk(req, r)).await
     }
     pub async fn put(&self, req: pb::PutRequest) -> Result<pb::PutResponse, EtcdError> {
         self.call(|r| Command::Put(req, r)).await

@@ -35,7 +35,7 @@ use crate::auth::{AuthStore, Caller};
 use crate::error::EtcdError;
 use crate::lease::{LeaseOptions, Lessor};
 use crate::mvcc::btree_backend::WriterOutcome;
-use crate::mvcc::{Backend as _, BackendError, BtreeBackend, Bucket, Direction, KvStore};
+use crate::mvcc::{Backend as _, BackendError, BtreeBackend, Bucket, Direction, KeyRange, KvStore};
 use crate::proto::etcdserverpb as pb;
 use crate::state::change_waiters::ChangeWaiters;
 use crate::state::client::Command;
@@ -742,6 +742,29 @@ impl StateMachine {
                     prefix: "read-only range ",
                     request: expensive::range_text(&req),
                     response: expensive::range_response(&res),
+                    error: res.as_ref().err(),
+                });
+                self.reply(reply, res);
+            }
+            Command::RangeChunk(req, reply) => {
+                crate::metrics::STATE.mvcc_range.add(1, false);
+                let range = KeyRange::from_request(&req.range.key, &req.range.range_end);
+                let res = self
+                    .check_range(&req.range)
+                    .and_then(|()| self.store.range_chunk(range, req.options))
+                    .map(|chunk| crate::state::RangeChunk {
+                        header: self.header(chunk.revision),
+                        chunk,
+                    });
+                warn_if_expensive(started.elapsed(), || ExpensiveRequest {
+                    prefix: "read-only range ",
+                    request: expensive::range_text(&req.range),
+                    response: res.as_ref().map_or(String::new(), |r| {
+                        format!(
+                            "range_response_count:{} size:{}",
+                            r.chunk.keys, r.chunk.encoded_bytes
+                        )
+                    }),
                     error: res.as_ref().err(),
                 });
                 self.reply(reply, res);

@@ -27,6 +27,6 @@ pub mod envelope;
 pub mod lease_command;
 pub mod machine;
 
-pub use client::{Command, Reply, StateClient};
+pub use client::{Command, RangeChunk, RangeChunkRequest, Reply, StateClient};
 pub use lease_command::LeaseCommand;
 pub use machine::{Identity, StateMachine};

@@ -297,4 +297,79 @@ impl RawH2 {
             }
         }
     }
+
+    /// Reads `stream_id` to its end as a client that keeps reading: every DATA frame is
+    /// counted, dropped and given back to both windows. Returns the DATA bytes, the gRPC
+    /// messages they framed, and the grpc-status and grpc-message of the trailers (None
+    /// on EOF or when `wait` passes first).
+    pub fn drain_stream(&mut self, stream_id: u32, wait: Duration) -> Drained {
+        let deadline = Instant::now() + wait;
+        let mut drained = Drained::default();
+        // Bytes left of the current gRPC message, or of its 5-byte prefix.
+        let mut prefix = Vec::new();
+        let mut body_left = 0usize;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let f = match self.read_frame(left) {
+                Read_::Frame(f) => f,
+                Read_::Eof | Read_::Timeout => return drained,
+            };
+            if f.kind == kind::DATA && !f.payload.is_empty() {
+                let n = f.payload.len() as u32;
+                self.send_frame(kind::WINDOW_UPDATE, 0, 0, &n.to_be_bytes());
+                self.send_frame(kind::WINDOW_UPDATE, 0, f.stream_id, &n.to_be_bytes());
+                if f.stream_id != stream_id {
+                    continue;
+                }
+                drained.data_bytes += f.payload.len() as u64;
+                let mut rest = &f.payload[..];
+                while !rest.is_empty() {
+                    if body_left > 0 {
+                        let k = body_left.min(rest.len());
+                        body_left -= k;
+                        rest = &rest[k..];
+                        continue;
+                    }
+                    let k = (5 - prefix.len()).min(rest.len());
+                    prefix.extend_from_slice(&rest[..k]);
+                    rest = &rest[k..];
+                    if prefix.len() == 5 {
+                        body_left = u32::from_be_bytes(prefix[1..5].try_into().unwrap()) as usize;
+                        drained.largest_message = drained.largest_message.max(body_left);
+                        drained.messages += 1;
+                        prefix.clear();
+                    }
+                }
+            }
+            if f.kind != kind::HEADERS {
+                continue;
+            }
+            let list = self.decoder.decode(&f.payload).expect("server HPACK");
+            if f.stream_id != stream_id {
+                continue;
+            }
+            let field = |wanted: &[u8]| {
+                list.fields
+                    .iter()
+                    .find(|(name, _)| &name[..] == wanted)
+                    .map(|(_, value)| value.clone())
+            };
+            if let Some(status) = field(b"grpc-status") {
+                let message = field(b"grpc-message")
+                    .map(|v| tern::grpc::codec::percent_decode(&v))
+                    .unwrap_or_default();
+                drained.status = Some((String::from_utf8_lossy(&status).into_owned(), message));
+                return drained;
+            }
+        }
+    }
+}
+
+/// What [`RawH2::drain_stream`] saw.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub data_bytes: u64,
+    pub messages: u64,
+    pub largest_message: usize,
+    pub status: Option<(String, String)>,
 }

@@ -416,6 +416,7 @@ impl Node {
         {
             let allowed = match &command {
                 Command::Range(req, _) => req.serializable,
+                Command::RangeChunk(req, _) => req.range.serializable,
                 Command::Txn(req, _) => txn_reads(req) == (true, true),
                 Command::Put(..) | Command::DeleteRange(..) | Command::Compact(..) => false,
                 // etcd's learners serve no lease operations.
@@ -483,6 +484,9 @@ impl Node {
                 (true, false) => self.queue_read(with_credential(command)),
             },
             Command::Range(ref req, _) if !req.serializable => {
+                self.queue_read(with_credential(command))
+            }
+            Command::RangeChunk(ref req, _) if !req.range.serializable => {
                 self.queue_read(with_credential(command))
             }
             // Auth: changes are entries; reads of users and roles are linearizable, as
