@@ -60,7 +60,33 @@ struct InternalAuthenticate {
     name: String,
 }
 
-/// etcd's `InternalRaftRequest` (3.4's fields; our definition, etcd's field numbers).
+/// etcd 3.5's `membershippb.ClusterVersionSetRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClusterVersionSet {
+    #[prost(string, tag = "1")]
+    ver: String,
+}
+
+/// etcd 3.5's `membershippb.Attributes`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct MemberAttributes {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(string, repeated, tag = "2")]
+    client_urls: Vec<String>,
+}
+
+/// etcd 3.5's `membershippb.ClusterMemberAttrSetRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClusterMemberAttrSet {
+    #[prost(uint64, tag = "1")]
+    member_id: u64,
+    #[prost(message, optional, tag = "2")]
+    member_attributes: Option<MemberAttributes>,
+}
+
+/// etcd's `InternalRaftRequest` (3.4's fields, and the two 3.5 membership ones an etcd
+/// upgraded from 3.4 may have written; our definition, etcd's field numbers).
 #[derive(Clone, PartialEq, prost::Message)]
 struct InternalRaftRequest {
     #[prost(message, optional, tag = "100")]
@@ -120,6 +146,10 @@ struct InternalRaftRequest {
     auth_role_grant_permission: Option<pb::AuthRoleGrantPermissionRequest>,
     #[prost(message, optional, tag = "1204")]
     auth_role_revoke_permission: Option<pb::AuthRoleRevokePermissionRequest>,
+    #[prost(message, optional, tag = "1300")]
+    cluster_version_set: Option<ClusterVersionSet>,
+    #[prost(message, optional, tag = "1301")]
+    cluster_member_attr_set: Option<ClusterMemberAttrSet>,
 }
 
 /// etcd's `membership.Member` as JSON (in ConfChange contexts and the `members` bucket),
@@ -265,6 +295,26 @@ fn normal(data: &[u8]) -> Result<Option<Envelope>, String> {
     if let Some(v2) = &request.v2 {
         return v2_request(v2);
     }
+    let request_id = request.header.as_ref().map_or(0, |h| h.id);
+    if let Some(set) = &request.cluster_version_set {
+        let body = Body::ClusterVersion(set.ver.clone());
+        return Ok(Some(Envelope::new(request_id, 0, body)));
+    }
+    if let Some(set) = &request.cluster_member_attr_set {
+        let attributes = set.member_attributes.clone().unwrap_or_default();
+        let record = MemberRecord {
+            id: set.member_id,
+            name: attributes.name,
+            client_urls: attributes.client_urls,
+            ..Default::default()
+        };
+        return Ok(Some(Envelope::member(
+            request_id,
+            0,
+            MemberOp::Publish,
+            record,
+        )));
+    }
     let header = request.header.clone().unwrap_or_default();
     let auth = auth_op(&request)?;
     let body = if let Some(r) = request.put {
@@ -377,4 +427,148 @@ fn v2_request(v2: &V2Request) -> Result<Option<Envelope>, String> {
         ..Default::default()
     };
     Ok(Some(Envelope::member(v2.id, 0, MemberOp::Publish, record)))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Translations of hand-built etcd entries: the conf change types raft-rs numbers
+    //! differently, a 3.4 v2 publish, and a user added with a plain password.
+    use super::*;
+
+    /// A raftpb.Entry of `entry_type` at index 7, term 2, holding `data`.
+    fn etcd_entry(entry_type: EntryType, data: Vec<u8>) -> Vec<u8> {
+        let mut e = Entry::default();
+        e.set_entry_type(entry_type);
+        e.index = 7;
+        e.term = 2;
+        e.data = data.into();
+        e.write_to_bytes().unwrap()
+    }
+
+    /// etcd's ConfChange bytes: Type (2), NodeID (3), Context (4).
+    fn etcd_conf_change(kind: u8, node_id: u8, context: &str) -> Vec<u8> {
+        let mut out = vec![0x10, kind, 0x18, node_id];
+        if !context.is_empty() {
+            out.push(0x22);
+            out.push(context.len() as u8);
+            out.extend_from_slice(context.as_bytes());
+        }
+        out
+    }
+
+    fn envelope_of_conf_change(entry: &Entry) -> (ConfChangeType, Envelope) {
+        assert_eq!(entry.get_entry_type(), EntryType::EntryConfChange);
+        let cc = ConfChange::parse_from_bytes(&entry.data).unwrap();
+        (
+            cc.get_change_type(),
+            Envelope::decode_entry(&cc.context).unwrap(),
+        )
+    }
+
+    #[test]
+    fn etcds_add_learner_and_update_keep_their_meaning() {
+        let member = r#"{"id":9,"peerURLs":["http://a:2380"],"isLearner":true}"#;
+        let learner = translate(&etcd_entry(
+            EntryType::EntryConfChange,
+            etcd_conf_change(3, 9, member),
+        ))
+        .unwrap();
+        assert_eq!((learner.index, learner.term), (7, 2));
+        let (kind, env) = envelope_of_conf_change(&learner);
+        assert_eq!(kind, ConfChangeType::AddLearnerNode);
+        assert!(matches!(env.body, Some(Body::Member(ref m)) if m.id == 9 && m.is_learner));
+
+        let updated = r#"{"id":9,"peerURLs":["http://b:2380"]}"#;
+        let update = translate(&etcd_entry(
+            EntryType::EntryConfChange,
+            etcd_conf_change(2, 9, updated),
+        ))
+        .unwrap();
+        assert_eq!(update.get_entry_type(), EntryType::EntryNormal);
+        let env = Envelope::decode_entry(&update.data).unwrap();
+        assert_eq!(env.member_op, MemberOp::Update as i32);
+        assert!(matches!(env.body, Some(Body::Member(ref m)) if m.peer_urls == ["http://b:2380"]));
+
+        let promote = r#"{"id":9,"peerURLs":["http://a:2380"],"isPromote":true}"#;
+        let (kind, env) = envelope_of_conf_change(
+            &translate(&etcd_entry(
+                EntryType::EntryConfChange,
+                etcd_conf_change(0, 9, promote),
+            ))
+            .unwrap(),
+        );
+        assert_eq!(kind, ConfChangeType::AddNode);
+        assert_eq!(env.member_op, MemberOp::Promote as i32);
+
+        let (kind, _) = envelope_of_conf_change(
+            &translate(&etcd_entry(
+                EntryType::EntryConfChange,
+                etcd_conf_change(1, 9, ""),
+            ))
+            .unwrap(),
+        );
+        assert_eq!(kind, ConfChangeType::RemoveNode);
+        // A context naming another member than the change is refused.
+        let other = r#"{"id":8,"peerURLs":[]}"#;
+        assert!(translate(&etcd_entry(
+            EntryType::EntryConfChange,
+            etcd_conf_change(0, 9, other)
+        ))
+        .is_err());
+    }
+
+    #[test]
+    fn a_v2_publish_becomes_a_member_publish() {
+        let v2 = V2Request {
+            id: 5,
+            method: "PUT".into(),
+            path: "/0/members/1f/attributes".into(),
+            val: r#"{"name":"m1","clientURLs":["http://c:2379"]}"#.into(),
+        };
+        let entry = translate(&etcd_entry(EntryType::EntryNormal, v2.encode_to_vec())).unwrap();
+        let env = Envelope::decode_entry(&entry.data).unwrap();
+        assert_eq!(env.member_op, MemberOp::Publish as i32);
+        assert!(matches!(env.body, Some(Body::Member(ref m))
+            if m.id == 0x1f && m.name == "m1" && m.client_urls == ["http://c:2379"]));
+        // Another v2 write changes nothing tern serves: an empty entry keeps its index.
+        let other = V2Request {
+            path: "/1/foo".into(),
+            ..v2
+        };
+        let entry = translate(&etcd_entry(EntryType::EntryNormal, other.encode_to_vec())).unwrap();
+        assert!(entry.data.is_empty());
+        assert_eq!(entry.index, 7);
+    }
+
+    #[test]
+    fn a_plain_password_is_hashed_and_dropped() {
+        let request = InternalRaftRequest {
+            header: Some(RequestHeader {
+                id: 3,
+                username: "root".into(),
+                auth_revision: 4,
+            }),
+            auth_user_add: Some(pb::AuthUserAddRequest {
+                name: "alice".into(),
+                password: "secret".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let entry =
+            translate(&etcd_entry(EntryType::EntryNormal, request.encode_to_vec())).unwrap();
+        let env = Envelope::decode_entry(&entry.data).unwrap();
+        assert_eq!(
+            env.caller.as_ref().map(|c| c.username.as_str()),
+            Some("root")
+        );
+        let Some(Body::Auth(AuthRequest {
+            op: Some(AuthOp::UserAdd(add)),
+        })) = env.body
+        else {
+            panic!("not a user add: {:?}", env.body);
+        };
+        assert!(add.password.is_empty());
+        assert!(bcrypt::verify("secret", &add.hashed_password).unwrap());
+    }
 }
