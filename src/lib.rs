@@ -16,6 +16,7 @@ pub mod lease;
 pub mod log;
 pub mod membership;
 pub mod metrics;
+pub mod migrate;
 pub mod mvcc;
 pub mod net;
 pub mod proto;

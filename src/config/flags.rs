@@ -114,7 +114,7 @@ pub const FLAGS: &[FlagSpec] = &[
     f("config-file", Str, "", Member, true, "Path to a YAML configuration file (etcd's keys). When given, other flags and ETCD_* variables are ignored."),
     // Member
     f("name", Str, "default", Member, true, "Human-readable name for this member."),
-    f("data-dir", Str, "${name}.etcd", Member, true, "Path to the data directory."),
+    f("data-dir", Str, "${name}.etcd", Member, true, "Path to the data directory. An etcd 3.4 member's data dir is converted to tern's once, at the first start (docs/migration.md)."),
     f("wal-dir", Str, "", Member, false, "Path to a dedicated WAL directory."),
     f("snapshot-count", Uint, "100000", Member, true, "Committed transactions that trigger a snapshot to disk."),
     f("heartbeat-interval", Uint, "100", Member, true, "Heartbeat interval in milliseconds."),

@@ -92,7 +92,8 @@ pub async fn save(dir: &Path, snapshot: &Snapshot) -> Result<(), String> {
     blocking(move || save_blocking(&dir, &snapshot)).await
 }
 
-fn save_blocking(dir: &Path, snapshot: &Snapshot) -> Result<(), String> {
+/// `save` on the calling thread (for offline work such as `crate::migrate`).
+pub fn save_blocking(dir: &Path, snapshot: &Snapshot) -> Result<(), String> {
     let meta = snapshot.get_metadata();
     let body = snapshot.write_to_bytes().map_err(|e| e.to_string())?;
     let mut bytes = crc32c::crc32c(&body).to_be_bytes().to_vec();

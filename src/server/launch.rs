@@ -278,6 +278,7 @@ fn start_state_executor(
     serving_tx: std::sync::mpsc::Sender<Result<(), String>>,
     colocated: Option<NetworkCore>,
 ) -> Result<ExecutorJoinHandle<()>, String> {
+    convert_etcd_data_dir(&options.data_dir)?;
     let store = open_store(&options.data_dir)?;
     let identity = options.identity.clone();
     let (lease_options, lease_extend) = (options.lease, options.lease_promote_extend);
@@ -593,6 +594,36 @@ fn check_peer_addrs_free(addrs: &[std::net::SocketAddr]) -> Result<(), String> {
     for addr in addrs {
         bind_lingering(addr, |a| std::net::TcpListener::bind(a))?;
     }
+    Ok(())
+}
+
+/// An etcd 3.4 member's data dir becomes tern's, once, before anything opens it
+/// (`crate::migrate`, docs/migration.md).
+fn convert_etcd_data_dir(data_dir: &std::path::Path) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let Some(report) = crate::migrate::convert_if_etcd(data_dir).map_err(|e| {
+        format!(
+            "cannot convert the etcd data dir {}: {e}",
+            data_dir.display()
+        )
+    })?
+    else {
+        return Ok(());
+    };
+    crate::info!(
+        "converted an etcd data dir",
+        "data-dir" => data_dir,
+        "etcd-member-dir" => data_dir.join(crate::migrate::ETCD_MEMBER_DIR).as_path(),
+        "local-member-id" => format!("{:x}", report.member_id),
+        "cluster-id" => format!("{:x}", report.cluster_id),
+        "snapshot-index" => report.snapshot_index,
+        "db-consistent-index" => report.consistent_index,
+        "wal-last-index" => report.last_raft_index,
+        "commit-index" => report.commit_index,
+        "entries" => report.entries as u64,
+        "members" => report.members as u64,
+        "took" => format!("{:?}", started.elapsed())
+    );
     Ok(())
 }
 

@@ -4,9 +4,12 @@
 //! - `btree/`: the mmap copy-on-write B+tree backend (issue 5), documented in `docs/btree.md`.
 //! - `bbolt/`: bbolt's file format (etcd's backend), written and read for snapshots and
 //!   migration (issue 15), documented in `docs/bbolt.md`.
+//! - `etcd_wal`: a reader of etcd 3.4's WAL, to migrate an etcd member's data dir
+//!   (issue 15), documented in `docs/etcd-wal.md`.
 //!
 //! Both are filled by their own issues; this crate holds only what is real.
 
 pub mod bbolt;
 pub mod btree;
+pub mod etcd_wal;
 pub mod wal;
