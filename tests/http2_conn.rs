@@ -681,8 +681,12 @@ fn curl_non_grpc_requests_get_an_http_answer() {
         String::from_utf8(out.stdout).unwrap()
     };
     assert_eq!(run(&[]), "405");
+    // No request body: the server answers 415 on the headers alone, and when a body is still
+    // being sent it ends the stream with RST_STREAM(NO_ERROR) (RFC 9113 §8.1). curl 7.88.1
+    // then sometimes reports 000 instead of the 415 it received (2 runs in 20 with a body);
+    // that early answer and its RST_STREAM are checked with raw frames in the test above.
     assert_eq!(
-        run(&["-X", "POST", "-H", "content-type: text/plain", "-d", "hi"]),
+        run(&["-X", "POST", "-H", "content-type: text/plain"]),
         "415"
     );
 }
