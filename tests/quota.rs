@@ -55,8 +55,21 @@ fn nospace_alarm_is_raised_persisted_and_disarmed() {
         refused.contains("code = ResourceExhausted"),
         "etcd's gRPC code: {refused}"
     );
-    let alarms = ok(&server, &["alarm", "list"]);
-    assert!(alarms.contains("alarm:NOSPACE"), "{alarms}");
+    // The refusal proposes the ACTIVATE entry and answers at once; tern's `alarm list` is a
+    // local read, not a raft entry as etcd's is, so it can run before that entry is
+    // applied (seen once in a fresh-clone CI run). Wait for it, generously.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let alarms = ok(&server, &["alarm", "list"]);
+        if alarms.contains("alarm:NOSPACE") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no NOSPACE alarm: {alarms:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     // While armed: writes that add data fail, even small ones; deletes and reads work.
     fails_with_no_space(&server, &["put", "small", "x"]);
     fails_with_no_space(&server, &["lease", "grant", "60"]);
