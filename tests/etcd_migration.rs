@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{etcdctl, free_port, stderr, stdout};
+use common::{etcdctl, free_port, stderr};
 
 /// How long a server may take to serve after it starts (a conversion included).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -24,36 +24,10 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn ok(endpoint: &str, args: &[&str]) -> String {
-    let out = etcdctl(endpoint, args, None);
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?} at {endpoint} failed: {}",
-        stderr(&out)
-    );
-    stdout(&out)
+    common::etcdctl_ok(endpoint, args)
 }
 
-/// A scratch dir under /tmp, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "tern-migration-test-{}-{name}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::Scratch;
 
 /// One member's flags: the same for etcd and for tern on the converted dir.
 #[derive(Clone)]

@@ -23,36 +23,10 @@ use common::{etcdctl, free_port, stderr, stdout, TernServer};
 const ETCD_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn ok(endpoint: &str, args: &[&str]) -> String {
-    let out = etcdctl(endpoint, args, None);
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?} failed: {}",
-        stderr(&out)
-    );
-    stdout(&out)
+    common::etcdctl_ok(endpoint, args)
 }
 
-/// A scratch dir under /tmp, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "tern-snapshot-test-{}-{name}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::Scratch;
 
 /// A real etcd 3.4 (or a tern started by hand on a restored dir), killed on drop.
 struct Etcd {

@@ -304,3 +304,36 @@ pub fn assert_ok(output: &std::process::Output, expected_stdout: &str) {
     );
     assert_eq!(stdout(output), expected_stdout);
 }
+
+/// etcdctl's stdout, asserting it succeeded.
+pub fn etcdctl_ok(endpoint: &str, args: &[&str]) -> String {
+    let out = etcdctl(endpoint, args, None);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} at {endpoint} failed: {}",
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// A scratch dir under the temp dir, named after the test, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "tern-test-{}-{name}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
