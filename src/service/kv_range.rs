@@ -231,20 +231,33 @@ async fn read_reserved(
     Ok(chunk)
 }
 
-/// KV.Range.
-pub async fn serve_range(context: &ServiceContext, call: Call) {
+/// Reads and validates the one RangeRequest of a call; on a bad request the call is
+/// finished with etcd's error and None is returned.
+async fn read_range_request(call: Call) -> Option<(pb::RangeRequest, ResponseSink)> {
     let Call {
         mut requests,
-        mut responses,
+        responses,
         ..
     } = call;
     let req = match read_request::<pb::RangeRequest>(&mut requests, |_| Ok(())).await {
         Ok((req, _)) => req,
-        Err(status) => return responses.finish(status),
+        Err(status) => {
+            responses.finish(status);
+            return None;
+        }
     };
     if let Err(e) = validate::check_range(&req) {
-        return responses.finish(status_from_error(e));
+        responses.finish(status_from_error(e));
+        return None;
     }
+    Some((req, responses))
+}
+
+/// KV.Range.
+pub async fn serve_range(context: &ServiceContext, call: Call) {
+    let Some((req, mut responses)) = read_range_request(call).await else {
+        return;
+    };
     if !chunked(&req) {
         return match context.state.range(req).await {
             Ok(reply) => {
@@ -311,18 +324,9 @@ async fn range_unary(
 
 /// KV.RangeStream (etcd 3.7): the range as a stream of RangeStreamResponse chunks.
 pub async fn serve_range_stream(context: &ServiceContext, call: Call) {
-    let Call {
-        mut requests,
-        mut responses,
-        ..
-    } = call;
-    let req = match read_request::<pb::RangeRequest>(&mut requests, |_| Ok(())).await {
-        Ok((req, _)) => req,
-        Err(status) => return responses.finish(status),
+    let Some((req, mut responses)) = read_range_request(call).await else {
+        return;
     };
-    if let Err(e) = validate::check_range(&req) {
-        return responses.finish(status_from_error(e));
-    }
     // etcd's checkRangeStreamRequest, with its texts.
     if !default_order(&req) {
         return responses.finish(Status::new(
