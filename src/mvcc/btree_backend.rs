@@ -214,7 +214,13 @@ impl BtreeBackend {
         if let Some(dir) = path.parent() {
             create_private_dirs(dir)?;
         }
-        let db = Db::open(path, btree::Options::default())?;
+        // The WAL shares the device: paced writeback keeps a large commit from queueing
+        // all its pages ahead of the WAL's small writes (issue 11 §2, case 4).
+        let options = btree::Options {
+            writeback_pacing: true,
+            ..btree::Options::default()
+        };
+        let db = Db::open(path, options)?;
         let lock = File::open(path)?;
         // Safety: flock on a descriptor we own; no memory is involved.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {

@@ -35,7 +35,14 @@ fn exercise(read: &ReadTxn) {
 fn sample_image() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sample.db");
-    let db = Db::open(&path, Options { sync: false }).unwrap();
+    let db = Db::open(
+        &path,
+        Options {
+            sync: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
     for batch in 0..4 {
         let mut txn = db.begin_write().unwrap();
         for i in 0..1000 {
@@ -95,7 +102,13 @@ fn corrupted_images_give_errors_not_panics() {
         if round % 20 == 0 {
             let path = dir.path().join(format!("c{round}.db"));
             std::fs::write(&path, &image).unwrap();
-            if let Ok(db) = Db::open(&path, Options { sync: false }) {
+            if let Ok(db) = Db::open(
+                &path,
+                Options {
+                    sync: false,
+                    ..Options::default()
+                },
+            ) {
                 exercise(&db.begin_read());
             }
         }

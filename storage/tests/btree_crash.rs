@@ -142,7 +142,14 @@ fn sigkill_at_random_points() {
 fn torn_newest_meta_falls_back_to_previous_commit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("torn.db");
-    let db = Db::open(&path, Options { sync: false }).unwrap();
+    let db = Db::open(
+        &path,
+        Options {
+            sync: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
     for n in 1..=20 {
         write_txn(&db, n);
     }
@@ -155,7 +162,14 @@ fn torn_newest_meta_falls_back_to_previous_commit() {
     std::fs::write(&path, &image).unwrap();
     let report = check_file(&path).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
-    let db = Db::open(&path, Options { sync: false }).unwrap();
+    let db = Db::open(
+        &path,
+        Options {
+            sync: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
     assert_eq!(db.stats().unwrap().txid, txid - 1);
     assert_eq!(committed_n(&db), 19);
     // And the database keeps working from there.

@@ -99,11 +99,18 @@ fn verify_all(db: &Db, model: &Model, rng: &mut StdRng) {
 }
 
 fn run(seed: u64, rounds: usize) {
-    println!("btree model seed {seed}");
+    run_with(seed, rounds, false);
+}
+
+fn run_with(seed: u64, rounds: usize, writeback_pacing: bool) {
+    println!("btree model seed {seed}, writeback pacing {writeback_pacing}");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.db");
-    let options = Options { sync: false };
+    let options = Options {
+        sync: false,
+        writeback_pacing,
+    };
     let mut db = Db::open(&path, options.clone()).unwrap();
     let mut model = Model::new();
     for round in 0..rounds {
@@ -231,5 +238,14 @@ fn model_random_operations_and_reopens() {
 fn model_fixed_seeds() {
     for seed in 1..=2 {
         run(seed, 200);
+    }
+}
+
+/// The server's setting: each batch's writeback started and bounded during the commit
+/// (only pacing; the pages and the model must agree exactly as unpaced).
+#[test]
+fn model_fixed_seeds_with_writeback_pacing() {
+    for seed in 3..=4 {
+        run_with(seed, 200, true);
     }
 }

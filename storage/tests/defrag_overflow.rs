@@ -10,7 +10,14 @@ fn defrag_shrinks_a_file_whose_live_overflow_values_sit_at_its_end() {
     let dir = std::env::temp_dir().join(format!("tern-defrag-overflow-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let db = Db::open(dir.join("db"), Options { sync: false }).unwrap();
+    let db = Db::open(
+        dir.join("db"),
+        Options {
+            sync: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
     const KEYS: u32 = 3000;
     let value = vec![7u8; 8 * 1024];
     for round in 0..2u32 {

@@ -39,11 +39,21 @@ pub struct Options {
     /// fdatasync on commit (the default). Off only for tests and benchmarks that measure
     /// something else; a crash then may lose or tear recent commits.
     pub sync: bool,
+    /// Start each written batch's writeback during the commit, with a bounded amount in
+    /// flight, instead of leaving every page to the commit's first `fdatasync`. For a
+    /// process whose latency-critical writes (a WAL) share the device: unpaced, that
+    /// `fdatasync` queues the whole commit at once, and a small write issued meanwhile waits
+    /// behind all of it. Off by default: on a busy device it slows the commit itself
+    /// (docs/btree.md, "Commit protocol").
+    pub writeback_pacing: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { sync: true }
+        Options {
+            sync: true,
+            writeback_pacing: false,
+        }
     }
 }
 
@@ -344,7 +354,7 @@ impl Db {
             file_bytes: needed_bytes,
             mapping,
             poisoned: false,
-            writes: PageWrites::new(file.try_clone()?),
+            writes: PageWrites::new(file.try_clone()?, options.writeback_pacing),
         };
         Ok(Db {
             shared: Arc::new(Shared {
@@ -857,6 +867,7 @@ impl WriteTxn {
         // meta never points at pages still in flight.
         let file = &self.shared.file;
         state.writes.flush()?;
+        state.writes.end_writeback();
         if self.shared.options.sync {
             file.sync_data()?;
         }

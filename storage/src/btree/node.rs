@@ -1099,28 +1099,41 @@ fn chunk_lengths(sizes: &[usize], chunks: &mut Vec<usize>) {
 
 /// Pages a commit writes. They are gathered in a buffer of at most `WRITE_BATCH_BYTES` (more
 /// only for one large overflow run) and written out whenever it fills, while the pages are
-/// still in cache, with as few `pwritev`s as the page ids' contiguity allows. The device
-/// writes are left to the commit's `fdatasync` (docs/btree.md, "Commit protocol", step 1
-/// says why writeback is not started early).
+/// still in cache, with as few `pwritev`s as the page ids' contiguity allows.
+///
+/// Unpaced (the default), the device writes are left to the commit's `fdatasync`
+/// (docs/btree.md, "Commit protocol", step 1 says why writeback is not started early).
+/// Paced (`Options::writeback_pacing`), each written batch's writeback is started at once and
+/// at most `WRITEBACK_BATCHES_IN_FLIGHT` batches are on their way to the device: a server
+/// whose WAL shares the disk must not find a whole commit's pages queued ahead of each
+/// small WAL write (a 33 MB commit made 4 KiB WAL writes wait 20–38 ms).
 pub(crate) struct PageWrites {
     file: std::fs::File,
     buffer: Vec<u8>,
     /// (first page id, byte offset in `buffer`, pages) of each run in the buffer.
     runs: Vec<(u64, usize, u64)>,
+    /// With pacing: the byte ranges (start, end) of written batches whose writeback may still
+    /// be in flight, oldest first. At most `WRITEBACK_BATCHES_IN_FLIGHT` long.
+    writeback: Option<std::collections::VecDeque<(u64, u64)>>,
 }
 
 /// Bytes of pages gathered before they are written.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 /// Bounded by the kernel's `IOV_MAX` (1024 on Linux).
 const IOVECS_PER_WRITE_MAX: usize = 1024;
+/// With paced writeback: written batches (of about `WRITE_BATCH_BYTES` each) whose device
+/// writes may be outstanding at once. Two keep the device busy while the next batch is
+/// encoded, and bound what a WAL write can find queued ahead of it to about 2 MiB.
+const WRITEBACK_BATCHES_IN_FLIGHT: usize = 2;
 
 impl PageWrites {
-    /// Writes to `file` (a handle of the database file).
-    pub(crate) fn new(file: std::fs::File) -> PageWrites {
+    /// Writes to `file` (a handle of the database file); `paced` as `Options::writeback_pacing`.
+    pub(crate) fn new(file: std::fs::File, paced: bool) -> PageWrites {
         PageWrites {
             file,
             buffer: Vec::new(),
             runs: Vec::new(),
+            writeback: paced.then(std::collections::VecDeque::new),
         }
     }
 
@@ -1138,20 +1151,54 @@ impl PageWrites {
     }
 
     /// Writes every gathered page and empties the buffer (keeping a batch's worth of it).
+    /// With pacing, also starts the batch's writeback and waits for the oldest batches'
+    /// until at most `WRITEBACK_BATCHES_IN_FLIGHT` remain.
     pub(crate) fn flush(&mut self) -> Result<(), Error> {
+        let written = self
+            .runs
+            .iter()
+            .fold(None, |range: Option<(u64, u64)>, run| {
+                let start = run.0 * PAGE_BYTES as u64;
+                let end = (run.0 + run.2) * PAGE_BYTES as u64;
+                Some(range.map_or((start, end), |(s, e)| (s.min(start), e.max(end))))
+            });
         self.write_out()?;
         self.runs.clear();
         self.buffer.clear();
         if self.buffer.capacity() > WRITE_BATCH_BYTES {
             self.buffer = Vec::with_capacity(WRITE_BATCH_BYTES);
         }
+        if let (Some(in_flight), Some((start, end))) = (self.writeback.as_mut(), written) {
+            sync_file_range(&self.file, start, end, libc::SYNC_FILE_RANGE_WRITE)?;
+            in_flight.push_back((start, end));
+            while in_flight.len() > WRITEBACK_BATCHES_IN_FLIGHT {
+                let (start, end) = in_flight.pop_front().expect("longer than the bound");
+                sync_file_range(
+                    &self.file,
+                    start,
+                    end,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                )?;
+            }
+        }
         Ok(())
+    }
+
+    /// Forgets the batches whose writeback was started: the commit's `fdatasync`, which
+    /// comes next, waits for all of them (and makes them durable, which pacing never does).
+    pub(crate) fn end_writeback(&mut self) {
+        if let Some(in_flight) = self.writeback.as_mut() {
+            in_flight.clear();
+        }
     }
 
     /// Forgets gathered pages without writing them (after a failed commit).
     pub(crate) fn discard(&mut self) {
         self.runs.clear();
         self.buffer.clear();
+        self.end_writeback();
     }
 
     fn write_out(&mut self) -> std::io::Result<()> {
@@ -1187,6 +1234,30 @@ impl PageWrites {
             pwritev_all(&self.file, &mut iovecs, first_pgid * PAGE_BYTES as u64)?;
         }
         Ok(())
+    }
+}
+
+/// `sync_file_range(2)` over bytes `start..end` of `file`. Only paces writeback: it makes
+/// nothing durable (no metadata, no device cache flush).
+fn sync_file_range(file: &std::fs::File, start: u64, end: u64, flags: u32) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // Safety: a plain system call on a descriptor we own; no memory is passed.
+        let rc = unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                start as libc::off64_t,
+                (end - start) as libc::off64_t,
+                flags,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error.into());
+        }
     }
 }
 
