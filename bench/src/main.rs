@@ -9,6 +9,7 @@
 //! (getrusage user+sys over wall time) is printed, to show it was not the bottleneck.
 
 mod auth;
+mod channel;
 mod client;
 mod cmd;
 mod proto;
@@ -180,12 +181,26 @@ impl Output {
     }
 }
 
+/// The runtime the workers and connections run on. On one CPU (tern-bench pinned there,
+/// as `bench/compare` does) a current-thread runtime: every task, connection and timer
+/// on the one thread, with no work stealing, no cross-thread wake-ups and no atomics
+/// between scheduler threads. With more CPUs, tokio's multi-thread runtime, one worker
+/// per CPU this process may run on.
+fn runtime() -> tokio::runtime::Runtime {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(cpus);
+        builder
+    };
+    builder.enable_all().build().expect("tokio runtime starts")
+}
+
 fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime starts");
+    let runtime = runtime();
     let mut out = Output::new(&cli.global);
     let result = runtime.block_on(cmd::run(cli.command, &cli.global, &mut out));
     match result {
