@@ -4,8 +4,8 @@
 //!
 //! Shape of every run: `--conns` gRPC connections are shared round-robin by `--clients`
 //! workers (tokio tasks); each worker issues requests back to back (closed loop) unless
-//! `--rate` limits them. Each worker records latencies into its own `report::Recorder`;
-//! they are merged when the run ends. After the report, the tool's own CPU use
+//! `--rate` limits them. Workers fold their latencies into one `report::Recorder` per
+//! report, in batches (`cmd::closed_loop`). After the report, the tool's own CPU use
 //! (getrusage user+sys over wall time) is printed, to show it was not the bottleneck.
 
 mod auth;
@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 
 use crate::report::{Precision, Report};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
