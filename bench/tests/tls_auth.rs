@@ -262,10 +262,13 @@ fn reports(stdout: &str) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// A subcommand's arguments and the (report, count) pairs it must produce.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, u64)]);
+
 #[test]
 fn every_call_shape_runs_over_tls_with_auth_on_both_runtimes() {
     let Some(etcd) = start_etcd() else { return };
-    let cases: &[(&[&str], &[(&str, u64)])] = &[
+    let cases: &[Case] = &[
         (
             &["--conns", "2", "--clients", "8", "put", "--total", "200"],
             &[("put", 200)],
