@@ -78,13 +78,13 @@ pub fn status_text(status: &tonic::Status) -> String {
     )
 }
 
-/// An error and its causes, `outer: inner: innermost` (tonic's transport errors say
-/// little more than "transport error" on their own).
+/// An error and its causes, `outer: inner: innermost` (TLS and h2 errors say
+/// little about where they came from on their own).
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        // hyper and rustls repeat their cause in their own text; say each thing once.
+        // Some errors repeat their cause in their own text; say each thing once.
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {
             text += &format!(": {cause_text}");
