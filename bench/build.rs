@@ -1,6 +1,7 @@
 //! Compiles the client stubs for etcd's v3 API from tern's own .proto files in `../proto`
 //! (etcd's package names and field numbers). protox parses them in pure Rust, so no system
-//! `protoc` is needed; tonic-prost-build then emits prost messages and tonic clients only.
+//! `protoc` is needed; tonic-prost-build then emits prost messages and tonic clients only
+//! (generic over the transport: tern-bench brings its own, `src/channel.rs`).
 //! This build is independent of the server crate: it shares the .proto files, not code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(false)
         .build_client(true)
+        // Clients run over crate::channel, not tonic's transport.
+        .build_transport(false)
         .bytes(".")
         .compile_fds(descriptors)?;
     Ok(())

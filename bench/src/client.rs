@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
-use hyper_util::rt::TokioIo;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
 
+use crate::channel::H2Channel;
 use crate::proto::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient,
     lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
@@ -26,16 +25,14 @@ use crate::Global;
 /// Largest response a client accepts; clientv3 also allows up to `math.MaxInt32`.
 const RESPONSE_BYTES_MAX: usize = i32::MAX as usize;
 
-/// HTTP/2 flow-control windows the client advertises.
-const STREAM_WINDOW_BYTES: u32 = 4 << 20;
-const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
-
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One gRPC connection plus the credentials sent with every call on it.
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
+    channel: H2Channel,
+    /// `http://host:port` of the endpoint: the `:scheme` and `:authority` of every call.
+    origin: Uri,
     token: Option<AsciiMetadataValue>,
 }
 
@@ -49,23 +46,25 @@ impl Client {
         request
     }
 
-    pub fn kv(&self) -> KvClient<Channel> {
-        KvClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
+    pub fn kv(&self) -> KvClient<H2Channel> {
+        KvClient::with_origin(self.channel.clone(), self.origin.clone())
+            .max_decoding_message_size(RESPONSE_BYTES_MAX)
     }
-    pub fn watch(&self) -> WatchClient<Channel> {
-        WatchClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
+    pub fn watch(&self) -> WatchClient<H2Channel> {
+        WatchClient::with_origin(self.channel.clone(), self.origin.clone())
+            .max_decoding_message_size(RESPONSE_BYTES_MAX)
     }
-    pub fn lease(&self) -> LeaseClient<Channel> {
-        LeaseClient::new(self.channel.clone())
+    pub fn lease(&self) -> LeaseClient<H2Channel> {
+        LeaseClient::with_origin(self.channel.clone(), self.origin.clone())
     }
-    pub fn cluster(&self) -> ClusterClient<Channel> {
-        ClusterClient::new(self.channel.clone())
+    pub fn cluster(&self) -> ClusterClient<H2Channel> {
+        ClusterClient::with_origin(self.channel.clone(), self.origin.clone())
     }
-    pub fn maintenance(&self) -> MaintenanceClient<Channel> {
-        MaintenanceClient::new(self.channel.clone())
+    pub fn maintenance(&self) -> MaintenanceClient<H2Channel> {
+        MaintenanceClient::with_origin(self.channel.clone(), self.origin.clone())
     }
-    pub fn lock(&self) -> LockClient<Channel> {
-        LockClient::new(self.channel.clone())
+    pub fn lock(&self) -> LockClient<H2Channel> {
+        LockClient::with_origin(self.channel.clone(), self.origin.clone())
     }
 }
 
@@ -79,13 +78,13 @@ pub fn status_text(status: &tonic::Status) -> String {
     )
 }
 
-/// An error and its causes, `outer: inner: innermost` (tonic's transport errors say
-/// little more than "transport error" on their own).
+/// An error and its causes, `outer: inner: innermost` (TLS and h2 errors say
+/// little about where they came from on their own).
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        // hyper and rustls repeat their cause in their own text; say each thing once.
+        // Some errors repeat their cause in their own text; say each thing once.
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {
             text += &format!(": {cause_text}");
@@ -115,22 +114,25 @@ struct Dialer {
 
 impl Dialer {
     async fn dial(&self, endpoint: &str) -> Result<Client, BoxError> {
-        let (scheme_tls, authority) = parse_endpoint(endpoint);
-        // The :scheme stays "http" even over TLS: TLS is done by our connector below, and
-        // gRPC servers (grpc-go included) do not check the pseudo-header.
-        let mut ep = Endpoint::from_shared(format!("http://{authority}"))?
-            .tcp_nodelay(true)
-            // Fixed windows large enough that big range responses do not stall on h2's
-            // 64 KiB default. Not hyper's adaptive (BDP) window: its PINGs count as
-            // strikes against grpc-go's keepalive policy, and etcd then closes the
-            // connection with GOAWAY ENHANCE_YOUR_CALM ("too_many_pings").
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
-        if let Some(timeout) = self.dial_timeout {
-            ep = ep.connect_timeout(timeout);
+        match self.dial_timeout {
+            Some(timeout) => tokio::time::timeout(timeout, self.dial_once(endpoint))
+                .await
+                .map_err(|_| format!("no connection within {timeout:?}"))?,
+            None => self.dial_once(endpoint).await,
         }
+    }
+
+    async fn dial_once(&self, endpoint: &str) -> Result<Client, BoxError> {
+        let (scheme_tls, authority) = parse_endpoint(endpoint);
+        // The :scheme stays "http" even over TLS, as tonic's client sent it: gRPC servers
+        // (grpc-go included) do not check the pseudo-header.
+        let origin: Uri = format!("http://{authority}").parse()?;
+        let tcp = tokio::net::TcpStream::connect(authority.as_str())
+            .await
+            .map_err(|e| format!("tcp connect error: {e}"))?;
+        tcp.set_nodelay(true)?;
         let channel = match (&self.tls, scheme_tls) {
-            (None, false) => ep.connect().await?,
+            (None, false) => H2Channel::handshake(tcp).await?,
             (tls, _) => {
                 let tls = match tls {
                     Some(tls) => tls.clone(),
@@ -138,23 +140,13 @@ impl Dialer {
                 };
                 let connector = tls.connector()?;
                 let server_name = tls.server_name(&authority)?;
-                ep.connect_with_connector(tower::service_fn(move |uri: Uri| {
-                    let connector = connector.clone();
-                    let server_name = server_name.clone();
-                    async move {
-                        let host = uri.host().unwrap_or("127.0.0.1").to_string();
-                        let port = uri.port_u16().unwrap_or(2379);
-                        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-                        tcp.set_nodelay(true)?;
-                        let stream = connector.connect(server_name, tcp).await?;
-                        Ok::<_, std::io::Error>(TokioIo::new(stream))
-                    }
-                }))
-                .await?
+                let stream = connector.connect(server_name, tcp).await?;
+                H2Channel::handshake(stream).await?
             }
         };
         Ok(Client {
             channel,
+            origin,
             token: self.token.clone(),
         })
     }
@@ -180,7 +172,7 @@ pub async fn create_clients(
     if let Some(user) = &global.user {
         let (name, password) = crate::auth::credentials(user)?;
         let first = dialer.dial(&endpoints[0]).await?;
-        let response = AuthClient::new(first.channel.clone())
+        let response = AuthClient::with_origin(first.channel.clone(), first.origin.clone())
             .authenticate(AuthenticateRequest { name, password })
             .await
             .map_err(|s| status_text(&s))?;

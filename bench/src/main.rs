@@ -4,11 +4,12 @@
 //!
 //! Shape of every run: `--conns` gRPC connections are shared round-robin by `--clients`
 //! workers (tokio tasks); each worker issues requests back to back (closed loop) unless
-//! `--rate` limits them. Each worker records latencies into its own `report::Recorder`;
-//! they are merged when the run ends. After the report, the tool's own CPU use
+//! `--rate` limits them. Workers fold their latencies into one `report::Recorder` per
+//! report, in batches (`cmd::closed_loop`). After the report, the tool's own CPU use
 //! (getrusage user+sys over wall time) is printed, to show it was not the bottleneck.
 
 mod auth;
+mod channel;
 mod client;
 mod cmd;
 mod proto;
@@ -21,6 +22,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 
 use crate::report::{Precision, Report};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -180,12 +184,26 @@ impl Output {
     }
 }
 
+/// The runtime the workers and connections run on. On one CPU (tern-bench pinned there,
+/// as `bench/compare` does) a current-thread runtime: every task, connection and timer
+/// on the one thread, with no work stealing, no cross-thread wake-ups and no atomics
+/// between scheduler threads. With more CPUs, tokio's multi-thread runtime, one worker
+/// per CPU this process may run on.
+fn runtime() -> tokio::runtime::Runtime {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(cpus);
+        builder
+    };
+    builder.enable_all().build().expect("tokio runtime starts")
+}
+
 fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime starts");
+    let runtime = runtime();
     let mut out = Output::new(&cli.global);
     let result = runtime.block_on(cmd::run(cli.command, &cli.global, &mut out));
     match result {

@@ -3,8 +3,8 @@
 //! fastest to slowest, the latency distribution (10th to 99.9th percentile) and the error
 //! distribution; plus JSON and CSV renderings for machines.
 //!
-//! Each worker owns a `Recorder` (no sharing on the hot path); recorders are merged once
-//! the run ends. Latencies go into an hdrhistogram (nanoseconds, 3 significant digits),
+//! A run keeps one `Recorder` per report, or one per worker where a command merges them
+//! when the run ends (`merge`). Latencies go into an hdrhistogram (nanoseconds, 3 significant digits),
 //! from which the histogram and the percentiles are read; count, mean and standard
 //! deviation are kept exactly alongside (Welford's running moments), as are min and max.
 //! `Total` is the wall time of the run and Requests/sec counts successful requests only,

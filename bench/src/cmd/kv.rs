@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::channel::H2Channel;
 use bytes::Bytes;
 use rand::Rng;
-use tonic::transport::Channel;
 
 use super::{closed_loop, Worker};
 use crate::client::{create_clients, status_text, BoxError, Client};
@@ -56,7 +56,7 @@ pub struct PutArgs {
 
 struct PutWorker {
     client: Client,
-    kv: KvClient<Channel>,
+    kv: KvClient<H2Channel>,
     key: Vec<u8>,
     prefix_len: usize,
     value: Bytes,
@@ -270,7 +270,7 @@ fn consistency_note(consistency: &str) -> Result<(&'static str, bool), BoxError>
 
 struct RangeWorker {
     client: Client,
-    kv: KvClient<Channel>,
+    kv: KvClient<H2Channel>,
     request: RangeRequest,
     paginate: bool,
 }
@@ -386,7 +386,7 @@ pub struct TxnPutArgs {
 
 struct TxnPutWorker {
     client: Client,
-    kv: KvClient<Channel>,
+    kv: KvClient<H2Channel>,
     key: Vec<u8>,
     value: Bytes,
     txn_ops: i64,
@@ -493,7 +493,7 @@ pub struct TxnMixedArgs {
 
 struct TxnMixedWorker {
     client: Client,
-    kv: KvClient<Channel>,
+    kv: KvClient<H2Channel>,
     key: Vec<u8>,
     value: Bytes,
     read: RangeRequest,

@@ -3,9 +3,9 @@
 //! every call opens a LeaseKeepAlive stream, sends one request, reads one response and
 //! cancels the stream.
 
+use crate::channel::H2Channel;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::{closed_loop, Worker};
 use crate::client::{create_clients, status_text, BoxError, Client};
@@ -26,14 +26,14 @@ pub struct LeaseKeepaliveArgs {
 
 struct KeepaliveWorker {
     client: Client,
-    lease: LeaseClient<Channel>,
+    lease: LeaseClient<H2Channel>,
     lease_id: i64,
 }
 
 /// One keepalive round trip on a fresh stream; the stream is cancelled when dropped.
 pub async fn keep_alive_once(
     client: &Client,
-    lease: &mut LeaseClient<Channel>,
+    lease: &mut LeaseClient<H2Channel>,
     lease_id: i64,
 ) -> Result<i64, String> {
     let (tx, rx) = mpsc::channel(1);

@@ -13,9 +13,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::channel::H2Channel;
 use bytes::Bytes;
 use rand::Rng;
-use tonic::transport::Channel;
 
 use super::{closed_loop, Worker};
 use crate::client::{create_clients, status_text, BoxError, Client};
@@ -154,7 +154,7 @@ impl Stm {
     async fn get(
         &mut self,
         client: &Client,
-        kv: &mut KvClient<Channel>,
+        kv: &mut KvClient<H2Channel>,
         key: &Bytes,
     ) -> Result<(), String> {
         if self.write_set.contains_key(key) {
@@ -230,7 +230,7 @@ impl Stm {
     async fn commit(
         &mut self,
         client: &Client,
-        kv: &mut KvClient<Channel>,
+        kv: &mut KvClient<H2Channel>,
     ) -> Result<bool, String> {
         let puts = self
             .write_set
@@ -372,7 +372,7 @@ impl Mutex {
     async fn lock(
         &self,
         client: &Client,
-        kv: &mut KvClient<Channel>,
+        kv: &mut KvClient<H2Channel>,
         lease_id: i64,
     ) -> Result<(), String> {
         let prefix_end = Bytes::from(super::kv::prefix_range_end(&self.prefix));
@@ -431,7 +431,7 @@ impl Mutex {
         }
     }
 
-    async fn unlock(&self, client: &Client, kv: &mut KvClient<Channel>) -> Result<(), String> {
+    async fn unlock(&self, client: &Client, kv: &mut KvClient<H2Channel>) -> Result<(), String> {
         kv.delete_range(client.request(DeleteRangeRequest {
             key: self.my_key.clone(),
             ..Default::default()
@@ -482,7 +482,7 @@ async fn wait_delete(client: &Client, key: Bytes, revision: i64) -> Result<(), S
 
 struct StmWorker {
     client: Client,
-    kv: KvClient<Channel>,
+    kv: KvClient<H2Channel>,
     isolation: Isolation,
     locker: Locker,
     /// Lease of the worker's session (0 without a locker).

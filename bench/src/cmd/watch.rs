@@ -140,7 +140,7 @@ pub struct WatchArgs {
 
 struct WatchPutWorker {
     client: Client,
-    kv: KvClient<tonic::transport::Channel>,
+    kv: KvClient<crate::channel::H2Channel>,
     watched: Arc<Vec<Bytes>>,
 }
 
