@@ -12,22 +12,33 @@ use tern::server::{self, ServerOptions};
 use tern::service::Limits;
 use tern::state::Identity;
 
-/// `--listen-metrics-urls` addresses. Only http:// is served: an https:// one is refused
-/// rather than served in the clear.
-fn metrics_urls(config: &Config) -> Vec<std::net::SocketAddr> {
+/// `--listen-metrics-urls` addresses, each with whether it is https://. An https:// one
+/// is served with the client TLS settings, as etcd's `serveMetrics` does, and needs a
+/// certificate (given or `--auto-tls`), as etcd's `transport.NewListener` does; unix ones
+/// are refused rather than served wrongly.
+fn metrics_urls(
+    config: &Config,
+    tls_ready: bool,
+) -> Result<Vec<(std::net::SocketAddr, bool)>, String> {
     let urls =
         tern::config::url::parse_urls(config.flag_value("listen-metrics-urls").unwrap_or_default())
             .unwrap_or_default();
-    if let Some(url) = urls
-        .iter()
-        .find(|u| u.scheme != tern::config::url::Scheme::Http)
-    {
-        tern::fatal!(
-            "cannot serve",
-            "error" => format!("--listen-metrics-urls {}: only http:// metrics URLs are served", url.url)
-        );
-    }
-    urls.iter().filter_map(|u| u.socket_addr).collect()
+    urls.iter()
+        .map(|url| match url.scheme {
+            Scheme::Https if !tls_ready => Err(format!(
+                "cannot listen on TLS for {}:{}: KeyFile and CertFile are not presented",
+                url.host, url.port
+            )),
+            Scheme::Http | Scheme::Https => url
+                .socket_addr
+                .map(|addr| (addr, url.is_tls()))
+                .ok_or_else(|| format!("expected IP in URL for binding ({})", url.url)),
+            Scheme::Unix | Scheme::Unixs => Err(format!(
+                "--listen-metrics-urls {}: unix metrics sockets are not implemented in tern",
+                url.url
+            )),
+        })
+        .collect()
 }
 
 fn main() {
@@ -58,7 +69,8 @@ fn main() {
         listen_client_tls: client.addrs_tls,
         listen_client_unix: client.unix,
         client_tls: client.tls,
-        listen_metrics_addrs: metrics_urls(&config),
+        listen_metrics_addrs: client.metrics.iter().map(|(addr, _)| *addr).collect(),
+        listen_metrics_tls: client.metrics.iter().map(|(_, is_tls)| *is_tls).collect(),
         cores: (config.cores > 0).then_some(config.cores),
         limits: Limits {
             max_request_bytes: config.max_request_bytes as usize,
@@ -140,6 +152,8 @@ struct ClientTransport {
     addrs: Vec<std::net::SocketAddr>,
     addrs_tls: Vec<bool>,
     unix: Vec<(std::path::PathBuf, bool)>,
+    /// `--listen-metrics-urls`: each address, and whether it is https://.
+    metrics: Vec<(std::net::SocketAddr, bool)>,
     tls: Option<TlsInfo>,
 }
 
@@ -228,6 +242,7 @@ fn client_transport(config: &Config) -> Result<ClientTransport, String> {
         addrs: Vec::new(),
         addrs_tls: Vec::new(),
         unix: Vec::new(),
+        metrics: metrics_urls(config, tls_ready)?,
         tls: None,
     };
     for url in urls {
@@ -263,7 +278,7 @@ fn client_transport(config: &Config) -> Result<ClientTransport, String> {
                 .push((format!("{}:{}", url.host, url.port).into(), url.is_tls())),
         }
     }
-    if urls.iter().any(|u| u.is_tls()) {
+    if urls.iter().any(|u| u.is_tls()) || transport.metrics.iter().any(|(_, tls)| *tls) {
         transport.tls = Some(info);
     }
     Ok(transport)

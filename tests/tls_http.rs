@@ -7,7 +7,11 @@
 //! s_client sees the same ALPN choices from both (h2; none for http/1.1 only; a refusal
 //! for an unknown protocol, logged in etcd's words). The Python etcd3gw client runs its
 //! KV/lease/watch/lock flow over https with a client certificate against both. unix:// and
-//! unixs:// sockets serve HTTP/1.1 and the gateway. Certificates come from common::pki.
+//! unixs:// sockets serve HTTP/1.1 and the gateway. An HTTP/2 preface without ALPN h2 gets
+//! the same bytes back from both. https:// `--listen-metrics-urls` are served with the
+//! client TLS settings on both (client certificate required, ALPN as on the client port),
+//! and a real Prometheus scrapes tern's over https with a CA file and a client
+//! certificate. Certificates come from common::pki.
 
 mod common;
 
@@ -32,6 +36,10 @@ struct TlsEtcd {
 
 impl TlsEtcd {
     fn start(f: &Fixture) -> TlsEtcd {
+        TlsEtcd::start_with(f, &[])
+    }
+
+    fn start_with(f: &Fixture, extra: &[String]) -> TlsEtcd {
         let (port, peer_port) = (free_port(), free_port());
         let data_dir =
             std::env::temp_dir().join(format!("tern-tls-http-etcd-{}-{port}", std::process::id()));
@@ -46,6 +54,7 @@ impl TlsEtcd {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("ref={peer}")])
             .args(f.server_args())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -365,5 +374,222 @@ fn unix_and_unixs_sockets_serve_http1_and_the_gateway() {
         let (code, body, _) = curl(&f, &all, &format!("{scheme}://localhost/v3/kv/put"));
         assert_eq!(code, 200, "{scheme}: {body}");
         assert!(body.contains(r#""revision":""#), "{scheme}: {body}");
+    }
+}
+
+/// The raw bytes a server answers to the HTTP/2 connection preface sent over TLS without
+/// ALPN (`alpn` empty) or with ALPN offering only `alpn`, until it closes; Date blanked.
+fn preface_answer(f: &Fixture, port: u16, alpn: &str) -> String {
+    let script = r#"
+import socket, ssl, sys
+port, ca, cert, key, alpn = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+if alpn:
+    ctx.set_alpn_protocols([alpn])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+assert s.selected_alpn_protocol() is None, s.selected_alpn_protocol()
+s.settimeout(20)
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000"))
+data = b""
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    data += d
+sys.stdout.write(data.decode("latin-1"))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .args([&f.ca_file(), &f.client.0, &f.client.1, alpn])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split("\r\n")
+        .map(|l| {
+            if l.starts_with("Date: ") {
+                "Date: <now>"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+/// Go's net/http reads the preface as the request `PRI *`, which etcd's mux answers 400
+/// and closes; tern answered 505 before (issue 14).
+#[test]
+fn an_http2_preface_without_alpn_h2_is_answered_as_etcd_answers_it() {
+    let f = fixture("tls-preface");
+    let etcd = TlsEtcd::start(&f);
+    let tern = start_tern(&f);
+    for alpn in ["", "http/1.1"] {
+        let from_etcd = preface_answer(&f, etcd.port, alpn);
+        assert!(
+            from_etcd.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{from_etcd}"
+        );
+        assert_eq!(
+            preface_answer(&f, tern.client_port, alpn),
+            from_etcd,
+            "ALPN {alpn:?}"
+        );
+    }
+}
+
+/// Debian's Prometheus scraping `target` over https every second with the fixture's CA
+/// and client certificate; kills itself and removes its directory on drop.
+struct HttpsPrometheus {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl HttpsPrometheus {
+    fn start(f: &Fixture, target: u16) -> HttpsPrometheus {
+        let port = free_port();
+        let dir = f.pki.dir.join(format!("prometheus-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: etcd\n    scheme: https\n    tls_config:\n      ca_file: {}\n      cert_file: {}\n      key_file: {}\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n",
+                f.ca_file(),
+                f.client.0,
+                f.client.1
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (test.sh installs it)");
+        HttpsPrometheus { child, port, dir }
+    }
+
+    fn query(&self, query: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--data-urlencode"])
+            .arg(format!("query={query}"))
+            .arg(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for HttpsPrometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// etcd 3.4's `serveMetrics` serves an https:// metrics URL with the client TLS settings;
+/// tern refused such URLs at startup before (issues 14 and 16).
+#[test]
+fn https_metrics_urls_are_served_with_the_client_tls_settings_as_etcd_serves_them() {
+    let f = fixture("tls-metrics");
+    let (etcd_https, etcd_http) = (free_port(), free_port());
+    let metrics_urls =
+        |https: u16, http: u16| format!("https://127.0.0.1:{https},http://127.0.0.1:{http}");
+    let etcd = TlsEtcd::start_with(
+        &f,
+        &[
+            "--listen-metrics-urls".into(),
+            metrics_urls(etcd_https, etcd_http),
+        ],
+    );
+    let (tern_https, tern_http) = (free_port(), free_port());
+    let mut args = f.server_args();
+    args.extend([
+        "--listen-metrics-urls".into(),
+        metrics_urls(tern_https, tern_http),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _tern =
+        TernServer::start_listening(&|port| format!("https://127.0.0.1:{port}"), &args, None);
+    for (mode, version) in MODES {
+        for path in ["/health", "/version", "/nothing"] {
+            let from_etcd = get(&f, mode, etcd_https, path);
+            assert_eq!(from_etcd.2, *version, "{mode:?} {path}");
+            assert_eq!(
+                get(&f, mode, tern_https, path),
+                from_etcd,
+                "{mode:?} {path}"
+            );
+        }
+        // The gateway is not on the metrics mux.
+        let range = r#"{"key": "Zm9v"}"#;
+        let from_etcd = post(&f, mode, etcd_https, "/v3/kv/range", range);
+        assert_eq!(from_etcd.0, 404);
+        assert_eq!(post(&f, mode, tern_https, "/v3/kv/range", range), from_etcd);
+        for port in [etcd_https, tern_https] {
+            let (code, body, got) = get(&f, mode, port, "/metrics");
+            assert_eq!((code, got.as_str()), (200, *version), "{port}");
+            assert!(body.contains("\netcd_server_has_leader 1\n"), "{port}");
+        }
+    }
+    // --client-cert-auth applies: no certificate, no answer, from either.
+    for port in [etcd_https, tern_https] {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(["--cacert", &f.ca_file()])
+            .arg(format!("https://127.0.0.1:{port}/metrics"))
+            .output()
+            .expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "000", "{port}");
+    }
+    // The http:// one beside it stays plain.
+    for port in [etcd_http, tern_http] {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20"])
+            .arg(format!("http://127.0.0.1:{port}/health"))
+            .output()
+            .expect("curl");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            r#"{"health":"true"}"#,
+            "{port}"
+        );
+    }
+    drop(etcd);
+    // A real Prometheus scrapes tern's https:// metrics URL with a CA file and a client
+    // certificate.
+    let prometheus = HttpsPrometheus::start(&f, tern_https);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = prometheus.query("etcd_server_has_leader == 1");
+        if answer.contains(r#""status":"success""#) && answer.contains(r#""metric":"#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never scraped tern over https: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -191,7 +191,7 @@ pub const FLAGS: &[FlagSpec] = &[
     // Profiling and monitoring
     f("enable-pprof", Bool, "false", Profiling, false, "Serve runtime profiles under /debug/pprof/."),
     f("metrics", Choice(&["basic", "extensive"]), "basic", Profiling, false, "Detail of exported metrics ('basic' or 'extensive')."),
-    f("listen-metrics-urls", Urls, "", Profiling, true, "URLs to serve /metrics and /health on."),
+    f("listen-metrics-urls", Urls, "", Profiling, true, "URLs to serve /metrics and /health on (https:// with the client TLS settings)."),
     // Logging
     f("logger", Choice(LOGGERS), "zap", Logging, true, "'zap' for JSON lines or 'capnslog' for etcd 3.4's text lines (etcd 3.4 defaults to capnslog, 3.5 and tern to zap)."),
     f("log-outputs", Strings, "default", Logging, true, "Log targets: 'stderr', 'stdout', 'default' (stderr) or file paths, comma-separated."),

@@ -78,6 +78,8 @@ struct Head {
     target: String,
     minor_version: u8,
     headers: Vec<(String, Bytes)>,
+    /// The connection ends after this request whatever it says (the HTTP/2 preface).
+    close: bool,
 }
 
 impl Head {
@@ -97,7 +99,7 @@ impl Head {
             .flat_map(|v| v.split(|b| *b == b','))
             .map(|t| String::from_utf8_lossy(t).trim().to_ascii_lowercase())
             .collect();
-        if tokens.iter().any(|t| t == "close") {
+        if self.close || tokens.iter().any(|t| t == "close") {
             return false;
         }
         self.minor_version >= 1 || tokens.iter().any(|t| t == "keep-alive")
@@ -168,7 +170,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             let stream = response.stream.take().expect("checked above");
             return stream_body(&mut io, stream, &config, &shutdown).await;
         }
-        let close = !keep_alive || shutdown.is_triggered();
+        let close = !keep_alive || response.close || shutdown.is_triggered();
         let mut out = Vec::with_capacity(256 + response.body.len());
         response.encode_head(&mut out, SystemTime::now(), close);
         if !is_head && super::message::has_body(response.status) {
@@ -213,6 +215,7 @@ async fn read_head<S: AsyncRead + Unpin>(
                             .iter()
                             .map(|h| (h.name.to_ascii_lowercase(), Bytes::copy_from_slice(h.value)))
                             .collect(),
+                        close: false,
                     };
                     buffer.drain(..head_len);
                     return Ok(Ok(head));
@@ -225,9 +228,14 @@ async fn read_head<S: AsyncRead + Unpin>(
                 Err(httparse::Error::TooManyHeaders) => {
                     return Ok(Err(Some(header_too_large())));
                 }
-                Err(httparse::Error::Version) => {
-                    return Ok(Err(Some(plain_error(505, "HTTP Version Not Supported"))));
-                }
+                Err(httparse::Error::Version) => match preface_request(buffer) {
+                    Some(true) => return Ok(Ok(preface_head(buffer))),
+                    // Not yet the whole line and its blank line: read on.
+                    Some(false) => {}
+                    None => {
+                        return Ok(Err(Some(plain_error(505, "HTTP Version Not Supported"))));
+                    }
+                },
                 Err(_) => return Ok(Err(Some(plain_error(400, "Bad Request")))),
             }
         }
@@ -243,6 +251,36 @@ async fn read_head<S: AsyncRead + Unpin>(
                 return Ok(Err(None))
             }
         }
+    }
+}
+
+/// The HTTP/2 connection preface's first 18 bytes, which read as an HTTP/1.1 request
+/// head: request line `PRI * HTTP/2.0` and no fields (RFC 9113 §3.4).
+const PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
+
+/// Whether `buffer` opens with the preface's request head: Some(true) if it does,
+/// Some(false) if it is a strict prefix of it, None otherwise.
+fn preface_request(buffer: &[u8]) -> Option<bool> {
+    if buffer.starts_with(PREFACE_HEAD) {
+        Some(true)
+    } else {
+        PREFACE_HEAD.starts_with(buffer).then_some(false)
+    }
+}
+
+/// The request an HTTP/2 preface is to an HTTP/1.1 server. Go's net/http serves it as
+/// one (`http1ServerSupportsRequest` accepts `PRI * HTTP/2.0`, and marks it to close
+/// the connection after), so a client that sends the preface without ALPN h2 on etcd's
+/// TLS port gets the handler's answer to the target `*` (400), not 505. The rest of the
+/// preface stays unread: the connection closes after the answer.
+fn preface_head(buffer: &mut Vec<u8>) -> Head {
+    buffer.drain(..PREFACE_HEAD.len());
+    Head {
+        method: "PRI".into(),
+        target: "*".into(),
+        minor_version: 0,
+        headers: Vec::new(),
+        close: true,
     }
 }
 

@@ -112,6 +112,9 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
     pub stream: Option<BodyStream>,
+    /// The connection closes after this response (`Connection: close`), whatever the
+    /// request asked: Go's ServeMux asks it of its answer to a `*` target.
+    pub close: bool,
 }
 
 impl std::fmt::Debug for Response {
@@ -132,6 +135,7 @@ impl Response {
             headers: vec![("Content-Type".into(), content_type.into())],
             body: body.into(),
             stream: None,
+            close: false,
         }
     }
 
@@ -147,6 +151,13 @@ impl Response {
     pub fn error(status: u16, text: &str) -> Response {
         let mut response = Response::new(status, "text/plain; charset=utf-8", format!("{text}\n"));
         response.set_header("X-Content-Type-Options", "nosniff");
+        response
+    }
+
+    /// A response with no body and no content type (Go's bare `WriteHeader`).
+    pub fn bare(status: u16) -> Response {
+        let mut response = Response::new(status, "", Bytes::new());
+        response.headers.clear();
         response
     }
 

@@ -40,14 +40,12 @@ fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
 }
 
 fn family(name: &str, help: &str, kind: MetricType, mut metrics: Vec<Metric>) -> MetricFamily {
+    // By label values, as client_golang orders a family's series. Compared in place: a
+    // key copied out per comparison cost ~80,000 allocations a scrape (816
+    // grpc_server_handled_total series), most of the page's CPU.
     metrics.sort_by(|a, b| {
-        let key = |m: &Metric| {
-            m.get_label()
-                .iter()
-                .map(|l| l.value().to_string())
-                .collect::<Vec<_>>()
-        };
-        key(a).cmp(&key(b))
+        let values_a = a.get_label().iter().map(|l| l.value());
+        values_a.cmp(b.get_label().iter().map(|l| l.value()))
     });
     let mut family = MetricFamily::default();
     family.set_name(name.to_string());

@@ -90,6 +90,9 @@ pub struct ServerOptions {
     pub client_tls: Option<crate::net::tls::TlsInfo>,
     /// etcd's --listen-metrics-urls: HTTP listeners serving only /metrics and health.
     pub listen_metrics_addrs: Vec<SocketAddr>,
+    /// One per `listen_metrics_addrs` entry: whether it is https:// (served with the
+    /// client TLS settings, as etcd serves them; `client_tls` is then `Some`).
+    pub listen_metrics_tls: Vec<bool>,
     pub cores: Option<usize>,
     pub limits: Limits,
     pub lease: LeaseOptions,
@@ -441,6 +444,7 @@ fn network_cores(
             bcrypt_cost: options.auth.bcrypt_cost,
             jwt: options.auth.jwt.clone(),
             metrics_fds: executor_listeners(listeners.metrics)?,
+            metrics_tls: options.listen_metrics_tls.clone(),
             ready_tx: ready_tx.clone(),
             stop_rx,
         };
@@ -492,6 +496,8 @@ struct NetworkCore {
     jwt: Option<Arc<crate::auth::jwt::JwtKeys>>,
     /// Handles on the `--listen-metrics-urls` listeners.
     metrics_fds: Vec<OwnedFd>,
+    /// One per metrics listener: whether it is https://.
+    metrics_tls: Vec<bool>,
     ready_tx: std::sync::mpsc::Sender<Result<(), String>>,
     stop_rx: oneshot::Receiver<()>,
 }
@@ -570,8 +576,17 @@ async fn serve_network_core(core: NetworkCore) {
         config: http1_config.clone(),
         handler: service::http::handler(context.clone(), listener, grpc.clone()),
     };
+    let metrics_listeners = into_glommio_listeners(core.metrics_fds)
+        .into_iter()
+        .zip(core.metrics_tls)
+        .map(|(listener, is_tls)| ClientListener {
+            socket: ListenSocket::Tcp(listener),
+            tls: tls_of(is_tls),
+        })
+        .collect();
     let metrics = glommio::spawn_local(crate::server::metrics_listen::serve_metrics(
-        into_glommio_listeners(core.metrics_fds),
+        metrics_listeners,
+        http2.clone(),
         http1_for(service::http::Listener::Metrics),
         shutdown.clone(),
     ));
@@ -694,6 +709,14 @@ fn announce_ready(options: &ServerOptions, plan: &Plan) {
             );
         }
     }
+    for (addr, is_tls) in options
+        .listen_metrics_addrs
+        .iter()
+        .zip(&options.listen_metrics_tls)
+    {
+        let scheme = if *is_tls { "https" } else { "http" };
+        crate::info!("serving metrics", "address" => format!("{scheme}://{addr}"));
+    }
     for (path, is_tls) in &options.listen_client_unix {
         let addr = path.display();
         if *is_tls {
@@ -713,8 +736,5 @@ fn announce_ready(options: &ServerOptions, plan: &Plan) {
 fn remove_unix_sockets(options: &ServerOptions) {
     for (path, _) in &options.listen_client_unix {
         let _ = std::fs::remove_file(path);
-    }
-    for addr in &options.listen_metrics_addrs {
-        crate::info!("serving metrics", "address" => format!("http://{addr}"));
     }
 }

@@ -40,6 +40,10 @@ async fn route(
     grpc: Rc<LocalGrpc>,
     request: Request,
 ) -> Response {
+    if request.target == "*" && request.method == "OPTIONS" {
+        // Go's server answers `OPTIONS *` itself, before any handler (so without CORS).
+        return Response::bare(200);
+    }
     if listener == Listener::Metrics {
         return endpoint(&context, listener, &request).await;
     }
@@ -63,6 +67,13 @@ async fn route(
 }
 
 async fn endpoint(context: &ServiceContext, listener: Listener, request: &Request) -> Response {
+    if request.target == "*" {
+        // Go's ServeMux: a `*` target (the HTTP/2 preface read as HTTP/1.1, `GET *`)
+        // is answered 400 with no body, and the connection closed.
+        let mut response = Response::bare(400);
+        response.close = true;
+        return response;
+    }
     let path = request.path();
     match path {
         "/metrics" => metrics::serve(context, request).await,
