@@ -437,9 +437,8 @@ impl StateMachine {
                     "took" => crate::log::format_duration(took),
                     "passes" => report.passes
                 );
-                Ok(pb::DefragmentResponse {
-                    header: Some(self.header(self.store.current_revision())),
-                })
+                // etcd answers an empty DefragmentResponse: no header.
+                Ok(pb::DefragmentResponse { header: None })
             }
             Err(e) => {
                 crate::error!("failed to defragment", "error" => e.to_string());
@@ -951,9 +950,8 @@ impl StateMachine {
                             "current-db-size-bytes" => report.db_size_bytes_after,
                             "passes" => report.passes
                         );
-                        Ok(pb::DefragmentResponse {
-                            header: Some(self.header(self.store.current_revision())),
-                        })
+                        // etcd answers an empty DefragmentResponse: no header.
+                        Ok(pb::DefragmentResponse { header: None })
                     }
                     Err(e) => {
                         crate::error!("failed to defragment", "error" => e.to_string());
@@ -1119,6 +1117,9 @@ impl StateMachine {
             errors: Vec::new(),
             db_size_in_use: stats.db_size_in_use_bytes as i64,
             is_learner: false,
+            // The quota in force (etcd's `quota_backend_bytes` gauge: the raw negative flag
+            // when the quota is off).
+            db_size_quota: crate::metrics::STATE.quota_backend_bytes.get(),
         })
     }
 }
