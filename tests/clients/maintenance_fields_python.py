@@ -95,11 +95,6 @@ def unary(service, method, request=b""):
         return {"code": e.code().name, "details": e.details()}
 
 
-def members(result):
-    """Member messages of a MemberList/Add/Remove/Update answer: field 2 (or 3 for Add)."""
-    return result
-
-
 def emit(name, result):
     print(json.dumps({"call": name, **result}, sort_keys=True), flush=True)
 
