@@ -355,6 +355,11 @@ impl<B: Backend> KvStore<B> {
             header: header(h.current_revision),
             hash: h.hash,
             compact_revision: h.compact_revision,
+            hash_revision: if req.revision > 0 {
+                req.revision
+            } else {
+                h.current_revision
+            },
         })
     }
 }

@@ -229,13 +229,13 @@ impl BtreeBackend {
         if let Some(dir) = path.parent() {
             create_private_dirs(dir)?;
         }
-        // The WAL shares the device: paced writeback keeps a large commit from queueing
-        // all its pages ahead of the WAL's small writes (issue 11 §2, case 4).
-        let options = btree::Options {
-            writeback_pacing: true,
-            ..btree::Options::default()
-        };
-        let db = Db::open(path, options)?;
+        // Locked before `Db::open` reads or repairs (truncates) an existing file: whoever
+        // holds the lock (another server, `ternutl defrag` or `backup`) may be using it. A
+        // missing file is created first (`Db::open` writes it whole under a temporary name),
+        // so that the lock is on the file the database then lives in.
+        if !path.exists() {
+            drop(Db::open(path, btree::Options::default())?);
+        }
         let lock = File::open(path)?;
         // Safety: flock on a descriptor we own; no memory is involved.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -245,6 +245,13 @@ impl BtreeBackend {
                 format!("{} is locked by another process: {e}", path.display()),
             )));
         }
+        // The WAL shares the device: paced writeback keeps a large commit from queueing
+        // all its pages ahead of the WAL's small writes (issue 11 §2, case 4).
+        let options = btree::Options {
+            writeback_pacing: true,
+            ..btree::Options::default()
+        };
+        let db = Db::open(path, options)?;
         let read = db.begin_read();
         Ok(BtreeBackend {
             db,
@@ -774,6 +781,25 @@ mod tests {
         assert!(BtreeBackend::open(&path).is_err());
         drop(b);
         assert!(BtreeBackend::open(&path).is_ok());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap().parent().unwrap());
+    }
+
+    /// A second open of a locked file must fail before touching it: `Db::open` cuts bytes
+    /// past the last commit, which the lock holder may be writing.
+    #[test]
+    fn second_open_of_a_locked_file_leaves_the_file_alone() {
+        let path = temp_path("lock-untouched");
+        let b = BtreeBackend::open(&path).unwrap();
+        let tail = vec![7u8; 4 * btree::PAGE_BYTES];
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut &file, &tail).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(BtreeBackend::open(&path).is_err());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        drop(b);
         let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap().parent().unwrap());
     }
 

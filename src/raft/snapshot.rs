@@ -116,7 +116,8 @@ pub async fn load(dir: &Path, raft_index: u64, term: u64) -> Result<SnapshotFile
     blocking(move || load_blocking(&dir, raft_index, term)).await
 }
 
-fn load_blocking(dir: &Path, raft_index: u64, term: u64) -> Result<SnapshotFile, String> {
+/// `load` on the calling thread (for offline work such as `ternutl backup`).
+pub fn load_blocking(dir: &Path, raft_index: u64, term: u64) -> Result<SnapshotFile, String> {
     let path = dir.join(file_name(term, raft_index));
     let bytes = std::fs::read(&path)
         .map_err(|e| format!("cannot read snapshot {}: {e}", path.display()))?;

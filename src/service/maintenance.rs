@@ -1,7 +1,8 @@
 //! etcdserverpb.Maintenance: Status, Hash, HashKV, Alarm, Defragment, MoveLeader, Snapshot.
 //!
 //! MoveLeader is answered by the raft node. Downgrade is an etcd 3.5 cluster-version
-//! operation with no meaning for a single 3.4-API member.
+//! operation with no meaning for a 3.4-API member: answered as etcd 3.4 answers it, as an
+//! unknown method. Defragment, MoveLeader and Snapshot answers carry no header, as etcd's.
 //!
 //! Snapshot streams the state as etcd's bbolt database (`state::db_snapshot`,
 //! `storage/docs/bbolt.md`) in 32 KiB blobs, each with the bytes still to come, then one
@@ -24,7 +25,7 @@ use crate::error::EtcdError;
 use crate::grpc::{Call, Code, Status};
 use crate::proto::etcdserverpb as pb;
 use crate::service::call::{status_from_error, unary};
-use crate::service::{not_yet, unknown_method, ServiceContext};
+use crate::service::{unknown_method, ServiceContext};
 use crate::state::db_snapshot::SnapshotSource;
 
 const SERVICE: &str = "etcdserverpb.Maintenance";
@@ -84,7 +85,9 @@ pub async fn serve(context: &ServiceContext, method: &str, call: Call) {
             .await
         }
         "Snapshot" => snapshot(context, call).await,
-        "Downgrade" => call.responses.finish(not_yet(SERVICE, method)),
+        // etcd 3.4 has no Downgrade (3.5's changes the cluster version, which a 3.4-API
+        // server has no lower step for): grpc-go's answer for a method it does not know.
+        "Downgrade" => call.responses.finish(unknown_method(SERVICE, method)),
         _ => call.responses.finish(unknown_method(SERVICE, method)),
     }
 }
@@ -211,7 +214,6 @@ async fn snapshot(context: &ServiceContext, call: Call) {
 /// Sends encoded `SnapshotResponse`s of `blob_bytes` database bytes each, hashing them.
 struct BlobSink {
     events: futures::channel::mpsc::Sender<SnapshotEvent>,
-    header: pb::ResponseHeader,
     buffer: Vec<u8>,
     remaining_bytes: u64,
     sha256: sha2::Sha256,
@@ -228,8 +230,9 @@ impl BlobSink {
         let blob = std::mem::take(&mut self.buffer);
         self.sha256.update(&blob);
         self.remaining_bytes -= blob.len() as u64;
+        // etcd's snapshot messages carry no header.
         let message = pb::SnapshotResponse {
-            header: Some(self.header),
+            header: None,
             remaining_bytes: self.remaining_bytes,
             blob: blob.into(),
         };
@@ -285,13 +288,11 @@ type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 /// The snapshot thread: builds the database from `source` into blobs, then the hash.
 fn stream_snapshot(source: SnapshotSource, events: futures::channel::mpsc::Sender<SnapshotEvent>) {
-    let header = source.header;
     let mut sink = None;
     let written = tern_storage::bbolt::write(
         |layout| {
             let mut blobs = BlobSink {
                 events: events.clone(),
-                header,
                 buffer: Vec::with_capacity(SNAPSHOT_BLOB_BYTES),
                 remaining_bytes: layout.file_bytes(),
                 sha256: sha2::Sha256::new(),
@@ -316,7 +317,7 @@ fn stream_snapshot(source: SnapshotSource, events: futures::channel::mpsc::Sende
         }
         // etcd's last message: the SHA-256 of the database, no bytes remaining.
         let message = pb::SnapshotResponse {
-            header: Some(header),
+            header: None,
             remaining_bytes: 0,
             blob: blobs.sha256.finalize().to_vec().into(),
         };

@@ -175,14 +175,6 @@ pub(crate) fn unknown_method(service: &str, method: &str) -> Status {
     )
 }
 
-/// A method etcd has and tern will have once its issue lands.
-pub(crate) fn not_yet(service: &str, method: &str) -> Status {
-    Status::new(
-        Code::Unimplemented,
-        format!("tern: {service}/{method} is not implemented yet"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::split_path;

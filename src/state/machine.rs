@@ -446,9 +446,8 @@ impl StateMachine {
                     "took" => crate::log::format_duration(took),
                     "passes" => report.passes
                 );
-                Ok(pb::DefragmentResponse {
-                    header: Some(self.header(self.store.current_revision())),
-                })
+                // etcd answers an empty DefragmentResponse: no header.
+                Ok(pb::DefragmentResponse { header: None })
             }
             Err(e) => {
                 crate::error!("failed to defragment", "error" => e.to_string());
@@ -960,9 +959,8 @@ impl StateMachine {
                             "current-db-size-bytes" => report.db_size_bytes_after,
                             "passes" => report.passes
                         );
-                        Ok(pb::DefragmentResponse {
-                            header: Some(self.header(self.store.current_revision())),
-                        })
+                        // etcd answers an empty DefragmentResponse: no header.
+                        Ok(pb::DefragmentResponse { header: None })
                     }
                     Err(e) => {
                         crate::error!("failed to defragment", "error" => e.to_string());
@@ -1128,6 +1126,9 @@ impl StateMachine {
             errors: Vec::new(),
             db_size_in_use: stats.db_size_in_use_bytes as i64,
             is_learner: false,
+            // The quota in force (etcd's `quota_backend_bytes` gauge: the raw negative flag
+            // when the quota is off).
+            db_size_quota: crate::metrics::STATE.quota_backend_bytes.get(),
         })
     }
 }

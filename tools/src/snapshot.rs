@@ -74,7 +74,7 @@ impl From<btree::Error> for Failure {
 }
 
 /// Go's `os` error text for a failed call on `path`: `stat X: no such file or directory`.
-fn os_error(op: &str, path: &Path, e: &std::io::Error) -> Failure {
+pub fn os_error(op: &str, path: &Path, e: &std::io::Error) -> Failure {
     let text = match e.raw_os_error() {
         // strerror's words, lowercased as Go's syscall.Errno prints them.
         Some(code) => {

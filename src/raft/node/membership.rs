@@ -194,11 +194,10 @@ impl Node {
             let _ = reply.send(Err(EtcdError::MemberNotFound));
             return;
         };
-        if !member.is_learner {
-            let _ = reply.send(Err(EtcdError::MemberNotLearner));
-            return;
-        }
         // etcd's isLearnerReady: the learner's log must match at least 90% of the leader's.
+        // Checked before the learner flag, as etcd's leader does (`mayPromoteMember`; the
+        // flag is checked when the change applies): a learner whose flag a MemberUpdate
+        // cleared (etcd 3.4's quirk, reproduced in ready.rs) is "not in sync" first.
         if self.is_leader() {
             let leader_match = self.matched_index(self.id).unwrap_or(0);
             let learner_match = self.matched_index(member.id).unwrap_or(0);
@@ -206,6 +205,10 @@ impl Node {
                 let _ = reply.send(Err(EtcdError::LearnerNotReady));
                 return;
             }
+        }
+        if !member.is_learner {
+            let _ = reply.send(Err(EtcdError::MemberNotLearner));
+            return;
         }
         if !self.ready_to_add_voter() {
             let _ = reply.send(Err(EtcdError::MemberNotEnoughStarted));
@@ -235,9 +238,8 @@ impl Node {
             return;
         }
         if req.target_id == self.id {
-            let _ = reply.send(Ok(pb::MoveLeaderResponse {
-                header: Some(self.header()),
-            }));
+            // etcd answers an empty MoveLeaderResponse: no header.
+            let _ = reply.send(Ok(pb::MoveLeaderResponse { header: None }));
             return;
         }
         crate::info!("leadership transfer starting", "transferee" => format!("{:x}", req.target_id));
@@ -248,13 +250,10 @@ impl Node {
 
     pub(super) fn finish_leader_transfers(&mut self, now: Instant) {
         let leader = self.leader_id;
-        let header = self.header();
         let mut keep = Vec::new();
         for (target, reply, deadline) in self.leader_transfers.drain(..) {
             if leader == target {
-                let _ = reply.send(Ok(pb::MoveLeaderResponse {
-                    header: Some(header),
-                }));
+                let _ = reply.send(Ok(pb::MoveLeaderResponse { header: None }));
             } else if now >= deadline {
                 let _ = reply.send(Err(EtcdError::TimeoutLeaderTransfer));
             } else {
