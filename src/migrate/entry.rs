@@ -180,7 +180,8 @@ pub fn member_from_json(text: &[u8]) -> Result<(MemberRecord, bool), String> {
 /// The tern entry for etcd's raftpb.Entry bytes.
 pub fn translate(raftpb_entry: &[u8]) -> Result<Entry, String> {
     // raftpb.Entry and raft-rs's eraftpb.Entry share field numbers and types.
-    let etcd = Entry::parse_from_bytes(raftpb_entry).map_err(|e| format!("raftpb.Entry: {e}"))?;
+    let etcd =
+        crate::raft::codec::decode_entry(raftpb_entry).map_err(|e| format!("raftpb.Entry: {e}"))?;
     let mut entry = Entry {
         index: etcd.index,
         term: etcd.term,
@@ -458,7 +459,7 @@ mod tests {
 
     fn envelope_of_conf_change(entry: &Entry) -> (ConfChangeType, Envelope) {
         assert_eq!(entry.get_entry_type(), EntryType::EntryConfChange);
-        let cc = ConfChange::parse_from_bytes(&entry.data).unwrap();
+        let cc = crate::raft::codec::decode_conf_change(&entry.data).unwrap();
         (
             cc.get_change_type(),
             Envelope::decode_entry(&cc.context).unwrap(),

@@ -23,7 +23,6 @@ pub mod entry;
 
 use std::path::{Path, PathBuf};
 
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, HardState, Snapshot};
 use tern_storage::{bbolt, btree, etcd_wal, wal};
 
@@ -129,7 +128,7 @@ fn load_etcd_snap(snap_dir: &Path, term: u64, index: u64) -> Option<Snapshot> {
         crate::warn!("skipping a damaged etcd snapshot file", "index" => index, "term" => term);
         return None;
     }
-    let snapshot = Snapshot::parse_from_bytes(&data).ok()?;
+    let snapshot = crate::raft::codec::decode_snapshot(&data).ok()?;
     let meta = snapshot.get_metadata();
     (meta.index == index && meta.term == term).then_some(snapshot)
 }
@@ -160,7 +159,7 @@ fn build(etcd: &Path, fresh: &Path) -> Result<Report, String> {
     };
     let hard_state = match &log.hard_state {
         Some(bytes) => {
-            HardState::parse_from_bytes(bytes).map_err(|e| format!("hard state: {e}"))?
+            crate::raft::codec::decode_hard_state(bytes).map_err(|e| format!("hard state: {e}"))?
         }
         None => HardState::default(),
     };

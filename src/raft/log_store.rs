@@ -42,7 +42,7 @@ pub struct LogStore {
 
 /// Decodes a WAL entry record back into a raft entry, checking it is the one the WAL says.
 pub fn decode_wal_entry(entry: &wal::Entry) -> Result<Entry, String> {
-    let decoded = Entry::parse_from_bytes(&entry.data)
+    let decoded = crate::raft::codec::decode_entry(&entry.data)
         .map_err(|e| format!("entry {} holds no raft entry: {e}", entry.raft_index))?;
     if decoded.index != entry.raft_index || decoded.term != entry.term {
         return Err(format!(

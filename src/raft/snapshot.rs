@@ -127,7 +127,7 @@ pub fn load_blocking(dir: &Path, raft_index: u64, term: u64) -> Result<SnapshotF
             path.display()
         ));
     }
-    let snapshot = Snapshot::parse_from_bytes(&bytes[4..])
+    let snapshot = crate::raft::codec::decode_snapshot(&bytes[4..])
         .map_err(|e| format!("snapshot {}: {e}", path.display()))?;
     Ok(SnapshotFile { snapshot })
 }

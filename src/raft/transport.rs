@@ -34,7 +34,7 @@ use raft::eraftpb::{Message, MessageType};
 
 use tern_storage::btree::{Export, PAGE_BYTES};
 
-use crate::raft::{snapshot, wire_check};
+use crate::raft::{codec, snapshot};
 use crate::runtime::Wakeup;
 use crate::state::envelope::{LeaseForward, LeaseForwardResponse};
 
@@ -645,9 +645,7 @@ async fn inbound(
             .add(payload.len() as u64 + FRAME_HEAD_BYTES, false);
         let m = match kind {
             FRAME_RAFT => {
-                wire_check::check(&payload, &wire_check::MESSAGE)
-                    .map_err(|e| format!("bad raft message: {e}"))?;
-                let m = Message::parse_from_bytes(&payload)
+                let m = codec::decode_message(&payload)
                     .map_err(|e| format!("bad raft message: {e}"))?;
                 if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
                     crate::metrics::peer(from).heartbeat_answered();
@@ -986,9 +984,7 @@ async fn receive_snapshot(
             "snapshot image of {total} bytes is not a whole number of pages up to {SNAPSHOT_BYTES_MAX}"
         ));
     }
-    wire_check::check(message, &wire_check::MESSAGE)
-        .map_err(|e| format!("bad snapshot head: {e}"))?;
-    let m = Message::parse_from_bytes(message).map_err(|e| format!("bad snapshot head: {e}"))?;
+    let m = codec::decode_message(message).map_err(|e| format!("bad snapshot head: {e}"))?;
     if m.get_msg_type() != MessageType::MsgSnapshot {
         return Err("snapshot head does not carry a MsgSnapshot".into());
     }

@@ -1,10 +1,9 @@
-//! A check on raft-rs messages before the `protobuf` 2 crate parses them: that crate skips
-//! an unknown *group* field (wire types 3 and 4) by recursion without a limit, so a peer
-//! could overflow the stack with nested groups (RUSTSEC-2024-0437). eraftpb (proto3) has
-//! no groups, so bytes holding one are refused, in every message the parser descends into.
-//! Unknown length-delimited fields are kept as bytes by the parser, never parsed, so they
-//! need no look inside. Until raft-rs can use prost here (see `docs/peer-protocol.md`),
-//! every parse of peer-supplied eraftpb bytes goes through [`check`].
+//! A check on eraftpb bytes before prost decodes them (`crate::raft::codec`): prost, built
+//! here with `no-recursion-limit`, skips an unknown *group* field (wire types 3 and 4) by
+//! recursion without a limit, as protobuf 2 did (RUSTSEC-2024-0437), so a peer could
+//! overflow the stack with nested groups. eraftpb (proto3) has no groups, so bytes holding
+//! one are refused, in every message the decoder descends into. Unknown length-delimited
+//! fields are skipped whole by the decoder, never parsed, so they need no look inside.
 
 /// One eraftpb message type: the field numbers of its message-typed fields (the only ones
 /// the parser descends into), with their types.
@@ -37,6 +36,11 @@ pub const MESSAGE: Schema = Schema {
 /// `eraftpb.ConfChange`, parsed from committed entries' data.
 pub const CONF_CHANGE: Schema = Schema {
     name: "ConfChange",
+    submessages: &[],
+};
+/// `eraftpb.HardState` (etcd's raftpb.HardState, read when migrating a data dir).
+pub const HARD_STATE: Schema = Schema {
+    name: "HardState",
     submessages: &[],
 };
 

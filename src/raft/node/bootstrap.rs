@@ -270,7 +270,7 @@ async fn force_new_cluster(member_id: u64, log: &LogStore, wal: &Wal) -> Result<
     if commit >= first {
         for e in log.slice(first, commit + 1) {
             if e.get_entry_type() == EntryType::EntryConfChange {
-                if let Ok(cc) = ConfChange::parse_from_bytes(&e.data) {
+                if let Ok(cc) = crate::raft::codec::decode_conf_change(&e.data) {
                     match cc.get_change_type() {
                         ConfChangeType::RemoveNode => members.retain(|m| *m != cc.node_id),
                         _ => {

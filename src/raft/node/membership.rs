@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use futures::channel::oneshot;
 use prost::Message as _;
-use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType};
 
 use crate::error::EtcdError;
@@ -322,8 +321,7 @@ impl Node {
     pub(super) fn apply_conf_change(&mut self, raft_index: u64, data: &[u8]) {
         // An undecodable conf change stops the member, as etcd's `MustUnmarshal` does:
         // skipping it would leave this member with another configuration than the rest.
-        let parsed = crate::raft::wire_check::check(data, &crate::raft::wire_check::CONF_CHANGE)
-            .and_then(|()| ConfChange::parse_from_bytes(data).map_err(|e| e.to_string()));
+        let parsed = crate::raft::codec::decode_conf_change(data);
         let cc = match parsed {
             Ok(cc) => cc,
             Err(e) => crate::fatal!(
