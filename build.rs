@@ -18,8 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_path =
         std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("file_descriptor_set.bin");
     std::fs::write(descriptor_path, prost::Message::encode_to_vec(&descriptors))?;
+    // Type names: a request's full name selects its schema for `proto::groups`.
     prost_build::Config::new()
         .bytes(["."])
+        .enable_type_names()
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -15,6 +15,7 @@ pub mod etcdserverpb {
 pub mod v3lockpb {
     include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
 }
+pub mod groups;
 pub mod txn_depth;
 pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));

@@ -481,6 +481,86 @@ fn slow_and_silent_handshakes_are_closed() {
     assert_rss_bounded(&server, rss_before, "slowloris");
 }
 
+/// Idle connections that finished the handshake (preface, SETTINGS both ways, acks).
+const IDLE_CONNECTIONS: usize = 5000;
+/// What one idle, handshaken connection may cost in server RSS: its first read buffer
+/// (4 KiB), output buffer, HPACK and stream state and its two tasks (a debug build's
+/// futures are several KiB). Before buffers started small and shrank back, a connection
+/// touched a 32 KiB read offer after its first frames: 49 KB each (etcd 3.4: 47 KB).
+const IDLE_CONNECTION_RSS_BYTES_MAX: u64 = 20 * 1024;
+
+fn raise_own_fd_limit(limit: u64) {
+    let rlim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // Safety: setrlimit(2) with a valid limit; the test runs as root (as CI does).
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Waits for the SETTINGS ack that says the server has read this connection's preface and
+/// SETTINGS, answering the server's own SETTINGS on the way.
+fn finish_handshake(c: &mut RawH2) {
+    loop {
+        match c.read_frame(LIVENESS) {
+            raw_h2::Read_::Frame(f) if f.kind == kind::SETTINGS && f.flags & flag::ACK != 0 => {
+                return;
+            }
+            raw_h2::Read_::Frame(f) if f.kind == kind::SETTINGS => {
+                c.send_frame(kind::SETTINGS, flag::ACK, 0, &[]);
+            }
+            raw_h2::Read_::Frame(_) => {}
+            other => panic!("handshake ended with {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn idle_connections_cost_little() {
+    raise_own_fd_limit(3 * IDLE_CONNECTIONS as u64);
+    let (server, _) = server_with_foo();
+    set_fd_limit(server.pid(), 3 * IDLE_CONNECTIONS as u64);
+    // The first connections warm the allocator and the executors; measure from there.
+    let mut idle: Vec<RawH2> = (0..100)
+        .map(|_| RawH2::start(server.client_port, &[]))
+        .collect();
+    idle.iter_mut().for_each(finish_handshake);
+    let fds_before = open_fds(server.pid());
+    let rss_before = rss_bytes(server.pid());
+    let mut more: Vec<RawH2> = (0..IDLE_CONNECTIONS)
+        .map(|_| RawH2::start(server.client_port, &[]))
+        .collect();
+    more.iter_mut().for_each(finish_handshake);
+    let rss_idle = rss_bytes(server.pid());
+    let per_connection = rss_idle.saturating_sub(rss_before) / IDLE_CONNECTIONS as u64;
+    eprintln!(
+        "{IDLE_CONNECTIONS} idle connections: RSS {} -> {} KiB, {per_connection} B each",
+        rss_before >> 10,
+        rss_idle >> 10
+    );
+    assert!(
+        per_connection <= IDLE_CONNECTION_RSS_BYTES_MAX,
+        "an idle connection costs {per_connection} bytes"
+    );
+    etcdctl_get_succeeds(&server);
+    // Closing them frees their descriptors: the server noticed every close. (RSS is printed,
+    // not bounded: glibc keeps the freed heap, as Go keeps its, for reuse.)
+    drop(more);
+    let deadline = Instant::now() + LIVENESS;
+    while open_fds(server.pid()) > fds_before + 10 {
+        assert!(
+            Instant::now() < deadline,
+            "closed connections keep their descriptors"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rss_closed = rss_bytes(server.pid());
+    eprintln!("after closing them: RSS {} KiB", rss_closed >> 10);
+    etcdctl_get_succeeds(&server);
+    drop(idle);
+}
+
 /// Garbage after a valid preface: the connection ends with a GOAWAY (whatever the first
 /// bad frame makes it) or a plain close, and the server carries on.
 #[test]
@@ -573,6 +653,48 @@ fn hostile_grpc_message_prefixes() {
     assert_eq!((status.as_str(), message.as_str()), ("2", "unexpected EOF"));
     etcdctl_get_succeeds(&server);
     assert_rss_bounded(&server, rss_before, "hostile prefixes");
+}
+
+/// One Put whose body nests 100,000 start-group keys of an unknown field (100 KB): prost,
+/// built without its recursion limit, recursed once per level and overflowed a network
+/// thread's stack, aborting the server. Now INTERNAL, and the server serves on.
+#[test]
+fn nested_unknown_groups_in_a_request_do_not_overflow_the_stack() {
+    let (server, rss_before) = server_with_foo();
+    let mut c = RawH2::start(server.client_port, &[]);
+    let mut put = vec![0x0a, 1, b'a']; // key "a"
+    put.extend(std::iter::repeat_n(0x7b, 100_000)); // field 15, wire type 3
+    c.send_request(
+        1,
+        "/etcdserverpb.KV/Put",
+        &raw_h2::grpc_message(false, &put),
+    );
+    let (status, message) = c
+        .grpc_status(1, LIVENESS)
+        .expect("a status for the nested groups, not a dead server");
+    assert_eq!(status, "13", "{message}");
+    assert!(
+        message.starts_with(
+            "grpc: error unmarshalling request: failed to decode Protobuf message: group field 15"
+        ),
+        "{message}"
+    );
+    // The same inside a Watch stream's create request.
+    // WatchRequest.create_request(1) { key "a", then the groups }
+    let mut create = vec![0x0a, 1, b'a'];
+    create.extend(std::iter::repeat_n(0x7b, 2_000));
+    let mut w = vec![0x0a];
+    varint(&mut w, create.len() as u64);
+    w.extend_from_slice(&create);
+    c.send_request(
+        3,
+        "/etcdserverpb.Watch/Watch",
+        &raw_h2::grpc_message(false, &w),
+    );
+    let (status, message) = c.grpc_status(3, LIVENESS).expect("a status for the watch");
+    assert_eq!(status, "13", "{message}");
+    etcdctl_get_succeeds(&server);
+    assert_rss_bounded(&server, rss_before, "nested groups");
 }
 
 fn varint(out: &mut Vec<u8>, mut v: u64) {

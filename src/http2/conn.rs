@@ -1,7 +1,9 @@
 //! The connection driver: one reader loop (this task) and one writer task sharing
 //! `Rc<RefCell<Shared>>` on the same glommio executor (single thread, no locks).
 //!
-//! Data path: the reader reads up to `read_buffer_bytes` at a time and parses every
+//! Data path: the reader reads up to `read_buffer_bytes` at a time (starting at
+//! `READ_BUFFER_BYTES_INITIAL` and growing only while reads fill it; a quiet connection
+//! goes back to that size) and parses every
 //! complete frame in the buffer; DATA payloads stay `Bytes` slices of that buffer
 //! (zero-copy) until the handler takes them. Everything we send is appended to one
 //! output buffer; the writer swaps it out and writes it in one call whenever it holds
@@ -597,7 +599,11 @@ async fn writer_task<S: AsyncWrite + Unpin>(socket: Rc<RefCell<S>>, shared: Rc<R
             }
         }
         batch.clear();
-        spare = batch;
+        // A buffer grown by a burst of responses is dropped, not kept for an idle
+        // connection to hold.
+        if batch.capacity() <= OUTPUT_BUFFER_BYTES_KEPT_MAX {
+            spare = batch;
+        }
     }
     let _ = sock.flush().await;
 }
@@ -625,7 +631,10 @@ struct Keepalive {
 const KEEPALIVE_PING_PAYLOAD: [u8; 8] = *b"tern-ka\0";
 /// The first output buffer of a connection: room for our preface and a few small frames.
 const OUTPUT_BUFFER_BYTES_INITIAL: usize = 1024;
-/// The first read buffer of a connection; see `Reader::run`.
+/// Largest output buffer the writer keeps for reuse once it has been written; larger ones
+/// (after a burst of responses) are freed.
+const OUTPUT_BUFFER_BYTES_KEPT_MAX: usize = 64 * 1024;
+/// The first read buffer of a connection, and what a quiet one holds; see `Reader::run`.
 const READ_BUFFER_BYTES_INITIAL: usize = 4 * 1024;
 
 /// Serves one HTTP/2 connection over `stream`, handing each new request to `on_request`.
@@ -778,13 +787,23 @@ impl Reader {
             let start = buf.len();
             let mut offered = 0;
             if !paused {
+                if start == 0
+                    && room_wanted == READ_BUFFER_BYTES_INITIAL
+                    && buf.capacity() > READ_BUFFER_BYTES_INITIAL
+                {
+                    // Nothing half-read and the last read did not fill its offer: a quiet
+                    // connection. Give a buffer grown by a burst back (a fresh small one
+                    // replaces it), so an idle connection holds READ_BUFFER_BYTES_INITIAL.
+                    buf = BytesMut::with_capacity(READ_BUFFER_BYTES_INITIAL);
+                }
                 if buf.capacity() - start < room_wanted {
-                    buf.reserve(room_wanted.max(read_size / 4).min(read_size));
+                    buf.reserve(room_wanted.min(read_size));
                 }
                 // The read target must be initialised memory, so each read zeroes what it
-                // offers the kernel: offer at most READ_CHUNK_BYTES, not the whole spare
-                // capacity, or small requests pay for zeroing a quarter megabyte each.
-                offered = (buf.capacity() - start).min(READ_CHUNK_BYTES);
+                // offers the kernel: offer what the last read suggests (`room_wanted`), not
+                // the whole spare capacity, or small requests pay for zeroing a quarter
+                // megabyte each and an idle connection touches pages it never fills.
+                offered = (buf.capacity() - start).min(room_wanted.max(READ_BUFFER_BYTES_INITIAL));
                 buf.resize(start + offered, 0);
             }
             let next_timer = self.next_timer(accepted_at, &keepalive);
@@ -857,9 +876,10 @@ impl Reader {
             if !paused {
                 if let Wake::Read(Ok(n)) = wake {
                     buf.truncate(start + n);
-                    // Grow the next read while reads fill what they are offered.
+                    // Grow the next read while reads fill what they are offered (doubling
+                    // up to READ_CHUNK_BYTES); fall back to the initial size when one does not.
                     room_wanted = if n == offered {
-                        READ_CHUNK_BYTES
+                        (offered * 2).clamp(READ_BUFFER_BYTES_INITIAL, READ_CHUNK_BYTES)
                     } else {
                         READ_BUFFER_BYTES_INITIAL
                     };

@@ -36,7 +36,7 @@ pub fn status_from_error(error: EtcdError) -> Status {
 /// (for etcd's --max-request-bytes check).
 pub async fn unary<Req, Resp, F, Fut>(call: Call, handle: F)
 where
-    Req: Message + Default,
+    Req: Message + Default + prost::Name,
     Resp: Message,
     F: FnOnce(Req, usize) -> Fut,
     Fut: Future<Output = Result<Resp, EtcdError>>,
@@ -51,7 +51,7 @@ pub async fn unary_prechecked<Req, Resp, F, Fut>(
     precheck: impl FnOnce(&[u8]) -> Result<(), EtcdError>,
     handle: F,
 ) where
-    Req: Message + Default,
+    Req: Message + Default + prost::Name,
     Resp: Message,
     F: FnOnce(Req, usize) -> Fut,
     Fut: Future<Output = Result<Resp, EtcdError>>,
@@ -75,10 +75,20 @@ pub async fn unary_prechecked<Req, Resp, F, Fut>(
     }
 }
 
+/// Decodes a client's request message: protobuf groups are refused first
+/// (`proto::groups`: prost would recurse on them without a limit), then prost decodes.
+pub fn decode_request<Req: Message + Default + prost::Name>(
+    message: bytes::Bytes,
+) -> Result<Req, String> {
+    crate::proto::groups::refuse_groups(&message, &Req::full_name())
+        .map_err(|e| format!("failed to decode Protobuf message: {e}"))?;
+    Req::decode(message).map_err(|e| e.to_string())
+}
+
 /// Reads and decodes the one request message of a unary or server-streaming call, after
 /// `precheck` on its encoding; returns it with its encoded size, or the status the call
 /// must end with.
-pub async fn read_request<Req: Message + Default>(
+pub async fn read_request<Req: Message + Default + prost::Name>(
     requests: &mut RequestStream,
     precheck: impl FnOnce(&[u8]) -> Result<(), EtcdError>,
 ) -> Result<(Req, usize), Status> {
@@ -97,7 +107,7 @@ pub async fn read_request<Req: Message + Default>(
     if let Err(error) = precheck(&message) {
         return Err(status_from_error(error));
     }
-    match Req::decode(message) {
+    match decode_request::<Req>(message) {
         Ok(request) => Ok((request, encoded_bytes)),
         Err(e) => Err(Status::new(
             Code::Internal,

@@ -60,7 +60,7 @@ async fn keep_alive(context: &ServiceContext, call: Call) {
             Some(Err(status)) => return responses.finish(status),
             None => return responses.finish(Status::new(Code::Ok, String::new())),
         };
-        let req = match pb::LeaseKeepAliveRequest::decode(message) {
+        let req = match crate::service::call::decode_request::<pb::LeaseKeepAliveRequest>(message) {
             Ok(req) => req,
             Err(e) => {
                 return responses.finish(Status::new(

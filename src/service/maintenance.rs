@@ -143,7 +143,7 @@ async fn snapshot(context: &ServiceContext, call: Call) {
     } = call;
     match requests.next().await {
         Some(Ok(message)) => {
-            if let Err(e) = pb::SnapshotRequest::decode(message) {
+            if let Err(e) = crate::service::call::decode_request::<pb::SnapshotRequest>(message) {
                 return responses.finish(Status::new(
                     Code::Internal,
                     format!("grpc: error unmarshalling request: {e}"),

@@ -257,11 +257,11 @@ impl Drop for ReleaseOnDrop {
 }
 
 /// Reads the one request message of a unary call (as `call::unary` does).
-pub async fn read_request<Req: Message + Default>(
+pub async fn read_request<Req: Message + Default + prost::Name>(
     requests: &mut RequestStream,
 ) -> Result<Req, Status> {
     match requests.next().await {
-        Some(Ok(message)) => Req::decode(message).map_err(|e| {
+        Some(Ok(message)) => crate::service::call::decode_request::<Req>(message).map_err(|e| {
             Status::new(
                 Code::Internal,
                 format!("grpc: error unmarshalling request: {e}"),

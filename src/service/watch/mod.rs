@@ -14,7 +14,6 @@
 
 use futures_lite::future;
 use glommio::timer::Timer;
-use prost::Message;
 use std::cell::Cell;
 use std::rc::Rc;
 
@@ -111,7 +110,7 @@ async fn receive(
             // Half-close: etcd keeps the stream and its watchers until the client leaves.
             None => return std::future::pending().await,
         };
-        let request = match pb::WatchRequest::decode(message) {
+        let request = match crate::service::call::decode_request::<pb::WatchRequest>(message) {
             Ok(request) => request,
             Err(e) => {
                 return Status::new(
