@@ -17,6 +17,7 @@
 
 use std::sync::OnceLock;
 
+use super::txn_depth::read_varint;
 use prost_reflect::{DescriptorPool, Kind, MessageDescriptor};
 
 /// tern's protobuf descriptors (written by build.rs).
@@ -80,22 +81,6 @@ fn refuse_groups_in(bytes: &[u8], root: MessageDescriptor) -> Result<(), String>
         }
     }
     Ok(())
-}
-
-fn read_varint(bytes: &[u8], at: &mut usize, end: usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        if *at >= end {
-            return None;
-        }
-        let b = bytes[*at];
-        *at += 1;
-        value |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
 }
 
 #[cfg(test)]

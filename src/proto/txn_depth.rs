@@ -78,7 +78,9 @@ pub fn txn_nesting_depth(bytes: &[u8], stop_above: usize) -> Option<usize> {
     Some(deepest)
 }
 
-fn read_varint(bytes: &[u8], at: &mut usize, end: usize) -> Option<u64> {
+/// A protobuf varint at `*at`, read no further than `end` (None if it runs past `end` or
+/// over 10 bytes); also the request checks in `groups.rs`.
+pub(super) fn read_varint(bytes: &[u8], at: &mut usize, end: usize) -> Option<u64> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         if *at >= end {
