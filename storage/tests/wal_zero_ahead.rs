@@ -166,3 +166,74 @@ fn entries_written_beside_zero_writes_and_rotations_read_back_intact() {
         wal.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_rotation_takes_the_zeroed_spare_and_a_leftover_spare_is_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    let opts = WalOptions {
+        segment_bytes: 1 << 20,
+        batch_bytes_max: 64 << 10,
+        ..WalOptions::default()
+    };
+    let spare = wal_dir.join("spare.wal.tmp");
+    run(async {
+        let wal = Wal::create(&wal_dir, opts.clone(), META).await.unwrap();
+        // Fill the first segment past half (the spare is prepared from there on) and wait,
+        // generously, until the spare is zeroed and durable.
+        let mut next = 1u64;
+        while wal.stats().bytes_written < 600 << 10 {
+            wal.append(vec![entry(next, 3000)]).await.unwrap();
+            next += 1;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while wal.stats().spares_prepared == 0 {
+            assert!(Instant::now() < deadline, "the spare was never prepared");
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(spare.exists(), "the prepared spare is in the WAL dir");
+        assert_eq!(wal.stats().spares_used, 0);
+        // Appends until the segment rotates: the new segment is the spare, renamed.
+        while wal.stats().segments_created < 2 {
+            wal.append(vec![entry(next, 3000)]).await.unwrap();
+            next += 1;
+        }
+        assert_eq!(wal.stats().spares_used, 1, "{:?}", wal.stats());
+        let second = segment_files(&wal_dir).pop().expect("the second segment");
+        assert_eq!(
+            std::fs::metadata(&second).unwrap().len(),
+            opts.segment_bytes,
+            "a segment made from the spare has the segment size"
+        );
+        if let Some(extents) = extents(&second) {
+            assert!(
+                extents.iter().all(|&(_, _, unwritten)| !unwritten),
+                "a segment made from the spare has no unwritten extents: {extents:?}"
+            );
+        }
+        // Fill the second segment past half too, so that a new spare exists when it closes.
+        let created_before = wal.stats().spares_prepared;
+        while wal.stats().spares_prepared == created_before {
+            wal.append(vec![entry(next, 3000)]).await.unwrap();
+            next += 1;
+            assert!(
+                Instant::now() < deadline,
+                "the second spare was never prepared"
+            );
+        }
+        wal.close().await.unwrap();
+        assert!(spare.exists(), "an unused spare stays until the next open");
+
+        let (wal, recovered) = Wal::open(&wal_dir, opts).await.unwrap();
+        assert!(!spare.exists(), "open removes a leftover spare");
+        assert!(recovered.torn_tail.is_none());
+        assert_eq!(recovered.entries.len() as u64, next - 1);
+        for (i, e) in recovered.entries.iter().enumerate() {
+            let WalRecord::Entry { data, .. } = entry(i as u64 + 1, 3000) else {
+                unreachable!()
+            };
+            assert_eq!(e.data, data, "entry {} differs after reopen", i + 1);
+        }
+        wal.close().await.unwrap();
+    });
+}
