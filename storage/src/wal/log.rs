@@ -1086,8 +1086,10 @@ async fn flush_batch(shared: &Rc<RefCell<Shared>>, batch: &[Pending]) -> Result<
     let (needs_rotation, align) = {
         let s = shared.borrow();
         let batch_bytes = batch_bytes_for(records_bytes, s.opts.write_align_bytes) as u64;
+        let (&current_seq, _) = s.segments.last_key_value().expect("a current segment");
         (
-            s.write_offset + batch_bytes > s.opts.segment_bytes,
+            s.write_offset + batch_bytes > s.opts.segment_bytes
+                || s.zero_ahead.leave_for_spare(current_seq),
             s.opts.write_align_bytes,
         )
     };

@@ -15,12 +15,15 @@
 //!   still waits for a journal commit, and with it for whatever else the filesystem's journal
 //!   carries then (another process's allocations, a large unlink, a defragment's truncate).
 //!   This covers only the segment a WAL is created or reopened with.
-//! - **The spare**: once the current segment is half full, the task creates the next
-//!   segment's file (`SPARE_FILE_NAME`), preallocates it, zeroes all of it and fdatasyncs it.
-//!   Rotation then takes the spare instead of a fresh fallocated file (`take_ready_spare`):
-//!   every commit into that segment is a pure overwrite whose fdatasync is one cache flush and
-//!   never waits on the journal. (etcd's file pipeline prepares the next segment the same
-//!   way, but with fallocate only.) A spare not ready in time is simply not used.
+//! - **The spare**: once the current segment holds `SPARE_AFTER_BYTES`, the task creates the
+//!   next segment's file (`SPARE_FILE_NAME`), preallocates it, zeroes all of it and
+//!   fdatasyncs it. Rotation then takes the spare instead of a fresh fallocated file
+//!   (`take_ready_spare`): every commit into that segment is a pure overwrite whose fdatasync
+//!   is one cache flush and never waits on the journal. A segment that was not made from a
+//!   spare (the one a WAL is created or reopened with) is left early, at the first batch after
+//!   a spare is ready (`leave_for_spare`), so that a busy WAL spends at most its first few MiB
+//!   exposed to the journal. (etcd's file pipeline prepares the next segment too, but with
+//!   fallocate only.) A spare not ready in time is simply not used.
 //!
 //! Invariants (all state lives in the WAL's `Shared`, on one executor, so each check and the
 //! claim that follows it happen with no await between them):
@@ -57,9 +60,10 @@ const _: () = assert!(ZERO_AHEAD_BYTES >= 2 * ZERO_CHUNK_BYTES);
 /// The spare segment's file name in the WAL dir. It ends in `segment::TEMP_SUFFIX` (a test
 /// checks), so it is never taken for a segment and a leftover one is removed at open.
 pub(super) const SPARE_FILE_NAME: &str = "spare.wal.tmp";
-/// The spare is prepared once the current segment is filled this far (in halves): a WAL that
-/// never gets near a rotation (most short-lived ones) never writes a spare.
-const SPARE_START_FILL_HALVES: u64 = 1;
+/// The spare is prepared once the current segment holds this much: a WAL that never writes
+/// this much into one segment (most short-lived ones, such as tests', and any with segments
+/// this small) never writes a spare's zeros.
+const SPARE_AFTER_BYTES: u64 = 4 << 20;
 const _: () = assert!(ZERO_CHUNK_BYTES.is_multiple_of(4096));
 
 /// The zeroing state of the current segment.
@@ -77,6 +81,8 @@ pub(super) struct ZeroAhead {
     flusher_waker: Option<Waker>,
     /// The next segment's file, prepared ahead of rotation.
     spare: Spare,
+    /// The segment that was made from a spare, if the current one was.
+    from_spare_seq: Option<u64>,
     /// The task has ended (closing, poisoned, or a failed zero write).
     pub(super) done: bool,
 }
@@ -131,6 +137,13 @@ impl ZeroAhead {
     pub(super) fn segment_is_zeroed(&mut self, segment_seq: u64, segment_bytes: u64) {
         self.segment_seq = Some(segment_seq);
         self.zeroed_end = segment_bytes;
+        self.from_spare_seq = Some(segment_seq);
+    }
+
+    /// Whether the flusher should rotate now although segment `current_seq` has room: it was
+    /// not made from a spare, and a spare is ready.
+    pub(super) fn leave_for_spare(&self, current_seq: u64) -> bool {
+        matches!(self.spare, Spare::Ready(_)) && self.from_spare_seq != Some(current_seq)
     }
 
     /// The writer advanced (or the WAL is closing): the zeroing task may have work.
@@ -192,7 +205,7 @@ fn next_job(s: &mut Shared, waker: &Waker) -> Poll<Option<Job>> {
             end,
         }));
     }
-    let spare_due = write_offset >= segment_bytes / 2 * SPARE_START_FILL_HALVES;
+    let spare_due = write_offset >= SPARE_AFTER_BYTES;
     let job = match &z.spare {
         Spare::Absent if spare_due => Job::CreateSpare,
         Spare::Zeroing { file, zeroed_end } if *zeroed_end < segment_bytes => Job::SpareChunk {
