@@ -141,8 +141,23 @@ impl TernServer {
     }
 }
 
+/// Log lines a failing test prints from each server it started (the newest ones).
+const LOG_LINES_ON_FAILURE: usize = 80;
+
 impl Drop for TernServer {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failing test shows what the server said last: the cause of a stall or an
+            // error is usually there, and the data dir is removed below.
+            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let from = log.len().saturating_sub(LOG_LINES_ON_FAILURE);
+            eprintln!(
+                "--- last {} log lines of the server on port {} ---\n{}",
+                log.len() - from,
+                self.client_port,
+                log[from..].join("\n")
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.data_dir);
