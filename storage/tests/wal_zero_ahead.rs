@@ -1,8 +1,7 @@
 //! Checks the WAL's zeroing ahead of the writer (storage/src/wal/zero_ahead.rs): the blocks
 //! just past the durable end are written extents (read back through FIEMAP with `filefrag`)
 //! while the far end of the segment stays preallocated, and entries appended while zero writes
-//! run beside them, across rotations, all read back intact after a reopen; a busy WAL
-//! rotates into a completely zeroed spare segment, and a leftover spare is removed at open.
+//! run beside them, across rotations, all read back intact after a reopen.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -164,94 +163,6 @@ fn entries_written_beside_zero_writes_and_rotations_read_back_intact() {
             };
             assert_eq!(e.raft_index, raft_index);
             assert_eq!(e.data, data, "entry {raft_index} differs after reopen");
-        }
-        wal.close().await.unwrap();
-    });
-}
-
-#[test]
-fn a_rotation_takes_the_zeroed_spare_and_a_leftover_spare_is_removed_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let wal_dir = dir.path().join("wal");
-    // The spare is prepared once a segment holds 4 MiB; 8 MiB segments get there quickly.
-    let opts = WalOptions {
-        segment_bytes: 8 << 20,
-        ..WalOptions::default()
-    };
-    let spare = wal_dir.join("spare.wal.tmp");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    run(async {
-        let wal = Wal::create(&wal_dir, opts.clone(), META).await.unwrap();
-        // Fill the first segment past 4 MiB, then wait, generously, until the spare is zeroed
-        // and durable.
-        let mut next = 1u64;
-        let append_group = |first: u64| {
-            let futures: Vec<_> = (first..first + 64)
-                .map(|i| wal.append(vec![entry(i, 3000)]))
-                .collect();
-            async move {
-                for f in futures {
-                    f.await.unwrap();
-                }
-            }
-        };
-        while wal.stats().bytes_written < (4 << 20) + (64 << 10) {
-            append_group(next).await;
-            next += 64;
-        }
-        while wal.stats().spares_prepared == 0 {
-            assert!(Instant::now() < deadline, "the spare was never prepared");
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(spare.exists(), "the prepared spare is in the WAL dir");
-        assert_eq!(wal.stats().segments_created, 1);
-        // The first segment was fallocated, not a spare: the next batch leaves it early, for
-        // the spare, renamed into the second segment.
-        append_group(next).await;
-        next += 64;
-        let stats = wal.stats();
-        assert_eq!(
-            (stats.segments_created, stats.spares_used),
-            (2, 1),
-            "{stats:?}"
-        );
-        let second = segment_files(&wal_dir).pop().expect("the second segment");
-        assert_eq!(
-            std::fs::metadata(&second).unwrap().len(),
-            opts.segment_bytes,
-            "a segment made from the spare has the segment size"
-        );
-        if let Some(extents) = extents(&second) {
-            assert!(
-                extents.iter().all(|&(_, _, unwritten)| !unwritten),
-                "a segment made from the spare has no unwritten extents: {extents:?}"
-            );
-        }
-        // Fill the second segment past 4 MiB too: a second spare is prepared, and the second
-        // segment, made from a spare, is not left early for it.
-        while wal.stats().spares_prepared < 2 {
-            append_group(next).await;
-            next += 64;
-            assert!(
-                Instant::now() < deadline,
-                "the second spare was never prepared"
-            );
-        }
-        append_group(next).await;
-        next += 64;
-        assert_eq!(wal.stats().segments_created, 2, "{:?}", wal.stats());
-        wal.close().await.unwrap();
-        assert!(spare.exists(), "an unused spare stays until the next open");
-
-        let (wal, recovered) = Wal::open(&wal_dir, opts).await.unwrap();
-        assert!(!spare.exists(), "open removes a leftover spare");
-        assert!(recovered.torn_tail.is_none());
-        assert_eq!(recovered.entries.len() as u64, next - 1);
-        for (i, e) in recovered.entries.iter().enumerate() {
-            let WalRecord::Entry { data, .. } = entry(i as u64 + 1, 3000) else {
-                unreachable!()
-            };
-            assert_eq!(e.data, data, "entry {} differs after reopen", i + 1);
         }
         wal.close().await.unwrap();
     });

@@ -36,7 +36,7 @@ use super::record::{
 };
 use super::scan::{scan_segment, SegmentEnd};
 use super::segment::{find_seq_gap, list_segments, SegmentName};
-use super::zero_ahead::{zero_ahead, ZeroAhead, SPARE_FILE_NAME};
+use super::zero_ahead::{zero_ahead, ZeroAhead};
 
 /// Tunables. Every queue and batch has a named bound.
 #[derive(Clone, Debug)]
@@ -153,13 +153,8 @@ pub struct WalStats {
     pub bytes_written: u64,
     pub segments_created: u64,
     pub segments_released: u64,
-    /// Chunks of preallocated segment space zeroed ahead of the writer (`zero_ahead`), in
-    /// the current segment or the spare.
+    /// Chunks of preallocated segment space zeroed ahead of the writer (`zero_ahead`).
     pub chunks_zeroed: u64,
-    /// Spare segment files completely zeroed and made durable (`zero_ahead`, "The spare").
-    pub spares_prepared: u64,
-    /// Segments started from such a spare.
-    pub spares_used: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -189,7 +184,7 @@ struct Completion {
 }
 
 pub(super) struct Shared {
-    pub(super) dir: PathBuf,
+    dir: PathBuf,
     pub(super) opts: WalOptions,
     queue: VecDeque<Pending>,
     queue_bytes: usize,
@@ -299,7 +294,7 @@ impl Wal {
             seq: 0,
             raft_index: 0,
         };
-        let (file, _) = start_segment(&wal.shared, name, &[WalRecord::Metadata(metadata)]).await?;
+        let file = start_segment(&wal.shared, name, &[WalRecord::Metadata(metadata)]).await?;
         {
             let mut s = wal.shared.borrow_mut();
             let path = dir.join(name.file_name());
@@ -926,57 +921,44 @@ async fn write_batch(
     Ok((frame_offsets, batch_bytes as u64, sync_started.elapsed()))
 }
 
-/// Creates segment `name` as a temp file, writes `header` as its first batch, makes it
-/// durable, then renames it into place and syncs the directory. The file is the spare when a
-/// completely zeroed one is ready (returned `true`: the segment needs no zeroing), else a new
-/// preallocated one. A crash before the rename leaves only a temp file, which `open` removes.
+/// Creates segment `name` as a temp file, preallocates it, writes `header` as its first batch,
+/// makes it durable, then renames it into place and syncs the directory. A crash before the
+/// rename leaves only a temp file, which `open` removes.
 async fn start_segment(
     shared: &Rc<RefCell<Shared>>,
     name: SegmentName,
     header: &[WalRecord],
-) -> Result<(Rc<DmaFile>, bool)> {
-    let (dir, opts, spare) = {
-        let mut s = shared.borrow_mut();
-        let spare = s.zero_ahead.take_ready_spare();
-        (s.dir.clone(), s.opts.clone(), spare)
+) -> Result<Rc<DmaFile>> {
+    let (dir, opts) = {
+        let s = shared.borrow();
+        (s.dir.clone(), s.opts.clone())
     };
+    let temp = dir.join(name.temp_file_name());
     let path = dir.join(name.file_name());
-    let from_spare = spare.is_some();
-    let (file, temp) = match spare {
-        Some(file) => (file, dir.join(SPARE_FILE_NAME)),
-        None => {
-            let temp = dir.join(name.temp_file_name());
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .dma_open(&temp)
-                .await
-                .map_err(|e| WalError::from_glommio(format!("create {}", temp.display()), e))?;
-            file.pre_allocate(opts.segment_bytes, false)
-                .await
-                .map_err(|e| WalError::from_glommio(format!("fallocate {}", temp.display()), e))?;
-            (Rc::new(file), temp)
-        }
-    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&temp)
+        .await
+        .map_err(|e| WalError::from_glommio(format!("create {}", temp.display()), e))?;
+    file.pre_allocate(opts.segment_bytes, false)
+        .await
+        .map_err(|e| WalError::from_glommio(format!("fallocate {}", temp.display()), e))?;
     let refs: Vec<&WalRecord> = header.iter().collect();
     let (_, batch_bytes, _) =
         write_batch(&file, &temp, name.seq, 0, opts.write_align_bytes, &refs).await?;
     glommio::io::rename(&temp, &path)
         .await
         .map_err(|e| WalError::from_glommio(format!("rename {}", temp.display()), e))?;
-    if from_spare {
-        shared.borrow_mut().zero_ahead.spare_renamed();
-    }
     sync_dir(&dir).await?;
     let mut s = shared.borrow_mut();
     s.write_offset = batch_bytes;
     s.stats.segments_created += 1;
-    s.stats.spares_used += u64::from(from_spare);
     s.stats.fdatasyncs += 1;
     s.stats.bytes_written += batch_bytes;
-    Ok((file, from_spare))
+    Ok(Rc::new(file))
 }
 
 /// Starts the WAL's two tasks: the flusher and the zeroing ahead of it.
@@ -1086,10 +1068,8 @@ async fn flush_batch(shared: &Rc<RefCell<Shared>>, batch: &[Pending]) -> Result<
     let (needs_rotation, align) = {
         let s = shared.borrow();
         let batch_bytes = batch_bytes_for(records_bytes, s.opts.write_align_bytes) as u64;
-        let (&current_seq, _) = s.segments.last_key_value().expect("a current segment");
         (
-            s.write_offset + batch_bytes > s.opts.segment_bytes
-                || s.zero_ahead.leave_for_spare(current_seq),
+            s.write_offset + batch_bytes > s.opts.segment_bytes,
             s.opts.write_align_bytes,
         )
     };
@@ -1181,14 +1161,10 @@ async fn rotate(shared: &Rc<RefCell<Shared>>) -> Result<()> {
         }
         (name, header)
     };
-    let (file, from_spare) = start_segment(shared, name, &header).await?;
+    let file = start_segment(shared, name, &header).await?;
     let mut s = shared.borrow_mut();
     let path = s.dir.join(name.file_name());
     s.segments.insert(name.seq, Segment { name, path, file });
-    if from_spare {
-        let segment_bytes = s.opts.segment_bytes;
-        s.zero_ahead.segment_is_zeroed(name.seq, segment_bytes);
-    }
     Ok(())
 }
 
