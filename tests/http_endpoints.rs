@@ -382,6 +382,42 @@ fn health_version_and_unknown_paths_answer_as_etcd_3_4_does() {
     assert_eq!(ours.header("content-type"), theirs.header("content-type"));
 }
 
+/// etcd's cleartext client port hands a connection to its HTTP server only if the first
+/// line is an HTTP/1 request line (cmux's matcher, 4 KiB at most) and closes the others
+/// without an answer; tern does the same, while a well-formed request is answered alike.
+#[test]
+fn a_first_line_that_is_no_http1_request_line_is_closed_as_etcd_closes_it() {
+    let tern = TernServer::start();
+    let etcd = http_support::Etcd::start();
+    let long_line = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(5000));
+    let unmatched: [&[u8]; 5] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET /health\r\n\r\n",
+        b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x00\x05hello\n",
+        long_line.as_bytes(),
+    ];
+    for raw in unmatched {
+        for (who, port) in [("etcd", etcd.client_port), ("tern", tern.client_port)] {
+            let mut stream = connect(port);
+            stream.write_all(raw).unwrap();
+            let mut answer = Vec::new();
+            // A reset (etcd closes with unread input) counts as closed too.
+            let _ = stream.read_to_end(&mut answer);
+            assert!(
+                answer.is_empty(),
+                "{who} answered {:?}: {:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(40)]),
+                String::from_utf8_lossy(&answer)
+            );
+        }
+    }
+    let ours = get(tern.client_port, "/health");
+    let theirs = get(etcd.client_port, "/health");
+    assert_eq!((ours.status, ours.body), (theirs.status, theirs.body));
+    etcdctl_put_get(&tern, "after");
+}
+
 #[test]
 fn livez_and_readyz_answer_as_etcd_3_4_29_does() {
     let server = TernServer::start();
