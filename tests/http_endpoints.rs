@@ -5,7 +5,8 @@
 //! etcdctl keeps working on the same port; that `/health`, `/version` and unknown paths
 //! answer exactly as etcd's do; that `/livez` and `/readyz` answer as etcd 3.4.29's; that
 //! `--listen-metrics-urls` serves only metrics and health; and that the health endpoints
-//! flip as etcd's do with no leader (a 3-member cluster with 2 killed) and with an alarm.
+//! flip as etcd's do with no leader (a 3-member cluster with 2 killed), with a CORRUPT alarm,
+//! and with the NOSPACE alarm a real quota fill raises (side by side with etcd 3.4).
 
 mod common;
 mod http_support;
@@ -381,6 +382,42 @@ fn health_version_and_unknown_paths_answer_as_etcd_3_4_does() {
     assert_eq!(ours.header("content-type"), theirs.header("content-type"));
 }
 
+/// etcd's cleartext client port hands a connection to its HTTP server only if the first
+/// line is an HTTP/1 request line (cmux's matcher, 4 KiB at most) and closes the others
+/// without an answer; tern does the same, while a well-formed request is answered alike.
+#[test]
+fn a_first_line_that_is_no_http1_request_line_is_closed_as_etcd_closes_it() {
+    let tern = TernServer::start();
+    let etcd = http_support::Etcd::start();
+    let long_line = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(5000));
+    let unmatched: [&[u8]; 5] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET /health\r\n\r\n",
+        b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x00\x05hello\n",
+        long_line.as_bytes(),
+    ];
+    for raw in unmatched {
+        for (who, port) in [("etcd", etcd.client_port), ("tern", tern.client_port)] {
+            let mut stream = connect(port);
+            stream.write_all(raw).unwrap();
+            let mut answer = Vec::new();
+            // A reset (etcd closes with unread input) counts as closed too.
+            let _ = stream.read_to_end(&mut answer);
+            assert!(
+                answer.is_empty(),
+                "{who} answered {:?}: {:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(40)]),
+                String::from_utf8_lossy(&answer)
+            );
+        }
+    }
+    let ours = get(tern.client_port, "/health");
+    let theirs = get(etcd.client_port, "/health");
+    assert_eq!((ours.status, ours.body), (theirs.status, theirs.body));
+    etcdctl_put_get(&tern, "after");
+}
+
 #[test]
 fn livez_and_readyz_answer_as_etcd_3_4_29_does() {
     let server = TernServer::start();
@@ -465,20 +502,20 @@ fn raise_alarm(port: u16, alarm: tern::proto::etcdserverpb::AlarmType) {
     });
 }
 
+/// A CORRUPT alarm (no client can cause one, so it is raised through the Alarm RPC) fails
+/// `/health` and readyz's `data_corruption` check, and leaves `/livez` up. The NOSPACE alarm
+/// is raised by a real quota fill in `health_flips_when_the_quota_lands_as_etcd_3_4s_does`.
 #[test]
-fn health_flips_with_an_active_alarm() {
+fn health_and_readyz_flip_with_a_corrupt_alarm() {
     let server = TernServer::start();
     let port = server.client_port;
-    raise_alarm(port, tern::proto::etcdserverpb::AlarmType::Nospace);
+    raise_alarm(port, tern::proto::etcdserverpb::AlarmType::Corrupt);
     let health = get(port, "/health");
     assert_eq!(
         (health.status, health.body.as_str()),
         (503, "{\"health\":\"false\"}\n")
     );
-    assert_eq!(get(port, "/health?exclude=NOSPACE").status, 200);
-    // NOSPACE is not one of readyz's checks (etcd 3.4.29); CORRUPT is.
-    assert_eq!(get(port, "/readyz").status, 200);
-    raise_alarm(port, tern::proto::etcdserverpb::AlarmType::Corrupt);
+    assert_eq!(get(port, "/health?exclude=CORRUPT").status, 200);
     let ready = get(port, "/readyz");
     assert_eq!(ready.status, 503);
     assert_eq!(
@@ -493,9 +530,156 @@ fn health_flips_with_an_active_alarm() {
     );
 }
 
+/// Small enough to fill with a few dozen 50 kB puts, above an empty database's size (the
+/// same figure as tests/quota.rs).
+const QUOTA_FLAG: &str = "--quota-backend-bytes=1000000";
+/// Puts tried before the quota must have been hit (1 MB of 50 kB values is ~20).
+const FILL_PUTS_MAX: usize = 200;
+
+fn etcdctl_ok(port: u16, args: &[&str]) -> String {
+    let out = common::etcdctl(&format!("127.0.0.1:{port}"), args, None);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} on {port}: {}",
+        common::stderr(&out)
+    );
+    common::stdout(&out)
+}
+
+/// Puts 50 kB values until a put is refused, checks that the refusal is etcd's, and waits
+/// until the member lists the NOSPACE alarm the refusal raised.
+fn fill_until_no_space(port: u16) {
+    let value = "v".repeat(50_000);
+    let endpoint = format!("127.0.0.1:{port}");
+    let refused = (0..FILL_PUTS_MAX)
+        .map(|i| common::etcdctl(&endpoint, &["put", &format!("k{i}"), &value], None))
+        .find(|out| !out.status.success())
+        .map(|out| common::stderr(&out))
+        .expect("the quota was never hit");
+    assert!(
+        refused.contains("code = ResourceExhausted")
+            && refused.contains("Error: etcdserver: mvcc: database space exceeded"),
+        "{refused}"
+    );
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        let alarms = etcdctl_ok(port, &["alarm", "list"]);
+        if alarms.contains("alarm:NOSPACE") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no NOSPACE alarm on {port}: {alarms:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// etcd's recovery from NOSPACE, up to (not including) `alarm disarm`: delete everything,
+/// compact physically to the current revision, defragment.
+fn free_space(port: u16) {
+    etcdctl_ok(port, &["del", "", "--prefix"]);
+    let header = etcdctl_ok(port, &["get", "k", "-w", "json"]);
+    let at = header.find("\"revision\":").unwrap() + 11;
+    let revision: String = header[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    etcdctl_ok(port, &["compaction", &revision, "--physical"]);
+    etcdctl_ok(port, &["defrag"]);
+}
+
+/// Each `/health` form answers on tern as on etcd: status, body and headers.
+fn assert_health_as_etcd(tern: u16, etcd: u16, targets: &[&str], expected_status: &[u16]) {
+    for (target, status) in targets.iter().zip(expected_status) {
+        let ours = get(tern, target);
+        let theirs = get(etcd, target);
+        assert_eq!(theirs.status, *status, "etcd {target}: {theirs:?}");
+        assert_eq!(
+            (ours.status, &ours.body, ours.header_set()),
+            (theirs.status, &theirs.body, theirs.header_set()),
+            "{target}"
+        );
+    }
+}
+
+/// The quota lands for real: tern and etcd 3.4.23, started with the same
+/// `--quota-backend-bytes`, take the same 50 kB puts until one is refused with "etcdserver:
+/// mvcc: database space exceeded" (the refusal raises NOSPACE on each). `/health` (plain,
+/// `?serializable=true`, `?exclude=NOSPACE`) then answers on tern exactly as on etcd: 503
+/// `{"health":"false"}` (an alarm fails health before the leader and read checks, so
+/// serializable does not help) and 200 when NOSPACE is excluded; it stays 503 after the
+/// space is freed (compaction + defrag) until `alarm disarm`, and is 200 again after.
+///
+/// etcd 3.4.23 has no `/livez` and `/readyz` (they came in 3.4.29 and 3.6), so these are
+/// checked against etcd's source (3.4.29's and 3.6.0's `etcdhttp/health.go`): livez runs
+/// only `serializable_read`, readyz runs `data_corruption` (the CORRUPT alarm alone) and the
+/// two reads, and reads work under NOSPACE, so both stay 200 with every check `[+]`. (3.6.0
+/// adds readyz's `non_learner` check, which passes on a voter, and lists the checks in Go
+/// map order; tern answers 3.4.29's list, in registration order.)
+#[test]
+fn health_flips_when_the_quota_lands_as_etcd_3_4s_does() {
+    let tern = TernServer::start_with(&[QUOTA_FLAG]);
+    let etcd = http_support::Etcd::start_with(&[QUOTA_FLAG]);
+    let (ours, theirs) = (tern.client_port, etcd.client_port);
+    let forms = [
+        "/health",
+        "/health?serializable=true",
+        "/health?exclude=NOSPACE",
+        "/health?exclude=CORRUPT",
+    ];
+    assert_health_as_etcd(ours, theirs, &forms, &[200, 200, 200, 200]);
+
+    fill_until_no_space(ours);
+    fill_until_no_space(theirs);
+    assert_health_as_etcd(ours, theirs, &forms, &[503, 503, 200, 503]);
+    assert_eq!(
+        get(ours, "/health").body,
+        "{\"health\":\"false\"}\n",
+        "etcd 3.4's body, without 3.5's reason"
+    );
+    let livez = get(ours, "/livez?verbose");
+    assert_eq!(
+        (livez.status, livez.body.as_str()),
+        (200, "[+]serializable_read ok\nok\n")
+    );
+    assert_eq!(get(ours, "/livez").body, "ok\n");
+    let readyz = get(ours, "/readyz?verbose");
+    assert_eq!(
+        (readyz.status, readyz.body.as_str()),
+        (
+            200,
+            "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\nok\n"
+        )
+    );
+    assert_eq!(get(ours, "/readyz").body, "ok\n");
+
+    // Freeing the space does not clear the alarm: health stays down until it is disarmed.
+    free_space(ours);
+    free_space(theirs);
+    assert_health_as_etcd(ours, theirs, &forms, &[503, 503, 200, 503]);
+    for port in [ours, theirs] {
+        assert!(etcdctl_ok(port, &["alarm", "disarm"]).contains("alarm:NOSPACE"));
+        assert_eq!(etcdctl_ok(port, &["alarm", "list"]), "");
+    }
+    assert_health_as_etcd(ours, theirs, &forms, &[200, 200, 200, 200]);
+    assert_eq!(get(ours, "/readyz?verbose").status, 200);
+    assert_eq!(get(ours, "/livez").status, 200);
+    for port in [ours, theirs] {
+        assert_eq!(etcdctl_ok(port, &["put", "small", "x"]), "OK\n");
+    }
+}
+
+/// A 3-member tern cluster and a 3-member etcd 3.4.23 cluster each lose two members: the
+/// survivor's `/health` turns 503 with the same status, body and headers on both.
+/// `?serializable=true` came with 3.4.29 (with `/livez` and `/readyz`); 3.4.23 ignores it
+/// and answers 503 here. tern follows 3.4.29's source: the leader check is skipped and the
+/// local read works, so it stays 200. `/livez` and `/readyz` follow 3.4.29's and 3.6's
+/// checks: the serializable read works, the linearizable one fails.
 #[test]
 fn health_flips_without_a_leader() {
-    let mut cluster = http_support::TernCluster::start(3);
+    let mut cluster = http_support::Cluster::tern(3);
+    let mut etcd = http_support::Cluster::etcd(3);
     for member in 0..3 {
         assert_eq!(get(cluster.client_ports[member], "/health").status, 200);
     }
@@ -529,22 +713,33 @@ fn health_flips_without_a_leader() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    cluster.kill(1);
-    cluster.kill(2);
-    let port = cluster.client_ports[0];
-    // The survivor loses its leader within an election timeout or two.
-    let deadline = Instant::now() + ANSWER_TIMEOUT;
-    let mut health = get(port, "/health");
-    while health.status == 200 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        health = get(port, "/health");
+    for c in [&mut cluster, &mut etcd] {
+        c.kill(1);
+        c.kill(2);
     }
+    let port = cluster.client_ports[0];
+    let etcd_port = etcd.client_ports[0];
+    // Each survivor loses its leader within an election timeout or two.
+    for survivor in [port, etcd_port] {
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let mut health = get(survivor, "/health");
+        while health.status == 200 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            health = get(survivor, "/health");
+        }
+        assert_eq!(
+            (health.status, health.body.as_str()),
+            (503, "{\"health\":\"false\"}\n"),
+            "survivor on {survivor}"
+        );
+    }
+    assert_health_as_etcd(port, etcd_port, &["/health"], &[503]);
+    // Local reads still work: the serializable health stays up.
+    let serializable = get(port, "/health?serializable=true");
     assert_eq!(
-        (health.status, health.body.as_str()),
-        (503, "{\"health\":\"false\"}\n")
+        (serializable.status, serializable.body.as_str()),
+        (200, "{\"health\":\"true\"}")
     );
-    // Local reads still work: the serializable health and liveness stay up.
-    assert_eq!(get(port, "/health?serializable=true").status, 200);
     assert_eq!(get(port, "/livez").status, 200);
     let ready = get(port, "/readyz");
     assert_eq!(ready.status, 503);

@@ -1,9 +1,10 @@
 //! Checks peer TLS end to end (issue 14): three members replicate over https:// peer URLs
-//! with --peer-client-cert-auth, a fourth joins and catches up by snapshot over it; a peer
-//! with a certificate from another CA, outside --peer-cert-allowed-cn, or whose SANs do not
-//! name the address it connects from is refused with etcd's log line; rotated peer
-//! certificate files are served to new peer connections without a restart while the
-//! cluster keeps committing. Real tern processes, certificates from rcgen (common::pki).
+//! with --peer-client-cert-auth and elect a new leader when theirs is killed; a fourth
+//! joins and catches up by snapshot over it; a peer with a certificate from another CA,
+//! outside --peer-cert-allowed-cn, or whose SANs do not name the address it connects from
+//! is refused with etcd's log line; rotated peer certificate files are served to new peer
+//! connections without a restart while the cluster keeps committing. Real tern processes,
+//! certificates from rcgen (common::pki).
 
 mod common;
 
@@ -147,6 +148,27 @@ impl TlsCluster {
     fn endpoint(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.client_ports[i])
     }
+
+    /// (this member's id, the leader's id as it knows it; 0 for none), from `etcdctl
+    /// endpoint status`.
+    fn member_and_leader(&self, i: usize) -> Option<(u64, u64)> {
+        let out = etcdctl(
+            &self.endpoint(i),
+            &["--command-timeout=2s", "endpoint", "status", "-w", "json"],
+            None,
+        );
+        let status: serde_json::Value = serde_json::from_str(&stdout(&out)).ok()?;
+        let status = &status[0]["Status"];
+        Some((
+            status["header"]["member_id"].as_u64()?,
+            status["leader"].as_u64()?,
+        ))
+    }
+
+    fn kill(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+    }
 }
 
 impl Drop for TlsCluster {
@@ -179,7 +201,7 @@ fn three_members_replicate_over_peer_tls() {
             (cert_i, key_i, ca_file.clone())
         })
         .collect();
-    let cluster = TlsCluster::start(&pki, &certs, &["--peer-cert-allowed-cn", "etcd-peer"]);
+    let mut cluster = TlsCluster::start(&pki, &certs, &["--peer-cert-allowed-cn", "etcd-peer"]);
     for i in 0..3 {
         cluster.wait_for_log(i, &["ready to serve client requests"]);
     }
@@ -204,6 +226,44 @@ fn three_members_replicate_over_peer_tls() {
             cluster.log(i)
         );
     }
+
+    // A new election over peer TLS: kill the leader; the two others elect one of them
+    // and keep replicating.
+    let leader_id = cluster.member_and_leader(0).expect("endpoint status").1;
+    let leader = (0..3)
+        .find(|&i| cluster.member_and_leader(i).map(|(id, _)| id) == Some(leader_id))
+        .expect("no member is the leader");
+    cluster.kill(leader);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let deadline = Instant::now() + WAIT;
+    for &i in &survivors {
+        loop {
+            match cluster.member_and_leader(i) {
+                Some((_, now)) if now != 0 && now != leader_id => break,
+                _ => assert!(
+                    Instant::now() < deadline,
+                    "member {i} elected no new leader"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_ok(
+        &etcdctl(
+            &cluster.endpoint(survivors[0]),
+            &["put", "after-election", "yes"],
+            None,
+        ),
+        "OK\n",
+    );
+    assert_ok(
+        &etcdctl(
+            &cluster.endpoint(survivors[1]),
+            &["get", "after-election", "--print-value-only"],
+            None,
+        ),
+        "yes\n",
+    );
 }
 
 #[test]

@@ -16,6 +16,9 @@
 //!   close); nothing a peer sends ends the task with anything but a closed connection.
 //! - On shutdown an idle connection closes at once; a busy one finishes its request and
 //!   answers it with `Connection: close`.
+//! - With [`FirstLine::Http1RequestLine`] (etcd's cleartext client port), a connection
+//!   whose first line is not `<method> <target> HTTP/1.<minor>` within
+//!   `CMUX_FIRST_LINE_BYTES_MAX` is closed without a word, before anything is parsed.
 
 use std::io;
 use std::rc::Rc;
@@ -106,6 +109,45 @@ impl Head {
     }
 }
 
+/// What a connection's first line must be before it is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstLine {
+    /// Anything: malformed input gets Go's net/http answers (TLS ports, where etcd's
+    /// listener hands every connection to net/http; metrics listeners).
+    Any,
+    /// An HTTP/1 request line, as etcd's cleartext client port wants: its connection
+    /// multiplexer (cmux) hands a connection to net/http only if its first line parses as
+    /// one with major version 1, and closes the others unanswered (a TLS ClientHello, a
+    /// line without a version, one longer than its 4 KiB read).
+    Http1RequestLine,
+}
+
+/// cmux's HTTP/1 matcher reads at most this much for the first line, newline included.
+const CMUX_FIRST_LINE_BYTES_MAX: usize = 4096;
+
+/// Whether `buffer` opens with a line cmux's HTTP/1 matcher accepts: Some(true) if it
+/// does, Some(false) if it cannot (no newline within the limit, or not a request line of
+/// major version 1), None while the line is incomplete.
+fn http1_request_line(buffer: &[u8]) -> Option<bool> {
+    let window = &buffer[..buffer.len().min(CMUX_FIRST_LINE_BYTES_MAX)];
+    let Some(end) = window.iter().position(|&b| b == b'\n') else {
+        return if buffer.len() < CMUX_FIRST_LINE_BYTES_MAX {
+            None
+        } else {
+            Some(false)
+        };
+    };
+    let line = &window[..end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // Method, target and version are split at the first two spaces; the version is the rest.
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let (Some(_method), Some(_target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Some(false);
+    };
+    Some(version.len() == 8 && version.starts_with(b"HTTP/1.") && version[7].is_ascii_digit())
+}
+
 /// Serves one HTTP/1.1 connection until the peer closes, a deadline passes, a protocol
 /// error closes it, or `shutdown` fires.
 pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
@@ -113,10 +155,13 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     config: Rc<Http1Config>,
     handler: Handler,
     shutdown: ShutdownSignal,
+    first_line: FirstLine,
 ) -> io::Result<()> {
     let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut check_first_line = first_line == FirstLine::Http1RequestLine;
     loop {
-        let head = match read_head(&mut io, &mut buffer, &config, &shutdown).await? {
+        let check = std::mem::replace(&mut check_first_line, false);
+        let head = match read_head(&mut io, &mut buffer, &config, &shutdown, check).await? {
             Ok(head) => head,
             Err(Some(response)) => return write_final(&mut io, &response, &config).await,
             Err(None) => return Ok(()),
@@ -184,12 +229,14 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Reads and parses the next request head. Ok(Err(Some(response))): answer and close;
-/// Ok(Err(None)): close without a word (peer gone, deadline, shutdown while idle).
+/// Ok(Err(None)): close without a word (peer gone, deadline, shutdown while idle, or with
+/// `check_first_line` a first line that is not an HTTP/1 request line).
 async fn read_head<S: AsyncRead + Unpin>(
     io: &mut S,
     buffer: &mut Vec<u8>,
     config: &Http1Config,
     shutdown: &ShutdownSignal,
+    mut check_first_line: bool,
 ) -> io::Result<Result<Head, Option<Response>>> {
     let mut deadline = Instant::now()
         + if buffer.is_empty() {
@@ -198,7 +245,14 @@ async fn read_head<S: AsyncRead + Unpin>(
             config.header_read_timeout
         };
     loop {
-        if !buffer.is_empty() {
+        if check_first_line && !buffer.is_empty() {
+            match http1_request_line(buffer) {
+                Some(true) => check_first_line = false,
+                Some(false) => return Ok(Err(None)),
+                None => {}
+            }
+        }
+        if !check_first_line && !buffer.is_empty() {
             let mut fields = [httparse::EMPTY_HEADER; HEADER_FIELDS_MAX];
             let mut parsed = httparse::Request::new(&mut fields);
             match parsed.parse(buffer) {
@@ -470,4 +524,25 @@ fn header_too_large() -> Response {
 
 fn too_large() -> Response {
     plain_error(413, "Request Entity Too Large")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_lines_are_matched_as_cmux_matches_http1() {
+        assert_eq!(http1_request_line(b"GET /health HTTP/1.1\r\n"), Some(true));
+        assert_eq!(http1_request_line(b"GET / HTTP/1.0\n"), Some(true));
+        assert_eq!(http1_request_line(b"GET / HTTP/1.1"), None);
+        assert_eq!(http1_request_line(b"GARBAGE\r\n\r\n"), Some(false));
+        assert_eq!(http1_request_line(b"GET /health\r\n"), Some(false));
+        assert_eq!(http1_request_line(b"GET / HTTP/2.0\r\n"), Some(false));
+        assert_eq!(http1_request_line(b"\r\nGET / HTTP/1.1\r\n"), Some(false));
+        assert_eq!(http1_request_line(b"\x16\x03\x01\x02\x00\x01"), None);
+        let long = [b"GET /".as_slice(), &[b'a'; 5000], b" HTTP/1.1\r\n"].concat();
+        assert_eq!(http1_request_line(&long), Some(false));
+        let fits = [b"GET /".as_slice(), &[b'a'; 4000], b" HTTP/1.1\r\n"].concat();
+        assert_eq!(http1_request_line(&fits), Some(true));
+    }
 }

@@ -15,6 +15,6 @@ pub mod conn;
 pub mod message;
 pub mod sniff;
 
-pub use conn::{serve_connection, Http1Config};
+pub use conn::{serve_connection, FirstLine, Http1Config};
 pub use message::{Handler, Request, Response};
 pub use sniff::{serve_sniffed, sniff, ClientProtocol, Http1Service};

@@ -128,6 +128,8 @@ pub struct Http1Service {
 /// stream), everything else with the HTTP/1.1 server, as etcd's client port does.
 /// - Plain TCP and unix sockets are sniffed by their first bytes (MSG_PEEK); a client that
 ///   sends nothing decisive within the header deadline is dropped.
+/// - On plain TCP and unix sockets, an HTTP/1 connection whose first line is not an HTTP/1
+///   request line is closed unanswered, as etcd's cmux closes it ([`super::FirstLine`]).
 /// - TLS connections are told apart by ALPN, as Go's `http.Server` does for etcd: `h2`
 ///   goes to HTTP/2, no protocol (a client without ALPN, or one offering only
 ///   `http/1.1`) to HTTP/1.1. Nothing is sniffed under TLS: an HTTP/2 preface sent without
@@ -142,6 +144,14 @@ pub async fn serve_sniffed<F, Fut>(
     Fut: Future,
 {
     let deadline = Instant::now() + http1.config.header_read_timeout;
+    // etcd's cleartext client port multiplexes with cmux, which serves HTTP/1 only to a
+    // connection that opens with an HTTP/1 request line; its TLS port hands every
+    // connection to net/http.
+    let first_line = if stream.is_tls() {
+        super::FirstLine::Any
+    } else {
+        super::FirstLine::Http1RequestLine
+    };
     let protocol = match &stream {
         ClientStream::Tcp(tcp) => sniff(tcp, deadline).await,
         ClientStream::Unix(unix) => sniff(unix, deadline).await,
@@ -163,6 +173,7 @@ pub async fn serve_sniffed<F, Fut>(
                 http1.config.clone(),
                 http1.handler.clone(),
                 shutdown,
+                first_line,
             )
             .await;
         }

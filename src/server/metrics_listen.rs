@@ -87,6 +87,8 @@ async fn serve_one(
             http1.config.clone(),
             http1.handler.clone(),
             shutdown,
+            // etcd serves cleartext metrics URLs with net/http alone, without cmux.
+            crate::http1::FirstLine::Any,
         )
         .await;
         return;

@@ -1,5 +1,5 @@
 //! Servers the HTTP tests compare or break: a real etcd 3.4 on free loopback ports, and a
-//! small cluster of tern members. Each is killed and its data removed on drop.
+//! small cluster of tern (or etcd) members. Each is killed and its data removed on drop.
 
 #![allow(dead_code)]
 
@@ -99,15 +99,25 @@ impl Drop for Etcd {
     }
 }
 
-/// Members of one tern cluster, all on loopback.
-pub struct TernCluster {
+/// Members of one cluster of tern or of etcd processes, all on loopback.
+pub struct Cluster {
     children: Vec<Option<Child>>,
     pub client_ports: Vec<u16>,
     root: PathBuf,
 }
 
-impl TernCluster {
-    pub fn start(size: usize) -> TernCluster {
+impl Cluster {
+    pub fn tern(size: usize) -> Cluster {
+        Cluster::start(&tern_binary(), size)
+    }
+
+    /// The same cluster of real etcd 3.4 members (same flags).
+    pub fn etcd(size: usize) -> Cluster {
+        let etcd = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+        Cluster::start(std::path::Path::new(&etcd), size)
+    }
+
+    fn start(binary: &std::path::Path, size: usize) -> Cluster {
         let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let peer_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let root = std::env::temp_dir().join(format!(
@@ -126,7 +136,7 @@ impl TernCluster {
                 let client = format!("http://127.0.0.1:{}", client_ports[i]);
                 let peer = format!("http://127.0.0.1:{}", peer_ports[i]);
                 Some(
-                    Command::new(tern_binary())
+                    Command::new(binary)
                         .args(["--name", &format!("m{i}"), "--data-dir"])
                         .arg(root.join(format!("m{i}")))
                         .args([
@@ -150,7 +160,7 @@ impl TernCluster {
                 )
             })
             .collect();
-        let mut cluster = TernCluster {
+        let mut cluster = Cluster {
             children,
             client_ports,
             root,
@@ -170,7 +180,7 @@ impl TernCluster {
     }
 }
 
-impl Drop for TernCluster {
+impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.children.len() {
             self.kill(i);
