@@ -55,6 +55,28 @@ if [[ ! -d tests/clients/node/node_modules/etcd3 ]]; then
     npm ci --prefix tests/clients/node --no-audit --no-fund --loglevel=error >&2
 fi
 
+# A short fuzzing run (issue 17): every cargo-fuzz target in fuzz/ (HTTP/2 frames, HPACK,
+# the gRPC codec, etcd request decoding, WAL records, the peer codec) and storage/fuzz/
+# (B+tree pages) for TERN_FUZZ_SECONDS each (default 20), on nightly Rust. A crash fails
+# the run; its input is left in <crate>/artifacts/. Corpora stay git-ignored.
+fuzz_seconds=${TERN_FUZZ_SECONDS:-20}
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "test.sh: installing the nightly toolchain for cargo-fuzz" >&2
+    rustup toolchain install nightly --profile minimal >&2
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "test.sh: installing cargo-fuzz" >&2
+    cargo install --locked cargo-fuzz >&2
+fi
+for crate in fuzz storage/fuzz; do
+    for target in $(cd "$crate" && cargo +nightly fuzz list); do
+        echo "test.sh: fuzzing $crate/$target for ${fuzz_seconds}s" >&2
+        (cd "$crate" && cargo +nightly fuzz run --debug-assertions "$target" -- \
+            -max_total_time="$fuzz_seconds" -max_len=200000 -print_final_stats=1 2>&1 |
+            grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==|SUMMARY|Done)' >&2)
+    done
+done
+
 export TERN_REQUIRE_ETCD=1
 
 if cargo nextest --version >/dev/null 2>&1; then
