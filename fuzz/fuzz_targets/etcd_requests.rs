@@ -1,6 +1,6 @@
 //! Fuzzes the server's decoding of every etcd request message: the first byte picks the
 //! message, the rest is its encoding, decoded as the server decodes a client's request
-//! (`tern::service::call::decode_request`: protobuf groups refused, then prost), with the
+//! (`tern::service::decode_request`: protobuf groups refused, then prost), with the
 //! Txn nesting check the KV service runs first. Nothing may panic or overflow the stack
 //! (run with `-max_len=200000` so that deep nesting is reachable); what decodes
 //! re-encodes. Run: `cargo +nightly fuzz run etcd_requests -- -max_len=200000` in fuzz/.
@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tern::proto::etcdserverpb as pb;
 use tern::proto::{v3electionpb as election, v3lockpb as lock};
-use tern::service::call::decode_request;
+use tern::service::decode_request;
 
 fn decode<T: Message + Default + prost::Name>(bytes: Bytes) {
     if let Ok(message) = decode_request::<T>(bytes) {

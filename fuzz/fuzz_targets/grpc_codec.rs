@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = codec::parse_timeout(data);
     let decoded = codec::percent_decode(data);
-    assert_eq!(codec::percent_decode(&codec::percent_encode(&decoded)), decoded);
+    assert_eq!(
+        codec::percent_decode(&codec::percent_encode(&decoded)),
+        decoded
+    );
     if let Ok((prefix, rest)) = codec::frame_message(Bytes::copy_from_slice(data)) {
         let framed = [&prefix[..], rest.as_deref().unwrap_or_default()].concat();
         assert_eq!(codec::count_framed(&framed), 1);

@@ -12,7 +12,9 @@ fuzz_target!(|data: &[u8]| {
     let mut at = 0;
     while let Some(header) = FrameHeader::parse(&data[at..]) {
         let start = at + FRAME_HEADER_LEN;
-        let Some(end) = start.checked_add(header.length as usize).filter(|e| *e <= data.len())
+        let Some(end) = start
+            .checked_add(header.length as usize)
+            .filter(|e| *e <= data.len())
         else {
             break;
         };

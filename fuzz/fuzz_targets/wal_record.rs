@@ -46,7 +46,12 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     assert_eq!(scanned, records);
     for record in &scanned {
-        if let WalRecord::Entry { raft_index, term, data } = record {
+        if let WalRecord::Entry {
+            raft_index,
+            term,
+            data,
+        } = record
+        {
             let entry = Entry {
                 raft_index: *raft_index,
                 term: *term,
