@@ -5,7 +5,8 @@
 # etcd 3.4.23 from Debian's etcd-client and etcd-server packages; strace for the blocking-I/O
 # trace; python3 for the golden-transcript normaliser; the Python etcd3 client on grpcio as
 # the second client stack; Node and its etcd3 client on @grpc/grpc-js as the third; shellcheck and iproute2 for the tuning/ scripts' tests), then runs
-# every test in the workspace and prints the test runner's summary.
+# every test in the workspace and prints the test runner's summary, then runs each cargo-fuzz
+# target for a short while (fuzz/run.sh, docs/fuzzing.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -55,10 +56,31 @@ if [[ ! -d tests/clients/node/node_modules/etcd3 ]]; then
     npm ci --prefix tests/clients/node --no-audit --no-fund --loglevel=error >&2
 fi
 
+# A short fuzzing run (issue 17), after the tests: fuzz/run.sh builds every cargo-fuzz target
+# in fuzz/ and storage/fuzz/ and runs each for TERN_FUZZ_SECONDS (default 20; 0 skips it) on
+# nightly Rust. A crash fails test.sh; its input is left in <crate>/artifacts/<target>/.
+fuzz_seconds=${TERN_FUZZ_SECONDS:-20}
+if ((fuzz_seconds > 0)); then
+    if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+        echo "test.sh: installing the nightly toolchain for cargo-fuzz" >&2
+        rustup toolchain install nightly --profile minimal >&2
+    fi
+    if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+        echo "test.sh: installing cargo-fuzz" >&2
+        cargo install --locked cargo-fuzz >&2
+    fi
+fi
+
 export TERN_REQUIRE_ETCD=1
 
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-    exec cargo nextest run --workspace --no-fail-fast "$@"
+    cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 else
-    exec cargo test --workspace --no-fail-fast "$@"
+    cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
+if ((fuzz_seconds > 0)); then
+    echo "test.sh: fuzzing each target for ${fuzz_seconds}s (fuzz/run.sh)" >&2
+    TERN_FUZZ_SECONDS=$fuzz_seconds fuzz/run.sh || status=1
+fi
+exit "$status"

@@ -25,6 +25,9 @@ use crate::auth::Credential;
 use crate::grpc::{Call, Code, Handler, Status};
 use crate::state::{Identity, StateClient};
 
+/// Public so that the `etcd_requests` fuzz target (fuzz/) decodes requests exactly as the
+/// services do.
+pub use call::decode_request;
 pub use call::status_from_error;
 
 /// etcd lets a gRPC message exceed --max-request-bytes by this much before gRPC itself

@@ -22,8 +22,12 @@ use super::{HeaderList, HpackError};
 const ENTRY_OVERHEAD_BYTES: usize = 32;
 
 /// Integers larger than this are rejected (they could only be lengths or indices, and
-/// nothing we accept is near this big). Also bounds the shift in `decode_integer`.
+/// nothing we accept is near this big).
 const INTEGER_MAX: usize = 1 << 28;
+/// The last shift `decode_integer` applies: enough continuation bytes for INTEGER_MAX.
+/// Continuation bytes of zero add nothing to the value, so the value check alone does not
+/// bound the shift (RFC 7541 §5.1: an encoding too long in octets is a decoding error).
+const INTEGER_SHIFT_MAX: u32 = INTEGER_MAX.ilog2();
 
 pub struct Decoder {
     /// Newest entry first (dynamic index 62 is `dynamic[0]`).
@@ -168,6 +172,9 @@ fn decode_integer(block: &[u8], pos: &mut usize, prefix_bits: u8) -> Result<usiz
             return Ok(value);
         }
         shift += 7;
+        if shift > INTEGER_SHIFT_MAX {
+            return Err(error("integer encoding too long"));
+        }
     }
 }
 
@@ -207,6 +214,26 @@ mod tests {
     fn rejects_oversized_and_truncated_integers() {
         assert!(decode_integer(&[0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], &mut 0, 5).is_err());
         assert!(decode_integer(&[0x1f, 0x80], &mut 0, 5).is_err());
+    }
+
+    /// Found by the hpack_decode fuzz target (crash-3c982747): a table size update whose
+    /// integer has 23 continuation bytes of 0x80 keeps its value at 31 while the shift passes
+    /// 64 ("attempt to shift left with overflow"; in a release build the shift wraps).
+    #[test]
+    fn integer_with_many_zero_continuation_bytes_is_an_error() {
+        let mut long = vec![0x1f];
+        long.extend([0x80; 10]);
+        long.push(0x01);
+        assert!(decode_integer(&long, &mut 0, 5).is_err());
+        // Four continuation bytes reach shift 28, still within INTEGER_MAX's bits.
+        assert_eq!(
+            decode_integer(&[0x1f, 0x80, 0x80, 0x80, 0x80, 0x00], &mut 0, 5).unwrap(),
+            31
+        );
+        let mut crash = vec![0x33, 0x3f];
+        crash.extend([0x80; 23]);
+        crash.extend([0xc6, 0xfb, 0xc7, 0xc7]);
+        assert!(Decoder::new(4096).decode(&crash).is_err());
     }
 
     #[test]
