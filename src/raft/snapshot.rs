@@ -79,7 +79,9 @@ pub fn db_image_path(dir: &Path, raft_index: u64) -> PathBuf {
 pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     glommio::executor()
         .spawn_blocking(move || {
-            crate::runtime::thread_name::prepare_blocking_thread();
+            crate::runtime::thread_name::prepare_blocking_thread(
+                crate::runtime::thread_name::BlockingWork::Background,
+            );
             work()
         })
         .await

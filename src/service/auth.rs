@@ -54,7 +54,9 @@ async fn crypto_job<T: Send + 'static>(
         .map_err(|_| EtcdError::Stopped)?;
     Ok(glommio::executor()
         .spawn_blocking(move || {
-            crate::runtime::thread_name::prepare_blocking_thread();
+            crate::runtime::thread_name::prepare_blocking_thread(
+                crate::runtime::thread_name::BlockingWork::Request,
+            );
             job()
         })
         .await)

@@ -374,7 +374,9 @@ impl StateMachine {
         glommio::spawn_local(async move {
             let outcome = glommio::executor()
                 .spawn_blocking(move || {
-                    crate::runtime::thread_name::prepare_blocking_thread();
+                    crate::runtime::thread_name::prepare_blocking_thread(
+                        crate::runtime::thread_name::BlockingWork::Background,
+                    );
                     job.run()
                 })
                 .await;
@@ -405,7 +407,9 @@ impl StateMachine {
         if !retired.is_empty() {
             // Freeing a committed layer takes up to ~100 ms for a large batch: not here.
             glommio::spawn_local(glommio::executor().spawn_blocking(move || {
-                crate::runtime::thread_name::prepare_blocking_thread();
+                crate::runtime::thread_name::prepare_blocking_thread(
+                    crate::runtime::thread_name::BlockingWork::Background,
+                );
                 drop(retired)
             }))
             .detach();
