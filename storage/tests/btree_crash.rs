@@ -67,6 +67,9 @@ fn crash_child_writer() {
     }
 }
 
+/// How long the crash child may take to start and make its first commit.
+const CHILD_FIRST_COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[test]
 fn sigkill_at_random_points() {
     let seed: u64 = rand::random();
@@ -89,16 +92,27 @@ fn sigkill_at_random_points() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (first_commit_tx, first_commit_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
+            let mut first_commit_tx = Some(first_commit_tx);
             let mut last = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(n) = line.strip_prefix("committed ") {
                     last = Some(n.trim().parse::<u64>().unwrap());
+                    if let Some(tx) = first_commit_tx.take() {
+                        let _ = tx.send(());
+                    }
                 }
             }
             last
         });
+        // The random kill point is counted from the child's first commit, not from its
+        // start: a loaded machine can take longer than the shortest delay to start it, and
+        // a kill before the file exists tests nothing (and left no file to check).
+        first_commit_rx
+            .recv_timeout(CHILD_FIRST_COMMIT_TIMEOUT)
+            .expect("the crash child committed nothing");
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
         // Safety: plain FFI call with a pid we own; SIGKILL is what this test is about.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
