@@ -12,11 +12,11 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{etcdctl, free_port, stderr, stdout, Scratch};
+use common::{etcdctl, free_port, stderr, stdout, ternutl, ternutl_run, Scratch};
 
 /// How long a server may take to serve after it starts.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -103,27 +103,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The `ternutl` binary of this workspace, built if needed (it lives in the tools crate,
-/// whose binaries this package's tests do not get built by themselves).
-fn ternutl() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "-p", "tern-tools", "--bin", "ternutl"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cannot build ternutl");
-            common::tern_binary().with_file_name("ternutl")
-        })
-        .clone()
-}
-
-fn ternutl_run(args: &[&str]) -> std::process::Output {
-    Command::new(ternutl()).args(args).output().unwrap()
 }
 
 /// etcd 3.4's etcdctl with the API version `api` (its `backup` is a v2 command).

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{etcdctl, free_port, stderr, stdout, TernServer};
+use common::{etcdctl, free_port, stderr, stdout, ternutl_run, TernServer};
 
 /// How long a real etcd may take to serve after it starts.
 const ETCD_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -348,27 +348,6 @@ fn a_damaged_snapshot_fails_the_hash_check() {
     let out = restore(&snap, "restored", &scratch.0.join("etcd.data"), &peer_url);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("expected sha256"), "{}", stderr(&out));
-}
-
-/// The `ternutl` binary of this workspace, built if needed (it lives in the tools crate,
-/// whose binaries this package's tests do not get built by themselves).
-fn ternutl() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "-p", "tern-tools", "--bin", "ternutl"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cannot build ternutl");
-            common::tern_binary().with_file_name("ternutl")
-        })
-        .clone()
-}
-
-fn ternutl_run(args: &[&str]) -> std::process::Output {
-    Command::new(ternutl()).args(args).output().unwrap()
 }
 
 /// `ternutl snapshot restore` of `snapshot` as `name` of `initial_cluster`.

@@ -34,6 +34,28 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The `ternutl` binary of this workspace, built if needed (it lives in the tools crate,
+/// whose binaries this package's tests do not get built by themselves).
+pub fn ternutl() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "-p", "tern-tools", "--bin", "ternutl"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cannot build ternutl");
+            tern_binary().with_file_name("ternutl")
+        })
+        .clone()
+}
+
+/// Runs `ternutl` with `args` and returns what it did.
+pub fn ternutl_run(args: &[&str]) -> Output {
+    Command::new(ternutl()).args(args).output().unwrap()
+}
+
 pub fn tern_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tern"))
 }
