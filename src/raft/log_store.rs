@@ -53,6 +53,26 @@ pub fn decode_wal_entry(entry: &wal::Entry) -> Result<Entry, String> {
     Ok(decoded)
 }
 
+/// The raft log a recovered WAL holds: its entries, decoded and checked, and its hard state,
+/// with the commit index raised to the snapshot marker's index (a restored snapshot is
+/// committed even if no later hard state said so).
+pub fn recovered_raft_log(recovered: &wal::Recovered) -> Result<(HardState, Vec<Entry>), String> {
+    let entries = recovered
+        .entries
+        .iter()
+        .map(decode_wal_entry)
+        .collect::<Result<Vec<_>, _>>()?;
+    let hs = recovered.hard_state.unwrap_or_default();
+    let snapshot_index = recovered.snapshot.unwrap_or_default().raft_index;
+    let hard_state = HardState {
+        term: hs.term,
+        vote: hs.vote,
+        commit: hs.commit.max(snapshot_index),
+        ..Default::default()
+    };
+    Ok((hard_state, entries))
+}
+
 /// The WAL record that stores `entry`.
 pub fn wal_record(entry: &Entry) -> WalRecord {
     WalRecord::Entry {

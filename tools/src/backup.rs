@@ -218,17 +218,7 @@ fn backup_into(
         let file = tern::raft::snapshot::load_blocking(&src_snap, marker.raft_index, marker.term)?;
         tern::raft::snapshot::restore_membership(&file.snapshot, &mut membership)?;
     }
-    let mut entries = Vec::with_capacity(recovered.entries.len());
-    for e in &recovered.entries {
-        entries.push(log_store::decode_wal_entry(e).map_err(Failure)?);
-    }
-    let hs = recovered.hard_state.unwrap_or_default();
-    let hard_state = HardState {
-        term: hs.term,
-        vote: hs.vote,
-        commit: hs.commit.max(marker.raft_index),
-        ..Default::default()
-    };
+    let (hard_state, entries) = log_store::recovered_raft_log(&recovered).map_err(Failure)?;
 
     // The backend, and the raft index it holds.
     let snapshot_index = if config.with_v3 {

@@ -124,17 +124,7 @@ pub async fn open(
                 applied = marker.raft_index;
                 snap = Some(file.snapshot);
             }
-            let mut entries = Vec::with_capacity(recovered.entries.len());
-            for e in &recovered.entries {
-                entries.push(log_store::decode_wal_entry(e)?);
-            }
-            let hs = recovered.hard_state.unwrap_or_default();
-            let hard_state = HardState {
-                term: hs.term,
-                vote: hs.vote,
-                commit: hs.commit.max(marker.raft_index),
-                ..Default::default()
-            };
+            let (hard_state, entries) = log_store::recovered_raft_log(&recovered)?;
             let log = LogStore::new(hard_state, conf_state, snap, entries);
             let cluster_id = if recovered.metadata.cluster_id != 0 {
                 recovered.metadata.cluster_id
