@@ -22,6 +22,7 @@ use super::page::{
     MAX_INLINE_CELL_BYTES, PAGE_BYTES, PAGE_HEADER_BYTES, SLOT_BYTES, VALUE_INLINE, VALUE_OVERFLOW,
 };
 use super::Error;
+use crate::writeback::WritebackPacer;
 
 /// A dirty node smaller than this (encoded bytes) is merged with a sibling at commit.
 const NODE_UNDERFULL_BYTES: usize = PAGE_BYTES / 4;
@@ -1104,7 +1105,7 @@ fn chunk_lengths(sizes: &[usize], chunks: &mut Vec<usize>) {
 /// Unpaced (the default), the device writes are left to the commit's `fdatasync`
 /// (docs/btree.md, "Commit protocol", step 1 says why writeback is not started early).
 /// Paced (`Options::writeback_pacing`), each written batch's writeback is started at once and
-/// at most `WRITEBACK_BATCHES_IN_FLIGHT` batches are on their way to the device: a server
+/// at most `crate::writeback::RANGES_IN_FLIGHT` batches are on their way to the device: a server
 /// whose WAL shares the disk must not find a whole commit's pages queued ahead of each
 /// small WAL write (a 33 MB commit made 4 KiB WAL writes wait 20–38 ms).
 pub(crate) struct PageWrites {
@@ -1112,19 +1113,15 @@ pub(crate) struct PageWrites {
     buffer: Vec<u8>,
     /// (first page id, byte offset in `buffer`, pages) of each run in the buffer.
     runs: Vec<(u64, usize, u64)>,
-    /// With pacing: the byte ranges (start, end) of written batches whose writeback may still
-    /// be in flight, oldest first. At most `WRITEBACK_BATCHES_IN_FLIGHT` long.
-    writeback: Option<std::collections::VecDeque<(u64, u64)>>,
+    /// With pacing: the written batches whose writeback may still be in flight
+    /// (`crate::writeback`, at most `RANGES_IN_FLIGHT` of about `WRITE_BATCH_BYTES` each).
+    writeback: Option<WritebackPacer>,
 }
 
 /// Bytes of pages gathered before they are written.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 /// Bounded by the kernel's `IOV_MAX` (1024 on Linux).
 const IOVECS_PER_WRITE_MAX: usize = 1024;
-/// With paced writeback: written batches (of about `WRITE_BATCH_BYTES` each) whose device
-/// writes may be outstanding at once. Two keep the device busy while the next batch is
-/// encoded, and bound what a WAL write can find queued ahead of it to about 2 MiB.
-const WRITEBACK_BATCHES_IN_FLIGHT: usize = 2;
 
 impl PageWrites {
     /// Writes to `file` (a handle of the database file); `paced` as `Options::writeback_pacing`.
@@ -1133,7 +1130,7 @@ impl PageWrites {
             file,
             buffer: Vec::new(),
             runs: Vec::new(),
-            writeback: paced.then(std::collections::VecDeque::new),
+            writeback: paced.then(WritebackPacer::new),
         }
     }
 
@@ -1152,7 +1149,7 @@ impl PageWrites {
 
     /// Writes every gathered page and empties the buffer (keeping a batch's worth of it).
     /// With pacing, also starts the batch's writeback and waits for the oldest batches'
-    /// until at most `WRITEBACK_BATCHES_IN_FLIGHT` remain.
+    /// until at most `crate::writeback::RANGES_IN_FLIGHT` remain.
     pub(crate) fn flush(&mut self) -> Result<(), Error> {
         let written = self
             .runs
@@ -1168,20 +1165,8 @@ impl PageWrites {
         if self.buffer.capacity() > WRITE_BATCH_BYTES {
             self.buffer = Vec::with_capacity(WRITE_BATCH_BYTES);
         }
-        if let (Some(in_flight), Some((start, end))) = (self.writeback.as_mut(), written) {
-            sync_file_range(&self.file, start, end, libc::SYNC_FILE_RANGE_WRITE)?;
-            in_flight.push_back((start, end));
-            while in_flight.len() > WRITEBACK_BATCHES_IN_FLIGHT {
-                let (start, end) = in_flight.pop_front().expect("longer than the bound");
-                sync_file_range(
-                    &self.file,
-                    start,
-                    end,
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                        | libc::SYNC_FILE_RANGE_WRITE
-                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                )?;
-            }
+        if let (Some(pacer), Some((start, end))) = (self.writeback.as_mut(), written) {
+            pacer.note_written(&self.file, start, end)?;
         }
         Ok(())
     }
@@ -1189,8 +1174,8 @@ impl PageWrites {
     /// Forgets the batches whose writeback was started: the commit's `fdatasync`, which
     /// comes next, waits for all of them (and makes them durable, which pacing never does).
     pub(crate) fn end_writeback(&mut self) {
-        if let Some(in_flight) = self.writeback.as_mut() {
-            in_flight.clear();
+        if let Some(pacer) = self.writeback.as_mut() {
+            pacer.clear();
         }
     }
 
@@ -1234,30 +1219,6 @@ impl PageWrites {
             pwritev_all(&self.file, &mut iovecs, first_pgid * PAGE_BYTES as u64)?;
         }
         Ok(())
-    }
-}
-
-/// `sync_file_range(2)` over bytes `start..end` of `file`. Only paces writeback: it makes
-/// nothing durable (no metadata, no device cache flush).
-fn sync_file_range(file: &std::fs::File, start: u64, end: u64, flags: u32) -> Result<(), Error> {
-    use std::os::fd::AsRawFd;
-    loop {
-        // Safety: a plain system call on a descriptor we own; no memory is passed.
-        let rc = unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                start as libc::off64_t,
-                (end - start) as libc::off64_t,
-                flags,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let error = std::io::Error::last_os_error();
-        if error.kind() != std::io::ErrorKind::Interrupted {
-            return Err(error.into());
-        }
     }
 }
 
