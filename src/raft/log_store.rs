@@ -151,14 +151,14 @@ impl LogStore {
 
     /// Appends entries from a ready, replacing any conflicting suffix (a new leader may
     /// overwrite uncommitted entries).
-    pub fn append(&self, new: &[Entry]) {
+    pub fn append(&self, new: Vec<Entry>) {
         let Some(first) = new.first() else { return };
         let mut c = self.cache.borrow_mut();
         assert!(first.index > c.snapshot_index, "append below the snapshot");
         let keep = (first.index - c.snapshot_index - 1) as usize;
         assert!(keep <= c.entries.len(), "append leaves a gap");
         c.entries.truncate(keep);
-        c.entries.extend_from_slice(new);
+        c.entries.extend(new);
     }
 
     /// Installs a snapshot received from the leader: the log restarts after it.
@@ -308,7 +308,7 @@ mod tests {
         let log = LogStore::default();
         assert_eq!(log.first_index().unwrap(), 1);
         assert_eq!(log.last_index().unwrap(), 0);
-        log.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]);
+        log.append(vec![entry(1, 1), entry(2, 1), entry(3, 2)]);
         assert_eq!(log.term(3).unwrap(), 2);
         assert!(matches!(
             log.term(4),
@@ -316,11 +316,11 @@ mod tests {
         ));
         assert_eq!(log.entries(1, 4, None, ctx()).unwrap().len(), 3);
         // A new leader overwrites the uncommitted suffix from index 2.
-        log.append(&[entry(2, 3)]);
+        log.append(vec![entry(2, 3)]);
         assert_eq!(log.last_index().unwrap(), 2);
         assert_eq!(log.term(2).unwrap(), 3);
         // Compaction keeps the term of the last compacted entry for matching.
-        log.append(&[entry(3, 3), entry(4, 3)]);
+        log.append(vec![entry(3, 3), entry(4, 3)]);
         let mut snap = Snapshot::default();
         snap.set_metadata(snapshot_metadata(4, 3, ConfState::default()));
         log.compact(snap, 2);

@@ -131,7 +131,8 @@ struct Pending {
 /// A proposal not yet accepted by raft (no leader known yet).
 struct Unproposed {
     request_id: u64,
-    data: Vec<u8>,
+    /// Shared with the raft entry once proposed (kept for a proposal raft drops).
+    data: bytes::Bytes,
     conf_change: Option<ConfChange>,
 }
 
@@ -237,6 +238,21 @@ pub struct Node {
 /// a release binary ignores it.
 #[cfg(feature = "test-hooks")]
 pub const UNSAFE_LOCAL_READS_ENV: &str = "TERN_TEST_UNSAFE_LOCAL_READS";
+
+/// `RawNode::propose` for a normal entry, with the entry's data shared with `data` rather
+/// than copied: the same MsgPropose step that `propose` makes (raft-rs 0.7), so raft takes
+/// or drops it exactly as it would; the caller keeps `data` for a dropped proposal.
+fn propose_shared(raw: &mut RawNode<LogStore>, data: bytes::Bytes) -> raft::Result<()> {
+    let entry = raft::eraftpb::Entry {
+        data,
+        ..Default::default()
+    };
+    let mut m = Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgPropose);
+    m.from = raw.raft.id;
+    m.set_entries(vec![entry].into());
+    raw.raft.step(m)
+}
 
 fn fail(command: Command, e: EtcdError) {
     command.fail(e)
@@ -609,7 +625,7 @@ impl Node {
     fn propose(
         &mut self,
         request_id: u64,
-        data: Vec<u8>,
+        data: impl Into<bytes::Bytes>,
         conf_change: Option<ConfChange>,
         waiter: Waiter,
     ) {
@@ -622,7 +638,7 @@ impl Node {
             .insert(request_id, Pending { waiter, deadline });
         let proposal = Unproposed {
             request_id,
-            data,
+            data: data.into(),
             conf_change,
         };
         if self.leader_id == 0 || !self.unproposed.is_empty() {
@@ -635,8 +651,8 @@ impl Node {
     /// Hands a proposal to raft; keeps it for later if raft drops it (no leader).
     fn try_propose(&mut self, p: Unproposed) {
         let result = match &p.conf_change {
-            Some(cc) => self.raw.propose_conf_change(p.data.clone(), cc.clone()),
-            None => self.raw.propose(vec![], p.data.clone()),
+            Some(cc) => self.raw.propose_conf_change(p.data.to_vec(), cc.clone()),
+            None => propose_shared(&mut self.raw, p.data.clone()),
         };
         match result {
             Ok(()) => {}

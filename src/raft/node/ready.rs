@@ -185,9 +185,9 @@ impl Node {
         n.apply_entries(committed);
         // 5. New entries and hard state: into the in-memory log now, the WAL in the background.
         let entries = ready.take_entries();
-        n.log.append(&entries);
         n.entries_written += entries.len() as u64;
         records.extend(entries.iter().map(log_store::wal_record));
+        n.log.append(entries);
         if let Some(hs) = ready.hs() {
             n.term = hs.term;
             n.state.borrow_mut().raft_term = hs.term;
