@@ -13,9 +13,17 @@
 //! command channel and reply oneshots, now without leaving the thread.
 //!
 //! The state executor applies commands in batches: each per-core receiver task applies what
-//! its channel already holds (up to `GROUP_COMMIT_COMMANDS_MAX`), yields so the other cores'
-//! tasks can do the same, then flushes: one backend commit for everything applied, then the
-//! replies (see `StateMachine::flush`).
+//! its channel already holds (up to `GROUP_COMMIT_COMMANDS_MAX` commands or
+//! `COMMAND_BATCH_TIME_MAX` of work), yields so the other cores' tasks can do the same,
+//! then flushes: one backend commit for everything applied, then the replies (see
+//! `StateMachine::flush`).
+//!
+//! Invariant: a receiver task yields after every batch. `recv` on a channel that holds a
+//! command is ready at once, so a task that only yielded when it had written something
+//! never gave up the executor while its core kept it fed: two Ranges walking the whole key
+//! space chunk by chunk from one core (each chunk one command, the next sent while this
+//! one is read) kept the raft ready loop from running for seconds, and with it every
+//! linearizable read's ReadIndex round (issue 17).
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -59,6 +67,12 @@ const BLOCKING_POOL_THREADS: usize = 2;
 /// Most commands one receiver task applies before the batch is committed: bounds the
 /// replies held back (and so the latency of the first of them).
 const GROUP_COMMIT_COMMANDS_MAX: usize = COMMAND_QUEUE_MAX;
+
+/// Longest one receiver task works through its channel before it yields: how long the ready
+/// loop (ReadIndex rounds, applies) and the other cores' commands wait for it, beyond the
+/// one command (at most a range chunk, `service::kv_range::CHUNK_BYTES_MAX`) that was
+/// running when the budget ran out.
+const COMMAND_BATCH_TIME_MAX: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The Auth flags tern acts on.
 #[derive(Clone, Debug)]
@@ -347,12 +361,15 @@ fn start_state_executor(
                     state.borrow_mut().attach_watch_feed(core, feed);
                     let commands = crate::runtime::connect::connect(receiver.connect()).await;
                     while let Some(command) = commands.recv().await {
+                        let began = std::time::Instant::now();
                         node.borrow_mut().submit(command);
                         let mut applied = 1;
                         let mut disconnected = false;
-                        // Everything already queued joins this batch; `now_or_never` never
-                        // waits, so a quiet channel ends the batch at once.
-                        while applied < GROUP_COMMIT_COMMANDS_MAX {
+                        // Everything already queued joins this batch, within its bounds;
+                        // `now_or_never` never waits, so a quiet channel ends it at once.
+                        while applied < GROUP_COMMIT_COMMANDS_MAX
+                            && began.elapsed() < COMMAND_BATCH_TIME_MAX
+                        {
                             match commands.recv().now_or_never() {
                                 Some(Some(command)) => {
                                     node.borrow_mut().submit(command);
@@ -365,10 +382,11 @@ fn start_state_executor(
                                 None => break,
                             }
                         }
+                        // Always yield (see the module doc): the ready loop and the other
+                        // cores' tasks run now; and when this batch wrote, their commands
+                        // join the commit below.
+                        futures_lite::future::yield_now().await;
                         if state.borrow().has_uncommitted() {
-                            // Let the other cores' tasks apply their queued commands first,
-                            // so that one commit covers them all.
-                            futures_lite::future::yield_now().await;
                             state.borrow_mut().flush();
                         }
                         if disconnected {
