@@ -208,9 +208,18 @@ fn enum_value<E: ProtobufEnum>(value: i32, what: &str) -> Result<E, String> {
     E::from_i32(value).ok_or_else(|| format!("unknown {what} {value}"))
 }
 
+/// Also checks a conf-change entry's data as the conf change raft-rs parses it: raft-rs
+/// 0.7 itself decodes that data with protobuf 2 (`step_leader`, for a MsgPropose a
+/// follower forwards), so bytes holding a group are refused here, before it can.
 fn entry(w: WireEntry) -> Result<Entry, String> {
+    let entry_type = enum_value::<EntryType>(w.entry_type, "entry type")?;
+    match entry_type {
+        EntryType::EntryConfChange => wire_check::check(&w.data, &wire_check::CONF_CHANGE)?,
+        EntryType::EntryConfChangeV2 => wire_check::check(&w.data, &wire_check::CONF_CHANGE_V2)?,
+        EntryType::EntryNormal => {}
+    }
     Ok(Entry {
-        entry_type: enum_value::<EntryType>(w.entry_type, "entry type")?,
+        entry_type,
         term: w.term,
         index: w.index,
         data: w.data,
@@ -266,7 +275,9 @@ mod tests {
             let mut e = Entry {
                 term: 7,
                 index: 42 + i as u64,
-                data: Bytes::from(vec![i as u8; 300]),
+                // The conf change's data must be a ConfChange (decode_message checks it):
+                // context (4), 300 bytes.
+                data: Bytes::from([&[0x22, 0xac, 0x02][..], &[i as u8; 300]].concat()),
                 context: Bytes::from_static(b"e"),
                 sync_log: true,
                 ..Default::default()
@@ -355,6 +366,22 @@ mod tests {
         assert!(decode_snapshot(&groups).is_err());
         assert!(decode_conf_change(&groups).is_err());
         assert!(decode_hard_state(&groups).is_err());
+        // A conf-change entry whose data holds groups (raft-rs parses that data with
+        // protobuf 2 when a follower forwards the proposal) is refused with its message.
+        for entry_type in [EntryType::EntryConfChange, EntryType::EntryConfChangeV2] {
+            let entry = WireEntry {
+                entry_type: entry_type as i32,
+                data: Bytes::from(groups.clone()),
+                ..Default::default()
+            };
+            let message = WireMessage {
+                msg_type: MessageType::MsgPropose as i32,
+                entries: vec![entry],
+                ..Default::default()
+            };
+            let err = decode_message(&prost::Message::encode_to_vec(&message)).unwrap_err();
+            assert!(err.contains("group"), "{err}");
+        }
     }
 
     #[test]

@@ -38,6 +38,16 @@ pub const CONF_CHANGE: Schema = Schema {
     name: "ConfChange",
     submessages: &[],
 };
+/// `eraftpb.ConfChangeSingle`, inside a `ConfChangeV2`.
+pub const CONF_CHANGE_SINGLE: Schema = Schema {
+    name: "ConfChangeSingle",
+    submessages: &[],
+};
+/// `eraftpb.ConfChangeV2`: changes (2).
+pub const CONF_CHANGE_V2: Schema = Schema {
+    name: "ConfChangeV2",
+    submessages: &[(2, &CONF_CHANGE_SINGLE)],
+};
 /// `eraftpb.HardState` (etcd's raftpb.HardState, read when migrating a data dir).
 pub const HARD_STATE: Schema = Schema {
     name: "HardState",
