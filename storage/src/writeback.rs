@@ -42,6 +42,8 @@ impl WritebackPacer {
     /// Bytes `start..end` of `file` were just written (buffered): starts their writeback and
     /// waits for the oldest ranges' until at most `RANGES_IN_FLIGHT` remain.
     pub fn note_written(&mut self, file: &File, start: u64, end: u64) -> std::io::Result<()> {
+        // sync_file_range reads a length of 0 as "to the end of the file": an empty range
+        // must not start (or wait for) the whole file's writeback.
         if end <= start {
             return Ok(());
         }
