@@ -182,3 +182,36 @@ fn crc32fast_hash(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Regression for the `page_decoder` fuzz input `timeout-de3510a6` (session 6): an image whose
+/// meta claims far more pages than it holds, with a freelist run over all of them. The
+/// freelist walk is bounded by the meta's page count, so before the image was checked to
+/// cover that count, reading it inserted every claimed page id (the fuzzer's 59-byte recipe
+/// ran out of memory). Now it is refused as corrupt before any page is walked.
+#[test]
+fn an_image_shorter_than_its_meta_claims_is_refused_before_its_freelist_is_walked() {
+    use tern_storage::btree::page::{self, Meta};
+    let claimed_pages = 1u64 << 22;
+    let mut image = vec![0u8; PAGE_BYTES * 4];
+    let meta = Meta {
+        txid: 1,
+        root_pgid: 2,
+        freelist_pgid: 3,
+        page_count: claimed_pages,
+        entry_count: 0,
+    };
+    image[..page::META_BYTES].copy_from_slice(&meta.encode());
+    page::encode_leaf(
+        &mut image[2 * PAGE_BYTES..3 * PAGE_BYTES],
+        2,
+        std::iter::empty(),
+    );
+    page::encode_freelist(
+        &mut image[3 * PAGE_BYTES..4 * PAGE_BYTES],
+        3,
+        0,
+        &[(4, claimed_pages - 4)],
+    );
+    let err = ReadTxn::from_image(image).err().expect("refused");
+    assert!(err.to_string().contains("meta needs"), "{err}");
+}

@@ -165,6 +165,22 @@ pub(crate) fn choose_meta(slot0: &[u8], slot1: &[u8]) -> Result<Meta, Error> {
     }
 }
 
+/// The bytes `meta`'s pages occupy, or an error if the file (or image) of `have_bytes` is
+/// shorter. Checked before anything walks the pages: `read_freelist` and the page reads
+/// are bounded by `page_count`, so a meta claiming more pages than exist would let a
+/// crafted file drive them through up to 2^64 ids (the page decoder's fuzz target found a
+/// 59-byte image that ran out of memory that way).
+fn bytes_meta_needs(meta: &Meta, have_bytes: u64) -> Result<u64, Error> {
+    let needed_bytes = meta.page_count.checked_mul(PAGE_BYTES as u64);
+    match needed_bytes {
+        Some(needed) if needed <= have_bytes => Ok(needed),
+        _ => Err(page::corrupted(format!(
+            "file has {have_bytes} bytes, meta needs {} pages of {PAGE_BYTES}",
+            meta.page_count
+        ))),
+    }
+}
+
 /// Reads the freelist chain: (chain pages, free pages). Rejects loops and duplicates.
 pub(crate) fn read_freelist(snap: &Snapshot) -> Result<(Vec<u64>, BTreeSet<u64>), Error> {
     let mut chain = Vec::new();
@@ -325,12 +341,7 @@ impl Db {
         let readable = file_bytes.min(slots.len() as u64) as usize;
         file.read_exact_at(&mut slots[..readable], 0)?;
         let meta = choose_meta(&slots[..PAGE_BYTES], &slots[PAGE_BYTES..])?;
-        let needed_bytes = meta.page_count * PAGE_BYTES as u64;
-        if file_bytes < needed_bytes {
-            return Err(page::corrupted(format!(
-                "file has {file_bytes} bytes, meta needs {needed_bytes}"
-            )));
-        }
+        let needed_bytes = bytes_meta_needs(&meta, file_bytes)?;
         let mapping = Arc::new(Mapping::map_file(&file, needed_bytes as usize)?);
         let mut snapshot = Snapshot {
             meta,
@@ -506,6 +517,7 @@ impl ReadTxn {
         let slot0 = image.get(..PAGE_BYTES).unwrap_or(&[]);
         let slot1 = image.get(PAGE_BYTES..2 * PAGE_BYTES).unwrap_or(&[]);
         let meta = choose_meta(slot0, slot1)?;
+        bytes_meta_needs(&meta, image.len() as u64)?;
         let mut snap = Snapshot {
             meta,
             mapping: Arc::new(Mapping::Image(image.into_boxed_slice())),
