@@ -11,7 +11,7 @@ use std::path::Path;
 
 use std::sync::Arc;
 
-use super::db::choose_meta;
+use super::db::{bytes_meta_needs, choose_meta};
 use super::mmap::{Mapping, Snapshot};
 use super::page::{self, Meta, ValueRef, MAX_BTREE_DEPTH, META_SLOTS, PAGE_BYTES};
 use super::Error;
@@ -86,12 +86,8 @@ pub fn check_image(image: Vec<u8>) -> Result<CheckReport, Error> {
     let slot1 = image.get(PAGE_BYTES..2 * PAGE_BYTES).unwrap_or(&[]);
     let meta = choose_meta(slot0, slot1)?;
     report.meta = Some(meta);
-    let needed_bytes = meta.page_count * PAGE_BYTES as u64;
-    if report.file_bytes < needed_bytes {
-        report.problem(format!(
-            "file has {} bytes, meta {} needs {needed_bytes}",
-            report.file_bytes, meta.txid
-        ));
+    if let Err(e) = bytes_meta_needs(&meta, report.file_bytes) {
+        report.problem(format!("meta {}: {e}", meta.txid));
         return Ok(report);
     }
     let snap = Snapshot {

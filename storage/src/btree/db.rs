@@ -170,7 +170,7 @@ pub(crate) fn choose_meta(slot0: &[u8], slot1: &[u8]) -> Result<Meta, Error> {
 /// are bounded by `page_count`, so a meta claiming more pages than exist would let a
 /// crafted file drive them through up to 2^64 ids (the page decoder's fuzz target found a
 /// 59-byte image that ran out of memory that way).
-fn bytes_meta_needs(meta: &Meta, have_bytes: u64) -> Result<u64, Error> {
+pub(crate) fn bytes_meta_needs(meta: &Meta, have_bytes: u64) -> Result<u64, Error> {
     let needed_bytes = meta.page_count.checked_mul(PAGE_BYTES as u64);
     match needed_bytes {
         Some(needed) if needed <= have_bytes => Ok(needed),
